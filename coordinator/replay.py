@@ -1,0 +1,143 @@
+"""Rebuild every read model from the event log into a fresh namespace, then switch readers atomically.
+
+Events are streamed in writer order and folded in memory (one state per run, not per event), then
+written in pipelines. Catch-up and the switch happen under the projector lease, so events the live
+coordinator appends meanwhile are in the new namespace too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from ulid import ULID
+
+from coordinator.projections import RunState, apply
+from coordinator.projector import CERT_TOPIC, Projector, queue_writes
+from echelon_platform.readmodels import Keys, pointer_key
+from echelon_platform.store import EventStore
+
+WRITE_CHUNK = 1000
+
+
+@dataclass
+class ReplayReport:
+    namespace: str
+    events: int
+    runs: int
+    certificates: int
+    seconds: float
+    differences: list[str]
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+class Rebuilder:
+    def __init__(self, store: EventStore, projector: Projector) -> None:
+        self.store = store
+        self.projector = projector
+        self.states: dict[str, RunState] = {}
+        self.certs: dict[str, dict[str, Any]] = {}
+        self.last_seq = 0
+        self.events = 0
+
+    async def fold_from_log(self) -> None:
+        async for seq, event in self.store.stream(after_seq=self.last_seq):
+            self.states[event.run_id] = apply(self.states.get(event.run_id) or RunState(run_id=event.run_id), event)
+            if event.topic == CERT_TOPIC:
+                cert = event.payload["certificate"]
+                self.certs[cert["certificate_id"]] = cert
+            self.last_seq = seq
+            self.events += 1
+
+    async def write(self, keys: Keys) -> None:
+        states = list(self.states.values())
+        certs = list(self.certs.values())
+        redis = self.projector.redis
+        for i in range(0, max(len(states), len(certs)), WRITE_CHUNK):
+            pipe = redis.pipeline(transaction=False)
+            queue_writes(pipe, keys, states[i : i + WRITE_CHUNK], certs[i : i + WRITE_CHUNK])
+            await pipe.execute()
+
+    async def rebuild(self, *, switch: bool = True) -> ReplayReport:
+        started = time.perf_counter()
+        namespace = f"r{ULID()}"
+        keys = Keys(self.projector.prefix, namespace)
+        await self.fold_from_log()
+        await self.write(keys)
+        if switch:
+            # Hold the coordinator's lease: fold what it appended meanwhile, then flip the pointer.
+            await self.projector.acquire()
+            try:
+                await self.fold_from_log()
+                await self.write(keys)
+                old = await self.projector.namespace()
+                await self.projector.redis.set(pointer_key(self.projector.prefix), namespace)
+            finally:
+                await self.projector.release()
+            await delete_namespace(self.projector, Keys(self.projector.prefix, old))
+        return ReplayReport(
+            namespace, self.events, len(self.states), len(self.certs), time.perf_counter() - started, []
+        )
+
+
+async def snapshot(projector: Projector, keys: Keys) -> dict[str, bytes]:
+    """Every key of a namespace (minus the namespace name) with a canonical dump of its value."""
+    redis = projector.redis
+    result: dict[str, bytes] = {}
+    strip = len(keys.pattern) - 1
+    async for key in redis.scan_iter(match=keys.pattern, count=1000):
+        kind = (await redis.type(key)).decode()
+        name = key.decode()[strip:]
+        if kind == "string":
+            result[name] = await redis.get(key)
+        elif kind == "zset":
+            result[name] = orjson.dumps(sorted((m.decode(), s) for m, s in await redis.zrange(key, 0, -1, withscores=True)))
+    return result
+
+
+def compare(live: dict[str, bytes], rebuilt: dict[str, bytes]) -> list[str]:
+    differences = [f"missing in rebuild: {k}" for k in sorted(live.keys() - rebuilt.keys())]
+    differences += [f"only in rebuild: {k}" for k in sorted(rebuilt.keys() - live.keys())]
+    differences += [f"differs: {k}" for k in sorted(live.keys() & rebuilt.keys()) if _canon(live[k]) != _canon(rebuilt[k])]
+    return differences
+
+
+def _canon(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+
+
+async def delete_namespace(projector: Projector, keys: Keys) -> int:
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in projector.redis.scan_iter(match=keys.pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await projector.redis.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += await projector.redis.unlink(*batch)
+    return deleted
+
+
+async def verify(store: EventStore, projector: Projector) -> ReplayReport:
+    """Rebuild into a scratch namespace and compare with the live one; the scratch copy is dropped."""
+    rebuilder = Rebuilder(store, projector)
+    await projector.acquire()  # a consistent cut: the coordinator pauses while we fold and compare
+    try:
+        report = await rebuilder.rebuild(switch=False)
+        live_keys = await projector.keys()
+        scratch = Keys(projector.prefix, report.namespace)
+        report.differences = compare(await snapshot(projector, live_keys), await snapshot(projector, scratch))
+    finally:
+        await projector.release()
+    await delete_namespace(projector, Keys(projector.prefix, report.namespace))
+    return report
+

@@ -1,0 +1,243 @@
+"""The single-writer StateCoordinator: fetch a batch → append (one tx) → project (one pipeline) → ack."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+import redis.exceptions
+import structlog
+from nats.aio.msg import Msg
+
+from coordinator.projector import Projector
+from coordinator.projections import RunState
+from echelon_platform.bus import Bus, message_pending, message_sequence
+from echelon_platform.envelope import Envelope
+from echelon_platform.errors import EnvelopeError, InfrastructureError, StoreError
+from echelon_platform.events import RunCertifying, make_event, parse_payload
+from echelon_platform.metrics import Metrics
+from echelon_platform.store import TRANSIENT_ERRORS, EventStore
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+_TRIGGERS = frozenset({"verify.run.ingested", "verify.replay.scored", "verify.replay.failed"})
+
+
+@dataclass
+class CoordinatorStats:
+    batches: int = 0
+    received: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    projected: int = 0
+    parked: int = 0
+    lag: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    events: list[tuple[Envelope, int]]
+    parked: list[tuple[int, str, bytes, str]]
+
+
+def decode_batch(msgs: Sequence[Msg]) -> _Decoded:
+    """Split a batch into valid events and poison (with the reason it was refused)."""
+    events: list[tuple[Envelope, int]] = []
+    parked: list[tuple[int, str, bytes, str]] = []
+    for msg in msgs:
+        seq = message_sequence(msg)
+        try:
+            envelope = Envelope.from_wire(msg.data)
+            parse_payload(envelope)
+        except EnvelopeError as exc:
+            parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
+            continue
+        events.append((envelope, seq))
+    return _Decoded(events, parked)
+
+
+class StateCoordinator:
+    """Applies every event, in stream order, exactly once in effect. The only writer of domain state."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        store: EventStore,
+        projector: Projector,
+        metrics: Metrics,
+        durable: str,
+        batch_size: int = 256,
+        fetch_timeout_s: float = 0.5,
+        ack_wait_s: float = 60.0,
+        secret_prefix: str | None = None,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.projector = projector
+        self.metrics = metrics
+        self.durable = durable
+        self.batch_size = batch_size
+        self.fetch_timeout_s = fetch_timeout_s
+        self.ack_wait_s = ack_wait_s
+        self.secret_prefix = secret_prefix
+        self.stats = CoordinatorStats()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop fetching; the batch in hand is finished (appended, projected, acked) first."""
+        self._stopping.set()
+
+    async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
+        sub: Any = None
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            if sub is None:
+                try:
+                    sub = await self.bus.pull_subscription(
+                        self.durable, self.bus.subjects.everything, ack_wait_s=self.ack_wait_s, max_deliver=-1
+                    )
+                    backoff.reset()
+                except InfrastructureError as exc:
+                    log.warning("coordinator.subscribe_failed", error=str(exc))
+                    await backoff.wait(self._stopping)
+                    continue
+            try:
+                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+            except nats.errors.TimeoutError:
+                # An empty fetch is normal: nothing to do right now.
+                self._set_lag(0)
+                if until_idle:
+                    break
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                # Server restarted / consumer lost: re-create the pull subscription after a pause.
+                log.warning("coordinator.fetch_failed", error=str(exc) or type(exc).__name__)
+                await _quiet_unsubscribe(sub)
+                sub = None
+                await backoff.wait(self._stopping)
+                continue
+            backoff.reset()
+            await self._handle(msgs)
+        await _quiet_unsubscribe(sub)
+        return self.stats
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        started = time.perf_counter()
+        decoded = decode_batch(msgs)
+        result = await self._retry("append", lambda: self._append(decoded))
+        winners = [env for env, _ in decoded.events if env.event_id in result.winners]
+        projected = await self._retry(
+            "project", lambda: self.projector.project(winners, self.secret_prefix)
+        ) if winners else None
+        if projected is not None:
+            await self._after_projection(winners, projected.runs)
+        # Ack only now: the events are committed in Postgres and visible in Redis.
+        for msg, (seq, subject, _, reason) in _poison_msgs(msgs, decoded):
+            log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
+            await msg.term()
+        parked_seqs = {p[0] for p in decoded.parked}
+        for msg in msgs:
+            if message_sequence(msg) not in parked_seqs:
+                await msg.ack()
+        s = self.stats
+        s.batches += 1
+        s.received += len(msgs)
+        s.appended += result.inserted
+        s.duplicates += len(decoded.events) - result.inserted
+        s.projected += len(winners)
+        s.parked += len(decoded.parked)
+        self.metrics.events_appended.inc(result.inserted)
+        self.metrics.events_duplicate.inc(len(decoded.events) - result.inserted)
+        self.metrics.events_projected.inc(len(winners))
+        self.metrics.events_parked.inc(len(decoded.parked))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._set_lag(message_pending(msgs[-1]))
+
+    async def _append(self, decoded: _Decoded) -> Any:
+        try:
+            return await self.store.append_batch(decoded.events, decoded.parked)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
+                raise
+        # A value Postgres refuses (e.g. a NUL character in JSON): find and park the culprits one by one.
+        ok: list[tuple[Envelope, int]] = []
+        parked = list(decoded.parked)
+        for env, seq in decoded.events:
+            try:
+                await self.store.append_batch([(env, seq)])
+                ok.append((env, seq))
+            except StoreError as exc:
+                parked.append((seq, self.bus.subjects.for_event(env), env.to_wire(), f"refused by Postgres: {exc}"))
+        decoded.parked[:] = parked
+        decoded.events[:] = ok
+        return await self.store.append_batch(ok, parked)
+
+    async def _after_projection(self, events: list[Envelope], runs: dict[str, RunState]) -> None:
+        """When a run's last replay is done, tell the certifier (deduplicated per run)."""
+        triggered = {e.run_id: e.event_id for e in events if e.topic in _TRIGGERS}
+        for run_id, cause in triggered.items():
+            state = runs[run_id]
+            if state.awaiting_certificate and state.total is not None:
+                event = make_event(RunCertifying(run_id=run_id, total=state.total), causation_id=cause)
+                await self._retry("publish", lambda event=event: self.bus.publish(event))  # type: ignore[misc]
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Retry an effect until it succeeds: the batch stays un-acked meanwhile, so nothing is lost."""
+        backoff = _Backoff()
+        while True:
+            try:
+                return await op()
+            except (InfrastructureError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    *TRANSIENT_ERRORS) as exc:
+                if isinstance(exc, StoreError) and isinstance(exc.__cause__, asyncpg.DataError):
+                    raise
+                log.warning("coordinator.retry", step=what, error=str(exc) or type(exc).__name__)
+                await backoff.wait(None)
+
+    def _set_lag(self, lag: int) -> None:
+        self.stats.lag = lag
+        self.metrics.coordinator_lag.set(lag)
+
+
+def _poison_msgs(msgs: list[Msg], decoded: _Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:
+    by_seq = {p[0]: p for p in decoded.parked}
+    return [(m, by_seq[message_sequence(m)]) for m in msgs if message_sequence(m) in by_seq]
+
+
+async def _quiet_unsubscribe(sub: Any) -> None:
+    if sub is None:
+        return
+    try:
+        await sub.unsubscribe()
+    except (nats.errors.Error, OSError):
+        pass
+
+
+class _Backoff:
+    """Capped, jittered exponential backoff that can be cut short by a stop event."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    async def wait(self, stop: asyncio.Event | None) -> None:
+        delay = min(self.cap, self.base * 2**self.attempt) * random.uniform(0.5, 1.0)
+        self.attempt += 1
+        if stop is None:
+            await asyncio.sleep(delay)
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass

@@ -1,0 +1,66 @@
+"""The one typed Settings object, built in each entry point and passed down (never at import time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
+
+
+class Settings(BaseSettings):
+    """Configuration read from `ECHELON_*` environment variables (plus the bare service URLs)."""
+
+    model_config = SettingsConfigDict(env_prefix="ECHELON_", extra="ignore", frozen=True)
+
+    # Infrastructure: unset URLs mean "start embedded servers" (see `echelon stack up`).
+    nats_url: str | None = Field(default=None, validation_alias=AliasChoices("ECHELON_NATS_URL", "NATS_URL"))
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("ECHELON_DATABASE_URL", "DATABASE_URL")
+    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("ECHELON_REDIS_URL", "REDIS_URL"))
+    data_dir: Path = Path(".echelon")
+
+    # Naming: tests give each run its own stream, subject root and key prefix.
+    stream_name: str = "VERIFY"
+    subject_root: str = "verify"
+    redis_prefix: str = "echelon:"
+    consumer_prefix: str = "echelon"
+    duplicate_window_s: float = 120.0
+    nats_sync_always: bool = True
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    jwt_secret: SecretStr = SecretStr("change-me-dev-secret")
+    jwt_algorithm: str = "HS256"
+    api_base_url: str = "http://127.0.0.1:8000"
+    api_token: SecretStr | None = None
+
+    # Coordinator
+    coordinator_batch: int = 256
+    fetch_timeout_s: float = 0.5
+
+    # Pipeline
+    secret_key: SecretStr | None = None  # Fernet key; derived from jwt_secret when unset
+    secret_ttl_s: int = 24 * 3600
+    oracle_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_ORACLE_ALLOWLIST))
+    allow_private_oracles: bool = False
+    oracle_timeout_s: float = 30.0
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ECHELON_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = None
+    judge_model: str = "claude-sonnet-4-6"
+    judge_concurrency: int = 4
+    github_api_url: str = "https://api.github.com"
+    stage_concurrency: int = 8
+    run_timeout_s: float = 900.0
+    watchdog_interval_s: float = 5.0
+    ack_wait_s: float = 60.0
+    max_deliver: int = 10
+
+    def infra_configured(self) -> bool:
+        return bool(self.nats_url and self.database_url and self.redis_url)

@@ -1,0 +1,95 @@
+"""One exception hierarchy for the whole product.
+
+    EchelonError
+    ├── ConfigError            settings that cannot work (bad URL, missing key)
+    ├── EnvelopeError          bytes that are not a valid event envelope / payload
+    ├── RequestRejected        a request that is well-formed but not allowed (maps to 422)
+    ├── NotFound               a run / certificate the caller cannot see (maps to 404)
+    ├── AuthError              missing or bad credentials (maps to 401)
+    ├── RateLimited            too many requests (maps to 429)
+    ├── InfrastructureError    NATS / Postgres / Redis unreachable or failing
+    │   ├── BusError
+    │   ├── StoreError
+    │   └── ReadModelError
+    ├── MigrationError         a migration that cannot be applied (edited after applying, SQL error)
+    └── StageError             a pipeline stage could not do its work for one run or replay
+        ├── IngestError        ground truth could not be fetched (message says what to fix)
+        ├── OracleError        the oracle timed out, failed or answered garbage
+        ├── OracleRefused      the oracle target is not allowed (SSRF guard, allowlist)
+        └── ScoringError       the judge could not produce a valid score
+
+Library errors (asyncpg, redis, nats, httpx) are translated at the adapter with ``raise ... from exc``;
+HTTP mapping happens once, in the API's exception handler.
+"""
+
+from __future__ import annotations
+
+
+class EchelonError(Exception):
+    """Base of every error this product raises on purpose."""
+
+
+class ConfigError(EchelonError):
+    pass
+
+
+class EnvelopeError(EchelonError):
+    pass
+
+
+class RequestRejected(EchelonError):
+    pass
+
+
+class NotFound(EchelonError):
+    pass
+
+
+class AuthError(EchelonError):
+    pass
+
+
+class RateLimited(EchelonError):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InfrastructureError(EchelonError):
+    pass
+
+
+class BusError(InfrastructureError):
+    pass
+
+
+class StoreError(InfrastructureError):
+    pass
+
+
+class ReadModelError(InfrastructureError):
+    pass
+
+
+class MigrationError(EchelonError):
+    pass
+
+
+class StageError(EchelonError):
+    pass
+
+
+class IngestError(StageError):
+    pass
+
+
+class OracleError(StageError):
+    pass
+
+
+class OracleRefused(StageError):
+    pass
+
+
+class ScoringError(StageError):
+    pass

@@ -1,0 +1,156 @@
+"""Redis read models: key layout, the namespace pointer, and the readers the API uses.
+
+All domain keys live under a namespace (`<prefix><ns>:...`); `<prefix>ns` names the current one, so the
+replay script can rebuild into a fresh namespace and switch every reader over with one SET.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from coordinator.projections import RunState, Status, from_record
+from echelon_platform.errors import ReadModelError
+
+DEFAULT_NAMESPACE = "live"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+    ns: str
+
+    def _k(self, suffix: str) -> str:
+        return f"{self.prefix}{self.ns}:{suffix}"
+
+    def run(self, run_id: str) -> str:
+        return self._k(f"run:{run_id}")
+
+    @property
+    def runs(self) -> str:
+        return self._k("runs")
+
+    def user_runs(self, user_id: str) -> str:
+        return self._k(f"user:{user_id}:runs")
+
+    @property
+    def active(self) -> str:
+        return self._k("runs:active")
+
+    def cert(self, cert_id: str) -> str:
+        return self._k(f"cert:{cert_id}")
+
+    @property
+    def certs(self) -> str:
+        return self._k("certs")
+
+    @property
+    def pattern(self) -> str:
+        return self._k("*")
+
+
+def pointer_key(prefix: str) -> str:
+    return f"{prefix}ns"
+
+
+def lock_key(prefix: str) -> str:
+    return f"{prefix}lock:projector"
+
+
+def millis(state: RunState) -> float:
+    return state.created_at.timestamp() * 1000 if state.created_at else 0.0
+
+
+class RedisClient:
+    """Owns one redis.asyncio client; an async context manager like every resource holder."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._redis: aioredis.Redis | None = None
+
+    async def __aenter__(self) -> Self:
+        self._redis = aioredis.Redis.from_url(
+            self.url, health_check_interval=10, socket_connect_timeout=5, retry_on_timeout=True
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise ReadModelError("redis client is not open")
+        return self._redis
+
+    async def namespace(self) -> str:
+        value = await self.redis.get(pointer_key(self.prefix))
+        return value.decode() if value else DEFAULT_NAMESPACE
+
+    async def keys(self) -> Keys:
+        return Keys(self.prefix, await self.namespace())
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ReadModelError(f"Redis unreachable: {exc}") from exc
+
+
+class ReadModels(RedisClient):
+    """Read-only access for the API, CLI and workers."""
+
+    async def get_run(self, run_id: str) -> RunState | None:
+        keys = await self.keys()
+        raw = await self.redis.get(keys.run(run_id))
+        return from_record(orjson.loads(raw)) if raw else None
+
+    async def list_runs(
+        self,
+        *,
+        user_id: str | None,
+        status: Status | None = None,
+        construct_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[RunState], int]:
+        """Newest first; `user_id=None` lists everyone's (admins)."""
+        keys = await self.keys()
+        index = keys.runs if user_id is None else keys.user_runs(user_id)
+        if status is None and construct_id is None:
+            total = int(await self.redis.zcard(index))
+            ids = await self.redis.zrevrange(index, offset, offset + limit - 1)
+            return await self._load(keys, ids), total
+        # Filtered: walk the index newest first; per-user run counts stay small.
+        ids = await self.redis.zrevrange(index, 0, -1)
+        states = [
+            s
+            for s in await self._load(keys, ids)
+            if (status is None or s.status is status) and (construct_id is None or s.construct_id == construct_id)
+        ]
+        return states[offset : offset + limit], len(states)
+
+    async def _load(self, keys: Keys, ids: list[bytes]) -> list[RunState]:
+        if not ids:
+            return []
+        raws = await self.redis.mget([keys.run(i.decode()) for i in ids])
+        return [from_record(orjson.loads(r)) for r in raws if r]
+
+    async def active_runs(self, updated_before_ms: float) -> list[RunState]:
+        keys = await self.keys()
+        ids = await self.redis.zrangebyscore(keys.active, "-inf", updated_before_ms)
+        return await self._load(keys, ids)
+
+    async def get_certificate(self, cert_id: str) -> dict[str, Any] | None:
+        keys = await self.keys()
+        raw = await self.redis.get(keys.cert(cert_id))
+        return orjson.loads(raw) if raw else None  # type: ignore[no-any-return]

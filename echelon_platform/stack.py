@@ -1,0 +1,70 @@
+"""`echelon stack up`: infrastructure (configured or embedded), migrations, then API + coordinator + stages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import uvicorn
+
+from coordinator.runtime import coordinator_for
+from echelon_platform.api.app import create_app
+from echelon_platform.config import Settings
+from echelon_platform.embedded import EmbeddedStack
+from echelon_platform.migrations import migrate
+from echelon_platform.services import Services
+from pipeline_workers.runtime import Pipeline
+
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
+    """Yield settings with all three URLs set: as configured, or embedded servers under data_dir."""
+    if settings.infra_configured():
+        yield settings
+        return
+    data_dir = settings.data_dir.resolve()
+    async with EmbeddedStack(data_dir, nats_sync_always=settings.nats_sync_always) as stack:
+        urls = stack.urls
+        log.info("stack.embedded", nats=urls.nats_url, postgres=urls.database_url, redis=urls.redis_url, data_dir=str(data_dir))
+        yield settings.model_copy(
+            update={
+                "nats_url": settings.nats_url or urls.nats_url,
+                "database_url": settings.database_url or urls.database_url,
+                "redis_url": settings.redis_url or urls.redis_url,
+            }
+        )
+
+
+async def serve(settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True) -> None:
+    """Run everything in one process until interrupted (one process suits our 2-core machines)."""
+    async with infrastructure(settings) as resolved:
+        applied = await migrate(str(resolved.database_url))
+        if applied:
+            log.info("stack.migrated", applied=applied)
+        async with Services(resolved, name="echelon-stack", pool_size=6) as services:
+            tasks: list[asyncio.Task[object]] = []
+            async with coordinator_for(services, resolved) as coordinator, Pipeline(services, resolved) as pipeline:
+                if with_coordinator:
+                    tasks.append(asyncio.create_task(coordinator.run()))
+                if stages:
+                    tasks.append(asyncio.create_task(pipeline.run()))
+                if with_api:
+                    app = create_app(resolved, services)
+                    config = uvicorn.Config(
+                        app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
+                    )
+                    server = uvicorn.Server(config)
+                    log.info("stack.api", url=f"http://{resolved.api_host}:{resolved.api_port}")
+                    tasks.append(asyncio.create_task(server.serve()))
+                try:
+                    await asyncio.gather(*tasks)
+                finally:
+                    coordinator.stop()
+                    pipeline.stop()
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)

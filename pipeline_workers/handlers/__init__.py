@@ -1,0 +1,1 @@
+"""Stage handlers: each turns one event into the events it causes."""

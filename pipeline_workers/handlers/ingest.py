@@ -1,0 +1,88 @@
+"""Ingest: fetch ground truth for a requested run and fan out one replay per change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from echelon_platform.envelope import Envelope
+from echelon_platform.errors import IngestError, RequestRejected
+from echelon_platform.events import (
+    Payload,
+    ReplayRequested,
+    RunFailed,
+    RunIngested,
+    RunIngesting,
+    RunRequested,
+    make_event,
+)
+from pipeline_workers.handlers.context import StageContext
+from pipeline_workers.ingest.base import SourceSpec, ingester_for
+from pipeline_workers.ingest.diffs import truncate_diff
+
+log = structlog.get_logger(__name__)
+
+
+def replay_id_for(run_id: str, index: int) -> str:
+    # Deterministic, so re-ingesting after a redelivery produces the same replays (deduplicated).
+    return f"{run_id}-{index:04d}"
+
+
+class IngestHandler:
+    stage = "ingest"
+    topic = "verify.run.requested"
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+
+    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
+        assert isinstance(payload, RunRequested)
+        run_id = payload.run_id
+        await self.ctx.services.bus.publish(
+            make_event(RunIngesting(run_id=run_id, source=payload.repo_url), causation_id=envelope.event_id)
+        )
+        secrets = await self.ctx.services.secrets.get(payload.secret_ref)
+        spec = SourceSpec(
+            repo_url=payload.repo_url,
+            limit=payload.limit,
+            since=payload.since,
+            labels=payload.labels,
+            include_unmerged=payload.include_unmerged,
+            token=secrets.github_token.get_secret_value() if secrets.github_token else None,
+        )
+        try:
+            ingester = ingester_for(payload.repo_url, self.ctx.http, github_api_url=self.ctx.settings.github_api_url)
+            result = await ingester.fetch(spec)
+        except (IngestError, RequestRejected) as exc:
+            return [self._failed(envelope, f"ingest failed: {exc}")]
+        if not result.records:
+            return [self._failed(envelope, f"no merged changes found in {payload.repo_url}")]
+        events: list[Envelope] = []
+        for index, record in enumerate(result.records):
+            record = record.model_copy(update={"diff_content": truncate_diff(record.diff_content)})
+            events.append(
+                make_event(
+                    ReplayRequested(run_id=run_id, replay_id=replay_id_for(run_id, index), index=index, record=record),
+                    causation_id=envelope.event_id,
+                )
+            )
+        events.append(
+            make_event(
+                RunIngested(
+                    run_id=run_id,
+                    total=len(result.records),
+                    ground_truth_source=result.ground_truth_source,
+                    commit_range=result.commit_range,
+                ),
+                causation_id=envelope.event_id,
+            )
+        )
+        log.info("ingest.done", run_id=run_id, total=len(result.records))
+        return events
+
+    def _failed(self, envelope: Envelope, reason: str) -> Envelope:
+        return make_event(RunFailed(run_id=envelope.run_id, reason=reason, stage=self.stage), causation_id=envelope.event_id)
+
+    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
+        return [self._failed(envelope, f"ingest failed: {reason}")]

@@ -1,0 +1,79 @@
+"""Invoke: ask the judge for a follow-up question, then call the oracle for one change."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from echelon_platform.envelope import Envelope
+from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
+from echelon_platform.events import Payload, ReplayFailed, ReplayInvoked, ReplayRequested, RunRequested, make_event
+from pipeline_workers.handlers.context import StageContext
+from pipeline_workers.oracles.base import Oracle
+from pipeline_workers.oracles.http import HttpOracle
+from pipeline_workers.oracles.python import PythonOracle
+from pipeline_workers.scoring.base import Scorer
+
+
+class InvokeHandler:
+    stage = "invoke"
+    topic = "verify.replay.requested"
+
+    def __init__(self, ctx: StageContext, scorer: Scorer) -> None:
+        self.ctx = ctx
+        self.scorer = scorer
+
+    async def _oracle(self, request: RunRequested) -> Oracle:
+        spec = request.oracle
+        if spec.type == "python":
+            return PythonOracle(
+                str(spec.module), str(spec.callable), self.ctx.settings.oracle_allowlist, timeout_s=spec.timeout_s
+            )
+        secrets = await self.ctx.services.secrets.get(request.secret_ref)
+        headers = {k: v.get_secret_value() for k, v in secrets.oracle_headers.items()}
+        return HttpOracle(
+            str(spec.url),
+            headers=headers,
+            timeout_s=spec.timeout_s,
+            client=self.ctx.http,
+            allow_private=self.ctx.settings.allow_private_oracles,
+        )
+
+    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
+        assert isinstance(payload, ReplayRequested)
+        request = await self.ctx.run_request(payload.run_id)
+        record = payload.record
+        try:
+            question, usage = await self.scorer.follow_up_question(record)
+            oracle = await self._oracle(request)
+            started = time.perf_counter()
+            reply = await oracle.invoke(record, question)
+            latency_ms = (time.perf_counter() - started) * 1000
+        except (OracleError, OracleRefused, RequestRejected, ScoringError) as exc:
+            return self.give_up(envelope, payload, str(exc))
+        return [
+            make_event(
+                ReplayInvoked(
+                    run_id=payload.run_id,
+                    replay_id=payload.replay_id,
+                    record=record,
+                    question=question,
+                    reply=reply,
+                    latency_ms=round(latency_ms, 3),
+                    question_input_tokens=usage.input_tokens,
+                    question_output_tokens=usage.output_tokens,
+                ),
+                causation_id=envelope.event_id,
+            )
+        ]
+
+    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
+        assert isinstance(payload, ReplayRequested)
+        failed = ReplayFailed(
+            run_id=payload.run_id,
+            replay_id=payload.replay_id,
+            ground_truth_id=payload.record.id,
+            stage="invoke",
+            reason=reason[:2000],
+        )
+        return [make_event(failed, causation_id=envelope.event_id)]

@@ -1,0 +1,53 @@
+"""Score: the judge grades one oracle reply against the diff."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from echelon_platform.envelope import Envelope
+from echelon_platform.errors import ScoringError
+from echelon_platform.events import Payload, ReplayFailed, ReplayInvoked, ReplayScored, make_event
+from echelon_platform.metrics import Metrics
+from pipeline_workers.scoring.base import Scorer
+
+
+class ScoreHandler:
+    stage = "score"
+    topic = "verify.replay.invoked"
+
+    def __init__(self, scorer: Scorer, metrics: Metrics) -> None:
+        self.scorer = scorer
+        self.metrics = metrics
+
+    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
+        assert isinstance(payload, ReplayInvoked)
+        try:
+            score = await self.scorer.score(payload.replay_id, payload.record, payload.reply)
+        except ScoringError as exc:
+            return self.give_up(envelope, payload, f"scoring failed: {exc}")
+        score = score.model_copy(
+            update={
+                "input_tokens": score.input_tokens + payload.question_input_tokens,
+                "output_tokens": score.output_tokens + payload.question_output_tokens,
+            }
+        )
+        self.metrics.judge_tokens.labels(score.scoring_model, "input").inc(score.input_tokens)
+        self.metrics.judge_tokens.labels(score.scoring_model, "output").inc(score.output_tokens)
+        self.metrics.judge_cost.labels(score.scoring_model).inc(score.cost_usd)
+        return [
+            make_event(
+                ReplayScored(run_id=payload.run_id, replay_id=payload.replay_id, score=score),
+                causation_id=envelope.event_id,
+            )
+        ]
+
+    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
+        assert isinstance(payload, ReplayInvoked)
+        failed = ReplayFailed(
+            run_id=payload.run_id,
+            replay_id=payload.replay_id,
+            ground_truth_id=payload.record.id,
+            stage="score",
+            reason=reason[:2000],
+        )
+        return [make_event(failed, causation_id=envelope.event_id)]

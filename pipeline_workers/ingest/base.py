@@ -1,0 +1,179 @@
+"""The ingest port: where ground truth comes from, and how a repository URL picks an adapter."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Literal, Protocol
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from echelon_platform.errors import IngestError, RequestRejected
+from pipeline_workers.models import GroundTruthRecord
+
+GroundTruthSource = Literal["github", "local_git"]
+
+# GitHub's own limits: owners are 1-39 alphanumerics/dashes, repositories 1-100 of [A-Za-z0-9._-].
+_OWNER_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_GITHUB_HOSTS = frozenset({"github.com", "www.github.com"})
+
+
+class SourceSpec(BaseModel):
+    """What to ingest. The token is kept out of repr and serialisation so it cannot leak into events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repo_url: str
+    limit: int = Field(default=50, ge=1, le=1000)
+    since: datetime | None = None
+    labels: list[str] = Field(default_factory=list)
+    include_unmerged: bool = False
+    token: str | None = Field(default=None, repr=False, exclude=True)
+
+    @field_validator("since")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # A naive datetime is ambiguous; both GitHub and git report UTC-comparable instants.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class IngestResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    records: list[GroundTruthRecord]
+    ground_truth_source: GroundTruthSource
+    commit_range: str
+
+
+class Ingester(Protocol):
+    async def fetch(self, source: SourceSpec) -> IngestResult: ...
+
+
+@dataclass(frozen=True)
+class GitHubRepo:
+    owner: str
+    name: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return f"https://github.com/{self.full_name}"
+
+
+@dataclass(frozen=True)
+class LocalRepo:
+    path: str  # absolute POSIX path
+
+
+def parse_repo_url(url: str) -> GitHubRepo | LocalRepo:
+    """Classify a repository reference without touching the network or the filesystem.
+
+    Local paths must be absolute: the API process and the ingest worker may not share a working
+    directory, so a relative path would mean different repositories to each of them.
+    """
+    raw = url.strip()
+    if not raw:
+        raise RequestRejected("repo_url is empty: pass https://github.com/<owner>/<repo> or a local path")
+    if raw.startswith("git@") or raw.startswith("ssh://"):
+        raise RequestRejected(
+            f"SSH repository URLs are not supported ({raw!r}): use https://github.com/<owner>/<repo>"
+        )
+    if raw.startswith("/"):
+        return LocalRepo(path=_normalise_path(raw))
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise RequestRejected(f"file:// URLs must name a local path, not host {parts.netloc!r}")
+        return LocalRepo(path=_normalise_path(unquote(parts.path)))
+    if scheme in ("http", "https") and (parts.hostname or "").lower() in _GITHUB_HOSTS:
+        if scheme != "https":
+            raise RequestRejected(f"use https:// for GitHub repositories (got {raw!r})")
+        return _parse_github_path(raw, parts.path)
+    if not scheme and raw.lower().startswith(("github.com/", "www.github.com/")):
+        raise RequestRejected(f"repo_url {raw!r} lacks a scheme: use https://{raw}")
+    raise RequestRejected(
+        f"unsupported repo_url {raw!r}: only https://github.com/<owner>/<repo> and absolute local "
+        "paths (or file:// URLs) of git repositories are supported"
+    )
+
+
+def _parse_github_path(raw: str, path: str) -> GitHubRepo:
+    segments = [s for s in path.split("/") if s]
+    if len(segments) != 2:
+        raise RequestRejected(f"GitHub URL {raw!r} must look like https://github.com/<owner>/<repo>")
+    owner, name = segments
+    name = name.removesuffix(".git")
+    if not _OWNER_RE.match(owner) or not _REPO_RE.match(name) or name in (".", ".."):
+        raise RequestRejected(f"GitHub URL {raw!r} does not name a valid <owner>/<repo>")
+    return GitHubRepo(owner=owner, name=name)
+
+
+def _normalise_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise RequestRejected(f"local repository paths must be absolute (got {path!r})")
+    if "\x00" in path:
+        raise RequestRejected("local repository path contains a NUL byte")
+    # Collapse '//' and trailing '/', but keep '..' literal: resolving symlinks is the worker's job.
+    return str(PurePosixPath(path))
+
+
+def validate_repo_url(url: str) -> str:
+    """Canonical form of a supported repo URL (request-time check); raises RequestRejected otherwise."""
+    ref = parse_repo_url(url)
+    return ref.url if isinstance(ref, GitHubRepo) else ref.path
+
+
+def ingester_for(
+    repo_url: str,
+    http_client: httpx.AsyncClient,
+    *,
+    github_api_url: str = "https://api.github.com",
+) -> Ingester:
+    """The adapter that can read ``repo_url``; raises RequestRejected for anything else."""
+    # Imported here because the adapters import this module for the shared types.
+    from pipeline_workers.ingest.github import GitHubIngester
+    from pipeline_workers.ingest.local_git import LocalGitIngester
+
+    ref = parse_repo_url(repo_url)
+    if isinstance(ref, GitHubRepo):
+        return GitHubIngester(http_client, base_url=github_api_url)
+    return LocalGitIngester()
+
+
+def build_result(
+    records: list[GroundTruthRecord], source: GroundTruthSource, where: str, filters: str
+) -> IngestResult:
+    """Wrap records; an empty result is an error because a run over nothing cannot be certified."""
+    if not records:
+        raise IngestError(f"no changes found in {where} matching {filters}: widen 'since', labels or limit")
+    return IngestResult(records=records, ground_truth_source=source, commit_range=commit_range(records))
+
+
+def commit_range(records: list[GroundTruthRecord]) -> str:
+    """``first..last`` SHA in chronological order (oldest first), whatever order records are in."""
+    dated = sorted((r for r in records if r.sha), key=lambda r: (r.timestamp, r.sha))
+    if not dated:
+        return ""
+    return f"{dated[0].sha}..{dated[-1].sha}"
+
+
+def describe_filters(source: SourceSpec) -> str:
+    parts = [f"limit={source.limit}"]
+    if source.since is not None:
+        parts.append(f"since={source.since.isoformat()}")
+    if source.labels:
+        parts.append(f"labels={','.join(source.labels)}")
+    if source.include_unmerged:
+        parts.append("include_unmerged")
+    return " ".join(parts)

@@ -1,0 +1,166 @@
+"""The stage-worker loop: a durable pull consumer per stage, bounded concurrency, ack after publish.
+
+A handler turns one event into the events it causes. Effects are publishes with deterministic dedup keys,
+so a redelivered message that is handled twice still yields each event once in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+
+from echelon_platform.bus import Bus
+from echelon_platform.envelope import Envelope
+from echelon_platform.errors import EnvelopeError, InfrastructureError
+from echelon_platform.events import Payload, parse_payload
+from echelon_platform.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+
+class Handler(Protocol):
+    stage: str
+    topic: str
+
+    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
+        """Events caused by this one. Raise InfrastructureError for a retryable failure."""
+        ...
+
+    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
+        """Events that record a permanent failure after the last delivery attempt (dead letter)."""
+        ...
+
+
+@dataclass
+class StageStats:
+    handled: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    poison: int = 0
+
+
+class StageWorker:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        bus: Bus,
+        metrics: Metrics,
+        durable_prefix: str,
+        concurrency: int = 8,
+        ack_wait_s: float = 60.0,
+        max_deliver: int = 5,
+        fetch_timeout_s: float = 0.5,
+    ) -> None:
+        self.handler = handler
+        self.bus = bus
+        self.metrics = metrics
+        self.durable = f"{durable_prefix}-{handler.stage}"
+        self.concurrency = concurrency
+        self.ack_wait_s = ack_wait_s
+        self.max_deliver = max_deliver
+        self.fetch_timeout_s = fetch_timeout_s
+        self.stats = StageStats()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, *, until_idle: bool = False) -> StageStats:
+        sub: Any = None
+        failures = 0
+        while not self._stopping.is_set():
+            if sub is None:
+                try:
+                    sub = await self.bus.pull_subscription(
+                        self.durable,
+                        self.bus.subjects.topic_filter(self.handler.topic),
+                        ack_wait_s=self.ack_wait_s,
+                        max_deliver=self.max_deliver,
+                        max_ack_pending=self.concurrency * 4,
+                    )
+                except InfrastructureError as exc:
+                    log.warning("stage.subscribe_failed", stage=self.handler.stage, error=str(exc))
+                    await self._pause(failures := failures + 1)
+                    continue
+            try:
+                msgs = await sub.fetch(self.concurrency, timeout=self.fetch_timeout_s)
+            except nats.errors.TimeoutError:
+                if until_idle:
+                    break
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
+                sub = None
+                await self._pause(failures := failures + 1)
+                continue
+            failures = 0
+            await asyncio.gather(*(self._one(m) for m in msgs))
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, OSError):
+                pass
+        return self.stats
+
+    async def _pause(self, attempt: int) -> None:
+        delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except TimeoutError:
+            pass
+
+    async def _one(self, msg: Msg) -> None:
+        stage = self.handler.stage
+        started = time.perf_counter()
+        try:
+            envelope = Envelope.from_wire(msg.data)
+            payload = parse_payload(envelope)
+        except EnvelopeError as exc:
+            # The coordinator parks it with the raw bytes; a stage only refuses it.
+            log.error("stage.poison", stage=stage, subject=msg.subject, reason=str(exc))
+            self.stats.poison += 1
+            self.metrics.stage_processed.labels(stage, "poison").inc()
+            await msg.term()
+            return
+        with structlog.contextvars.bound_contextvars(
+            stage=stage, topic=envelope.topic, correlationId=envelope.correlation_id, eventId=envelope.event_id
+        ):
+            try:
+                caused = await self.handler.handle(envelope, payload)
+                await self._publish(caused)
+            except (InfrastructureError, TimeoutError, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
+                delivered = int(msg.metadata.num_delivered)
+                if delivered >= self.max_deliver:
+                    log.error("stage.dead_letter", attempts=delivered, reason=reason)
+                    await self._publish(self.handler.give_up(envelope, payload, f"gave up after {delivered} attempts: {reason}"))
+                    self.stats.dead_lettered += 1
+                    self.metrics.stage_processed.labels(stage, "dead_letter").inc()
+                    await msg.ack()
+                    return
+                log.warning("stage.retry", attempts=delivered, reason=reason)
+                self.stats.retried += 1
+                self.metrics.stage_processed.labels(stage, "retry").inc()
+                await msg.nak(delay=min(30.0, 0.5 * 2**delivered))
+                return
+            await msg.ack()
+            self.stats.handled += 1
+            self.metrics.stage_processed.labels(stage, "ok").inc()
+            self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+
+    async def _publish(self, events: Sequence[Envelope]) -> None:
+        if not events:
+            return
+        await self.bus.publish_many(events)
+        for event in events:
+            self.metrics.events_published.labels(event.topic).inc()

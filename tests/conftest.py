@@ -1,0 +1,95 @@
+"""Real NATS, Postgres and Redis for every test run.
+
+The configured URLs (ECHELON_TEST_NATS_URL / _DATABASE_URL / _REDIS_URL) when given, else embedded servers
+started once per session. Every test gets its own stream, subject root, consumer names, Redis key prefix
+and database (copied from a migrated template), so runs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+from ulid import ULID
+
+from echelon_platform.config import Settings
+from echelon_platform.embedded import EmbeddedStack, StackUrls
+from echelon_platform.migrations import migrate
+from tests.helpers import wait_for
+
+
+@pytest.fixture(scope="session")
+async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StackUrls]:
+    nats_url = os.environ.get("ECHELON_TEST_NATS_URL")
+    db_url = os.environ.get("ECHELON_TEST_DATABASE_URL")
+    redis_url = os.environ.get("ECHELON_TEST_REDIS_URL")
+    if nats_url and db_url and redis_url:
+        yield StackUrls(nats_url=nats_url, database_url=db_url, redis_url=redis_url)
+        return
+    async with EmbeddedStack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack.urls
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+async def template_db(infra: StackUrls) -> AsyncIterator[str]:
+    """A migrated database that each test copies (CREATE DATABASE ... TEMPLATE is a fast file copy)."""
+    name = f"echelon_tmpl_{str(ULID()).lower()}"
+    admin = await asyncpg.connect(infra.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    await migrate(_with_database(infra.database_url, name))
+    yield name
+    admin = await asyncpg.connect(infra.database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for row in await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", f"{name}_t%"):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def settings(infra: StackUrls, template_db: str, tmp_path: Path) -> Settings:
+    tag = str(ULID()).lower()
+    db_name = f"{template_db}_t{tag[-10:]}"
+    admin = await asyncpg.connect(infra.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{db_name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    return Settings(
+        nats_url=infra.nats_url,
+        database_url=_with_database(infra.database_url, db_name),
+        redis_url=infra.redis_url,
+        data_dir=tmp_path,
+        stream_name=f"T{tag.upper()}",
+        subject_root=f"t{tag}",
+        redis_prefix=f"t{tag}:",
+        consumer_prefix=f"t{tag}",
+        fetch_timeout_s=0.2,
+        jwt_secret="test-secret-0123456789abcdef0123456789",  # type: ignore[arg-type]
+        allow_private_oracles=True,
+        watchdog_interval_s=0.2,
+        oracle_allowlist=[
+            "pipeline_workers.oracles.sample:summarise",
+            "pipeline_workers.oracles.sample:broken",
+        ],
+    )
+
+
+WaitFor = Callable[..., Awaitable[object]]
+
+
+@pytest.fixture
+def wait() -> WaitFor:
+    return wait_for

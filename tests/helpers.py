@@ -1,0 +1,26 @@
+"""Test helpers: wait on a condition with a deadline (never sleep for an effect)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T] | T], *, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        result = probe()
+        last = await result if inspect.isawaitable(result) else result  # type: ignore[assignment]
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
