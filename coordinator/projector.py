@@ -17,6 +17,7 @@ from echelon_platform.envelope import Envelope
 from echelon_platform.readmodels import Keys, RedisClient, lock_key, millis, pointer_key
 
 CERT_TOPIC = "verify.certificate.issued"
+RATING_TOPIC = "verify.rating.submitted"
 # Compare-and-delete: release the lease only if it is still ours.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
@@ -45,8 +46,51 @@ def queue_writes(
         elif state.updated_at is not None:
             pipe.zadd(keys.active, {state.run_id: state.updated_at.timestamp() * 1000})
     for cert in certs:
-        pipe.set(keys.cert(cert["certificate_id"]), orjson.dumps(cert))
-        pipe.zadd(keys.certs, {cert["certificate_id"]: certificate_score(cert)})
+        cert_id, construct = cert["certificate_id"], cert["construct_id"]
+        pipe.set(keys.cert(cert_id), orjson.dumps(cert))
+        for order, score in (
+            ("created", certificate_score(cert)),
+            ("brier", float(cert["brier"])),
+            ("composite", float(cert["composite_score"])),
+        ):
+            pipe.zadd(keys.certs_by(order), {cert_id: score})
+            pipe.zadd(keys.construct_certs(construct, order), {cert_id: score})
+
+
+# Keep the rating with the greatest event id (ULIDs sort by time): commutative, so order cannot matter.
+_KEEP_LATEST = """
+for i = 1, 2 do
+  local current = redis.call('HGET', KEYS[i], ARGV[i])
+  if (not current) or cjson.decode(current)['event_id'] < ARGV[3] then
+    redis.call('HSET', KEYS[i], ARGV[i], ARGV[4])
+  end
+end
+return 0
+"""
+
+
+def queue_rating(pipe: aioredis.client.Pipeline, keys: Keys, event: Envelope) -> None:
+    p = event.payload
+    value = orjson.dumps(
+        {
+            "certificate_id": p["certificate_id"],
+            "replay_id": p["replay_id"],
+            "user_id": p["user_id"],
+            "rating": p["rating"],
+            "rated_at": p["rated_at"],
+            "event_id": event.event_id,
+        }
+    )
+    pipe.eval(
+        _KEEP_LATEST,
+        2,
+        keys.ratings(p["certificate_id"]),
+        keys.user_ratings(p["user_id"]),
+        f"{p['replay_id']}|{p['user_id']}",
+        f"{p['certificate_id']}|{p['replay_id']}",
+        event.event_id,
+        value,
+    )
 
 
 class Projector(RedisClient):
@@ -74,19 +118,23 @@ class Projector(RedisClient):
         ns = await self.acquire()
         keys = Keys(self.prefix, ns)
         try:
-            run_ids = list(dict.fromkeys(e.run_id for e in events))
+            run_events = [e for e in events if e.topic != RATING_TOPIC]
+            run_ids = list(dict.fromkeys(e.run_id for e in run_events))
             raws = await self.redis.mget([keys.run(r) for r in run_ids]) if run_ids else []
             states = {
                 r: from_record(orjson.loads(raw)) if raw else RunState(run_id=r)
                 for r, raw in zip(run_ids, raws, strict=True)
             }
             certs = []
-            for event in events:
+            for event in run_events:
                 states[event.run_id] = apply(states[event.run_id], event)
                 if event.topic == CERT_TOPIC:
                     certs.append(event.payload["certificate"])
             pipe = self.redis.pipeline(transaction=True)
             queue_writes(pipe, keys, states.values(), certs)
+            for event in events:
+                if event.topic == RATING_TOPIC:
+                    queue_rating(pipe, keys, event)
             if secret_prefix is not None:
                 for state in states.values():
                     if state.status.terminal and state.secret_ref:

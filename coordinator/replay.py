@@ -15,7 +15,8 @@ import orjson
 from ulid import ULID
 
 from coordinator.projections import RunState, apply
-from coordinator.projector import CERT_TOPIC, Projector, queue_writes
+from coordinator.projector import CERT_TOPIC, RATING_TOPIC, Projector, queue_rating, queue_writes
+from echelon_platform.envelope import Envelope
 from echelon_platform.readmodels import Keys, pointer_key
 from echelon_platform.store import EventStore
 
@@ -42,17 +43,21 @@ class Rebuilder:
         self.projector = projector
         self.states: dict[str, RunState] = {}
         self.certs: dict[str, dict[str, Any]] = {}
+        self.ratings: list[Envelope] = []  # few; each kept in full so the latest-wins rule re-applies
         self.last_seq = 0
         self.events = 0
 
     async def fold_from_log(self) -> None:
         async for seq, event in self.store.stream(after_seq=self.last_seq):
+            self.last_seq = seq
+            self.events += 1
+            if event.topic == RATING_TOPIC:
+                self.ratings.append(event)
+                continue
             self.states[event.run_id] = apply(self.states.get(event.run_id) or RunState(run_id=event.run_id), event)
             if event.topic == CERT_TOPIC:
                 cert = event.payload["certificate"]
                 self.certs[cert["certificate_id"]] = cert
-            self.last_seq = seq
-            self.events += 1
 
     async def write(self, keys: Keys) -> None:
         states = list(self.states.values())
@@ -61,6 +66,11 @@ class Rebuilder:
         for i in range(0, max(len(states), len(certs)), WRITE_CHUNK):
             pipe = redis.pipeline(transaction=False)
             queue_writes(pipe, keys, states[i : i + WRITE_CHUNK], certs[i : i + WRITE_CHUNK])
+            await pipe.execute()
+        for i in range(0, len(self.ratings), WRITE_CHUNK):
+            pipe = redis.pipeline(transaction=False)
+            for event in self.ratings[i : i + WRITE_CHUNK]:
+                queue_rating(pipe, keys, event)
             await pipe.execute()
 
     async def rebuild(self, *, switch: bool = True) -> ReplayReport:
@@ -95,6 +105,8 @@ async def snapshot(projector: Projector, keys: Keys) -> dict[str, bytes]:
         name = key.decode()[strip:]
         if kind == "string":
             result[name] = await redis.get(key)
+        elif kind == "hash":
+            result[name] = orjson.dumps(sorted((k.decode(), v.decode()) for k, v in (await redis.hgetall(key)).items()))
         elif kind == "zset":
             result[name] = orjson.dumps(sorted((m.decode(), s) for m, s in await redis.zrange(key, 0, -1, withscores=True)))
     return result

@@ -110,6 +110,17 @@ class RunFailed(Payload):
     stage: str
 
 
+class RatingSubmitted(Payload):
+    """A person's 1–5 rating of one replay of a certificate; a user's newer rating replaces the older."""
+
+    rating_id: str
+    certificate_id: str
+    replay_id: str
+    user_id: str
+    rating: int = Field(ge=1, le=5)
+    rated_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     topic: str
@@ -133,6 +144,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("verify.certificate.issued", CertificateIssued, 1, "run_id", "The run's one certificate."),
         TopicSpec("verify.run.completed", RunCompleted, 1, "run_id", "The run ended with a certificate."),
         TopicSpec("verify.run.failed", RunFailed, 1, "run_id", "The run ended without a certificate."),
+        TopicSpec("verify.rating.submitted", RatingSubmitted, 1, "rating_id", "A person rated one replay."),
     )
 }
 

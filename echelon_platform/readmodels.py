@@ -45,9 +45,20 @@ class Keys:
     def cert(self, cert_id: str) -> str:
         return self._k(f"cert:{cert_id}")
 
-    @property
-    def certs(self) -> str:
-        return self._k("certs")
+    def certs_by(self, order: str) -> str:
+        """Certificate index by `created`, `brier` or `composite`."""
+        return self._k(f"certs:{order}")
+
+    def construct_certs(self, construct_id: str, order: str) -> str:
+        return self._k(f"construct:{construct_id}:certs:{order}")
+
+    def ratings(self, cert_id: str) -> str:
+        """Hash `<replay_id>|<user_id>` → latest rating JSON."""
+        return self._k(f"ratings:{cert_id}")
+
+    def user_ratings(self, user_id: str) -> str:
+        """Hash `<cert_id>|<replay_id>` → latest rating JSON."""
+        return self._k(f"user:{user_id}:ratings")
 
     @property
     def pattern(self) -> str:
@@ -154,3 +165,44 @@ class ReadModels(RedisClient):
         keys = await self.keys()
         raw = await self.redis.get(keys.cert(cert_id))
         return orjson.loads(raw) if raw else None  # type: ignore[no-any-return]
+
+    async def list_certificates(
+        self, *, construct_id: str | None = None, sort: str = "created_desc", limit: int = 20, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Full certificates in a stable order: `created_desc`, `brier_asc` or `composite_desc`.
+
+        Ties are broken by certificate id (Redis orders equal scores lexicographically).
+        """
+        keys = await self.keys()
+        order, descending = {
+            "created_desc": ("created", True),
+            "brier_asc": ("brier", False),
+            "composite_desc": ("composite", True),
+        }[sort]
+        index = keys.construct_certs(construct_id, order) if construct_id else keys.certs_by(order)
+        total = int(await self.redis.zcard(index))
+        end = offset + limit - 1
+        ids = await (self.redis.zrevrange(index, offset, end) if descending else self.redis.zrange(index, offset, end))
+        if not ids:
+            return [], total
+        raws = await self.redis.mget([keys.cert(i.decode()) for i in ids])
+        return [orjson.loads(r) for r in raws if r], total
+
+    async def all_certificate_ids(self) -> list[str]:
+        keys = await self.keys()
+        return [i.decode() for i in await self.redis.zrange(keys.certs_by("created"), 0, -1)]
+
+    async def ratings(self, *, certificate_id: str | None, user_id: str | None) -> list[dict[str, Any]]:
+        """Latest rating per (user, replay), filtered by certificate and/or user; stable order."""
+        keys = await self.keys()
+        if certificate_id is not None:
+            values = await self.redis.hvals(keys.ratings(certificate_id))
+        elif user_id is not None:
+            values = await self.redis.hvals(keys.user_ratings(user_id))
+        else:
+            values = []
+            for cert_id in await self.all_certificate_ids():
+                values.extend(await self.redis.hvals(keys.ratings(cert_id)))
+        rows: list[dict[str, Any]] = [orjson.loads(v) for v in values]
+        rows = [r for r in rows if user_id is None or r["user_id"] == user_id]
+        return sorted(rows, key=lambda r: (r["certificate_id"], r["replay_id"], r["user_id"]))

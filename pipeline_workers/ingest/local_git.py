@@ -1,0 +1,187 @@
+"""Ground truth from a local git repository through the ``git`` CLI (asyncio subprocesses).
+
+Records are the merges on the first-parent (mainline) history, newest first: that is what "merged
+changes" means in a merge-based workflow, and it skips "merge main into feature" sync merges. A
+repository with no merges (squash/rebase workflows) falls back to first-parent commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+from echelon_platform.errors import IngestError
+from pipeline_workers.ingest.base import (
+    IngestResult,
+    LocalRepo,
+    SourceSpec,
+    build_result,
+    describe_filters,
+    parse_repo_url,
+)
+from pipeline_workers.ingest.diffs import DEFAULT_MAX_DIFF_BYTES, truncate_diff
+from pipeline_workers.models import GroundTruthRecord
+
+# Fix the output format whatever the user's git config says; never run external diff/textconv
+# programs or fsmonitor hooks a repository's config could name.
+_GIT_OPTIONS = (
+    "--no-pager",
+    "-c",
+    "core.quotepath=off",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "color.ui=never",
+    "-c",
+    "log.showSignature=false",
+)
+_DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "-M", "--src-prefix=a/", "--dst-prefix=b/")
+_FIELD, _RECORD = "\x1f", "\x1e"
+_LOG_FORMAT = _FIELD.join(["%H", "%h", "%P", "%an", "%cI", "%s", "%b"]) + _RECORD
+
+
+class _GitFailed(Exception):
+    def __init__(self, stderr: str) -> None:
+        super().__init__(stderr)
+        self.stderr = stderr
+
+
+class LocalGitIngester:
+    def __init__(
+        self,
+        *,
+        git: str = "git",
+        timeout_s: float = 60.0,
+        concurrency: int = 4,
+        max_diff_bytes: int = DEFAULT_MAX_DIFF_BYTES,
+    ) -> None:
+        self._git_exe = git
+        self._timeout = timeout_s
+        self._concurrency = concurrency
+        self._max_diff_bytes = max_diff_bytes
+
+    async def fetch(self, source: SourceSpec) -> IngestResult:
+        ref = parse_repo_url(source.repo_url)
+        if not isinstance(ref, LocalRepo):
+            raise IngestError(f"{source.repo_url!r} is not a local repository path")
+        repo = ref.path
+        await self._check_repo(repo)
+        empty_tree = (await self._run(repo, "hash-object", "-t", "tree", "--stdin", stdin=b"")).strip()
+        commits = await self._log(repo, source, merges=True) or await self._log(repo, source, merges=False)
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(fields: list[str]) -> GroundTruthRecord:
+            async with gate:
+                return await self._record(repo, fields, empty_tree)
+
+        records = list(await asyncio.gather(*(one(c) for c in commits)))
+        return build_result(records, "local_git", repo, describe_filters(source))
+
+    async def _check_repo(self, repo: str) -> None:
+        try:
+            await self._run(repo, "rev-parse", "--git-dir")
+        except _GitFailed as exc:
+            detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else "git rev-parse failed"
+            if "cannot change to" in exc.stderr:
+                raise IngestError(f"local repository path {repo} does not exist or is not a directory") from exc
+            raise IngestError(f"{repo} is not a git repository ({detail})") from exc
+        try:
+            await self._run(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        except _GitFailed as exc:
+            raise IngestError(f"git repository {repo} has no commits on its current branch") from exc
+
+    async def _log(self, repo: str, source: SourceSpec, *, merges: bool) -> list[list[str]]:
+        args = ["log", "--first-parent", f"--max-count={source.limit}", f"--format={_LOG_FORMAT}"]
+        if merges:
+            args.append("--merges")
+        if source.since is not None:
+            # git's --since is inclusive; flooring to a whole second keeps the boundary commit, and the
+            # exact comparison below removes anything git let through from before `since`.
+            args.append(f"--since=@{int(source.since.timestamp())}")
+        args += ["HEAD", "--"]
+        out = await self._run_or_fail(repo, *args)
+        commits: list[list[str]] = []
+        for raw in out.split(_RECORD):
+            fields = raw.strip("\n").split(_FIELD)
+            if len(fields) != 7:
+                continue
+            if source.since is not None and _parse_date(fields[4]) < source.since:
+                continue
+            commits.append(fields)
+        return commits
+
+    async def _record(self, repo: str, fields: list[str], empty_tree: str) -> GroundTruthRecord:
+        sha, short, parents, author, date, subject, body = fields
+        # A merge's diff is what it brought into the mainline: against its first parent. A root
+        # commit is compared with the empty tree so its files show up as added.
+        base = parents.split()[0] if parents.strip() else empty_tree
+        diff = await self._run_or_fail(repo, "diff", *_DIFF_OPTIONS, base, sha, "--")
+        names = await self._run_or_fail(repo, "diff", "--name-status", "-z", "-M", base, sha, "--")
+        return GroundTruthRecord(
+            id=short,
+            title=subject,
+            description=body.strip(),
+            diff_content=truncate_diff(diff, self._max_diff_bytes),
+            files_changed=_paths_from_name_status(names),
+            timestamp=_parse_date(date),
+            labels=[],
+            author=author,
+            url=f"{PurePosixPath(repo).as_uri()}#{sha}",
+            repo=repo,
+            sha=sha,
+        )
+
+    async def _run_or_fail(self, repo: str, *args: str) -> str:
+        try:
+            return await self._run(repo, *args)
+        except _GitFailed as exc:
+            detail = " ".join(exc.stderr.split())[:300]
+            raise IngestError(f"git {args[0]} failed in {repo}: {detail}") from exc
+
+    async def _run(self, repo: str, *args: str, stdin: bytes | None = None) -> str:
+        env = {**os.environ, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._git_exe,
+                "-C",
+                repo,
+                *_GIT_OPTIONS,
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except FileNotFoundError as exc:
+            raise IngestError(f"git executable {self._git_exe!r} not found: install git on the worker") from exc
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), self._timeout)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise IngestError(f"git {args[0]} timed out after {self._timeout:g}s in {repo}") from exc
+        if proc.returncode != 0:
+            raise _GitFailed(err.decode("utf-8", errors="replace"))
+        # Diffs of arbitrary repositories need not be UTF-8; keep them readable rather than failing.
+        return out.decode("utf-8", errors="replace")
+
+
+def _parse_date(value: str) -> datetime:
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _paths_from_name_status(output: str) -> list[str]:
+    """Paths from ``--name-status -z``: renames and copies list both the old and the new path."""
+    tokens = output.split("\0")
+    paths: list[str] = []
+    i = 0
+    while i < len(tokens) and tokens[i]:
+        status = tokens[i]
+        width = 2 if status[:1] in ("R", "C") else 1
+        for path in tokens[i + 1 : i + 1 + width]:
+            if path and path not in paths:
+                paths.append(path)
+        i += 1 + width
+    return paths
