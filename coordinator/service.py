@@ -42,18 +42,26 @@ class CoordinatorStats:
     lag: int = 0
 
 
+RETRY_HEADER = "Echelon-Retry-Of"
+
+
 @dataclass(frozen=True, slots=True)
 class _Decoded:
     events: list[tuple[Envelope, int]]
     parked: list[tuple[int, str, bytes, str]]
+    retried: list[int]  # parked rows an operator re-drove (marked in the same transaction)
 
 
 def decode_batch(msgs: Sequence[Msg]) -> _Decoded:
     """Split a batch into valid events and poison (with the reason it was refused)."""
     events: list[tuple[Envelope, int]] = []
     parked: list[tuple[int, str, bytes, str]] = []
+    retried: list[int] = []
     for msg in msgs:
         seq = message_sequence(msg)
+        retry_of = (msg.headers or {}).get(RETRY_HEADER)
+        if retry_of and retry_of.isdigit():
+            retried.append(int(retry_of))
         try:
             envelope = Envelope.from_wire(msg.data)
             parse_payload(envelope)
@@ -61,7 +69,7 @@ def decode_batch(msgs: Sequence[Msg]) -> _Decoded:
             parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
             continue
         events.append((envelope, seq))
-    return _Decoded(events, parked)
+    return _Decoded(events, parked, retried)
 
 
 class StateCoordinator:
@@ -164,7 +172,7 @@ class StateCoordinator:
 
     async def _append(self, decoded: _Decoded) -> Any:
         try:
-            return await self.store.append_batch(decoded.events, decoded.parked)
+            return await self.store.append_batch(decoded.events, decoded.parked, decoded.retried)
         except StoreError as exc:
             if not isinstance(exc.__cause__, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
                 raise
@@ -179,7 +187,7 @@ class StateCoordinator:
                 parked.append((seq, self.bus.subjects.for_event(env), env.to_wire(), f"refused by Postgres: {exc}"))
         decoded.parked[:] = parked
         decoded.events[:] = ok
-        return await self.store.append_batch(ok, parked)
+        return await self.store.append_batch(ok, parked, decoded.retried)
 
     async def _after_projection(self, events: list[Envelope], runs: dict[str, RunState]) -> None:
         """When a run's last replay is done, tell the certifier (deduplicated per run)."""

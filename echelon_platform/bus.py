@@ -152,9 +152,13 @@ class Bus:
             raise BusError(f"publish of {len(envelopes)} events failed: {exc or type(exc).__name__}") from exc
         return [int(a.seq) for a in acks]
 
-    async def publish_raw(self, subject: str, data: bytes, msg_id: str | None = None) -> int:
+    async def publish_raw(
+        self, subject: str, data: bytes, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> int:
         """Publish bytes as they are (operators re-driving parked events, tests planting poison)."""
-        headers = {NATS_MSG_ID: msg_id} if msg_id else None
+        headers = dict(headers or {})
+        if msg_id:
+            headers[NATS_MSG_ID] = msg_id
         try:
             ack = await self.js.publish(subject, data, stream=self.stream, headers=headers)
         except (nats.errors.Error, TimeoutError) as exc:

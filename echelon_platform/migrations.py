@@ -10,7 +10,14 @@ import asyncpg
 
 from echelon_platform.errors import MigrationError, StoreError
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+def _default_dir() -> Path:
+    # A source checkout (editable install) keeps them beside the packages; an installed copy runs from
+    # a directory that has `db/migrations` (the Docker image's WORKDIR).
+    beside = Path(__file__).resolve().parent.parent / "db" / "migrations"
+    return beside if beside.is_dir() else Path.cwd() / "db" / "migrations"
+
+
+DEFAULT_DIR = _default_dir()
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

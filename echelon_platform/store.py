@@ -113,8 +113,9 @@ class EventStore:
         self,
         events: Sequence[tuple[Envelope, int]],
         parked: Sequence[tuple[int, str, bytes, str]] = (),
+        retried: Sequence[int] = (),
     ) -> AppendResult:
-        """Append events (with their stream sequences) and park poison, in one transaction."""
+        """Append events (with their stream sequences), park poison and mark re-driven rows, in one tx."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 rows: list[asyncpg.Record] = []
@@ -137,15 +138,16 @@ class EventStore:
                         "ON CONFLICT (stream_seq) DO NOTHING",
                         list(parked),
                     )
+                if retried:
+                    await conn.execute(
+                        "UPDATE parked_events SET retried_at = now() WHERE id = ANY($1::bigint[])", list(retried)
+                    )
         except asyncpg.PostgresError as exc:
             raise StoreError(f"append failed: {exc}") from exc
         return AppendResult(
             winners=frozenset(r["event_id"] for r in rows),
             inserted=sum(1 for r in rows if r["inserted"]),
         )
-
-    async def mark_retried(self, parked_id: int) -> None:
-        await self.pool.execute("UPDATE parked_events SET retried_at = now() WHERE id = $1", parked_id)
 
     # ---- reads ----
 

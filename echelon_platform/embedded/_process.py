@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -20,7 +21,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from echelon_platform.errors import InfrastructureError
@@ -55,25 +55,19 @@ def port_is_free(port: int, host: str = LOCALHOST) -> bool:
 
 
 def process_start_ticks(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of a live, non-zombie process, or None if there is none.
-
-    Together with the pid this identifies a process even after the pid number is reused.
-    """
+    """Start time (clock ticks since boot) of a live, non-zombie process: with the pid, an identity."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return None
-    except OSError:
-        if Path("/proc/self/stat").exists():
-            return None
-        # No procfs (not Linux): fall back to a bare existence check.
+    except OSError:  # no procfs (not Linux), or the process vanished mid-read: ask the kernel directly
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
         except PermissionError:
             pass
-        return 0
+        return 0  # alive; without procfs a constant stands in for the start time
     # The command name (field 2) may contain spaces and parentheses; fields after the last ")" are fixed.
     fields = raw[raw.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
@@ -106,29 +100,26 @@ def file_size(path: Path) -> int:
         return 0
 
 
-_libc: ctypes.CDLL | None = None
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Loaded in the parent: dlopen between fork and exec is not async-signal-safe.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def child_preexec(death_signal: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive death_signal when this process dies (Linux only).
+    """A ``preexec_fn`` giving the child death_signal when this process dies (Linux only).
 
-    Popen applies ``user``/``group``/``extra_groups`` *before* calling preexec_fn, which matters: the
-    kernel clears the parent-death signal on any credential change, so it has to be set last. Note that
-    the "parent" is the spawning *thread*, so spawn from the event-loop thread, not a worker thread.
+    Popen applies ``user``/``group`` *before* preexec_fn, as needed: the kernel clears the parent-death
+    signal on credential changes. The "parent" is the spawning *thread*: spawn from the loop thread.
     """
-    global _libc
     if not sys.platform.startswith("linux"):
         return None
-    if _libc is None:
-        # Loaded in the parent: dlopen between fork and exec is not async-signal-safe.
-        _libc = ctypes.CDLL(None, use_errno=True)
-    prctl = _libc.prctl
+    prctl = _libc().prctl
     parent = os.getpid()
-    arg_signal = ctypes.c_ulong(death_signal)
-    zero = ctypes.c_ulong(0)
+    args = (ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(death_signal), *[ctypes.c_ulong(0)] * 3)
 
     def setup() -> None:
-        prctl(ctypes.c_int(_PR_SET_PDEATHSIG), arg_signal, zero, zero, zero)
+        prctl(*args)
         # If the parent died between fork and prctl, no signal will ever come: give up now.
         if os.getppid() != parent:
             os._exit(1)
@@ -161,8 +152,6 @@ class _State:
 class EmbeddedServer(abc.ABC):
     """Base of the embedded servers: one server process per data dir, reachable on 127.0.0.1.
 
-    Lifecycle rules:
-
     * ``start()`` first looks at ``data_dir/server.json``. If the process recorded there is still alive
       (same pid *and* start time) and answers on its port, it is **adopted**: ``url``/``port`` point at
       it and nothing is spawned. Otherwise a new server is spawned (on ``port``, or a free port) and
@@ -189,14 +178,14 @@ class EmbeddedServer(abc.ABC):
     ) -> None:
         # abspath also folds "..", as postgres does with its data directory (compared in its probe).
         self.data_dir = Path(os.path.abspath(data_dir))
+        self.log_path = self.data_dir / f"{self.kind}.log"
+        self.state_path = self.data_dir / STATE_FILE
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._port = port
         self._proc: asyncio.subprocess.Process | None = None
         self._adopted: _State | None = None
         self._lock = asyncio.Lock()
-
-    # -- what each server defines -------------------------------------------------------------------
 
     @abc.abstractmethod
     def _url_for(self, port: int) -> str:
@@ -208,24 +197,12 @@ class EmbeddedServer(abc.ABC):
 
     @abc.abstractmethod
     async def _probe(self, port: int, pid: int) -> None:
-        """Talk to the server once; raise unless it is ready *and* is ours (process pid, our data dir).
-
-        The identity check matters: whatever else listens on the port must never pass for our server.
-        """
+        """Talk to the server once; raise unless it is ready *and* ours (pid or data dir): whatever
+        else listens on the port must never pass for our server."""
 
     def _spawn_options(self) -> dict[str, Any]:
         """Extra keyword arguments for the subprocess (user, group, env)."""
         return {}
-
-    # -- public surface -----------------------------------------------------------------------------
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / f"{self.kind}.log"
-
-    @property
-    def state_path(self) -> Path:
-        return self.data_dir / STATE_FILE
 
     @property
     def port(self) -> int:
@@ -274,33 +251,19 @@ class EmbeddedServer(abc.ABC):
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
-
-    def __repr__(self) -> str:
-        where = self._url_for(self._port) if self._port is not None else "no port"
-        return f"<{type(self).__name__} {where} pid={self.pid} dir={self.data_dir}>"
-
-    # -- start ----------------------------------------------------------------------------------------
 
     async def _start(self) -> None:
         if self.running:
             return
-        self._adopted = None
-        self._proc = None
+        self._adopted = self._proc = None
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
         if await self._try_adopt():
             return
         port = self._port if self._port is not None else free_port()
         if not await asyncio.to_thread(port_is_free, port):
-            raise EmbeddedServerError(
-                f"cannot start embedded {self.kind}: {LOCALHOST}:{port} is already in use"
-            )
+            raise EmbeddedServerError(f"embedded {self.kind}: {LOCALHOST}:{port} is already in use")
         argv = await self._prepare(port)
         self._port = port
         log_offset = await asyncio.to_thread(file_size, self.log_path)
@@ -314,13 +277,11 @@ class EmbeddedServer(abc.ABC):
             await self._terminate(proc)
             raise
         ticks = process_start_ticks(proc.pid) or 0
-        state = _State(pid=proc.pid, start_ticks=ticks, port=port, url=self._url_for(port))
-        await asyncio.to_thread(self._write_state, state)
+        await asyncio.to_thread(self._write_state, _State(proc.pid, ticks, port, self._url_for(port)))
 
-    async def _spawn(self, argv: list[str], **extra: Any) -> asyncio.subprocess.Process:
+    async def _spawn(self, argv: list[str]) -> asyncio.subprocess.Process:
         """Run argv with output appended to the log, in its own session, dying with us."""
         log = await asyncio.to_thread(self.log_path.open, "ab")
-        options = {**self._spawn_options(), **extra}
         try:
             # Spawned from the loop thread on purpose: the parent-death signal follows the spawning thread.
             return await asyncio.create_subprocess_exec(
@@ -330,7 +291,7 @@ class EmbeddedServer(abc.ABC):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=child_preexec(self.stop_signal),
-                **options,
+                **self._spawn_options(),
             )
         except OSError as exc:
             raise EmbeddedServerError(f"cannot run embedded {self.kind} ({argv[0]}): {exc}") from exc
@@ -351,16 +312,12 @@ class EmbeddedServer(abc.ABC):
                 return False
             return True
 
-        answered = await poll_until(ready, self.startup_timeout)
+        if await poll_until(ready, self.startup_timeout) and proc.returncode is None:
+            return
         if proc.returncode is not None:
             problem = f"exited with code {proc.returncode} during startup"
-        elif not answered:
-            problem = (
-                f"did not answer on port {port} within {self.startup_timeout:g}s "
-                f"(last probe error: {last_error!r})"
-            )
         else:
-            return
+            problem = f"did not answer on port {port} in {self.startup_timeout:g}s (last: {last_error!r})"
         tail = await asyncio.to_thread(read_log_tail, self.log_path, log_offset)
         raise EmbeddedServerError(
             f"embedded {self.kind} in {self.data_dir} {problem}; log {self.log_path} ends with:\n{tail}"
@@ -389,19 +346,15 @@ class EmbeddedServer(abc.ABC):
         self._port = state.port
         return True
 
-    # -- stop -----------------------------------------------------------------------------------------
-
     async def _stop(self, *, force: bool) -> None:
         adopted, proc = self._adopted, self._proc
         self._adopted = self._proc = None
-        if adopted is not None:
-            if not force:
-                return
+        if adopted is not None and force:
             await self._terminate_foreign(adopted)
         elif proc is not None:
             await self._terminate(proc)
         else:
-            return
+            return  # nothing running, or an adopted server we only detach from
         await asyncio.to_thread(self.state_path.unlink, missing_ok=True)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
@@ -418,37 +371,25 @@ class EmbeddedServer(abc.ABC):
             await proc.wait()
 
     async def _terminate_foreign(self, state: _State) -> None:
-        """Stop a process that is not our child: signal it, then poll until it is gone."""
-
+        # Not our child, so there is nothing to wait() on: poll its identity until it is gone.
         async def gone() -> bool:
             return process_start_ticks(state.pid) != state.start_ticks
 
-        if await gone():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, self.stop_signal)
-        if await poll_until(gone, self.stop_timeout):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, signal.SIGKILL)
-        if not await poll_until(gone, 10.0):
-            raise EmbeddedServerError(f"embedded {self.kind} pid {state.pid} survived SIGKILL")
-
-    # -- state file -----------------------------------------------------------------------------------
+        for sig, seconds in ((self.stop_signal, self.stop_timeout), (signal.SIGKILL, 10.0)):
+            if await gone():
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, sig)
+            if await poll_until(gone, seconds):
+                return
+        raise EmbeddedServerError(f"embedded {self.kind} pid {state.pid} survived SIGKILL")
 
     def _read_state(self) -> _State | None:
         try:
             raw = json.loads(self.state_path.read_text())
-            return _State(
-                pid=int(raw["pid"]),
-                start_ticks=int(raw["start_ticks"]),
-                port=int(raw["port"]),
-                url=str(raw["url"]),
-            )
-        except FileNotFoundError:
-            return None
+            return _State(int(raw["pid"]), int(raw["start_ticks"]), int(raw["port"]), str(raw["url"]))
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # unreadable or from another version: treat as absent, it is rewritten on start
+            return None  # absent, unreadable or from another version: start afresh, it gets rewritten
 
     def _write_state(self, state: _State) -> None:
         # Write-then-rename so a concurrent reader never sees half a file.

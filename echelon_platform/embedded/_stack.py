@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -64,6 +63,7 @@ class EmbeddedStack:
             raise errors[0]
 
     async def stop(self) -> None:
+        """Stop all three concurrently (adopted ones are only detached); re-raise the first failure."""
         results = await asyncio.gather(*(server.stop() for server in self.servers), return_exceptions=True)
         errors = [result for result in results if isinstance(result, BaseException)]
         if errors:
@@ -73,12 +73,7 @@ class EmbeddedStack:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
 

@@ -1,0 +1,1 @@
+"""Versioned judge prompt templates; each version directory is immutable once released."""

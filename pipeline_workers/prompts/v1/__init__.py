@@ -1,0 +1,1 @@
+"""Methodology v1 prompt templates (hashes pinned in manifest.json)."""
