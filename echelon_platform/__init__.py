@@ -1,0 +1,1 @@
+"""echelon-verify's shared kernel: envelope, topics, config, bus, event store, read models, API gateway."""

@@ -1,0 +1,1 @@
+"""Stage workers of a verification run: ingest → invoke → score → certify."""
