@@ -6,12 +6,27 @@ seen: redelivery (duplicates) and reordering cannot change a read model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from echelon_platform.envelope import Envelope
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class Event(Protocol):
+    """What a projection reads of an event: an Envelope, or a lighter row from the event log."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> Mapping[str, Any]: ...
 
 MAX_ERROR_CHARS = 2000
 
@@ -43,9 +58,12 @@ _IMPLIED: dict[str, Status] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class RunState:
-    """The run read model. `status` is derived; the stored fields are all joins."""
+class RunState(NamedTuple):
+    """The run read model. `status` is derived; the stored fields are all joins.
+
+    A NamedTuple rather than a frozen dataclass: `_replace` is several times cheaper than
+    `dataclasses.replace`, and replay applies it once per event.
+    """
 
     run_id: str
     user_id: str | None = None
@@ -90,7 +108,7 @@ def _later(a: datetime | None, b: datetime) -> datetime:
     return b if a is None or b > a else a
 
 
-def apply(state: RunState, event: Envelope) -> RunState:
+def apply(state: RunState, event: Event) -> RunState:
     """Fold one event into a run's state. Idempotent, commutative and associative over events.
 
     Reads the payload dict directly: events reach a projection only after the coordinator validated
@@ -128,7 +146,7 @@ def apply(state: RunState, event: Envelope) -> RunState:
                     changes.update(terminal=Status.FAILED, error=str(p["reason"])[:MAX_ERROR_CHARS])
         case _:
             pass
-    return replace(state, **changes)
+    return state._replace(**changes)
 
 
 def _dt(value: str | datetime) -> datetime:

@@ -12,7 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 from ulid import ULID
 
-from coordinator.projections import RunState, apply, from_record, to_record
+from coordinator.projections import Event, RunState, apply, from_record, to_record
 from echelon_platform.envelope import Envelope
 from echelon_platform.readmodels import Keys, RedisClient, lock_key, millis, pointer_key
 
@@ -69,7 +69,7 @@ return 0
 """
 
 
-def queue_rating(pipe: aioredis.client.Pipeline, keys: Keys, event: Envelope) -> None:
+def queue_rating(pipe: aioredis.client.Pipeline, keys: Keys, event: Event) -> None:
     p = event.payload
     value = orjson.dumps(
         {

@@ -16,9 +16,8 @@ from ulid import ULID
 
 from coordinator.projections import RunState, apply
 from coordinator.projector import CERT_TOPIC, RATING_TOPIC, Projector, queue_rating, queue_writes
-from echelon_platform.envelope import Envelope
 from echelon_platform.readmodels import Keys, pointer_key
-from echelon_platform.store import EventStore
+from echelon_platform.store import EventStore, LogEvent
 
 WRITE_CHUNK = 1000
 
@@ -43,35 +42,43 @@ class Rebuilder:
         self.projector = projector
         self.states: dict[str, RunState] = {}
         self.certs: dict[str, dict[str, Any]] = {}
-        self.ratings: list[Envelope] = []  # few; each kept in full so the latest-wins rule re-applies
         self.last_seq = 0
         self.events = 0
+        # What changed since the last write: the catch-up under the lease writes only that.
+        self._dirty: set[str] = set()
+        self._new_certs: list[dict[str, Any]] = []
+        self._new_ratings: list[LogEvent] = []
 
     async def fold_from_log(self) -> None:
+        states, dirty = self.states, self._dirty
         async for seq, event in self.store.stream(after_seq=self.last_seq):
             self.last_seq = seq
             self.events += 1
             if event.topic == RATING_TOPIC:
-                self.ratings.append(event)
+                self._new_ratings.append(event)
                 continue
-            self.states[event.run_id] = apply(self.states.get(event.run_id) or RunState(run_id=event.run_id), event)
+            run_id = event.run_id
+            states[run_id] = apply(states.get(run_id) or RunState(run_id=run_id), event)
+            dirty.add(run_id)
             if event.topic == CERT_TOPIC:
                 cert = event.payload["certificate"]
                 self.certs[cert["certificate_id"]] = cert
+                self._new_certs.append(cert)
 
     async def write(self, keys: Keys) -> None:
-        states = list(self.states.values())
-        certs = list(self.certs.values())
+        states = [self.states[r] for r in self._dirty]
+        certs, ratings = self._new_certs, self._new_ratings
         redis = self.projector.redis
         for i in range(0, max(len(states), len(certs)), WRITE_CHUNK):
             pipe = redis.pipeline(transaction=False)
             queue_writes(pipe, keys, states[i : i + WRITE_CHUNK], certs[i : i + WRITE_CHUNK])
             await pipe.execute()
-        for i in range(0, len(self.ratings), WRITE_CHUNK):
+        for i in range(0, len(ratings), WRITE_CHUNK):
             pipe = redis.pipeline(transaction=False)
-            for event in self.ratings[i : i + WRITE_CHUNK]:
+            for event in ratings[i : i + WRITE_CHUNK]:
                 queue_rating(pipe, keys, event)
             await pipe.execute()
+        self._dirty, self._new_certs, self._new_ratings = set(), [], []
 
     async def rebuild(self, *, switch: bool = True) -> ReplayReport:
         started = time.perf_counter()

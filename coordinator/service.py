@@ -107,6 +107,7 @@ class StateCoordinator:
     async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
         sub: Any = None
         backoff = _Backoff()
+        prefetched: asyncio.Task[list[Msg]] | None = None
         while not self._stopping.is_set():
             if sub is None:
                 try:
@@ -118,8 +119,10 @@ class StateCoordinator:
                     log.warning("coordinator.subscribe_failed", error=str(exc))
                     await backoff.wait(self._stopping)
                     continue
+            fetch = prefetched or asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout_s))
+            prefetched = None
             try:
-                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+                msgs = await fetch
             except nats.errors.TimeoutError:
                 # An empty fetch is normal: nothing to do right now.
                 self._set_lag(0)
@@ -134,7 +137,12 @@ class StateCoordinator:
                 await backoff.wait(self._stopping)
                 continue
             backoff.reset()
+            if len(msgs) == self.batch_size:
+                # A full batch means more is waiting: fetch the next one while this one is written.
+                # Batches are still applied strictly one after another, in stream order.
+                prefetched = asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout_s))
             await self._handle(msgs)
+        await _release_prefetched(prefetched)
         await _quiet_unsubscribe(sub)
         return self.stats
 
@@ -219,6 +227,18 @@ class StateCoordinator:
 def _poison_msgs(msgs: list[Msg], decoded: _Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:
     by_seq = {p[0]: p for p in decoded.parked}
     return [(m, by_seq[message_sequence(m)]) for m in msgs if message_sequence(m) in by_seq]
+
+
+async def _release_prefetched(task: asyncio.Task[list[Msg]] | None) -> None:
+    """Hand a fetched-but-unapplied batch back for immediate redelivery (a nak, never an ack)."""
+    if task is None:
+        return
+    try:
+        msgs = await task
+    except (nats.errors.Error, nats.js.errors.Error, OSError):
+        return
+    for msg in msgs:
+        await msg.nak()
 
 
 async def _quiet_unsubscribe(sub: Any) -> None:

@@ -1,13 +1,28 @@
-"""Authentication: Bearer JWT (HS256). Routes depend on `get_user_or_wallet` only."""
+"""Authentication: Bearer JWT (HS256) or a signed wallet message. Routes depend on `get_user_or_wallet` only.
+
+Both HTTP (api/deps.py) and the WebSocket stream call `authenticate`, so the rules live in one place.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import jwt
+import redis.asyncio as aioredis
+import redis.exceptions
 
-from echelon_platform.errors import AuthError
+from echelon_platform.config import Settings
+from echelon_platform.errors import AuthError, ReadModelError
+from echelon_platform.wallet import (
+    DEFAULT_MAX_AGE_S,
+    WalletProof,
+    claim_key,
+    claim_ttl_s,
+    verify_proof,
+    wallet_user_id,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +50,41 @@ def decode_jwt(token: str, secret: str, algorithm: str = "HS256") -> Principal:
 
 
 def issue_jwt(user_id: str, secret: str, *, admin: bool = False, ttl_s: int = 3600, algorithm: str = "HS256") -> str:
-
     now = int(time.time())
     claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl_s, "type": "access"}
     if admin:
         claims["role"] = "admin"
     return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+async def claim_wallet_message(redis: aioredis.Redis, redis_prefix: str, message: str, max_age_s: int) -> None:
+    """Mark a verified message as used; a second use within its lifetime is a replay and is refused."""
+    try:
+        fresh = await redis.set(claim_key(redis_prefix, message), b"1", nx=True, ex=claim_ttl_s(max_age_s))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ReadModelError(f"cannot record the wallet message as used: {exc}") from exc
+    if not fresh:
+        raise AuthError("wallet message already used: sign a new message with a new nonce")
+
+
+async def authenticate_wallet(proof: WalletProof, settings: Settings, redis: aioredis.Redis) -> Principal:
+    max_age_s = int(getattr(settings, "wallet_max_age_s", DEFAULT_MAX_AGE_S))
+    address = verify_proof(proof, datetime.now(UTC), max_age_s)
+    # Claimed only after the signature checked out: a forger cannot burn someone else's message.
+    await claim_wallet_message(redis, settings.redis_prefix, proof.message, max_age_s)
+    admins = {a.lower() for a in getattr(settings, "admin_wallets", ())}
+    return Principal(user_id=wallet_user_id(address), is_admin=address.lower() in admins)
+
+
+async def authenticate(
+    settings: Settings, redis: aioredis.Redis, *, bearer: str | None, wallet: WalletProof | None
+) -> Principal:
+    """A Bearer token wins when both are sent; with neither, AuthError (→ 401 + WWW-Authenticate)."""
+    if bearer:
+        return decode_jwt(bearer, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
+    if wallet is not None:
+        return await authenticate_wallet(wallet, settings, redis)
+    raise AuthError(
+        "missing credentials: send `Authorization: Bearer <token>` or the X-Wallet-Address, "
+        "X-Wallet-Message and X-Wallet-Signature headers"
+    )

@@ -58,6 +58,27 @@ class ParkedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class LogEvent:
+    """A stored event as replay reads it: only what projections use (cheaper than an Envelope)."""
+
+    event_id: str
+    timestamp: datetime
+    topic: str
+    correlation_id: str
+    payload: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.correlation_id.removeprefix("run-")
+
+
+# Projections never read an oracle's reply or a change's record; replay leaves those big fields in
+# Postgres instead of shipping and parsing them.
+_PROJECTED_PAYLOAD = "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') " \
+    "THEN (payload - 'record' - 'reply')::text ELSE payload::text END"
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     winners: frozenset[str]  # event ids stored for the batch's dedup keys (new or already there)
     inserted: int
@@ -160,14 +181,17 @@ class EventStore:
         rows = await self.pool.fetch(query + " ORDER BY seq", *args)
         return [_row_to_envelope(r) for r in rows]
 
-    async def stream(self, *, after_seq: int = 0, prefetch: int = 5000) -> AsyncIterator[tuple[int, Envelope]]:
+    async def stream(self, *, after_seq: int = 0, prefetch: int = 5000) -> AsyncIterator[tuple[int, LogEvent]]:
         """Every event in writer order, through a server-side cursor (never all in memory)."""
+        query = (
+            f"SELECT seq, event_id, time, topic, correlation_id, {_PROJECTED_PAYLOAD} AS payload "
+            "FROM events WHERE seq > $1 ORDER BY seq"
+        )
         async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-            cursor = conn.cursor(
-                f"SELECT {_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq", after_seq, prefetch=prefetch
-            )
-            async for row in cursor:
-                yield row["seq"], _row_to_envelope(row)
+            async for seq, event_id, at, topic, correlation_id, payload in conn.cursor(
+                query, after_seq, prefetch=prefetch
+            ):
+                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
 
     async def max_seq(self) -> int:
         value = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM events")

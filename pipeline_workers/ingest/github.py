@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import structlog
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from echelon_platform.errors import IngestError
 from pipeline_workers.ingest.base import (
@@ -29,6 +29,7 @@ from pipeline_workers.ingest.base import (
     parse_repo_url,
 )
 from pipeline_workers.ingest.diffs import DEFAULT_MAX_DIFF_BYTES, truncate_diff
+from pipeline_workers.ingest.github_payloads import PULL_FILES, PULLS, PullFile, PullSummary, diff_from_files
 from pipeline_workers.models import GroundTruthRecord
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -39,42 +40,6 @@ _MAX_FILE_PAGES = 30  # GitHub lists at most 3000 files per pull request (30 pag
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 log = structlog.stdlib.get_logger(__name__)
-
-
-class _User(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    login: str
-
-
-class _Label(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    name: str
-
-
-class _Pull(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    number: int
-    title: str
-    body: str | None = None
-    html_url: str = ""
-    user: _User | None = None  # null for deleted ("ghost") accounts
-    labels: list[_Label] = []
-    merged_at: datetime | None = None
-    closed_at: datetime | None = None
-    updated_at: datetime
-    merge_commit_sha: str | None = None
-
-
-class _File(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    filename: str
-    previous_filename: str | None = None
-    status: str = "modified"
-    patch: str | None = None  # absent for binary files and very large diffs
-
-
-_PULLS = TypeAdapter(list[_Pull])
-_FILES = TypeAdapter(list[_File])
 
 
 class GitHubIngester:
@@ -125,7 +90,7 @@ class GitHubIngester:
             raise
         return build_result(records, "github", repo.full_name, describe_filters(source))
 
-    async def _list_pulls(self, repo: GitHubRepo, source: SourceSpec) -> list[_Pull]:
+    async def _list_pulls(self, repo: GitHubRepo, source: SourceSpec) -> list[PullSummary]:
         url = f"{self._base}/repos/{repo.full_name}/pulls"
         params: dict[str, str] | None = {
             "state": "closed",
@@ -133,14 +98,14 @@ class GitHubIngester:
             "direction": "desc",
             "per_page": str(min(100, source.limit)),
         }
-        matches: list[_Pull] = []
+        matches: list[PullSummary] = []
         not_found = (
             f"repository {repo.full_name} not found or not visible: check the URL, "
             "or pass a github_token with access"
         )
         for _ in range(self._max_list_pages):
             resp = await self._get(url, source.token, what=repo.full_name, params=params, not_found=not_found)
-            page = _decode(_PULLS, resp, repo.full_name)
+            page = _decode(PULLS, resp, repo.full_name)
             matches.extend(p for p in page if _keep(p, source))
             next_url = _next_link(resp)
             if not page or next_url is None:
@@ -159,7 +124,7 @@ class GitHubIngester:
         return matches[: source.limit]
 
     async def _record(
-        self, repo: GitHubRepo, pull: _Pull, source: SourceSpec, gate: asyncio.Semaphore
+        self, repo: GitHubRepo, pull: PullSummary, source: SourceSpec, gate: asyncio.Semaphore
     ) -> GroundTruthRecord:
         async with gate:
             what = f"pull request #{pull.number} of {repo.full_name}"
@@ -170,7 +135,8 @@ class GitHubIngester:
             )
             files = await self._list_files(f"{pr_url}/files", source.token, what, not_found)
         # GitHub answers 406 when a diff is too large to render; rebuild it from the per-file patches.
-        diff = resp.content.decode("utf-8", errors="replace") if resp is not None else _diff_from(files)
+        too_large = resp.status_code == 406
+        diff = diff_from_files(files) if too_large else resp.content.decode("utf-8", errors="replace")
         changed: list[str] = []
         for f in files:
             for path in (f.previous_filename, f.filename):
@@ -190,12 +156,12 @@ class GitHubIngester:
             sha=(pull.merge_commit_sha or "") if pull.merged_at else "",
         )
 
-    async def _list_files(self, url: str, token: str | None, what: str, not_found: str) -> list[_File]:
-        files: list[_File] = []
+    async def _list_files(self, url: str, token: str | None, what: str, not_found: str) -> list[PullFile]:
+        files: list[PullFile] = []
         params: dict[str, str] | None = {"per_page": "100"}
         for _ in range(_MAX_FILE_PAGES):
             resp = await self._get(url, token, what=f"files of {what}", params=params, not_found=not_found)
-            files.extend(_decode(_FILES, resp, what))
+            files.extend(_decode(PULL_FILES, resp, what))
             next_url = _next_link(resp)
             if next_url is None:
                 break
@@ -212,7 +178,8 @@ class GitHubIngester:
         params: dict[str, str] | None = None,
         accept: str = _JSON,
         allow_too_large: bool = False,
-    ) -> httpx.Response | None:
+    ) -> httpx.Response:
+        """GET with bounded retries; returns a 2xx response (or the 406 when ``allow_too_large``)."""
         headers = {"Accept": accept, "X-GitHub-Api-Version": "2022-11-28", "User-Agent": "echelon-verify"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -233,7 +200,7 @@ class GitHubIngester:
             if status < 300:
                 return resp
             if status == 406 and allow_too_large:
-                return None
+                return resp
             if status == 401:
                 raise IngestError(
                     "GitHub rejected the github_token (401 Unauthorized): it is invalid or expired"
@@ -303,7 +270,7 @@ class GitHubIngester:
         return url
 
 
-def _keep(pull: _Pull, source: SourceSpec) -> bool:
+def _keep(pull: PullSummary, source: SourceSpec) -> bool:
     if pull.merged_at is None and not source.include_unmerged:
         return False
     when = pull.merged_at or pull.closed_at
@@ -315,7 +282,7 @@ def _keep(pull: _Pull, source: SourceSpec) -> bool:
     return True
 
 
-def _when(pull: _Pull) -> datetime:
+def _when(pull: PullSummary) -> datetime:
     when = pull.merged_at or pull.closed_at or pull.updated_at
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
@@ -332,26 +299,6 @@ def _decode(adapter: TypeAdapter[list[T]], resp: httpx.Response, what: str) -> l
 def _next_link(resp: httpx.Response) -> str | None:
     url = resp.links.get("next", {}).get("url")
     return str(url) if url else None
-
-
-def _diff_from(files: Sequence[_File]) -> str:
-    parts: list[str] = []
-    for f in files:
-        old = f.previous_filename or f.filename
-        parts.append(f"diff --git a/{old} b/{f.filename}")
-        if f.status == "removed":
-            parts.append("deleted file mode 100644")
-        elif f.status == "added":
-            parts.append("new file mode 100644")
-        elif f.previous_filename:
-            parts.extend([f"rename from {old}", f"rename to {f.filename}"])
-        if f.patch is None:
-            parts.append(f"Binary files a/{old} and b/{f.filename} differ")
-            continue
-        before = "/dev/null" if f.status == "added" else f"a/{old}"
-        after = "/dev/null" if f.status == "removed" else f"b/{f.filename}"
-        parts.extend([f"--- {before}", f"+++ {after}", f.patch])
-    return "\n".join(parts) + "\n"
 
 
 def _message(resp: httpx.Response) -> str:

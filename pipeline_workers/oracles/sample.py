@@ -12,6 +12,8 @@ from typing import Any
 from pipeline_workers.ingest.diffs import FileDiff, changed_lines, parse_diff
 
 _WORD = re.compile(r"[a-z0-9_]{3,}")
+_DEF_LINE = re.compile(r"^\s*(?:async\s+)?(?:def|class|function)\s")
+_TEST_PATH = re.compile(r"(^|/)(tests?/|test_)")
 _QUESTION_STOPWORDS = frozenset(
     {"what", "does", "the", "this", "that", "change", "changes", "why", "how", "which", "and", "for", "with"}
 )
@@ -72,13 +74,15 @@ def _file_claims(f: FileDiff) -> list[str]:
 
 def _answer(question: str, files: list[FileDiff], paths: list[str]) -> str:
     wanted = set(_WORD.findall(question.lower())) - _QUESTION_STOPWORDS
-    best: tuple[int, str, str, str] | None = None
+    best: tuple[tuple[int, bool, bool], str, str, str] | None = None
     for path, sign, text in changed_lines(files):
         if not text.strip():
             continue
         overlap = len(wanted & set(_WORD.findall(f"{path} {text}".lower())))
-        if overlap and (best is None or overlap > best[0]):
-            best = (overlap, path, sign, text.strip())
+        # Ties go to definitions, then to non-test code: they explain more than a test's import line.
+        rank = (overlap, _DEF_LINE.match(text) is not None, not _TEST_PATH.search(path))
+        if overlap and (best is None or rank > best[0]):
+            best = (rank, path, sign, text.strip())
     if best is None:
         where = ", ".join(paths[:3]) or "no files"
         return f"The diff does not address that directly; it changes {where}."

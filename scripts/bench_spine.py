@@ -1,0 +1,227 @@
+"""Benchmark the spine and print JSON.
+
+    python scripts/bench_spine.py [--events 100000] [--seconds 10]
+
+Measures: POST /runs latency (p50/p99) at concurrency 1 and 32 with `wrk` (Debian package `wrk`; a Python
+load generator would saturate a core first), the coordinator draining a pre-filled stream (events/s, lag
+samples down to zero), replay of the events table (events/s), and JetStream publish cost with and without
+fsync-per-write. Uses the configured NATS_URL/DATABASE_URL/REDIS_URL, else embedded servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the test factories
+from ulid import ULID
+
+from coordinator.projector import Projector
+from coordinator.replay import Rebuilder
+from coordinator.runtime import coordinator_for
+from echelon_platform.auth import issue_jwt
+from echelon_platform.bus import Bus
+from echelon_platform.config import Settings
+from echelon_platform.embedded import EmbeddedNats, EmbeddedStack, StackUrls, create_database
+from echelon_platform.envelope import Envelope
+from echelon_platform.events import (
+    ReplayRequested,
+    ReplayScored,
+    RunIngested,
+    RunIngesting,
+    Subjects,
+    make_event,
+)
+from echelon_platform.migrations import migrate
+from echelon_platform.services import Services
+from tests.factories import record, requested, score
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = """
+wrk.method = "POST"
+wrk.body = '{"repo_url": "https://github.com/acme/widgets", "construct_id": "bench", "oracle_type": "python",
+ "oracle_module": "pipeline_workers.oracles.sample", "oracle_callable": "summarise", "limit": 10}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer TOKEN"
+"""
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, token: str, concurrency: int, seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA.replace("\n ", " ").replace("TOKEN", token))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    os.unlink(script.name)
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "p50_ms": _ms(pct["50"]),
+        "p99_ms": _ms(pct["99"]),
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+async def bench_post(settings: Settings, seconds: int) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk not installed (apt-get install wrk)"}
+    env = {**os.environ, **{f"ECHELON_{k.upper()}": str(v) for k, v in settings.model_dump().items()
+                            if v is not None and k not in ("jwt_secret", "oracle_allowlist")}}
+    env["ECHELON_JWT_SECRET"] = settings.jwt_secret.get_secret_value()
+    port = 18000 + os.getpid() % 1000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "echelon_platform.api.asgi:build_app", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=ROOT,
+    )
+    try:
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        token = issue_jwt("bench", settings.jwt_secret.get_secret_value(), ttl_s=3600)
+        url = f"http://127.0.0.1:{port}/api/v1/verification/runs"
+        wrk(url, token, 4, 2)  # warm-up
+        return {"c1": wrk(url, token, 1, seconds), "c32": wrk(url, token, 32, seconds)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def synthetic_events(n: int) -> list[Envelope]:
+    """Realistic runs: request, ingesting, replays requested+scored, ingested (~500 B-2 KB each)."""
+    events: list[Envelope] = []
+    while len(events) < n:
+        run_id = str(ULID())
+        events += [requested(run_id), make_event(RunIngesting(run_id=run_id, source="github"))]
+        for i in range(8):
+            rid = f"{run_id}-{i:04d}"
+            events.append(make_event(ReplayRequested(run_id=run_id, replay_id=rid, index=i, record=record(i))))
+            events.append(make_event(ReplayScored(run_id=run_id, replay_id=rid, score=score(rid, i))))
+        events.append(make_event(RunIngested(run_id=run_id, total=8, ground_truth_source="github", commit_range="a..b")))
+    return events[:n]
+
+
+async def bench_coordinator_and_replay(settings: Settings, n: int) -> dict[str, Any]:
+    async with Services(settings, name="bench") as services:
+        events = synthetic_events(n)
+        started = time.perf_counter()
+        for i in range(0, n, 2000):
+            await services.bus.publish_many(events[i : i + 2000], timeout=60)
+        publish_s = time.perf_counter() - started
+        lag_samples: list[tuple[float, int]] = []
+        async with coordinator_for(services, settings) as coordinator:
+            started = time.perf_counter()
+
+            async def sample() -> None:
+                while True:
+                    lag_samples.append((round(time.perf_counter() - started, 2), coordinator.stats.lag))
+                    await asyncio.sleep(1.0)
+
+            sampler = asyncio.create_task(sample())
+            stats = await coordinator.run(until_idle=True)
+            drain_s = time.perf_counter() - started - settings.fetch_timeout_s  # minus the final empty fetch
+            sampler.cancel()
+        stored = await services.store.count()
+        async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
+            report = await Rebuilder(services.store, projector).rebuild()
+    return {
+        "prefill_publish_events_per_s": round(n / publish_s),
+        "coordinator": {
+            "events": stats.received,
+            "events_per_s": round(stats.received / drain_s),
+            "batches": stats.batches,
+            "final_lag": stats.lag,
+            "lag_samples_s_lag": lag_samples,
+            "stored_rows": stored,
+        },
+        "replay": {"events": report.events, "runs": report.runs, "events_per_s": round(report.events_per_s)},
+    }
+
+
+async def bench_sync_cost(tmp: Path, n: int = 3000) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for mode in (False, True):
+        async with EmbeddedNats(tmp / f"nats-sync-{mode}", sync_always=mode) as server:
+            async with Bus(server.url, stream="SYNC", subjects=Subjects("verify")) as bus:
+                events = synthetic_events(n)
+                started = time.perf_counter()
+                for e in events[:1000]:
+                    await bus.publish(e)
+                seq_rate = 1000 / (time.perf_counter() - started)
+                started = time.perf_counter()
+                await bus.publish_many(events[1000:], timeout=60)
+                batch_rate = (n - 1000) / (time.perf_counter() - started)
+        result["sync_always" if mode else "default_sync"] = {
+            "sequential_publish_per_s": round(seq_rate),
+            "pipelined_publish_per_s": round(batch_rate),
+        }
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--skip-post", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        base = Settings()
+        stack = None
+        if base.infra_configured():
+            urls = StackUrls(str(base.nats_url), str(base.database_url), str(base.redis_url))
+        else:
+            stack = EmbeddedStack(tmp_path / "stack", nats_sync_always=True)
+            await stack.start()
+            urls = stack.urls
+        try:
+            tag = str(ULID()).lower()
+            db = await create_database(urls.database_url, f"bench_{tag}")
+            await migrate(db)
+            settings = base.model_copy(update={
+                "nats_url": urls.nats_url, "database_url": db, "redis_url": urls.redis_url,
+                "stream_name": f"BENCH{tag.upper()}", "subject_root": f"b{tag}", "redis_prefix": f"b{tag}:",
+                "consumer_prefix": f"b{tag}", "fetch_timeout_s": 0.5,
+            })
+            result: dict[str, Any] = {"events": args.events, "nats_sync_always": stack is not None}
+            if not args.skip_post:
+                result["post_runs"] = await bench_post(settings, args.seconds)
+            result.update(await bench_coordinator_and_replay(settings, args.events))
+            result["jetstream_fsync_cost"] = await bench_sync_cost(tmp_path)
+            conn = await asyncpg.connect(urls.database_url)
+            await conn.execute(f'DROP DATABASE IF EXISTS "bench_{tag}" WITH (FORCE)')
+            await conn.close()
+        finally:
+            if stack is not None:
+                await stack.stop()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
