@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from echelon_platform.api.options import ApiOptions
 from echelon_platform.auth import Principal, authenticate
 from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError
@@ -93,3 +94,11 @@ async def get_user_or_wallet(
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UserDep = Annotated[Principal, Depends(get_user_or_wallet)]
+
+
+def get_options(request: Request) -> ApiOptions:
+    options: ApiOptions = request.app.state.options
+    return options
+
+
+OptionsDep = Annotated[ApiOptions, Depends(get_options)]

@@ -63,7 +63,21 @@ class RunList(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    detail: str
+    detail: str = Field(description="What went wrong and what to do about it")
+
+
+class ValidationIssue(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """422: FastAPI's list of field errors, or one message for a rule that needs more than a schema."""
+
+    detail: str | list[ValidationIssue]
 
 
 class Readiness(BaseModel):

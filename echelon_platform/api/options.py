@@ -1,0 +1,31 @@
+"""API tunables. Read from Settings when it has them (TODO config owner: add these fields), else defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from echelon_platform.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOptions:
+    runs_per_minute: int = 10  # POST /runs per user per minute
+    ratings_per_minute: int = 60  # rating submissions per user per minute
+    idempotency_ttl_s: int = 24 * 3600  # how long an Idempotency-Key keeps pointing at its run
+    ws_queue_size: int = 1024  # frames buffered per WebSocket client before coalescing / closing
+    ws_heartbeat_s: float = 15.0  # idle time before the server sends a heartbeat frame
+    ws_auth_timeout_s: float = 10.0  # time a client has to authenticate and subscribe
+    ws_close_timeout_s: float = 10.0  # time a stuck client gets to take its close frame
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiOptions:
+        defaults = cls()
+        return cls(
+            runs_per_minute=int(getattr(settings, "runs_per_minute", defaults.runs_per_minute)),
+            ratings_per_minute=int(getattr(settings, "ratings_per_minute", defaults.ratings_per_minute)),
+            idempotency_ttl_s=int(getattr(settings, "idempotency_ttl_s", defaults.idempotency_ttl_s)),
+            ws_queue_size=int(getattr(settings, "ws_queue_size", defaults.ws_queue_size)),
+            ws_heartbeat_s=float(getattr(settings, "ws_heartbeat_s", defaults.ws_heartbeat_s)),
+            ws_auth_timeout_s=float(getattr(settings, "ws_auth_timeout_s", defaults.ws_auth_timeout_s)),
+            ws_close_timeout_s=float(getattr(settings, "ws_close_timeout_s", defaults.ws_close_timeout_s)),
+        )
