@@ -28,6 +28,7 @@ class Event(Protocol):
     @property
     def payload(self) -> Mapping[str, Any]: ...
 
+
 MAX_ERROR_CHARS = 2000
 
 

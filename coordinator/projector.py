@@ -14,7 +14,7 @@ from ulid import ULID
 
 from coordinator.projections import Event, RunState, apply, from_record, to_record
 from echelon_platform.envelope import Envelope
-from echelon_platform.readmodels import Keys, RedisClient, lock_key, millis, pointer_key
+from echelon_platform.readmodels import DEFAULT_NAMESPACE, Keys, RedisClient, lock_key, millis, pointer_key, text
 
 CERT_TOPIC = "verify.certificate.issued"
 RATING_TOPIC = "verify.rating.submitted"
@@ -111,7 +111,7 @@ class Projector(RedisClient):
             pipe.get(pointer_key(self.prefix))
             _, holder, ns = await pipe.execute()
             if holder == self._token:
-                return ns.decode() if ns else "live"
+                return text(ns) if ns else DEFAULT_NAMESPACE
             await asyncio.sleep(0.05)  # the replay script holds it for a moment while switching
 
     async def project(self, events: Sequence[Envelope], secret_prefix: str | None = None) -> Projected:

@@ -16,7 +16,7 @@ from ulid import ULID
 
 from coordinator.projections import RunState, apply
 from coordinator.projector import CERT_TOPIC, RATING_TOPIC, Projector, queue_rating, queue_writes
-from echelon_platform.readmodels import Keys, pointer_key
+from echelon_platform.readmodels import Keys, pointer_key, text
 from echelon_platform.store import EventStore, LogEvent
 
 WRITE_CHUNK = 1000
@@ -108,21 +108,24 @@ async def snapshot(projector: Projector, keys: Keys) -> dict[str, bytes]:
     result: dict[str, bytes] = {}
     strip = len(keys.pattern) - 1
     async for key in redis.scan_iter(match=keys.pattern, count=1000):
-        kind = (await redis.type(key)).decode()
-        name = key.decode()[strip:]
+        kind = text(await redis.type(key))
+        name = text(key)[strip:]
         if kind == "string":
-            result[name] = await redis.get(key)
+            result[name] = text(await redis.get(key)).encode()
         elif kind == "hash":
-            result[name] = orjson.dumps(sorted((k.decode(), v.decode()) for k, v in (await redis.hgetall(key)).items()))
+            result[name] = orjson.dumps(sorted((text(k), text(v)) for k, v in (await redis.hgetall(key)).items()))
         elif kind == "zset":
-            result[name] = orjson.dumps(sorted((m.decode(), s) for m, s in await redis.zrange(key, 0, -1, withscores=True)))
+            members: list[Any] = await redis.zrange(key, 0, -1, withscores=True)
+            result[name] = orjson.dumps(sorted((text(m), s) for m, s in members))
     return result
 
 
 def compare(live: dict[str, bytes], rebuilt: dict[str, bytes]) -> list[str]:
     differences = [f"missing in rebuild: {k}" for k in sorted(live.keys() - rebuilt.keys())]
     differences += [f"only in rebuild: {k}" for k in sorted(rebuilt.keys() - live.keys())]
-    differences += [f"differs: {k}" for k in sorted(live.keys() & rebuilt.keys()) if _canon(live[k]) != _canon(rebuilt[k])]
+    differences += [
+        f"differs: {k}" for k in sorted(live.keys() & rebuilt.keys()) if _canon(live[k]) != _canon(rebuilt[k])
+    ]
     return differences
 
 
@@ -159,4 +162,3 @@ async def verify(store: EventStore, projector: Projector) -> ReplayReport:
         await projector.release()
     await delete_namespace(projector, Keys(projector.prefix, report.namespace))
     return report
-

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from coordinator.projector import Projector
 from coordinator.service import StateCoordinator
 from echelon_platform.config import Settings
-from echelon_platform.secrets import secret_prefix
+from echelon_platform.run_secrets import secret_prefix
 from echelon_platform.services import Services
 
 

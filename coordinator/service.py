@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,8 +16,9 @@ import redis.exceptions
 import structlog
 from nats.aio.msg import Msg
 
-from coordinator.projector import Projector
 from coordinator.projections import RunState
+from coordinator.projector import Projector
+from echelon_platform.backoff import Backoff
 from echelon_platform.bus import Bus, message_pending, message_sequence
 from echelon_platform.envelope import Envelope
 from echelon_platform.errors import EnvelopeError, InfrastructureError, StoreError
@@ -106,7 +107,7 @@ class StateCoordinator:
 
     async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
         sub: Any = None
-        backoff = _Backoff()
+        backoff = Backoff()
         prefetched: asyncio.Task[list[Msg]] | None = None
         while not self._stopping.is_set():
             if sub is None:
@@ -151,9 +152,11 @@ class StateCoordinator:
         decoded = decode_batch(msgs)
         result = await self._retry("append", lambda: self._append(decoded))
         winners = [env for env, _ in decoded.events if env.event_id in result.winners]
-        projected = await self._retry(
-            "project", lambda: self.projector.project(winners, self.secret_prefix)
-        ) if winners else None
+        projected = (
+            await self._retry("project", lambda: self.projector.project(winners, self.secret_prefix))
+            if winners
+            else None
+        )
         if projected is not None:
             await self._after_projection(winners, projected.runs)
         # Ack only now: the events are committed in Postgres and visible in Redis.
@@ -208,12 +211,16 @@ class StateCoordinator:
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Retry an effect until it succeeds: the batch stays un-acked meanwhile, so nothing is lost."""
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 return await op()
-            except (InfrastructureError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                    *TRANSIENT_ERRORS) as exc:
+            except (  # type: ignore[misc]  # mypy cannot see that TRANSIENT_ERRORS holds exception types
+                InfrastructureError,
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                *TRANSIENT_ERRORS,
+            ) as exc:
                 if isinstance(exc, StoreError) and isinstance(exc.__cause__, asyncpg.DataError):
                     raise
                 log.warning("coordinator.retry", step=what, error=str(exc) or type(exc).__name__)
@@ -244,28 +251,5 @@ async def _release_prefetched(task: asyncio.Task[list[Msg]] | None) -> None:
 async def _quiet_unsubscribe(sub: Any) -> None:
     if sub is None:
         return
-    try:
+    with contextlib.suppress(nats.errors.Error, OSError):
         await sub.unsubscribe()
-    except (nats.errors.Error, OSError):
-        pass
-
-
-class _Backoff:
-    """Capped, jittered exponential backoff that can be cut short by a stop event."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    async def wait(self, stop: asyncio.Event | None) -> None:
-        delay = min(self.cap, self.base * 2**self.attempt) * random.uniform(0.5, 1.0)
-        self.attempt += 1
-        if stop is None:
-            await asyncio.sleep(delay)
-            return
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass

@@ -201,9 +201,7 @@ class Bus:
             max_ack_pending=max_ack_pending,
         )
         try:
-            return await self.js.pull_subscribe(
-                filter_subject, durable=durable, stream=self.stream, config=config
-            )
+            return await self.js.pull_subscribe(filter_subject, durable=durable, stream=self.stream, config=config)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create consumer {durable}: {exc}") from exc
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
 
-Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from echelon_platform import commands  # the heavy imports only once arguments are known
 
         handler: Command = getattr(commands, f"cmd_{args.command}")
-        code = asyncio.run(handler(args, settings))
+        code: int = asyncio.run(handler(args, settings))
     except KeyboardInterrupt:
         code = 130
     except ValidationError as exc:

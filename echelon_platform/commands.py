@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 
 import uvicorn
@@ -44,11 +45,17 @@ async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     unknown = set(args.stages) - set(STAGES)
     if unknown:
-        print(f"echelon: unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        print(
+            f"echelon: unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}",
+            file=sys.stderr,
+        )
         return 2
-    async with infrastructure(settings) as resolved, Services(resolved, name="echelon-worker") as services:
-        async with Pipeline(services, resolved, stages=tuple(args.stages)) as pipeline:
-            await pipeline.run()
+    async with (
+        infrastructure(settings) as resolved,
+        Services(resolved, name="echelon-worker") as services,
+        Pipeline(services, resolved, stages=tuple(args.stages)) as pipeline,
+    ):
+        await pipeline.run()
     return 0
 
 
@@ -60,32 +67,34 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    async with infrastructure(settings) as resolved, Services(resolved, name="echelon-replay") as services:
-        async with Projector(str(resolved.redis_url), resolved.redis_prefix) as projector:
-            if args.verify:
-                report = await verify(services.store, projector)
-                for line in report.differences[:50]:
-                    print(line)
-                print(
-                    f"{report.events} events, {report.runs} runs, {report.certificates} certificates: "
-                    f"{len(report.differences)} difference(s)"
-                )
-                return 1 if report.differences else 0
-            report = await Rebuilder(services.store, projector).rebuild()
+    async with (
+        infrastructure(settings) as resolved,
+        Services(resolved, name="echelon-replay") as services,
+        Projector(str(resolved.redis_url), resolved.redis_prefix) as projector,
+    ):
+        if args.verify:
+            report = await verify(services.store, projector)
+            for line in report.differences[:50]:
+                print(line)
             print(
-                f"rebuilt {report.runs} runs and {report.certificates} certificates from {report.events} events "
-                f"in {report.seconds:.2f}s ({report.events_per_s:,.0f} events/s); readers now use {report.namespace}"
+                f"{report.events} events, {report.runs} runs, {report.certificates} certificates: "
+                f"{len(report.differences)} difference(s)"
             )
+            return 1 if report.differences else 0
+        report = await Rebuilder(services.store, projector).rebuild()
+        print(
+            f"rebuilt {report.runs} runs and {report.certificates} certificates from {report.events} "
+            f"events in {report.seconds:.2f}s ({report.events_per_s:,.0f} events/s); "
+            f"readers now use {report.namespace}"
+        )
     return 0
 
 
 async def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     async with infrastructure(settings) as resolved, Services(resolved, name="echelon-tail") as services:
         subject = services.subjects.of_run(args.run_id) if args.run_id else services.subjects.user_pattern(args.subject)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await tail(services.bus, subject, from_start=args.from_start, as_json=args.json)
-        except asyncio.CancelledError:
-            pass
     return 0
 
 
@@ -102,12 +111,18 @@ async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
         rows = [r for r in await services.store.parked(limit=10_000) if not args.ids or r.id in args.ids]
         missing = set(args.ids) - {r.id for r in rows}
         if missing:
-            print(f"echelon: no parked event(s) waiting with id {', '.join(map(str, sorted(missing)))}", file=sys.stderr)
+            print(
+                f"echelon: no parked event(s) waiting with id {', '.join(map(str, sorted(missing)))}",
+                file=sys.stderr,
+            )
             return 1
         for row in rows:
             # Re-driven through the stream like any event; the coordinator marks the row when it sees it.
             await services.bus.publish_raw(
-                row.subject, row.raw, msg_id=f"retry-{row.id}-{row.stream_seq}", headers={RETRY_HEADER: str(row.id)}
+                row.subject,
+                row.raw,
+                msg_id=f"retry-{row.id}-{row.stream_seq}",
+                headers={RETRY_HEADER: str(row.id)},
             )
         print(f"re-published {len(rows)} parked event(s)")
     return 0
@@ -120,4 +135,3 @@ async def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return await submit_and_watch(args, settings)
-

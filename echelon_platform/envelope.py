@@ -31,9 +31,7 @@ def run_id_of(correlation_id: str) -> str:
 class Envelope(BaseModel):
     """One event. Frozen and strict: nothing is coerced, unknown fields are refused."""
 
-    model_config = ConfigDict(
-        frozen=True, strict=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
-    )
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     event_id: str = Field(min_length=26, max_length=26)
     timestamp: datetime

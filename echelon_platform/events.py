@@ -225,6 +225,12 @@ class Subjects:
 
 def describe_topics() -> list[dict[str, Any]]:
     return [
-        {"topic": s.topic, "version": s.version, "key": s.key_field, "doc": s.doc, "schema": s.model.model_json_schema()}
+        {
+            "topic": s.topic,
+            "version": s.version,
+            "key": s.key_field,
+            "doc": s.doc,
+            "schema": s.model.model_json_schema(),
+        }
         for s in TOPICS.values()
     ]

@@ -16,9 +16,7 @@ class Metrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self.events_published = Counter(
-            "echelon_events_published_total", "Events published", ["topic"], registry=r
-        )
+        self.events_published = Counter("echelon_events_published_total", "Events published", ["topic"], registry=r)
         self.events_appended = Counter(
             "echelon_coordinator_events_appended_total", "Events newly appended to the log", registry=r
         )
@@ -28,9 +26,7 @@ class Metrics:
         self.events_projected = Counter(
             "echelon_coordinator_events_projected_total", "Events projected into Redis", registry=r
         )
-        self.events_parked = Counter(
-            "echelon_coordinator_events_parked_total", "Poison messages parked", registry=r
-        )
+        self.events_parked = Counter("echelon_coordinator_events_parked_total", "Poison messages parked", registry=r)
         self.coordinator_lag = Gauge(
             "echelon_coordinator_lag_events", "Stream messages not yet applied by the coordinator", registry=r
         )
@@ -41,9 +37,7 @@ class Metrics:
             "echelon_stage_processed_total", "Messages handled by a stage", ["stage", "outcome"], registry=r
         )
         self.stage_seconds = Histogram("echelon_stage_seconds", "Stage handling time", ["stage"], registry=r)
-        self.judge_tokens = Counter(
-            "echelon_judge_tokens_total", "Judge tokens", ["model", "direction"], registry=r
-        )
+        self.judge_tokens = Counter("echelon_judge_tokens_total", "Judge tokens", ["model", "direction"], registry=r)
         self.judge_cost = Counter("echelon_judge_cost_usd_total", "Judge cost in USD", ["model"], registry=r)
         self.ws_clients = Gauge("echelon_ws_clients", "Connected WebSocket clients", registry=r)
         self.ws_dropped = Counter("echelon_ws_dropped_total", "WebSocket messages dropped", registry=r)

@@ -10,6 +10,7 @@ import asyncpg
 
 from echelon_platform.errors import MigrationError, StoreError
 
+
 def _default_dir() -> Path:
     # A source checkout (editable install) keeps them beside the packages; an installed copy runs from
     # a directory that has `db/migrations` (the Docker image's WORKDIR).

@@ -73,6 +73,11 @@ def lock_key(prefix: str) -> str:
     return f"{prefix}lock:projector"
 
 
+def text(value: Any) -> str:
+    """redis-py answers bytes (our client does not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def millis(state: RunState) -> float:
     return state.created_at.timestamp() * 1000 if state.created_at else 0.0
 
@@ -105,7 +110,7 @@ class RedisClient:
 
     async def namespace(self) -> str:
         value = await self.redis.get(pointer_key(self.prefix))
-        return value.decode() if value else DEFAULT_NAMESPACE
+        return text(value) if value else DEFAULT_NAMESPACE
 
     async def keys(self) -> Keys:
         return Keys(self.prefix, await self.namespace())
@@ -150,10 +155,10 @@ class ReadModels(RedisClient):
         ]
         return states[offset : offset + limit], len(states)
 
-    async def _load(self, keys: Keys, ids: list[bytes]) -> list[RunState]:
+    async def _load(self, keys: Keys, ids: list[Any]) -> list[RunState]:
         if not ids:
             return []
-        raws = await self.redis.mget([keys.run(i.decode()) for i in ids])
+        raws = await self.redis.mget([keys.run(text(i)) for i in ids])
         return [from_record(orjson.loads(r)) for r in raws if r]
 
     async def active_runs(self, updated_before_ms: float) -> list[RunState]:
@@ -164,7 +169,7 @@ class ReadModels(RedisClient):
     async def get_certificate(self, cert_id: str) -> dict[str, Any] | None:
         keys = await self.keys()
         raw = await self.redis.get(keys.cert(cert_id))
-        return orjson.loads(raw) if raw else None  # type: ignore[no-any-return]
+        return orjson.loads(raw) if raw else None
 
     async def list_certificates(
         self, *, construct_id: str | None = None, sort: str = "created_desc", limit: int = 20, offset: int = 0
@@ -185,12 +190,12 @@ class ReadModels(RedisClient):
         ids = await (self.redis.zrevrange(index, offset, end) if descending else self.redis.zrange(index, offset, end))
         if not ids:
             return [], total
-        raws = await self.redis.mget([keys.cert(i.decode()) for i in ids])
+        raws = await self.redis.mget([keys.cert(text(i)) for i in ids])
         return [orjson.loads(r) for r in raws if r], total
 
     async def all_certificate_ids(self) -> list[str]:
         keys = await self.keys()
-        return [i.decode() for i in await self.redis.zrange(keys.certs_by("created"), 0, -1)]
+        return [text(i) for i in await self.redis.zrange(keys.certs_by("created"), 0, -1)]
 
     async def ratings(self, *, certificate_id: str | None, user_id: str | None) -> list[dict[str, Any]]:
         """Latest rating per (user, replay), filtered by certificate and/or user; stable order."""

@@ -12,7 +12,7 @@ from echelon_platform.errors import ConfigError
 from echelon_platform.events import Subjects
 from echelon_platform.metrics import Metrics
 from echelon_platform.readmodels import ReadModels
-from echelon_platform.secrets import SecretStore, fernet_for
+from echelon_platform.run_secrets import SecretStore, fernet_for
 from echelon_platform.store import EventStore
 
 

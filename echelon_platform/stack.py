@@ -29,7 +29,13 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
     data_dir = settings.data_dir.resolve()
     async with EmbeddedStack(data_dir, nats_sync_always=settings.nats_sync_always) as stack:
         urls = stack.urls
-        log.info("stack.embedded", nats=urls.nats_url, postgres=urls.database_url, redis=urls.redis_url, data_dir=str(data_dir))
+        log.info(
+            "stack.embedded",
+            nats=urls.nats_url,
+            postgres=urls.database_url,
+            redis=urls.redis_url,
+            data_dir=str(data_dir),
+        )
         yield settings.model_copy(
             update={
                 "nats_url": settings.nats_url or urls.nats_url,
@@ -39,7 +45,9 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
         )
 
 
-async def serve(settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True) -> None:
+async def serve(
+    settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True
+) -> None:
     """Run everything in one process until interrupted (one process suits our 2-core machines)."""
     async with infrastructure(settings) as resolved:
         applied = await migrate(str(resolved.database_url))
@@ -47,7 +55,10 @@ async def serve(settings: Settings, *, with_api: bool = True, stages: bool = Tru
             log.info("stack.migrated", applied=applied)
         async with Services(resolved, name="echelon-stack", pool_size=6) as services:
             tasks: list[asyncio.Task[object]] = []
-            async with coordinator_for(services, resolved) as coordinator, Pipeline(services, resolved) as pipeline:
+            async with (
+                coordinator_for(services, resolved) as coordinator,
+                Pipeline(services, resolved) as pipeline,
+            ):
                 if with_coordinator:
                     tasks.append(asyncio.create_task(coordinator.run()))
                 if stages:
@@ -55,7 +66,11 @@ async def serve(settings: Settings, *, with_api: bool = True, stages: bool = Tru
                 if with_api:
                     app = create_app(resolved, services)
                     config = uvicorn.Config(
-                        app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
+                        app,
+                        host=resolved.api_host,
+                        port=resolved.api_port,
+                        log_level="warning",
+                        lifespan="on",
                     )
                     server = uvicorn.Server(config)
                     log.info("stack.api", url=f"http://{resolved.api_host}:{resolved.api_port}")

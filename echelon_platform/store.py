@@ -74,8 +74,10 @@ class LogEvent:
 
 # Projections never read an oracle's reply or a change's record; replay leaves those big fields in
 # Postgres instead of shipping and parsing them.
-_PROJECTED_PAYLOAD = "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') " \
+_PROJECTED_PAYLOAD = (
+    "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') "
     "THEN (payload - 'record' - 'reply')::text ELSE payload::text END"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +111,8 @@ class EventStore:
 
     async def __aenter__(self) -> Self:
         try:
-            self._pool = await asyncpg.create_pool(
-                self.database_url, min_size=self._min_size, max_size=self._max_size
-            )
-        except TRANSIENT_ERRORS + (asyncpg.PostgresError,) as exc:
+            self._pool = await asyncpg.create_pool(self.database_url, min_size=self._min_size, max_size=self._max_size)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to Postgres: {exc}") from exc
         return self
 
@@ -161,7 +161,8 @@ class EventStore:
                     )
                 if retried:
                     await conn.execute(
-                        "UPDATE parked_events SET retried_at = now() WHERE id = ANY($1::bigint[])", list(retried)
+                        "UPDATE parked_events SET retried_at = now() WHERE id = ANY($1::bigint[])",
+                        list(retried),
                     )
         except asyncpg.PostgresError as exc:
             raise StoreError(f"append failed: {exc}") from exc
@@ -219,5 +220,5 @@ class EventStore:
     async def ping(self) -> None:
         try:
             await self.pool.fetchval("SELECT 1")
-        except TRANSIENT_ERRORS + (asyncpg.PostgresError,) as exc:
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"Postgres unreachable: {exc}") from exc

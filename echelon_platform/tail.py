@@ -57,7 +57,9 @@ async def tail(
                 continue
             seq = int(msg.metadata.sequence.stream)
             if as_json:
-                out.write(orjson.dumps({"seq": seq, "subject": msg.subject, "envelope": orjson.loads(msg.data)}).decode())
+                out.write(
+                    orjson.dumps({"seq": seq, "subject": msg.subject, "envelope": orjson.loads(msg.data)}).decode()
+                )
             else:
                 try:
                     out.write(describe(seq, Envelope.from_wire(msg.data)))

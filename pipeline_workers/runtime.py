@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -16,7 +18,7 @@ from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.handlers.invoke import InvokeHandler
 from pipeline_workers.handlers.score import ScoreHandler
 from pipeline_workers.scoring.base import Scorer
-from pipeline_workers.scoring.factory import build_scorer
+from pipeline_workers.scoring.factory import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
 from pipeline_workers.watchdog import Watchdog
 
@@ -27,20 +29,29 @@ class Pipeline:
     """The four stages (optionally a subset) plus the watchdog, sharing one HTTP client."""
 
     def __init__(
-        self, services: Services, settings: Settings, *, stages: tuple[str, ...] = STAGES, scorer: Scorer | None = None
+        self,
+        services: Services,
+        settings: Settings,
+        *,
+        stages: tuple[str, ...] = STAGES,
+        scorer: Scorer | None = None,
     ) -> None:
         self.services = services
         self.settings = settings
         self.stages = stages
         self._scorer = scorer
-        self._http: httpx.AsyncClient | None = None
+        self._resources = AsyncExitStack()
         self.workers: list[StageWorker] = []
         self.watchdog = Watchdog(services, timeout_s=settings.run_timeout_s, interval_s=settings.watchdog_interval_s)
 
     async def __aenter__(self) -> Self:
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=False)
-        scorer = self._scorer or build_scorer(self.settings)
-        ctx = StageContext(self.services, self.settings, self._http)
+        http = await self._resources.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=False)
+        )
+        scorer = self._scorer
+        if scorer is None:
+            scorer = await self._resources.enter_async_context(scorer_for(self.settings))
+        ctx = StageContext(self.services, self.settings, http)
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
@@ -66,8 +77,7 @@ class Pipeline:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-        if self._http is not None:
-            await self._http.aclose()
+        await self._resources.aclose()
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -75,7 +85,7 @@ class Pipeline:
         self.watchdog.stop()
 
     async def run(self, *, watchdog: bool = True) -> None:
-        tasks = [w.run() for w in self.workers]
+        tasks: list[Coroutine[Any, Any, object]] = [w.run() for w in self.workers]
         if watchdog:
             tasks.append(self.watchdog.run())
         await asyncio.gather(*tasks)

@@ -7,7 +7,7 @@ so a redelivered message that is handled twice still yields each event once in t
 from __future__ import annotations
 
 import asyncio
-import random
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
+from echelon_platform.backoff import Backoff
 from echelon_platform.bus import Bus
 from echelon_platform.envelope import Envelope
 from echelon_platform.errors import EnvelopeError, InfrastructureError
@@ -77,7 +78,7 @@ class StageWorker:
 
     async def run(self, *, until_idle: bool = False) -> StageStats:
         sub: Any = None
-        failures = 0
+        backoff = Backoff()
         while not self._stopping.is_set():
             if sub is None:
                 try:
@@ -90,7 +91,7 @@ class StageWorker:
                     )
                 except InfrastructureError as exc:
                     log.warning("stage.subscribe_failed", stage=self.handler.stage, error=str(exc))
-                    await self._pause(failures := failures + 1)
+                    await backoff.wait(self._stopping)
                     continue
             try:
                 msgs = await sub.fetch(self.concurrency, timeout=self.fetch_timeout_s)
@@ -101,23 +102,14 @@ class StageWorker:
             except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                 log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
                 sub = None
-                await self._pause(failures := failures + 1)
+                await backoff.wait(self._stopping)
                 continue
-            failures = 0
+            backoff.reset()
             await asyncio.gather(*(self._one(m) for m in msgs))
         if sub is not None:
-            try:
+            with contextlib.suppress(nats.errors.Error, OSError):
                 await sub.unsubscribe()
-            except (nats.errors.Error, OSError):
-                pass
         return self.stats
-
-    async def _pause(self, attempt: int) -> None:
-        delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
-        try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        except TimeoutError:
-            pass
 
     async def _one(self, msg: Msg) -> None:
         stage = self.handler.stage
@@ -133,7 +125,10 @@ class StageWorker:
             await msg.term()
             return
         with structlog.contextvars.bound_contextvars(
-            stage=stage, topic=envelope.topic, correlationId=envelope.correlation_id, eventId=envelope.event_id
+            stage=stage,
+            topic=envelope.topic,
+            correlationId=envelope.correlation_id,
+            eventId=envelope.event_id,
         ):
             try:
                 caused = await self.handler.handle(envelope, payload)
@@ -143,7 +138,9 @@ class StageWorker:
                 delivered = int(msg.metadata.num_delivered)
                 if delivered >= self.max_deliver:
                     log.error("stage.dead_letter", attempts=delivered, reason=reason)
-                    await self._publish(self.handler.give_up(envelope, payload, f"gave up after {delivered} attempts: {reason}"))
+                    await self._publish(
+                        self.handler.give_up(envelope, payload, f"gave up after {delivered} attempts: {reason}")
+                    )
                     self.stats.dead_lettered += 1
                     self.metrics.stage_processed.labels(stage, "dead_letter").inc()
                     await msg.ack()

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import structlog
 
+from echelon_platform.backoff import sleep_unless
 from echelon_platform.envelope import utcnow
 from echelon_platform.errors import InfrastructureError
 from echelon_platform.events import RunFailed, make_event
@@ -52,7 +53,4 @@ class Watchdog:
                 await self.sweep()
             except InfrastructureError as exc:
                 log.warning("watchdog.sweep_failed", error=str(exc))
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
-            except TimeoutError:
-                pass
+            await sleep_unless(self._stopping, self.interval_s)

@@ -68,7 +68,9 @@ def wrk(url: str, token: str, concurrency: int, seconds: int) -> dict[str, float
         script.write(LUA.replace("\n ", " ").replace("TOKEN", token))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     os.unlink(script.name)
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
@@ -84,14 +86,31 @@ def wrk(url: str, token: str, concurrency: int, seconds: int) -> dict[str, float
 async def bench_post(settings: Settings, seconds: int) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk not installed (apt-get install wrk)"}
-    env = {**os.environ, **{f"ECHELON_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-                            if v is not None and k not in ("jwt_secret", "oracle_allowlist")}}
+    env = {
+        **os.environ,
+        **{
+            f"ECHELON_{k.upper()}": str(v)
+            for k, v in settings.model_dump().items()
+            if v is not None and k not in ("jwt_secret", "oracle_allowlist")
+        },
+    }
     env["ECHELON_JWT_SECRET"] = settings.jwt_secret.get_secret_value()
     port = 18000 + os.getpid() % 1000
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "echelon_platform.api.asgi:build_app", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        env=env, cwd=ROOT,
+    proc = subprocess.Popen(  # noqa: ASYNC220 - the server under test runs beside us for the whole phase
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "echelon_platform.api.asgi:build_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
     )
     try:
         import httpx
@@ -123,7 +142,9 @@ def synthetic_events(n: int) -> list[Envelope]:
             rid = f"{run_id}-{i:04d}"
             events.append(make_event(ReplayRequested(run_id=run_id, replay_id=rid, index=i, record=record(i))))
             events.append(make_event(ReplayScored(run_id=run_id, replay_id=rid, score=score(rid, i))))
-        events.append(make_event(RunIngested(run_id=run_id, total=8, ground_truth_source="github", commit_range="a..b")))
+        events.append(
+            make_event(RunIngested(run_id=run_id, total=8, ground_truth_source="github", commit_range="a..b"))
+        )
     return events[:n]
 
 
@@ -167,16 +188,18 @@ async def bench_coordinator_and_replay(settings: Settings, n: int) -> dict[str, 
 async def bench_sync_cost(tmp: Path, n: int = 3000) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for mode in (False, True):
-        async with EmbeddedNats(tmp / f"nats-sync-{mode}", sync_always=mode) as server:
-            async with Bus(server.url, stream="SYNC", subjects=Subjects("verify")) as bus:
-                events = synthetic_events(n)
-                started = time.perf_counter()
-                for e in events[:1000]:
-                    await bus.publish(e)
-                seq_rate = 1000 / (time.perf_counter() - started)
-                started = time.perf_counter()
-                await bus.publish_many(events[1000:], timeout=60)
-                batch_rate = (n - 1000) / (time.perf_counter() - started)
+        async with (
+            EmbeddedNats(tmp / f"nats-sync-{mode}", sync_always=mode) as server,
+            Bus(server.url, stream="SYNC", subjects=Subjects("verify")) as bus,
+        ):
+            events = synthetic_events(n)
+            started = time.perf_counter()
+            for e in events[:1000]:
+                await bus.publish(e)
+            seq_rate = 1000 / (time.perf_counter() - started)
+            started = time.perf_counter()
+            await bus.publish_many(events[1000:], timeout=60)
+            batch_rate = (n - 1000) / (time.perf_counter() - started)
         result["sync_always" if mode else "default_sync"] = {
             "sequential_publish_per_s": round(seq_rate),
             "pipelined_publish_per_s": round(batch_rate),
@@ -204,11 +227,18 @@ async def main() -> None:
             tag = str(ULID()).lower()
             db = await create_database(urls.database_url, f"bench_{tag}")
             await migrate(db)
-            settings = base.model_copy(update={
-                "nats_url": urls.nats_url, "database_url": db, "redis_url": urls.redis_url,
-                "stream_name": f"BENCH{tag.upper()}", "subject_root": f"b{tag}", "redis_prefix": f"b{tag}:",
-                "consumer_prefix": f"b{tag}", "fetch_timeout_s": 0.5,
-            })
+            settings = base.model_copy(
+                update={
+                    "nats_url": urls.nats_url,
+                    "database_url": db,
+                    "redis_url": urls.redis_url,
+                    "stream_name": f"BENCH{tag.upper()}",
+                    "subject_root": f"b{tag}",
+                    "redis_prefix": f"b{tag}:",
+                    "consumer_prefix": f"b{tag}",
+                    "fetch_timeout_s": 0.5,
+                }
+            )
             result: dict[str, Any] = {"events": args.events, "nats_sync_always": stack is not None}
             if not args.skip_post:
                 result["post_runs"] = await bench_post(settings, args.seconds)

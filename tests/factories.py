@@ -75,12 +75,16 @@ def run_events(run_id: str, n: int = 3, *, failed: int = 1, user: str = "alice")
         if i >= n - failed:
             events.append(
                 make_event(
-                    ReplayFailed(run_id=run_id, replay_id=rid, ground_truth_id=f"pr-{i}", stage="invoke", reason="timeout")
+                    ReplayFailed(
+                        run_id=run_id,
+                        replay_id=rid,
+                        ground_truth_id=f"pr-{i}",
+                        stage="invoke",
+                        reason="timeout",
+                    )
                 )
             )
         else:
             events.append(make_event(ReplayScored(run_id=run_id, replay_id=rid, score=score(rid, i))))
-    events.append(
-        make_event(RunIngested(run_id=run_id, total=n, ground_truth_source="github", commit_range="a..b"))
-    )
+    events.append(make_event(RunIngested(run_id=run_id, total=n, ground_truth_source="github", commit_range="a..b")))
     return events

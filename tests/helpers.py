@@ -12,7 +12,11 @@ T = TypeVar("T")
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T] | T], *, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"
+    probe: Callable[[], Awaitable[T] | T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "condition",
 ) -> T:
     """Poll `probe` until it returns something truthy; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout

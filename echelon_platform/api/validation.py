@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from echelon_platform.api.schemas import RunCreate
 from echelon_platform.config import Settings
+from echelon_platform.errors import OracleError, RequestRejected
 from pipeline_workers.certify import validate_weights
 from pipeline_workers.ingest.base import validate_repo_url
 from pipeline_workers.oracles.http import check_url_allowed
 from pipeline_workers.oracles.python import check_callable_allowed
+
+# A request must not hang on a slow resolver: an oracle host that does not resolve quickly is refused.
+DNS_TIMEOUT_S = 5.0
 
 
 async def validate_run_request(body: RunCreate, settings: Settings) -> dict[str, float]:
@@ -16,5 +22,13 @@ async def validate_run_request(body: RunCreate, settings: Settings) -> dict[str,
     if body.oracle_type == "python":
         check_callable_allowed(f"{body.oracle_module}:{body.oracle_callable}", settings.oracle_allowlist)
     else:
-        await check_url_allowed(str(body.oracle_url), settings.allow_private_oracles)
+        try:
+            async with asyncio.timeout(DNS_TIMEOUT_S):
+                await check_url_allowed(str(body.oracle_url), settings.allow_private_oracles)
+        except TimeoutError as exc:
+            raise RequestRejected(f"oracle host did not resolve within {DNS_TIMEOUT_S:g} s") from exc
+        except OracleError as exc:  # a stage error at run time, but the caller's to fix at request time
+            raise RequestRejected(str(exc)) from exc
+        except ValueError as exc:  # urlsplit refuses e.g. an unclosed IPv6 bracket
+            raise RequestRejected(f"oracle_url is not a valid URL: {exc}") from exc
     return validate_weights(body.weights)

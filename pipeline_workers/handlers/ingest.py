@@ -82,7 +82,9 @@ class IngestHandler:
         return events
 
     def _failed(self, envelope: Envelope, reason: str) -> Envelope:
-        return make_event(RunFailed(run_id=envelope.run_id, reason=reason, stage=self.stage), causation_id=envelope.event_id)
+        return make_event(
+            RunFailed(run_id=envelope.run_id, reason=reason, stage=self.stage), causation_id=envelope.event_id
+        )
 
     def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
         return [self._failed(envelope, f"ingest failed: {reason}")]

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 from echelon_platform.envelope import Envelope
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
-from echelon_platform.events import Payload, ReplayFailed, ReplayInvoked, ReplayRequested, RunRequested, make_event
+from echelon_platform.events import (
+    Payload,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayRequested,
+    RunRequested,
+    make_event,
+)
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
@@ -27,7 +34,10 @@ class InvokeHandler:
         spec = request.oracle
         if spec.type == "python":
             return PythonOracle(
-                str(spec.module), str(spec.callable), self.ctx.settings.oracle_allowlist, timeout_s=spec.timeout_s
+                str(spec.module),
+                str(spec.callable),
+                self.ctx.settings.oracle_allowlist,
+                timeout_s=spec.timeout_s,
             )
         secrets = await self.ctx.services.secrets.get(request.secret_ref)
         headers = {k: v.get_secret_value() for k, v in secrets.oracle_headers.items()}

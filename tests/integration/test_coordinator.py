@@ -80,14 +80,12 @@ async def test_poison_is_parked_and_does_not_stop_the_writer(services: Services,
     coordinator = await drain(services, settings)
     assert coordinator.stats.parked == 2
     parked = await services.store.parked()
-    assert [p.raw for p in parked][0] == b"{not json"
+    assert parked[0].raw == b"{not json"
     assert "limit" in parked[1].reason
     assert await services.read_models.get_run("RUNC") is not None
 
 
-async def test_crash_between_append_and_ack_loses_and_doubles_nothing(
-    services: Services, settings: Settings
-) -> None:
+async def test_crash_between_append_and_ack_loses_and_doubles_nothing(services: Services, settings: Settings) -> None:
     settings = settings.model_copy(update={"ack_wait_s": 1.0})
     events = run_events("RUND", n=2, failed=0)
     for e in events:
@@ -99,8 +97,13 @@ async def test_crash_between_append_and_ack_loses_and_doubles_nothing(
 
     async with DiesBeforeProjecting(str(settings.redis_url), settings.redis_prefix) as dying:
         crashing = StateCoordinator(
-            bus=services.bus, store=services.store, projector=dying, metrics=services.metrics,
-            durable=f"{settings.consumer_prefix}-coordinator", fetch_timeout_s=0.2, ack_wait_s=1.0,
+            bus=services.bus,
+            store=services.store,
+            projector=dying,
+            metrics=services.metrics,
+            durable=f"{settings.consumer_prefix}-coordinator",
+            fetch_timeout_s=0.2,
+            ack_wait_s=1.0,
         )
         with pytest.raises(asyncio.CancelledError):
             await crashing.run(until_idle=True)
@@ -108,6 +111,7 @@ async def test_crash_between_append_and_ack_loses_and_doubles_nothing(
     assert await services.read_models.get_run("RUND") is None
 
     async with coordinator_for(services, settings) as coordinator:
+
         async def redelivered_and_projected() -> bool:
             await coordinator.run(until_idle=True)
             state = await services.read_models.get_run("RUND")
@@ -121,7 +125,10 @@ async def test_crash_between_append_and_ack_loses_and_doubles_nothing(
 
 
 async def test_terminal_event_makes_the_run_inactive(services: Services, settings: Settings) -> None:
-    for e in [*run_events("RUNE", n=1, failed=0), make_event(RunCompleted(run_id="RUNE", certificate_id="c"))]:
+    for e in [
+        *run_events("RUNE", n=1, failed=0),
+        make_event(RunCompleted(run_id="RUNE", certificate_id="c")),
+    ]:
         await services.bus.publish(e)
     await drain(services, settings)
     state = await services.read_models.get_run("RUNE")

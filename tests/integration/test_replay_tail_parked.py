@@ -44,8 +44,13 @@ async def _history(services: Services) -> None:
         await services.bus.publish(
             make_event(
                 RatingSubmitted(
-                    run_id="REPLAY0", rating_id=f"r{rating}", certificate_id="cert-REPLAY0",
-                    replay_id="REPLAY0-0000", user_id="carol", rating=rating, rated_at=utcnow(),
+                    run_id="REPLAY0",
+                    rating_id=f"r{rating}",
+                    certificate_id="cert-REPLAY0",
+                    replay_id="REPLAY0-0000",
+                    user_id="carol",
+                    rating=rating,
+                    rated_at=utcnow(),
                 )
             )
         )
@@ -80,7 +85,7 @@ async def test_verify_reports_a_tampered_read_model(services: Services, settings
         keys = await projector.keys()
         await projector.redis.set(keys.run("REPLAY2"), b'{"tampered": true}')
         report = await verify(services.store, projector)
-    assert report.differences == [f"differs: run:REPLAY2"]
+    assert report.differences == ["differs: run:REPLAY2"]
 
 
 async def test_tail_prints_one_line_per_event_without_a_durable_consumer(

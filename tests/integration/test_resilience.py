@@ -39,7 +39,10 @@ async def _projected(services: Services, run_id: str, progress: int) -> bool:
 
 async def test_coordinator_survives_a_nats_restart(settings: Settings, own_nats: EmbeddedNats) -> None:
     settings = settings.model_copy(update={"nats_url": own_nats.url})
-    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+    async with (
+        Services(settings, name="test") as services,
+        coordinator_for(services, settings) as coordinator,
+    ):
         task = asyncio.create_task(coordinator.run())
         try:
             before, after = run_events("BEFORE", n=2, failed=0), run_events("AFTER", n=3, failed=0)
@@ -59,13 +62,14 @@ async def test_coordinator_survives_a_nats_restart(settings: Settings, own_nats:
         assert await services.store.count() == len(before) + len(after) + 2
 
 
-async def test_coordinator_survives_a_postgres_restart(
-    settings: Settings, own_postgres: EmbeddedPostgres
-) -> None:
+async def test_coordinator_survives_a_postgres_restart(settings: Settings, own_postgres: EmbeddedPostgres) -> None:
     db_url = await create_database(own_postgres.url, "echelon_restart")
     await migrate(db_url)
     settings = settings.model_copy(update={"database_url": db_url})
-    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+    async with (
+        Services(settings, name="test") as services,
+        coordinator_for(services, settings) as coordinator,
+    ):
         task = asyncio.create_task(coordinator.run())
         try:
             for e in run_events("PG1", n=1, failed=0):

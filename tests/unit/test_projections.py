@@ -57,7 +57,15 @@ def test_terminal_state_is_final() -> None:
 def test_public_view_shape() -> None:
     view = public_view(fold(RUN, run_events(RUN)))
     assert set(view) == {
-        "run_id", "status", "progress", "total", "construct_id", "repo_url", "error", "certificate_id",
-        "created_at", "updated_at",
+        "run_id",
+        "status",
+        "progress",
+        "total",
+        "construct_id",
+        "repo_url",
+        "error",
+        "certificate_id",
+        "created_at",
+        "updated_at",
     }
     assert RunState(run_id="x").visible is False
