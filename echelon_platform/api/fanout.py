@@ -70,7 +70,7 @@ def selected_topics(patterns: list[str]) -> frozenset[str]:
                 raise Refused(f"topic {pattern[:80]!r} refused: {token[:40]!r} is not a topic token or wildcard")
         matched = {t for t in TOPICS if pattern_matches(pattern, t)}
         if not matched:
-            raise Refused(f"topic {pattern[:80]!r} refused: it matches no topic (see GET /api/v1/topics)")
+            raise Refused(f"topic {pattern[:80]!r} refused: it matches none of {', '.join(TOPICS)}")
         out |= matched
     return frozenset(out)
 
@@ -122,28 +122,19 @@ class ClientQueue:
         return len(self._frames)
 
     def offer(self, frame: Frame) -> bool:
-        if len(self._frames) >= self.maxsize and not self._make_room(frame):
-            return False
+        """True when the frame is queued (or, being progress, coalesced away); False: close the client."""
+        if len(self._frames) >= self.maxsize:
+            victim = next((i for i, queued in enumerate(self._frames) if queued.progress), None)
+            if victim is None:
+                if not frame.progress:
+                    return False
+                self.dropped += 1  # nothing older to drop: this progress event itself goes
+                return True
+            del self._frames[victim]
+            self.dropped += 1
         self._frames.append(frame)
         self.ready.set()
         return True
-
-    def _make_room(self, incoming: Frame) -> bool:
-        for i, queued in enumerate(self._frames):
-            if queued.progress:
-                del self._frames[i]
-                self.dropped += 1
-                return True
-        if incoming.progress:
-            # Nothing older to drop: the new progress event itself goes. Report room for nothing.
-            self.dropped += 1
-            return False if self.maxsize == 0 else self._drop_incoming()
-        return False
-
-    def _drop_incoming(self) -> bool:
-        # `offer` appends after a True; undo that by dropping the oldest frame's twin: simpler to signal via
-        # a sentinel. The caller treats a progress frame offered to a full, progress-free queue as dropped.
-        raise _DropIncoming
 
     def pop(self) -> Frame | None:
         if not self._frames:
@@ -154,10 +145,6 @@ class ClientQueue:
     def clear(self) -> None:
         self._frames.clear()
         self.ready.clear()
-
-
-class _DropIncoming(Exception):
-    pass
 
 
 class OwnerCache:

@@ -1,0 +1,54 @@
+"""Migrations apply in order, once; an edited, already-applied migration is refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+from ulid import ULID
+
+from echelon_platform.embedded import StackUrls, create_database
+from echelon_platform.errors import MigrationError
+from echelon_platform.migrations import DEFAULT_DIR, migrate
+
+
+async def test_migrate_is_idempotent_and_refuses_edits(infra: StackUrls, tmp_path: Path) -> None:
+    db = await create_database(infra.database_url, f"mig_{str(ULID()).lower()}")
+    migrations = tmp_path / "migrations"
+    shutil.copytree(DEFAULT_DIR, migrations)
+
+    first = await migrate(db, migrations)
+    assert first == sorted(p.name for p in DEFAULT_DIR.glob("*.sql"))
+    assert await migrate(db, migrations) == []
+
+    conn = await asyncpg.connect(db)
+    try:
+        columns = {
+            r["column_name"]
+            for r in await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = 'events'")
+        }
+        indexes = {
+            r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
+        }
+    finally:
+        await conn.close()
+    assert {
+        "seq",
+        "event_id",
+        "dedup_key",
+        "time",
+        "topic",
+        "correlation_id",
+        "causation_id",
+        "payload",
+        "version",
+        "stream_seq",
+    } <= columns
+    assert {"events_topic_time_idx", "events_correlation_seq_idx"} <= indexes
+
+    edited = migrations / "0001_events.sql"
+    edited.write_text(edited.read_text() + "\n-- a later edit\n")
+    with pytest.raises(MigrationError, match="0001_events.sql was edited after it was applied"):
+        await migrate(db, migrations)
