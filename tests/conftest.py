@@ -7,12 +7,16 @@ and database (copied from a migrated template), so runs never collide.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+import nats
+import nats.js.errors
 import pytest
+import redis.asyncio as aioredis
 from ulid import ULID
 
 from echelon_platform.config import Settings
@@ -59,7 +63,7 @@ async def template_db(infra: StackUrls) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def settings(infra: StackUrls, template_db: str, tmp_path: Path) -> Settings:
+async def settings(infra: StackUrls, template_db: str, tmp_path: Path) -> AsyncIterator[Settings]:
     tag = str(ULID()).lower()
     db_name = f"{template_db}_t{tag[-10:]}"
     admin = await asyncpg.connect(infra.database_url)
@@ -67,7 +71,7 @@ async def settings(infra: StackUrls, template_db: str, tmp_path: Path) -> Settin
         await admin.execute(f'CREATE DATABASE "{db_name}" TEMPLATE "{template_db}"')
     finally:
         await admin.close()
-    return Settings(
+    settings = Settings(
         nats_url=infra.nats_url,
         database_url=_with_database(infra.database_url, db_name),
         redis_url=infra.redis_url,
@@ -85,6 +89,30 @@ async def settings(infra: StackUrls, template_db: str, tmp_path: Path) -> Settin
             "pipeline_workers.oracles.sample:broken",
         ],
     )
+    yield settings
+    await _clean_up(settings, db_name, infra)
+
+
+async def _clean_up(settings: Settings, db_name: str, infra: StackUrls) -> None:
+    """Leave shared servers as we found them: drop this test's stream, keys and database."""
+    nc = await nats.connect(infra.nats_url)
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await nc.jetstream().delete_stream(settings.stream_name)
+    finally:
+        await nc.close()
+    redis = aioredis.Redis.from_url(infra.redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        if keys:
+            await redis.unlink(*keys)
+    finally:
+        await redis.aclose()
+    admin = await asyncpg.connect(infra.database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 WaitFor = Callable[..., Awaitable[object]]

@@ -52,3 +52,8 @@ async def test_migrate_is_idempotent_and_refuses_edits(infra: StackUrls, tmp_pat
     edited.write_text(edited.read_text() + "\n-- a later edit\n")
     with pytest.raises(MigrationError, match="0001_events.sql was edited after it was applied"):
         await migrate(db, migrations)
+    admin = await asyncpg.connect(infra.database_url)
+    try:
+        await admin.execute(f'DROP DATABASE "{db.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await admin.close()
