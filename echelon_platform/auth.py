@@ -57,33 +57,33 @@ def issue_jwt(user_id: str, secret: str, *, admin: bool = False, ttl_s: int = 36
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
-async def claim_wallet_message(redis: aioredis.Redis, redis_prefix: str, message: str, max_age_s: int) -> None:
+async def claim_wallet_message(client: aioredis.Redis, redis_prefix: str, message: str, max_age_s: int) -> None:
     """Mark a verified message as used; a second use within its lifetime is a replay and is refused."""
     try:
-        fresh = await redis.set(claim_key(redis_prefix, message), b"1", nx=True, ex=claim_ttl_s(max_age_s))
+        fresh = await client.set(claim_key(redis_prefix, message), b"1", nx=True, ex=claim_ttl_s(max_age_s))
     except (redis.exceptions.RedisError, OSError) as exc:
         raise ReadModelError(f"cannot record the wallet message as used: {exc}") from exc
     if not fresh:
         raise AuthError("wallet message already used: sign a new message with a new nonce")
 
 
-async def authenticate_wallet(proof: WalletProof, settings: Settings, redis: aioredis.Redis) -> Principal:
+async def authenticate_wallet(proof: WalletProof, settings: Settings, client: aioredis.Redis) -> Principal:
     max_age_s = int(getattr(settings, "wallet_max_age_s", DEFAULT_MAX_AGE_S))
     address = verify_proof(proof, datetime.now(UTC), max_age_s)
     # Claimed only after the signature checked out: a forger cannot burn someone else's message.
-    await claim_wallet_message(redis, settings.redis_prefix, proof.message, max_age_s)
+    await claim_wallet_message(client, settings.redis_prefix, proof.message, max_age_s)
     admins = {a.lower() for a in getattr(settings, "admin_wallets", ())}
     return Principal(user_id=wallet_user_id(address), is_admin=address.lower() in admins)
 
 
 async def authenticate(
-    settings: Settings, redis: aioredis.Redis, *, bearer: str | None, wallet: WalletProof | None
+    settings: Settings, client: aioredis.Redis, *, bearer: str | None, wallet: WalletProof | None
 ) -> Principal:
     """A Bearer token wins when both are sent; with neither, AuthError (→ 401 + WWW-Authenticate)."""
     if bearer:
         return decode_jwt(bearer, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
     if wallet is not None:
-        return await authenticate_wallet(wallet, settings, redis)
+        return await authenticate_wallet(wallet, settings, client)
     raise AuthError(
         "missing credentials: send `Authorization: Bearer <token>` or the X-Wallet-Address, "
         "X-Wallet-Message and X-Wallet-Signature headers"

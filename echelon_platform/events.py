@@ -79,6 +79,7 @@ class ReplayInvoked(Payload):
     latency_ms: float
     question_input_tokens: int = 0
     question_output_tokens: int = 0
+    question_cost_usd: float = 0.0
 
 
 class ReplayScored(Payload):

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import eth_keys.exceptions
-import eth_utils
 import eth_utils.exceptions
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from eth_utils.address import is_address, to_checksum_address
 
 from echelon_platform.errors import AuthError
 
@@ -66,9 +66,9 @@ def wallet_user_id(checksum_address: str) -> str:
 
 def checksum_address(address: str) -> str:
     """The EIP-55 form; a mixed-case address with a wrong checksum is refused (it is likely a typo)."""
-    if not eth_utils.is_address(address):
+    if not is_address(address):
         raise AuthError(f"wallet address {address[:64]!r} is not a valid Ethereum address")
-    return str(eth_utils.to_checksum_address(address))
+    return str(to_checksum_address(address))
 
 
 def _timestamp(key: str, value: str) -> datetime:
@@ -94,7 +94,7 @@ def parse_message(message: str) -> SignedMessage:
         if not address:
             raise AuthError("wallet message: the line after the Sign-In-with-Ethereum header must be the address")
     fields: dict[str, str] = {}
-    for line in lines[1:]:
+    for line in lines:
         match = _FIELD.match(line.strip())
         if match is not None:
             fields.setdefault(match["key"], match["value"].strip())
@@ -117,9 +117,7 @@ def parse_message(message: str) -> SignedMessage:
 def check_fresh(parsed: SignedMessage, now: datetime, max_age_s: int = DEFAULT_MAX_AGE_S) -> None:
     age = (now - parsed.issued_at).total_seconds()
     if age > max_age_s:
-        raise AuthError(
-            f"wallet message is stale: issued {int(age)} s ago, the limit is {max_age_s} s; sign a new one"
-        )
+        raise AuthError(f"wallet message is stale: issued {int(age)} s ago, the limit is {max_age_s} s; sign a new one")
     if age < -CLOCK_SKEW_S:
         raise AuthError("wallet message is issued in the future: check the client's clock")
     if parsed.expires_at is not None and parsed.expires_at <= now:

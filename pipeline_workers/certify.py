@@ -127,9 +127,7 @@ def build_certificate(
 def _dedupe_scores(scores: Sequence[ReplayScore]) -> list[ReplayScore]:
     chosen: dict[str, ReplayScore] = {}
     # Sorting by the full canonical form makes the choice independent of arrival order.
-    for score in sorted(
-        scores, key=lambda s: (s.replay_id, s.scored_at, _canonical(s.model_dump(mode="json")))
-    ):
+    for score in sorted(scores, key=lambda s: (s.replay_id, s.scored_at, _canonical(s.model_dump(mode="json")))):
         chosen.setdefault(score.replay_id, score)
     return [chosen[k] for k in sorted(chosen)]
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import nats.errors
+import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from ulid import ULID
 
-from echelon_platform.api import runs
+from echelon_platform.api import certificates, runs, stats, stream
+from echelon_platform.api.deps import WALLET_SCHEMES
+from echelon_platform.api.middleware import RequestContext
+from echelon_platform.api.options import ApiOptions
 from echelon_platform.api.schemas import Readiness
 from echelon_platform.config import Settings
 from echelon_platform.errors import (
@@ -27,6 +31,17 @@ from echelon_platform.errors import (
 from echelon_platform.services import Services
 
 log = structlog.get_logger(__name__)
+
+DESCRIPTION = """Verify AI oracle constructs against git history and issue calibration certificates.
+
+**Authentication** (runs, ratings, the stream): `Authorization: Bearer <JWT>`, or wallet auth — sign a
+fresh message (EIP-191 `personal_sign`; an EIP-4361 Sign-In-with-Ethereum message or any text with
+`Nonce:` and `Issued At:` lines, issued ≤ 5 minutes ago, each message accepted once) and send
+`X-Wallet-Address`, `X-Wallet-Message` (base64 of the text) and `X-Wallet-Signature` (0x hex).
+A wallet user's id is `wallet:<checksummed address>`. Certificates and stats are public.
+
+**Live events**: WebSocket `GET /api/v1/stream` (protocol in `echelon_platform/api/stream.py`).
+"""
 
 
 def _status_for(exc: EchelonError) -> int:
@@ -45,27 +60,39 @@ def _status_for(exc: EchelonError) -> int:
             return 500
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+def _unify_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI lists each security dependency as its own alternative; the three wallet headers only
+    work together, so say: Bearer OR (all three wallet headers)."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            if isinstance(operation, dict) and operation.get("security"):
+                operation["security"] = [{"HTTPBearer": []}, {name: [] for name in WALLET_SCHEMES}]
+    return schema
+
+
+def create_app(settings: Settings, services: Services | None = None, *, options: ApiOptions | None = None) -> FastAPI:
     """Build the app. When `services` is given (tests, `stack up`) its lifecycle belongs to the caller."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services is not None:
             app.state.services = services
+            app.state.owners = stream.owner_cache(services)
             yield
             return
         async with Services(settings, name="echelon-api") as owned:
             app.state.services = owned
+            app.state.owners = stream.owner_cache(owned)
             yield
 
-    app = FastAPI(
-        title="echelon-verify",
-        version="0.1.0",
-        description="Verify AI oracle constructs against git history and issue calibration certificates.",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="echelon-verify", version="0.2.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.options = options or ApiOptions.from_settings(settings)
     app.include_router(runs.router)
+    app.include_router(certificates.router)
+    app.include_router(stats.router)
+    app.include_router(stream.router)
+    app.add_middleware(RequestContext)
 
     @app.exception_handler(EchelonError)
     async def _domain_error(request: Request, exc: EchelonError) -> JSONResponse:
@@ -79,19 +106,23 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             log.error("api.error", error=str(exc), path=request.url.path)
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
-    @app.middleware("http")
-    async def _request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request.headers.get("x-request-id") or str(ULID())
-        started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        request.app.state.services.metrics.http_latency.labels(
-            request.method, path, str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        response.headers["X-Request-ID"] = request_id
-        return response
+    async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
+        # Adapters that do not translate library errors yet still must not turn an outage into a 500.
+        log.error("api.unavailable", error=str(exc) or type(exc).__name__, path=request.url.path)
+        return JSONResponse({"detail": "a backing service is unavailable; retry shortly"}, status_code=503)
+
+    app.add_exception_handler(redis.exceptions.ConnectionError, _infrastructure)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _infrastructure)
+    app.add_exception_handler(nats.errors.Error, _infrastructure)
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _unify_security(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -104,16 +135,19 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         svc: Services = request.app.state.services
         checks: dict[str, str] = {}
         names = ("nats", "postgres", "redis")
-        results = await asyncio.gather(
-            svc.bus.ping(), svc.store.ping(), svc.read_models.ping(), return_exceptions=True
-        )
+        results = await asyncio.gather(svc.bus.ping(), svc.store.ping(), svc.read_models.ping(), return_exceptions=True)
         for name, result in zip(names, results, strict=True):
             checks[name] = "ok" if result is None else f"unreachable: {result}"
         ready = all(v == "ok" for v in checks.values())
         body = Readiness(ready=ready, checks=checks).model_dump()
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics."""
         svc: Services = request.app.state.services

@@ -1,15 +1,23 @@
 """ASGI entry point for running the API under a process manager:
 
-    uvicorn --factory echelon_platform.api.asgi:build_app --host 0.0.0.0 --port 8000
+uvicorn --factory echelon_platform.api.asgi:build_app --host 0.0.0.0 --port 8000 --no-access-log
+
+(The app writes its own JSON access log line per request, with the request id.)
 """
 
 from __future__ import annotations
+
+import os
 
 from fastapi import FastAPI
 
 from echelon_platform.api.app import create_app
 from echelon_platform.config import Settings
+from echelon_platform.logging import configure_logging
 
 
 def build_app() -> FastAPI:
-    return create_app(Settings())
+    settings = Settings()
+    # TODO(config): a `log_level` setting; until then ECHELON_LOG_LEVEL is read here, at start-up.
+    configure_logging(str(getattr(settings, "log_level", None) or os.environ.get("ECHELON_LOG_LEVEL", "INFO")))
+    return create_app(settings)

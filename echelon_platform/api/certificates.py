@@ -45,7 +45,9 @@ async def load_certificate(services: Services, cert_id: str) -> CalibrationCerti
     try:
         return CalibrationCertificate.model_validate(raw)
     except ValidationError as exc:  # a read model this build cannot read: an operator's problem, not the caller's
-        raise ReadModelError(f"certificate {cert_id} is stored in an unreadable form: {exc.errors()[0]['msg']}") from exc
+        raise ReadModelError(
+            f"certificate {cert_id} is stored in an unreadable form: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
 @router.get("/certificates", response_model=CertificateList, responses=r.PUBLIC)
@@ -71,9 +73,7 @@ async def get_certificate(cert_id: CertId, services: ServicesDep) -> Certificate
     return CertificateView.of(await load_certificate(services, cert_id))
 
 
-@router.get(
-    "/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND)
-)
+@router.get("/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
 async def verify(cert_id: CertId, services: ServicesDep) -> VerifyResult:
     """Public tamper check: recompute the content hash and the aggregates from the stored replay scores."""
     cert = await load_certificate(services, cert_id)
@@ -91,7 +91,7 @@ async def verify(cert_id: CertId, services: ServicesDep) -> VerifyResult:
     "/certificates/{cert_id}/replays/{replay_id}/ratings",
     status_code=status.HTTP_201_CREATED,
     response_model=RatingAccepted,
-    responses=r.merge(r.PROTECTED, r.NOT_FOUND, r.RATE_LIMITED),
+    responses=r.merge(r.PROTECTED, r.MALFORMED_BODY, r.NOT_FOUND, r.RATE_LIMITED),
 )
 async def rate_replay(
     cert_id: CertId,

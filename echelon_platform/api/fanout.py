@@ -116,6 +116,7 @@ class ClientQueue:
         self.maxsize = maxsize
         self._frames: deque[Frame] = deque()
         self.dropped = 0  # progress events dropped since the client was last told
+        self.total_dropped = 0
         self.ready = asyncio.Event()
 
     def __len__(self) -> int:
@@ -129,9 +130,11 @@ class ClientQueue:
                 if not frame.progress:
                     return False
                 self.dropped += 1  # nothing older to drop: this progress event itself goes
+                self.total_dropped += 1
                 return True
             del self._frames[victim]
             self.dropped += 1
+            self.total_dropped += 1
         self._frames.append(frame)
         self.ready.set()
         return True

@@ -108,7 +108,9 @@ class IdempotencyStore:
         return IdempotencyRecord.from_json(raw) if raw else None
 
     async def claim(self, user_id: str, key: str, record: IdempotencyRecord) -> bool:
-        return bool(await self._call(self._redis.set(self._key(user_id, key), record.to_json(), nx=True, ex=self.ttl_s)))
+        return bool(
+            await self._call(self._redis.set(self._key(user_id, key), record.to_json(), nx=True, ex=self.ttl_s))
+        )
 
     async def complete(self, user_id: str, key: str, record: IdempotencyRecord) -> None:
         done = IdempotencyRecord(record.run_id, record.created_at, record.fingerprint, done=True)

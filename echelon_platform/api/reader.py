@@ -15,13 +15,17 @@ from echelon_platform.readmodels import ReadModels
 CHUNK = 1000  # keys per MGET / commands per pipeline: bounded replies, few round trips
 
 
+def _ids(members: Any) -> list[str]:
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
 class BulkReader:
     def __init__(self, read_models: ReadModels) -> None:
         self._rm = read_models
 
     async def all_runs(self) -> list[RunState]:
         keys = await self._rm.keys()
-        ids = [i.decode() for i in await self._rm.redis.zrange(keys.runs, 0, -1)]
+        ids = _ids(await self._rm.redis.zrange(keys.runs, 0, -1))
         out: list[RunState] = []
         for start in range(0, len(ids), CHUNK):
             raws = await self._rm.redis.mget([keys.run(i) for i in ids[start : start + CHUNK]])
@@ -30,7 +34,7 @@ class BulkReader:
 
     async def all_certificates(self) -> list[dict[str, Any]]:
         keys = await self._rm.keys()
-        ids = [i.decode() for i in await self._rm.redis.zrange(keys.certs_by("created"), 0, -1)]
+        ids = _ids(await self._rm.redis.zrange(keys.certs_by("created"), 0, -1))
         out: list[dict[str, Any]] = []
         for start in range(0, len(ids), CHUNK):
             raws = await self._rm.redis.mget([keys.cert(i) for i in ids[start : start + CHUNK]])

@@ -34,6 +34,9 @@ RATE_LIMITED: Responses = {
 UNAVAILABLE: Responses = {
     503: {"model": ErrorBody, "description": "NATS or Redis unavailable; retry later"},
 }
+MALFORMED_BODY: Responses = {
+    400: {"model": ErrorBody, "description": "The body is not parseable JSON (e.g. not UTF-8)"},
+}
 CONFLICT: Responses = {
     409: {"model": ErrorBody, "description": "A request with this Idempotency-Key is still in progress"},
 }

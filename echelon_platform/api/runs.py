@@ -85,6 +85,7 @@ async def _replayed(
     responses=r.merge(
         {200: {"model": RunCreated, "description": "The run an earlier request with this Idempotency-Key started"}},
         r.PROTECTED,
+        r.MALFORMED_BODY,
         r.CONFLICT,
         r.RATE_LIMITED,
     ),

@@ -22,6 +22,7 @@ Each subscription is an ephemeral ordered consumer (never durable): nothing to c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -153,16 +154,16 @@ class StreamSession:
             message = await _receive_json(self.ws)
             request = message.get("subscribe") if isinstance(message, dict) else None
             if request is None:
-                self._control({"type": "error", "reason": 'expected {"subscribe": {"topics": [...], ...}}'})
+                self.control({"type": "error", "reason": 'expected {"subscribe": {"topics": [...], ...}}'})
                 continue
             try:
                 await self._subscribe(Subscribe.model_validate(request))
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"]) or "subscribe"
-                self._control({"type": "refused", "reason": f"{where}: {first['msg']}"})
+                self.control({"type": "refused", "reason": f"{where}: {first['msg']}"})
             except Refused as exc:
-                self._control({"type": "refused", "reason": str(exc)})
+                self.control({"type": "refused", "reason": str(exc)})
 
     async def _subscribe(self, request: Subscribe) -> None:
         topics = selected_topics(request.topics)
@@ -174,15 +175,14 @@ class StreamSession:
         await self._unsubscribe()
         self.queue.clear()
         bus = self.services.bus
-        if request.since is not None:
-            since = request.since
-        else:
+        since = request.since
+        if since is None:  # a run from its first event; everything else from now on
             since = 0 if run_id is not None else await bus.last_sequence()
         self._generation += 1
         self._topics = topics
         self.processed = self.last_sent = since
         subject = nats_filter(self.services.subjects, request.topics, run_id)
-        self._control(
+        self.control(
             {"type": "subscribed", "topics": sorted(topics), "correlationId": request.correlation_id, "since": since}
         )
         try:
@@ -209,14 +209,16 @@ class StreamSession:
         seq = int(msg.metadata.sequence.stream)
         try:
             frame = await self._frame(msg, seq)
-            if frame is None:
-                return
+        except Exception as exc:  # e.g. Redis down during an owner lookup: skipping would leave a gap
+            log.error("stream.deliver_failed", error=str(exc) or type(exc).__name__, seq=seq)
+            self._end(CLOSE_INTERNAL, _json({"resume_since": self.last_sent}))
+            return
+        if frame is not None:
             before = self.queue.total_dropped
             if not self.queue.offer(frame):
                 self._overflow()
             self.services.metrics.ws_dropped.inc(self.queue.total_dropped - before)
-        finally:
-            self.processed = seq
+        self.processed = seq
 
     async def _frame(self, msg: Msg, seq: int) -> Frame | None:
         parts = split_subject(self.services.subjects, msg.subject)
@@ -251,11 +253,14 @@ class StreamSession:
     def _overflow(self) -> None:
         discarded = len(self.queue) + 1
         self.services.metrics.ws_dropped.inc(discarded)
-        self._close = (CLOSE_SLOW_CONSUMER, _json({"resume_since": self.last_sent}))
-        self._stop.set()
+        self._end(CLOSE_SLOW_CONSUMER, _json({"resume_since": self.last_sent}))
         log.warning("stream.slow_consumer", resume_since=self.last_sent, discarded=discarded)
 
-    def _control(self, data: dict[str, Any]) -> None:
+    def _end(self, code: int, reason: str) -> None:
+        self._close = self._close or (code, reason)
+        self._stop.set()
+
+    def control(self, data: dict[str, Any]) -> None:
         if not self.queue.offer(Frame(data=_json(data))):
             self._overflow()
 
@@ -280,10 +285,9 @@ class StreamSession:
         sub, self._sub = self._sub, None
         if sub is None:
             return
-        try:
+        # Errors are fine to ignore: the ephemeral consumer goes away with its interest anyway.
+        with contextlib.suppress(nats.errors.Error, OSError):
             await sub.unsubscribe()
-        except (nats.errors.Error, OSError):
-            pass  # the ephemeral consumer goes away with its interest anyway
 
 
 @router.websocket("/api/v1/stream")
@@ -307,13 +311,13 @@ async def stream(websocket: WebSocket, token: str | None = Query(default=None, m
             log.error("stream.auth_failed", error=str(exc))
             await _close(websocket, CLOSE_INTERNAL, "authentication unavailable; retry", options.ws_close_timeout_s)
             return
-        services.metrics.ws_clients.inc()
-        structlog.contextvars.bind_contextvars(user_id=user.user_id)
-        log.info("stream.connected", admin=user.is_admin)
         session = StreamSession(websocket, user, services, options, app.state.owners)
-        session._control({"type": "authenticated", "userId": user.user_id, "admin": user.is_admin})
+        session.control({"type": "authenticated", "userId": user.user_id, "admin": user.is_admin})
+        services.metrics.ws_clients.inc()
         try:
-            await session.run()
+            with structlog.contextvars.bound_contextvars(user_id=user.user_id):
+                log.info("stream.connected", admin=user.is_admin)
+                await session.run()
+                log.info("stream.closed", last_sent=session.last_sent)
         finally:
             services.metrics.ws_clients.dec()
-            log.info("stream.closed", last_sent=session.last_sent)

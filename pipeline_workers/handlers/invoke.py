@@ -72,6 +72,7 @@ class InvokeHandler:
                     latency_ms=round(latency_ms, 3),
                     question_input_tokens=usage.input_tokens,
                     question_output_tokens=usage.output_tokens,
+                    question_cost_usd=usage.cost_usd,
                 ),
                 causation_id=envelope.event_id,
             )

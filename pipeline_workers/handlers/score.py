@@ -22,13 +22,16 @@ class ScoreHandler:
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayInvoked)
         try:
-            score = await self.scorer.score(payload.replay_id, payload.record, payload.reply)
+            score = await self.scorer.score(
+                payload.replay_id, payload.record, payload.reply, question=payload.question
+            )
         except ScoringError as exc:
             return self.give_up(envelope, payload, f"scoring failed: {exc}")
         score = score.model_copy(
             update={
                 "input_tokens": score.input_tokens + payload.question_input_tokens,
                 "output_tokens": score.output_tokens + payload.question_output_tokens,
+                "cost_usd": round(score.cost_usd + payload.question_cost_usd, 8),
             }
         )
         self.metrics.judge_tokens.labels(score.scoring_model, "input").inc(score.input_tokens)

@@ -85,9 +85,7 @@ def parse_repo_url(url: str) -> GitHubRepo | LocalRepo:
     if not raw:
         raise RequestRejected("repo_url is empty: pass https://github.com/<owner>/<repo> or a local path")
     if raw.startswith("git@") or raw.startswith("ssh://"):
-        raise RequestRejected(
-            f"SSH repository URLs are not supported ({raw!r}): use https://github.com/<owner>/<repo>"
-        )
+        raise RequestRejected(f"SSH repository URLs are not supported ({raw!r}): use https://github.com/<owner>/<repo>")
     if raw.startswith("/"):
         return LocalRepo(path=_normalise_path(raw))
     parts = urlsplit(raw)
@@ -151,9 +149,7 @@ def ingester_for(
     return LocalGitIngester()
 
 
-def build_result(
-    records: list[GroundTruthRecord], source: GroundTruthSource, where: str, filters: str
-) -> IngestResult:
+def build_result(records: list[GroundTruthRecord], source: GroundTruthSource, where: str, filters: str) -> IngestResult:
     """Wrap records; an empty result is an error because a run over nothing cannot be certified."""
     if not records:
         raise IngestError(f"no changes found in {where} matching {filters}: widen 'since', labels or limit")

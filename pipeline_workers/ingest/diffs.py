@@ -41,10 +41,7 @@ def truncate_diff(diff: str, max_bytes: int = DEFAULT_MAX_DIFF_BYTES) -> str:
     if _nbytes(body) + 1 + _nbytes(marker) <= max_bytes:
         return f"{body}\n{marker}" if body else marker
 
-    marker = (
-        f"... [diff truncated: {original} bytes → {max_bytes} bytes; "
-        "context lines removed, later changes omitted]"
-    )
+    marker = f"... [diff truncated: {original} bytes → {max_bytes} bytes; context lines removed, later changes omitted]"
     budget = max_bytes - _nbytes(marker) - 1  # the newline that joins body and marker
     out: list[str] = []
     used = 0

@@ -100,8 +100,7 @@ class GitHubIngester:
         }
         matches: list[PullSummary] = []
         not_found = (
-            f"repository {repo.full_name} not found or not visible: check the URL, "
-            "or pass a github_token with access"
+            f"repository {repo.full_name} not found or not visible: check the URL, or pass a github_token with access"
         )
         for _ in range(self._max_list_pages):
             resp = await self._get(url, source.token, what=repo.full_name, params=params, not_found=not_found)
@@ -225,9 +224,7 @@ class GitHubIngester:
                 continue
             verb = "denied access to" if status == 403 else f"returned HTTP {status} for"
             raise IngestError(f"GitHub {verb} {what} (HTTP {status}): {_message(resp)}")
-        raise IngestError(
-            f"GitHub API request for {what} failed after {self._max_attempts} attempts ({last_problem})"
-        )
+        raise IngestError(f"GitHub API request for {what} failed after {self._max_attempts} attempts ({last_problem})")
 
     def _rate_limit_wait(self, resp: httpx.Response, what: str) -> float | None:
         """Seconds to wait before retrying a rate-limited response, or None if it is not one."""

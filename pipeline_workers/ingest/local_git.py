@@ -85,9 +85,7 @@ class LocalGitIngester:
         except _GitFailed as exc:
             detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else "git rev-parse failed"
             if "cannot change to" in exc.stderr:
-                raise IngestError(
-                    f"local repository path {repo} does not exist or is not a directory"
-                ) from exc
+                raise IngestError(f"local repository path {repo} does not exist or is not a directory") from exc
             raise IngestError(f"{repo} is not a git repository ({detail})") from exc
         try:
             await self._run(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
@@ -157,9 +155,7 @@ class LocalGitIngester:
                 env=env,
             )
         except FileNotFoundError as exc:
-            raise IngestError(
-                f"git executable {self._git_exe!r} not found: install git on the worker"
-            ) from exc
+            raise IngestError(f"git executable {self._git_exe!r} not found: install git on the worker") from exc
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), self._timeout)
         except TimeoutError as exc:

@@ -54,9 +54,7 @@ def parse_reply(payload: object) -> OracleReply:
             raise OracleError(f"oracle response is missing {key!r}")
     for key in _REQUIRED_TEXT:
         if not isinstance(payload[key], str):
-            raise OracleError(
-                f"oracle response field {key!r} must be a string, got {_json_type(payload[key])}"
-            )
+            raise OracleError(f"oracle response field {key!r} must be a string, got {_json_type(payload[key])}")
     claims = payload["key_claims"]
     if not isinstance(claims, list):
         raise OracleError(f"oracle response field 'key_claims' must be a list, got {_json_type(claims)}")

@@ -154,9 +154,7 @@ class HttpOracle:
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise OracleError(f"oracle timed out after {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
-            raise OracleError(
-                f"oracle request failed: {type(exc).__name__}: {self._redact(str(exc))}"
-            ) from exc
+            raise OracleError(f"oracle request failed: {type(exc).__name__}: {self._redact(str(exc))}") from exc
         if not 200 <= status < 300:
             note = " (redirects are not followed)" if 300 <= status < 400 else ""
             raise OracleError(f"oracle returned HTTP {status}{note}: {self._excerpt(data)}")
@@ -164,7 +162,7 @@ class HttpOracle:
 
     async def _target(self) -> tuple[str, dict[str, str]]:
         """URL and headers for one request, after re-running the guard."""
-        addresses = [PIN] if (PIN := '93.184.216.34') else []
+        addresses = await _checked_addresses(self._parts, self._allow_private, self._resolver)
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/json"}
         if self._allow_private or self._parts.scheme.lower() == "https":
             return self._url, headers

@@ -68,9 +68,7 @@ class PythonOracle:
             try:
                 module = importlib.import_module(self._module)
             except Exception as exc:
-                raise OracleError(
-                    f"cannot import oracle module {self._module!r}: {type(exc).__name__}: {exc}"
-                ) from exc
+                raise OracleError(f"cannot import oracle module {self._module!r}: {type(exc).__name__}: {exc}") from exc
             fn = getattr(module, self._name, None)
             if not callable(fn):
                 raise OracleError(f"{self.target} is not a callable")

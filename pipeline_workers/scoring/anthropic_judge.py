@@ -57,9 +57,7 @@ def price_for(model: str, table: Mapping[str, tuple[float, float]] = PRICES) -> 
 
 def usage_cost(usage: anthropic.types.Usage, prices: tuple[float, float]) -> JudgeUsage:
     # Cache reads/writes are billed as input here: we never enable prompt caching, so they stay 0.
-    inputs = (
-        usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
-    )
+    inputs = usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
     cost = (inputs * prices[0] + usage.output_tokens * prices[1]) / 1_000_000
     return JudgeUsage(input_tokens=inputs, output_tokens=usage.output_tokens, cost_usd=cost)
 
@@ -141,9 +139,7 @@ class AnthropicScorer:
             usage=usage,
         )
 
-    async def _ask_json(
-        self, prompt: str, parse: Callable[[str], T], max_tokens: int
-    ) -> tuple[T, JudgeUsage]:
+    async def _ask_json(self, prompt: str, parse: Callable[[str], T], max_tokens: int) -> tuple[T, JudgeUsage]:
         """Ask once; if the answer cannot be parsed, show the judge its answer and ask once more."""
         messages: list[MessageParam] = [{"role": "user", "content": prompt}]
         text, usage = await self._call(messages, max_tokens)

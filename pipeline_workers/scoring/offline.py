@@ -72,9 +72,7 @@ class OfflineLexicalScorer:
             usage=JudgeUsage(),
         )
 
-    def judge(
-        self, record: GroundTruthRecord, reply: OracleReply, *, question: str | None = None
-    ) -> JudgeVerdict:
+    def judge(self, record: GroundTruthRecord, reply: OracleReply, *, question: str | None = None) -> JudgeVerdict:
         """The verdict alone (pure and synchronous)."""
         analysis = _analyse(record)
         supported = sum(
@@ -138,13 +136,9 @@ def _analyse(record: GroundTruthRecord) -> _Analysis:
     for f in _by_importance(files):
         base = f.path.rsplit("/", 1)[-1]
         stem = base.rsplit(".", 1)[0] if "." in base[1:] else base
-        changes.append(
-            _Change(label=f"{f.status} {f.path}", key=frozenset(tokens(stem)), literal=base.lower())
-        )
+        changes.append(_Change(label=f"{f.status} {f.path}", key=frozenset(tokens(stem)), literal=base.lower()))
         for name in dict.fromkeys([*f.added_defs, *f.removed_defs]):
-            changes.append(
-                _Change(label=f"{name} in {f.path}", key=frozenset(tokens(name)), literal=name.lower())
-            )
+            changes.append(_Change(label=f"{name} in {f.path}", key=frozenset(tokens(name)), literal=name.lower()))
     # A change without any content token (e.g. a file named "a.c") can only be surfaced verbatim.
     return _Analysis(files=files, vocabulary=frozenset(vocabulary), changes=changes[:MAX_CHANGES])
 
@@ -155,10 +149,7 @@ def _reply_accuracy(question: str, answer: str, files: list[FileDiff], vocabular
     if not said:
         return 0.0
     asked = tokens(question)
-    lines = [
-        (len(asked & tokens(f"{path} {text}")), i, text)
-        for i, (path, _, text) in enumerate(changed_lines(files))
-    ]
+    lines = [(len(asked & tokens(f"{path} {text}")), i, text) for i, (path, _, text) in enumerate(changed_lines(files))]
     relevant = sorted((line for line in lines if line[0] > 0), key=lambda line: (-line[0], line[1]))
     chosen = relevant[:_RELEVANT_LINES] or lines[:_RELEVANT_LINES]
     target: set[str] = set()

@@ -38,8 +38,7 @@ class PromptSet:
         missing, extra = fields - values.keys(), values.keys() - fields
         if missing or extra:
             raise ValueError(
-                f"template {name!r} needs {sorted(fields)}; "
-                f"missing {sorted(missing)}, unexpected {sorted(extra)}"
+                f"template {name!r} needs {sorted(fields)}; missing {sorted(missing)}, unexpected {sorted(extra)}"
             )
         return template.format(**values)
 

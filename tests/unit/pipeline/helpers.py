@@ -35,7 +35,7 @@ index 41c3c1e..0d5e0a4 100644
 @@ -1,3 +1,3 @@
 -from textkit.text import slugify
 +from textkit.text import slugify, truncate, word_count
- 
+ # names re-exported for callers
 -__all__ = ["slugify"]
 +__all__ = ["slugify", "truncate", "word_count"]
 """

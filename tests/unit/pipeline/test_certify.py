@@ -46,7 +46,7 @@ def score(
 
 
 def failure(replay_id: str, reason: str = "oracle timed out after 30s", stage: str = "invoke") -> FailedReplay:
-    return FailedReplay(replay_id=replay_id, ground_truth_id=f"gt-{replay_id}", stage=stage, reason=reason)  # type: ignore[arg-type]
+    return FailedReplay(replay_id=replay_id, ground_truth_id=f"gt-{replay_id}", stage=stage, reason=reason)
 
 
 def build(scores: list[ReplayScore], failed: list[FailedReplay] | None = None, **kw: Any) -> CalibrationCertificate:

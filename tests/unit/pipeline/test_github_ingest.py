@@ -58,9 +58,7 @@ def at(day: int, hour: int = 12) -> str:
     return f"2024-04-{day:02d}T{hour:02d}:00:00Z"
 
 
-async def test_paginates_until_limit_and_stops_early(
-    gh: Any, client: httpx.AsyncClient, sleeps: SleepRecorder
-) -> None:
+async def test_paginates_until_limit_and_stops_early(gh: Any, client: httpx.AsyncClient, sleeps: SleepRecorder) -> None:
     page1 = [
         gh_pull(30, merged_at=at(30), updated_at=at(30)),
         gh_pull(29, merged_at=None, updated_at=at(29)),  # closed without merging
@@ -243,7 +241,9 @@ async def test_secondary_rate_limit_honours_retry_after(
         json={"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."},
         headers={"retry-after": "7", **gh_rate_headers(remaining=4000, reset=int(NOW) + 900, limit=5000)},
     )
-    gh.get(PULLS).mock(side_effect=[secondary, httpx.Response(200, json=[gh_pull(4, merged_at=at(4), updated_at=at(4))])])
+    gh.get(PULLS).mock(
+        side_effect=[secondary, httpx.Response(200, json=[gh_pull(4, merged_at=at(4), updated_at=at(4))])]
+    )
     serve_details(gh, [4])
     await ingester(client, sleeps).fetch(spec(token=TOKEN))
     assert sleeps.calls == [7.0]

@@ -43,7 +43,9 @@ def dns() -> FakeDns:
     return FakeDns({"oracle.example.com": [PUBLIC_IP, "2606:2800:220:1:248:1893:25c8:1946"]})
 
 
-def oracle(client: httpx.AsyncClient, dns: FakeDns, url: str = "https://oracle.example.com/v1/summarise", **kw: Any) -> HttpOracle:
+def oracle(
+    client: httpx.AsyncClient, dns: FakeDns, url: str = "https://oracle.example.com/v1/summarise", **kw: Any
+) -> HttpOracle:
     args: dict[str, Any] = {"headers": {"Authorization": SECRET}, "timeout_s": 2.0, "allow_private": False}
     args.update(kw)
     return HttpOracle(url, client=client, resolver=dns, **args)
@@ -84,7 +86,7 @@ async def test_plain_http_is_pinned_to_the_checked_address(
 
 async def test_timeout(mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord) -> None:
     mock.post("https://oracle.example.com/v1/summarise").mock(side_effect=httpx.ReadTimeout("timed out"))
-    with pytest.raises(OracleError, match="^oracle timed out after 2s$"):
+    with pytest.raises(OracleError, match=r"^oracle timed out after 2s$"):
         await oracle(client, dns).invoke(record, "q?")
 
 
@@ -96,7 +98,7 @@ async def test_slow_oracle_hits_the_overall_deadline(
         return httpx.Response(200, json=REPLY)
 
     mock.post("https://oracle.example.com/v1/summarise").mock(side_effect=slow)
-    with pytest.raises(OracleError, match="timed out after 0.05s"):
+    with pytest.raises(OracleError, match=r"timed out after 0.05s"):
         await oracle(client, dns, timeout_s=0.05).invoke(record, "q?")
 
 
@@ -149,7 +151,7 @@ async def test_oversized_reply_is_refused(
     mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord
 ) -> None:
     mock.post("https://oracle.example.com/v1/summarise").mock(return_value=httpx.Response(200, content=b"x" * 5000))
-    with pytest.raises(OracleError, match="exceeds 1000 bytes"):
+    with pytest.raises(OracleError, match=r"exceeds 1000 bytes"):
         await oracle(client, dns, max_response_bytes=1000).invoke(record, "q?")
 
 
@@ -202,7 +204,7 @@ async def test_private_targets_are_refused(url: str) -> None:
 
 async def test_hostname_resolving_to_any_private_address_is_refused() -> None:
     dns = FakeDns({"mixed.example.com": [PUBLIC_IP, "10.0.0.7"]})
-    with pytest.raises(OracleRefused, match="resolves to 10.0.0.7 \\(private\\)"):
+    with pytest.raises(OracleRefused, match=r"resolves to 10\.0\.0\.7 \(private\)"):
         await check_url_allowed("https://mixed.example.com/", allow_private=False, resolver=dns)
 
 
@@ -239,7 +241,7 @@ async def test_dns_rebinding_between_check_and_invoke_is_caught(
     await check_url_allowed(url, allow_private=False, resolver=dns)  # request time: public
     target = oracle(client, dns, url=url)
     dns.table["oracle.example.com"] = ["127.0.0.1"]  # the attacker's DNS flips the answer
-    with pytest.raises(OracleRefused, match="resolves to 127.0.0.1 \\(loopback\\)"):
+    with pytest.raises(OracleRefused, match=r"resolves to 127\.0\.0\.1 \(loopback\)"):
         await target.invoke(record, "q?")
     assert route.call_count == 0
 

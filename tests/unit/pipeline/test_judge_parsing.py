@@ -19,7 +19,7 @@ from pipeline_workers.scoring.parsing import (
     tally_claims,
 )
 
-VERDICT = {
+VERDICT: dict[str, Any] = {
     "claims": [
         {"claim": "Adds truncate()", "supported": True},
         {"claim": "Adds caching", "supported": False},

@@ -85,12 +85,11 @@ async def test_limit_and_inclusive_since(sample_repo: Path) -> None:
     assert recent.commit_range.startswith(recent.records[-1].sha)
 
 
-async def test_repository_without_merges_falls_back_to_commits(tmp_path: Path) -> None:
-    repo = tmp_path / "linear"
+def make_linear_repo(repo: Path) -> None:
+    """Two commits, no merges; the first is the root commit."""
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
-    env_dates = ["2024-02-01T10:00:00+00:00", "2024-02-02T10:00:00+00:00"]
-    for i, date in enumerate(env_dates):
+    for i, date in enumerate(["2024-02-01T10:00:00+00:00", "2024-02-02T10:00:00+00:00"]):
         (repo / f"mod{i}.py").write_text(f"def feature_{i}():\n    return {i}\n")
         git(repo, "add", "-A")
         subprocess.run(
@@ -107,6 +106,11 @@ async def test_repository_without_merges_falls_back_to_commits(tmp_path: Path) -
                 "GIT_COMMITTER_DATE": date,
             },
         )
+
+
+async def test_repository_without_merges_falls_back_to_commits(tmp_path: Path) -> None:
+    repo = tmp_path / "linear"
+    await asyncio.to_thread(make_linear_repo, repo)
     result = await LocalGitIngester().fetch(SourceSpec(repo_url=str(repo)))
     assert [r.title for r in result.records] == ["Add feature 1", "Add feature 0"]
     root = result.records[-1]
@@ -128,7 +132,8 @@ async def test_materialise_is_idempotent_and_safe_for_concurrent_callers(tmp_pat
     assert first == second == dest
     assert (dest / "textkit" / "text.py").is_file()
     assert await materialise_sample_repo(dest) == dest
-    assert [p.name for p in tmp_path.iterdir()] == ["clone"]  # no staging directories left behind
+    leftovers = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
+    assert leftovers == ["clone"]  # no staging directories left behind
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "file.txt").write_text("x")
     with pytest.raises(IngestError, match="not a git repository"):

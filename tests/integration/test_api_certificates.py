@@ -1,0 +1,203 @@
+"""Certificates, the tamper check, ratings and stats, on real servers with events drained by the coordinator."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from echelon_platform.config import Settings
+from echelon_platform.services import Services
+from tests.factories import T0
+from tests.integration.test_api_support import (
+    API,
+    app,
+    auth,
+    certified_run,
+    client,
+    drain,
+    options,
+    publish,
+    services,
+)
+
+__all__ = ["app", "client", "options", "services"]  # fixtures
+
+Certs = dict[str, dict[str, Any]]
+
+# (run id, construct, replay score overrides, minutes after T0): composites and Briers all differ.
+SEED: list[tuple[str, str, list[dict[str, object]], int]] = [
+    ("C1", "oracle-a", [{"supported": 4, "accuracy": 1.0}], 1),
+    ("C2", "oracle-b", [{"supported": 1, "accuracy": 0.5}, {"supported": 3, "accuracy": 0.75}], 2),
+    ("C3", "oracle-a", [{"supported": 0, "surfaced": 1, "accuracy": 0.25}], 3),
+    ("C4", "oracle-a", [{"supported": 3, "accuracy": 0.75, "model": "claude-sonnet-4-6", "tokens": (900, 100)}], 4),
+]
+
+
+@pytest.fixture
+async def seeded(services: Services, settings: Settings) -> Certs:
+    certs = {}
+    for run_id, construct, scores, minutes in SEED:
+        events, cert = certified_run(
+            run_id, user="alice", construct=construct, scores=scores, issued=T0 + timedelta(minutes=minutes)
+        )
+        await publish(services, events)
+        certs[cert.certificate_id] = cert.model_dump(mode="json")
+    await drain(services, settings)
+    return certs
+
+
+async def test_certificate_is_public_and_complete(client: httpx.AsyncClient, seeded: Certs) -> None:
+    response = await client.get(f"{API}/certificates/cert-C2")
+    assert response.status_code == 200
+    body = response.json()
+    stored = seeded["cert-C2"]
+    assert body["id"] == "cert-C2" and body["run_id"] == "C2"
+    assert body["commit_range"] == "abc123..def456"
+    assert body["content_hash"] == stored["content_hash"] and len(body["content_hash"]) == 64
+    assert (body["composite_score"], body["brier"]) == (stored["composite_score"], stored["brier"])
+    first = body["replay_scores"][0]
+    assert set(first) == {
+        "id", "ground_truth_id", "precision", "recall", "reply_accuracy", "claims_total", "claims_supported",
+        "changes_total", "changes_surfaced", "scoring_model", "scoring_latency_ms", "scored_at",
+    }  # fmt: skip
+    assert [s["id"] for s in body["replay_scores"]] == ["C2-0000", "C2-0001"]
+    assert first["claims_supported"] == 1 and first["precision"] == 0.25
+
+
+async def test_unknown_certificate_is_404(client: httpx.AsyncClient) -> None:
+    for path in ("/certificates/cert-NOPE", "/certificates/cert-NOPE/verify"):
+        response = await client.get(API + path)
+        assert response.status_code == 404 and "cert-NOPE" in response.json()["detail"]
+
+
+async def test_listing_sorts_filters_and_pages_exactly(client: httpx.AsyncClient, seeded: Certs) -> None:
+    async def ids(**params: Any) -> tuple[list[str], int]:
+        body = (await client.get(f"{API}/certificates", params=params)).json()
+        return [c["id"] for c in body["certificates"]], body["total"]
+
+    by_created = sorted(seeded, key=lambda c: seeded[c]["timestamp"], reverse=True)
+    by_brier = sorted(seeded, key=lambda c: (seeded[c]["brier"], c))
+    by_composite = sorted(seeded, key=lambda c: seeded[c]["composite_score"], reverse=True)
+    assert await ids() == (by_created, 4)
+    assert await ids(sort="brier_asc") == (by_brier, 4)
+    assert await ids(sort="composite_desc") == (by_composite, 4)
+    assert await ids(sort="brier_asc", limit=2, offset=1) == (by_brier[1:3], 4)
+    assert await ids(sort="brier_asc", limit=2, offset=4) == ([], 4)
+    only_a = [c for c in by_created if seeded[c]["construct_id"] == "oracle-a"]
+    assert await ids(construct_id="oracle-a") == (only_a, 3)
+    assert await ids(construct_id="oracle-z") == ([], 0)
+    summary = (await client.get(f"{API}/certificates", params={"limit": 1})).json()["certificates"][0]
+    assert summary == {
+        "id": "cert-C4", "run_id": "C4", "construct_id": "oracle-a", "domain": "community_oracle",
+        "replay_count": 1, "composite_score": seeded["cert-C4"]["composite_score"],
+        "brier": seeded["cert-C4"]["brier"], "scoring_model": "claude-sonnet-4-6", "partial": False,
+        "created_at": "2026-11-01T12:04:00Z",
+    }  # fmt: skip
+
+
+async def test_listing_refuses_bad_parameters(client: httpx.AsyncClient) -> None:
+    for params in ({"sort": "random"}, {"limit": 0}, {"limit": 101}, {"offset": -1}, {"construct_id": ""}):
+        response = await client.get(f"{API}/certificates", params=params)
+        assert response.status_code == 422, params
+        assert isinstance(response.json()["detail"], list)
+
+
+async def test_verify_detects_tampering(client: httpx.AsyncClient, services: Services, seeded: Certs) -> None:
+    intact = (await client.get(f"{API}/certificates/cert-C1/verify")).json()
+    assert intact == {
+        "certificate_id": "cert-C1",
+        "content_hash": seeded["cert-C1"]["content_hash"],
+        "hash_ok": True,
+        "aggregates_ok": True,
+        "valid": True,
+    }
+    # Someone with write access to Redis improves the score (the hash no longer matches) ...
+    keys = await services.read_models.keys()
+    forged = {**seeded["cert-C3"], "composite_score": 0.99}
+    await services.read_models.redis.set(keys.cert("cert-C3"), orjson.dumps(forged))
+    result = (await client.get(f"{API}/certificates/cert-C3/verify")).json()
+    assert (result["hash_ok"], result["aggregates_ok"], result["valid"]) == (False, False, False)
+    # ... or also recomputes the hash: the aggregates still give it away.
+    from pipeline_workers.certify import content_hash
+    from pipeline_workers.models import CalibrationCertificate
+
+    rehashed = {**forged, "content_hash": content_hash(CalibrationCertificate.model_validate(forged))}
+    await services.read_models.redis.set(keys.cert("cert-C3"), orjson.dumps(rehashed))
+    result = (await client.get(f"{API}/certificates/cert-C3/verify")).json()
+    assert (result["hash_ok"], result["aggregates_ok"], result["valid"]) == (True, False, False)
+
+
+async def test_ratings_replace_per_user_and_list_with_filters(
+    client: httpx.AsyncClient, services: Services, settings: Settings, seeded: Certs
+) -> None:
+    path = f"{API}/certificates/cert-C2/replays/C2-0001/ratings"
+    alice, bob = auth(settings, "alice"), auth(settings, "bob")
+    assert (await client.post(path, json={"rating": 3})).status_code == 401
+    first = await client.post(path, json={"rating": 2}, headers=alice)
+    assert first.status_code == 201
+    accepted = first.json()
+    assert (accepted["user_id"], accepted["rating"], accepted["replay_id"]) == ("alice", 2, "C2-0001")
+    assert len(accepted["rating_id"]) == 26
+    assert (await client.post(path, json={"rating": 5}, headers=alice)).status_code == 201
+    assert (await client.post(path, json={"rating": 4}, headers=bob)).status_code == 201
+    other = f"{API}/certificates/cert-C1/replays/C1-0000/ratings"
+    assert (await client.post(other, json={"rating": 1}, headers=bob)).status_code == 201
+    await drain(services, settings)
+
+    def rows(body: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+        return [(r["certificate_id"], r["replay_id"], r["user_id"], r["rating"]) for r in body["ratings"]]
+
+    by_cert = (await client.get(f"{API}/ratings", params={"certificate_id": "cert-C2"}, headers=bob)).json()
+    assert rows(by_cert) == [("cert-C2", "C2-0001", "alice", 5), ("cert-C2", "C2-0001", "bob", 4)]
+    assert by_cert["total"] == 2
+    by_user = (await client.get(f"{API}/ratings", params={"user_id": "bob"}, headers=alice)).json()
+    assert rows(by_user) == [("cert-C1", "C1-0000", "bob", 1), ("cert-C2", "C2-0001", "bob", 4)]
+    paged = (await client.get(f"{API}/ratings", params={"limit": 1, "offset": 2}, headers=alice)).json()
+    assert rows(paged) == [("cert-C2", "C2-0001", "bob", 4)] and paged["total"] == 3
+    assert (await client.get(f"{API}/ratings")).status_code == 401
+
+
+async def test_rating_refuses_unknown_targets_and_bad_values(
+    client: httpx.AsyncClient, settings: Settings, seeded: Certs
+) -> None:
+    alice = auth(settings, "alice")
+    unknown_cert = await client.post(f"{API}/certificates/cert-X/replays/r/ratings", json={"rating": 3}, headers=alice)
+    assert unknown_cert.status_code == 404
+    unknown_replay = await client.post(
+        f"{API}/certificates/cert-C1/replays/C2-0000/ratings", json={"rating": 3}, headers=alice
+    )
+    assert unknown_replay.status_code == 404 and "no scored replay C2-0000" in unknown_replay.json()["detail"]
+    for body in ({"rating": 0}, {"rating": 6}, {"rating": "3"}, {"rating": 2.5}, {}, {"rating": 3, "x": 1}):
+        path = f"{API}/certificates/cert-C1/replays/C1-0000/ratings"
+        assert (await client.post(path, json=body, headers=alice)).status_code == 422, body
+
+
+async def test_stats_group_and_measure_agreement(
+    client: httpx.AsyncClient, services: Services, settings: Settings, seeded: Certs
+) -> None:
+    # C1's only replay: precision 1, recall .75, accuracy 1 → judge composite 0.916667.
+    path = f"{API}/certificates/cert-C1/replays/C1-0000/ratings"
+    await client.post(path, json={"rating": 5}, headers=auth(settings, "alice"))  # |1 - .916667| = .083333
+    await client.post(path, json={"rating": 3}, headers=auth(settings, "bob"))  # |.5 - .916667| = .416667
+    await drain(services, settings)
+    body = (await client.get(f"{API}/stats")).json()
+    assert body["group_by"] == "construct_id" and body["total"] == 2
+    rows = {r["key"]: r for r in body["rows"]}
+    a = rows["oracle-a"]
+    assert (a["runs"], a["completed"], a["failed"], a["certificates"]) == (3, 3, 0, 3)
+    composites = [seeded[c]["composite_score"] for c in ("cert-C1", "cert-C3", "cert-C4")]
+    assert a["mean_composite"] == pytest.approx(sum(composites) / 3, abs=1e-6)
+    assert a["best_brier"] == min(seeded[c]["brier"] for c in ("cert-C1", "cert-C3", "cert-C4"))
+    assert (a["scored_replays"], a["mean_scoring_latency_ms"]) == (3, 10.0)
+    assert (a["input_tokens"], a["output_tokens"], a["total_tokens"]) == (900, 100, 1000)
+    assert a["human_ratings"] == 2 and a["human_judge_mae"] == pytest.approx(0.25, abs=1e-6)
+    assert rows["oracle-b"]["human_ratings"] == 0 and rows["oracle-b"]["human_judge_mae"] is None
+    assert [r["key"] for r in body["rows"]] == sorted(rows, key=lambda k: -rows[k]["mean_composite"])
+    by_model = (await client.get(f"{API}/stats", params={"group_by": "scoring_model"})).json()
+    models = {r["key"]: (r["runs"], r["certificates"]) for r in by_model["rows"]}
+    assert models == {"offline-lexical-v1": (3, 3), "claude-sonnet-4-6": (1, 1)}
+    assert (await client.get(f"{API}/stats", params={"group_by": "user"})).status_code == 422

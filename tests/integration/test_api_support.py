@@ -1,0 +1,216 @@
+"""Shared fixtures and builders for the API tests (no tests here): the app on real NATS/Postgres/Redis,
+an in-process HTTP client, a real uvicorn server, tokens, wallet proofs and realistic certificate events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import uvicorn
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from fastapi import FastAPI
+
+from coordinator.runtime import coordinator_for
+from echelon_platform.api.app import create_app
+from echelon_platform.api.options import ApiOptions
+from echelon_platform.auth import issue_jwt
+from echelon_platform.config import Settings
+from echelon_platform.envelope import Envelope
+from echelon_platform.events import (
+    CertificateIssued,
+    ReplayRequested,
+    ReplayScored,
+    RunCompleted,
+    RunIngested,
+    make_event,
+)
+from echelon_platform.services import Services
+from pipeline_workers.certify import build_certificate
+from pipeline_workers.models import CalibrationCertificate, ReplayScore
+from tests.factories import T0, record, requested
+from tests.helpers import wait_for
+
+API = "/api/v1/verification"
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    async with Services(settings, name="test-api") as svc:
+        yield svc
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[FastAPI]:
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
+async def http_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api") as client:
+        yield client
+
+
+@pytest.fixture
+def options() -> ApiOptions:
+    return ApiOptions(runs_per_minute=1000, ratings_per_minute=1000)
+
+
+@pytest.fixture
+def app(settings: Settings, services: Services, options: ApiOptions) -> FastAPI:
+    return create_app(settings, services, options=options)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(app) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """A real uvicorn server for the app on a free port, in this event loop; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started or task.done(), timeout=10, what="uvicorn to start")
+        assert not task.done(), "uvicorn exited at start-up"
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+def auth(settings: Settings, user: str, *, admin: bool = False) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(settings, user, admin=admin)}"}
+
+
+def token(settings: Settings, user: str, *, admin: bool = False) -> str:
+    return issue_jwt(user, settings.jwt_secret.get_secret_value(), admin=admin)
+
+
+def wallet_message(address: str, *, issued: datetime | None = None, siwe: bool = True) -> str:
+    when = (issued or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    nonce = secrets.token_hex(8)
+    if siwe:
+        return (
+            f"echelon.example wants you to sign in with your Ethereum account:\n{address}\n\n"
+            f"Sign in to echelon-verify.\n\nURI: https://echelon.example\nVersion: 1\nChain ID: 1\n"
+            f"Nonce: {nonce}\nIssued At: {when}"
+        )
+    return f"echelon-verify login\nNonce: {nonce}\nIssued At: {when}"
+
+
+def sign(account: object, message: str) -> str:
+    signed = account.sign_message(encode_defunct(text=message))  # type: ignore[attr-defined]
+    return "0x" + bytes(signed.signature).hex()
+
+
+def wallet_headers(account: object, *, message: str | None = None, signer: object | None = None) -> dict[str, str]:
+    address: str = account.address  # type: ignore[attr-defined]
+    text = message or wallet_message(address)
+    return {
+        "X-Wallet-Address": address,
+        "X-Wallet-Message": base64.b64encode(text.encode()).decode(),
+        "X-Wallet-Signature": sign(signer or account, text),
+    }
+
+
+def new_account() -> object:
+    return Account.create()
+
+
+async def publish(services: Services, events: Sequence[Envelope]) -> list[int]:
+    return [await services.bus.publish(e) for e in events]
+
+
+async def drain(services: Services, settings: Settings) -> None:
+    async with coordinator_for(services, settings) as coordinator:
+        await coordinator.run(until_idle=True)
+
+
+def replay_score(
+    replay_id: str,
+    i: int,
+    *,
+    supported: int = 2,
+    claims: int = 4,
+    surfaced: int = 3,
+    changes: int = 4,
+    accuracy: float = 1.0,
+    model: str = "offline-lexical-v1",
+    latency_ms: float = 10.0,
+    tokens: tuple[int, int] = (0, 0),
+    cost: float = 0.0,
+) -> ReplayScore:
+    return ReplayScore(
+        replay_id=replay_id,
+        ground_truth_id=f"pr-{i}",
+        precision=supported / claims,
+        recall=surfaced / changes,
+        reply_accuracy=accuracy,
+        claims_total=claims,
+        claims_supported=supported,
+        changes_total=changes,
+        changes_surfaced=surfaced,
+        scoring_model=model,
+        scoring_latency_ms=latency_ms,
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+        cost_usd=cost,
+        scored_at=T0 + timedelta(minutes=i),
+    )
+
+
+def certified_run(
+    run_id: str,
+    *,
+    user: str = "alice",
+    construct: str = "oracle-a",
+    scores: Sequence[dict[str, object]] = ({},),
+    issued: datetime = T0,
+) -> tuple[list[Envelope], CalibrationCertificate]:
+    """A whole run's events, ending in its certificate (built by the real certifier) and completion."""
+    events = [requested(run_id, user, construct)]
+    replay_scores = []
+    for i, overrides in enumerate(scores):
+        rid = f"{run_id}-{i:04d}"
+        s = replay_score(rid, i, **overrides)  # type: ignore[arg-type]
+        replay_scores.append(s)
+        events.append(make_event(ReplayRequested(run_id=run_id, replay_id=rid, index=i, record=record(i))))
+        events.append(make_event(ReplayScored(run_id=run_id, replay_id=rid, score=s)))
+    events.append(
+        make_event(
+            RunIngested(run_id=run_id, total=len(scores), ground_truth_source="github", commit_range="abc123..def456")
+        )
+    )
+    cert = build_certificate(
+        run_id=run_id,
+        construct_id=construct,
+        scores=replay_scores,
+        failed=[],
+        weights={"precision": 1.0, "recall": 1.0, "reply_accuracy": 1.0},
+        min_replays=1,
+        ground_truth_source="github",
+        commit_range="abc123..def456",
+        methodology_version="v1",
+        timestamp=issued,
+    )
+    events.append(make_event(CertificateIssued(run_id=run_id, certificate=cert)))
+    events.append(make_event(RunCompleted(run_id=run_id, certificate_id=cert.certificate_id)))
+    return events, cert

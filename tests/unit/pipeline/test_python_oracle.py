@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import types
+from typing import Any
+
+import pytest
+
+from echelon_platform.config import DEFAULT_ORACLE_ALLOWLIST
+from echelon_platform.errors import OracleError, RequestRejected
+from pipeline_workers.models import GroundTruthRecord, OracleReply
+from pipeline_workers.oracles.python import PythonOracle, check_callable_allowed, parse_target
+from pipeline_workers.oracles.sample import summarise
+
+MODULE = "echelon_test_oracles"
+
+
+@pytest.fixture(autouse=True)
+def oracle_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """A real importable module of oracle callables, registered for the duration of a test."""
+    module = types.ModuleType(MODULE)
+    seen: dict[str, Any] = {}
+
+    def sync_oracle(request: dict[str, Any]) -> dict[str, Any]:
+        seen["thread"] = threading.current_thread().name
+        seen["request"] = request
+        return {"summary": f"About {request['pr']['title']}", "key_claims": ["x"], "follow_up_response": "y"}
+
+    async def async_oracle(request: dict[str, Any]) -> OracleReply:
+        await asyncio.sleep(0)
+        return OracleReply(summary="async", key_claims=[], follow_up_response=request["follow_up_question"])
+
+    def slow_sync(request: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.3)
+        return {}
+
+    async def slow_async(request: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(5)
+        return {}
+
+    def returns_garbage(request: dict[str, Any]) -> Any:
+        return ["not", "a", "dict"]
+
+    module.__dict__.update(
+        sync_oracle=sync_oracle,
+        async_oracle=async_oracle,
+        slow_sync=slow_sync,
+        slow_async=slow_async,
+        returns_garbage=returns_garbage,
+        not_callable=42,
+        seen=seen,
+    )
+    monkeypatch.setitem(__import__("sys").modules, MODULE, module)
+    return module
+
+
+ALLOW = [f"{MODULE}:*", "pipeline_workers.oracles.sample:broken", *DEFAULT_ORACLE_ALLOWLIST]
+
+
+def test_allowlist_refusal_names_the_setting() -> None:
+    with pytest.raises(RequestRejected) as info:
+        PythonOracle("os", "system", DEFAULT_ORACLE_ALLOWLIST)
+    assert "os:system is not on the allowlist" in str(info.value)
+    assert "ECHELON_ORACLE_ALLOWLIST" in str(info.value)
+
+
+def test_allowlist_check_is_pure_and_supports_module_wildcards() -> None:
+    check_callable_allowed("pipeline_workers.oracles.sample:summarise", DEFAULT_ORACLE_ALLOWLIST)
+    check_callable_allowed(f"{MODULE}:anything", [f"{MODULE}:*"])
+    with pytest.raises(RequestRejected):
+        check_callable_allowed("pipeline_workers.oracles.sample:broken", DEFAULT_ORACLE_ALLOWLIST)
+    with pytest.raises(RequestRejected, match="must look like"):
+        parse_target("not a target")
+    assert parse_target(" pkg.mod:fn ") == ("pkg.mod", "fn")
+
+
+async def test_sync_callable_runs_in_a_thread(oracle_module: types.ModuleType, record: GroundTruthRecord) -> None:
+    reply = await PythonOracle(MODULE, "sync_oracle", ALLOW).invoke(record, "What changed?")
+    assert reply.summary == f"About {record.title}"
+    assert oracle_module.seen["thread"] != threading.main_thread().name
+    assert oracle_module.seen["request"]["follow_up_question"] == "What changed?"
+    assert set(oracle_module.seen["request"]["pr"]) == {"id", "title", "description", "diff_content", "files_changed"}
+
+
+async def test_async_callable_is_awaited(record: GroundTruthRecord) -> None:
+    reply = await PythonOracle.from_target(f"{MODULE}:async_oracle", ALLOW).invoke(record, "Why?")
+    assert reply == OracleReply(summary="async", key_claims=[], follow_up_response="Why?")
+
+
+@pytest.mark.parametrize("name", ["slow_sync", "slow_async"])
+async def test_timeouts(name: str, record: GroundTruthRecord) -> None:
+    started = time.perf_counter()
+    with pytest.raises(OracleError, match=f"oracle {MODULE}:{name} timed out after 0.05s"):
+        await PythonOracle(MODULE, name, ALLOW, timeout_s=0.05).invoke(record, "q?")
+    assert time.perf_counter() - started < 0.29
+
+
+async def test_failures_become_oracle_errors(record: GroundTruthRecord) -> None:
+    with pytest.raises(OracleError, match="raised RuntimeError: the 'broken' sample oracle always fails"):
+        await PythonOracle("pipeline_workers.oracles.sample", "broken", ALLOW).invoke(record, "q?")
+    with pytest.raises(OracleError, match="must be a JSON object, got array"):
+        await PythonOracle(MODULE, "returns_garbage", ALLOW).invoke(record, "q?")
+    with pytest.raises(OracleError, match="is not a callable"):
+        await PythonOracle(MODULE, "not_callable", ALLOW).invoke(record, "q?")
+    with pytest.raises(OracleError, match="cannot import oracle module 'no_such_pkg'"):
+        await PythonOracle("no_such_pkg", "fn", ["no_such_pkg:fn"]).invoke(record, "q?")
+
+
+async def test_bundled_sample_oracle_through_the_allowlist(record: GroundTruthRecord) -> None:
+    oracle = PythonOracle.from_target(DEFAULT_ORACLE_ALLOWLIST[0], DEFAULT_ORACLE_ALLOWLIST)
+    reply = await oracle.invoke(record, "What does truncate return?")
+    assert "Adds function truncate in textkit/text.py" in reply.key_claims
+
+
+def test_sample_oracle_is_deterministic_and_reads_the_diff(record: GroundTruthRecord) -> None:
+    request = {
+        "pr": record.model_dump(include={"id", "title", "description", "diff_content", "files_changed"}),
+        "follow_up_question": "What does truncate do when the text is short enough?",
+    }
+    first, second = summarise(request), summarise(request)
+    assert first == second
+    assert first["summary"].startswith("Add truncate() and export all helpers. Changes 2 files")
+    assert first["key_claims"] == [
+        "Modifies textkit/text.py",
+        "Adds function truncate in textkit/text.py",
+        "Modifies textkit/__init__.py",
+        "Adds 9 lines and removes 2 lines",
+    ]
+    assert first["follow_up_response"] == (
+        "In textkit/text.py, the change adds the line "
+        '`def truncate(text: str, width: int, suffix: str = "...") -> str:`.'
+    )
+    off_topic = summarise({**request, "follow_up_question": "Is the database schema migrated?"})
+    assert off_topic["follow_up_response"].startswith("The diff does not address that directly")
