@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     secret_ttl_s: int = 24 * 3600
     oracle_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_ORACLE_ALLOWLIST))
     allow_private_oracles: bool = False
+    # Directories local git repositories may be read from; empty means only under data_dir.
+    local_repo_roots: list[Path] = Field(default_factory=list)
     oracle_timeout_s: float = 30.0
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ECHELON_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
@@ -61,6 +63,9 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = 5.0
     ack_wait_s: float = 60.0
     max_deliver: int = 10
+
+    def allowed_repo_roots(self) -> list[Path]:
+        return self.local_repo_roots or [self.data_dir]
 
     def infra_configured(self) -> bool:
         return bool(self.nats_url and self.database_url and self.redis_url)

@@ -18,7 +18,7 @@ from echelon_platform.events import (
     make_event,
 )
 from pipeline_workers.handlers.context import StageContext
-from pipeline_workers.ingest.base import SourceSpec, ingester_for
+from pipeline_workers.ingest.base import SourceSpec, check_local_repo_allowed, ingester_for
 from pipeline_workers.ingest.diffs import truncate_diff
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,7 @@ class IngestHandler:
             token=secrets.github_token.get_secret_value() if secrets.github_token else None,
         )
         try:
+            check_local_repo_allowed(payload.repo_url, self.ctx.settings.allowed_repo_roots())
             ingester = ingester_for(payload.repo_url, self.ctx.http, github_api_url=self.ctx.settings.github_api_url)
             result = await ingester.fetch(spec)
         except (IngestError, RequestRejected) as exc:

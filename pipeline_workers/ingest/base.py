@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -130,6 +131,22 @@ def validate_repo_url(url: str) -> str:
     """Canonical form of a supported repo URL (request-time check); raises RequestRejected otherwise."""
     ref = parse_repo_url(url)
     return ref.url if isinstance(ref, GitHubRepo) else ref.path
+
+
+def check_local_repo_allowed(url: str, roots: Sequence[Path]) -> None:
+    """Local repositories only under the operator's allowed roots: otherwise any request could read any
+    git repository on a worker's disk. Symlinks and `..` are resolved before the check."""
+    ref = parse_repo_url(url)
+    if isinstance(ref, GitHubRepo):
+        return
+    resolved = Path(ref.path).resolve()
+    allowed = [r.resolve() for r in roots]
+    if not any(resolved == root or root in resolved.parents for root in allowed):
+        shown = ", ".join(str(r) for r in allowed) or "(none)"
+        raise RequestRejected(
+            f"local repository {ref.path} is outside the allowed roots ({shown}); "
+            "an operator can add its directory to ECHELON_LOCAL_REPO_ROOTS"
+        )
 
 
 def ingester_for(

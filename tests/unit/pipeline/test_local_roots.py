@@ -1,0 +1,29 @@
+"""Local repositories are read only under the operator's allowed roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from echelon_platform.errors import RequestRejected
+from pipeline_workers.ingest.base import check_local_repo_allowed
+
+
+def test_paths_inside_a_root_pass_and_others_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "repos"
+    (root / "a").mkdir(parents=True)
+    check_local_repo_allowed(str(root / "a"), [root])
+    check_local_repo_allowed(f"file://{root / 'a'}", [root])
+    check_local_repo_allowed("https://github.com/acme/widgets", [])
+    for escape in (str(tmp_path / "elsewhere"), str(root / ".." / "elsewhere"), "/etc"):
+        with pytest.raises(RequestRejected, match="ECHELON_LOCAL_REPO_ROOTS"):
+            check_local_repo_allowed(escape, [root])
+
+
+def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "repos"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(RequestRejected):
+        check_local_repo_allowed(str(root / "link"), [root])
