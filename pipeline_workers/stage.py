@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -131,29 +131,58 @@ class StageWorker:
             eventId=envelope.event_id,
         ):
             try:
-                caused = await self.handler.handle(envelope, payload)
-                await self._publish(caused)
-            except (InfrastructureError, TimeoutError, OSError) as exc:
-                reason = str(exc) or type(exc).__name__
-                delivered = int(msg.metadata.num_delivered)
-                if delivered >= self.max_deliver:
-                    log.error("stage.dead_letter", attempts=delivered, reason=reason)
-                    await self._publish(
-                        self.handler.give_up(envelope, payload, f"gave up after {delivered} attempts: {reason}")
-                    )
-                    self.stats.dead_lettered += 1
-                    self.metrics.stage_processed.labels(stage, "dead_letter").inc()
-                    await msg.ack()
-                    return
-                log.warning("stage.retry", attempts=delivered, reason=reason)
-                self.stats.retried += 1
-                self.metrics.stage_processed.labels(stage, "retry").inc()
-                await msg.nak(delay=min(30.0, 0.5 * 2**delivered))
+                async with self._keep_alive(msg):
+                    caused = await self.handler.handle(envelope, payload)
+                    await self._publish(caused)
+            except Exception as exc:  # anything unexpected is retried, then dead-lettered: runs must end
+                await self._failed(msg, envelope, payload, exc)
                 return
             await msg.ack()
             self.stats.handled += 1
             self.metrics.stage_processed.labels(stage, "ok").inc()
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+
+    async def _failed(self, msg: Msg, envelope: Envelope, payload: Payload, exc: Exception) -> None:
+        stage = self.handler.stage
+        reason = str(exc) or type(exc).__name__
+        delivered = int(msg.metadata.num_delivered)
+        expected = isinstance(exc, InfrastructureError | TimeoutError | OSError)
+        if delivered < self.max_deliver:
+            log.warning("stage.retry", attempts=delivered, reason=reason, exc_info=not expected)
+            self.stats.retried += 1
+            self.metrics.stage_processed.labels(stage, "retry").inc()
+            await msg.nak(delay=min(30.0, 0.5 * 2**delivered))
+            return
+        log.error("stage.dead_letter", attempts=delivered, reason=reason, exc_info=not expected)
+        try:
+            await self._publish(
+                self.handler.give_up(envelope, payload, f"gave up after {delivered} attempts: {reason}")
+            )
+        except Exception as publish_exc:  # the bus is down too: the watchdog will end the run
+            log.error("stage.dead_letter_failed", reason=str(publish_exc))
+            await msg.nak(delay=30.0)
+            return
+        self.stats.dead_lettered += 1
+        self.metrics.stage_processed.labels(stage, "dead_letter").inc()
+        await msg.ack()
+
+    @contextlib.asynccontextmanager
+    async def _keep_alive(self, msg: Msg) -> AsyncIterator[None]:
+        """Tell JetStream we are still working so a slow handler (a big ingest) is not redelivered."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.ack_wait_s / 3)
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await msg.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _publish(self, events: Sequence[Envelope]) -> None:
         if not events:

@@ -1,0 +1,60 @@
+"""The stage loop: retries a failing handler, then dead-letters with a reason; poison is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from coordinator.runtime import coordinator_for
+from echelon_platform.config import Settings
+from echelon_platform.envelope import Envelope
+from echelon_platform.events import Payload, RunFailed, make_event
+from echelon_platform.services import Services
+from pipeline_workers.stage import StageWorker
+from tests.factories import requested
+from tests.helpers import wait_for
+
+
+class AlwaysBroken:
+    """A stage whose dependency keeps failing (e.g. a bug or an outage)."""
+
+    stage = "flaky"
+    topic = "verify.run.requested"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
+        self.calls += 1
+        raise RuntimeError("upstream exploded")
+
+    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
+        return [make_event(RunFailed(run_id=envelope.run_id, reason=reason, stage=self.stage))]
+
+
+async def test_failing_handler_is_retried_then_dead_lettered(settings: Settings) -> None:
+    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        handler = AlwaysBroken()
+        worker = StageWorker(
+            handler,
+            bus=services.bus,
+            metrics=services.metrics,
+            durable_prefix=settings.consumer_prefix,
+            max_deliver=3,
+            ack_wait_s=5,
+            fetch_timeout_s=0.2,
+        )
+        await services.bus.publish(requested("DEAD"))
+        subject = services.subjects.subject("verify.run.requested", "POISON")
+        await services.bus.publish_raw(subject, b"not an envelope", msg_id="poison-1")
+
+        async def dead_lettered() -> bool:
+            await worker.run(until_idle=True)
+            return worker.stats.dead_lettered == 1
+
+        await wait_for(dead_lettered, timeout=30, what="the third attempt to dead-letter")
+        assert handler.calls == 3 and worker.stats.retried == 2 and worker.stats.poison == 1
+
+        await coordinator.run(until_idle=True)
+        state = await services.read_models.get_run("DEAD")
+        assert state is not None and state.status.name == "FAILED"
+        assert state.error == "gave up after 3 attempts: upstream exploded"
