@@ -124,7 +124,7 @@ class StateCoordinator:
             prefetched = None
             try:
                 msgs = await fetch
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 # An empty fetch is normal: nothing to do right now.
                 self._set_lag(0)
                 if until_idle:
@@ -138,6 +138,8 @@ class StateCoordinator:
                 await backoff.wait(self._stopping)
                 continue
             backoff.reset()
+            if not msgs:
+                continue
             if len(msgs) == self.batch_size:
                 # A full batch means more is waiting: fetch the next one while this one is written.
                 # Batches are still applied strictly one after another, in stream order.

@@ -35,6 +35,10 @@ class Principal:
 
 
 def decode_jwt(token: str, secret: str, algorithm: str = "HS256") -> Principal:
+    return _decode(token, secret, algorithm)[0]
+
+
+def _decode(token: str, secret: str, algorithm: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(token, secret, algorithms=[algorithm], options={"require": ["sub", "exp"]})
     except jwt.ExpiredSignatureError as exc:
@@ -46,7 +50,30 @@ def decode_jwt(token: str, secret: str, algorithm: str = "HS256") -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("token has no subject")
-    return Principal(user_id=sub, is_admin=claims.get("role") == "admin")
+    return Principal(user_id=sub, is_admin=claims.get("role") == "admin"), float(claims["exp"])
+
+
+class TokenCache:
+    """Verified access tokens by their exact text, until they expire.
+
+    HS256 verification is a pure function of (token, secret, clock), so a repeat only needs the expiry
+    check; this saves the decode on every request of a session. Failures are never cached."""
+
+    def __init__(self, secret: str, algorithm: str = "HS256", maxsize: int = 10_000) -> None:
+        self._secret = secret
+        self._algorithm = algorithm
+        self._maxsize = maxsize
+        self._tokens: dict[str, tuple[Principal, float]] = {}
+
+    def principal(self, token: str) -> Principal:
+        hit = self._tokens.get(token)
+        if hit is not None and hit[1] > time.time():
+            return hit[0]
+        principal, expires = _decode(token, self._secret, self._algorithm)
+        if len(self._tokens) >= self._maxsize:
+            self._tokens.pop(next(iter(self._tokens)))  # oldest first
+        self._tokens[token] = (principal, expires)
+        return principal
 
 
 def issue_jwt(user_id: str, secret: str, *, admin: bool = False, ttl_s: int = 3600, algorithm: str = "HS256") -> str:
@@ -77,10 +104,17 @@ async def authenticate_wallet(proof: WalletProof, settings: Settings, client: ai
 
 
 async def authenticate(
-    settings: Settings, client: aioredis.Redis, *, bearer: str | None, wallet: WalletProof | None
+    settings: Settings,
+    client: aioredis.Redis,
+    *,
+    bearer: str | None,
+    wallet: WalletProof | None,
+    tokens: TokenCache | None = None,
 ) -> Principal:
     """A Bearer token wins when both are sent; with neither, AuthError (→ 401 + WWW-Authenticate)."""
     if bearer:
+        if tokens is not None:
+            return tokens.principal(bearer)
         return decode_jwt(bearer, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
     if wallet is not None:
         return await authenticate_wallet(wallet, settings, client)

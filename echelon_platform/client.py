@@ -38,7 +38,7 @@ def progress_bar(view: dict[str, Any], width: int = 30) -> str:
 
 def certificate_table(cert: dict[str, Any]) -> str:
     rows = [
-        ("certificate", cert["certificate_id"]),
+        ("certificate", cert["id"]),
         ("construct", cert["construct_id"]),
         ("composite", f"{cert['composite_score']:.6f}"),
         ("brier", f"{cert['brier']:.6f}"),

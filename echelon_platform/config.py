@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    jwt_secret: SecretStr = SecretStr("change-me-dev-secret")
+    jwt_secret: SecretStr = SecretStr("development-only-secret-change-me-in-production")
     jwt_algorithm: str = "HS256"
     api_base_url: str = "http://127.0.0.1:8000"
     api_token: SecretStr | None = None

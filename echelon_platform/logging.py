@@ -3,7 +3,7 @@
 topic, correlationId, eventId, ...). Entry points call `configure_logging` once; importing does nothing.
 
 Standard-library loggers (uvicorn, nats, asyncio) are routed through the same renderer, so every line a
-process writes is JSON.
+process writes is JSON; those lines also carry `logger`.
 """
 
 from __future__ import annotations
@@ -33,19 +33,20 @@ def configure_logging(level: str = "INFO", *, json: bool = True, stream: TextIO 
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps) if json else structlog.dev.ConsoleRenderer(colors=False)
     )
+    out = stream or sys.stderr
+    # structlog's own loggers write straight to the stream (no LogRecord per line: this is the hot path).
     structlog.configure(
         processors=[
             *shared,
-            structlog.stdlib.add_logger_name,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],

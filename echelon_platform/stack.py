@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 
 import structlog
@@ -45,41 +47,56 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
         )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the stack owns SIGINT/SIGTERM and stops every part."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
 async def serve(
     settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True
 ) -> None:
-    """Run everything in one process until interrupted (one process suits our 2-core machines)."""
+    """Run everything in one process until SIGINT/SIGTERM, then stop fetching, finish in-flight work and
+    shut the embedded servers down (one process suits our 2-core machines)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with infrastructure(settings) as resolved:
         applied = await migrate(str(resolved.database_url))
         if applied:
             log.info("stack.migrated", applied=applied)
-        async with Services(resolved, name="echelon-stack", pool_size=6) as services:
+        async with (
+            Services(resolved, name="echelon-stack", pool_size=6) as services,
+            coordinator_for(services, resolved) as coordinator,
+            Pipeline(services, resolved) as pipeline,
+        ):
             tasks: list[asyncio.Task[object]] = []
-            async with (
-                coordinator_for(services, resolved) as coordinator,
-                Pipeline(services, resolved) as pipeline,
-            ):
-                if with_coordinator:
-                    tasks.append(asyncio.create_task(coordinator.run()))
-                if stages:
-                    tasks.append(asyncio.create_task(pipeline.run()))
-                if with_api:
-                    app = create_app(resolved, services)
-                    config = uvicorn.Config(
-                        app,
-                        host=resolved.api_host,
-                        port=resolved.api_port,
-                        log_level="warning",
-                        lifespan="on",
-                    )
-                    server = uvicorn.Server(config)
-                    log.info("stack.api", url=f"http://{resolved.api_host}:{resolved.api_port}")
-                    tasks.append(asyncio.create_task(server.serve()))
-                try:
-                    await asyncio.gather(*tasks)
-                finally:
-                    coordinator.stop()
-                    pipeline.stop()
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
+            if with_coordinator:
+                tasks.append(asyncio.create_task(coordinator.run()))
+            if stages:
+                tasks.append(asyncio.create_task(pipeline.run()))
+            server: _Server | None = None
+            if with_api:
+                app = create_app(resolved, services)
+                config = uvicorn.Config(
+                    app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
+                )
+                server = _Server(config)
+                log.info("stack.api", url=f"http://{resolved.api_host}:{resolved.api_port}")
+                tasks.append(asyncio.create_task(server.serve()))
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            log.info("stack.stopping", reason="signal" if stopped in done else "a component exited")
+            coordinator.stop()
+            pipeline.stop()
+            if server is not None:
+                server.should_exit = True
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            stopped.cancel()
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    log.error("stack.component_failed", error=repr(result))
+    log.info("stack.stopped")

@@ -95,7 +95,7 @@ class StageWorker:
                     continue
             try:
                 msgs = await sub.fetch(self.concurrency, timeout=self.fetch_timeout_s)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 if until_idle:
                     break
                 continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -54,6 +55,10 @@ from tests.factories import record, requested
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def note(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -84,7 +89,7 @@ def server_env(settings: Settings) -> dict[str, str]:
 @asynccontextmanager
 async def uvicorn_process(target: str, port: int, env: dict[str, str]) -> AsyncIterator[str]:
     """`python -m uvicorn --factory target` on port; yields its base URL once it answers."""
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
         [sys.executable, "-m", "uvicorn", "--factory", target, "--port", str(port), "--no-access-log",
          "--log-level", "warning", "--app-dir", str(ROOT / "scripts")],
         env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -178,13 +183,13 @@ class Client:
 
 async def publish_at_rate(services: Services, run_ids: list[str], rate: int, seconds: float) -> int:
     """Round-robin replay events over the runs, `rate` per second, in 10 ms ticks (pipelined per tick)."""
-    sent, started = 0, time.perf_counter()
+    sent, started, phase = 0, time.perf_counter(), str(ULID())[-8:]  # unique ids: no dedup across phases
     while (elapsed := time.perf_counter() - started) < seconds:
         due = int(elapsed * rate) - sent
         batch = []
         for k in range(sent, sent + due):
             run_id = run_ids[k % len(run_ids)]
-            rid = f"{run_id}-{k:07d}"
+            rid = f"{run_id}-{phase}-{k:07d}"
             batch.append(make_event(ReplayRequested(run_id=run_id, replay_id=rid, index=k, record=record(k % 50))))
         if batch:
             await services.bus.publish_many(batch)
@@ -205,6 +210,7 @@ async def bench_stream(settings: Settings, services: Services, api: str, args: a
     readies = [asyncio.Event() for _ in clients]
     tasks = [asyncio.create_task(c.run(e, measuring)) for c, e in zip(clients, readies, strict=True)]
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies)), 60)
+    note(f"{len(clients)} clients subscribed")
 
     # The floor: a bare ordered consumer in this process, on the same events.
     direct: list[float] = []
@@ -221,14 +227,14 @@ async def bench_stream(settings: Settings, services: Services, api: str, args: a
     )  # fmt: skip
     await publish_at_rate(services, run_ids, args.rate, 1.0)  # warm-up: consumers live, owner cache filled
     await asyncio.wait_for(_settled(clients), 30)
+    note("warm-up done; measuring")
     seen_before = sum(c.seen for c in clients)
     measuring.set()
     sent = await publish_at_rate(services, run_ids, args.rate, args.seconds)
-    try:
+    with contextlib.suppress(TimeoutError):  # reported as received < expected
         await asyncio.wait_for(_all_seen(clients, seen_before + sent), 30)
-    except TimeoutError:
-        pass  # reported as received < expected
     measuring.clear()
+    note(f"published {sent}; clients saw {sum(c.seen for c in clients) - seen_before}")
     await direct_sub.unsubscribe()
     for task in tasks:
         task.cancel()
@@ -253,7 +259,7 @@ async def _settled(clients: list[Client]) -> None:
 
 
 async def _all_seen(clients: list[Client], total: int) -> None:
-    while sum(c.seen for c in clients) < total:
+    while sum(c.seen for c in clients) < total:  # noqa: ASYNC110 - polling counters, not waiting on one event
         await asyncio.sleep(0.05)
 
 
@@ -288,6 +294,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--no-coordinator", action="store_true", help="do not project events while streaming")
+    parser.add_argument("--no-fsync", action="store_true", help="embedded NATS without fsync per write")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed for the GET benchmark (apt-get install wrk)")
@@ -297,7 +304,7 @@ async def main() -> None:
         if base.infra_configured():
             urls = StackUrls(str(base.nats_url), str(base.database_url), str(base.redis_url))
         else:
-            stack = EmbeddedStack(Path(tmp) / "stack", nats_sync_always=True)
+            stack = EmbeddedStack(Path(tmp) / "stack", nats_sync_always=not args.no_fsync)
             await stack.start()
             urls = stack.urls
         try:
@@ -309,7 +316,10 @@ async def main() -> None:
                 "stream_name": f"BENCH{tag.upper()}", "subject_root": f"b{tag}", "redis_prefix": f"b{tag}:",
                 "consumer_prefix": f"b{tag}", "fetch_timeout_s": 0.5,
             })  # fmt: skip
-            result: dict[str, Any] = {"nats_sync_always": stack is not None, "cpus": os.cpu_count()}
+            result: dict[str, Any] = {
+                "nats_sync_always": stack is not None and not args.no_fsync,
+                "cpus": os.cpu_count(),
+            }
             async with Services(settings, name="bench-api") as services:
                 port = 18000 + os.getpid() % 1000
                 async with uvicorn_process("echelon_platform.api.asgi:build_app", port, server_env(settings)) as api:

@@ -14,10 +14,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from echelon_platform.api import certificates, runs, stats, stream
-from echelon_platform.api.deps import WALLET_SCHEMES
+from echelon_platform.api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from echelon_platform.api.middleware import RequestContext
 from echelon_platform.api.options import ApiOptions
+from echelon_platform.api.reader import RunReader
 from echelon_platform.api.schemas import Readiness
+from echelon_platform.auth import TokenCache
 from echelon_platform.config import Settings
 from echelon_platform.errors import (
     AuthError,
@@ -60,14 +62,21 @@ def _status_for(exc: EchelonError) -> int:
             return 500
 
 
-def _unify_security(schema: dict[str, Any]) -> dict[str, Any]:
-    """FastAPI lists each security dependency as its own alternative; the three wallet headers only
-    work together, so say: Bearer OR (all three wallet headers)."""
+def _with_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """`get_user_or_wallet` shows up as HTTPBearer; say what it accepts: Bearer OR all three wallet headers."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     for path in schema.get("paths", {}).values():
         for operation in path.values():
-            if isinstance(operation, dict) and operation.get("security"):
-                operation["security"] = [{"HTTPBearer": []}, {name: [] for name in WALLET_SCHEMES}]
+            if isinstance(operation, dict) and operation.get("security") == [{"HTTPBearer": []}]:
+                operation["security"] = SECURITY_REQUIREMENT
     return schema
+
+
+def _attach(app: FastAPI, services: Services) -> None:
+    """Per-process helpers that need the connected services."""
+    app.state.services = services
+    app.state.run_reader = RunReader(services.read_models)
+    app.state.owners = stream.owner_cache(services, app.state.run_reader)
 
 
 def create_app(settings: Settings, services: Services | None = None, *, options: ApiOptions | None = None) -> FastAPI:
@@ -76,18 +85,17 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services is not None:
-            app.state.services = services
-            app.state.owners = stream.owner_cache(services)
+            _attach(app, services)
             yield
             return
         async with Services(settings, name="echelon-api") as owned:
-            app.state.services = owned
-            app.state.owners = stream.owner_cache(owned)
+            _attach(app, owned)
             yield
 
     app = FastAPI(title="echelon-verify", version="0.2.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.options = options or ApiOptions.from_settings(settings)
+    app.state.tokens = TokenCache(settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
     app.include_router(runs.router)
     app.include_router(certificates.router)
     app.include_router(stats.router)
@@ -119,7 +127,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _unify_security(default_openapi())
+            app.openapi_schema = _with_security(default_openapi())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,9 +10,30 @@ from typing import Any
 import orjson
 
 from coordinator.projections import RunState, from_record
-from echelon_platform.readmodels import ReadModels
+from echelon_platform.readmodels import DEFAULT_NAMESPACE, Keys, ReadModels, pointer_key
 
 CHUNK = 1000  # keys per MGET / commands per pipeline: bounded replies, few round trips
+
+
+# Resolve the namespace pointer and read the key in one round trip (the hot path of GET /runs/{id}).
+_GET_IN_NAMESPACE = """
+local ns = redis.call('GET', KEYS[1]) or ARGV[3]
+return redis.call('GET', ARGV[1] .. ns .. ARGV[2])
+"""
+_NS_MARK = "\x00ns\x00"
+
+
+class RunReader:
+    """`ReadModels.get_run` in one Redis round trip instead of two; the key layout stays `Keys`'s."""
+
+    def __init__(self, read_models: ReadModels) -> None:
+        self._rm = read_models
+        self._script = read_models.redis.register_script(_GET_IN_NAMESPACE)
+
+    async def get(self, run_id: str) -> RunState | None:
+        before, _, after = Keys(self._rm.prefix, _NS_MARK).run(run_id).partition(_NS_MARK)
+        raw = await self._script(keys=[pointer_key(self._rm.prefix)], args=[before, after, DEFAULT_NAMESPACE])
+        return from_record(orjson.loads(raw)) if raw else None
 
 
 def _ids(members: Any) -> list[str]:

@@ -10,13 +10,14 @@ from typing import Annotated, Literal
 
 import orjson
 import structlog
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from ulid import ULID
 
 from coordinator.projections import RunState, Status, apply, public_view
 from echelon_platform.api import responses as r
 from echelon_platform.api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from echelon_platform.api.limits import IdempotencyRecord, IdempotencyStore, RateLimiter
+from echelon_platform.api.reader import RunReader
 from echelon_platform.api.schemas import RunCreate, RunCreated, RunList, RunView
 from echelon_platform.api.validation import validate_run_request
 from echelon_platform.auth import Principal
@@ -168,10 +169,10 @@ async def _publish_request(
     log.info("api.published", topic=event.topic, correlationId=event.correlation_id, eventId=event.event_id, seq=seq)
 
 
-async def load_run(services: Services, run_id: str) -> RunState | None:
+async def load_run(services: Services, run_id: str, reader: RunReader | None = None) -> RunState | None:
     """The projected run, or — right after a 201, before the coordinator caught up — the request event itself,
     read straight from the stream, so a GET after a POST never 404s."""
-    state = await services.read_models.get_run(run_id)
+    state = await (reader.get(run_id) if reader is not None else services.read_models.get_run(run_id))
     if state is not None and state.visible:
         return state
     if not run_id.isascii() or not run_id.isalnum() or len(run_id) > 64:
@@ -187,9 +188,9 @@ async def load_run(services: Services, run_id: str) -> RunState | None:
     response_model=RunView,
     responses=r.merge(r.PROTECTED, r.NOT_FOUND),
 )
-async def get_run(run_id: str, user: UserDep, services: ServicesDep) -> RunView:
+async def get_run(run_id: str, user: UserDep, services: ServicesDep, request: Request) -> RunView:
     """One run: yours, or anyone's for an admin. Another user's run is a 404, as if it did not exist."""
-    state = await load_run(services, run_id)
+    state = await load_run(services, run_id, request.app.state.run_reader)
     if state is None or not user.can_see(state.user_id):
         raise NotFound(f"run {run_id} not found")
     return RunView.model_validate(public_view(state))

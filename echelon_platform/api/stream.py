@@ -48,6 +48,7 @@ from echelon_platform.api.fanout import (
     split_subject,
 )
 from echelon_platform.api.options import ApiOptions
+from echelon_platform.api.reader import RunReader
 from echelon_platform.api.runs import load_run
 from echelon_platform.auth import Principal, authenticate
 from echelon_platform.config import Settings
@@ -63,9 +64,9 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["stream"])
 
 
-def owner_cache(services: Services) -> OwnerCache:
+def owner_cache(services: Services, reader: RunReader) -> OwnerCache:
     async def lookup(run_id: str) -> str | None:
-        state = await load_run(services, run_id)
+        state = await load_run(services, run_id, reader)
         return state.user_id if state is not None else None
 
     return OwnerCache(lookup)
