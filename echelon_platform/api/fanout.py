@@ -145,9 +145,11 @@ class ClientQueue:
             return None
         return self._frames.popleft()
 
-    def clear(self) -> None:
-        self._frames.clear()
-        self.ready.clear()
+    def drop_events(self) -> None:
+        """Forget queued events (a new subscription replaces the old one); control frames stay."""
+        self._frames = deque(f for f in self._frames if f.seq is None)
+        if not self._frames:
+            self.ready.clear()
 
 
 class OwnerCache:

@@ -173,13 +173,13 @@ class StreamSession:
             state = await load_run(self.services, run_id)
             if state is None or not self.user.can_see(state.user_id):
                 raise Refused(f"run {run_id} not found (or not yours)")
+        self._generation += 1  # first: from here on the old subscription's callbacks queue nothing
         await self._unsubscribe()
-        self.queue.clear()
+        self.queue.drop_events()
         bus = self.services.bus
         since = request.since
         if since is None:  # a run from its first event; everything else from now on
             since = 0 if run_id is not None else await bus.last_sequence()
-        self._generation += 1
         self._topics = topics
         self.processed = self.last_sent = since
         subject = nats_filter(self.services.subjects, request.topics, run_id)

@@ -178,6 +178,18 @@ async def test_subscriptions_outside_the_topics_are_refused(server: str, setting
         assert (await recv(ws))["type"] == "error"
 
 
+async def test_subscribing_before_reading_the_greeting_loses_nothing(
+    server: str, settings: Settings, services: Services
+) -> None:
+    seqs = await publish(services, run_events("RUNQ", n=1, failed=0, user="alice"))
+    async with connect(f"ws://{server}/api/v1/stream?token={token(settings, 'alice')}") as ws:
+        await ws.send(orjson.dumps({"subscribe": {"topics": ["verify.>"], "since": 0}}).decode())
+        assert (await recv(ws))["type"] == "authenticated"
+        assert (await recv(ws))["type"] == "subscribed"
+        got = await events_until(ws, lambda got: len(got) == len(seqs))
+    assert [f["seq"] for f in got] == seqs
+
+
 async def test_resume_from_since_has_no_gap_and_no_repeat(server: str, settings: Settings, services: Services) -> None:
     events = run_events("RUNR", n=6, failed=2, user="alice")  # 15 events
     first_half = await publish(services, events[:8])
@@ -279,3 +291,7 @@ def test_full_queue_coalesces_progress_first_then_refuses() -> None:
     assert not queue.offer(Frame("g", 7))  # a non-progress frame that cannot fit: close the client
     assert [queue.pop(), queue.pop(), queue.pop(), queue.pop()] == [Frame("b", 2), Frame("d", 4), Frame("e", 5), None]
     assert queue.dropped == queue.total_dropped == 3
+    queue.offer(Frame("h", 8))
+    queue.offer(Frame("control"))
+    queue.drop_events()  # a new subscription: old events go, control frames stay
+    assert [queue.pop(), queue.pop()] == [Frame("control"), None]
