@@ -20,8 +20,11 @@ def _dumps(data: Any, **_: Any) -> str:
     return orjson.dumps(data, default=str).decode()
 
 
-def configure_logging(level: str = "INFO", *, json: bool = True, stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib root logger. `json=False` renders for humans (a terminal)."""
+def configure_logging(
+    level: str = "INFO", *, json: bool = True, stream: TextIO | None = None, cache: bool = True
+) -> None:
+    """Configure structlog and the stdlib root logger. `json=False` renders for humans (a terminal);
+    `cache=False` lets a later call reconfigure loggers already used (tests)."""
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
@@ -44,7 +47,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True, stream: TextIO 
         ],
         logger_factory=structlog.WriteLoggerFactory(file=out),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(

@@ -115,11 +115,17 @@ async def create_run(
     run_id = str(ULID())
     created_at = utcnow()
     claim = IdempotencyRecord(run_id=run_id, created_at=created_at, fingerprint=fp, done=False)
-    if idempotency_key is not None and not await store.claim(user.user_id, idempotency_key, claim):
-        existing = await store.get(user.user_id, idempotency_key)  # lost the race: answer with the winner's run
-        if existing is not None:
-            response.status_code = status.HTTP_200_OK
-            return await _replayed(store, user, idempotency_key, existing, fp, services)
+    if idempotency_key is not None:
+        for _ in range(3):
+            if await store.claim(user.user_id, idempotency_key, claim):
+                break
+            existing = await store.get(user.user_id, idempotency_key)  # lost the race: answer with the winner's run
+            if existing is not None:
+                response.status_code = status.HTTP_200_OK
+                return await _replayed(store, user, idempotency_key, existing, fp, services)
+            # The winner failed and released the key in between: claim again.
+        else:
+            raise HTTPException(status.HTTP_409_CONFLICT, "this Idempotency-Key is contended; retry the request")
     try:
         limiter = RateLimiter(redis, settings.redis_prefix, limit=options.runs_per_minute, window_s=60)
         await limiter.hit("runs", user.user_id)

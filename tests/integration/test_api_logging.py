@@ -1,0 +1,55 @@
+"""JSON logs: one line per request with its request id, and the event fields where an event is published."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import structlog
+from fastapi import FastAPI
+
+from echelon_platform.config import Settings
+from echelon_platform.logging import configure_logging
+from tests.integration.test_api_runs import RUN
+from tests.integration.test_api_support import API, app, auth, http_client, options, services
+
+__all__ = ["app", "options", "services"]  # fixtures
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    configure_logging("INFO", stream=buffer, cache=False)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def test_every_line_is_json_with_the_request_id(app: FastAPI, settings: Settings, log_lines: io.StringIO) -> None:
+    async with http_client(app) as client:
+        response = await client.post(
+            f"{API}/runs", json=RUN, headers={**auth(settings, "alice"), "X-Request-ID": "r-42"}
+        )
+    assert response.status_code == 201 and response.headers["X-Request-ID"] == "r-42"
+    lines = [orjson.loads(line) for line in log_lines.getvalue().splitlines()]
+    published = next(line for line in lines if line["event"] == "api.published")
+    access = next(line for line in lines if line["event"] == "http.request")
+    assert published["request_id"] == access["request_id"] == "r-42"
+    assert published["topic"] == "verify.run.requested"
+    assert published["correlationId"] == f"run-{response.json()['run_id']}" and len(published["eventId"]) == 26
+    assert (access["route"], access["status"], access["level"]) == ("/api/v1/verification/runs", 201, "info")
+    logging.getLogger("echelon.test.stdlib").warning("from the standard library")
+    foreign = orjson.loads(log_lines.getvalue().splitlines()[-1])
+    assert (foreign["event"], foreign["logger"], foreign["level"]) == (
+        "from the standard library",
+        "echelon.test.stdlib",
+        "warning",
+    )
