@@ -16,7 +16,6 @@ import redis.exceptions
 from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError, ReadModelError
 from echelon_platform.wallet import (
-    DEFAULT_MAX_AGE_S,
     WalletProof,
     claim_key,
     claim_ttl_s,
@@ -95,11 +94,11 @@ async def claim_wallet_message(client: aioredis.Redis, redis_prefix: str, messag
 
 
 async def authenticate_wallet(proof: WalletProof, settings: Settings, client: aioredis.Redis) -> Principal:
-    max_age_s = int(getattr(settings, "wallet_max_age_s", DEFAULT_MAX_AGE_S))
+    max_age_s = settings.wallet_max_age_s
     address = verify_proof(proof, datetime.now(UTC), max_age_s)
     # Claimed only after the signature checked out: a forger cannot burn someone else's message.
     await claim_wallet_message(client, settings.redis_prefix, proof.message, max_age_s)
-    admins = {a.lower() for a in getattr(settings, "admin_wallets", ())}
+    admins = {a.lower() for a in settings.admin_wallets}
     return Principal(user_id=wallet_user_id(address), is_admin=address.lower() in admins)
 
 

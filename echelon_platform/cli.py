@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, "data_dir", None):
             settings = settings.model_copy(update={"data_dir": args.data_dir})
         from echelon_platform import commands  # the heavy imports only once arguments are known
+        from echelon_platform.log_config import configure_logging
+
+        # JSON lines for machines; readable lines in a terminal.
+        configure_logging(settings.log_level, json=not sys.stderr.isatty())
 
         handler: Command = getattr(commands, f"cmd_{args.command}")
         code: int = asyncio.run(handler(args, settings))

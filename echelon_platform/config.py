@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     api_base_url: str = "http://127.0.0.1:8000"
     api_token: SecretStr | None = None
 
+    log_level: str = "INFO"
+    runs_per_minute: int = Field(default=10, ge=1)  # POST /runs per user per minute
+    ratings_per_minute: int = Field(default=60, ge=1)
+    idempotency_ttl_s: int = 24 * 3600  # how long an Idempotency-Key keeps pointing at its run
+    ws_queue_size: int = Field(default=1024, ge=16)  # frames buffered per WebSocket client
+    ws_heartbeat_s: float = 15.0
+    ws_auth_timeout_s: float = 10.0
+    ws_close_timeout_s: float = 10.0
+    wallet_max_age_s: int = 300  # a signed wallet message is fresh this long
+    admin_wallets: list[str] = Field(default_factory=list)
+
     # Coordinator
     coordinator_batch: int = 256
     fetch_timeout_s: float = 0.5

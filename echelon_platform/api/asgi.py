@@ -7,17 +7,14 @@ uvicorn --factory echelon_platform.api.asgi:build_app --host 0.0.0.0 --port 8000
 
 from __future__ import annotations
 
-import os
-
 from fastapi import FastAPI
 
 from echelon_platform.api.app import create_app
 from echelon_platform.config import Settings
-from echelon_platform.logging import configure_logging
+from echelon_platform.log_config import configure_logging
 
 
 def build_app() -> FastAPI:
     settings = Settings()
-    # TODO(config): a `log_level` setting; until then ECHELON_LOG_LEVEL is read here, at start-up.
-    configure_logging(str(getattr(settings, "log_level", None) or os.environ.get("ECHELON_LOG_LEVEL", "INFO")))
+    configure_logging(settings.log_level)
     return create_app(settings)

@@ -1,4 +1,4 @@
-"""API tunables. Read from Settings when it has them (TODO config owner: add these fields), else defaults."""
+"""API tunables, taken from Settings once at start-up."""
 
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ class ApiOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiOptions:
-        defaults = cls()
         return cls(
-            runs_per_minute=int(getattr(settings, "runs_per_minute", defaults.runs_per_minute)),
-            ratings_per_minute=int(getattr(settings, "ratings_per_minute", defaults.ratings_per_minute)),
-            idempotency_ttl_s=int(getattr(settings, "idempotency_ttl_s", defaults.idempotency_ttl_s)),
-            ws_queue_size=int(getattr(settings, "ws_queue_size", defaults.ws_queue_size)),
-            ws_heartbeat_s=float(getattr(settings, "ws_heartbeat_s", defaults.ws_heartbeat_s)),
-            ws_auth_timeout_s=float(getattr(settings, "ws_auth_timeout_s", defaults.ws_auth_timeout_s)),
-            ws_close_timeout_s=float(getattr(settings, "ws_close_timeout_s", defaults.ws_close_timeout_s)),
+            runs_per_minute=settings.runs_per_minute,
+            ratings_per_minute=settings.ratings_per_minute,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            ws_queue_size=settings.ws_queue_size,
+            ws_heartbeat_s=settings.ws_heartbeat_s,
+            ws_auth_timeout_s=settings.ws_auth_timeout_s,
+            ws_close_timeout_s=settings.ws_close_timeout_s,
         )

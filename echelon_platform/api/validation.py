@@ -8,7 +8,7 @@ from echelon_platform.api.schemas import RunCreate
 from echelon_platform.config import Settings
 from echelon_platform.errors import OracleError, RequestRejected
 from pipeline_workers.certify import validate_weights
-from pipeline_workers.ingest.base import validate_repo_url
+from pipeline_workers.ingest.base import check_local_repo_allowed, validate_repo_url
 from pipeline_workers.oracles.http import check_url_allowed
 from pipeline_workers.oracles.python import check_callable_allowed
 
@@ -19,6 +19,8 @@ DNS_TIMEOUT_S = 5.0
 async def validate_run_request(body: RunCreate, settings: Settings) -> dict[str, float]:
     """Raise RequestRejected (→ 422) with an actionable message; returns the normalised weights."""
     validate_repo_url(body.repo_url)
+    # stat() of a path: cheap enough to do inline, and it must run before anything is published.
+    check_local_repo_allowed(body.repo_url, settings.allowed_repo_roots())
     if body.oracle_type == "python":
         check_callable_allowed(f"{body.oracle_module}:{body.oracle_callable}", settings.oracle_allowlist)
     else:

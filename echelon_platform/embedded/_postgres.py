@@ -151,11 +151,7 @@ def usable_bin_dir(bin_dir: Path, user: _RunAs, cache_root: Path) -> Path:
             shutil.rmtree(staging, ignore_errors=True)  # another process won the race
     st = cached.lstat()
     # cache_root may be shared (/tmp): only trust a tree we own and nobody else can write.
-    if (
-        not stat.S_ISDIR(st.st_mode)
-        or st.st_uid != os.geteuid()
-        or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    ):
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise EmbeddedServerError(f"refusing to run postgres from {cached}: not a private directory of ours")
     cached_bin = cached / package.name / install.name / bin_dir.name
     grant_traverse(cached_bin, user)
@@ -254,9 +250,7 @@ class EmbeddedPostgres(EmbeddedServer):
     async def _binaries(self) -> Path:
         if self._usable_bin_dir is not None:
             return self._usable_bin_dir
-        bin_dir = (
-            self._bin_dir if self._bin_dir is not None else await asyncio.to_thread(find_postgres_bin_dir)
-        )
+        bin_dir = self._bin_dir if self._bin_dir is not None else await asyncio.to_thread(find_postgres_bin_dir)
         if self._run_as is not None:
             bin_dir = await asyncio.to_thread(usable_bin_dir, bin_dir, self._run_as, self._cache_root)
         self._usable_bin_dir = bin_dir

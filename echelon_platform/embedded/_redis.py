@@ -96,6 +96,4 @@ class EmbeddedRedis(EmbeddedServer):
                 await writer.wait_closed()
         fields = dict(line.split(":", 1) for line in body.decode().splitlines() if ":" in line)
         if fields.get("process_id") != str(pid):
-            raise EmbeddedServerError(
-                f"port {port} is served by another redis (pid {fields.get('process_id')})"
-            )
+            raise EmbeddedServerError(f"port {port} is served by another redis (pid {fields.get('process_id')})")

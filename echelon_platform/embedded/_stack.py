@@ -49,9 +49,7 @@ class EmbeddedStack:
 
     async def start(self) -> None:
         try:
-            results = await asyncio.gather(
-                *(server.start() for server in self.servers), return_exceptions=True
-            )
+            results = await asyncio.gather(*(server.start() for server in self.servers), return_exceptions=True)
         except BaseException:
             await self.stop()  # cancelled: do not leave the ones that did start running
             raise

@@ -22,9 +22,7 @@ class ScoreHandler:
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayInvoked)
         try:
-            score = await self.scorer.score(
-                payload.replay_id, payload.record, payload.reply, question=payload.question
-            )
+            score = await self.scorer.score(payload.replay_id, payload.record, payload.reply, question=payload.question)
         except ScoringError as exc:
             return self.give_up(envelope, payload, f"scoring failed: {exc}")
         score = score.model_copy(

@@ -12,7 +12,7 @@ import structlog
 from fastapi import FastAPI
 
 from echelon_platform.config import Settings
-from echelon_platform.logging import configure_logging
+from echelon_platform.log_config import configure_logging
 from tests.integration.test_api_runs import RUN
 from tests.integration.test_api_support import API, app, auth, http_client, options, services
 

@@ -43,9 +43,7 @@ FACTORIES: dict[str, ServerFactory] = {
 }
 
 
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], what: str, seconds: float = DEADLINE
-) -> None:
+async def eventually(check: Callable[[], bool | Awaitable[bool]], what: str, seconds: float = DEADLINE) -> None:
     """Poll check until it holds; fail with what after seconds. Waiting for effects, never sleeping blind."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -78,9 +76,7 @@ def session_members(sid: int) -> list[int]:
 
 async def assert_gone(pid: int | None) -> None:
     assert pid is not None
-    await eventually(
-        lambda: not pid_alive(pid) and not session_members(pid), f"pid {pid} and its session gone"
-    )
+    await eventually(lambda: not pid_alive(pid) and not session_members(pid), f"pid {pid} and its session gone")
 
 
 async def test_nats_jetstream_message_survives_restart_under_running_client(tmp_path: Path) -> None:

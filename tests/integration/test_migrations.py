@@ -50,7 +50,7 @@ async def test_migrate_is_idempotent_and_refuses_edits(infra: StackUrls, tmp_pat
 
     edited = migrations / "0001_events.sql"
     edited.write_text(edited.read_text() + "\n-- a later edit\n")
-    with pytest.raises(MigrationError, match="0001_events.sql was edited after it was applied"):
+    with pytest.raises(MigrationError, match=r"0001_events\.sql was edited after it was applied"):
         await migrate(db, migrations)
     admin = await asyncpg.connect(infra.database_url)
     try:

@@ -1,4 +1,3 @@
-# ruff: noqa: A005 - the module is named by the project layout; it imports the stdlib `logging` absolutely
 """structlog configuration: one JSON object per line, with whatever context is bound (request_id,
 topic, correlationId, eventId, ...). Entry points call `configure_logging` once; importing does nothing.
 
