@@ -22,15 +22,11 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +46,7 @@ from echelon_platform.embedded import EmbeddedStack, StackUrls, create_database
 from echelon_platform.events import ReplayRequested, make_event
 from echelon_platform.migrations import migrate
 from echelon_platform.services import Services
+from scripts.benchlib import server_env, uvicorn_process, wrk
 from tests.factories import record, requested
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,41 +74,6 @@ def summary(latencies_ms: list[float], expected: int) -> dict[str, Any]:
     }
 
 
-def server_env(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, "ECHELON_LOG_LEVEL": "INFO"}
-    for key, value in settings.model_dump().items():
-        if value is not None and key not in ("jwt_secret", "oracle_allowlist", "secret_key", "api_token"):
-            env[f"ECHELON_{key.upper()}"] = str(value)
-    env["ECHELON_JWT_SECRET"] = settings.jwt_secret.get_secret_value()
-    return env
-
-
-@asynccontextmanager
-async def uvicorn_process(target: str, port: int, env: dict[str, str]) -> AsyncIterator[str]:
-    """`python -m uvicorn --factory target` on port; yields its base URL once it answers."""
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
-        [sys.executable, "-m", "uvicorn", "--factory", target, "--port", str(port), "--no-access-log",
-         "--log-level", "warning", "--app-dir", str(ROOT / "scripts")],
-        env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"{base}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise RuntimeError(f"{target} did not start")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def ceiling_app() -> Any:
     """The floor-to-beat for GET /runs/{id}: one Redis GET and the raw bytes back, nothing else."""
     import redis.asyncio as aioredis
@@ -129,26 +91,6 @@ def ceiling_app() -> Any:
         return Response(await redis.get(key) or b"{}", media_type="application/json")
 
     return app
-
-
-def wrk(url: str, headers: dict[str, str], concurrency: int, seconds: int) -> dict[str, float]:
-    args = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency"]
-    for name, value in headers.items():
-        args += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
-
-    def ms(text: str) -> float:
-        value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-        return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
-
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "p50_ms": ms(latency["50"]),
-        "p99_ms": ms(latency["99"]),
-        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "non_2xx": int(errors.group(1)) if errors else 0,
-    }
 
 
 class Client:

@@ -1,0 +1,91 @@
+"""Shared pieces of the benchmark scripts: a server process under test, and `wrk` as the load generator
+(a Python load generator saturates a core before the server does; see ../shared/LIMITS.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from echelon_platform.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """Settings as ECHELON_* variables for a server started in another process."""
+    env = {**os.environ, "ECHELON_LOG_LEVEL": "INFO"}
+    for key, value in settings.model_dump().items():
+        if value is not None and key not in ("jwt_secret", "oracle_allowlist", "secret_key", "api_token"):
+            env[f"ECHELON_{key.upper()}"] = str(value)
+    env["ECHELON_JWT_SECRET"] = settings.jwt_secret.get_secret_value()
+    return env
+
+
+@asynccontextmanager
+async def uvicorn_process(target: str, port: int, env: dict[str, str]) -> AsyncIterator[str]:
+    """`python -m uvicorn --factory target` on port; yields its base URL once it answers."""
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
+        [sys.executable, "-m", "uvicorn", "--factory", target, "--port", str(port), "--no-access-log",
+         "--log-level", "warning", "--app-dir", str(ROOT / "scripts")],
+        env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                try:
+                    if (await client.get(f"{base}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"{target} did not start")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
+
+
+def wrk(
+    url: str, headers: dict[str, str], concurrency: int, seconds: int, *, post_json: str | None = None
+) -> dict[str, float]:
+    """Latency p50/p99 and throughput of `url` under `concurrency` connections (one wrk thread)."""
+    args = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    script = None
+    if post_json is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            body = post_json.replace("\\", "\\\\").replace("'", "\\'")
+            script.write(
+                f"wrk.method = 'POST'\nwrk.body = '{body}'\nwrk.headers['Content-Type'] = 'application/json'\n"
+            )
+        args += ["-s", script.name]
+    try:
+        out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+    finally:
+        if script is not None:
+            os.unlink(script.name)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "p50_ms": _ms(latency["50"]),
+        "p99_ms": _ms(latency["99"]),
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
