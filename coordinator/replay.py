@@ -96,10 +96,14 @@ class Rebuilder:
                 await self.projector.redis.set(pointer_key(self.projector.prefix), namespace)
             finally:
                 await self.projector.release()
-            await delete_namespace(self.projector, Keys(self.projector.prefix, old))
-        return ReplayReport(
+        # Timed up to the switch: readers use the rebuilt models from here on; dropping the old
+        # namespace is clean-up.
+        report = ReplayReport(
             namespace, self.events, len(self.states), len(self.certs), time.perf_counter() - started, []
         )
+        if switch:
+            await delete_namespace(self.projector, Keys(self.projector.prefix, old))
+        return report
 
 
 async def snapshot(projector: Projector, keys: Keys) -> dict[str, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from coordinator.projector import Projector
 from echelon_platform.backoff import Backoff
 from echelon_platform.bus import Bus, message_pending, message_sequence
 from echelon_platform.envelope import Envelope
-from echelon_platform.errors import EnvelopeError, InfrastructureError, StoreError
+from echelon_platform.errors import BusError, EnvelopeError, InfrastructureError, StoreError
 from echelon_platform.events import RunCertifying, make_event, parse_payload
 from echelon_platform.metrics import Metrics
+from echelon_platform.puller import BatchPuller
 from echelon_platform.store import TRANSIENT_ERRORS, EventStore
 
 log = structlog.get_logger(__name__)
@@ -106,15 +106,16 @@ class StateCoordinator:
         self._stopping.set()
 
     async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
-        sub: Any = None
+        sub: BatchPuller | None = None
         backoff = Backoff()
         prefetched: asyncio.Task[list[Msg]] | None = None
         while not self._stopping.is_set():
             if sub is None:
                 try:
-                    sub = await self.bus.pull_subscription(
+                    await self.bus.ensure_consumer(
                         self.durable, self.bus.subjects.everything, ack_wait_s=self.ack_wait_s, max_deliver=-1
                     )
+                    sub = await BatchPuller(self.bus.nc, stream=self.bus.stream, durable=self.durable).start()
                     backoff.reset()
                 except InfrastructureError as exc:
                     log.warning("coordinator.subscribe_failed", error=str(exc))
@@ -124,13 +125,7 @@ class StateCoordinator:
             prefetched = None
             try:
                 msgs = await fetch
-            except (nats.errors.TimeoutError, TimeoutError):
-                # An empty fetch is normal: nothing to do right now.
-                self._set_lag(0)
-                if until_idle:
-                    break
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            except (nats.errors.Error, nats.js.errors.Error, OSError, BusError) as exc:
                 # Server restarted / consumer lost: re-create the pull subscription after a pause.
                 log.warning("coordinator.fetch_failed", error=str(exc) or type(exc).__name__)
                 await _quiet_unsubscribe(sub)
@@ -139,6 +134,10 @@ class StateCoordinator:
                 continue
             backoff.reset()
             if not msgs:
+                # An empty fetch is normal: nothing to do right now.
+                self._set_lag(0)
+                if until_idle:
+                    break
                 continue
             if len(msgs) == self.batch_size:
                 # A full batch means more is waiting: fetch the next one while this one is written.
@@ -203,13 +202,15 @@ class StateCoordinator:
         return await self.store.append_batch(ok, parked, decoded.retried)
 
     async def _after_projection(self, events: list[Envelope], runs: dict[str, RunState]) -> None:
-        """When a run's last replay is done, tell the certifier (deduplicated per run)."""
+        """When a run's last replay is done, tell the certifier (deduplicated per run), pipelined."""
         triggered = {e.run_id: e.event_id for e in events if e.topic in _TRIGGERS}
-        for run_id, cause in triggered.items():
-            state = runs[run_id]
-            if state.awaiting_certificate and state.total is not None:
-                event = make_event(RunCertifying(run_id=run_id, total=state.total), causation_id=cause)
-                await self._retry("publish", lambda event=event: self.bus.publish(event))  # type: ignore[misc]
+        announcements = [
+            make_event(RunCertifying(run_id=run_id, total=state.total), causation_id=triggered[run_id])
+            for run_id, state in ((r, runs[r]) for r in triggered)
+            if state.awaiting_certificate and state.total is not None
+        ]
+        if announcements:
+            await self._retry("publish", lambda: self.bus.publish_many(announcements))
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Retry an effect until it succeeds: the batch stays un-acked meanwhile, so nothing is lost."""
@@ -250,8 +251,6 @@ async def _release_prefetched(task: asyncio.Task[list[Msg]] | None) -> None:
         await msg.nak()
 
 
-async def _quiet_unsubscribe(sub: Any) -> None:
-    if sub is None:
-        return
-    with contextlib.suppress(nats.errors.Error, OSError):
-        await sub.unsubscribe()
+async def _quiet_unsubscribe(sub: BatchPuller | None) -> None:
+    if sub is not None:
+        await sub.close()

@@ -205,6 +205,24 @@ class Bus:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create consumer {durable}: {exc}") from exc
 
+    async def ensure_consumer(
+        self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1
+    ) -> None:
+        """Create the durable pull consumer (idempotent for an unchanged config)."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=filter_subject,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            max_ack_pending=20_000,
+        )
+        try:
+            await self.js.add_consumer(self.stream, config)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot create consumer {durable}: {exc or type(exc).__name__}") from exc
+
     async def ping(self) -> None:
         try:
             await self.nc.flush(timeout=2)
