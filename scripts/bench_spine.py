@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the test factories
 from ulid import ULID
 
@@ -150,6 +148,27 @@ async def bench_sync_cost(tmp: Path, n: int = 3000) -> dict[str, Any]:
     return result
 
 
+async def isolated(base: Settings, urls: StackUrls) -> Settings:
+    """Own stream, subjects, keys and database, so each phase measures only its own events."""
+    tag = str(ULID()).lower()
+    db = await create_database(urls.database_url, f"bench_{tag}")
+    await migrate(db)
+    return base.model_copy(
+        update={
+            "nats_url": urls.nats_url,
+            "database_url": db,
+            "redis_url": urls.redis_url,
+            "stream_name": f"BENCH{tag.upper()}",
+            "subject_root": f"b{tag}",
+            "redis_prefix": f"b{tag}:",
+            "consumer_prefix": f"b{tag}",
+            "fetch_timeout_s": 0.5,
+            # The per-user rate limit would turn a load test into 429s.
+            "runs_per_minute": 10**9,
+        }
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
@@ -167,31 +186,11 @@ async def main() -> None:
             await stack.start()
             urls = stack.urls
         try:
-            tag = str(ULID()).lower()
-            db = await create_database(urls.database_url, f"bench_{tag}")
-            await migrate(db)
-            settings = base.model_copy(
-                update={
-                    "nats_url": urls.nats_url,
-                    "database_url": db,
-                    "redis_url": urls.redis_url,
-                    "stream_name": f"BENCH{tag.upper()}",
-                    "subject_root": f"b{tag}",
-                    "redis_prefix": f"b{tag}:",
-                    "consumer_prefix": f"b{tag}",
-                    "fetch_timeout_s": 0.5,
-                    # The per-user rate limit would turn a load test into 429s.
-                    "runs_per_minute": 10**9,
-                }
-            )
             result: dict[str, Any] = {"events": args.events, "nats_sync_always": stack is not None}
             if not args.skip_post:
-                result["post_runs"] = await bench_post(settings, args.seconds)
-            result.update(await bench_coordinator_and_replay(settings, args.events))
+                result["post_runs"] = await bench_post(await isolated(base, urls), args.seconds)
+            result.update(await bench_coordinator_and_replay(await isolated(base, urls), args.events))
             result["jetstream_fsync_cost"] = await bench_sync_cost(tmp_path)
-            conn = await asyncpg.connect(urls.database_url)
-            await conn.execute(f'DROP DATABASE IF EXISTS "bench_{tag}" WITH (FORCE)')
-            await conn.close()
         finally:
             if stack is not None:
                 await stack.stop()
