@@ -191,15 +191,7 @@ class Bus:
         max_ack_pending: int = 20_000,
     ) -> Any:
         """A durable pull consumer, created or bound idempotently (also after a server restart)."""
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=filter_subject,
-            ack_wait=ack_wait_s,
-            max_deliver=max_deliver,
-            max_ack_pending=max_ack_pending,
-        )
+        config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, max_ack_pending)
         try:
             return await self.js.pull_subscribe(filter_subject, durable=durable, stream=self.stream, config=config)
         except (nats.errors.Error, TimeoutError) as exc:
@@ -209,15 +201,7 @@ class Bus:
         self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1
     ) -> None:
         """Create the durable pull consumer (idempotent for an unchanged config)."""
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=filter_subject,
-            ack_wait=ack_wait_s,
-            max_deliver=max_deliver,
-            max_ack_pending=20_000,
-        )
+        config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, 20_000)
         try:
             await self.js.add_consumer(self.stream, config)
         except (nats.errors.Error, TimeoutError) as exc:
@@ -228,6 +212,20 @@ class Bus:
             await self.nc.flush(timeout=2)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"NATS unreachable: {exc or type(exc).__name__}") from exc
+
+
+def _consumer_config(
+    durable: str, filter_subject: str, ack_wait_s: float, max_deliver: int, max_ack_pending: int
+) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subject=filter_subject,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+    )
 
 
 def message_sequence(msg: Msg) -> int:

@@ -42,11 +42,9 @@ from websockets.asyncio.client import connect
 from coordinator.runtime import coordinator_for
 from echelon_platform.auth import issue_jwt
 from echelon_platform.config import Settings
-from echelon_platform.embedded import EmbeddedStack, StackUrls, create_database
 from echelon_platform.events import ReplayRequested, make_event
-from echelon_platform.migrations import migrate
 from echelon_platform.services import Services
-from scripts.benchlib import server_env, uvicorn_process, wrk
+from scripts.benchlib import isolated, server_env, servers, uvicorn_process, wrk
 from tests.factories import record, requested
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,24 +240,10 @@ async def main() -> None:
         raise SystemExit("wrk is needed for the GET benchmark (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings()
-        stack = None
-        if base.infra_configured():
-            urls = StackUrls(str(base.nats_url), str(base.database_url), str(base.redis_url))
-        else:
-            stack = EmbeddedStack(Path(tmp) / "stack", nats_sync_always=not args.no_fsync)
-            await stack.start()
-            urls = stack.urls
-        try:
-            tag = str(ULID()).lower()
-            db = await create_database(urls.database_url, f"bench_{tag}")
-            await migrate(db)
-            settings = base.model_copy(update={
-                "nats_url": urls.nats_url, "database_url": db, "redis_url": urls.redis_url,
-                "stream_name": f"BENCH{tag.upper()}", "subject_root": f"b{tag}", "redis_prefix": f"b{tag}:",
-                "consumer_prefix": f"b{tag}", "fetch_timeout_s": 0.5,
-            })  # fmt: skip
+        async with servers(base, Path(tmp), sync_always=not args.no_fsync) as (urls, embedded):
+            settings = await isolated(base, urls)
             result: dict[str, Any] = {
-                "nats_sync_always": stack is not None and not args.no_fsync,
+                "nats_sync_always": embedded and not args.no_fsync,
                 "cpus": os.cpu_count(),
             }
             async with Services(settings, name="bench-api") as services:
@@ -273,9 +257,6 @@ async def main() -> None:
                             coordinator.stop()
                             await projecting
                     result["get_run"] = await bench_get(settings, services, api, args.seconds)
-        finally:
-            if stack is not None:
-                await stack.stop()
     print(json.dumps(result, indent=2))
 
 

@@ -30,7 +30,7 @@ from coordinator.runtime import coordinator_for
 from echelon_platform.auth import issue_jwt
 from echelon_platform.bus import Bus
 from echelon_platform.config import Settings
-from echelon_platform.embedded import EmbeddedNats, EmbeddedStack, StackUrls, create_database
+from echelon_platform.embedded import EmbeddedNats
 from echelon_platform.envelope import Envelope
 from echelon_platform.events import (
     ReplayRequested,
@@ -40,9 +40,8 @@ from echelon_platform.events import (
     Subjects,
     make_event,
 )
-from echelon_platform.migrations import migrate
 from echelon_platform.services import Services
-from scripts.benchlib import server_env, uvicorn_process, wrk
+from scripts.benchlib import isolated, server_env, servers, uvicorn_process, wrk
 from tests.factories import record, requested, score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,27 +147,6 @@ async def bench_sync_cost(tmp: Path, n: int = 3000) -> dict[str, Any]:
     return result
 
 
-async def isolated(base: Settings, urls: StackUrls) -> Settings:
-    """Own stream, subjects, keys and database, so each phase measures only its own events."""
-    tag = str(ULID()).lower()
-    db = await create_database(urls.database_url, f"bench_{tag}")
-    await migrate(db)
-    return base.model_copy(
-        update={
-            "nats_url": urls.nats_url,
-            "database_url": db,
-            "redis_url": urls.redis_url,
-            "stream_name": f"BENCH{tag.upper()}",
-            "subject_root": f"b{tag}",
-            "redis_prefix": f"b{tag}:",
-            "consumer_prefix": f"b{tag}",
-            "fetch_timeout_s": 0.5,
-            # The per-user rate limit would turn a load test into 429s.
-            "runs_per_minute": 10**9,
-        }
-    )
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
@@ -176,24 +154,13 @@ async def main() -> None:
     parser.add_argument("--skip-post", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
         base = Settings()
-        stack = None
-        if base.infra_configured():
-            urls = StackUrls(str(base.nats_url), str(base.database_url), str(base.redis_url))
-        else:
-            stack = EmbeddedStack(tmp_path / "stack", nats_sync_always=True)
-            await stack.start()
-            urls = stack.urls
-        try:
-            result: dict[str, Any] = {"events": args.events, "nats_sync_always": stack is not None}
+        async with servers(base, Path(tmp)) as (urls, embedded):
+            result: dict[str, Any] = {"events": args.events, "nats_sync_always": embedded}
             if not args.skip_post:
                 result["post_runs"] = await bench_post(await isolated(base, urls), args.seconds)
             result.update(await bench_coordinator_and_replay(await isolated(base, urls), args.events))
-            result["jetstream_fsync_cost"] = await bench_sync_cost(tmp_path)
-        finally:
-            if stack is not None:
-                await stack.stop()
+            result["jetstream_fsync_cost"] = await bench_sync_cost(Path(tmp))
     print(json.dumps(result, indent=2))
 
 

@@ -14,10 +14,44 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+from ulid import ULID
 
 from echelon_platform.config import Settings
+from echelon_platform.embedded import EmbeddedStack, StackUrls, create_database
+from echelon_platform.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def servers(base: Settings, data_dir: Path, *, sync_always: bool = True) -> AsyncIterator[tuple[StackUrls, bool]]:
+    """The configured NATS/Postgres/Redis, else embedded ones; yields (urls, embedded?)."""
+    if base.infra_configured():
+        yield StackUrls(str(base.nats_url), str(base.database_url), str(base.redis_url)), False
+        return
+    async with EmbeddedStack(data_dir / "stack", nats_sync_always=sync_always) as stack:
+        yield stack.urls, True
+
+
+async def isolated(base: Settings, urls: StackUrls) -> Settings:
+    """Own stream, subjects, keys and database, so each phase measures only its own events."""
+    tag = str(ULID()).lower()
+    db = await create_database(urls.database_url, f"bench_{tag}")
+    await migrate(db)
+    return base.model_copy(
+        update={
+            "nats_url": urls.nats_url,
+            "database_url": db,
+            "redis_url": urls.redis_url,
+            "stream_name": f"BENCH{tag.upper()}",
+            "subject_root": f"b{tag}",
+            "redis_prefix": f"b{tag}:",
+            "consumer_prefix": f"b{tag}",
+            "fetch_timeout_s": 0.5,
+            # The per-user rate limit would turn a load test into 429s.
+            "runs_per_minute": 10**9,
+        }
+    )
 
 
 def server_env(settings: Settings) -> dict[str, str]:
