@@ -35,12 +35,14 @@ class Bus:
         stream: str,
         subjects: Subjects,
         duplicate_window_s: float = 120.0,
+        max_age_s: float = 30 * 86400,
         name: str = "echelon",
     ) -> None:
         self.url = url
         self.stream = stream
         self.subjects = subjects
         self.duplicate_window_s = duplicate_window_s
+        self.max_age_s = max_age_s
         self.name = name
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -107,6 +109,8 @@ class Bus:
             subjects=[self.subjects.everything],
             storage=StorageType.FILE,
             duplicate_window=self.duplicate_window_s,
+            # Postgres keeps the log for good; the stream only needs enough for consumers to catch up.
+            max_age=self.max_age_s,
             allow_direct=True,
         )
 

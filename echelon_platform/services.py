@@ -30,6 +30,7 @@ class Services:
             stream=settings.stream_name,
             subjects=self.subjects,
             duplicate_window_s=settings.duplicate_window_s,
+            max_age_s=settings.stream_max_age_s,
             name=name,
         )
         self.store = EventStore(str(settings.database_url), max_size=pool_size)
