@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
 
 
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    jwt_secret: SecretStr = SecretStr("development-only-secret-change-me-in-production")
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
     jwt_algorithm: str = "HS256"
     api_base_url: str = "http://127.0.0.1:8000"
     api_token: SecretStr | None = None
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = 5.0
     ack_wait_s: float = 60.0
     max_deliver: int = 10
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        return self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
 
     def allowed_repo_roots(self) -> list[Path]:
         return self.local_repo_roots or [self.data_dir]

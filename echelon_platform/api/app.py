@@ -84,6 +84,9 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.uses_dev_secret:
+            # Anyone can mint tokens for the published development secret.
+            log.warning("api.dev_jwt_secret", hint="set ECHELON_JWT_SECRET before exposing the API")
         if services is not None:
             _attach(app, services)
             yield
