@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 from ulid import ULID
 
-from coordinator.projections import RunState, apply
-from coordinator.projector import CERT_TOPIC, RATING_TOPIC, Projector, queue_rating, queue_writes
-from echelon_platform.readmodels import Keys, pointer_key, text
-from echelon_platform.store import EventStore, LogEvent
+from echelon_platform.adapters.event_store import EventStore, LogEvent
+from echelon_platform.adapters.readmodel_store import Keys, pointer_key, text
+from echelon_platform.adapters.readmodel_writer import CERT_TOPIC, RATING_TOPIC, Projector, queue_rating, queue_writes
+from echelon_platform.domain.projections import RunState, apply
 
 WRITE_CHUNK = 1000
 

@@ -18,12 +18,12 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
-from echelon_platform.backoff import Backoff
-from echelon_platform.bus import Bus
-from echelon_platform.envelope import Envelope
+from echelon_platform.adapters.bus import Bus
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import Payload, parse_payload
 from echelon_platform.errors import EnvelopeError, InfrastructureError
-from echelon_platform.events import Payload, parse_payload
 from echelon_platform.metrics import Metrics
+from echelon_platform.retry import Backoff
 
 log = structlog.get_logger(__name__)
 

@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import structlog
 
-from echelon_platform.backoff import sleep_unless
-from echelon_platform.envelope import utcnow
+from echelon_platform.adapters.services import Services
+from echelon_platform.domain.envelope import utcnow
+from echelon_platform.domain.events import RunFailed, make_event
 from echelon_platform.errors import InfrastructureError
-from echelon_platform.events import RunFailed, make_event
-from echelon_platform.services import Services
+from echelon_platform.retry import sleep_unless
 
 log = structlog.get_logger(__name__)
 

@@ -39,11 +39,11 @@ from nats.js.api import DeliverPolicy
 from ulid import ULID
 from websockets.asyncio.client import connect
 
-from coordinator.runtime import coordinator_for
-from echelon_platform.auth import issue_jwt
+from api.auth import issue_jwt
+from coordinator.factory import coordinator_for
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.events import ReplayRequested, make_event
-from echelon_platform.services import Services
+from echelon_platform.domain.events import ReplayRequested, make_event
 from scripts.benchlib import isolated, server_env, servers, uvicorn_process, wrk
 from tests.factories import record, requested
 
@@ -248,7 +248,7 @@ async def main() -> None:
             }
             async with Services(settings, name="bench-api") as services:
                 port = 18000 + os.getpid() % 1000
-                async with uvicorn_process("echelon_platform.api.asgi:build_app", port, server_env(settings)) as api:
+                async with uvicorn_process("api.asgi:build_app", port, server_env(settings)) as api:
                     async with coordinator_for(services, settings) as coordinator:
                         projecting = None if args.no_coordinator else asyncio.create_task(coordinator.run())
                         result["stream"] = await bench_stream(settings, services, api, args)

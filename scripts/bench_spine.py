@@ -24,15 +24,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the test factories
 from ulid import ULID
 
-from coordinator.projector import Projector
+from api.auth import issue_jwt
+from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder
-from coordinator.runtime import coordinator_for
-from echelon_platform.auth import issue_jwt
-from echelon_platform.bus import Bus
+from echelon.embedded import EmbeddedNats
+from echelon_platform.adapters.bus import Bus
+from echelon_platform.adapters.readmodel_writer import Projector
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.embedded import EmbeddedNats
-from echelon_platform.envelope import Envelope
-from echelon_platform.events import (
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
     ReplayRequested,
     ReplayScored,
     RunIngested,
@@ -40,7 +41,6 @@ from echelon_platform.events import (
     Subjects,
     make_event,
 )
-from echelon_platform.services import Services
 from scripts.benchlib import isolated, server_env, servers, uvicorn_process, wrk
 from tests.factories import record, requested, score
 
@@ -61,7 +61,7 @@ async def bench_post(settings: Settings, seconds: int) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk not installed (apt-get install wrk)"}
     port = 18000 + os.getpid() % 1000
-    async with uvicorn_process("echelon_platform.api.asgi:build_app", port, server_env(settings)) as base:
+    async with uvicorn_process("api.asgi:build_app", port, server_env(settings)) as base:
         token = issue_jwt("bench", settings.jwt_secret.get_secret_value(), ttl_s=3600)
         headers = {"Authorization": f"Bearer {token}"}
         url = f"{base}/api/v1/verification/runs"

@@ -1,5 +1,5 @@
 """Shared pieces of the benchmark scripts: a server process under test, and `wrk` as the load generator
-(a Python load generator saturates a core before the server does; see ../shared/LIMITS.md)."""
+(a Python load generator saturates a core before the server does)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 from ulid import ULID
 
+from echelon.embedded import EmbeddedStack, StackUrls, create_database
+from echelon_platform.adapters.migrations import migrate
 from echelon_platform.config import Settings
-from echelon_platform.embedded import EmbeddedStack, StackUrls, create_database
-from echelon_platform.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from echelon_platform.events import TOPICS
+from echelon_platform.domain.events import TOPICS
 
 HEADER = """# Events
 

@@ -1,6 +1,6 @@
 """Apply db/migrations/*.sql to DATABASE_URL (same as `echelon migrate`)."""
 
-from echelon_platform.cli import main
+from echelon.cli import main
 
 if __name__ == "__main__":
     main(["migrate"])

@@ -8,7 +8,7 @@ Same as `echelon replay [--verify]`.
 
 import sys
 
-from echelon_platform.cli import main
+from echelon.cli import main
 
 if __name__ == "__main__":
     main(["replay", *sys.argv[1:]])

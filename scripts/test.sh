@@ -5,4 +5,5 @@ source "$(dirname "$0")/_env.sh"
 ruff check .
 ruff format --check .
 mypy
+lint-imports
 pytest -q -p no:cacheprovider "$@"

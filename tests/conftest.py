@@ -19,9 +19,9 @@ import pytest
 import redis.asyncio as aioredis
 from ulid import ULID
 
+from echelon.embedded import EmbeddedStack, StackUrls
+from echelon_platform.adapters.migrations import migrate
 from echelon_platform.config import Settings
-from echelon_platform.embedded import EmbeddedStack, StackUrls
-from echelon_platform.migrations import migrate
 from tests.helpers import wait_for
 
 

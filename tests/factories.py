@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from echelon_platform.envelope import Envelope
-from echelon_platform.events import (
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
     OracleSpec,
     ReplayFailed,
     ReplayRequested,
@@ -15,7 +15,7 @@ from echelon_platform.events import (
     RunRequested,
     make_event,
 )
-from pipeline_workers.models import GroundTruthRecord, ReplayScore
+from echelon_platform.domain.values import GroundTruthRecord, ReplayScore
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

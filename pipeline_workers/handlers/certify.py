@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from echelon_platform.envelope import Envelope, utcnow
-from echelon_platform.errors import StageError
-from echelon_platform.events import (
+from echelon_platform.adapters.event_store import EventStore
+from echelon_platform.domain.certificate import build_certificate
+from echelon_platform.domain.envelope import Envelope, utcnow
+from echelon_platform.domain.events import (
     CertificateIssued,
     Payload,
     ReplayFailed,
@@ -19,9 +20,8 @@ from echelon_platform.events import (
     make_event,
     payload_as,
 )
-from echelon_platform.store import EventStore
-from pipeline_workers.certify import build_certificate
-from pipeline_workers.models import FailedReplay, ReplayScore
+from echelon_platform.domain.values import FailedReplay, ReplayScore
+from echelon_platform.errors import StageError
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION
 
 _TOPICS = (

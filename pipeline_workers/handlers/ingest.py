@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import structlog
 
-from echelon_platform.envelope import Envelope
-from echelon_platform.errors import IngestError, RequestRejected
-from echelon_platform.events import (
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
     Payload,
     ReplayRequested,
     RunFailed,
@@ -17,8 +16,10 @@ from echelon_platform.events import (
     RunRequested,
     make_event,
 )
+from echelon_platform.domain.repo_refs import check_local_repo_allowed
+from echelon_platform.errors import IngestError, RequestRejected
 from pipeline_workers.handlers.context import StageContext
-from pipeline_workers.ingest.base import SourceSpec, check_local_repo_allowed, ingester_for
+from pipeline_workers.ingest.base import SourceSpec, ingester_for
 from pipeline_workers.ingest.diffs import truncate_diff
 
 log = structlog.get_logger(__name__)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from echelon_platform.envelope import Envelope
-from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
-from echelon_platform.events import (
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
     Payload,
     ReplayFailed,
     ReplayInvoked,
@@ -15,6 +14,7 @@ from echelon_platform.events import (
     RunRequested,
     make_event,
 )
+from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from echelon_platform.envelope import Envelope
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import Payload, ReplayFailed, ReplayInvoked, ReplayScored, make_event
 from echelon_platform.errors import ScoringError
-from echelon_platform.events import Payload, ReplayFailed, ReplayInvoked, ReplayScored, make_event
 from echelon_platform.metrics import Metrics
 from pipeline_workers.scoring.base import Scorer
 

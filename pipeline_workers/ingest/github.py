@@ -19,18 +19,13 @@ import httpx
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
+from echelon_platform.domain.repo_refs import GitHubRepo, parse_repo_url
+from echelon_platform.domain.values import GroundTruthRecord
 from echelon_platform.errors import IngestError
-from pipeline_workers.ingest.base import (
-    GitHubRepo,
-    IngestResult,
-    SourceSpec,
-    build_result,
-    describe_filters,
-    parse_repo_url,
-)
+from echelon_platform.retry import backoff_delay
+from pipeline_workers.ingest.base import IngestResult, SourceSpec, build_result, describe_filters
 from pipeline_workers.ingest.diffs import DEFAULT_MAX_DIFF_BYTES, truncate_diff
 from pipeline_workers.ingest.github_payloads import PULL_FILES, PULLS, PullFile, PullSummary, diff_from_files
-from pipeline_workers.models import GroundTruthRecord
 
 DEFAULT_API_URL = "https://api.github.com"
 _JSON = "application/vnd.github+json"
@@ -254,9 +249,7 @@ class GitHubIngester:
         return wait
 
     async def _backoff(self, attempt: int, what: str, problem: str) -> None:
-        # Equal jitter: at least half the exponential delay, so retries spread out but still back off.
-        delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        delay = delay / 2 + self._rng.uniform(0, delay / 2)
+        delay = backoff_delay(attempt, self._backoff_base, self._backoff_max, self._rng)
         log.info("github.retry", what=what, attempt=attempt, problem=problem, wait_s=round(delay, 3))
         await self._sleep(delay)
 

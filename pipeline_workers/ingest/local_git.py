@@ -12,17 +12,11 @@ import os
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+from echelon_platform.domain.repo_refs import LocalRepo, parse_repo_url
+from echelon_platform.domain.values import GroundTruthRecord
 from echelon_platform.errors import IngestError
-from pipeline_workers.ingest.base import (
-    IngestResult,
-    LocalRepo,
-    SourceSpec,
-    build_result,
-    describe_filters,
-    parse_repo_url,
-)
+from pipeline_workers.ingest.base import IngestResult, SourceSpec, build_result, describe_filters
 from pipeline_workers.ingest.diffs import DEFAULT_MAX_DIFF_BYTES, truncate_diff
-from pipeline_workers.models import GroundTruthRecord
 
 # Fix the output format whatever the user's git config says; never run external diff/textconv
 # programs or fsmonitor hooks a repository's config could name.

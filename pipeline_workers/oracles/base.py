@@ -7,8 +7,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError
-from pipeline_workers.models import GroundTruthRecord, OracleReply
 
 _REQUIRED_TEXT = ("summary", "follow_up_response")
 

@@ -12,103 +12,19 @@ the same gap without pinning. Redirects are never followed.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
-from collections.abc import Awaitable, Callable, Mapping
-from urllib.parse import SplitResult, urlsplit
+from collections.abc import Mapping
 
 import httpx
 import orjson
 
-from echelon_platform.errors import OracleError, OracleRefused, RequestRejected
-from pipeline_workers.models import GroundTruthRecord, OracleReply
+from echelon_platform.adapters.url_guard import Resolver, checked_addresses, split_url, system_resolver
+from echelon_platform.domain.values import GroundTruthRecord, OracleReply
+from echelon_platform.errors import OracleError, RequestRejected
 from pipeline_workers.oracles.base import build_request, parse_reply_bytes
 
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # Headers the transport owns; a construct's configuration must not be able to override them.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """Every address the OS resolver returns for host (IPv4 and IPv6)."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
-def _split(url: str) -> SplitResult:
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https"):
-        raise OracleRefused(f"oracle URL must use http or https, not {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
-        raise OracleRefused("oracle URL has no host")
-    if parts.username is not None or parts.password is not None:
-        # Credentials in a URL end up in logs and error messages; headers are kept secret instead.
-        raise OracleRefused("oracle URL must not contain credentials: configure them as headers")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for an out-of-range or non-numeric port
-    except ValueError as exc:
-        raise OracleRefused("oracle URL has an invalid port") from exc
-    return parts
-
-
-def forbidden_reason(address: str) -> str | None:
-    """Why an IP literal is not a public unicast address, or None when it is."""
-    try:
-        ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return "not an IP address"
-    # Addresses that merely wrap an IPv4 address are judged by the address they wrap.
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif ip.sixtofour is not None:
-            ip = ip.sixtofour
-        elif ip in _NAT64:
-            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    checks = (
-        (ip.is_unspecified, "unspecified"),
-        (ip.is_loopback, "loopback"),
-        (ip.is_link_local, "link-local"),
-        (ip.is_multicast, "multicast"),
-        (ip.is_reserved, "reserved"),
-        (ip.is_private, "private"),
-        (not ip.is_global, "not globally routable"),
-    )
-    return next((reason for hit, reason in checks if hit), None)
-
-
-async def _checked_addresses(parts: SplitResult, allow_private: bool, resolver: Resolver) -> list[str]:
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    if forbidden_reason(host) != "not an IP address":
-        addresses = [host]  # an IP literal: nothing to resolve
-    else:
-        try:
-            addresses = await resolver(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise OracleError(f"oracle host {host!r} does not resolve") from exc
-        if not addresses:
-            raise OracleError(f"oracle host {host!r} does not resolve")
-    if not allow_private:
-        # Every answer must be public: the client could connect to any one of them.
-        for address in addresses:
-            reason = forbidden_reason(address)
-            if reason is not None:
-                raise OracleRefused(
-                    f"oracle host {host!r} resolves to {address} ({reason}); private network targets "
-                    "are refused unless ECHELON_ALLOW_PRIVATE_ORACLES is enabled"
-                )
-    return addresses
-
-
-async def check_url_allowed(url: str, allow_private: bool, *, resolver: Resolver | None = None) -> None:
-    """Request-time check of an oracle URL: OracleRefused for a bad scheme or non-public target."""
-    await _checked_addresses(_split(url), allow_private, resolver or system_resolver)
 
 
 class HttpOracle:
@@ -123,7 +39,7 @@ class HttpOracle:
         resolver: Resolver | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        self._parts = _split(url)  # static part of the guard now; DNS is checked per invocation
+        self._parts = split_url(url)  # static part of the guard now; DNS is checked per invocation
         self._url = url
         self._headers = _clean_headers(headers)
         self._secrets = [v for v in self._headers.values() if len(v) >= 4]
@@ -162,7 +78,7 @@ class HttpOracle:
 
     async def _target(self) -> tuple[str, dict[str, str]]:
         """URL and headers for one request, after re-running the guard."""
-        addresses = await _checked_addresses(self._parts, self._allow_private, self._resolver)
+        addresses = await checked_addresses(self._parts, self._allow_private, self._resolver)
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/json"}
         if self._allow_private or self._parts.scheme.lower() == "https":
             return self._url, headers

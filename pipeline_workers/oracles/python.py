@@ -9,36 +9,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-from echelon_platform.errors import OracleError, RequestRejected
-from pipeline_workers.models import GroundTruthRecord, OracleReply
+from echelon_platform.domain.oracle_targets import check_callable_allowed, parse_target
+from echelon_platform.domain.values import GroundTruthRecord, OracleReply
+from echelon_platform.errors import OracleError
 from pipeline_workers.oracles.base import build_request, parse_reply
-
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
-_IDENT = re.compile(r"^[A-Za-z_]\w*$")
-
-
-def parse_target(target: str) -> tuple[str, str]:
-    """Split ``module:callable``; RequestRejected for anything else."""
-    module, sep, name = target.strip().partition(":")
-    if not sep or not _DOTTED.match(module) or not _IDENT.match(name):
-        raise RequestRejected(f"python oracle target {target!r} must look like 'package.module:callable'")
-    return module, name
-
-
-def check_callable_allowed(target: str, allowlist: Collection[str]) -> None:
-    """RequestRejected unless ``target`` (or ``module:*``) is on the allowlist. Never imports anything."""
-    module, name = parse_target(target)
-    allowed = {entry.strip() for entry in allowlist}
-    if f"{module}:{name}" in allowed or f"{module}:*" in allowed:
-        return
-    raise RequestRejected(
-        f"python oracle {module}:{name} is not on the allowlist: add it to ECHELON_ORACLE_ALLOWLIST "
-        "(entries are 'module:callable' or 'module:*')"
-    )
 
 
 class PythonOracle:

@@ -22,8 +22,9 @@ import anthropic
 import structlog
 from anthropic.types import MessageParam, TextBlock
 
+from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
 from echelon_platform.errors import ConfigError, ScoringError
-from pipeline_workers.models import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
+from echelon_platform.retry import backoff_delay
 from pipeline_workers.scoring.base import add_usage, make_score
 from pipeline_workers.scoring.parsing import MAX_CHANGES, MAX_CLAIMS, parse_judge_output, parse_question
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, PromptSet, load_prompts
@@ -190,9 +191,8 @@ class AnthropicScorer:
     async def _backoff(self, attempt: int, problem: str, retry_after: float | None) -> None:
         if retry_after is not None:
             delay = min(self._backoff_max, max(0.0, retry_after))
-        else:  # equal jitter: spread concurrent retries but keep backing off
-            delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-            delay = delay / 2 + self._rng.uniform(0, delay / 2)
+        else:
+            delay = backoff_delay(attempt, self._backoff_base, self._backoff_max, self._rng)
         log.info("judge.retry", model=self._model, attempt=attempt, problem=problem, wait_s=round(delay, 3))
         await self._sleep(delay)
 

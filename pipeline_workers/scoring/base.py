@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-from pipeline_workers.models import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
+from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
 from pipeline_workers.scoring.parsing import JudgeVerdict
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
 from pipeline_workers.ingest.diffs import FileDiff, changed_lines, parse_diff
-from pipeline_workers.models import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
 from pipeline_workers.scoring.base import make_score
 from pipeline_workers.scoring.lexical import overlap, tokens
 from pipeline_workers.scoring.parsing import (

@@ -18,9 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from echelon_platform.domain.scoring_rules import RUBRIC, precision_of, ratio, recall_of
 from echelon_platform.errors import ScoringError
 
-RUBRIC = (0.0, 0.25, 0.5, 0.75, 1.0)
+__all__ = ["RUBRIC", "precision_of", "ratio", "recall_of"]
+
 MAX_CHANGES = 10
 MAX_CLAIMS = 50  # claims beyond this are not judged and count as unsupported (brevity is part of v1)
 _FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.DOTALL)
@@ -41,18 +43,6 @@ class JudgeVerdict:
     claims: Tally
     changes: Tally
     reply_accuracy: float
-
-
-def ratio(hits: int, total: int, *, empty: float) -> float:
-    return min(1.0, max(0.0, hits / total)) if total else empty
-
-
-def precision_of(supported: int, total: int) -> float:
-    return ratio(supported, total, empty=0.0)
-
-
-def recall_of(surfaced: int, total: int) -> float:
-    return ratio(surfaced, total, empty=1.0)
 
 
 def extract_json_object(text: str) -> dict[str, Any]:

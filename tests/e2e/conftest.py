@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.runtime import coordinator_for
-from coordinator.service import StateCoordinator
-from echelon_platform.api.app import create_app
-from echelon_platform.auth import issue_jwt
+from api.app import create_app
+from api.auth import issue_jwt
+from coordinator.factory import coordinator_for
+from coordinator.writer import StateCoordinator
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.services import Services
 from pipeline_workers.fixtures import materialise_sample_repo
-from pipeline_workers.runtime import STAGES, Pipeline
+from pipeline_workers.pipeline import STAGES, Pipeline
 from tests.helpers import wait_for
 
 

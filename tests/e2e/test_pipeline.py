@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from pipeline_workers.certify import verify_certificate
-from pipeline_workers.models import CalibrationCertificate
+from echelon_platform.domain.certificate import verify_certificate
+from echelon_platform.domain.values import CalibrationCertificate
 from tests.e2e.conftest import Running
 from tests.helpers import wait_for
 

@@ -9,8 +9,8 @@ import httpx
 import orjson
 import pytest
 
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.services import Services
 from tests.factories import T0
 from tests.integration.test_api_support import (
     API,
@@ -122,8 +122,8 @@ async def test_verify_detects_tampering(client: httpx.AsyncClient, services: Ser
     result = (await client.get(f"{API}/certificates/cert-C3/verify")).json()
     assert (result["hash_ok"], result["aggregates_ok"], result["valid"]) == (False, False, False)
     # ... or also recomputes the hash: the aggregates still give it away.
-    from pipeline_workers.certify import content_hash
-    from pipeline_workers.models import CalibrationCertificate
+    from echelon_platform.domain.certificate import content_hash
+    from echelon_platform.domain.values import CalibrationCertificate
 
     rehashed = {**forged, "content_hash": content_hash(CalibrationCertificate.model_validate(forged))}
     await services.read_models.redis.set(keys.cert("cert-C3"), orjson.dumps(rehashed))

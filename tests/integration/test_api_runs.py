@@ -10,10 +10,10 @@ import httpx
 import jwt
 from fastapi import FastAPI
 
-from echelon_platform.api.app import create_app
-from echelon_platform.api.options import ApiOptions
+from api.app import create_app
+from api.options import ApiOptions
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.services import Services
 from tests.factories import requested
 from tests.integration.test_api_support import (
     API,

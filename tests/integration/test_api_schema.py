@@ -22,10 +22,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from echelon_platform.api.app import create_app
-from echelon_platform.api.options import ApiOptions
+from api.app import create_app
+from api.options import ApiOptions
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.services import Services
 from tests.factories import T0
 from tests.integration.test_api_support import auth, certified_run, drain, publish, serve, services
 

@@ -15,12 +15,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from echelon_platform.api.app import create_app
-from echelon_platform.api.fanout import ClientQueue, Frame, Refused, nats_filter, pattern_matches, selected_topics
-from echelon_platform.api.options import ApiOptions
+from api.app import create_app
+from api.fanout import ClientQueue, Frame, Refused, nats_filter, pattern_matches, selected_topics
+from api.options import ApiOptions
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.events import RunRequested, Subjects, make_event
-from echelon_platform.services import Services
+from echelon_platform.domain.events import RunRequested, Subjects, make_event
 from tests.factories import requested, run_events
 from tests.helpers import wait_for
 from tests.integration.test_api_support import (

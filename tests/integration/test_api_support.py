@@ -18,13 +18,15 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from fastapi import FastAPI
 
-from coordinator.runtime import coordinator_for
-from echelon_platform.api.app import create_app
-from echelon_platform.api.options import ApiOptions
-from echelon_platform.auth import issue_jwt
+from api.app import create_app
+from api.auth import issue_jwt
+from api.options import ApiOptions
+from coordinator.factory import coordinator_for
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.envelope import Envelope
-from echelon_platform.events import (
+from echelon_platform.domain.certificate import build_certificate
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
     CertificateIssued,
     ReplayRequested,
     ReplayScored,
@@ -32,9 +34,7 @@ from echelon_platform.events import (
     RunIngested,
     make_event,
 )
-from echelon_platform.services import Services
-from pipeline_workers.certify import build_certificate
-from pipeline_workers.models import CalibrationCertificate, ReplayScore
+from echelon_platform.domain.values import CalibrationCertificate, ReplayScore
 from tests.factories import T0, record, requested
 from tests.helpers import wait_for
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from nats.js.api import StorageType
 
-from echelon_platform.bus import Bus
+from echelon_platform.adapters.bus import Bus
 from echelon_platform.config import Settings
-from echelon_platform.events import Subjects
+from echelon_platform.domain.events import Subjects
 
 
 async def test_every_process_may_ensure_the_stream_and_config_changes_apply(settings: Settings) -> None:

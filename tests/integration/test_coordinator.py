@@ -9,12 +9,12 @@ import asyncpg
 import orjson
 import pytest
 
-from coordinator.projector import Projector
-from coordinator.runtime import coordinator_for
-from coordinator.service import StateCoordinator
+from coordinator.factory import coordinator_for
+from coordinator.writer import StateCoordinator
+from echelon_platform.adapters.readmodel_writer import Projector
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.events import RunCompleted, make_event
-from echelon_platform.services import Services
+from echelon_platform.domain.events import RunCompleted, make_event
 from tests.factories import requested, run_events
 from tests.helpers import wait_for
 

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from nats.js.api import StorageType
 
-from echelon_platform.embedded import (
+from echelon.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -30,7 +30,7 @@ from echelon_platform.embedded import (
     create_database,
     pid_alive,
 )
-from echelon_platform.embedded._postgres import find_postgres_bin_dir
+from echelon.embedded._postgres import find_postgres_bin_dir
 
 DEADLINE = 20.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -254,7 +254,7 @@ async def test_busy_port_is_refused_before_spawning(tmp_path: Path) -> None:
 _CHILD = """
 import asyncio, sys
 from pathlib import Path
-from echelon_platform.embedded import EmbeddedPostgres, EmbeddedRedis
+from echelon.embedded import EmbeddedPostgres, EmbeddedRedis
 
 async def main() -> None:
     server = {"redis": EmbeddedRedis, "postgres": EmbeddedPostgres}[sys.argv[1]](Path(sys.argv[2]))

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from ulid import ULID
 
-from echelon_platform.embedded import StackUrls, create_database
+from echelon.embedded import StackUrls, create_database
+from echelon_platform.adapters.migrations import DEFAULT_DIR, migrate
 from echelon_platform.errors import MigrationError
-from echelon_platform.migrations import DEFAULT_DIR, migrate
 
 
 async def test_migrate_is_idempotent_and_refuses_edits(infra: StackUrls, tmp_path: Path) -> None:

@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from coordinator.projector import Projector
+from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder, snapshot, verify
-from coordinator.runtime import coordinator_for
+from echelon.tail import tail
+from echelon_platform.adapters.readmodel_store import Keys
+from echelon_platform.adapters.readmodel_writer import Projector
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.envelope import utcnow
-from echelon_platform.events import RatingSubmitted, RunCompleted, RunFailed, make_event
-from echelon_platform.readmodels import Keys
-from echelon_platform.services import Services
-from echelon_platform.tail import tail
+from echelon_platform.domain.envelope import utcnow
+from echelon_platform.domain.events import RatingSubmitted, RunCompleted, RunFailed, make_event
 from tests.factories import run_events
 
 
@@ -111,7 +111,7 @@ async def _durables(services: Services) -> AsyncIterator[str]:
 
 
 async def test_parked_event_can_be_fixed_and_redriven(services: Services, settings: Settings) -> None:
-    from coordinator.service import RETRY_HEADER
+    from coordinator.writer import RETRY_HEADER
 
     good = run_events("PARK", n=1, failed=0)[0]
     subject = services.subjects.for_event(good)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.runtime import coordinator_for
+from coordinator.factory import coordinator_for
+from echelon.embedded import EmbeddedNats, EmbeddedPostgres, create_database
+from echelon_platform.adapters.migrations import migrate
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.embedded import EmbeddedNats, EmbeddedPostgres, create_database
-from echelon_platform.migrations import migrate
-from echelon_platform.services import Services
 from tests.factories import run_events
 from tests.helpers import wait_for
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from coordinator.runtime import coordinator_for
+from coordinator.factory import coordinator_for
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.envelope import Envelope
-from echelon_platform.events import Payload, RunFailed, make_event
-from echelon_platform.services import Services
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import Payload, RunFailed, make_event
 from pipeline_workers.stage import StageWorker
 from tests.factories import requested
 from tests.helpers import wait_for

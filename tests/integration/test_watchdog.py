@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from coordinator.runtime import coordinator_for
+from coordinator.factory import coordinator_for
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.events import RunCompleted, make_event
-from echelon_platform.services import Services
+from echelon_platform.domain.events import RunCompleted, make_event
 from pipeline_workers.watchdog import Watchdog
 from tests.factories import requested, run_events
 

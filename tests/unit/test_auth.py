@@ -10,16 +10,16 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from echelon_platform.api.deps import decode_wallet_message, wallet_proof
-from echelon_platform.auth import decode_jwt, issue_jwt
-from echelon_platform.errors import AuthError
-from echelon_platform.wallet import (
+from api.auth import decode_jwt, issue_jwt
+from api.deps import decode_wallet_message, wallet_proof
+from api.wallet import (
     WalletProof,
     claim_key,
     parse_message,
     verify_proof,
     wallet_user_id,
 )
+from echelon_platform.errors import AuthError
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from echelon_platform.envelope import Envelope
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import TOPICS, RunIngested, Subjects, make_event, parse_payload
 from echelon_platform.errors import EnvelopeError
-from echelon_platform.events import TOPICS, RunIngested, Subjects, make_event, parse_payload
 from tests.factories import requested
 
 ROOT = Path(__file__).resolve().parents[2]

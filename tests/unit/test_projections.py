@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.projections import RunState, Status, apply, fold, public_view, to_record
-from echelon_platform.events import RunCompleted, RunFailed, make_event
+from echelon_platform.domain.events import RunCompleted, RunFailed, make_event
+from echelon_platform.domain.projections import RunState, Status, apply, fold, public_view, to_record
 from tests.factories import run_events
 
 RUN = "01JTESTRUN0000000000000000"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from echelon_platform.domain.values import GroundTruthRecord
 from pipeline_workers.fixtures import materialise_sample_repo
-from pipeline_workers.models import GroundTruthRecord
 
 from .helpers import SleepRecorder, make_record
 

@@ -11,7 +11,7 @@ import httpx
 import httpx2
 import respx
 
-from pipeline_workers.models import GroundTruthRecord
+from echelon_platform.domain.values import GroundTruthRecord
 
 SAMPLE_DIFF = """\
 diff --git a/textkit/text.py b/textkit/text.py

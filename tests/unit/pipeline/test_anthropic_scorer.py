@@ -8,8 +8,8 @@ import httpx
 import pytest
 import respx
 
+from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import ConfigError, ScoringError
-from pipeline_workers.models import GroundTruthRecord, OracleReply
 from pipeline_workers.scoring.anthropic_judge import AnthropicScorer, price_for
 
 from .helpers import SleepRecorder, anthropic_error, anthropic_message, anthropic_via_respx

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from echelon_platform.domain.certificate import build_certificate, content_hash, validate_weights, verify_certificate
+from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, ReplayScore
 from echelon_platform.errors import RequestRejected, StageError
-from pipeline_workers.certify import build_certificate, content_hash, validate_weights, verify_certificate
-from pipeline_workers.models import CalibrationCertificate, FailedReplay, ReplayScore
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

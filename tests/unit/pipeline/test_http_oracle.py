@@ -10,9 +10,10 @@ import pytest
 import pytest_asyncio
 import respx
 
+from echelon_platform.adapters.url_guard import check_url_allowed, forbidden_reason
+from echelon_platform.domain.values import GroundTruthRecord
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected
-from pipeline_workers.models import GroundTruthRecord
-from pipeline_workers.oracles.http import HttpOracle, check_url_allowed, forbidden_reason
+from pipeline_workers.oracles.http import HttpOracle
 
 from .helpers import FakeDns
 

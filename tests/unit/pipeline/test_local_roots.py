@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from echelon_platform.domain.repo_refs import check_local_repo_allowed
 from echelon_platform.errors import RequestRejected
-from pipeline_workers.ingest.base import check_local_repo_allowed
 
 
 def test_paths_inside_a_root_pass_and_others_are_refused(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply
 from pipeline_workers.ingest.base import SourceSpec
 from pipeline_workers.ingest.local_git import LocalGitIngester
-from pipeline_workers.models import GroundTruthRecord, JudgeUsage, OracleReply
 from pipeline_workers.oracles.base import build_request, parse_reply
 from pipeline_workers.oracles.sample import summarise
 from pipeline_workers.scoring.lexical import tokens

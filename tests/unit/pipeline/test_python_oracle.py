@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from echelon_platform.config import DEFAULT_ORACLE_ALLOWLIST
+from echelon_platform.domain.oracle_targets import check_callable_allowed, parse_target
+from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError, RequestRejected
-from pipeline_workers.models import GroundTruthRecord, OracleReply
-from pipeline_workers.oracles.python import PythonOracle, check_callable_allowed, parse_target
+from pipeline_workers.oracles.python import PythonOracle
 from pipeline_workers.oracles.sample import summarise
 
 MODULE = "echelon_test_oracles"

@@ -1,0 +1,167 @@
+"""The FastAPI application: lifespan-built resources, one error mapping, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats.errors
+import redis.exceptions
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from api import certificates, runs, stats, stream
+from api.auth import TokenCache
+from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
+from api.middleware import RequestContext
+from api.options import ApiOptions
+from api.schemas import Readiness
+from echelon_platform.adapters.readmodel_store import RunReader
+from echelon_platform.adapters.services import Services
+from echelon_platform.config import Settings
+from echelon_platform.errors import (
+    AuthError,
+    EchelonError,
+    InfrastructureError,
+    NotFound,
+    OracleRefused,
+    RateLimited,
+    RequestRejected,
+)
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = """Verify AI oracle constructs against git history and issue calibration certificates.
+
+**Authentication** (runs, ratings, the stream): `Authorization: Bearer <JWT>`, or wallet auth — sign a
+fresh message (EIP-191 `personal_sign`; an EIP-4361 Sign-In-with-Ethereum message or any text with
+`Nonce:` and `Issued At:` lines, issued ≤ 5 minutes ago, each message accepted once) and send
+`X-Wallet-Address`, `X-Wallet-Message` (base64 of the text) and `X-Wallet-Signature` (0x hex).
+A wallet user's id is `wallet:<checksummed address>`. Certificates and stats are public.
+
+**Live events**: WebSocket `GET /api/v1/stream` (protocol in `echelon_platform/api/stream.py`).
+"""
+
+
+def _status_for(exc: EchelonError) -> int:
+    match exc:
+        case AuthError():
+            return 401
+        case NotFound():
+            return 404
+        case RequestRejected() | OracleRefused():
+            return 422
+        case RateLimited():
+            return 429
+        case InfrastructureError():
+            return 503
+        case _:
+            return 500
+
+
+def _with_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """`get_user_or_wallet` shows up as HTTPBearer; say what it accepts: Bearer OR all three wallet headers."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            if isinstance(operation, dict) and operation.get("security") == [{"HTTPBearer": []}]:
+                operation["security"] = SECURITY_REQUIREMENT
+    return schema
+
+
+def _attach(app: FastAPI, services: Services) -> None:
+    """Per-process helpers that need the connected services."""
+    app.state.services = services
+    app.state.run_reader = RunReader(services.read_models)
+    app.state.owners = stream.owner_cache(services, app.state.run_reader)
+
+
+def create_app(settings: Settings, services: Services | None = None, *, options: ApiOptions | None = None) -> FastAPI:
+    """Build the app. When `services` is given (tests, `stack up`) its lifecycle belongs to the caller."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.uses_dev_secret:
+            # Anyone can mint tokens for the published development secret.
+            log.warning("api.dev_jwt_secret", hint="set ECHELON_JWT_SECRET before exposing the API")
+        if services is not None:
+            _attach(app, services)
+            yield
+            return
+        async with Services(settings, name="echelon-api") as owned:
+            _attach(app, owned)
+            yield
+
+    app = FastAPI(title="echelon-verify", version="0.2.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.options = options or ApiOptions.from_settings(settings)
+    app.state.tokens = TokenCache(settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
+    app.include_router(runs.router)
+    app.include_router(certificates.router)
+    app.include_router(stats.router)
+    app.include_router(stream.router)
+    app.add_middleware(RequestContext)
+
+    @app.exception_handler(EchelonError)
+    async def _domain_error(request: Request, exc: EchelonError) -> JSONResponse:
+        code = _status_for(exc)
+        headers: dict[str, str] = {}
+        if code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.retry_after)
+        if code >= 500:
+            log.error("api.error", error=str(exc), path=request.url.path)
+        return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+    async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
+        # Adapters that do not translate library errors yet still must not turn an outage into a 500.
+        log.error("api.unavailable", error=str(exc) or type(exc).__name__, path=request.url.path)
+        return JSONResponse({"detail": "a backing service is unavailable; retry shortly"}, status_code=503)
+
+    app.add_exception_handler(redis.exceptions.ConnectionError, _infrastructure)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _infrastructure)
+    app.add_exception_handler(nats.errors.Error, _infrastructure)
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _with_security(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz(request: Request) -> JSONResponse:
+        """NATS, Postgres and Redis are reachable."""
+        svc: Services = request.app.state.services
+        checks: dict[str, str] = {}
+        names = ("nats", "postgres", "redis")
+        results = await asyncio.gather(svc.bus.ping(), svc.store.ping(), svc.read_models.ping(), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            checks[name] = "ok" if result is None else f"unreachable: {result}"
+        ready = all(v == "ok" for v in checks.values())
+        body = Readiness(ready=ready, checks=checks).model_dump()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics."""
+        svc: Services = request.app.state.services
+        return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

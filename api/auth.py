@@ -1,0 +1,124 @@
+"""Authentication: Bearer JWT (HS256) or a signed wallet message. Routes depend on `get_user_or_wallet` only.
+
+Both HTTP (api/deps.py) and the WebSocket stream call `authenticate`, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jwt
+import redis.asyncio as aioredis
+import redis.exceptions
+from cachetools import TLRUCache
+
+from api.wallet import (
+    WalletProof,
+    claim_key,
+    claim_ttl_s,
+    verify_proof,
+    wallet_user_id,
+)
+from echelon_platform.config import Settings
+from echelon_platform.errors import AuthError, ReadModelError
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    is_admin: bool = False
+
+    def can_see(self, owner: str | None) -> bool:
+        return self.is_admin or (owner is not None and owner == self.user_id)
+
+
+def decode_jwt(token: str, secret: str, algorithm: str = "HS256") -> Principal:
+    return _decode(token, secret, algorithm)[0]
+
+
+def _decode(token: str, secret: str, algorithm: str) -> tuple[Principal, float]:
+    try:
+        claims = jwt.decode(token, secret, algorithms=[algorithm], options={"require": ["sub", "exp"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("token expired: sign in again") from exc
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"invalid token: {exc}") from exc
+    if claims.get("type") == "refresh":
+        raise AuthError("refresh tokens cannot be used to call the API; use an access token")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("token has no subject")
+    return Principal(user_id=sub, is_admin=claims.get("role") == "admin"), float(claims["exp"])
+
+
+class TokenCache:
+    """Verified access tokens by their exact text, until they expire.
+
+    HS256 verification is a pure function of (token, secret, clock), so a repeat only needs the expiry
+    check; this saves the decode on every request of a session. Failures are never cached."""
+
+    def __init__(self, secret: str, algorithm: str = "HS256", maxsize: int = 10_000) -> None:
+        self._secret = secret
+        self._algorithm = algorithm
+        # Each entry lives until its token's own `exp`.
+        self._tokens: TLRUCache[str, tuple[Principal, float]] = TLRUCache(
+            maxsize, ttu=lambda _key, value, _now: value[1], timer=time.time
+        )
+
+    def principal(self, token: str) -> Principal:
+        hit = self._tokens.get(token)
+        if hit is not None:
+            return hit[0]
+        principal, expires = _decode(token, self._secret, self._algorithm)
+        self._tokens[token] = (principal, expires)
+        return principal
+
+
+def issue_jwt(user_id: str, secret: str, *, admin: bool = False, ttl_s: int = 3600, algorithm: str = "HS256") -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl_s, "type": "access"}
+    if admin:
+        claims["role"] = "admin"
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+async def claim_wallet_message(client: aioredis.Redis, redis_prefix: str, message: str, max_age_s: int) -> None:
+    """Mark a verified message as used; a second use within its lifetime is a replay and is refused."""
+    try:
+        fresh = await client.set(claim_key(redis_prefix, message), b"1", nx=True, ex=claim_ttl_s(max_age_s))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ReadModelError(f"cannot record the wallet message as used: {exc}") from exc
+    if not fresh:
+        raise AuthError("wallet message already used: sign a new message with a new nonce")
+
+
+async def authenticate_wallet(proof: WalletProof, settings: Settings, client: aioredis.Redis) -> Principal:
+    max_age_s = settings.wallet_max_age_s
+    address = verify_proof(proof, datetime.now(UTC), max_age_s)
+    # Claimed only after the signature checked out: a forger cannot burn someone else's message.
+    await claim_wallet_message(client, settings.redis_prefix, proof.message, max_age_s)
+    admins = {a.lower() for a in settings.admin_wallets}
+    return Principal(user_id=wallet_user_id(address), is_admin=address.lower() in admins)
+
+
+async def authenticate(
+    settings: Settings,
+    client: aioredis.Redis,
+    *,
+    bearer: str | None,
+    wallet: WalletProof | None,
+    tokens: TokenCache | None = None,
+) -> Principal:
+    """A Bearer token wins when both are sent; with neither, AuthError (→ 401 + WWW-Authenticate)."""
+    if bearer:
+        if tokens is not None:
+            return tokens.principal(bearer)
+        return decode_jwt(bearer, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
+    if wallet is not None:
+        return await authenticate_wallet(wallet, settings, client)
+    raise AuthError(
+        "missing credentials: send `Authorization: Bearer <token>` or the X-Wallet-Address, "
+        "X-Wallet-Message and X-Wallet-Signature headers"
+    )

@@ -1,0 +1,152 @@
+"""Response models of the public certificate, rating and stats routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from echelon_platform.domain.values import CalibrationCertificate, CertificateFigures
+
+CertSort = Literal["created_desc", "brier_asc", "composite_desc"]
+GroupBy = Literal["construct_id", "scoring_model"]
+
+
+class ReplayScoreView(BaseModel):
+    id: str = Field(description="The replay id")
+    ground_truth_id: str
+    precision: float
+    recall: float
+    reply_accuracy: float
+    claims_total: int
+    claims_supported: int
+    changes_total: int
+    changes_surfaced: int
+    scoring_model: str
+    scoring_latency_ms: float
+    scored_at: datetime
+
+
+class FailedReplayView(BaseModel):
+    replay_id: str
+    ground_truth_id: str
+    stage: str
+    reason: str
+
+
+class CertificateSummary(BaseModel):
+    id: str
+    run_id: str
+    construct_id: str
+    domain: str
+    replay_count: int
+    composite_score: float
+    brier: float
+    scoring_model: str
+    partial: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, cert: dict[str, Any]) -> CertificateSummary:
+        return cls(
+            id=cert["certificate_id"],
+            run_id=cert["run_id"],
+            construct_id=cert["construct_id"],
+            domain=cert.get("domain", "community_oracle"),
+            replay_count=cert["replay_count"],
+            composite_score=cert["composite_score"],
+            brier=cert["brier"],
+            scoring_model=cert["scoring_model"],
+            partial=bool(cert.get("partial", False)),
+            created_at=cert["timestamp"],
+        )
+
+
+class CertificateView(CertificateFigures):
+    id: str
+    created_at: datetime
+    replay_scores: list[ReplayScoreView]
+    failed_replays: list[FailedReplayView]
+    content_hash: str = Field(description="SHA-256 of the canonical certificate; see /verify")
+
+    @classmethod
+    def of(cls, cert: CalibrationCertificate) -> CertificateView:
+        data = cert.model_dump(exclude={"certificate_id", "timestamp", "individual_scores", "failed_replays"})
+        return cls(
+            **data,
+            id=cert.certificate_id,
+            created_at=cert.timestamp,
+            replay_scores=[
+                ReplayScoreView(id=s.replay_id, **s.model_dump(exclude={"replay_id"})) for s in cert.individual_scores
+            ],
+            failed_replays=[FailedReplayView(**f.model_dump()) for f in cert.failed_replays],
+        )
+
+
+class CertificateList(BaseModel):
+    certificates: list[CertificateSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class VerifyResult(BaseModel):
+    certificate_id: str
+    content_hash: str = Field(description="The hash stored in the certificate")
+    hash_ok: bool = Field(description="Recomputing the hash over the stored certificate gives the stored hash")
+    aggregates_ok: bool = Field(description="The stored aggregates follow from the stored replay scores")
+    valid: bool = Field(description="Both checks passed")
+
+
+class RatingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rating: int = Field(ge=1, le=5, strict=True, description="1 (the judge is badly wrong) … 5 (spot on)")
+
+
+class RatingView(BaseModel):
+    certificate_id: str
+    replay_id: str
+    user_id: str
+    rating: int
+    rated_at: datetime
+
+
+class RatingAccepted(RatingView):
+    rating_id: str
+
+
+class RatingList(BaseModel):
+    ratings: list[RatingView]
+    total: int
+    limit: int
+    offset: int
+
+
+class StatsRow(BaseModel):
+    key: str | None = Field(description="construct id or scoring model; null: runs without a certificate")
+    runs: int
+    completed: int
+    failed: int
+    certificates: int
+    mean_composite: float | None
+    best_brier: float | None
+    scored_replays: int
+    mean_scoring_latency_ms: float | None
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    total_cost_usd: float
+    human_ratings: int = Field(description="People's ratings of this group's replays (latest per person)")
+    human_judge_mae: float | None = Field(
+        description="Mean |(rating − 1) / 4 − judge composite of the replay|; 0 = people agree with the judge"
+    )
+
+
+class StatsResponse(BaseModel):
+    group_by: GroupBy
+    rows: list[StatsRow]
+    total: int
+    limit: int
+    offset: int

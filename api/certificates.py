@@ -1,0 +1,143 @@
+"""Certificates (public), their tamper check, and people's ratings of single replays."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Path, Query, status
+from pydantic import ValidationError
+from ulid import ULID
+
+from api import responses as r
+from api.cert_schemas import (
+    CertificateList,
+    CertificateSummary,
+    CertificateView,
+    CertSort,
+    RatingAccepted,
+    RatingCreate,
+    RatingList,
+    RatingView,
+    VerifyResult,
+)
+from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
+from api.limits import RateLimiter
+from echelon_platform.adapters.services import Services
+from echelon_platform.domain.certificate import verify_certificate
+from echelon_platform.domain.envelope import utcnow
+from echelon_platform.domain.events import RatingSubmitted, make_event
+from echelon_platform.domain.values import CalibrationCertificate
+from echelon_platform.errors import NotFound, ReadModelError
+
+log = structlog.get_logger(__name__)
+router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
+
+CertId = Annotated[str, Path(min_length=1, max_length=128, description="e.g. `cert-<run id>`")]
+ReplayId = Annotated[str, Path(min_length=1, max_length=128)]
+MAX_OFFSET = 1_000_000
+
+
+async def load_certificate(services: Services, cert_id: str) -> CalibrationCertificate:
+    raw = await services.read_models.get_certificate(cert_id)
+    if raw is None:
+        raise NotFound(f"certificate {cert_id} not found")
+    try:
+        return CalibrationCertificate.model_validate(raw)
+    except ValidationError as exc:  # a read model this build cannot read: an operator's problem, not the caller's
+        raise ReadModelError(
+            f"certificate {cert_id} is stored in an unreadable form: {exc.errors()[0]['msg']}"
+        ) from exc
+
+
+@router.get("/certificates", response_model=CertificateList, responses=r.PUBLIC)
+async def list_certificates(
+    services: ServicesDep,
+    construct_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    sort: Annotated[CertSort, Query(description="ties are broken by certificate id")] = "created_desc",
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> CertificateList:
+    """Public: certificate summaries, newest first (or by Brier score / composite); `total` is the filtered count."""
+    certs, total = await services.read_models.list_certificates(
+        construct_id=construct_id, sort=sort, limit=limit, offset=offset
+    )
+    return CertificateList(
+        certificates=[CertificateSummary.of(c) for c in certs], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/certificates/{cert_id}", response_model=CertificateView, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
+async def get_certificate(cert_id: CertId, services: ServicesDep) -> CertificateView:
+    """Public: the full certificate with every replay's score, the commit range and the content hash."""
+    return CertificateView.of(await load_certificate(services, cert_id))
+
+
+@router.get("/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
+async def verify(cert_id: CertId, services: ServicesDep) -> VerifyResult:
+    """Public tamper check: recompute the content hash and the aggregates from the stored replay scores."""
+    cert = await load_certificate(services, cert_id)
+    hash_ok, aggregates_ok = verify_certificate(cert)
+    return VerifyResult(
+        certificate_id=cert.certificate_id,
+        content_hash=cert.content_hash,
+        hash_ok=hash_ok,
+        aggregates_ok=aggregates_ok,
+        valid=hash_ok and aggregates_ok,
+    )
+
+
+@router.post(
+    "/certificates/{cert_id}/replays/{replay_id}/ratings",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RatingAccepted,
+    responses=r.merge(r.PROTECTED, r.MALFORMED_BODY, r.NOT_FOUND, r.RATE_LIMITED),
+)
+async def rate_replay(
+    cert_id: CertId,
+    replay_id: ReplayId,
+    body: RatingCreate,
+    user: UserDep,
+    services: ServicesDep,
+    settings: SettingsDep,
+    options: OptionsDep,
+) -> RatingAccepted:
+    """Rate how well the judge scored one replay (1–5). One rating per person per replay: a new one replaces
+    the old. 201 means the rating event is stored; the read model follows within milliseconds."""
+    cert = await load_certificate(services, cert_id)
+    if all(s.replay_id != replay_id for s in cert.individual_scores):
+        raise NotFound(f"certificate {cert_id} has no scored replay {replay_id}")
+    limiter = RateLimiter(
+        services.read_models.redis, settings.redis_prefix, limit=options.ratings_per_minute, window_s=60
+    )
+    await limiter.hit("ratings", user.user_id)
+    payload = RatingSubmitted(
+        run_id=cert.run_id,
+        rating_id=str(ULID()),
+        certificate_id=cert.certificate_id,
+        replay_id=replay_id,
+        user_id=user.user_id,
+        rating=body.rating,
+        rated_at=utcnow(),
+    )
+    event = make_event(payload)
+    await services.bus.publish(event)
+    services.metrics.events_published.labels(event.topic).inc()
+    log.info("api.published", topic=event.topic, correlationId=event.correlation_id, eventId=event.event_id)
+    return RatingAccepted(**payload.model_dump(exclude={"run_id"}))
+
+
+@router.get("/ratings", response_model=RatingList, responses=r.PROTECTED)
+async def list_ratings(
+    user: UserDep,
+    services: ServicesDep,
+    certificate_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> RatingList:
+    """The latest rating per person per replay, ordered by certificate, replay, user. Signed-in users only:
+    ratings name their authors."""
+    rows = await services.read_models.ratings(certificate_id=certificate_id, user_id=user_id)
+    page = [RatingView.model_validate(row) for row in rows[offset : offset + limit]]
+    return RatingList(ratings=page, total=len(rows), limit=limit, offset=offset)

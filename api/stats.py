@@ -1,0 +1,126 @@
+"""`GET /stats`: a leaderboard computed at read time from the run, certificate and rating read models.
+
+Every request scans the run and certificate indexes (batched MGETs, see reader.py). That is fine at this
+product's scale (thousands of runs: a few ms); past ~100k runs the coordinator should project the
+aggregates instead (a per-group hash updated per event).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from api import responses as r
+from api.cert_schemas import GroupBy, StatsResponse, StatsRow
+from api.deps import ServicesDep
+from echelon_platform.adapters.readmodel_store import BulkReader
+from echelon_platform.domain.certificate import weighted_composite
+from echelon_platform.domain.projections import RunState, Status
+
+router = APIRouter(prefix="/api/v1/verification", tags=["stats"])
+
+
+@dataclass
+class _Group:
+    runs: int = 0
+    completed: int = 0
+    failed: int = 0
+    composites: list[float] = field(default_factory=list)
+    briers: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    rating_errors: list[float] = field(default_factory=list)
+
+    def row(self, key: str | None) -> StatsRow:
+        return StatsRow(
+            key=key,
+            runs=self.runs,
+            completed=self.completed,
+            failed=self.failed,
+            certificates=len(self.composites),
+            mean_composite=round(math.fsum(self.composites) / len(self.composites), 6) if self.composites else None,
+            best_brier=min(self.briers) if self.briers else None,
+            scored_replays=len(self.latencies),
+            mean_scoring_latency_ms=round(math.fsum(self.latencies) / len(self.latencies), 3)
+            if self.latencies
+            else None,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.input_tokens + self.output_tokens,
+            total_cost_usd=round(self.cost, 6),
+            human_ratings=len(self.rating_errors),
+            human_judge_mae=round(math.fsum(self.rating_errors) / len(self.rating_errors), 6)
+            if self.rating_errors
+            else None,
+        )
+
+
+def leaderboard(
+    runs: Iterable[RunState],
+    certificates: Iterable[dict[str, Any]],
+    ratings: Mapping[str, list[dict[str, Any]]],
+    group_by: GroupBy,
+) -> list[StatsRow]:
+    """Rows ordered by mean composite (best first, groups without a certificate last), then by key."""
+    certs = list(certificates)
+    model_of_run = {c["run_id"]: c["scoring_model"] for c in certs}
+    groups: dict[str | None, _Group] = defaultdict(_Group)
+    for run in runs:
+        if not run.visible:
+            continue
+        key = run.construct_id if group_by == "construct_id" else model_of_run.get(run.run_id)
+        group = groups[key]
+        group.runs += 1
+        group.completed += run.status is Status.COMPLETED
+        group.failed += run.status is Status.FAILED
+    for cert in certs:
+        group = groups[cert["construct_id"] if group_by == "construct_id" else cert["scoring_model"]]
+        group.composites.append(float(cert["composite_score"]))
+        group.briers.append(float(cert["brier"]))
+        scores = {s["replay_id"]: s for s in cert["individual_scores"]}
+        for s in scores.values():
+            group.latencies.append(float(s["scoring_latency_ms"]))
+            group.input_tokens += int(s.get("input_tokens", 0))
+            group.output_tokens += int(s.get("output_tokens", 0))
+            group.cost += float(s.get("cost_usd", 0.0))
+        for rating in ratings.get(cert["certificate_id"], []):
+            score = scores.get(rating["replay_id"])
+            if score is not None:
+                human = (int(rating["rating"]) - 1) / 4
+                group.rating_errors.append(abs(human - weighted_composite(score, cert["weights"])))
+    rows = [g.row(k) for k, g in groups.items()]
+    return sorted(
+        rows,
+        key=lambda row: (
+            row.mean_composite is None,
+            -(row.mean_composite or 0.0),
+            row.key is None,
+            row.key or "",
+        ),
+    )
+
+
+@router.get("/stats", response_model=StatsResponse, responses=r.PUBLIC)
+async def stats(
+    services: ServicesDep,
+    group_by: Annotated[GroupBy, Query()] = "construct_id",
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> StatsResponse:
+    """Public leaderboard: per construct (or judge model) runs, outcomes, certificate quality, judge cost,
+    and how far people's replay ratings are from the judge's scores."""
+    reader = BulkReader(services.read_models)
+    runs = await reader.all_runs()
+    certs = await reader.all_certificates()
+    ratings = await reader.ratings_of([c["certificate_id"] for c in certs])
+    rows = leaderboard(runs, certs, ratings, group_by)
+    return StatsResponse(
+        group_by=group_by, rows=rows[offset : offset + limit], total=len(rows), limit=limit, offset=offset
+    )

@@ -1,0 +1,28 @@
+"""Build a StateCoordinator (and its Redis projector) from Services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from coordinator.writer import StateCoordinator
+from echelon_platform.adapters.readmodel_writer import Projector
+from echelon_platform.adapters.secret_store import secret_prefix
+from echelon_platform.adapters.services import Services
+from echelon_platform.config import Settings
+
+
+@asynccontextmanager
+async def coordinator_for(services: Services, settings: Settings) -> AsyncIterator[StateCoordinator]:
+    async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
+        yield StateCoordinator(
+            bus=services.bus,
+            store=services.store,
+            projector=projector,
+            metrics=services.metrics,
+            durable=f"{settings.consumer_prefix}-coordinator",
+            batch_size=settings.coordinator_batch,
+            fetch_timeout_s=settings.fetch_timeout_s,
+            ack_wait_s=settings.ack_wait_s,
+            secret_prefix=secret_prefix(settings.redis_prefix),
+        )

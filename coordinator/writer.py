@@ -1,0 +1,253 @@
+"""The single-writer StateCoordinator: fetch a batch → append (one tx) → project (one pipeline) → ack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+import redis.exceptions
+import structlog
+from nats.aio.msg import Msg
+
+from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
+from echelon_platform.adapters.bus_puller import BatchPuller
+from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore
+from echelon_platform.adapters.readmodel_writer import Projector
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
+from echelon_platform.domain.projections import RunState
+from echelon_platform.errors import BusError, EnvelopeError, InfrastructureError, StoreError
+from echelon_platform.metrics import Metrics
+from echelon_platform.retry import Backoff, retry_forever
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+_TRIGGERS = frozenset({"verify.run.ingested", "verify.replay.scored", "verify.replay.failed"})
+
+
+@dataclass
+class CoordinatorStats:
+    batches: int = 0
+    received: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    projected: int = 0
+    parked: int = 0
+    lag: int = 0
+
+
+RETRY_HEADER = "Echelon-Retry-Of"
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    events: list[tuple[Envelope, int]]
+    parked: list[tuple[int, str, bytes, str]]
+    retried: list[int]  # parked rows an operator re-drove (marked in the same transaction)
+
+
+def decode_batch(msgs: Sequence[Msg]) -> _Decoded:
+    """Split a batch into valid events and poison (with the reason it was refused)."""
+    events: list[tuple[Envelope, int]] = []
+    parked: list[tuple[int, str, bytes, str]] = []
+    retried: list[int] = []
+    for msg in msgs:
+        seq = message_sequence(msg)
+        retry_of = (msg.headers or {}).get(RETRY_HEADER)
+        if retry_of and retry_of.isdigit():
+            retried.append(int(retry_of))
+        try:
+            envelope = Envelope.from_wire(msg.data)
+            parse_payload(envelope)
+        except EnvelopeError as exc:
+            parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
+            continue
+        events.append((envelope, seq))
+    return _Decoded(events, parked, retried)
+
+
+class StateCoordinator:
+    """Applies every event, in stream order, exactly once in effect. The only writer of domain state."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        store: EventStore,
+        projector: Projector,
+        metrics: Metrics,
+        durable: str,
+        batch_size: int = 256,
+        fetch_timeout_s: float = 0.5,
+        ack_wait_s: float = 60.0,
+        secret_prefix: str | None = None,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.projector = projector
+        self.metrics = metrics
+        self.durable = durable
+        self.batch_size = batch_size
+        self.fetch_timeout_s = fetch_timeout_s
+        self.ack_wait_s = ack_wait_s
+        self.secret_prefix = secret_prefix
+        self.stats = CoordinatorStats()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop fetching; the batch in hand is finished (appended, projected, acked) first."""
+        self._stopping.set()
+
+    async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
+        sub: BatchPuller | None = None
+        backoff = Backoff()
+        prefetched: asyncio.Task[list[Msg]] | None = None
+        while not self._stopping.is_set():
+            if sub is None:
+                try:
+                    await self.bus.ensure_consumer(
+                        self.durable, self.bus.subjects.everything, ack_wait_s=self.ack_wait_s, max_deliver=-1
+                    )
+                    sub = await BatchPuller(self.bus.nc, stream=self.bus.stream, durable=self.durable).start()
+                    backoff.reset()
+                except InfrastructureError as exc:
+                    log.warning("coordinator.subscribe_failed", error=str(exc))
+                    await backoff.wait(self._stopping)
+                    continue
+            fetch = prefetched or asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout_s))
+            prefetched = None
+            try:
+                msgs = await fetch
+            except (nats.errors.Error, nats.js.errors.Error, OSError, BusError) as exc:
+                # Server restarted / consumer lost: re-create the pull subscription after a pause.
+                log.warning("coordinator.fetch_failed", error=str(exc) or type(exc).__name__)
+                await _quiet_unsubscribe(sub)
+                sub = None
+                await backoff.wait(self._stopping)
+                continue
+            backoff.reset()
+            if not msgs:
+                # An empty fetch is normal: nothing to do right now.
+                self._set_lag(0)
+                if until_idle:
+                    break
+                continue
+            if len(msgs) == self.batch_size:
+                # A full batch means more is waiting: fetch the next one while this one is written.
+                # Batches are still applied strictly one after another, in stream order.
+                prefetched = asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout_s))
+            await self._handle(msgs)
+        await _release_prefetched(prefetched)
+        await _quiet_unsubscribe(sub)
+        return self.stats
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        started = time.perf_counter()
+        decoded = decode_batch(msgs)
+        result = await self._retry("append", lambda: self._append(decoded))
+        winners = [env for env, _ in decoded.events if env.event_id in result.winners]
+        projected = (
+            await self._retry("project", lambda: self.projector.project(winners, self.secret_prefix))
+            if winners
+            else None
+        )
+        if projected is not None:
+            await self._after_projection(winners, projected.runs)
+        # Ack only now: the events are committed in Postgres and visible in Redis.
+        for msg, (seq, subject, _, reason) in _poison_msgs(msgs, decoded):
+            log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
+            await msg.term()
+        parked_seqs = {p[0] for p in decoded.parked}
+        for msg in msgs:
+            if message_sequence(msg) not in parked_seqs:
+                await msg.ack()
+        s = self.stats
+        s.batches += 1
+        s.received += len(msgs)
+        s.appended += result.inserted
+        s.duplicates += len(decoded.events) - result.inserted
+        s.projected += len(winners)
+        s.parked += len(decoded.parked)
+        self.metrics.events_appended.inc(result.inserted)
+        self.metrics.events_duplicate.inc(len(decoded.events) - result.inserted)
+        self.metrics.events_projected.inc(len(winners))
+        self.metrics.events_parked.inc(len(decoded.parked))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._set_lag(message_pending(msgs[-1]))
+
+    async def _append(self, decoded: _Decoded) -> Any:
+        try:
+            return await self.store.append_batch(decoded.events, decoded.parked, decoded.retried)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
+                raise
+        # A value Postgres refuses (e.g. a NUL character in JSON): find and park the culprits one by one.
+        ok: list[tuple[Envelope, int]] = []
+        parked = list(decoded.parked)
+        for env, seq in decoded.events:
+            try:
+                await self.store.append_batch([(env, seq)])
+                ok.append((env, seq))
+            except StoreError as exc:
+                parked.append((seq, self.bus.subjects.for_event(env), env.to_wire(), f"refused by Postgres: {exc}"))
+        decoded.parked[:] = parked
+        decoded.events[:] = ok
+        return await self.store.append_batch(ok, parked, decoded.retried)
+
+    async def _after_projection(self, events: list[Envelope], runs: dict[str, RunState]) -> None:
+        """When a run's last replay is done, tell the certifier (deduplicated per run), pipelined."""
+        triggered = {e.run_id: e.event_id for e in events if e.topic in _TRIGGERS}
+        announcements = [
+            make_event(RunCertifying(run_id=run_id, total=state.total), causation_id=triggered[run_id])
+            for run_id, state in ((r, runs[r]) for r in triggered)
+            if state.awaiting_certificate and state.total is not None
+        ]
+        if announcements:
+            await self._retry("publish", lambda: self.bus.publish_many(announcements))
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Retry an effect until it succeeds: the batch stays un-acked meanwhile, so nothing is lost."""
+        return await retry_forever(f"coordinator.{what}", op, _transient)
+
+    def _set_lag(self, lag: int) -> None:
+        self.stats.lag = lag
+        self.metrics.coordinator_lag.set(lag)
+
+
+def _transient(exc: BaseException) -> bool:
+    """An infrastructure failure worth retrying; a value Postgres refuses is not."""
+    if isinstance(exc, StoreError) and isinstance(exc.__cause__, asyncpg.DataError):
+        return False
+    return isinstance(
+        exc,
+        (InfrastructureError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *TRANSIENT_ERRORS),
+    )
+
+
+def _poison_msgs(msgs: list[Msg], decoded: _Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:
+    by_seq = {p[0]: p for p in decoded.parked}
+    return [(m, by_seq[message_sequence(m)]) for m in msgs if message_sequence(m) in by_seq]
+
+
+async def _release_prefetched(task: asyncio.Task[list[Msg]] | None) -> None:
+    """Hand a fetched-but-unapplied batch back for immediate redelivery (a nak, never an ack)."""
+    if task is None:
+        return
+    try:
+        msgs = await task
+    except (nats.errors.Error, nats.js.errors.Error, OSError):
+        return
+    for msg in msgs:
+        await msg.nak()
+
+
+async def _quiet_unsubscribe(sub: BatchPuller | None) -> None:
+    if sub is not None:
+        await sub.close()

@@ -1,0 +1,94 @@
+"""The `echelon` command. Errors print one line and exit non-zero; no tracebacks for known failures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from echelon_platform.config import Settings
+from echelon_platform.errors import EchelonError
+
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echelon", description="Verify AI oracle constructs against git history.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="run the whole service")
+    stack.add_argument("action", choices=["up"])
+    stack.add_argument("--no-api", action="store_true", help="coordinator and stages only")
+    stack.add_argument("--data-dir", type=Path, help="where embedded servers keep their data")
+    sub.add_parser("api", help="run only the HTTP API")
+    sub.add_parser("coordinator", help="run only the StateCoordinator")
+    worker = sub.add_parser("worker", help="run stage workers")
+    worker.add_argument("stages", nargs="*", default=["ingest", "invoke", "score", "certify"])
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--dir", type=Path, help="migrations directory (default: db/migrations)")
+
+    replay = sub.add_parser("replay", help="rebuild read models from the event log")
+    replay.add_argument("--verify", action="store_true", help="compare a rebuild with the live models; no switch")
+
+    tail = sub.add_parser("tail", help="follow events live")
+    tail.add_argument("subject", nargs="?", default="verify.>", help="subject pattern, e.g. 'verify.run.*'")
+    tail.add_argument("--run", dest="run_id", help="only this run's events")
+    tail.add_argument("--from-start", action="store_true", help="replay the stream from its first event")
+    tail.add_argument("--json", action="store_true", help="raw envelopes as JSON lines")
+
+    parked = sub.add_parser("parked", help="inspect and re-drive poison messages")
+    parked.add_argument("action", choices=["list", "retry"])
+    parked.add_argument("ids", nargs="*", type=int, help="parked ids to retry (default: all not yet retried)")
+    parked.add_argument("--all", action="store_true", help="list retried ones too")
+
+    token = sub.add_parser("token", help="mint a development JWT from the configured secret")
+    token.add_argument("user_id")
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--ttl", type=int, default=3600)
+
+    verify = sub.add_parser("verify", help="submit a verification run through the API")
+    verify.add_argument("repo", help="https://github.com/owner/repo, a local path, or 'sample' for the bundled repo")
+    target = verify.add_mutually_exclusive_group(required=True)
+    target.add_argument("--oracle-url")
+    target.add_argument("--oracle-callable", help="module:function on the server's allowlist")
+    verify.add_argument("--construct-id", default="cli-construct")
+    verify.add_argument("--limit", type=int, default=10)
+    verify.add_argument("--min-replays", type=int, default=1)
+    verify.add_argument("--github-token")
+    verify.add_argument("--watch", action="store_true", help="show progress until the certificate")
+    verify.add_argument("--api", help="API base URL (default: ECHELON_API_BASE_URL)")
+    verify.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local dev token)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+        if getattr(args, "data_dir", None):
+            settings = settings.model_copy(update={"data_dir": args.data_dir})
+        from echelon import commands  # the heavy imports only once arguments are known
+        from echelon_platform.log_config import configure_logging
+
+        # JSON lines for machines; readable lines in a terminal.
+        configure_logging(settings.log_level, json=not sys.stderr.isatty())
+
+        handler: Command = getattr(commands, f"cmd_{args.command}")
+        code: int = asyncio.run(handler(args, settings))
+    except KeyboardInterrupt:
+        code = 130
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"echelon: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        code = 2
+    except (EchelonError, httpx.HTTPError, OSError) as exc:
+        print(f"echelon: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,104 @@
+"""`echelon verify`: submit a run through the API, show live progress, print the certificate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import httpx
+
+from api.auth import issue_jwt
+from echelon_platform.config import Settings
+from echelon_platform.errors import EchelonError
+from pipeline_workers.fixtures import materialise_sample_repo
+
+TERMINAL = {"COMPLETED", "FAILED"}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text[:200]
+    if isinstance(detail, list):  # FastAPI validation errors
+        detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail)
+    raise EchelonError(f"API answered {response.status_code}: {detail}")
+
+
+def progress_bar(view: dict[str, Any], width: int = 30) -> str:
+    total, done = view.get("total"), view.get("progress", 0)
+    filled = int(width * done / total) if total else 0
+    count = f"{done}/{total}" if total is not None else f"{done}/?"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {count:>9} {view['status']}"
+
+
+def certificate_table(cert: dict[str, Any]) -> str:
+    rows = [
+        ("certificate", cert["id"]),
+        ("construct", cert["construct_id"]),
+        ("composite", f"{cert['composite_score']:.6f}"),
+        ("brier", f"{cert['brier']:.6f}"),
+        ("precision", f"{cert['precision']:.6f}"),
+        ("recall", f"{cert['recall']:.6f}"),
+        ("reply accuracy", f"{cert['reply_accuracy']:.6f}"),
+        ("replays", f"{cert['replay_count']} scored, {len(cert.get('failed_replays', []))} failed"),
+        ("scoring model", cert["scoring_model"]),
+        ("ground truth", f"{cert['ground_truth_source']} {cert['commit_range']}"),
+        ("content hash", cert["content_hash"]),
+    ]
+    if cert.get("warning"):
+        rows.append(("warning", cert["warning"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+async def submit_and_watch(args: argparse.Namespace, settings: Settings) -> int:
+    base = args.api or settings.api_base_url
+    token = args.token or (settings.api_token.get_secret_value() if settings.api_token else None)
+    token = token or issue_jwt("local", settings.jwt_secret.get_secret_value())
+    repo = args.repo
+    if repo == "sample":
+        repo = str(await materialise_sample_repo(settings.data_dir.resolve() / "sample-repo"))
+    body: dict[str, Any] = {
+        "repo_url": repo,
+        "construct_id": args.construct_id,
+        "limit": args.limit,
+        "min_replays": args.min_replays,
+    }
+    if args.oracle_url:
+        body.update(oracle_type="http", oracle_url=args.oracle_url)
+    else:
+        module, _, func = args.oracle_callable.partition(":")
+        if not func:
+            raise EchelonError("--oracle-callable must look like module:function")
+        body.update(oracle_type="python", oracle_module=module, oracle_callable=func)
+    if args.github_token:
+        body["github_token"] = args.github_token
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        response = await client.post("/api/v1/verification/runs", json=body)
+        _raise_for(response)
+        run_id = response.json()["run_id"]
+        print(f"run {run_id} submitted")
+        if not args.watch:
+            return 0
+        view: dict[str, Any] = {}
+        while view.get("status") not in TERMINAL:
+            await asyncio.sleep(0.5)  # polling interval of a human-facing progress bar
+            response = await client.get(f"/api/v1/verification/runs/{run_id}")
+            _raise_for(response)
+            view = response.json()
+            if sys.stdout.isatty():
+                print(f"\r{progress_bar(view)}", end="", flush=True)
+        print(f"\r{progress_bar(view)}")
+        if view["status"] == "FAILED":
+            print(f"run failed: {view['error']}", file=sys.stderr)
+            return 1
+        response = await client.get(f"/api/v1/verification/certificates/{view['certificate_id']}")
+        _raise_for(response)
+        print(certificate_table(response.json()))
+    return 0

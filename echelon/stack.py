@@ -1,0 +1,102 @@
+"""`echelon stack up`: infrastructure (configured or embedded), migrations, then API + coordinator + stages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager
+
+import structlog
+import uvicorn
+
+from api.app import create_app
+from coordinator.factory import coordinator_for
+from echelon.embedded import EmbeddedStack
+from echelon_platform.adapters.migrations import migrate
+from echelon_platform.adapters.services import Services
+from echelon_platform.config import Settings
+from pipeline_workers.pipeline import Pipeline
+
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
+    """Yield settings with all three URLs set: as configured, or embedded servers under data_dir."""
+    if settings.infra_configured():
+        yield settings
+        return
+    data_dir = settings.data_dir.resolve()
+    async with EmbeddedStack(data_dir, nats_sync_always=settings.nats_sync_always) as stack:
+        urls = stack.urls
+        log.info(
+            "stack.embedded",
+            nats=urls.nats_url,
+            postgres=urls.database_url,
+            redis=urls.redis_url,
+            data_dir=str(data_dir),
+        )
+        yield settings.model_copy(
+            update={
+                "nats_url": settings.nats_url or urls.nats_url,
+                "database_url": settings.database_url or urls.database_url,
+                "redis_url": settings.redis_url or urls.redis_url,
+            }
+        )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the stack owns SIGINT/SIGTERM and stops every part."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(
+    settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True
+) -> None:
+    """Run everything in one process until SIGINT/SIGTERM, then stop fetching, finish in-flight work and
+    shut the embedded servers down (one process suits our 2-core machines)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with infrastructure(settings) as resolved:
+        applied = await migrate(str(resolved.database_url))
+        if applied:
+            log.info("stack.migrated", applied=applied)
+        async with (
+            Services(resolved, name="echelon-stack", pool_size=6) as services,
+            coordinator_for(services, resolved) as coordinator,
+            Pipeline(services, resolved) as pipeline,
+        ):
+            tasks: list[asyncio.Task[object]] = []
+            if with_coordinator:
+                tasks.append(asyncio.create_task(coordinator.run()))
+            if stages:
+                tasks.append(asyncio.create_task(pipeline.run()))
+            server: _Server | None = None
+            if with_api:
+                app = create_app(resolved, services)
+                config = uvicorn.Config(
+                    app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
+                )
+                server = _Server(config)
+                log.info("stack.api", url=f"http://{resolved.api_host}:{resolved.api_port}")
+                tasks.append(asyncio.create_task(server.serve()))
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            log.info("stack.stopping", reason="signal" if stopped in done else "a component exited")
+            coordinator.stop()
+            pipeline.stop()
+            if server is not None:
+                server.should_exit = True
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            stopped.cancel()
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    log.error("stack.component_failed", error=repr(result))
+    log.info("stack.stopped")

@@ -1,0 +1,1 @@
+"""I/O adapters: JetStream bus, Postgres event store, Redis read-model store, secret store, migrations."""

@@ -1,0 +1,240 @@
+"""The JetStream adapter: one stream over `<root>.>`, publish with dedup, durable pull consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import Subjects
+from echelon_platform.errors import BusError
+
+log = structlog.get_logger(__name__)
+
+NATS_MSG_ID = "Nats-Msg-Id"
+
+
+class Bus:
+    """A NATS connection that reconnects forever, with the stream ensured at start-up."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str,
+        subjects: Subjects,
+        duplicate_window_s: float = 120.0,
+        max_age_s: float = 30 * 86400,
+        name: str = "echelon",
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.subjects = subjects
+        self.duplicate_window_s = duplicate_window_s
+        self.max_age_s = max_age_s
+        self.name = name
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                name=self.name,
+                # nats-py gives up after 60 attempts by default; a service must outlive any outage.
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                connect_timeout=5,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+                pending_size=64 * 1024 * 1024,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
+        self._js = self._nc.jetstream(timeout=10)
+        await self.ensure_stream()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except (nats.errors.Error, TimeoutError, OSError):
+                await self._nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc) or type(exc).__name__)
+
+    async def _on_disconnect(self) -> None:
+        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
+            log.warning("nats.disconnected", url=self.url)
+
+    async def _on_reconnect(self) -> None:
+        log.info("nats.reconnected", url=self.url)
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise BusError("bus is not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise BusError("bus is not connected")
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream,
+            subjects=[self.subjects.everything],
+            storage=StorageType.FILE,
+            duplicate_window=self.duplicate_window_s,
+            # Postgres keeps the log for good; the stream only needs enough for consumers to catch up.
+            max_age=self.max_age_s,
+            allow_direct=True,
+        )
+
+    async def ensure_stream(self) -> None:
+        """Create or update the stream; every process does this at start-up, so it must be idempotent."""
+        config = self.stream_config()
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Exists with another config (e.g. a new duplicate window): bring it in line.
+            await self.js.update_stream(config)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot create stream {self.stream}: {exc}") from exc
+
+    async def publish(self, envelope: Envelope, *, timeout: float = 5.0) -> int:
+        """Publish and wait for JetStream's ack; returns the stream sequence (also for a duplicate)."""
+        try:
+            ack = await self.js.publish(
+                self.subjects.for_event(envelope),
+                envelope.to_wire(),
+                timeout=timeout,
+                stream=self.stream,
+                headers={NATS_MSG_ID: envelope.dedup_key},
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"publish of {envelope.topic} failed: {exc or type(exc).__name__}") from exc
+        return int(ack.seq)
+
+    async def publish_many(self, envelopes: Sequence[Envelope], *, timeout: float = 10.0) -> list[int]:
+        """Pipelined publish: all in flight at once, then wait for every ack."""
+        try:
+            futures = [
+                await self.js.publish_async(
+                    self.subjects.for_event(env),
+                    env.to_wire(),
+                    stream=self.stream,
+                    headers={NATS_MSG_ID: env.dedup_key},
+                )
+                for env in envelopes
+            ]
+            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"publish of {len(envelopes)} events failed: {exc or type(exc).__name__}") from exc
+        return [int(a.seq) for a in acks]
+
+    async def publish_raw(
+        self, subject: str, data: bytes, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish bytes as they are (operators re-driving parked events, tests planting poison)."""
+        headers = dict(headers or {})
+        if msg_id:
+            headers[NATS_MSG_ID] = msg_id
+        try:
+            ack = await self.js.publish(subject, data, stream=self.stream, headers=headers)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"publish to {subject} failed: {exc}") from exc
+        return int(ack.seq)
+
+    async def last_on_subject(self, subject: str) -> Envelope | None:
+        """The newest event on one subject straight from the stream (read-your-writes fallback)."""
+        try:
+            raw = await self.js.get_last_msg(self.stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot read {subject} from the stream: {exc}") from exc
+        if raw.data is None:
+            return None
+        return Envelope.from_wire(raw.data)
+
+    async def last_sequence(self) -> int:
+        info = await self.js.stream_info(self.stream)
+        return int(info.state.last_seq)
+
+    async def pull_subscription(
+        self,
+        durable: str,
+        filter_subject: str,
+        *,
+        ack_wait_s: float = 60.0,
+        max_deliver: int = -1,
+        max_ack_pending: int = 20_000,
+    ) -> Any:
+        """A durable pull consumer, created or bound idempotently (also after a server restart)."""
+        config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, max_ack_pending)
+        try:
+            return await self.js.pull_subscribe(filter_subject, durable=durable, stream=self.stream, config=config)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot create consumer {durable}: {exc}") from exc
+
+    async def ensure_consumer(
+        self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1
+    ) -> None:
+        """Create the durable pull consumer (idempotent for an unchanged config)."""
+        config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, 20_000)
+        try:
+            await self.js.add_consumer(self.stream, config)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot create consumer {durable}: {exc or type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self.nc.flush(timeout=2)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"NATS unreachable: {exc or type(exc).__name__}") from exc
+
+
+def _consumer_config(
+    durable: str, filter_subject: str, ack_wait_s: float, max_deliver: int, max_ack_pending: int
+) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subject=filter_subject,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+    )
+
+
+def message_sequence(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
+def message_pending(msg: Msg) -> int:
+    return int(msg.metadata.num_pending)

@@ -1,0 +1,217 @@
+"""The Postgres event store. Writes (append, park) are the StateCoordinator's alone; reads are shared."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+import orjson
+
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.errors import StoreError
+
+# Postgres-side connection errors worth a retry (server restarting, connection dropped).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    ConnectionError,
+)
+
+_APPEND = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::int[], $9::bigint[]) WITH ORDINALITY
+        AS t(event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version, stream_seq, ord)
+), ins AS (
+    INSERT INTO events (event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version,
+                        stream_seq)
+    SELECT event_id, dedup_key, time, topic, correlation_id, causation_id, payload::jsonb, version, stream_seq
+    FROM input ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+)
+SELECT event_id, true AS inserted FROM ins
+UNION ALL
+SELECT e.event_id, false FROM events e WHERE e.dedup_key = ANY($2::text[])
+"""
+
+_COLUMNS = "seq, event_id, dedup_key, time, topic, correlation_id, causation_id, payload::text AS payload, version"
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedEvent:
+    id: int
+    stream_seq: int
+    subject: str
+    raw: bytes
+    reason: str
+    parked_at: datetime
+    retried_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """A stored event as replay reads it: only what projections use (cheaper than an Envelope)."""
+
+    event_id: str
+    timestamp: datetime
+    topic: str
+    correlation_id: str
+    payload: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.correlation_id.removeprefix("run-")
+
+
+# Projections never read an oracle's reply or a change's record; replay leaves those big fields in
+# Postgres instead of shipping and parsing them.
+_PROJECTED_PAYLOAD = (
+    "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') "
+    "THEN (payload - 'record' - 'reply')::text ELSE payload::text END"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    winners: frozenset[str]  # event ids stored for the batch's dedup keys (new or already there)
+    inserted: int
+
+
+def _row_to_envelope(row: asyncpg.Record) -> Envelope:
+    # Rows were validated when appended: skip re-validation on the hot replay path.
+    return Envelope.model_construct(
+        event_id=row["event_id"],
+        timestamp=row["time"],
+        topic=row["topic"],
+        correlation_id=row["correlation_id"],
+        causation_id=row["causation_id"],
+        payload=orjson.loads(row["payload"]),
+        version=row["version"],
+        dedup_key=row["dedup_key"],
+    )
+
+
+class EventStore:
+    """asyncpg pool with the queries the product needs."""
+
+    def __init__(self, database_url: str, *, min_size: int = 1, max_size: int = 4) -> None:
+        self.database_url = database_url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            self._pool = await asyncpg.create_pool(self.database_url, min_size=self._min_size, max_size=self._max_size)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to Postgres: {exc}") from exc
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("event store is not open")
+        return self._pool
+
+    # ---- writes: StateCoordinator only ----
+
+    async def append_batch(
+        self,
+        events: Sequence[tuple[Envelope, int]],
+        parked: Sequence[tuple[int, str, bytes, str]] = (),
+        retried: Sequence[int] = (),
+    ) -> AppendResult:
+        """Append events (with their stream sequences), park poison and mark re-driven rows, in one tx."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows: list[asyncpg.Record] = []
+                if events:
+                    rows = await conn.fetch(
+                        _APPEND,
+                        [e.event_id for e, _ in events],
+                        [e.dedup_key for e, _ in events],
+                        [e.timestamp for e, _ in events],
+                        [e.topic for e, _ in events],
+                        [e.correlation_id for e, _ in events],
+                        [e.causation_id for e, _ in events],
+                        [orjson.dumps(e.payload).decode() for e, _ in events],
+                        [e.version for e, _ in events],
+                        [seq for _, seq in events],
+                    )
+                if parked:
+                    await conn.executemany(
+                        "INSERT INTO parked_events (stream_seq, subject, raw, reason) VALUES ($1, $2, $3, $4) "
+                        "ON CONFLICT (stream_seq) DO NOTHING",
+                        list(parked),
+                    )
+                if retried:
+                    await conn.execute(
+                        "UPDATE parked_events SET retried_at = now() WHERE id = ANY($1::bigint[])",
+                        list(retried),
+                    )
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"append failed: {exc}") from exc
+        return AppendResult(
+            winners=frozenset(r["event_id"] for r in rows),
+            inserted=sum(1 for r in rows if r["inserted"]),
+        )
+
+    # ---- reads ----
+
+    async def run_events(self, run_id: str, topics: Sequence[str] | None = None) -> list[Envelope]:
+        query = f"SELECT {_COLUMNS} FROM events WHERE correlation_id = $1"
+        args: list[Any] = [f"run-{run_id}"]
+        if topics:
+            query += " AND topic = ANY($2::text[])"
+            args.append(list(topics))
+        rows = await self.pool.fetch(query + " ORDER BY seq", *args)
+        return [_row_to_envelope(r) for r in rows]
+
+    async def stream(self, *, after_seq: int = 0, prefetch: int = 5000) -> AsyncIterator[tuple[int, LogEvent]]:
+        """Every event in writer order, through a server-side cursor (never all in memory)."""
+        query = (
+            f"SELECT seq, event_id, time, topic, correlation_id, {_PROJECTED_PAYLOAD} AS payload "
+            "FROM events WHERE seq > $1 ORDER BY seq"
+        )
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+            async for seq, event_id, at, topic, correlation_id, payload in conn.cursor(
+                query, after_seq, prefetch=prefetch
+            ):
+                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
+
+    async def max_seq(self) -> int:
+        value = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM events")
+        return int(value)
+
+    async def count(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM events"))
+
+    async def parked(self, *, include_retried: bool = False, limit: int = 100) -> list[ParkedEvent]:
+        where = "" if include_retried else "WHERE retried_at IS NULL"
+        rows = await self.pool.fetch(
+            f"SELECT id, stream_seq, subject, raw, reason, parked_at, retried_at FROM parked_events {where} "
+            "ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [ParkedEvent(**dict(r)) for r in rows]
+
+    async def ping(self) -> None:
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"Postgres unreachable: {exc}") from exc

@@ -1,0 +1,277 @@
+"""Redis read models: key layout, the namespace pointer, and the readers the API uses.
+
+All domain keys live under a namespace (`<prefix><ns>:...`); `<prefix>ns` names the current one, so the
+replay script can rebuild into a fresh namespace and switch every reader over with one SET.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from echelon_platform.domain.projections import RunState, Status, from_record
+from echelon_platform.errors import ReadModelError
+
+DEFAULT_NAMESPACE = "live"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+    ns: str
+
+    def _k(self, suffix: str) -> str:
+        return f"{self.prefix}{self.ns}:{suffix}"
+
+    def run(self, run_id: str) -> str:
+        return self._k(f"run:{run_id}")
+
+    @property
+    def runs(self) -> str:
+        return self._k("runs")
+
+    def user_runs(self, user_id: str) -> str:
+        return self._k(f"user:{user_id}:runs")
+
+    @property
+    def active(self) -> str:
+        return self._k("runs:active")
+
+    def cert(self, cert_id: str) -> str:
+        return self._k(f"cert:{cert_id}")
+
+    def certs_by(self, order: str) -> str:
+        """Certificate index by `created`, `brier` or `composite`."""
+        return self._k(f"certs:{order}")
+
+    def construct_certs(self, construct_id: str, order: str) -> str:
+        return self._k(f"construct:{construct_id}:certs:{order}")
+
+    def ratings(self, cert_id: str) -> str:
+        """Hash `<replay_id>|<user_id>` → latest rating JSON."""
+        return self._k(f"ratings:{cert_id}")
+
+    def user_ratings(self, user_id: str) -> str:
+        """Hash `<cert_id>|<replay_id>` → latest rating JSON."""
+        return self._k(f"user:{user_id}:ratings")
+
+    @property
+    def pattern(self) -> str:
+        return self._k("*")
+
+
+def pointer_key(prefix: str) -> str:
+    return f"{prefix}ns"
+
+
+def lock_key(prefix: str) -> str:
+    return f"{prefix}lock:projector"
+
+
+def text(value: Any) -> str:
+    """redis-py answers bytes (our client does not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def millis(state: RunState) -> float:
+    return state.created_at.timestamp() * 1000 if state.created_at else 0.0
+
+
+class RedisClient:
+    """Owns one redis.asyncio client; an async context manager like every resource holder."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._redis: aioredis.Redis | None = None
+
+    async def __aenter__(self) -> Self:
+        self._redis = aioredis.Redis.from_url(
+            self.url, health_check_interval=10, socket_connect_timeout=5, retry_on_timeout=True
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise ReadModelError("redis client is not open")
+        return self._redis
+
+    async def namespace(self) -> str:
+        value = await self.redis.get(pointer_key(self.prefix))
+        return text(value) if value else DEFAULT_NAMESPACE
+
+    async def keys(self) -> Keys:
+        return Keys(self.prefix, await self.namespace())
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ReadModelError(f"Redis unreachable: {exc}") from exc
+
+
+class ReadModels(RedisClient):
+    """Read-only access for the API, CLI and workers."""
+
+    async def get_run(self, run_id: str) -> RunState | None:
+        keys = await self.keys()
+        raw = await self.redis.get(keys.run(run_id))
+        return from_record(orjson.loads(raw)) if raw else None
+
+    async def list_runs(
+        self,
+        *,
+        user_id: str | None,
+        status: Status | None = None,
+        construct_id: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[RunState], int]:
+        """Newest first; `user_id=None` lists everyone's (admins)."""
+        keys = await self.keys()
+        index = keys.runs if user_id is None else keys.user_runs(user_id)
+        if status is None and construct_id is None:
+            total = int(await self.redis.zcard(index))
+            ids = await self.redis.zrevrange(index, offset, offset + limit - 1)
+            return await self._load(keys, ids), total
+        # Filtered: walk the index newest first; per-user run counts stay small.
+        ids = await self.redis.zrevrange(index, 0, -1)
+        states = [
+            s
+            for s in await self._load(keys, ids)
+            if (status is None or s.status is status) and (construct_id is None or s.construct_id == construct_id)
+        ]
+        return states[offset : offset + limit], len(states)
+
+    async def _load(self, keys: Keys, ids: list[Any]) -> list[RunState]:
+        if not ids:
+            return []
+        raws = await self.redis.mget([keys.run(text(i)) for i in ids])
+        return [from_record(orjson.loads(r)) for r in raws if r]
+
+    async def active_runs(self, updated_before_ms: float) -> list[RunState]:
+        keys = await self.keys()
+        ids = await self.redis.zrangebyscore(keys.active, "-inf", updated_before_ms)
+        return await self._load(keys, ids)
+
+    async def get_certificate(self, cert_id: str) -> dict[str, Any] | None:
+        keys = await self.keys()
+        raw = await self.redis.get(keys.cert(cert_id))
+        return orjson.loads(raw) if raw else None
+
+    async def list_certificates(
+        self, *, construct_id: str | None = None, sort: str = "created_desc", limit: int = 20, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Full certificates in a stable order: `created_desc`, `brier_asc` or `composite_desc`.
+
+        Ties are broken by certificate id (Redis orders equal scores lexicographically).
+        """
+        keys = await self.keys()
+        order, descending = {
+            "created_desc": ("created", True),
+            "brier_asc": ("brier", False),
+            "composite_desc": ("composite", True),
+        }[sort]
+        index = keys.construct_certs(construct_id, order) if construct_id else keys.certs_by(order)
+        total = int(await self.redis.zcard(index))
+        end = offset + limit - 1
+        ids = await (self.redis.zrevrange(index, offset, end) if descending else self.redis.zrange(index, offset, end))
+        if not ids:
+            return [], total
+        raws = await self.redis.mget([keys.cert(text(i)) for i in ids])
+        return [orjson.loads(r) for r in raws if r], total
+
+    async def all_certificate_ids(self) -> list[str]:
+        keys = await self.keys()
+        return [text(i) for i in await self.redis.zrange(keys.certs_by("created"), 0, -1)]
+
+    async def ratings(self, *, certificate_id: str | None, user_id: str | None) -> list[dict[str, Any]]:
+        """Latest rating per (user, replay), filtered by certificate and/or user; stable order."""
+        keys = await self.keys()
+        if certificate_id is not None:
+            values = await self.redis.hvals(keys.ratings(certificate_id))
+        elif user_id is not None:
+            values = await self.redis.hvals(keys.user_ratings(user_id))
+        else:
+            values = []
+            for cert_id in await self.all_certificate_ids():
+                values.extend(await self.redis.hvals(keys.ratings(cert_id)))
+        rows: list[dict[str, Any]] = [orjson.loads(v) for v in values]
+        rows = [r for r in rows if user_id is None or r["user_id"] == user_id]
+        return sorted(rows, key=lambda r: (r["certificate_id"], r["replay_id"], r["user_id"]))
+
+
+CHUNK = 1000  # keys per MGET / commands per pipeline: bounded replies, few round trips
+
+
+# Resolve the namespace pointer and read the key in one round trip (the hot path of GET /runs/{id}).
+_GET_IN_NAMESPACE = """
+local ns = redis.call('GET', KEYS[1]) or ARGV[3]
+return redis.call('GET', ARGV[1] .. ns .. ARGV[2])
+"""
+_NS_MARK = "\x00ns\x00"
+
+
+class RunReader:
+    """`ReadModels.get_run` in one Redis round trip instead of two; the key layout stays `Keys`'s."""
+
+    def __init__(self, read_models: ReadModels) -> None:
+        self._rm = read_models
+        self._script = read_models.redis.register_script(_GET_IN_NAMESPACE)
+
+    async def get(self, run_id: str) -> RunState | None:
+        before, _, after = Keys(self._rm.prefix, _NS_MARK).run(run_id).partition(_NS_MARK)
+        raw = await self._script(keys=[pointer_key(self._rm.prefix)], args=[before, after, DEFAULT_NAMESPACE])
+        return from_record(orjson.loads(raw)) if raw else None
+
+
+def _ids(members: Any) -> list[str]:
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+class BulkReader:
+    def __init__(self, read_models: ReadModels) -> None:
+        self._rm = read_models
+
+    async def all_runs(self) -> list[RunState]:
+        keys = await self._rm.keys()
+        ids = _ids(await self._rm.redis.zrange(keys.runs, 0, -1))
+        out: list[RunState] = []
+        for start in range(0, len(ids), CHUNK):
+            raws = await self._rm.redis.mget([keys.run(i) for i in ids[start : start + CHUNK]])
+            out.extend(from_record(orjson.loads(raw)) for raw in raws if raw)
+        return out
+
+    async def all_certificates(self) -> list[dict[str, Any]]:
+        keys = await self._rm.keys()
+        ids = _ids(await self._rm.redis.zrange(keys.certs_by("created"), 0, -1))
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), CHUNK):
+            raws = await self._rm.redis.mget([keys.cert(i) for i in ids[start : start + CHUNK]])
+            out.extend(orjson.loads(raw) for raw in raws if raw)
+        return out
+
+    async def ratings_of(self, cert_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Latest rating per (replay, user) of each certificate."""
+        keys = await self._rm.keys()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(cert_ids), CHUNK):
+            chunk = cert_ids[start : start + CHUNK]
+            pipe = self._rm.redis.pipeline(transaction=False)
+            for cert_id in chunk:
+                pipe.hvals(keys.ratings(cert_id))
+            for cert_id, values in zip(chunk, await pipe.execute(), strict=True):
+                out[cert_id] = [orjson.loads(v) for v in values]
+        return out

@@ -1,0 +1,159 @@
+"""Writes projected read models to Redis: one read round trip and one write pipeline per batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from ulid import ULID
+
+from echelon_platform.adapters.readmodel_store import (
+    DEFAULT_NAMESPACE,
+    Keys,
+    RedisClient,
+    lock_key,
+    millis,
+    pointer_key,
+    text,
+)
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.projections import Event, RunState, apply, from_record, to_record
+
+CERT_TOPIC = "verify.certificate.issued"
+RATING_TOPIC = "verify.rating.submitted"
+# Compare-and-delete: release the lease only if it is still ours.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+@dataclass(frozen=True, slots=True)
+class Projected:
+    runs: dict[str, RunState]  # every run the batch touched, after the batch
+
+
+def certificate_score(cert: dict[str, Any]) -> float:
+    return datetime.fromisoformat(cert["timestamp"]).timestamp() * 1000
+
+
+def queue_writes(
+    pipe: aioredis.client.Pipeline, keys: Keys, states: Iterable[RunState], certs: Iterable[dict[str, Any]]
+) -> None:
+    """Queue the writes that make Redis hold `states` and `certs` (all idempotent SET/ZADD/ZREM)."""
+    for state in states:
+        pipe.set(keys.run(state.run_id), orjson.dumps(to_record(state)))
+        if state.visible:
+            score = millis(state)
+            pipe.zadd(keys.runs, {state.run_id: score})
+            pipe.zadd(keys.user_runs(str(state.user_id)), {state.run_id: score})
+        if state.status.terminal:
+            pipe.zrem(keys.active, state.run_id)
+        elif state.updated_at is not None:
+            pipe.zadd(keys.active, {state.run_id: state.updated_at.timestamp() * 1000})
+    for cert in certs:
+        cert_id, construct = cert["certificate_id"], cert["construct_id"]
+        pipe.set(keys.cert(cert_id), orjson.dumps(cert))
+        for order, score in (
+            ("created", certificate_score(cert)),
+            ("brier", float(cert["brier"])),
+            ("composite", float(cert["composite_score"])),
+        ):
+            pipe.zadd(keys.certs_by(order), {cert_id: score})
+            pipe.zadd(keys.construct_certs(construct, order), {cert_id: score})
+
+
+# Keep the rating with the greatest event id (ULIDs sort by time): commutative, so order cannot matter.
+_KEEP_LATEST = """
+for i = 1, 2 do
+  local current = redis.call('HGET', KEYS[i], ARGV[i])
+  if (not current) or cjson.decode(current)['event_id'] < ARGV[3] then
+    redis.call('HSET', KEYS[i], ARGV[i], ARGV[4])
+  end
+end
+return 0
+"""
+
+
+def queue_rating(pipe: aioredis.client.Pipeline, keys: Keys, event: Event) -> None:
+    p = event.payload
+    value = orjson.dumps(
+        {
+            "certificate_id": p["certificate_id"],
+            "replay_id": p["replay_id"],
+            "user_id": p["user_id"],
+            "rating": p["rating"],
+            "rated_at": p["rated_at"],
+            "event_id": event.event_id,
+        }
+    )
+    pipe.eval(
+        _KEEP_LATEST,
+        2,
+        keys.ratings(p["certificate_id"]),
+        keys.user_ratings(p["user_id"]),
+        f"{p['replay_id']}|{p['user_id']}",
+        f"{p['certificate_id']}|{p['replay_id']}",
+        event.event_id,
+        value,
+    )
+
+
+class Projector(RedisClient):
+    """The coordinator's Redis writer. A short lease keeps it and the replay script's switch-over apart."""
+
+    LEASE_MS = 30_000
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix)
+        self._token = str(ULID()).encode()
+
+    async def acquire(self) -> str:
+        """Take the lease (waiting while another writer holds it); returns the current namespace."""
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(lock_key(self.prefix), self._token, nx=True, px=self.LEASE_MS)
+            pipe.get(lock_key(self.prefix))
+            pipe.get(pointer_key(self.prefix))
+            _, holder, ns = await pipe.execute()
+            if holder == self._token:
+                return text(ns) if ns else DEFAULT_NAMESPACE
+            await asyncio.sleep(0.05)  # the replay script holds it for a moment while switching
+
+    async def project(self, events: Sequence[Envelope], secret_prefix: str | None = None) -> Projected:
+        ns = await self.acquire()
+        keys = Keys(self.prefix, ns)
+        try:
+            run_events = [e for e in events if e.topic != RATING_TOPIC]
+            run_ids = list(dict.fromkeys(e.run_id for e in run_events))
+            raws = await self.redis.mget([keys.run(r) for r in run_ids]) if run_ids else []
+            states = {
+                r: from_record(orjson.loads(raw)) if raw else RunState(run_id=r)
+                for r, raw in zip(run_ids, raws, strict=True)
+            }
+            certs = []
+            for event in run_events:
+                states[event.run_id] = apply(states[event.run_id], event)
+                if event.topic == CERT_TOPIC:
+                    certs.append(event.payload["certificate"])
+            pipe = self.redis.pipeline(transaction=True)
+            queue_writes(pipe, keys, states.values(), certs)
+            for event in events:
+                if event.topic == RATING_TOPIC:
+                    queue_rating(pipe, keys, event)
+            if secret_prefix is not None:
+                for state in states.values():
+                    if state.status.terminal and state.secret_ref:
+                        # Secrets live only as long as the run needs them.
+                        pipe.delete(f"{secret_prefix}{state.secret_ref}")
+            pipe.eval(_RELEASE, 1, lock_key(self.prefix), self._token)
+            await pipe.execute()
+        except BaseException:
+            await self.release()
+            raise
+        return Projected(runs=states)
+
+    async def release(self) -> None:
+        await self.redis.eval(_RELEASE, 1, lock_key(self.prefix), self._token)

@@ -1,0 +1,1 @@
+"""Pure domain logic: event payloads and topics, the run lifecycle, projections, certificate math. No I/O."""

@@ -1,0 +1,196 @@
+"""Pure certificate arithmetic: aggregate replay scores, hash the result, and verify stored certificates.
+
+Everything here is a function of its inputs (the timestamp is passed in), so a redelivered "build the
+certificate" message yields a byte-identical certificate with the same id and content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import orjson
+
+from echelon_platform.domain.scoring_rules import RUBRIC, precision_of, recall_of
+from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, ReplayScore
+from echelon_platform.errors import RequestRejected, StageError
+
+WEIGHT_KEYS = ("precision", "recall", "reply_accuracy")
+DECIMALS = 6
+_MAX_REASONS = 5
+
+
+def validate_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Exactly the three weight keys (missing ones default to 1.0); RequestRejected when unusable."""
+    given = dict(weights or {})
+    unknown = sorted(set(given) - set(WEIGHT_KEYS))
+    if unknown:
+        raise RequestRejected(f"unknown weight(s) {unknown}: allowed keys are {', '.join(WEIGHT_KEYS)}")
+    out: dict[str, float] = {}
+    for key in WEIGHT_KEYS:
+        value = given.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise RequestRejected(f"weight {key!r} must be a finite number, got {value!r}")
+        if value < 0:
+            raise RequestRejected(f"weight {key!r} must not be negative, got {value}")
+        out[key] = float(value)
+    if not any(out.values()):
+        raise RequestRejected("at least one weight must be positive: all weights are zero")
+    return out
+
+
+def weighted_composite(values: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """The weighted mean of precision, recall and reply accuracy (unrounded); 0.0 when no weight is set."""
+    total = math.fsum(weights.get(k, 0.0) for k in WEIGHT_KEYS)
+    if total <= 0:
+        return 0.0
+    return math.fsum(weights.get(k, 0.0) * float(values[k]) for k in WEIGHT_KEYS) / total
+
+
+def _aggregates(scores: Sequence[ReplayScore], weights: Mapping[str, float]) -> dict[str, float]:
+    """Means, composite and Brier-style error, each rounded once, from unrounded intermediates."""
+    n = len(scores)
+    means = {
+        "precision": math.fsum(s.precision for s in scores) / n,
+        "recall": math.fsum(s.recall for s in scores) / n,
+        "reply_accuracy": math.fsum(s.reply_accuracy for s in scores) / n,
+    }
+    composite = weighted_composite(means, weights)
+    brier = (1.0 - composite) * 0.5
+    return {
+        **{k: round(v, DECIMALS) for k, v in means.items()},
+        "composite_score": round(composite, DECIMALS),
+        "brier": round(brier, DECIMALS),
+    }
+
+
+def _scoring_model(scores: Sequence[ReplayScore]) -> str:
+    return "+".join(sorted({s.scoring_model for s in scores}))
+
+
+def build_certificate(
+    *,
+    run_id: str,
+    construct_id: str,
+    scores: list[ReplayScore],
+    failed: list[FailedReplay],
+    weights: Mapping[str, float] | None,
+    min_replays: int,
+    ground_truth_source: str,
+    commit_range: str,
+    methodology_version: str,
+    timestamp: datetime,
+) -> CalibrationCertificate:
+    """Aggregate one run into a hashed certificate; StageError when no replay succeeded.
+
+    Redelivery tolerance: duplicate scores for a replay keep the earliest, and a replay that has a
+    score is not also listed as failed (it failed once, then succeeded on retry).
+    """
+    checked = validate_weights(weights)
+    unique = _dedupe_scores(scores)
+    scored_ids = {s.replay_id for s in unique}
+    failures = sorted(
+        {f for f in failed if f.replay_id not in scored_ids},
+        key=lambda f: (f.replay_id, f.stage, f.reason, f.ground_truth_id),
+    )
+    if not unique:
+        raise StageError("All replays failed: " + _failure_summary(failures))
+    partial = len(unique) < min_replays
+    warning = (
+        f"only {len(unique)} of the {min_replays} required replays succeeded "
+        f"({len(failures)} failed); the scores rest on a smaller sample than requested"
+        if partial
+        else None
+    )
+    agg = _aggregates(unique, checked)
+    cert = CalibrationCertificate(
+        certificate_id=f"cert-{run_id}",
+        run_id=run_id,
+        construct_id=construct_id,
+        precision=agg["precision"],
+        recall=agg["recall"],
+        reply_accuracy=agg["reply_accuracy"],
+        composite_score=agg["composite_score"],
+        brier=agg["brier"],
+        weights=checked,
+        replay_count=len(unique),
+        sample_size=len(unique),
+        timestamp=timestamp,
+        ground_truth_source=ground_truth_source,
+        commit_range=commit_range,
+        methodology_version=methodology_version,
+        scoring_model=_scoring_model(unique),
+        individual_scores=unique,
+        failed_replays=failures,
+        partial=partial,
+        warning=warning,
+    )
+    return cert.model_copy(update={"content_hash": content_hash(cert)})
+
+
+def _dedupe_scores(scores: Sequence[ReplayScore]) -> list[ReplayScore]:
+    chosen: dict[str, ReplayScore] = {}
+    # Sorting by the full canonical form makes the choice independent of arrival order.
+    for score in sorted(scores, key=lambda s: (s.replay_id, s.scored_at, _canonical(s.model_dump(mode="json")))):
+        chosen.setdefault(score.replay_id, score)
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def _failure_summary(failures: Sequence[FailedReplay]) -> str:
+    if not failures:
+        return "no replays were recorded"
+    counts = Counter(f"{f.stage}: {f.reason[:200]}" for f in failures)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    parts = [f"{n}x {reason}" if n > 1 else reason for reason, n in ranked[:_MAX_REASONS]]
+    if len(ranked) > _MAX_REASONS:
+        parts.append(f"and {len(ranked) - _MAX_REASONS} other reason(s)")
+    return "; ".join(parts)
+
+
+def _canonical(data: object) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+
+def content_hash(cert: CalibrationCertificate) -> str:
+    """SHA-256 hex of the canonical JSON of the certificate without its ``content_hash`` field."""
+    return hashlib.sha256(_canonical(cert.model_dump(mode="json", exclude={"content_hash"}))).hexdigest()
+
+
+def verify_certificate(cert: CalibrationCertificate) -> tuple[bool, bool]:
+    """(hash_ok, aggregates_ok): is the stored hash right, and do the stored aggregates follow from the
+    stored individual scores and weights (including each score's ratios from its own counts)?"""
+    hash_ok = hmac.compare_digest(cert.content_hash, content_hash(cert))
+    return hash_ok, _aggregates_ok(cert)
+
+
+def _aggregates_ok(cert: CalibrationCertificate) -> bool:
+    scores = cert.individual_scores
+    if not scores or len({s.replay_id for s in scores}) != len(scores):
+        return False
+    try:
+        weights = validate_weights(cert.weights)
+    except RequestRejected:
+        return False
+    if weights != cert.weights or not all(_score_consistent(s) for s in scores):
+        return False
+    expected = _aggregates(scores, weights)
+    stored = {key: getattr(cert, key) for key in expected}
+    return (
+        stored == expected
+        and cert.replay_count == cert.sample_size == len(scores)
+        and cert.scoring_model == _scoring_model(scores)
+    )
+
+
+def _score_consistent(s: ReplayScore) -> bool:
+    return (
+        s.claims_supported <= s.claims_total
+        and s.changes_surfaced <= s.changes_total
+        and math.isclose(s.precision, precision_of(s.claims_supported, s.claims_total), abs_tol=1e-9)
+        and math.isclose(s.recall, recall_of(s.changes_surfaced, s.changes_total), abs_tol=1e-9)
+        and s.reply_accuracy in RUBRIC
+    )

@@ -1,0 +1,224 @@
+"""Every topic, its payload model, schema version and natural (dedup) key.
+
+Subjects are `<root>.<aggregate>.<event>.<run_id>` with root `verify` in production, so `verify.>` is
+everything and `verify.*.*.<run_id>` is one run. The dedup key is `<topic>:<natural key>`: a stage that
+re-does work after a redelivery publishes a new event id but the same dedup key, so the event is stored once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from echelon_platform.domain.envelope import Envelope, correlation_for, new_event_id, utcnow
+from echelon_platform.domain.values import (
+    CalibrationCertificate,
+    GroundTruthRecord,
+    OracleReply,
+    ReplayScore,
+)
+from echelon_platform.errors import EnvelopeError
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+
+
+class OracleSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["http", "python"]
+    url: str | None = None
+    module: str | None = None
+    callable: str | None = None
+    timeout_s: float = 30.0
+    header_names: list[str] = Field(default_factory=list)  # names only; values live in the secret store
+
+
+class RunRequested(Payload):
+    user_id: str
+    construct_id: str
+    repo_url: str
+    oracle: OracleSpec
+    limit: int
+    min_replays: int
+    weights: dict[str, float]
+    since: datetime | None = None
+    labels: list[str] = Field(default_factory=list)
+    include_unmerged: bool = False
+    secret_ref: str | None = None
+    created_at: datetime
+
+
+class RunIngesting(Payload):
+    source: str
+
+
+class RunIngested(Payload):
+    total: int = Field(ge=0)
+    ground_truth_source: str
+    commit_range: str
+
+
+class ReplayRequested(Payload):
+    replay_id: str
+    index: int
+    record: GroundTruthRecord
+
+
+class ReplayInvoked(Payload):
+    replay_id: str
+    record: GroundTruthRecord  # carried along so the judge needs no other read
+    question: str
+    reply: OracleReply
+    latency_ms: float
+    question_input_tokens: int = 0
+    question_output_tokens: int = 0
+    question_cost_usd: float = 0.0
+
+
+class ReplayScored(Payload):
+    replay_id: str
+    score: ReplayScore
+
+
+class ReplayFailed(Payload):
+    replay_id: str
+    ground_truth_id: str
+    stage: Literal["invoke", "score"]
+    reason: str
+
+
+class RunCertifying(Payload):
+    total: int
+
+
+class CertificateIssued(Payload):
+    certificate: CalibrationCertificate
+
+
+class RunCompleted(Payload):
+    certificate_id: str
+
+
+class RunFailed(Payload):
+    reason: str
+    stage: str
+
+
+class RatingSubmitted(Payload):
+    """A person's 1–5 rating of one replay of a certificate; a user's newer rating replaces the older."""
+
+    rating_id: str
+    certificate_id: str
+    replay_id: str
+    user_id: str
+    rating: int = Field(ge=1, le=5)
+    rated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    topic: str
+    model: type[Payload]
+    version: int
+    key_field: str  # payload field that makes the dedup key
+    doc: str
+
+
+TOPICS: dict[str, TopicSpec] = {
+    spec.topic: spec
+    for spec in (
+        TopicSpec("verify.run.requested", RunRequested, 1, "run_id", "A client asked for a verification run."),
+        TopicSpec("verify.run.ingesting", RunIngesting, 1, "run_id", "Ingest started fetching ground truth."),
+        TopicSpec("verify.run.ingested", RunIngested, 1, "run_id", "Ground truth fetched; `total` replays follow."),
+        TopicSpec("verify.replay.requested", ReplayRequested, 1, "replay_id", "One change to replay."),
+        TopicSpec("verify.replay.invoked", ReplayInvoked, 1, "replay_id", "The oracle answered for one change."),
+        TopicSpec("verify.replay.scored", ReplayScored, 1, "replay_id", "The judge scored one replay."),
+        TopicSpec("verify.replay.failed", ReplayFailed, 1, "replay_id", "A replay failed (oracle or judge)."),
+        TopicSpec("verify.run.certifying", RunCertifying, 1, "run_id", "Every replay is scored or failed."),
+        TopicSpec("verify.certificate.issued", CertificateIssued, 1, "run_id", "The run's one certificate."),
+        TopicSpec("verify.run.completed", RunCompleted, 1, "run_id", "The run ended with a certificate."),
+        TopicSpec("verify.run.failed", RunFailed, 1, "run_id", "The run ended without a certificate."),
+        TopicSpec("verify.rating.submitted", RatingSubmitted, 1, "rating_id", "A person rated one replay."),
+    )
+}
+
+P = TypeVar("P", bound="Payload")
+
+TOPIC_OF_MODEL: dict[type[Payload], TopicSpec] = {spec.model: spec for spec in TOPICS.values()}
+
+
+def make_event(payload: Payload, *, causation_id: str | None = None) -> Envelope:
+    """Wrap a payload in a new envelope with its topic, version and deterministic dedup key."""
+    spec = TOPIC_OF_MODEL[type(payload)]
+    key = getattr(payload, spec.key_field)
+    return Envelope(
+        event_id=new_event_id(),
+        timestamp=utcnow(),
+        topic=spec.topic,
+        correlation_id=correlation_for(payload.run_id),
+        causation_id=causation_id,
+        payload=payload.model_dump(mode="json"),
+        version=spec.version,
+        dedup_key=f"{spec.topic}:{key}",
+    )
+
+
+def parse_payload(envelope: Envelope) -> Payload:
+    """Validate an envelope's payload against its topic's model; unknown topics are refused."""
+    spec = TOPICS.get(envelope.topic)
+    if spec is None:
+        raise EnvelopeError(f"unknown topic {envelope.topic!r}")
+    if envelope.version > spec.version:
+        raise EnvelopeError(f"{envelope.topic} payload version {envelope.version} is newer than {spec.version}")
+    try:
+        payload = spec.model.model_validate(envelope.payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise EnvelopeError(f"invalid {envelope.topic} payload: {where}: {first['msg']}") from exc
+    if payload.run_id != envelope.run_id:
+        raise EnvelopeError("payload run_id does not match the envelope's correlationId")
+    return payload
+
+
+def payload_as(envelope: Envelope, model: type[P]) -> P:
+    payload = parse_payload(envelope)
+    if not isinstance(payload, model):
+        raise EnvelopeError(f"expected {model.__name__}, got {type(payload).__name__}")
+    return payload
+
+
+class Subjects:
+    """Maps topics to NATS subjects under a configurable root (tests use a unique root)."""
+
+    def __init__(self, root: str = "verify") -> None:
+        self.root = root
+
+    def for_event(self, envelope: Envelope) -> str:
+        return self.subject(envelope.topic, envelope.run_id)
+
+    def subject(self, topic: str, run_id: str) -> str:
+        return f"{self.root}{topic.removeprefix('verify')}.{run_id}"
+
+    def topic_filter(self, topic: str) -> str:
+        return f"{self.root}{topic.removeprefix('verify')}.*"
+
+    @property
+    def everything(self) -> str:
+        return f"{self.root}.>"
+
+    def of_run(self, run_id: str) -> str:
+        return f"{self.root}.*.*.{run_id}"
+
+    def user_pattern(self, pattern: str) -> str:
+        """An operator's `verify.run.*`-style pattern, rewritten under this root."""
+        if pattern == "verify" or pattern.startswith("verify."):
+            return self.root + pattern.removeprefix("verify")
+        return pattern

@@ -1,0 +1,96 @@
+"""Builds every stage worker and the watchdog from Services; runs them until stopped (or idle)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from echelon_platform.adapters.services import Services
+from echelon_platform.config import Settings
+from pipeline_workers.handlers.certify import CertifyHandler
+from pipeline_workers.handlers.context import StageContext
+from pipeline_workers.handlers.ingest import IngestHandler
+from pipeline_workers.handlers.invoke import InvokeHandler
+from pipeline_workers.handlers.score import ScoreHandler
+from pipeline_workers.scoring.base import Scorer
+from pipeline_workers.scoring.factory import scorer_for
+from pipeline_workers.stage import Handler, StageStats, StageWorker
+from pipeline_workers.watchdog import Watchdog
+
+STAGES = ("ingest", "invoke", "score", "certify")
+
+
+class Pipeline:
+    """The four stages (optionally a subset) plus the watchdog, sharing one HTTP client."""
+
+    def __init__(
+        self,
+        services: Services,
+        settings: Settings,
+        *,
+        stages: tuple[str, ...] = STAGES,
+        scorer: Scorer | None = None,
+    ) -> None:
+        self.services = services
+        self.settings = settings
+        self.stages = stages
+        self._scorer = scorer
+        self._resources = AsyncExitStack()
+        self.workers: list[StageWorker] = []
+        self.watchdog = Watchdog(services, timeout_s=settings.run_timeout_s, interval_s=settings.watchdog_interval_s)
+
+    async def __aenter__(self) -> Self:
+        http = await self._resources.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=False)
+        )
+        scorer = self._scorer
+        if scorer is None:
+            scorer = await self._resources.enter_async_context(scorer_for(self.settings))
+        ctx = StageContext(self.services, self.settings, http)
+        handlers: dict[str, Handler] = {
+            "ingest": IngestHandler(ctx),
+            "invoke": InvokeHandler(ctx, scorer),
+            "score": ScoreHandler(scorer, self.services.metrics),
+            "certify": CertifyHandler(self.services.store),
+        }
+        self.workers = [
+            StageWorker(
+                handlers[name],
+                bus=self.services.bus,
+                metrics=self.services.metrics,
+                durable_prefix=self.settings.consumer_prefix,
+                concurrency=self.settings.stage_concurrency,
+                ack_wait_s=self.settings.ack_wait_s,
+                max_deliver=self.settings.max_deliver,
+                fetch_timeout_s=self.settings.fetch_timeout_s,
+            )
+            for name in self.stages
+        ]
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        await self._resources.aclose()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.watchdog.stop()
+
+    async def run(self, *, watchdog: bool = True) -> None:
+        tasks: list[Coroutine[Any, Any, object]] = [w.run() for w in self.workers]
+        if watchdog:
+            tasks.append(self.watchdog.run())
+        await asyncio.gather(*tasks)
+
+    async def run_until_idle(self) -> dict[str, StageStats]:
+        """Each stage drains what is waiting for it (tests and scripts)."""
+        results = await asyncio.gather(*(w.run(until_idle=True) for w in self.workers))
+        return {w.handler.stage: r for w, r in zip(self.workers, results, strict=True)}
