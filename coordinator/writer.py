@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
-from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore
+from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, Fence
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
@@ -88,6 +88,7 @@ class StateCoordinator:
         fetch_timeout_s: float = 0.5,
         ack_wait_s: float = 60.0,
         secret_prefix: str | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -98,6 +99,7 @@ class StateCoordinator:
         self.fetch_timeout_s = fetch_timeout_s
         self.ack_wait_s = ack_wait_s
         self.secret_prefix = secret_prefix
+        self.fence = fence  # set while this process holds the writer lease
         self.stats = CoordinatorStats()
         self._stopping = asyncio.Event()
 
@@ -184,7 +186,7 @@ class StateCoordinator:
 
     async def _append(self, decoded: _Decoded) -> Any:
         try:
-            return await self.store.append_batch(decoded.events, decoded.parked, decoded.retried)
+            return await self.store.append_batch(decoded.events, decoded.parked, decoded.retried, fence=self.fence)
         except StoreError as exc:
             if not isinstance(exc.__cause__, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
                 raise
@@ -193,13 +195,13 @@ class StateCoordinator:
         parked = list(decoded.parked)
         for env, seq in decoded.events:
             try:
-                await self.store.append_batch([(env, seq)])
+                await self.store.append_batch([(env, seq)], fence=self.fence)
                 ok.append((env, seq))
             except StoreError as exc:
                 parked.append((seq, self.bus.subjects.for_event(env), env.to_wire(), f"refused by Postgres: {exc}"))
         decoded.parked[:] = parked
         decoded.events[:] = ok
-        return await self.store.append_batch(ok, parked, decoded.retried)
+        return await self.store.append_batch(ok, parked, decoded.retried, fence=self.fence)
 
     async def _after_projection(self, events: list[Envelope], runs: dict[str, RunState]) -> None:
         """When a run's last replay is done, tell the certifier (deduplicated per run), pipelined."""

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import asyncpg
 import orjson
@@ -36,11 +36,11 @@ WITH input AS (
     SELECT event_id, dedup_key, time, topic, correlation_id, causation_id, payload::jsonb, version, stream_seq
     FROM input ORDER BY ord
     ON CONFLICT DO NOTHING
-    RETURNING event_id
+    RETURNING event_id, seq
 )
-SELECT event_id, true AS inserted FROM ins
+SELECT event_id, seq, true AS inserted FROM ins
 UNION ALL
-SELECT e.event_id, false FROM events e WHERE e.dedup_key = ANY($2::text[])
+SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[])
 """
 
 _COLUMNS = "seq, event_id, dedup_key, time, topic, correlation_id, causation_id, payload::text AS payload, version"
@@ -82,8 +82,14 @@ _PROJECTED_PAYLOAD = (
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    winners: frozenset[str]  # event ids stored for the batch's dedup keys (new or already there)
+    winners: dict[str, int]  # event id → log position, for the batch's dedup keys (new or already there)
     inserted: int
+
+
+class Fence(Protocol):
+    """Checked first in every append transaction: raises when this writer may no longer append."""
+
+    async def check(self, conn: asyncpg.Connection) -> None: ...
 
 
 def _row_to_envelope(row: asyncpg.Record) -> Envelope:
@@ -135,10 +141,14 @@ class EventStore:
         events: Sequence[tuple[Envelope, int]],
         parked: Sequence[tuple[int, str, bytes, str]] = (),
         retried: Sequence[int] = (),
+        *,
+        fence: Fence | None = None,
     ) -> AppendResult:
         """Append events (with their stream sequences), park poison and mark re-driven rows, in one tx."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                if fence is not None:
+                    await fence.check(conn)
                 rows: list[asyncpg.Record] = []
                 if events:
                     rows = await conn.fetch(
@@ -167,7 +177,7 @@ class EventStore:
         except asyncpg.PostgresError as exc:
             raise StoreError(f"append failed: {exc}") from exc
         return AppendResult(
-            winners=frozenset(r["event_id"] for r in rows),
+            winners={r["event_id"]: r["seq"] for r in rows},
             inserted=sum(1 for r in rows if r["inserted"]),
         )
 
