@@ -186,7 +186,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
     requested = await services.bus.last_on_subject(services.subjects.subject("verify.run.requested", run_id))
     if requested is None:
         return None
-    return apply(state or RunState(run_id=run_id), requested)
+    return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position
 
 
 @router.get(

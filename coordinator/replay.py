@@ -16,10 +16,21 @@ from ulid import ULID
 
 from echelon_platform.adapters.event_store import EventStore, LogEvent
 from echelon_platform.adapters.readmodel_store import Keys, pointer_key, text
-from echelon_platform.adapters.readmodel_writer import CERT_TOPIC, RATING_TOPIC, Projector, queue_rating, queue_writes
-from echelon_platform.domain.projections import RunState, apply
+from echelon_platform.adapters.readmodel_writer import (
+    CERT_TOPIC,
+    RATING_TOPIC,
+    Checkpoint,
+    Projector,
+    checkpoint_key,
+    queue_rating,
+    queue_writes,
+    rebuilding_key,
+)
+from echelon_platform.domain.projections import READ_MODEL_GENERATION, RunState, apply, public_certificate
 
 WRITE_CHUNK = 1000
+PROGRESS_EVERY = 10_000
+PROGRESS_TTL_MS = 30_000
 
 
 @dataclass
@@ -48,6 +59,7 @@ class Rebuilder:
         self._dirty: set[str] = set()
         self._new_certs: list[dict[str, Any]] = []
         self._new_ratings: list[LogEvent] = []
+        self.progress_total = 0  # set to report `n/m` progress for readiness while rebuilding
 
     async def fold_from_log(self) -> None:
         states, dirty = self.states, self._dirty
@@ -58,16 +70,24 @@ class Rebuilder:
                 self._new_ratings.append(event)
                 continue
             run_id = event.run_id
-            states[run_id] = apply(states.get(run_id) or RunState(run_id=run_id), event)
+            states[run_id] = apply(states.get(run_id) or RunState(run_id=run_id), event, seq)
             dirty.add(run_id)
             if event.topic == CERT_TOPIC:
                 cert = event.payload["certificate"]
                 self.certs[cert["certificate_id"]] = cert
                 self._new_certs.append(cert)
+            if self.progress_total and self.events % PROGRESS_EVERY == 0:
+                await self._report_progress()
+
+    async def _report_progress(self) -> None:
+        shown = f"{self.events}/{max(self.events, self.progress_total)}"
+        await self.projector.redis.set(rebuilding_key(self.projector.prefix), shown, px=PROGRESS_TTL_MS)
 
     async def write(self, keys: Keys) -> None:
         states = [self.states[r] for r in self._dirty]
-        certs, ratings = self._new_certs, self._new_ratings
+        ratings = self._new_ratings
+        # Only a certificate that decided its run is public (not one logged after the run failed).
+        certs = [c for c in self._new_certs if public_certificate(self.states[c["run_id"]], c)]
         redis = self.projector.redis
         for i in range(0, max(len(states), len(certs)), WRITE_CHUNK):
             pipe = redis.pipeline(transaction=False)
@@ -80,7 +100,10 @@ class Rebuilder:
             await pipe.execute()
         self._dirty, self._new_certs, self._new_ratings = set(), [], []
 
-    async def rebuild(self, *, switch: bool = True) -> ReplayReport:
+    async def rebuild(self, *, switch: bool = True, held: bool = False) -> ReplayReport:
+        """Fold the log into a fresh namespace; with `switch`, make it current (pointer and checkpoint).
+
+        `held`: the caller (the writer healing its models) already holds the projector lease."""
         started = time.perf_counter()
         namespace = f"r{ULID()}"
         keys = Keys(self.projector.prefix, namespace)
@@ -88,14 +111,21 @@ class Rebuilder:
         await self.write(keys)
         if switch:
             # Hold the coordinator's lease: fold what it appended meanwhile, then flip the pointer.
-            await self.projector.acquire()
+            if not held:
+                await self.projector.acquire()
             try:
                 await self.fold_from_log()
                 await self.write(keys)
                 old = await self.projector.namespace()
-                await self.projector.redis.set(pointer_key(self.projector.prefix), namespace)
+                checkpoint = Checkpoint(READ_MODEL_GENERATION, self.last_seq, namespace)
+                pipe = self.projector.redis.pipeline(transaction=True)
+                pipe.set(pointer_key(self.projector.prefix), namespace)
+                pipe.set(checkpoint_key(self.projector.prefix), checkpoint.encode())
+                pipe.delete(rebuilding_key(self.projector.prefix))
+                await pipe.execute()
             finally:
-                await self.projector.release()
+                if not held:
+                    await self.projector.release()
         # Timed up to the switch: readers use the rebuilt models from here on; dropping the old
         # namespace is clean-up.
         report = ReplayReport(

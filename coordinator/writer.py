@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,21 +15,25 @@ import redis.exceptions
 import structlog
 from nats.aio.msg import Msg
 
+from coordinator.replay import Rebuilder
 from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, Fence
-from echelon_platform.adapters.readmodel_writer import Projector
+from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
+from echelon_platform.domain.lifecycle import CERTIFY_TRIGGERS
 from echelon_platform.domain.projections import RunState
-from echelon_platform.errors import BusError, EnvelopeError, InfrastructureError, StoreError
+from echelon_platform.errors import BusError, EnvelopeError, InfrastructureError, ReadModelsStale, StoreError
 from echelon_platform.metrics import Metrics
 from echelon_platform.retry import Backoff, retry_forever
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-_TRIGGERS = frozenset({"verify.run.ingested", "verify.replay.scored", "verify.replay.failed"})
+CATCH_UP_CHUNK = 1000
+IDLE_CHECK_S = 1.0
+STALL_S = 5.0
 
 
 @dataclass
@@ -111,6 +115,8 @@ class StateCoordinator:
         sub: BatchPuller | None = None
         backoff = Backoff()
         prefetched: asyncio.Task[list[Msg]] | None = None
+        await self.heal()
+        checked = time.monotonic()
         while not self._stopping.is_set():
             if sub is None:
                 try:
@@ -136,8 +142,12 @@ class StateCoordinator:
                 continue
             backoff.reset()
             if not msgs:
-                # An empty fetch is normal: nothing to do right now.
+                # An empty fetch is normal: nothing to do right now. Meanwhile notice lost read models
+                # (a Redis restart or flush) even when no event arrives to find out.
                 self._set_lag(0)
+                if time.monotonic() - checked > IDLE_CHECK_S:
+                    checked = time.monotonic()
+                    await self.heal()
                 if until_idle:
                     break
                 continue
@@ -154,14 +164,12 @@ class StateCoordinator:
         started = time.perf_counter()
         decoded = decode_batch(msgs)
         result = await self._retry("append", lambda: self._append(decoded))
-        winners = [env for env, _ in decoded.events if env.event_id in result.winners]
-        projected = (
-            await self._retry("project", lambda: self.projector.project(winners, self.secret_prefix))
-            if winners
-            else None
-        )
-        if projected is not None:
-            await self._after_projection(winners, projected.runs)
+        winners = [(env, result.winners[env.event_id]) for env, _ in decoded.events if env.event_id in result.winners]
+        if winners:
+            projected = await self._project(winners)
+            await self._announce_certifying(
+                projected.runs, {e.run_id: e.event_id for e, _ in winners if e.topic in CERTIFY_TRIGGERS}
+            )
         # Ack only now: the events are committed in Postgres and visible in Redis.
         for msg, (seq, subject, _, reason) in _poison_msgs(msgs, decoded):
             log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
@@ -203,12 +211,49 @@ class StateCoordinator:
         decoded.events[:] = ok
         return await self.store.append_batch(ok, parked, decoded.retried, fence=self.fence)
 
-    async def _after_projection(self, events: list[Envelope], runs: dict[str, RunState]) -> None:
-        """When a run's last replay is done, tell the certifier (deduplicated per run), pipelined."""
-        triggered = {e.run_id: e.event_id for e in events if e.topic in _TRIGGERS}
+    async def _project(self, events: Sequence[tuple[RunEvent, int]]) -> Projected:
+        """Project; when the read models are lost or outdated, rebuild them from the log first."""
+        while True:
+            try:
+                return await self._retry("project", lambda: self.projector.project(events, self.secret_prefix))
+            except ReadModelsStale as exc:
+                log.warning("coordinator.read_models_stale", reason=str(exc))
+                await self.heal(force_rebuild=True)
+
+    async def heal(self, *, force_rebuild: bool = False) -> None:
+        """Bring the read models level with the log: rebuild them when their checkpoint is missing or of
+        another generation, else apply what the log holds beyond the checkpoint. Runs at start-up and
+        whenever a batch finds the models lost; nothing an operator has to do."""
+        checkpoint = await self._retry("checkpoint", self.projector.checkpoint)
+        if force_rebuild or checkpoint is None or not checkpoint.current:
+            started = time.perf_counter()
+            rebuilder = Rebuilder(self.store, self.projector)
+            rebuilder.progress_total = await self._retry("count", self.store.max_seq)
+            report = await self._retry("rebuild", rebuilder.rebuild)
+            log.info(
+                "coordinator.rebuilt",
+                events=report.events,
+                runs=report.runs,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            self.metrics.read_model_rebuilds.inc()
+            await self._announce_certifying(rebuilder.states, {})
+            return
+        behind = [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq)]
+        for i in range(0, len(behind), CATCH_UP_CHUNK):
+            projected = await self._project(behind[i : i + CATCH_UP_CHUNK])
+            await self._announce_certifying(projected.runs, {})
+        if behind:
+            log.info("coordinator.caught_up", events=len(behind), from_seq=checkpoint.seq)
+
+    async def _announce_certifying(self, runs: Mapping[str, RunState], causes: Mapping[str, str]) -> None:
+        """Tell the certifier about runs it has work for (deduplicated per run), pipelined: with `causes`,
+        only the runs this batch's events touched; without, every run (after a rebuild or catch-up, when
+        earlier announcements may be lost)."""
+        candidates = runs.keys() & causes.keys() if causes else runs.keys()
         announcements = [
-            make_event(RunCertifying(run_id=run_id, total=state.total), causation_id=triggered[run_id])
-            for run_id, state in ((r, runs[r]) for r in triggered)
+            make_event(RunCertifying(run_id=run_id, total=state.total), causation_id=causes.get(run_id))
+            for run_id, state in ((r, runs[r]) for r in sorted(candidates))
             if state.awaiting_certificate and state.total is not None
         ]
         if announcements:
@@ -216,7 +261,19 @@ class StateCoordinator:
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Retry an effect until it succeeds: the batch stays un-acked meanwhile, so nothing is lost."""
-        return await retry_forever(f"coordinator.{what}", op, _transient)
+        watch = asyncio.create_task(self._watch_stall(what))
+        try:
+            return await retry_forever(f"coordinator.{what}", op, _transient)
+        finally:
+            watch.cancel()
+
+    async def _watch_stall(self, what: str) -> None:
+        """Say so while a step hangs (a table lock, a server that does not answer): a stall is never silent."""
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(STALL_S)
+            self.metrics.writer_stalls.labels(what).inc()
+            log.warning("coordinator.stalled", step=what, seconds=round(time.monotonic() - started, 1))
 
     def _set_lag(self, lag: int) -> None:
         self.stats.lag = lag
@@ -224,8 +281,10 @@ class StateCoordinator:
 
 
 def _transient(exc: BaseException) -> bool:
-    """An infrastructure failure worth retrying; a value Postgres refuses is not."""
+    """An infrastructure failure worth retrying; a value Postgres refuses, or lost read models, are not."""
     if isinstance(exc, StoreError) and isinstance(exc.__cause__, asyncpg.DataError):
+        return False
+    if isinstance(exc, ReadModelsStale):
         return False
     return isinstance(
         exc,

@@ -17,6 +17,7 @@ from echelon.embedded import EmbeddedStack
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
+from echelon_platform.errors import ComponentFailed
 from pipeline_workers.pipeline import Pipeline
 
 log = structlog.get_logger(__name__)
@@ -96,7 +97,12 @@ async def serve(
                 server.should_exit = True
             results = await asyncio.gather(*tasks, return_exceptions=True)
             stopped.cancel()
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                    log.error("stack.component_failed", error=repr(result))
+            failures = [
+                r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+            ]
+            for failure in failures:
+                log.error("stack.component_failed", error=repr(failure))
     log.info("stack.stopped")
+    if failures or stopped not in done:
+        # A role that dies must say so to its supervisor: exit non-zero, never 0.
+        raise ComponentFailed(f"a component stopped unexpectedly: {failures[0] if failures else 'it exited'}")

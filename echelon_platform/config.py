@@ -54,6 +54,7 @@ class Settings(BaseSettings):
 
     # Coordinator
     coordinator_batch: int = 256
+    pg_statement_timeout_s: float = Field(default=30.0, gt=0)  # every Postgres statement of the roles
     fetch_timeout_s: float = 0.5
 
     # Pipeline

@@ -11,6 +11,8 @@
     │   ├── BusError
     │   ├── StoreError
     │   └── ReadModelError
+    │       └── ReadModelsStale  read models lost or outdated: the writer rebuilds them from the log
+    ├── ComponentFailed        a role's loop stopped on its own: the process exits non-zero
     ├── MigrationError         a migration that cannot be applied (edited after applying, SQL error)
     └── StageError             a pipeline stage could not do its work for one run or replay
         ├── IngestError        ground truth could not be fetched (message says what to fix)
@@ -69,6 +71,14 @@ class StoreError(InfrastructureError):
 
 class ReadModelError(InfrastructureError):
     pass
+
+
+class ReadModelsStale(ReadModelError):
+    """The read models lost their checkpoint or are of another generation: rebuild them from the log."""
+
+
+class ComponentFailed(EchelonError):
+    """A long-running part of a process (coordinator, stage, API server) stopped on its own."""
 
 
 class MigrationError(EchelonError):

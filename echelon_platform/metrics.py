@@ -27,6 +27,15 @@ class Metrics:
             "echelon_coordinator_events_projected_total", "Events projected into Redis", registry=r
         )
         self.events_parked = Counter("echelon_coordinator_events_parked_total", "Poison messages parked", registry=r)
+        self.read_model_rebuilds = Counter(
+            "echelon_coordinator_read_model_rebuilds_total", "Read models rebuilt from the log", registry=r
+        )
+        self.writer_stalls = Counter(
+            "echelon_coordinator_stalls_total",
+            "Writer steps that took longer than the stall threshold",
+            ["step"],
+            registry=r,
+        )
         self.coordinator_lag = Gauge(
             "echelon_coordinator_lag_events", "Stream messages not yet applied by the coordinator", registry=r
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
     OracleSpec,
@@ -15,7 +16,7 @@ from echelon_platform.domain.events import (
     RunRequested,
     make_event,
 )
-from echelon_platform.domain.values import GroundTruthRecord, ReplayScore
+from echelon_platform.domain.values import CalibrationCertificate, GroundTruthRecord, ReplayScore
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -88,3 +89,20 @@ def run_events(run_id: str, n: int = 3, *, failed: int = 1, user: str = "alice")
             events.append(make_event(ReplayScored(run_id=run_id, replay_id=rid, score=score(rid, i))))
     events.append(make_event(RunIngested(run_id=run_id, total=n, ground_truth_source="github", commit_range="a..b")))
     return events
+
+
+def certificate(run_id: str) -> CalibrationCertificate:
+    """The certificate of `run_events(run_id, n=2, failed=0)`, built by the real certificate math."""
+    scores = [score(f"{run_id}-{i:04d}", i) for i in range(2)]
+    return build_certificate(
+        run_id=run_id,
+        construct_id="oracle-a",
+        scores=scores,
+        failed=[],
+        weights={"precision": 1.0, "recall": 1.0, "reply_accuracy": 1.0},
+        min_replays=1,
+        ground_truth_source="github",
+        commit_range="a..b",
+        methodology_version="v1",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+    )

@@ -20,6 +20,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # e.g. a connection terminated by the server mid-query
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     ConnectionError,
@@ -109,7 +110,10 @@ def _row_to_envelope(row: asyncpg.Record) -> Envelope:
 class EventStore:
     """asyncpg pool with the queries the product needs."""
 
-    def __init__(self, database_url: str, *, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(
+        self, database_url: str, *, min_size: int = 1, max_size: int = 4, statement_timeout_s: float = 30.0
+    ) -> None:
+        self._statement_timeout_ms = str(int(statement_timeout_s * 1000))
         self.database_url = database_url
         self._min_size = min_size
         self._max_size = max_size
@@ -117,7 +121,13 @@ class EventStore:
 
     async def __aenter__(self) -> Self:
         try:
-            self._pool = await asyncpg.create_pool(self.database_url, min_size=self._min_size, max_size=self._max_size)
+            self._pool = await asyncpg.create_pool(
+                self.database_url,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                # A stuck lock or query fails (and is retried, logged) instead of stalling a role silently.
+                server_settings={"statement_timeout": self._statement_timeout_ms},
+            )
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to Postgres: {exc}") from exc
         return self

@@ -1,4 +1,10 @@
-"""Writes projected read models to Redis: one read round trip and one write pipeline per batch."""
+"""Writes projected read models to Redis: one read round trip and one write pipeline per batch.
+
+Next to the models lives a checkpoint, `<prefix>checkpoint` = `<generation>:<last log position>:<namespace>`.
+It is written with `SET XX` in the same MULTI as the models, so when Redis loses it (a restart without
+persistence, FLUSHALL) no later batch can recreate it: the writer sees it missing, raises
+`ReadModelsStale`, and rebuilds from the log before projecting anything else.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
@@ -21,8 +27,16 @@ from echelon_platform.adapters.readmodel_store import (
     pointer_key,
     text,
 )
-from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.projections import Event, RunState, apply, from_record, to_record
+from echelon_platform.domain.projections import (
+    READ_MODEL_GENERATION,
+    Event,
+    RunState,
+    apply,
+    from_record,
+    public_certificate,
+    to_record,
+)
+from echelon_platform.errors import ReadModelsStale
 
 CERT_TOPIC = "verify.certificate.issued"
 RATING_TOPIC = "verify.rating.submitted"
@@ -33,6 +47,41 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 @dataclass(frozen=True, slots=True)
 class Projected:
     runs: dict[str, RunState]  # every run the batch touched, after the batch
+
+
+class RunEvent(Event, Protocol):
+    @property
+    def run_id(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    generation: int
+    seq: int
+    namespace: str
+
+    def encode(self) -> bytes:
+        return f"{self.generation}:{self.seq}:{self.namespace}".encode()
+
+    @classmethod
+    def decode(cls, raw: Any) -> Checkpoint | None:
+        if not raw:
+            return None
+        generation, seq, namespace = text(raw).split(":", 2)
+        return cls(int(generation), int(seq), namespace)
+
+    @property
+    def current(self) -> bool:
+        return self.generation == READ_MODEL_GENERATION
+
+
+def checkpoint_key(prefix: str) -> str:
+    return f"{prefix}checkpoint"
+
+
+def rebuilding_key(prefix: str) -> str:
+    """`n/m` while a rebuild runs (readiness reports it); expires on its own if the rebuild dies."""
+    return f"{prefix}rebuilding"
 
 
 def certificate_score(cert: dict[str, Any]) -> float:
@@ -110,37 +159,44 @@ class Projector(RedisClient):
         super().__init__(url, prefix)
         self._token = str(ULID()).encode()
 
-    async def acquire(self) -> str:
-        """Take the lease (waiting while another writer holds it); returns the current namespace."""
+    async def acquire(self) -> tuple[str, Checkpoint | None]:
+        """Take the lease (waiting while another writer holds it); returns the namespace and checkpoint."""
         while True:
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(lock_key(self.prefix), self._token, nx=True, px=self.LEASE_MS)
             pipe.get(lock_key(self.prefix))
             pipe.get(pointer_key(self.prefix))
-            _, holder, ns = await pipe.execute()
+            pipe.get(checkpoint_key(self.prefix))
+            _, holder, ns, checkpoint = await pipe.execute()
             if holder == self._token:
-                return text(ns) if ns else DEFAULT_NAMESPACE
+                return (text(ns) if ns else DEFAULT_NAMESPACE), Checkpoint.decode(checkpoint)
             await asyncio.sleep(0.05)  # the replay script holds it for a moment while switching
 
-    async def project(self, events: Sequence[Envelope], secret_prefix: str | None = None) -> Projected:
-        ns = await self.acquire()
-        keys = Keys(self.prefix, ns)
+    async def checkpoint(self) -> Checkpoint | None:
+        return Checkpoint.decode(await self.redis.get(checkpoint_key(self.prefix)))
+
+    async def project(self, events: Sequence[tuple[RunEvent, int]], secret_prefix: str | None = None) -> Projected:
+        """Apply (event, log position) pairs. ReadModelsStale when the models must be rebuilt first."""
+        ns, checkpoint = await self.acquire()
         try:
-            run_events = [e for e in events if e.topic != RATING_TOPIC]
-            run_ids = list(dict.fromkeys(e.run_id for e in run_events))
+            if checkpoint is None or not checkpoint.current or checkpoint.namespace != ns:
+                raise ReadModelsStale("read models have no current checkpoint: rebuilding them from the log")
+            keys = Keys(self.prefix, ns)
+            run_events = [(e, seq) for e, seq in events if e.topic != RATING_TOPIC]
+            run_ids = list(dict.fromkeys(e.run_id for e, _ in run_events))
             raws = await self.redis.mget([keys.run(r) for r in run_ids]) if run_ids else []
             states = {
                 r: from_record(orjson.loads(raw)) if raw else RunState(run_id=r)
                 for r, raw in zip(run_ids, raws, strict=True)
             }
             certs = []
-            for event in run_events:
-                states[event.run_id] = apply(states[event.run_id], event)
+            for event, seq in run_events:
+                states[event.run_id] = apply(states[event.run_id], event, seq)
                 if event.topic == CERT_TOPIC:
-                    certs.append(event.payload["certificate"])
+                    certs.append((event.run_id, event.payload["certificate"]))
             pipe = self.redis.pipeline(transaction=True)
-            queue_writes(pipe, keys, states.values(), certs)
-            for event in events:
+            queue_writes(pipe, keys, states.values(), [c for r, c in certs if public_certificate(states[r], c)])
+            for event, _ in events:
                 if event.topic == RATING_TOPIC:
                     queue_rating(pipe, keys, event)
             if secret_prefix is not None:
@@ -148,6 +204,8 @@ class Projector(RedisClient):
                     if state.status.terminal and state.secret_ref:
                         # Secrets live only as long as the run needs them.
                         pipe.delete(f"{secret_prefix}{state.secret_ref}")
+            last = max([checkpoint.seq, *(seq for _, seq in events)])
+            pipe.set(checkpoint_key(self.prefix), Checkpoint(READ_MODEL_GENERATION, last, ns).encode(), xx=True)
             pipe.eval(_RELEASE, 1, lock_key(self.prefix), self._token)
             await pipe.execute()
         except BaseException:

@@ -33,7 +33,9 @@ class Services:
             max_age_s=settings.stream_max_age_s,
             name=name,
         )
-        self.store = EventStore(str(settings.database_url), max_size=pool_size)
+        self.store = EventStore(
+            str(settings.database_url), max_size=pool_size, statement_timeout_s=settings.pg_statement_timeout_s
+        )
         self.read_models = ReadModels(str(settings.redis_url), settings.redis_prefix)
         self.secrets = SecretStore(
             self.read_models, fernet_for(settings.secret_key, settings.jwt_secret), settings.secret_ttl_s

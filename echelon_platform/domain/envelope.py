@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from ulid import ULID
 
@@ -34,7 +34,7 @@ class Envelope(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     event_id: str = Field(min_length=26, max_length=26)
-    timestamp: datetime
+    timestamp: AwareDatetime  # a naive time is ambiguous and cannot be ordered against others
     topic: str = Field(pattern=r"^verify(\.[a-z_]+){2}$")
     correlation_id: str = Field(pattern=r"^run-[0-9A-Za-z_-]{1,64}$")
     causation_id: str | None = None

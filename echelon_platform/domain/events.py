@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from echelon_platform.domain.envelope import Envelope, correlation_for, new_event_id, utcnow
 from echelon_platform.domain.values import (
@@ -52,7 +52,7 @@ class RunRequested(Payload):
     labels: list[str] = Field(default_factory=list)
     include_unmerged: bool = False
     secret_ref: str | None = None
-    created_at: datetime
+    created_at: AwareDatetime
 
 
 class RunIngesting(Payload):
@@ -119,7 +119,7 @@ class RatingSubmitted(Payload):
     replay_id: str
     user_id: str
     rating: int = Field(ge=1, le=5)
-    rated_at: datetime
+    rated_at: AwareDatetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,36 @@
-"""Pure projections: `apply(state, event) -> state`, no I/O.
+"""Pure projections: `apply(state, event, seq) -> state`, no I/O.
 
-Every rule is a join (max, union, min-by-event-id) so the result depends only on the *set* of events
-seen: redelivery (duplicates) and reordering cannot change a read model.
+Every rule is a join (max, union, min by log position) so the result depends only on the *set* of
+(event, log position) pairs seen: redelivery (duplicates) and reordering cannot change a read model. How a
+run ends is the lifecycle's rule (`lifecycle.py`), decided by log position.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.lifecycle import (
+    CERTIFICATE_ISSUED,
+    IMPLIED,
+    RUN_FAILED,
+    Decision,
+    Status,
+    earlier,
+    ending,
+    needs_completion,
+    ready_to_certify,
+    status_of,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
+
+__all__ = ["Event", "RunState", "Status", "apply", "fold", "from_record", "public_view", "to_record"]
+
+# Bumped whenever the stored shape or a rule changes: read models of another generation are rebuilt.
+READ_MODEL_GENERATION = 2
+MAX_ERROR_CHARS = 2000
 
 
 class Event(Protocol):
@@ -27,36 +44,6 @@ class Event(Protocol):
     def topic(self) -> str: ...
     @property
     def payload(self) -> Mapping[str, Any]: ...
-
-
-MAX_ERROR_CHARS = 2000
-
-
-class Status(IntEnum):
-    PENDING = 0
-    INGESTING = 1
-    INVOKING = 2
-    SCORING = 3
-    CERTIFYING = 4
-    COMPLETED = 5
-    FAILED = 6
-
-    @property
-    def terminal(self) -> bool:
-        return self >= Status.COMPLETED
-
-
-_IMPLIED: dict[str, Status] = {
-    "verify.run.requested": Status.PENDING,
-    "verify.run.ingesting": Status.INGESTING,
-    "verify.run.ingested": Status.INVOKING,
-    "verify.replay.requested": Status.INVOKING,
-    "verify.replay.invoked": Status.SCORING,
-    "verify.replay.scored": Status.SCORING,
-    "verify.replay.failed": Status.SCORING,
-    "verify.run.certifying": Status.CERTIFYING,
-    "verify.certificate.issued": Status.CERTIFYING,
-}
 
 
 class RunState(NamedTuple):
@@ -76,20 +63,27 @@ class RunState(NamedTuple):
     total: int | None = None
     done: frozenset[str] = frozenset()  # replay ids scored or failed
     scored: frozenset[str] = frozenset()
-    certificate_id: str | None = None
-    # The terminal event with the smallest event id wins, whatever order events arrive in.
-    terminal_event_id: str | None = None
-    terminal: Status | None = None
-    error: str | None = None
+    certificate: Decision | None = None  # (log position, certificate id)
+    failure: Decision | None = None  # (log position, reason)
+    completion_announced: bool = False
     secret_ref: str | None = None
 
     @property
+    def ended_by(self) -> str | None:
+        return ending(self.certificate, self.failure)
+
+    @property
     def status(self) -> Status:
-        if self.terminal is not None:
-            return self.terminal
-        if self.total is not None and len(self.done) >= self.total and self.rank >= Status.INVOKING:
-            return max(self.rank, Status.CERTIFYING)
-        return self.rank
+        return status_of(self.rank, self.total, len(self.done), self.ended_by, self.completion_announced)
+
+    @property
+    def certificate_id(self) -> str | None:
+        """The run's public certificate: only one that decided the run."""
+        return self.certificate.value if self.certificate and self.ended_by == CERTIFICATE_ISSUED else None
+
+    @property
+    def error(self) -> str | None:
+        return self.failure.value if self.failure and self.ended_by == RUN_FAILED else None
 
     @property
     def progress(self) -> int:
@@ -102,22 +96,27 @@ class RunState(NamedTuple):
 
     @property
     def awaiting_certificate(self) -> bool:
-        return self.status is Status.CERTIFYING and self.certificate_id is None
+        """The certifier has work: every replay is done and no certificate or failure is logged, or a
+        certificate is logged but its `run.completed` is not."""
+        return ready_to_certify(self.status, self.ended_by) or needs_completion(
+            self.ended_by, self.completion_announced
+        )
 
 
 def _later(a: datetime | None, b: datetime) -> datetime:
     return b if a is None or b > a else a
 
 
-def apply(state: RunState, event: Event) -> RunState:
-    """Fold one event into a run's state. Idempotent, commutative and associative over events.
+def apply(state: RunState, event: Event, seq: int) -> RunState:
+    """Fold one event, stored at log position `seq`, into a run's state. Idempotent, commutative and
+    associative over (event, position) pairs.
 
     Reads the payload dict directly: events reach a projection only after the coordinator validated
     them (or from the event table, which holds validated events only), and replay speed matters.
     """
     p = event.payload
     changes: dict[str, Any] = {"updated_at": _later(state.updated_at, event.timestamp)}
-    implied = _IMPLIED.get(event.topic)
+    implied = IMPLIED.get(event.topic)
     if implied is not None and implied > state.rank:
         changes["rank"] = implied
     match event.topic:
@@ -137,14 +136,11 @@ def apply(state: RunState, event: Event) -> RunState:
         case "verify.replay.failed":
             changes["done"] = state.done | {p["replay_id"]}
         case "verify.certificate.issued":
-            changes["certificate_id"] = p["certificate"]["certificate_id"]
-        case "verify.run.completed" | "verify.run.failed":
-            if state.terminal_event_id is None or event.event_id < state.terminal_event_id:
-                changes["terminal_event_id"] = event.event_id
-                if event.topic == "verify.run.completed":
-                    changes.update(terminal=Status.COMPLETED, error=None)
-                else:
-                    changes.update(terminal=Status.FAILED, error=str(p["reason"])[:MAX_ERROR_CHARS])
+            changes["certificate"] = earlier(state.certificate, Decision(seq, p["certificate"]["certificate_id"]))
+        case "verify.run.failed":
+            changes["failure"] = earlier(state.failure, Decision(seq, str(p["reason"])[:MAX_ERROR_CHARS]))
+        case "verify.run.completed":
+            changes["completion_announced"] = True
         case _:
             pass
     return state._replace(**changes)
@@ -154,14 +150,24 @@ def _dt(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def fold(run_id: str, events: list[Envelope]) -> RunState:
+def fold(run_id: str, events: Iterable[tuple[Event, int]]) -> RunState:
+    """A run's state from (event, log position) pairs."""
     state = RunState(run_id=run_id)
-    for event in events:
-        state = apply(state, event)
+    for event, seq in events:
+        state = apply(state, event, seq)
     return state
 
 
+def public_certificate(state: RunState, certificate: Mapping[str, Any]) -> bool:
+    """Whether a logged certificate is the run's public one (not one logged after the run failed)."""
+    return bool(state.certificate_id == certificate["certificate_id"])
+
+
 # ---- serialisation of the read model (what Redis holds) ----
+
+
+def _decision(value: list[Any] | None) -> Decision | None:
+    return Decision(int(value[0]), str(value[1])) if value else None
 
 
 def to_record(state: RunState) -> dict[str, Any]:
@@ -176,10 +182,9 @@ def to_record(state: RunState) -> dict[str, Any]:
         "total": state.total,
         "done": sorted(state.done),
         "scored": sorted(state.scored),
-        "certificate_id": state.certificate_id,
-        "terminal_event_id": state.terminal_event_id,
-        "terminal": int(state.terminal) if state.terminal is not None else None,
-        "error": state.error,
+        "certificate": list(state.certificate) if state.certificate else None,
+        "failure": list(state.failure) if state.failure else None,
+        "completion_announced": state.completion_announced,
         "secret_ref": state.secret_ref,
     }
 
@@ -199,10 +204,9 @@ def from_record(record: dict[str, Any]) -> RunState:
         total=record["total"],
         done=frozenset(record["done"]),
         scored=frozenset(record["scored"]),
-        certificate_id=record["certificate_id"],
-        terminal_event_id=record["terminal_event_id"],
-        terminal=Status(record["terminal"]) if record["terminal"] is not None else None,
-        error=record["error"],
+        certificate=_decision(record["certificate"]),
+        failure=_decision(record["failure"]),
+        completion_announced=record["completion_announced"],
         secret_ref=record["secret_ref"],
     )
 

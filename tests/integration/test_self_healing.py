@@ -1,0 +1,110 @@
+"""Read models heal themselves: after their loss (a Redis restart without persistence, a flush) or at
+writer start, they are rebuilt or caught up from the log with no operator step, to the same content."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from coordinator.factory import coordinator_for
+from coordinator.replay import verify
+from echelon_platform.adapters.readmodel_writer import Projector
+from echelon_platform.adapters.services import Services
+from echelon_platform.config import Settings
+from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
+from tests.factories import certificate, run_events
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    async with Services(settings, name="test") as svc:
+        yield svc
+
+
+async def lose_read_models(services: Services) -> int:
+    """What a Redis restart without persistence does to our keys (scoped to this test's prefix)."""
+    redis = services.read_models.redis
+    keys = [k async for k in redis.scan_iter(match=f"{services.read_models.prefix}*", count=1000)]
+    return int(await redis.delete(*keys)) if keys else 0
+
+
+def completed_run(run_id: str) -> list:  # type: ignore[type-arg]
+    cert = certificate(run_id)
+    return [
+        *run_events(run_id, n=2, failed=0),
+        make_event(CertificateIssued(run_id=run_id, certificate=cert)),
+        make_event(RunCompleted(run_id=run_id, certificate_id=cert.certificate_id)),
+    ]
+
+
+async def status_of(services: Services, run_id: str) -> str | None:
+    state = await services.read_models.get_run(run_id)
+    return state.status.name if state is not None else None
+
+
+async def test_a_running_writer_rebuilds_lost_read_models_without_any_new_event(
+    services: Services, settings: Settings
+) -> None:
+    for e in [*completed_run("HEALA"), *run_events("HEALB", n=3, failed=1)]:
+        await services.bus.publish(e)
+    async with coordinator_for(services, settings) as coordinator:
+        task = asyncio.create_task(coordinator.run())
+        try:
+            await wait_for(lambda: _is(services, "HEALA", "COMPLETED"), what="run projected")
+            assert await lose_read_models(services) > 0
+            assert await status_of(services, "HEALA") is None
+            # No event arrives; the idle writer notices the missing checkpoint and rebuilds.
+            await wait_for(lambda: _is(services, "HEALA", "COMPLETED"), timeout=15, what="read models rebuilt")
+            cert_id = certificate("HEALA").certificate_id
+            assert (await services.read_models.get_certificate(cert_id)) is not None
+            runs, total = await services.read_models.list_runs(user_id="alice")
+            assert total == 2 and {r.run_id for r in runs} == {"HEALA", "HEALB"}
+        finally:
+            coordinator.stop()
+            await asyncio.wait_for(task, 10)
+    async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
+        report = await verify(services.store, projector)
+    assert report.differences == []
+
+
+async def test_a_certify_trigger_lost_with_the_read_models_is_announced_again(
+    services: Services, settings: Settings
+) -> None:
+    """Every replay scored and committed, then the writer died before projecting and announcing, and the
+    read models vanished: the restarted writer rebuilds and still tells the certifier."""
+    events = run_events("HEALC", n=2, failed=0)
+    await services.store.append_batch([(e, i) for i, e in enumerate(events, start=1)])
+    await lose_read_models(services)
+    async with coordinator_for(services, settings) as coordinator:
+        await coordinator.run(until_idle=True)
+        await coordinator.run(until_idle=True)  # the announcement it published is appended too
+    topics = await services.store.pool.fetch(
+        "SELECT topic FROM events WHERE correlation_id = 'run-HEALC' AND topic = 'verify.run.certifying'"
+    )
+    assert len(topics) == 1
+    assert await status_of(services, "HEALC") == "CERTIFYING"
+
+
+async def test_a_restarted_writer_catches_up_from_its_checkpoint(services: Services, settings: Settings) -> None:
+    """Events logged but never projected (a crash between commit and projection) are applied at start."""
+    for e in completed_run("HEALD"):
+        await services.bus.publish(e)
+    async with coordinator_for(services, settings) as coordinator:
+        await coordinator.run(until_idle=True)
+    # Roll the checkpoint back as if the last batches had been committed but not projected.
+    async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
+        checkpoint = await projector.checkpoint()
+        assert checkpoint is not None and checkpoint.seq > 0
+        ns = checkpoint.namespace
+        await projector.redis.set(f"{settings.redis_prefix}checkpoint", f"{checkpoint.generation}:0:{ns}")
+        await projector.redis.delete(f"{settings.redis_prefix}{ns}:run:HEALD")
+    async with coordinator_for(services, settings) as coordinator:
+        await coordinator.run(until_idle=True)
+    assert await status_of(services, "HEALD") == "COMPLETED"
+
+
+async def _is(services: Services, run_id: str, status: str) -> bool:
+    return await status_of(services, run_id) == status
