@@ -17,8 +17,8 @@ from echelon.embedded._process import free_port
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.helpers import wait_for
-from tests.integration.test_api_support import API, auth, http_client
 from tests.integration.test_api_runs import RUN
+from tests.integration.test_api_support import API, auth, http_client
 
 
 @pytest.fixture
@@ -45,8 +45,10 @@ async def outage_client(settings: Settings, outage_services: Services) -> AsyncI
 async def requested_in_stream(services: Services) -> int:
     """How many run requests the stream holds (JetStream's own count, after a round trip)."""
     await services.bus.nc.flush(timeout=5)
-    info = await services.bus.js.stream_info(services.bus.stream, subjects_filter=f"{services.subjects.root}.>")
-    return sum((info.state.subjects or {}).values()) if info.state.subjects is not None else info.state.messages
+    info = await services.bus.js.stream_info(
+        services.bus.stream, subjects_filter=services.subjects.topic_filter("verify.run.requested")
+    )
+    return sum((info.state.subjects or {}).values())
 
 
 async def stop_nats(server: EmbeddedNats, services: Services) -> None:
