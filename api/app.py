@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +12,7 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from api import certificates, runs, stats, stream
+from api import certificates, readiness, runs, stats, stream
 from api.auth import TokenCache
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.middleware import RequestContext
@@ -91,7 +90,8 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
             _attach(app, services)
             yield
             return
-        async with Services(settings, name="echelon-api") as owned:
+        # No reconnect buffering: a publish that failed (503) must never be sent later.
+        async with Services(settings, name="echelon-api", buffer_while_reconnecting=False) as owned:
             _attach(app, owned)
             yield
 
@@ -142,16 +142,11 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
 
     @app.get("/readyz", tags=["ops"], response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz(request: Request) -> JSONResponse:
-        """NATS, Postgres and Redis are reachable."""
-        svc: Services = request.app.state.services
-        checks: dict[str, str] = {}
-        names = ("nats", "postgres", "redis")
-        results = await asyncio.gather(svc.bus.ping(), svc.store.ping(), svc.read_models.ping(), return_exceptions=True)
-        for name, result in zip(names, results, strict=True):
-            checks[name] = "ok" if result is None else f"unreachable: {result}"
-        ready = all(v == "ok" for v in checks.values())
-        body = Readiness(ready=ready, checks=checks).model_dump()
-        return JSONResponse(body, status_code=200 if ready else 503)
+        """NATS connected, Postgres and Redis reachable, the writer keeping up, read models not rebuilding;
+        503 names what is not."""
+        report = await readiness.check(request.app.state.services, settings)
+        body = Readiness(ready=report.ready, checks=report.checks).model_dump()
+        return JSONResponse(body, status_code=200 if report.ready else 503)
 
     @app.get(
         "/metrics",

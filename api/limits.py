@@ -1,18 +1,18 @@
-"""Per-user request state in Redis: a sliding-window rate limit and `Idempotency-Key` records.
+"""Per-user request state in Redis: a sliding-window rate limit and the recently accepted runs.
 
-This is request bookkeeping under `settings.redis_prefix`, not domain state: losing it can only let a
-request through twice (the second run is then an ordinary new run), never corrupt a read model.
+This is request bookkeeping under `settings.redis_prefix`, not domain state: losing it (a flush) can only
+reset a rate-limit window or delay a new run's appearance in the list. `Idempotency-Key`s are not kept
+here: they map to a deterministic run id (see api/runs.py), so no Redis state decides whether a run starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+import time
 from datetime import datetime
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from ulid import ULID
@@ -32,13 +32,6 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tonumber(oldest[2]) + window - now
-"""
-
-# Delete only our own claim (its run id), never a newer request's.
-_RELEASE = """
-local raw = redis.call('GET', KEYS[1])
-if raw and cjson.decode(raw)['run_id'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -69,59 +62,42 @@ class RateLimiter:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
-    run_id: str
-    created_at: datetime
-    fingerprint: str
-    done: bool
+class RecentRuns:
+    """Per user, the runs this API accepted in the last `ttl_s`: a read-your-writes hint that lets the run
+    list show a run before the coordinator projected it. Only a cache — losing it delays a run's appearance
+    in the list, nothing else; entries the read model already shows are dropped."""
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {"run_id": self.run_id, "created_at": self.created_at, "fingerprint": self.fingerprint, "done": self.done}
-        )
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> IdempotencyRecord:
-        data: dict[str, Any] = orjson.loads(raw)
-        return cls(
-            run_id=data["run_id"],
-            created_at=datetime.fromisoformat(data["created_at"]),
-            fingerprint=data["fingerprint"],
-            done=bool(data["done"]),
-        )
-
-
-class IdempotencyStore:
-    """(user, Idempotency-Key) → the run it started. `claim` is SET NX, so concurrent requests agree."""
-
-    def __init__(self, redis: aioredis.Redis, prefix: str, *, ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, *, ttl_s: int = 600, max_entries: int = 100) -> None:
         self._redis = redis
         self._prefix = prefix
         self.ttl_s = ttl_s
+        self.max_entries = max_entries
 
-    def _key(self, user_id: str, key: str) -> str:
-        return f"{self._prefix}idem:runs:{_digest(user_id, key)}"
+    def _key(self, user_id: str) -> str:
+        return f"{self._prefix}recent:runs:{_digest(user_id)}"
 
-    async def get(self, user_id: str, key: str) -> IdempotencyRecord | None:
-        raw = await self._call(self._redis.get(self._key(user_id, key)))
-        return IdempotencyRecord.from_json(raw) if raw else None
+    async def add(self, user_id: str, run_id: str, created_at: datetime) -> None:
+        key = self._key(user_id)
+        now_ms = time.time() * 1000
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {run_id: created_at.timestamp() * 1000})
+            pipe.zremrangebyscore(key, "-inf", now_ms - self.ttl_s * 1000)
+            pipe.zremrangebyrank(key, 0, -self.max_entries - 1)  # keep the newest
+            pipe.expire(key, self.ttl_s)
+            await self._call(pipe.execute())
 
-    async def claim(self, user_id: str, key: str, record: IdempotencyRecord) -> bool:
-        return bool(
-            await self._call(self._redis.set(self._key(user_id, key), record.to_json(), nx=True, ex=self.ttl_s))
-        )
+    async def run_ids(self, user_id: str) -> list[str]:
+        """Newest first, only those younger than the TTL."""
+        since_ms = time.time() * 1000 - self.ttl_s * 1000
+        raw = await self._call(self._redis.zrevrangebyscore(self._key(user_id), "+inf", since_ms))
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
 
-    async def complete(self, user_id: str, key: str, record: IdempotencyRecord) -> None:
-        done = IdempotencyRecord(record.run_id, record.created_at, record.fingerprint, done=True)
-        await self._call(self._redis.set(self._key(user_id, key), done.to_json(), xx=True, keepttl=True))
-
-    async def release(self, user_id: str, key: str, run_id: str) -> None:
-        """Forget a claim whose run was never published, so a retry with the same key can start it."""
-        await self._call(self._redis.eval(_RELEASE, 1, self._key(user_id, key), run_id))
+    async def forget(self, user_id: str, run_ids: list[str]) -> None:
+        if run_ids:
+            await self._call(self._redis.zrem(self._key(user_id), *run_ids))
 
     async def _call(self, op: Any) -> Any:
         try:
             return await op
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise ReadModelError(f"idempotency store unavailable: {exc}") from exc
+            raise ReadModelError(f"recent-runs hint unavailable: {exc}") from exc

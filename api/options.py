@@ -11,7 +11,6 @@ from echelon_platform.config import Settings
 class ApiOptions:
     runs_per_minute: int = 10  # POST /runs per user per minute
     ratings_per_minute: int = 60  # rating submissions per user per minute
-    idempotency_ttl_s: int = 24 * 3600  # how long an Idempotency-Key keeps pointing at its run
     ws_queue_size: int = 1024  # frames buffered per WebSocket client before coalescing / closing
     ws_heartbeat_s: float = 15.0  # idle time before the server sends a heartbeat frame
     ws_auth_timeout_s: float = 10.0  # time a client has to authenticate and subscribe
@@ -22,7 +21,6 @@ class ApiOptions:
         return cls(
             runs_per_minute=settings.runs_per_minute,
             ratings_per_minute=settings.ratings_per_minute,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
             ws_queue_size=settings.ws_queue_size,
             ws_heartbeat_s=settings.ws_heartbeat_s,
             ws_auth_timeout_s=settings.ws_auth_timeout_s,

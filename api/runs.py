@@ -1,36 +1,41 @@
-"""Verification run routes: submit (publish `verify.run.requested`), read one, list. Runs are private."""
+"""Verification run routes: submit (publish `verify.run.requested`), read one, list. Runs are private.
+
+`Idempotency-Key` needs no state of its own: the run id is derived from (user, key), so every retry
+publishes the same dedup key (`verify.run.requested:<run_id>`) and JetStream's duplicate window plus the
+log's unique dedup key store one run whatever failed in between (a 503, a Redis flush, a lost ack).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import hashlib
-import time
 from datetime import datetime
 from typing import Annotated, Literal
 
+import asyncpg
 import orjson
 import structlog
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from ulid import ULID
 
 from api import responses as r
 from api.auth import Principal
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
-from api.limits import IdempotencyRecord, IdempotencyStore, RateLimiter
-from api.schemas import RunCreate, RunCreated, RunList, RunView
+from api.limits import RateLimiter, RecentRuns
+from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.validation import validate_run_request
+from echelon_platform.adapters.bus import PublishAck
 from echelon_platform.adapters.readmodel_store import RunReader
 from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
+from echelon_platform.domain.events import OracleSpec, RunRequested, make_event, payload_as
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
-from echelon_platform.errors import NotFound, RequestRejected
+from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
-# How long a request that lost the Idempotency-Key race waits for the winner to publish.
-IDEMPOTENT_WAIT_S = 6.0
+REQUESTED = "verify.run.requested"
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["runs"])
@@ -43,7 +48,8 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
         description="Any unique printable-ASCII string (e.g. a UUID): retrying with the same key returns the "
-        "run the first request started (200) instead of starting another. Kept for 24 h.",
+        "run the first request started (200) instead of starting another, for as long as the run exists. "
+        "Retry with the same key after a 503 or a lost answer.",
     ),
 ]
 
@@ -56,27 +62,34 @@ def fingerprint(body: RunCreate) -> str:
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-async def _replayed(
-    store: IdempotencyStore, user: Principal, key: str, record: IdempotencyRecord, fp: str, services: Services
-) -> RunCreated:
-    """The answer to a repeated Idempotency-Key: the first request's run, once that request has published."""
-    if record.fingerprint != fp:
+def idempotent_run_id(user_id: str, key: str) -> str:
+    """The run id an (user, Idempotency-Key) pair names: 'k' + 25 base32 characters (125 bits) of a hash,
+    alphanumeric and 26 long like a ULID, and never equal to one (ULIDs are upper case)."""
+    digest = hashlib.sha256(f"{user_id}\0{key}".encode()).digest()
+    return "k" + base64.b32encode(digest).decode().lower()[:25]
+
+
+async def stored_request(services: Services, run_id: str) -> RunRequested | None:
+    """The run's stored request event: from the stream (recent), else from the log (kept for good)."""
+    envelope = await services.bus.last_on_subject(services.subjects.subject(REQUESTED, run_id))
+    if envelope is None:
+        try:
+            events = await services.store.run_events(run_id, [REQUESTED])
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise StoreError(f"event log unavailable: {exc}") from exc
+        envelope = events[0] if events else None
+    return payload_as(envelope, RunRequested) if envelope is not None else None
+
+
+async def _repeat(services: Services, request: RunRequested, fp: str) -> RunCreated:
+    """The answer to a repeated Idempotency-Key: the first request's run (200), if the body is the same."""
+    if request.request_fingerprint != fp:
         raise RequestRejected(
             "this Idempotency-Key was already used for a different request; use a new key for a new run"
         )
-    deadline = time.monotonic() + IDEMPOTENT_WAIT_S
-    current: IdempotencyRecord | None = record
-    while current is not None and not current.done and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)  # the first request is publishing (a few ms)
-        current = await store.get(user.user_id, key)
-    if current is None or not current.done or current.run_id != record.run_id:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            "the first request with this Idempotency-Key has not finished (or failed): retry it",
-        )
-    state = await services.read_models.get_run(record.run_id)
-    current_status = state.status.name if state is not None and state.visible else Status.PENDING.name
-    return RunCreated(run_id=record.run_id, status=current_status, created_at=record.created_at)
+    state = await services.read_models.get_run(request.run_id)
+    current = state.status.name if state is not None and state.visible else Status.PENDING.name
+    return RunCreated(run_id=request.run_id, status=current, created_at=request.created_at)
 
 
 @router.post(
@@ -87,8 +100,8 @@ async def _replayed(
         {200: {"model": RunCreated, "description": "The run an earlier request with this Idempotency-Key started"}},
         r.PROTECTED,
         r.MALFORMED_BODY,
-        r.CONFLICT,
         r.RATE_LIMITED,
+        {503: {"model": ErrorBody, "description": "Not accepted, no run started: retry (same Idempotency-Key)"}},
     ),
 )
 async def create_run(
@@ -100,48 +113,53 @@ async def create_run(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> RunCreated:
-    """Start a verification run. A 201 means the request event is stored in JetStream.
-
-    With an `Idempotency-Key`, a retry returns the same run with 200 (also while two requests race)."""
-    redis = services.read_models.redis
-    store = IdempotencyStore(redis, settings.redis_prefix, ttl_s=options.idempotency_ttl_s)
+    """Start a verification run. A 201 means the request event is stored in JetStream; a 5xx means no run
+    was started. With an `Idempotency-Key`, a retry returns the same run with 200."""
     fp = fingerprint(body)
     if idempotency_key is not None:
-        existing = await store.get(user.user_id, idempotency_key)
-        if existing is not None:
+        run_id = idempotent_run_id(user.user_id, idempotency_key)
+        known = await stored_request(services, run_id)
+        if known is not None:  # a replay: no validation, no rate limit, no publish
             response.status_code = status.HTTP_200_OK
-            return await _replayed(store, user, idempotency_key, existing, fp, services)
+            return await _repeat(services, known, fp)
+    else:
+        run_id = str(ULID())
     weights = await validate_run_request(body, settings)
-    run_id = str(ULID())
+    redis = services.read_models.redis
+    await RateLimiter(redis, settings.redis_prefix, limit=options.runs_per_minute, window_s=60).hit(
+        "runs", user.user_id
+    )
     created_at = utcnow()
-    claim = IdempotencyRecord(run_id=run_id, created_at=created_at, fingerprint=fp, done=False)
-    if idempotency_key is not None:
-        for _ in range(3):
-            if await store.claim(user.user_id, idempotency_key, claim):
-                break
-            existing = await store.get(user.user_id, idempotency_key)  # lost the race: answer with the winner's run
-            if existing is not None:
-                response.status_code = status.HTTP_200_OK
-                return await _replayed(store, user, idempotency_key, existing, fp, services)
-            # The winner failed and released the key in between: claim again.
-        else:
-            raise HTTPException(status.HTTP_409_CONFLICT, "this Idempotency-Key is contended; retry the request")
+    ack = await _publish_request(body, user, services, run_id, created_at, weights, fp)
+    answer = RunCreated(run_id=run_id, status=Status.PENDING.name, created_at=created_at)
+    if ack.duplicate:
+        # A concurrent request with this key, or an earlier attempt whose answer was lost, stored it first.
+        known = await stored_request(services, run_id)
+        if known is None:
+            raise BusError("the run's request is stored but not readable yet; retry with the same Idempotency-Key")
+        response.status_code = status.HTTP_200_OK
+        answer = await _repeat(services, known, fp)
+    await _remember(services, settings.redis_prefix, user, answer)
+    return answer
+
+
+async def _remember(services: Services, prefix: str, user: Principal, run: RunCreated) -> None:
+    """Note the accepted run for the list's read-your-writes; the run is accepted even if this fails."""
     try:
-        limiter = RateLimiter(redis, settings.redis_prefix, limit=options.runs_per_minute, window_s=60)
-        await limiter.hit("runs", user.user_id)
-        await _publish_request(body, user, services, run_id, created_at, weights)
-    except BaseException:
-        if idempotency_key is not None:
-            await store.release(user.user_id, idempotency_key, run_id)
-        raise
-    if idempotency_key is not None:
-        await store.complete(user.user_id, idempotency_key, claim)
-    return RunCreated(run_id=run_id, status=Status.PENDING.name, created_at=created_at)
+        await RecentRuns(services.read_models.redis, prefix).add(user.user_id, run.run_id, run.created_at)
+    except ReadModelError as exc:
+        log.warning("api.recent_runs_unavailable", error=str(exc), runId=run.run_id)
 
 
 async def _publish_request(
-    body: RunCreate, user: Principal, services: Services, run_id: str, created_at: datetime, weights: dict[str, float]
-) -> None:
+    body: RunCreate,
+    user: Principal,
+    services: Services,
+    run_id: str,
+    created_at: datetime,
+    weights: dict[str, float],
+    fp: str,
+) -> PublishAck:
     secrets = RunSecrets(github_token=body.github_token, oracle_headers=body.oracle_headers or {})
     secret_ref = None
     if not secrets.is_empty():
@@ -168,11 +186,21 @@ async def _publish_request(
         include_unmerged=body.include_unmerged,
         secret_ref=secret_ref,
         created_at=created_at,
+        request_fingerprint=fp,
     )
     event = make_event(payload)
-    seq = await services.bus.publish(event)
-    services.metrics.events_published.labels(event.topic).inc()
-    log.info("api.published", topic=event.topic, correlationId=event.correlation_id, eventId=event.event_id, seq=seq)
+    ack = await services.bus.publish_acked(event)
+    if not ack.duplicate:
+        services.metrics.events_published.labels(event.topic).inc()
+    log.info(
+        "api.published",
+        topic=event.topic,
+        correlationId=event.correlation_id,
+        eventId=event.event_id,
+        seq=ack.seq,
+        duplicate=ack.duplicate,
+    )
+    return ack
 
 
 async def load_run(services: Services, run_id: str, reader: RunReader | None = None) -> RunState | None:
@@ -183,7 +211,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
         return state
     if not run_id.isascii() or not run_id.isalnum() or len(run_id) > 64:
         return None
-    requested = await services.bus.last_on_subject(services.subjects.subject("verify.run.requested", run_id))
+    requested = await services.bus.last_on_subject(services.subjects.subject(REQUESTED, run_id))
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position
@@ -206,19 +234,59 @@ async def get_run(run_id: str, user: UserDep, services: ServicesDep, request: Re
 async def list_runs(
     user: UserDep,
     services: ServicesDep,
+    settings: SettingsDep,
     status_filter: Annotated[StatusName | None, Query(alias="status")] = None,
     construct_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> RunList:
-    """The caller's runs (an admin's: everyone's), newest first; `total` counts the filtered set."""
+    """The caller's runs (an admin's: everyone's), newest first; `total` counts the filtered set.
+
+    Runs the caller started moments ago are listed too, before the coordinator projected them."""
+    wanted = Status[status_filter] if status_filter else None
+    # Before the read model: a run projected in between then shows up there and is dropped from `unseen`.
+    unseen = await _unprojected(services, settings.redis_prefix, user, wanted, construct_id)
     states, total = await services.read_models.list_runs(
         user_id=None if user.is_admin else user.user_id,
-        status=Status[status_filter] if status_filter else None,
+        status=wanted,
         construct_id=construct_id,
         limit=limit,
         offset=offset,
     )
+    listed = {s.run_id for s in states}
+    extra = [s for s in unseen if s.run_id not in listed]
+    total += len(extra)
+    if offset == 0 and extra:  # they are the newest runs, so they belong on the first page
+        states = sorted([*states, *extra], key=_newest_first)[:limit]
     return RunList(
         runs=[RunView.model_validate(public_view(s)) for s in states], total=total, limit=limit, offset=offset
     )
+
+
+def _newest_first(state: RunState) -> float:
+    return -(state.created_at.timestamp() if state.created_at is not None else 0.0)
+
+
+async def _unprojected(
+    services: Services, prefix: str, user: Principal, wanted: Status | None, construct_id: str | None
+) -> list[RunState]:
+    """The caller's recently accepted runs the read model does not show yet (read from the stream)."""
+    recent = RecentRuns(services.read_models.redis, prefix)
+    run_ids = await recent.run_ids(user.user_id)
+    unseen: list[RunState] = []
+    projected: list[str] = []
+    for run_id in run_ids:
+        state = await services.read_models.get_run(run_id)
+        if state is not None and state.visible:
+            projected.append(run_id)
+            continue
+        try:
+            state = await load_run(services, run_id)
+        except BusError:
+            continue  # only a hint: without NATS the list shows what the read model has
+        if state is None or state.user_id != user.user_id:
+            continue
+        if (wanted is None or state.status is wanted) and (construct_id is None or state.construct_id == construct_id):
+            unseen.append(state)
+    await recent.forget(user.user_id, projected)
+    return unseen

@@ -44,11 +44,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     runs_per_minute: int = Field(default=10, ge=1)  # POST /runs per user per minute
     ratings_per_minute: int = Field(default=60, ge=1)
-    idempotency_ttl_s: int = 24 * 3600  # how long an Idempotency-Key keeps pointing at its run
     ws_queue_size: int = Field(default=1024, ge=16)  # frames buffered per WebSocket client
     ws_heartbeat_s: float = 15.0
     ws_auth_timeout_s: float = 10.0
     ws_close_timeout_s: float = 10.0
+    # /readyz answers 503 when the coordinator is this many stream events behind.
+    ready_max_lag: int = Field(default=10_000, ge=0)
     wallet_max_age_s: int = 300  # a signed wallet message is fresh this long
     admin_wallets: list[str] = Field(default_factory=list)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import nats
 import nats.errors
@@ -25,6 +25,11 @@ log = structlog.get_logger(__name__)
 NATS_MSG_ID = "Nats-Msg-Id"
 
 
+class PublishAck(NamedTuple):
+    seq: int
+    duplicate: bool  # JetStream already held an event with this dedup key (within its duplicate window)
+
+
 class Bus:
     """A NATS connection that reconnects forever, with the stream ensured at start-up."""
 
@@ -37,6 +42,7 @@ class Bus:
         duplicate_window_s: float = 120.0,
         max_age_s: float = 30 * 86400,
         name: str = "echelon",
+        buffer_while_reconnecting: bool = True,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -44,6 +50,9 @@ class Bus:
         self.duplicate_window_s = duplicate_window_s
         self.max_age_s = max_age_s
         self.name = name
+        # False for a process that answers someone "not accepted" when a publish fails (the API): nats-py
+        # would otherwise keep the publish in its reconnect buffer and send it later, after the answer.
+        self.buffer_while_reconnecting = buffer_while_reconnecting
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
 
@@ -60,7 +69,8 @@ class Bus:
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
-                pending_size=64 * 1024 * 1024,
+                # 0: a publish while disconnected raises at once instead of waiting in the buffer.
+                pending_size=64 * 1024 * 1024 if self.buffer_while_reconnecting else 0,
             )
         except (OSError, nats.errors.Error) as exc:
             raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
@@ -81,11 +91,21 @@ class Bus:
         log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnect(self) -> None:
+        if not self.buffer_while_reconnecting:
+            self._drop_pending()
         if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
             log.warning("nats.disconnected", url=self.url)
 
     async def _on_reconnect(self) -> None:
         log.info("nats.reconnected", url=self.url)
+
+    def _drop_pending(self) -> None:
+        """Forget commands queued but never written: nats-py replays them after a reconnect, and a publish
+        whose caller already got an error must not happen later. No public API exists for this; the SUBs in
+        there are re-sent from the subscription table on reconnect anyway."""
+        if self._nc is not None:
+            self._nc._pending = []
+            self._nc._pending_data_size = 0
 
     @property
     def nc(self) -> NATS:
@@ -102,6 +122,22 @@ class Bus:
     @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
+
+    @property
+    def state(self) -> str:
+        """The real connection state ("connected", "reconnecting", "connecting", "closed", "not started")."""
+        nc = self._nc
+        if nc is None:
+            return "not started"
+        if nc.is_closed:
+            return "closed"
+        if nc.is_connected:
+            return "connected"
+        return "reconnecting" if nc.is_reconnecting else "connecting"
+
+    def _check_can_publish(self) -> None:
+        if not self.buffer_while_reconnecting and not self.connected:
+            raise BusError(f"NATS is not connected ({self.state}); nothing was published")
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(
@@ -127,6 +163,11 @@ class Bus:
 
     async def publish(self, envelope: Envelope, *, timeout: float = 5.0) -> int:
         """Publish and wait for JetStream's ack; returns the stream sequence (also for a duplicate)."""
+        return (await self.publish_acked(envelope, timeout=timeout)).seq
+
+    async def publish_acked(self, envelope: Envelope, *, timeout: float = 5.0) -> PublishAck:
+        """Publish and wait for JetStream's ack; says whether the dedup key was already stored."""
+        self._check_can_publish()
         try:
             ack = await self.js.publish(
                 self.subjects.for_event(envelope),
@@ -137,10 +178,11 @@ class Bus:
             )
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"publish of {envelope.topic} failed: {exc or type(exc).__name__}") from exc
-        return int(ack.seq)
+        return PublishAck(int(ack.seq), bool(ack.duplicate))
 
     async def publish_many(self, envelopes: Sequence[Envelope], *, timeout: float = 10.0) -> list[int]:
         """Pipelined publish: all in flight at once, then wait for every ack."""
+        self._check_can_publish()
         try:
             futures = [
                 await self.js.publish_async(
@@ -163,6 +205,7 @@ class Bus:
         headers = dict(headers or {})
         if msg_id:
             headers[NATS_MSG_ID] = msg_id
+        self._check_can_publish()
         try:
             ack = await self.js.publish(subject, data, stream=self.stream, headers=headers)
         except (nats.errors.Error, TimeoutError) as exc:
@@ -212,6 +255,9 @@ class Bus:
             raise BusError(f"cannot create consumer {durable}: {exc or type(exc).__name__}") from exc
 
     async def ping(self) -> None:
+        # While reconnecting, flush() returns at once without a round trip: ask the connection instead.
+        if not self.connected:
+            raise BusError(f"NATS {self.state}")
         try:
             await self.nc.flush(timeout=2)
         except (nats.errors.Error, TimeoutError) as exc:

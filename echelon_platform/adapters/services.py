@@ -19,7 +19,16 @@ from echelon_platform.metrics import Metrics
 class Services:
     """Connects to NATS, Postgres and Redis on enter; closes them on exit. Nothing connects at import."""
 
-    def __init__(self, settings: Settings, *, name: str, metrics: Metrics | None = None, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        metrics: Metrics | None = None,
+        pool_size: int = 4,
+        buffer_while_reconnecting: bool = True,
+    ) -> None:
+        """`buffer_while_reconnecting=False` for a process whose failed publish must never happen later."""
         if not settings.infra_configured():
             raise ConfigError("NATS_URL, DATABASE_URL and REDIS_URL must be set (or use `echelon stack up`)")
         self.settings = settings
@@ -32,6 +41,7 @@ class Services:
             duplicate_window_s=settings.duplicate_window_s,
             max_age_s=settings.stream_max_age_s,
             name=name,
+            buffer_while_reconnecting=buffer_while_reconnecting,
         )
         self.store = EventStore(
             str(settings.database_url), max_size=pool_size, statement_timeout_s=settings.pg_statement_timeout_s

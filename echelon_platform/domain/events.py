@@ -53,6 +53,8 @@ class RunRequested(Payload):
     include_unmerged: bool = False
     secret_ref: str | None = None
     created_at: AwareDatetime
+    # What made the request (secrets excluded), so a repeated Idempotency-Key with another body is refused.
+    request_fingerprint: str | None = None
 
 
 class RunIngesting(Payload):
