@@ -71,6 +71,11 @@ async def serve(
             log.info("stack.migrated", applied=applied)
         async with (
             Services(resolved, name="echelon-stack", pool_size=6) as services,
+            # The API's own connections: a publish that failed (503) must never be sent later from a
+            # reconnect buffer, which the writer's and stages' connections rightly keep.
+            Services(
+                resolved, name="echelon-api", metrics=services.metrics, pool_size=2, buffer_while_reconnecting=False
+            ) as api_services,
             coordinator_for(services, resolved) as coordinator,
             Pipeline(services, resolved) as pipeline,
         ):
@@ -81,7 +86,7 @@ async def serve(
                 tasks.append(asyncio.create_task(pipeline.run()))
             server: _Server | None = None
             if with_api:
-                app = create_app(resolved, services)
+                app = create_app(resolved, api_services)
                 config = uvicorn.Config(
                     app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
                 )
