@@ -126,14 +126,16 @@ async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: 
         if not args.watch:
             return 0
         view: dict[str, Any] = {}
+        # A terminal gets a bar redrawn in place; a pipe or a file only the final state, on its own line.
+        redraw = "\r" if sys.stdout.isatty() else ""
         while view.get("status") not in TERMINAL:
             await asyncio.sleep(0.5)  # polling interval of a human-facing progress bar
             response = await client.get(f"/api/v1/verification/runs/{run_id}")
             _raise_for(response)
             view = response.json()
-            if sys.stdout.isatty():
-                print(f"\r{progress_bar(view)}", end="", flush=True)
-        print(f"\r{progress_bar(view)}")
+            if redraw:
+                print(f"{redraw}{progress_bar(view)}", end="", flush=True)
+        print(f"{redraw}{progress_bar(view)}")
         if view["status"] == "FAILED":
             print(f"run failed: {view['error']}", file=sys.stderr)
             return 1
