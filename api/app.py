@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from api import certificates, readiness, runs, stats, stream
 from api.auth import TokenCache
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
+from api.docs_assets import install_docs
 from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
@@ -95,7 +96,15 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
             _attach(app, owned)
             yield
 
-    app = FastAPI(title="echelon-verify", version="0.2.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="echelon-verify",
+        version="0.2.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc without a CDN
+        redoc_url=None,
+    )
+    install_docs(app)
     app.state.settings = settings
     app.state.options = options or ApiOptions.from_settings(settings)
     app.state.tokens = TokenCache(settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)

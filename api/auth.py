@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from cachetools import TLRUCache
 
+from api.tokens import issue_jwt as issue_jwt  # re-exported: callers mint and check tokens here
 from api.wallet import (
     WalletProof,
     claim_key,
@@ -74,14 +75,6 @@ class TokenCache:
         principal, expires = _decode(token, self._secret, self._algorithm)
         self._tokens[token] = (principal, expires)
         return principal
-
-
-def issue_jwt(user_id: str, secret: str, *, admin: bool = False, ttl_s: int = 3600, algorithm: str = "HS256") -> str:
-    now = int(time.time())
-    claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl_s, "type": "access"}
-    if admin:
-        claims["role"] = "admin"
-    return jwt.encode(claims, secret, algorithm=algorithm)
 
 
 async def claim_wallet_message(client: aioredis.Redis, redis_prefix: str, message: str, max_age_s: int) -> None:

@@ -9,7 +9,7 @@ from echelon_platform.adapters.url_guard import check_url_allowed
 from echelon_platform.config import Settings
 from echelon_platform.domain.certificate import validate_weights
 from echelon_platform.domain.oracle_targets import check_callable_allowed
-from echelon_platform.domain.repo_refs import check_local_repo_allowed, validate_repo_url
+from echelon_platform.domain.repo_refs import SAMPLE_REPO, check_local_repo_allowed, validate_repo_url
 from echelon_platform.errors import OracleError, RequestRejected
 
 # A request must not hang on a slow resolver: an oracle host that does not resolve quickly is refused.
@@ -18,9 +18,10 @@ DNS_TIMEOUT_S = 5.0
 
 async def validate_run_request(body: RunCreate, settings: Settings) -> dict[str, float]:
     """Raise RequestRejected (→ 422) with an actionable message; returns the normalised weights."""
-    validate_repo_url(body.repo_url)
-    # stat() of a path: cheap enough to do inline, and it must run before anything is published.
-    check_local_repo_allowed(body.repo_url, settings.allowed_repo_roots())
+    if body.repo_url != SAMPLE_REPO:  # the bundled sample is resolved by the ingest worker
+        validate_repo_url(body.repo_url)
+        # stat() of a path: cheap enough to do inline, and it must run before anything is published.
+        check_local_repo_allowed(body.repo_url, settings.allowed_repo_roots())
     if body.oracle_type == "python":
         check_callable_allowed(f"{body.oracle_module}:{body.oracle_callable}", settings.oracle_allowlist)
     else:

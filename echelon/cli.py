@@ -9,11 +9,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
+
+# Commands that only print for a person: they skip logging set-up (and its imports) to start quickly.
+QUIET_COMMANDS = frozenset({"token", "verify"})
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
@@ -63,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--min-replays", type=int, default=1)
     verify.add_argument("--github-token")
     verify.add_argument("--watch", action="store_true", help="show progress until the certificate")
-    verify.add_argument("--api", help="API base URL (default: ECHELON_API_BASE_URL)")
+    verify.add_argument(
+        "--api", help="API base URL (default: ECHELON_API_BASE_URL, else http://ECHELON_API_HOST:ECHELON_API_PORT)"
+    )
     verify.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local dev token)")
     return parser
 
@@ -74,11 +78,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = Settings()
         if getattr(args, "data_dir", None):
             settings = settings.model_copy(update={"data_dir": args.data_dir})
-        from echelon import commands  # the heavy imports only once arguments are known
-        from echelon_platform.log_config import configure_logging
+        from echelon import commands  # each command imports what it needs (see commands.py)
 
-        # JSON lines for machines; readable lines in a terminal.
-        configure_logging(settings.log_level, json=not sys.stderr.isatty())
+        if args.command not in QUIET_COMMANDS:
+            from echelon_platform.log_config import configure_logging
+
+            # JSON lines for machines; readable lines in a terminal.
+            configure_logging(settings.log_level, json=not sys.stderr.isatty())
 
         handler: Command = getattr(commands, f"cmd_{args.command}")
         code: int = asyncio.run(handler(args, settings))
@@ -88,7 +94,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         first = exc.errors()[0]
         print(f"echelon: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         code = 2
-    except (EchelonError, httpx.HTTPError, OSError) as exc:
+    except (EchelonError, OSError) as exc:
+        print(f"echelon: {exc}", file=sys.stderr)
+        code = 1
+    except Exception as exc:
+        # httpx is imported only by the commands that use it; its errors are known failures too.
+        httpx = sys.modules.get("httpx")
+        if httpx is None or not isinstance(exc, httpx.HTTPError):
+            raise
         print(f"echelon: {exc}", file=sys.stderr)
         code = 1
     sys.exit(code)
+
+
+if __name__ == "__main__":  # `python -m echelon.cli ...`, e.g. from a checkout without the entry point
+    main()

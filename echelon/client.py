@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import socket
 import sys
 from typing import Any
 
 import httpx
 
-from api.auth import issue_jwt
+from api.tokens import issue_jwt
 from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
-from pipeline_workers.fixtures import materialise_sample_repo
 
 TERMINAL = {"COMPLETED", "FAILED"}
 
@@ -27,6 +28,30 @@ def _raise_for(response: httpx.Response) -> None:
     if isinstance(detail, list):  # FastAPI validation errors
         detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail)
     raise EchelonError(f"API answered {response.status_code}: {detail}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a failed connection in a few words (httpx only says "All connection attempts failed")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, socket.gaierror):
+            return f"host not found: {seen.strerror}"
+        if isinstance(seen, TimeoutError | httpx.TimeoutException):
+            return "timed out"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
+def unreachable(base: str, exc: httpx.HTTPError) -> EchelonError:
+    """One actionable line: which URL was tried, why it failed, and how to point the CLI elsewhere."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return EchelonError(
+            f"no API at {base} ({_reason(exc)}); start it with `echelon stack up` "
+            "or set ECHELON_API_BASE_URL (or pass --api)"
+        )
+    return EchelonError(f"request to the API at {base} failed ({_reason(exc)})")
 
 
 def progress_bar(view: dict[str, Any], width: int = 30) -> str:
@@ -57,14 +82,21 @@ def certificate_table(cert: dict[str, Any]) -> str:
 
 
 async def submit_and_watch(args: argparse.Namespace, settings: Settings) -> int:
-    base = args.api or settings.api_base_url
-    token = args.token or (settings.api_token.get_secret_value() if settings.api_token else None)
-    token = token or issue_jwt("local", settings.jwt_secret.get_secret_value())
-    repo = args.repo
-    if repo == "sample":
-        repo = str(await materialise_sample_repo(settings.data_dir.resolve() / "sample-repo"))
+    # httpx logs every request at INFO; they would land between the progress bar and the certificate.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    base = (args.api or settings.api_url()).rstrip("/")
+    try:
+        return await _submit_and_watch(args, settings, base)
+    except httpx.HTTPError as exc:
+        raise unreachable(base, exc) from exc
+
+
+def run_body(args: argparse.Namespace) -> dict[str, Any]:
+    # "sample" is passed as is: each ingest worker materialises the bundled sample under its own data
+    # directory, which it may read, whatever this machine's data directory is.
     body: dict[str, Any] = {
-        "repo_url": repo,
+        "repo_url": args.repo,
         "construct_id": args.construct_id,
         "limit": args.limit,
         "min_replays": args.min_replays,
@@ -78,6 +110,13 @@ async def submit_and_watch(args: argparse.Namespace, settings: Settings) -> int:
         body.update(oracle_type="python", oracle_module=module, oracle_callable=func)
     if args.github_token:
         body["github_token"] = args.github_token
+    return body
+
+
+async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: str) -> int:
+    token = args.token or (settings.api_token.get_secret_value() if settings.api_token else None)
+    token = token or issue_jwt("local", settings.jwt_secret.get_secret_value())
+    body = run_body(args)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         response = await client.post("/api/v1/verification/runs", json=body)
@@ -87,14 +126,16 @@ async def submit_and_watch(args: argparse.Namespace, settings: Settings) -> int:
         if not args.watch:
             return 0
         view: dict[str, Any] = {}
+        # A terminal gets a bar redrawn in place; a pipe or a file only the final state, on its own line.
+        redraw = "\r" if sys.stdout.isatty() else ""
         while view.get("status") not in TERMINAL:
             await asyncio.sleep(0.5)  # polling interval of a human-facing progress bar
             response = await client.get(f"/api/v1/verification/runs/{run_id}")
             _raise_for(response)
             view = response.json()
-            if sys.stdout.isatty():
-                print(f"\r{progress_bar(view)}", end="", flush=True)
-        print(f"\r{progress_bar(view)}")
+            if redraw:
+                print(f"{redraw}{progress_bar(view)}", end="", flush=True)
+        print(f"{redraw}{progress_bar(view)}")
         if view["status"] == "FAILED":
             print(f"run failed: {view['error']}", file=sys.stderr)
             return 1

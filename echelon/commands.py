@@ -7,28 +7,25 @@ import asyncio
 import contextlib
 import sys
 
-import uvicorn
-
-from api.app import create_app
-from api.auth import issue_jwt
-from coordinator.replay import Rebuilder, verify
-from coordinator.writer import RETRY_HEADER
-from echelon.client import submit_and_watch
-from echelon.stack import infrastructure, serve
-from echelon.tail import tail
-from echelon_platform.adapters.migrations import DEFAULT_DIR, migrate
-from echelon_platform.adapters.readmodel_writer import Projector
-from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from pipeline_workers.pipeline import STAGES, Pipeline
+
+# Each command imports what it needs when it runs: loading the API, workers and their libraries costs
+# seconds, and `echelon token` or `echelon verify` need none of it.
 
 
 async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.stack import serve
+
     await serve(settings, with_api=not args.no_api)
     return 0
 
 
 async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from echelon.stack import infrastructure
+
     async with infrastructure(settings) as resolved:
         server = uvicorn.Server(
             uvicorn.Config(create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning")
@@ -38,11 +35,17 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.stack import serve
+
     await serve(settings, with_api=False, stages=False)
     return 0
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.stack import infrastructure
+    from echelon_platform.adapters.services import Services
+    from pipeline_workers.pipeline import STAGES, Pipeline
+
     unknown = set(args.stages) - set(STAGES)
     if unknown:
         print(
@@ -60,6 +63,9 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.stack import infrastructure
+    from echelon_platform.adapters.migrations import DEFAULT_DIR, migrate
+
     async with infrastructure(settings) as resolved:
         applied = await migrate(str(resolved.database_url), args.dir or DEFAULT_DIR)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
@@ -67,6 +73,11 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from coordinator.replay import Rebuilder, verify
+    from echelon.stack import infrastructure
+    from echelon_platform.adapters.readmodel_writer import Projector
+    from echelon_platform.adapters.services import Services
+
     async with (
         infrastructure(settings) as resolved,
         Services(resolved, name="echelon-replay") as services,
@@ -91,6 +102,10 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.stack import infrastructure
+    from echelon.tail import tail
+    from echelon_platform.adapters.services import Services
+
     async with infrastructure(settings) as resolved, Services(resolved, name="echelon-tail") as services:
         subject = services.subjects.of_run(args.run_id) if args.run_id else services.subjects.user_pattern(args.subject)
         with contextlib.suppress(asyncio.CancelledError):
@@ -99,6 +114,10 @@ async def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
+    from coordinator.writer import RETRY_HEADER
+    from echelon.stack import infrastructure
+    from echelon_platform.adapters.services import Services
+
     async with infrastructure(settings) as resolved, Services(resolved, name="echelon-parked") as services:
         if args.action == "list":
             rows = await services.store.parked(include_retried=args.all)
@@ -129,9 +148,13 @@ async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from api.tokens import issue_jwt
+
     print(issue_jwt(args.user_id, settings.jwt_secret.get_secret_value(), admin=args.admin, ttl_s=args.ttl))
     return 0
 
 
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.client import submit_and_watch
+
     return await submit_and_watch(args, settings)

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
     jwt_algorithm: str = "HS256"
-    api_base_url: str = "http://127.0.0.1:8000"
+    api_base_url: str | None = None  # where clients find the API; unset → api_url() from api_host/api_port
     api_token: SecretStr | None = None
 
     log_level: str = "INFO"
@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     @property
     def uses_dev_secret(self) -> bool:
         return self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
+
+    def api_url(self) -> str:
+        """The API's base URL for a client on this machine: ECHELON_API_BASE_URL, else where the API listens."""
+        if self.api_base_url:
+            return self.api_base_url.rstrip("/")
+        host = self.api_host
+        if host in ("", "0.0.0.0"):  # listening everywhere: reach it on loopback
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.api_port}"
 
     def allowed_repo_roots(self) -> list[Path]:
         return self.local_repo_roots or [self.data_dir]

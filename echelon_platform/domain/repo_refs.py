@@ -16,6 +16,11 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _GITHUB_HOSTS = frozenset({"github.com", "www.github.com"})
 
 
+# The sample repository shipped with the stage workers. The ingest worker materialises it under its own
+# data directory, so a client asking for it need not share a filesystem or data directory with the server.
+SAMPLE_REPO = "sample"
+
+
 @dataclass(frozen=True)
 class GitHubRepo:
     owner: str

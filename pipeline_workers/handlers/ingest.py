@@ -16,8 +16,9 @@ from echelon_platform.domain.events import (
     RunRequested,
     make_event,
 )
-from echelon_platform.domain.repo_refs import check_local_repo_allowed
+from echelon_platform.domain.repo_refs import SAMPLE_REPO, check_local_repo_allowed
 from echelon_platform.errors import IngestError, RequestRejected
+from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.ingest.base import SourceSpec, ingester_for
 from pipeline_workers.ingest.diffs import truncate_diff
@@ -53,8 +54,13 @@ class IngestHandler:
             token=secrets.github_token.get_secret_value() if secrets.github_token else None,
         )
         try:
-            check_local_repo_allowed(payload.repo_url, self.ctx.settings.allowed_repo_roots())
-            ingester = ingester_for(payload.repo_url, self.ctx.http, github_api_url=self.ctx.settings.github_api_url)
+            if payload.repo_url == SAMPLE_REPO:
+                # Bundled, trusted content, cloned where this worker keeps its data (not a client's path).
+                sample = await materialise_sample_repo(self.ctx.settings.data_dir.resolve() / "sample-repo")
+                spec = spec.model_copy(update={"repo_url": str(sample)})
+            else:
+                check_local_repo_allowed(payload.repo_url, self.ctx.settings.allowed_repo_roots())
+            ingester = ingester_for(spec.repo_url, self.ctx.http, github_api_url=self.ctx.settings.github_api_url)
             result = await ingester.fetch(spec)
         except (IngestError, RequestRejected) as exc:
             return [self._failed(envelope, f"ingest failed: {exc}")]
