@@ -57,9 +57,12 @@ class _Server(uvicorn.Server):
 
 async def serve(
     settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True
-) -> None:
+) -> int:
     """Run everything in one process until SIGINT/SIGTERM, then stop fetching, finish in-flight work and
-    shut the embedded servers down (one process suits our 2-core machines)."""
+    shut the embedded servers down (one process suits our 2-core machines).
+
+    The coordinator waits as a standby until it holds the writer lease, so several processes may run it.
+    Returns the exit code: 0 after a signal, 1 when a component ended on its own (a supervisor restarts)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,7 +92,8 @@ async def serve(
                 tasks.append(asyncio.create_task(server.serve()))
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            log.info("stack.stopping", reason="signal" if stopped in done else "a component exited")
+            by_signal = stopped in done
+            log.info("stack.stopping", reason="signal" if by_signal else "a component exited")
             coordinator.stop()
             pipeline.stop()
             if server is not None:
@@ -100,3 +104,4 @@ async def serve(
                 if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                     log.error("stack.component_failed", error=repr(result))
     log.info("stack.stopped")
+    return 0 if by_signal else 1

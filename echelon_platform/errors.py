@@ -12,6 +12,7 @@
     │   ├── StoreError
     │   └── ReadModelError
     ├── MigrationError         a migration that cannot be applied (edited after applying, SQL error)
+    ├── WriterFenced           this writer's lease epoch is stale: another writer took over (never retried)
     └── StageError             a pipeline stage could not do its work for one run or replay
         ├── IngestError        ground truth could not be fetched (message says what to fix)
         ├── OracleError        the oracle timed out, failed or answered garbage
@@ -73,6 +74,10 @@ class ReadModelError(InfrastructureError):
 
 class MigrationError(EchelonError):
     pass
+
+
+class WriterFenced(EchelonError):
+    """Not infrastructure trouble: retrying cannot help, the writer must stop and stand by."""
 
 
 class StageError(EchelonError):
