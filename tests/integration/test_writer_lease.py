@@ -175,7 +175,8 @@ def _start_coordinator(settings: Settings) -> subprocess.Popen[bytes]:
 async def test_sigkill_of_the_leader_hands_over_within_five_seconds(services: Services, settings: Settings) -> None:
     procs = [_start_coordinator(settings) for _ in range(2)]
     try:
-        first = await wait_for(lambda: lease_row(settings), timeout=30, what="a leader elected")
+        await wait_for(lambda: _contenders(settings, 2), timeout=60, what="both processes up (leader, standby)")
+        first = await lease_row(settings)
         assert isinstance(first, asyncpg.Record)
         before = run_events("BEFORE", n=2, failed=0)
         await services.bus.publish_many(before)
@@ -210,6 +211,16 @@ async def test_sigkill_of_the_leader_hands_over_within_five_seconds(services: Se
                 p.wait()
     # The survivor stopped on SIGTERM: a clean exit; the killed one reports the signal.
     assert sorted(p.returncode for p in procs) == [-signal.SIGKILL, 0]
+
+
+async def _contenders(settings: Settings, n: int) -> bool:
+    """Each coordinator keeps a lease connection open, whether leading or standing by."""
+    rows = await fetch(
+        settings,
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        f"echelon-writer:{settings.writer_partition}",
+    )
+    return len(rows) == n
 
 
 async def _appended(services: Services, events: list[Envelope]) -> bool:
