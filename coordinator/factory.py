@@ -1,4 +1,4 @@
-"""Build a StateCoordinator (and its Redis projector) from Services."""
+"""Build a StateCoordinator (its Redis projector and its writer lease) from Services."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ from coordinator.writer import StateCoordinator
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.secret_store import secret_prefix
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.config import Settings
 
 
 @asynccontextmanager
 async def coordinator_for(services: Services, settings: Settings) -> AsyncIterator[StateCoordinator]:
-    async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
+    """A coordinator that appends only while it holds the partition's writer lease (else it stands by)."""
+    async with (
+        Projector(str(settings.redis_url), settings.redis_prefix) as projector,
+        WriterLease(str(settings.database_url), settings.writer_partition, ttl_s=settings.lease_ttl_s) as lease,
+    ):
         yield StateCoordinator(
             bus=services.bus,
             store=services.store,
@@ -25,4 +30,5 @@ async def coordinator_for(services: Services, settings: Settings) -> AsyncIterat
             fetch_timeout_s=settings.fetch_timeout_s,
             ack_wait_s=settings.ack_wait_s,
             secret_prefix=secret_prefix(settings.redis_prefix),
+            lease=lease,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,19 @@ from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, Fence
 from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent
+from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
 from echelon_platform.domain.lifecycle import CERTIFY_TRIGGERS
 from echelon_platform.domain.projections import RunState
-from echelon_platform.errors import BusError, EnvelopeError, InfrastructureError, ReadModelsStale, StoreError
+from echelon_platform.errors import (
+    BusError,
+    EnvelopeError,
+    InfrastructureError,
+    ReadModelsStale,
+    StoreError,
+    WriterFenced,
+)
 from echelon_platform.metrics import Metrics
 from echelon_platform.retry import Backoff, retry_forever
 
@@ -93,6 +102,7 @@ class StateCoordinator:
         ack_wait_s: float = 60.0,
         secret_prefix: str | None = None,
         fence: Fence | None = None,
+        lease: WriterLease | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -104,6 +114,7 @@ class StateCoordinator:
         self.ack_wait_s = ack_wait_s
         self.secret_prefix = secret_prefix
         self.fence = fence  # set while this process holds the writer lease
+        self.lease = lease  # when given, run() consumes only while holding it (else stands by)
         self.stats = CoordinatorStats()
         self._stopping = asyncio.Event()
 
@@ -112,12 +123,40 @@ class StateCoordinator:
         self._stopping.set()
 
     async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
+        """Stand by until this process holds the writer lease, consume while it does, and stand by again
+        when it is lost (another process was elected). Without a lease: consume straight away."""
+        if self.lease is None:
+            await self._consume(until_idle, asyncio.Event())
+            return self.stats
+        while not self._stopping.is_set():
+            log.info("coordinator.standby", partition=self.lease.partition, holder=self.lease.holder)
+            fence = await self.lease.acquire(self._stopping)
+            if fence is None:
+                break
+            self.fence = fence
+            log.info("coordinator.leader", epoch=fence.epoch, partition=fence.partition)
+            try:
+                finished = await self._consume(until_idle, self.lease.lost)
+            finally:
+                self.fence = None
+                await self.lease.release()
+            if finished:
+                break
+            log.warning("coordinator.leadership_lost", partition=fence.partition, epoch=fence.epoch)
+        return self.stats
+
+    async def _consume(self, until_idle: bool, lost: asyncio.Event) -> bool:
+        """The batch loop; False when leadership was lost (then nothing uncommitted is acked)."""
         sub: BatchPuller | None = None
         backoff = Backoff()
         prefetched: asyncio.Task[list[Msg]] | None = None
-        await self.heal()
+        await self.heal()  # as the leader: the read models are level with the log before anything new
         checked = time.monotonic()
+        leading = True
         while not self._stopping.is_set():
+            if lost.is_set():
+                leading = False
+                break
             if sub is None:
                 try:
                     await self.bus.ensure_consumer(
@@ -151,14 +190,25 @@ class StateCoordinator:
                 if until_idle:
                     break
                 continue
+            if lost.is_set():
+                await _nak_all(msgs)  # fetched after leadership ended: straight back for the new leader
+                leading = False
+                break
             if len(msgs) == self.batch_size:
                 # A full batch means more is waiting: fetch the next one while this one is written.
                 # Batches are still applied strictly one after another, in stream order.
                 prefetched = asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout_s))
-            await self._handle(msgs)
+            try:
+                await self._handle(msgs)
+            except WriterFenced as exc:
+                # Another writer took over: nothing of this batch was committed, so none of it is acked.
+                log.warning("coordinator.fenced", error=str(exc))
+                await _nak_all(msgs)
+                leading = False
+                break
         await _release_prefetched(prefetched)
         await _quiet_unsubscribe(sub)
-        return self.stats
+        return leading
 
     async def _handle(self, msgs: list[Msg]) -> None:
         started = time.perf_counter()
@@ -295,6 +345,12 @@ def _transient(exc: BaseException) -> bool:
 def _poison_msgs(msgs: list[Msg], decoded: _Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:
     by_seq = {p[0]: p for p in decoded.parked}
     return [(m, by_seq[message_sequence(m)]) for m in msgs if message_sequence(m) in by_seq]
+
+
+async def _nak_all(msgs: list[Msg]) -> None:
+    for msg in msgs:
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
+            await msg.nak()
 
 
 async def _release_prefetched(task: asyncio.Task[list[Msg]] | None) -> None:

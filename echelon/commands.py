@@ -16,8 +16,7 @@ from echelon_platform.config import Settings
 async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import serve
 
-    await serve(settings, with_api=not args.no_api)
-    return 0
+    return await serve(settings, with_api=not args.no_api)
 
 
 async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -37,8 +36,9 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import serve
 
-    await serve(settings, with_api=False, stages=False)
-    return 0
+    # A standby until it holds the writer lease (ECHELON_WRITER_PARTITION); exits 1 if the loop ends
+    # without a signal, so a supervisor restarts it.
+    return await serve(settings, with_api=False, stages=False)
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,7 +17,6 @@ from echelon.embedded import EmbeddedStack
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.errors import ComponentFailed
 from pipeline_workers.pipeline import Pipeline
 
 log = structlog.get_logger(__name__)
@@ -58,9 +57,12 @@ class _Server(uvicorn.Server):
 
 async def serve(
     settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True
-) -> None:
+) -> int:
     """Run everything in one process until SIGINT/SIGTERM, then stop fetching, finish in-flight work and
-    shut the embedded servers down (one process suits our 2-core machines)."""
+    shut the embedded servers down (one process suits our 2-core machines).
+
+    The coordinator waits as a standby until it holds the writer lease, so several processes may run it.
+    Returns the exit code: 0 after a signal, 1 when a component ended on its own (a supervisor restarts)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,7 +97,8 @@ async def serve(
                 tasks.append(asyncio.create_task(server.serve()))
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            log.info("stack.stopping", reason="signal" if stopped in done else "a component exited")
+            by_signal = stopped in done
+            log.info("stack.stopping", reason="signal" if by_signal else "a component exited")
             coordinator.stop()
             pipeline.stop()
             if server is not None:
@@ -108,6 +111,5 @@ async def serve(
             for failure in failures:
                 log.error("stack.component_failed", error=repr(failure))
     log.info("stack.stopped")
-    if failures or stopped not in done:
-        # A role that dies must say so to its supervisor: exit non-zero, never 0.
-        raise ComponentFailed(f"a component stopped unexpectedly: {failures[0] if failures else 'it exited'}")
+    # A role that dies must tell its supervisor: exit non-zero, never 0.
+    return 0 if by_signal and not failures else 1

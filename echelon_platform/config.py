@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     coordinator_batch: int = 256
     pg_statement_timeout_s: float = Field(default=30.0, gt=0)  # every Postgres statement of the roles
     fetch_timeout_s: float = 0.5
+    # One writer per partition (a Postgres lease); standbys take over when the holder stops renewing.
+    writer_partition: str = "verify"
+    lease_ttl_s: float = Field(default=3.0, gt=0)
 
     # Pipeline
     secret_key: SecretStr | None = None  # Fernet key; derived from jwt_secret when unset

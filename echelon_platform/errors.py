@@ -12,8 +12,8 @@
     │   ├── StoreError
     │   └── ReadModelError
     │       └── ReadModelsStale  read models lost or outdated: the writer rebuilds them from the log
-    ├── ComponentFailed        a role's loop stopped on its own: the process exits non-zero
     ├── MigrationError         a migration that cannot be applied (edited after applying, SQL error)
+    ├── WriterFenced           this writer's lease epoch is stale: another writer took over (never retried)
     └── StageError             a pipeline stage could not do its work for one run or replay
         ├── IngestError        ground truth could not be fetched (message says what to fix)
         ├── OracleError        the oracle timed out, failed or answered garbage
@@ -77,12 +77,12 @@ class ReadModelsStale(ReadModelError):
     """The read models lost their checkpoint or are of another generation: rebuild them from the log."""
 
 
-class ComponentFailed(EchelonError):
-    """A long-running part of a process (coordinator, stage, API server) stopped on its own."""
-
-
 class MigrationError(EchelonError):
     pass
+
+
+class WriterFenced(EchelonError):
+    """Not infrastructure trouble: retrying cannot help, the writer must stop and stand by."""
 
 
 class StageError(EchelonError):
