@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,7 +135,16 @@ class StateCoordinator:
             if fence is None:
                 break
             self.fence = fence
+            self.projector.epoch = fence.epoch
             log.info("coordinator.leader", epoch=fence.epoch, partition=fence.partition)
+            await self._retry("claim", functools.partial(self.projector.claim, fence.epoch))
+            floor = await self._retry(
+                "rewind",
+                lambda: self.bus.rewind_consumer(
+                    self.durable, self.bus.subjects.everything, ack_wait_s=self.ack_wait_s, max_deliver=-1
+                ),
+            )
+            log.info("coordinator.resuming", from_stream_seq=floor + 1)
             try:
                 finished = await self._consume(until_idle, self.lease.lost)
             finally:

@@ -247,12 +247,42 @@ class Bus:
     async def ensure_consumer(
         self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1
     ) -> None:
-        """Create the durable pull consumer (idempotent for an unchanged config)."""
+        """Create the durable pull consumer unless it exists (it may have been rewound: see below)."""
         config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, 20_000)
         try:
+            try:
+                await self.js.consumer_info(self.stream, durable)
+                return
+            except nats.js.errors.NotFoundError:
+                pass
             await self.js.add_consumer(self.stream, config)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create consumer {durable}: {exc or type(exc).__name__}") from exc
+
+    async def rewind_consumer(
+        self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1
+    ) -> int:
+        """Redeliver now, in stream order, everything after the consumer's ack floor; returns the floor.
+
+        A new writer calls this when it takes over: what the old one had fetched but not acked would
+        otherwise come back only after `ack_wait`, behind newer events, and be logged out of stream order.
+        The consumer is recreated to start at the floor (NATS 2.9 has no in-place reset)."""
+        try:
+            try:
+                info = await self.js.consumer_info(self.stream, durable)
+            except nats.js.errors.NotFoundError:
+                return 0
+            floor = int(info.ack_floor.stream_seq or 0)
+            if not info.num_ack_pending:
+                return floor
+            config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, 20_000)
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = floor + 1
+            await self.js.delete_consumer(self.stream, durable)
+            await self.js.add_consumer(self.stream, config)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot rewind consumer {durable}: {exc or type(exc).__name__}") from exc
+        return floor
 
     async def ping(self) -> None:
         # While reconnecting, flush() returns at once without a round trip: ask the connection instead.

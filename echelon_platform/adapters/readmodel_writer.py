@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
+import redis.exceptions
 from ulid import ULID
 
 from echelon_platform.adapters.readmodel_store import (
@@ -36,7 +37,7 @@ from echelon_platform.domain.projections import (
     public_certificate,
     to_record,
 )
-from echelon_platform.errors import ReadModelsStale
+from echelon_platform.errors import ReadModelsStale, WriterFenced
 
 CERT_TOPIC = "verify.certificate.issued"
 RATING_TOPIC = "verify.rating.submitted"
@@ -77,6 +78,10 @@ class Checkpoint:
 
 def checkpoint_key(prefix: str) -> str:
     return f"{prefix}checkpoint"
+
+
+def epoch_key(prefix: str) -> str:
+    return f"{prefix}writer_epoch"
 
 
 def rebuilding_key(prefix: str) -> str:
@@ -153,11 +158,20 @@ def queue_rating(pipe: aioredis.client.Pipeline, keys: Keys, event: Event) -> No
 class Projector(RedisClient):
     """The coordinator's Redis writer. A short lease keeps it and the replay script's switch-over apart."""
 
-    LEASE_MS = 30_000
+    # Long enough for any batch or switch-over, short enough that a writer killed while holding it
+    # delays its successor by seconds at most.
+    LEASE_MS = 5_000
 
     def __init__(self, url: str, prefix: str) -> None:
         super().__init__(url, prefix)
         self._token = str(ULID()).encode()
+        self.epoch: int | None = None  # the writer epoch this projector writes for (None: unfenced)
+
+    async def claim(self, epoch: int) -> None:
+        """Record a new writer epoch: from now on a projection by an older writer (one that was paused
+        between its append and its projection) fails instead of overwriting newer models."""
+        self.epoch = epoch
+        await self.redis.set(epoch_key(self.prefix), epoch)
 
     async def acquire(self) -> tuple[str, Checkpoint | None]:
         """Take the lease (waiting while another writer holds it); returns the namespace and checkpoint."""
@@ -184,34 +198,57 @@ class Projector(RedisClient):
             keys = Keys(self.prefix, ns)
             run_events = [(e, seq) for e, seq in events if e.topic != RATING_TOPIC]
             run_ids = list(dict.fromkeys(e.run_id for e, _ in run_events))
-            raws = await self.redis.mget([keys.run(r) for r in run_ids]) if run_ids else []
-            states = {
-                r: from_record(orjson.loads(raw)) if raw else RunState(run_id=r)
-                for r, raw in zip(run_ids, raws, strict=True)
-            }
-            certs = []
-            for event, seq in run_events:
-                states[event.run_id] = apply(states[event.run_id], event, seq)
-                if event.topic == CERT_TOPIC:
-                    certs.append((event.run_id, event.payload["certificate"]))
-            pipe = self.redis.pipeline(transaction=True)
-            queue_writes(pipe, keys, states.values(), [c for r, c in certs if public_certificate(states[r], c)])
-            for event, _ in events:
-                if event.topic == RATING_TOPIC:
-                    queue_rating(pipe, keys, event)
-            if secret_prefix is not None:
-                for state in states.values():
-                    if state.status.terminal and state.secret_ref:
-                        # Secrets live only as long as the run needs them.
-                        pipe.delete(f"{secret_prefix}{state.secret_ref}")
-            last = max([checkpoint.seq, *(seq for _, seq in events)])
-            pipe.set(checkpoint_key(self.prefix), Checkpoint(READ_MODEL_GENERATION, last, ns).encode(), xx=True)
-            pipe.eval(_RELEASE, 1, lock_key(self.prefix), self._token)
-            await pipe.execute()
+            async with self.redis.pipeline(transaction=True) as pipe:
+                # WATCH the writer epoch: if a newer writer claims it before EXEC, nothing is written.
+                await pipe.watch(epoch_key(self.prefix))
+                epoch, *raws = await pipe.mget([epoch_key(self.prefix), *(keys.run(r) for r in run_ids)])
+                if self.epoch is not None and epoch is not None and int(epoch) != self.epoch:
+                    raise WriterFenced(f"writer epoch {self.epoch} was superseded by {int(epoch)}")
+                states = {
+                    r: from_record(orjson.loads(raw)) if raw else RunState(run_id=r)
+                    for r, raw in zip(run_ids, raws, strict=True)
+                }
+                certs = []
+                for event, seq in run_events:
+                    states[event.run_id] = apply(states[event.run_id], event, seq)
+                    if event.topic == CERT_TOPIC:
+                        certs.append((event.run_id, event.payload["certificate"]))
+                public = [c for r, c in certs if public_certificate(states[r], c)]
+                pipe.multi()  # type: ignore[no-untyped-call]
+                self._queue_batch(pipe, keys, checkpoint, events, states, public, secret_prefix)
+                try:
+                    await pipe.execute()
+                except redis.exceptions.WatchError as exc:
+                    raise WriterFenced("a newer writer took over during this projection") from exc
         except BaseException:
             await self.release()
             raise
         return Projected(runs=states)
+
+    def _queue_batch(
+        self,
+        pipe: aioredis.client.Pipeline,
+        keys: Keys,
+        checkpoint: Checkpoint,
+        events: Sequence[tuple[RunEvent, int]],
+        states: dict[str, RunState],
+        certs: list[dict[str, Any]],
+        secret_prefix: str | None,
+    ) -> None:
+        """Queue every write of one batch, the checkpoint advance and the lease release (one MULTI)."""
+        queue_writes(pipe, keys, states.values(), certs)
+        for event, _ in events:
+            if event.topic == RATING_TOPIC:
+                queue_rating(pipe, keys, event)
+        if secret_prefix is not None:
+            for state in states.values():
+                if state.status.terminal and state.secret_ref:
+                    # Secrets live only as long as the run needs them.
+                    pipe.delete(f"{secret_prefix}{state.secret_ref}")
+        last = max([checkpoint.seq, *(seq for _, seq in events)])
+        advanced = Checkpoint(READ_MODEL_GENERATION, last, checkpoint.namespace)
+        pipe.set(checkpoint_key(self.prefix), advanced.encode(), xx=True)
+        pipe.eval(_RELEASE, 1, lock_key(self.prefix), self._token)
 
     async def release(self) -> None:
         await self.redis.eval(_RELEASE, 1, lock_key(self.prefix), self._token)
