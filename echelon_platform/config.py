@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     judge_concurrency: int = 4
     github_api_url: str = "https://api.github.com"
     stage_concurrency: int = 8
+    # At most this many messages of one run in flight per stage worker, so one run cannot take every slot.
+    stage_per_run_concurrency: int = 4
     run_timeout_s: float = 900.0
     watchdog_interval_s: float = 5.0
     ack_wait_s: float = 60.0

@@ -18,7 +18,8 @@
         ├── IngestError        ground truth could not be fetched (message says what to fix)
         ├── OracleError        the oracle timed out, failed or answered garbage
         ├── OracleRefused      the oracle target is not allowed (SSRF guard, allowlist)
-        └── ScoringError       the judge could not produce a valid score
+        ├── ScoringError       the judge could not produce a valid score
+        └── NotYetInLog        an event the stage needs is not in the log yet: wait and retry, never give up
 
 Library errors (asyncpg, redis, nats, httpx) are translated at the adapter with ``raise ... from exc``;
 HTTP mapping happens once, in the API's exception handler.
@@ -103,3 +104,11 @@ class OracleRefused(StageError):
 
 class ScoringError(StageError):
     pass
+
+
+class NotYetInLog(StageError):
+    """The work depends on events the coordinator has not appended yet (it may be behind after a crash).
+
+    The stage worker retries it with a delay and never dead-letters it: the watchdog ends a run that
+    really is stuck.
+    """

@@ -17,6 +17,7 @@ from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.handlers.invoke import InvokeHandler
 from pipeline_workers.handlers.score import ScoreHandler
+from pipeline_workers.oracles.python import OracleProcessPool
 from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.factory import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
@@ -51,11 +52,12 @@ class Pipeline:
         scorer = self._scorer
         if scorer is None:
             scorer = await self._resources.enter_async_context(scorer_for(self.settings))
-        ctx = StageContext(self.services, self.settings, http)
+        pool = await self._resources.enter_async_context(OracleProcessPool(max_idle=self.settings.stage_concurrency))
+        ctx = StageContext(self.services, self.settings, http, oracle_pool=pool)
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
-            "score": ScoreHandler(scorer, self.services.metrics),
+            "score": ScoreHandler(self.services, scorer, self.services.metrics),
             "certify": CertifyHandler(self.services.store),
         }
         self.workers = [
@@ -65,6 +67,7 @@ class Pipeline:
                 metrics=self.services.metrics,
                 durable_prefix=self.settings.consumer_prefix,
                 concurrency=self.settings.stage_concurrency,
+                per_run=self.settings.stage_per_run_concurrency,
                 ack_wait_s=self.settings.ack_wait_s,
                 max_deliver=self.settings.max_deliver,
                 fetch_timeout_s=self.settings.fetch_timeout_s,

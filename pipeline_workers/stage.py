@@ -2,13 +2,18 @@
 
 A handler turns one event into the events it causes. Effects are publishes with deterministic dedup keys,
 so a redelivered message that is handled twice still yields each event once in the log.
+
+Messages are handled one task each: up to `concurrency` in flight, more fetched as slots free up, and at
+most `per_run` of one run at a time, so a run whose oracle hangs cannot hold the slots other runs need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,12 +21,13 @@ from typing import Any, Protocol
 import nats.errors
 import nats.js.errors
 import structlog
+from cachetools import LRUCache
 from nats.aio.msg import Msg
 
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, parse_payload
-from echelon_platform.errors import EnvelopeError, InfrastructureError
+from echelon_platform.errors import EnvelopeError, InfrastructureError, NotYetInLog
 from echelon_platform.metrics import Metrics
 from echelon_platform.retry import Backoff
 
@@ -33,7 +39,7 @@ class Handler(Protocol):
     topic: str
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
-        """Events caused by this one. Raise InfrastructureError for a retryable failure."""
+        """Events caused by this one. Raise InfrastructureError for a retryable failure, NotYetInLog to wait."""
         ...
 
     def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
@@ -47,6 +53,8 @@ class StageStats:
     retried: int = 0
     dead_lettered: int = 0
     poison: int = 0
+    waited: int = 0  # NotYetInLog: put back without counting as a failed attempt
+    deferred: int = 0  # the run was at its per-run cap: put back for later
 
 
 class StageWorker:
@@ -58,72 +66,146 @@ class StageWorker:
         metrics: Metrics,
         durable_prefix: str,
         concurrency: int = 8,
+        per_run: int = 4,
         ack_wait_s: float = 60.0,
         max_deliver: int = 5,
         fetch_timeout_s: float = 0.5,
+        max_wait_delay_s: float = 10.0,
+        drain_s: float = 5.0,
     ) -> None:
         self.handler = handler
         self.bus = bus
         self.metrics = metrics
         self.durable = f"{durable_prefix}-{handler.stage}"
         self.concurrency = concurrency
+        self.per_run = max(1, per_run)
         self.ack_wait_s = ack_wait_s
         self.max_deliver = max_deliver
         self.fetch_timeout_s = fetch_timeout_s
+        self.max_wait_delay_s = max_wait_delay_s
+        self.drain_s = drain_s
         self.stats = StageStats()
         self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._per_run: Counter[str] = Counter()
+        # Deliveries that were put back without a failure (waiting, per-run cap), by stream sequence, so
+        # they do not use up a message's attempts. Per process and bounded: losing an entry only makes
+        # the count stricter.
+        self._put_back: LRUCache[int, int] = LRUCache(100_000)
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self, *, until_idle: bool = False) -> StageStats:
-        sub: Any = None
-        backoff = Backoff()
-        while not self._stopping.is_set():
-            if sub is None:
-                try:
-                    sub = await self.bus.pull_subscription(
-                        self.durable,
-                        self.bus.subjects.topic_filter(self.handler.topic),
-                        ack_wait_s=self.ack_wait_s,
-                        max_deliver=self.max_deliver,
-                        max_ack_pending=self.concurrency * 4,
-                    )
-                except InfrastructureError as exc:
-                    log.warning("stage.subscribe_failed", stage=self.handler.stage, error=str(exc))
-                    await backoff.wait(self._stopping)
-                    continue
-            try:
-                msgs = await sub.fetch(self.concurrency, timeout=self.fetch_timeout_s)
-            except (nats.errors.TimeoutError, TimeoutError):
-                if until_idle:
-                    break
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-                log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
-                sub = None
-                await backoff.wait(self._stopping)
-                continue
-            backoff.reset()
-            await asyncio.gather(*(self._one(m) for m in msgs))
-        if sub is not None:
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await sub.unsubscribe()
+        try:
+            await self._loop(until_idle=until_idle)
+        except asyncio.CancelledError:
+            # Killed: in-flight messages stay unacked and JetStream redelivers them.
+            await self._cancel_in_flight()
+            raise
+        await self._drain()
         return self.stats
 
-    async def _one(self, msg: Msg) -> None:
-        stage = self.handler.stage
-        started = time.perf_counter()
+    async def _loop(self, *, until_idle: bool) -> None:
+        sub: Any = None
+        backoff = Backoff()
+        try:
+            while not self._stopping.is_set():
+                if sub is None:
+                    try:
+                        # JetStream never stops redelivering (max_deliver -1): this loop counts real
+                        # failures itself, so a message that only waits is never dropped.
+                        sub = await self.bus.pull_subscription(
+                            self.durable,
+                            self.bus.subjects.topic_filter(self.handler.topic),
+                            ack_wait_s=self.ack_wait_s,
+                            max_deliver=-1,
+                        )
+                    except InfrastructureError as exc:
+                        log.warning("stage.subscribe_failed", stage=self.handler.stage, error=str(exc))
+                        await backoff.wait(self._stopping)
+                        continue
+                free = self.concurrency - len(self._in_flight)
+                if free <= 0:
+                    await asyncio.wait(
+                        self._in_flight, timeout=self.fetch_timeout_s, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    continue
+                try:
+                    msgs = await sub.fetch(free, timeout=self.fetch_timeout_s)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    if until_idle and not self._in_flight:
+                        break
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                    log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
+                    sub = None
+                    await backoff.wait(self._stopping)
+                    continue
+                backoff.reset()
+                for msg in msgs:
+                    await self._dispatch(msg)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await sub.unsubscribe()
+
+    async def _drain(self) -> None:
+        """Let in-flight handlers finish for a while; cancel the rest (JetStream redelivers them)."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self.drain_s)
+        await self._cancel_in_flight()
+
+    async def _cancel_in_flight(self) -> None:
+        tasks = list(self._in_flight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _dispatch(self, msg: Msg) -> None:
         try:
             envelope = Envelope.from_wire(msg.data)
             payload = parse_payload(envelope)
         except EnvelopeError as exc:
             # The coordinator parks it with the raw bytes; a stage only refuses it.
-            log.error("stage.poison", stage=stage, subject=msg.subject, reason=str(exc))
+            log.error("stage.poison", stage=self.handler.stage, subject=msg.subject, reason=str(exc))
             self.stats.poison += 1
-            self.metrics.stage_processed.labels(stage, "poison").inc()
+            self.metrics.stage_processed.labels(self.handler.stage, "poison").inc()
             await msg.term()
             return
+        run_id = envelope.run_id
+        if self._per_run[run_id] >= self.per_run:
+            # Put it back for later rather than hold a slot other runs could use.
+            self.stats.deferred += 1
+            await self._put_back_later(msg, 0.5 + random.random())
+            return
+        self._per_run[run_id] += 1
+        task = asyncio.create_task(self._one(msg, envelope, payload))
+        self._in_flight.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._in_flight.discard(t)
+            self._per_run[run_id] -= 1
+            if self._per_run[run_id] <= 0:
+                del self._per_run[run_id]
+
+        task.add_done_callback(done)
+
+    async def _put_back_later(self, msg: Msg, delay: float) -> None:
+        seq = int(msg.metadata.sequence.stream)
+        self._put_back[seq] = self._put_back.get(seq, 0) + 1
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await msg.nak(delay=delay)
+
+    def _attempts(self, msg: Msg) -> int:
+        """Deliveries that ended in a failure (or a crash), not counting the ones that were put back."""
+        seq = int(msg.metadata.sequence.stream)
+        return max(1, int(msg.metadata.num_delivered) - self._put_back.get(seq, 0))
+
+    async def _one(self, msg: Msg, envelope: Envelope, payload: Payload) -> None:
+        stage = self.handler.stage
+        started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(
             stage=stage,
             topic=envelope.topic,
@@ -134,18 +216,31 @@ class StageWorker:
                 async with self._keep_alive(msg):
                     caused = await self.handler.handle(envelope, payload)
                     await self._publish(caused)
+            except NotYetInLog as exc:
+                await self._wait(msg, exc)
+                return
             except Exception as exc:  # anything unexpected is retried, then dead-lettered: runs must end
                 await self._failed(msg, envelope, payload, exc)
                 return
             await msg.ack()
+            self._put_back.pop(int(msg.metadata.sequence.stream), None)
             self.stats.handled += 1
             self.metrics.stage_processed.labels(stage, "ok").inc()
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
+    async def _wait(self, msg: Msg, exc: NotYetInLog) -> None:
+        """Not a failure: what the handler needs is still on its way to the log. Never dead-lettered."""
+        waits = self._put_back.get(int(msg.metadata.sequence.stream), 0)
+        delay = min(self.max_wait_delay_s, 0.25 * 2 ** min(waits, 10))
+        log.info("stage.wait", reason=str(exc), waits=waits + 1, delay_s=delay)
+        self.stats.waited += 1
+        self.metrics.stage_processed.labels(self.handler.stage, "wait").inc()
+        await self._put_back_later(msg, delay)
+
     async def _failed(self, msg: Msg, envelope: Envelope, payload: Payload, exc: Exception) -> None:
         stage = self.handler.stage
         reason = str(exc) or type(exc).__name__
-        delivered = int(msg.metadata.num_delivered)
+        delivered = self._attempts(msg)
         expected = isinstance(exc, InfrastructureError | TimeoutError | OSError)
         if delivered < self.max_deliver:
             log.warning("stage.retry", attempts=delivered, reason=reason, exc_info=not expected)
@@ -165,6 +260,7 @@ class StageWorker:
         self.stats.dead_lettered += 1
         self.metrics.stage_processed.labels(stage, "dead_letter").inc()
         await msg.ack()
+        self._put_back.pop(int(msg.metadata.sequence.stream), None)
 
     @contextlib.asynccontextmanager
     async def _keep_alive(self, msg: Msg) -> AsyncIterator[None]:

@@ -1,4 +1,7 @@
-"""The Postgres event store. Writes (append, park) are the StateCoordinator's alone; reads are shared."""
+"""The Postgres event store. Writes (append, park) are the StateCoordinator's alone; reads are shared.
+
+Stage workers read it too (read-only): to skip paid work whose outcome is already stored, and to certify.
+"""
 
 from __future__ import annotations
 
@@ -235,3 +238,13 @@ class EventStore:
             await self.pool.fetchval("SELECT 1")
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"Postgres unreachable: {exc}") from exc
+
+    async def has_dedup_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these dedup keys are already stored (one query on the unique index)."""
+        if not keys:
+            return set()
+        try:
+            rows = await self.pool.fetch("SELECT dedup_key FROM events WHERE dedup_key = ANY($1::text[])", list(keys))
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"dedup lookup failed: {exc}") from exc
+        return {r["dedup_key"] for r in rows}

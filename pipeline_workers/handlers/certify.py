@@ -1,4 +1,8 @@
-"""Certify: once every replay is scored or failed, issue the run's one certificate."""
+"""Certify: once every replay is scored or failed, issue the run's one certificate.
+
+Idempotent in every partial-publish case: a certificate already in the log is re-emitted as stored (with
+`run.completed`), never rebuilt with new numbers; events not yet in the log make it wait, not fail.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from echelon_platform.domain.events import (
     payload_as,
 )
 from echelon_platform.domain.values import FailedReplay, ReplayScore
-from echelon_platform.errors import StageError
+from echelon_platform.errors import NotYetInLog, StageError
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION
 
 _TOPICS = (
@@ -30,6 +34,8 @@ _TOPICS = (
     "verify.replay.scored",
     "verify.replay.failed",
     "verify.certificate.issued",
+    "verify.run.completed",
+    "verify.run.failed",
 )
 
 
@@ -42,13 +48,20 @@ class CertifyHandler:
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, RunCertifying)
-        # The coordinator publishes `run.certifying` only after committing every replay outcome, so the
-        # log (read-only here) holds all of them.
+        # The coordinator announces `run.certifying` after committing every replay outcome, but a stage may
+        # see it before a restarted coordinator caught up: whatever is missing, wait for it (NotYetInLog).
         events = await self.store.run_events(payload.run_id, _TOPICS)
-        if any(e.topic == "verify.certificate.issued" for e in events):
-            return []  # already certified (redelivery); the dedup key would drop a second one anyway
-        request = next(payload_as(e, RunRequested) for e in events if e.topic == "verify.run.requested")
-        ingested = next(payload_as(e, RunIngested) for e in events if e.topic == "verify.run.ingested")
+        topics = {e.topic for e in events}
+        if topics & {"verify.run.completed", "verify.run.failed"}:
+            return []  # the run already ended
+        stored = next((e for e in events if e.topic == "verify.certificate.issued"), None)
+        if stored is not None:
+            # Issued, but `run.completed` was lost (a crash between the two publishes): the same event again.
+            return self._reissue(stored)
+        request = next((payload_as(e, RunRequested) for e in events if e.topic == "verify.run.requested"), None)
+        ingested = next((payload_as(e, RunIngested) for e in events if e.topic == "verify.run.ingested"), None)
+        if request is None or ingested is None:
+            raise NotYetInLog(f"run {payload.run_id}: request or ingest not in the log yet")
         scores: dict[str, ReplayScore] = {}
         failed: dict[str, FailedReplay] = {}
         for event in events:
@@ -62,6 +75,10 @@ class CertifyHandler:
                 )
         for replay_id in scores:
             failed.pop(replay_id, None)  # a score wins over a failure recorded by an earlier attempt
+        if len(scores) + len(failed) < ingested.total:
+            raise NotYetInLog(
+                f"run {payload.run_id}: {len(scores) + len(failed)} of {ingested.total} replay outcomes in the log"
+            )
         try:
             certificate = build_certificate(
                 run_id=payload.run_id,
@@ -82,6 +99,16 @@ class CertifyHandler:
         )
         completed = make_event(
             RunCompleted(run_id=payload.run_id, certificate_id=certificate.certificate_id),
+            causation_id=issued.event_id,
+        )
+        return [issued, completed]
+
+    @staticmethod
+    def _reissue(stored: Envelope) -> list[Envelope]:
+        issued = Envelope.model_validate(stored.model_dump())  # the stored event itself: same id, same bytes
+        certificate = payload_as(issued, CertificateIssued).certificate
+        completed = make_event(
+            RunCompleted(run_id=issued.run_id, certificate_id=certificate.certificate_id),
             causation_id=issued.event_id,
         )
         return [issued, completed]

@@ -1,4 +1,4 @@
-"""What handlers share: the bus, secrets, settings, and a cache of run requests read from the stream."""
+"""What handlers share: services, settings, the oracle process pool, a cache of run requests from the stream."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import RunRequested, payload_as
 from echelon_platform.errors import BusError
+from pipeline_workers.oracles.python import OracleProcessPool
 
 
 @dataclass
@@ -18,6 +19,7 @@ class StageContext:
     services: Services
     settings: Settings
     http: httpx.AsyncClient
+    oracle_pool: OracleProcessPool | None = None  # warm processes for sync Python oracles
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
 
     async def run_request(self, run_id: str) -> RunRequested:

@@ -16,6 +16,7 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
 from pipeline_workers.handlers.context import StageContext
+from pipeline_workers.handlers.guards import log_skip, skip_reason
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
@@ -38,6 +39,7 @@ class InvokeHandler:
                 str(spec.callable),
                 self.ctx.settings.oracle_allowlist,
                 timeout_s=spec.timeout_s,
+                pool=self.ctx.oracle_pool,
             )
         secrets = await self.ctx.services.secrets.get(request.secret_ref)
         headers = {k: v.get_secret_value() for k, v in secrets.oracle_headers.items()}
@@ -51,6 +53,13 @@ class InvokeHandler:
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayRequested)
+        # The judge's question and the oracle call cost money and time: never for a run that is over,
+        # nor again for a replay whose outcome the log already holds (a redelivery after a lost ack).
+        outcome_keys = [f"verify.replay.invoked:{payload.replay_id}", f"verify.replay.failed:{payload.replay_id}"]
+        skip = await skip_reason(self.ctx.services, payload.run_id, outcome_keys)
+        if skip is not None:
+            log_skip(self.stage, payload.run_id, skip)
+            return []
         request = await self.ctx.run_request(payload.run_id)
         record = payload.record
         try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, ReplayFailed, ReplayInvoked, ReplayScored, make_event
 from echelon_platform.errors import ScoringError
 from echelon_platform.metrics import Metrics
+from pipeline_workers.handlers.guards import log_skip, skip_reason
 from pipeline_workers.scoring.base import Scorer
 
 
@@ -15,12 +17,18 @@ class ScoreHandler:
     stage = "score"
     topic = "verify.replay.invoked"
 
-    def __init__(self, scorer: Scorer, metrics: Metrics) -> None:
+    def __init__(self, services: Services, scorer: Scorer, metrics: Metrics) -> None:
+        self.services = services
         self.scorer = scorer
         self.metrics = metrics
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayInvoked)
+        # A judge call is paid: not for a run that is over, nor again for a score already in the log.
+        skip = await skip_reason(self.services, payload.run_id, [f"verify.replay.scored:{payload.replay_id}"])
+        if skip is not None:
+            log_skip(self.stage, payload.run_id, skip)
+            return []
         try:
             score = await self.scorer.score(payload.replay_id, payload.record, payload.reply, question=payload.question)
         except ScoringError as exc:

@@ -1,21 +1,140 @@
-"""Oracles that are Python callables in the worker's own process, gated by an allowlist.
+"""Oracles that are Python callables, gated by an allowlist.
 
 Importing a module runs its code with the worker's privileges, so only targets an operator listed in
 ``ECHELON_ORACLE_ALLOWLIST`` may be used; the check is pure so the API can run it at request time.
+
+Async callables run in the worker's event loop under ``asyncio.timeout``. Sync callables run in a child
+process (``pipeline_workers.oracles.child``), kept warm in a small pool: a thread that hangs can never be
+reclaimed, a process is killed at the deadline and replaced, so one user's hanging oracle costs only its
+own calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Collection
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
 
 from echelon_platform.domain.oracle_targets import check_callable_allowed, parse_target
 from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError
 from pipeline_workers.oracles.base import build_request, parse_reply
+
+_LINE_LIMIT = 64 * 1024 * 1024  # a reply line; diffs in requests are truncated well below this
+
+
+class _Child:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls) -> _Child:
+        # The child imports oracle modules from the same places this process does.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pipeline_workers.oracles.child",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            limit=_LINE_LIMIT,
+        )
+        return cls(proc)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def call(self, target: str, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(orjson.dumps({"target": target, "request": request}) + b"\n")
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            code = await self.proc.wait()
+            raise OracleError(f"oracle {target} process exited with code {code}")
+        reply: dict[str, Any] = orjson.loads(line)
+        return reply
+
+    async def kill(self) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        await self.proc.wait()
+
+    async def close(self) -> None:
+        """Ask it to exit (stdin EOF); kill it if it does not."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            async with asyncio.timeout(2):
+                await self.proc.wait()
+        except TimeoutError:
+            await self.kill()
+
+
+class OracleProcessPool:
+    """Warm child processes for sync oracles: one per call in flight, up to `max_idle` kept between calls."""
+
+    def __init__(self, *, max_idle: int = 8) -> None:
+        self.max_idle = max_idle
+        self._idle: list[_Child] = []
+        self._busy: set[_Child] = set()
+        self.spawned = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        busy, self._busy = list(self._busy), set()
+        await asyncio.gather(*(c.close() for c in idle), *(c.kill() for c in busy), return_exceptions=True)
+
+    async def call(self, target: str, request: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """The child's reply, or OracleError on timeout (the child is killed, never reused)."""
+        child = await self._take()
+        ok = False
+        try:
+            async with asyncio.timeout(timeout_s) as deadline:
+                reply = await child.call(target, request)
+            ok = True
+            return reply
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise OracleError(f"oracle {target} timed out after {timeout_s:g}s") from exc
+            raise
+        finally:
+            self._busy.discard(child)
+            if ok and child.alive and len(self._idle) < self.max_idle:
+                self._idle.append(child)
+            else:
+                # Timed out, cancelled (the worker is stopping) or broken: its state is unknown.
+                await asyncio.shield(child.kill())
+
+    async def _take(self) -> _Child:
+        while self._idle:
+            child = self._idle.pop()
+            if child.alive:
+                self._busy.add(child)
+                return child
+        child = await _Child.start()
+        self.spawned += 1
+        self._busy.add(child)
+        return child
 
 
 class PythonOracle:
@@ -26,18 +145,22 @@ class PythonOracle:
         allowlist: Collection[str],
         *,
         timeout_s: float = 30.0,
+        pool: OracleProcessPool | None = None,
     ) -> None:
         self.target = f"{module}:{callable_name}"
         check_callable_allowed(self.target, allowlist)
         self._module = module
         self._name = callable_name
         self._timeout = timeout_s
+        self._pool = pool
         self._fn: Callable[..., Any] | None = None
 
     @classmethod
-    def from_target(cls, target: str, allowlist: Collection[str], *, timeout_s: float = 30.0) -> PythonOracle:
+    def from_target(
+        cls, target: str, allowlist: Collection[str], *, timeout_s: float = 30.0, pool: OracleProcessPool | None = None
+    ) -> PythonOracle:
         module, name = parse_target(target)
-        return cls(module, name, allowlist, timeout_s=timeout_s)
+        return cls(module, name, allowlist, timeout_s=timeout_s, pool=pool)
 
     def _load(self) -> Callable[..., Any]:
         # Imported lazily, on the worker, so the API process never runs oracle code.
@@ -55,16 +178,11 @@ class PythonOracle:
     async def invoke(self, record: GroundTruthRecord, follow_up_question: str) -> OracleReply:
         fn = self._load()
         request = build_request(record, follow_up_question)
+        if not _is_async(fn):
+            return parse_reply(await self._in_child(request))
         try:
             async with asyncio.timeout(self._timeout) as deadline:
-                if _is_async(fn):
-                    result = await fn(request)
-                else:
-                    # Sync code must not block the event loop. A thread cannot be killed, so on timeout
-                    # we stop waiting for it; the thread finishes (or not) in the background.
-                    result = await asyncio.to_thread(fn, request)
-                    if inspect.isawaitable(result):
-                        result = await result
+                result = await fn(request)
         except TimeoutError as exc:
             if deadline.expired():  # ours, not a TimeoutError the callable raised itself
                 raise OracleError(f"oracle {self.target} timed out after {self._timeout:g}s") from exc
@@ -74,6 +192,18 @@ class PythonOracle:
         except Exception as exc:
             raise OracleError(f"oracle {self.target} raised {type(exc).__name__}: {str(exc)[:300]}") from exc
         return parse_reply(result)
+
+    async def _in_child(self, request: dict[str, Any]) -> object:
+        if self._pool is not None:
+            reply = await self._pool.call(self.target, request, timeout_s=self._timeout)
+        else:
+            async with OracleProcessPool(max_idle=0) as pool:  # one-off: a process for this call only
+                reply = await pool.call(self.target, request, timeout_s=self._timeout)
+        if "error" in reply:
+            raise OracleError(str(reply["error"]))
+        if "raised" in reply:
+            raise OracleError(f"oracle {self.target} raised {reply['raised']}: {reply['message']}")
+        return reply["result"]
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
 import time
 import types
 from typing import Any
@@ -12,10 +12,11 @@ from echelon_platform.config import DEFAULT_ORACLE_ALLOWLIST
 from echelon_platform.domain.oracle_targets import check_callable_allowed, parse_target
 from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError, RequestRejected
-from pipeline_workers.oracles.python import PythonOracle
+from pipeline_workers.oracles.python import OracleProcessPool, PythonOracle
 from pipeline_workers.oracles.sample import summarise
 
 MODULE = "echelon_test_oracles"
+SYNC = "tests.unit.pipeline.oracle_targets"
 
 
 @pytest.fixture(autouse=True)
@@ -24,40 +25,24 @@ def oracle_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module = types.ModuleType(MODULE)
     seen: dict[str, Any] = {}
 
-    def sync_oracle(request: dict[str, Any]) -> dict[str, Any]:
-        seen["thread"] = threading.current_thread().name
-        seen["request"] = request
-        return {"summary": f"About {request['pr']['title']}", "key_claims": ["x"], "follow_up_response": "y"}
-
     async def async_oracle(request: dict[str, Any]) -> OracleReply:
         await asyncio.sleep(0)
         return OracleReply(summary="async", key_claims=[], follow_up_response=request["follow_up_question"])
-
-    def slow_sync(request: dict[str, Any]) -> dict[str, Any]:
-        time.sleep(0.3)
-        return {}
 
     async def slow_async(request: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(5)
         return {}
 
-    def returns_garbage(request: dict[str, Any]) -> Any:
-        return ["not", "a", "dict"]
-
     module.__dict__.update(
-        sync_oracle=sync_oracle,
         async_oracle=async_oracle,
-        slow_sync=slow_sync,
         slow_async=slow_async,
-        returns_garbage=returns_garbage,
-        not_callable=42,
         seen=seen,
     )
     monkeypatch.setitem(__import__("sys").modules, MODULE, module)
     return module
 
 
-ALLOW = [f"{MODULE}:*", "pipeline_workers.oracles.sample:broken", *DEFAULT_ORACLE_ALLOWLIST]
+ALLOW = [f"{MODULE}:*", f"{SYNC}:*", "pipeline_workers.oracles.sample:broken", *DEFAULT_ORACLE_ALLOWLIST]
 
 
 def test_allowlist_refusal_names_the_setting() -> None:
@@ -77,12 +62,33 @@ def test_allowlist_check_is_pure_and_supports_module_wildcards() -> None:
     assert parse_target(" pkg.mod:fn ") == ("pkg.mod", "fn")
 
 
-async def test_sync_callable_runs_in_a_thread(oracle_module: types.ModuleType, record: GroundTruthRecord) -> None:
-    reply = await PythonOracle(MODULE, "sync_oracle", ALLOW).invoke(record, "What changed?")
+async def test_sync_callable_runs_in_a_child_process(record: GroundTruthRecord) -> None:
+    reply = await PythonOracle(SYNC, "sync_oracle", ALLOW).invoke(record, "What changed?")
     assert reply.summary == f"About {record.title}"
-    assert oracle_module.seen["thread"] != threading.main_thread().name
-    assert oracle_module.seen["request"]["follow_up_question"] == "What changed?"
-    assert set(oracle_module.seen["request"]["pr"]) == {"id", "title", "description", "diff_content", "files_changed"}
+    assert reply.metadata is not None
+    assert reply.metadata["pid"] != os.getpid()
+    request = reply.metadata["request"]
+    assert request["follow_up_question"] == "What changed?"
+    assert set(request["pr"]) == {"id", "title", "description", "diff_content", "files_changed"}
+
+
+async def test_pool_reuses_a_warm_process_and_replaces_one_that_hung(record: GroundTruthRecord) -> None:
+    async with OracleProcessPool(max_idle=2) as pool:
+        oracle = PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool)
+        first = await oracle.invoke(record, "q?")
+        second = await oracle.invoke(record, "q?")
+        assert first.metadata and second.metadata and first.metadata["pid"] == second.metadata["pid"]
+        assert pool.spawned == 1
+
+        with pytest.raises(OracleError, match=r"timed out after 0\.2s"):
+            await PythonOracle(SYNC, "hang", ALLOW, timeout_s=0.2, pool=pool).invoke(record, "q?")
+        # The hung process took the warm one and was killed; the next call gets a healthy process.
+        third = await oracle.invoke(record, "q?")
+        assert third.summary == f"About {record.title}"
+        assert pool.spawned == 2
+        hung_pid = first.metadata["pid"]
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung_pid, 0)
 
 
 async def test_async_callable_is_awaited(record: GroundTruthRecord) -> None:
@@ -90,21 +96,27 @@ async def test_async_callable_is_awaited(record: GroundTruthRecord) -> None:
     assert reply == OracleReply(summary="async", key_claims=[], follow_up_response="Why?")
 
 
-@pytest.mark.parametrize("name", ["slow_sync", "slow_async"])
-async def test_timeouts(name: str, record: GroundTruthRecord) -> None:
-    started = time.perf_counter()
-    with pytest.raises(OracleError, match=f"oracle {MODULE}:{name} timed out after 0.05s"):
-        await PythonOracle(MODULE, name, ALLOW, timeout_s=0.05).invoke(record, "q?")
-    assert time.perf_counter() - started < 0.29
+@pytest.mark.parametrize(("module", "name"), [(SYNC, "slow_sync"), (MODULE, "slow_async")])
+async def test_timeouts(module: str, name: str, record: GroundTruthRecord) -> None:
+    async with OracleProcessPool() as pool:
+        await PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool).invoke(record, "warm up")
+        started = time.perf_counter()
+        with pytest.raises(OracleError, match=f"oracle {module}:{name} timed out after 0.05s"):
+            await PythonOracle(module, name, ALLOW, timeout_s=0.05, pool=pool).invoke(record, "q?")
+        assert time.perf_counter() - started < 0.29
 
 
 async def test_failures_become_oracle_errors(record: GroundTruthRecord) -> None:
     with pytest.raises(OracleError, match="raised RuntimeError: the 'broken' sample oracle always fails"):
         await PythonOracle("pipeline_workers.oracles.sample", "broken", ALLOW).invoke(record, "q?")
     with pytest.raises(OracleError, match="must be a JSON object, got array"):
-        await PythonOracle(MODULE, "returns_garbage", ALLOW).invoke(record, "q?")
+        await PythonOracle(SYNC, "returns_garbage", ALLOW).invoke(record, "q?")
+    with pytest.raises(OracleError, match="returned a value that is not JSON"):
+        await PythonOracle(SYNC, "returns_unserialisable", ALLOW).invoke(record, "q?")
+    with pytest.raises(OracleError, match="process exited with code 3"):
+        await PythonOracle(SYNC, "exits", ALLOW).invoke(record, "q?")
     with pytest.raises(OracleError, match="is not a callable"):
-        await PythonOracle(MODULE, "not_callable", ALLOW).invoke(record, "q?")
+        await PythonOracle(SYNC, "not_callable", ALLOW).invoke(record, "q?")
     with pytest.raises(OracleError, match="cannot import oracle module 'no_such_pkg'"):
         await PythonOracle("no_such_pkg", "fn", ["no_such_pkg:fn"]).invoke(record, "q?")
 
