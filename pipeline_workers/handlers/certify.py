@@ -24,6 +24,7 @@ from echelon_platform.domain.events import (
     make_event,
     payload_as,
 )
+from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_COMPLETED, RUN_FAILED
 from echelon_platform.domain.values import FailedReplay, ReplayScore
 from echelon_platform.errors import NotYetInLog, StageError
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION
@@ -51,13 +52,13 @@ class CertifyHandler:
         # The coordinator announces `run.certifying` after committing every replay outcome, but a stage may
         # see it before a restarted coordinator caught up: whatever is missing, wait for it (NotYetInLog).
         events = await self.store.run_events(payload.run_id, _TOPICS)
-        topics = {e.topic for e in events}
-        if topics & {"verify.run.completed", "verify.run.failed"}:
-            return []  # the run already ended
-        stored = next((e for e in events if e.topic == "verify.certificate.issued"), None)
-        if stored is not None:
+        # How the run ended is the lifecycle's rule, in log order (`run_events` is in log order).
+        decider = next((e for e in events if e.topic in (CERTIFICATE_ISSUED, RUN_FAILED)), None)
+        if decider is not None:
+            if decider.topic == RUN_FAILED or any(e.topic == RUN_COMPLETED for e in events):
+                return []  # the run already ended
             # Issued, but `run.completed` was lost (a crash between the two publishes): the same event again.
-            return self._reissue(stored)
+            return self._reissue(decider)
         request = next((payload_as(e, RunRequested) for e in events if e.topic == "verify.run.requested"), None)
         ingested = next((payload_as(e, RunIngested) for e in events if e.topic == "verify.run.ingested"), None)
         if request is None or ingested is None:
