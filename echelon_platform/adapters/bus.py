@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -258,6 +259,21 @@ class Bus:
             await self.js.add_consumer(self.stream, config)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create consumer {durable}: {exc or type(exc).__name__}") from exc
+
+    async def backlog_age_s(self, durable: str) -> float:
+        """How long the oldest message `durable` has not acked has been waiting (0 when none)."""
+        try:
+            info = await self.js.consumer_info(self.stream, durable)
+            if not (info.num_pending or info.num_ack_pending):
+                return 0.0
+            oldest = await self.js.get_msg(self.stream, seq=int(info.ack_floor.stream_seq or 0) + 1)
+        except nats.js.errors.NotFoundError:
+            return 0.0
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot read the backlog of {durable}: {exc or type(exc).__name__}") from exc
+        if oldest.time is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - oldest.time).total_seconds())
 
     async def rewind_consumer(
         self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1

@@ -239,6 +239,26 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"Postgres unreachable: {exc}") from exc
 
+    async def stalled_runs(self, older_than_s: float) -> list[tuple[str, datetime]]:
+        """Runs the log holds as still going (requested, neither certified nor failed) whose last event
+        was appended more than `older_than_s` ago, with that time. Measured on the log, in the writer's
+        own clock, never on a read model that may lag."""
+        query = """
+            SELECT r.correlation_id, max(e.appended_at) AS last
+            FROM events r JOIN events e ON e.correlation_id = r.correlation_id
+            WHERE r.topic = 'verify.run.requested'
+              AND NOT EXISTS (
+                  SELECT 1 FROM events t WHERE t.correlation_id = r.correlation_id
+                  AND t.topic IN ('verify.certificate.issued', 'verify.run.failed'))
+            GROUP BY r.correlation_id
+            HAVING max(e.appended_at) < now() - make_interval(secs => $1)
+        """
+        try:
+            rows = await self.pool.fetch(query, older_than_s)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"stalled-run query failed: {exc}") from exc
+        return [(r["correlation_id"].removeprefix("run-"), r["last"]) for r in rows]
+
     async def has_dedup_keys(self, keys: Sequence[str]) -> set[str]:
         """Which of these dedup keys are already stored (one query on the unique index)."""
         if not keys:

@@ -1,26 +1,50 @@
-"""A run that makes no progress is failed by the watchdog, with a reason; finished runs are left alone."""
+"""A run that makes no progress is failed by the watchdog, with a reason; finished runs are left alone.
+Progress is measured on the log, and nobody is judged while the writer is behind."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import asyncpg
+
 from coordinator.factory import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import RunCompleted, make_event
+from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from pipeline_workers.watchdog import Watchdog
-from tests.factories import requested, run_events
+from tests.factories import certificate, requested, run_events
+from tests.helpers import wait_for
+
+
+async def age(settings: Settings, *run_ids: str, hours: int = 1) -> None:
+    """As if the runs' events had been logged `hours` ago (the writer's clock, which the watchdog reads)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "UPDATE events SET appended_at = appended_at - make_interval(hours => $2) "
+            "WHERE correlation_id = ANY($1::text[])",
+            [f"run-{r}" for r in run_ids],
+            hours,
+        )
+    finally:
+        await conn.close()
 
 
 async def test_stalled_run_is_failed_and_finished_run_is_not(settings: Settings) -> None:
     async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
-        stalled = requested("STALLED")
-        # Old enough to count as stalled: created (and last updated) an hour ago.
-        stalled = stalled.model_copy(update={"timestamp": stalled.timestamp - timedelta(hours=1)})
-        await services.bus.publish(stalled)
-        for e in [*run_events("DONE", n=1, failed=0), make_event(RunCompleted(run_id="DONE", certificate_id="c"))]:
-            await services.bus.publish(e.model_copy(update={"timestamp": e.timestamp - timedelta(hours=1)}))
+        cert = certificate("DONE")
+        for e in [
+            requested("STALLED"),
+            *run_events("DONE", n=2, failed=0),
+            make_event(CertificateIssued(run_id="DONE", certificate=cert)),
+            make_event(RunCompleted(run_id="DONE", certificate_id=cert.certificate_id)),
+            # Certified, but its `run.completed` not logged yet: the certificate decides, no watchdog race.
+            *run_events("CERTIFIED", n=2, failed=0),
+            make_event(CertificateIssued(run_id="CERTIFIED", certificate=certificate("CERTIFIED"))),
+        ]:
+            await services.bus.publish(e)
         await coordinator.run(until_idle=True)
+        await age(settings, "STALLED", "DONE", "CERTIFIED")
 
         watchdog = Watchdog(services, timeout_s=60, interval_s=1)
         assert await watchdog.sweep() == ["STALLED"]
@@ -31,4 +55,24 @@ async def test_stalled_run_is_failed_and_finished_run_is_not(settings: Settings)
         assert state.error is not None and "no progress for 60s while PENDING" in state.error
         done = await services.read_models.get_run("DONE")
         assert done is not None and done.status.name == "COMPLETED"
-        assert await watchdog.sweep() == []  # terminal runs leave the active index
+        assert await watchdog.sweep() == []  # a failed run is no longer going
+
+
+async def test_nobody_is_judged_while_the_writer_is_behind(settings: Settings) -> None:
+    """A writer stall longer than the timeout used to fail every active run (a lagging read model)."""
+    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        first = requested("WAITING")
+        await services.bus.publish(first.model_copy(update={"timestamp": first.timestamp - timedelta(hours=1)}))
+        await coordinator.run(until_idle=True)
+        await age(settings, "WAITING")
+        # The writer stops; the run's next event waits in the stream, unlogged.
+        await services.bus.publish(run_events("WAITING", n=1, failed=0)[1])
+        watchdog = Watchdog(services, timeout_s=60, interval_s=1, writer_behind_s=0.5)
+
+        async def writer_seen_behind() -> bool:
+            return await services.bus.backlog_age_s(f"{settings.consumer_prefix}-coordinator") > 0.5
+
+        await wait_for(writer_seen_behind, what="the backlog to age")
+        assert await watchdog.sweep() == []
+        await coordinator.run(until_idle=True)  # caught up: the run's progress is logged now
+        assert await watchdog.sweep() == []
