@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from coordinator.writer import StateCoordinator
 from echelon_platform.adapters.readmodel_writer import Projector
-from echelon_platform.adapters.secret_store import secret_prefix
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.config import Settings
@@ -29,6 +28,6 @@ async def coordinator_for(services: Services, settings: Settings) -> AsyncIterat
             batch_size=settings.coordinator_batch,
             fetch_timeout_s=settings.fetch_timeout_s,
             ack_wait_s=settings.ack_wait_s,
-            secret_prefix=secret_prefix(settings.redis_prefix),
+            secrets=services.secrets,
             lease=lease,
         )

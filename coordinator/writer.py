@@ -22,6 +22,7 @@ from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, Fence
 from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent
+from echelon_platform.adapters.secret_store import SecretStore
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
@@ -101,7 +102,7 @@ class StateCoordinator:
         batch_size: int = 256,
         fetch_timeout_s: float = 0.5,
         ack_wait_s: float = 60.0,
-        secret_prefix: str | None = None,
+        secrets: SecretStore | None = None,
         fence: Fence | None = None,
         lease: WriterLease | None = None,
     ) -> None:
@@ -113,7 +114,7 @@ class StateCoordinator:
         self.batch_size = batch_size
         self.fetch_timeout_s = fetch_timeout_s
         self.ack_wait_s = ack_wait_s
-        self.secret_prefix = secret_prefix
+        self.secrets = secrets
         self.fence = fence  # set while this process holds the writer lease
         self.lease = lease  # when given, run() consumes only while holding it (else stands by)
         self.stats = CoordinatorStats()
@@ -230,6 +231,7 @@ class StateCoordinator:
             await self._announce_certifying(
                 projected.runs, {e.run_id: e.event_id for e, _ in winners if e.topic in CERTIFY_TRIGGERS}
             )
+            await self._forget_secrets(projected.runs)
         # Ack only now: the events are committed in Postgres and visible in Redis.
         for msg, (seq, subject, _, reason) in _poison_msgs(msgs, decoded):
             log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
@@ -275,7 +277,7 @@ class StateCoordinator:
         """Project; when the read models are lost or outdated, rebuild them from the log first."""
         while True:
             try:
-                return await self._retry("project", lambda: self.projector.project(events, self.secret_prefix))
+                return await self._retry("project", lambda: self.projector.project(events))
             except ReadModelsStale as exc:
                 log.warning("coordinator.read_models_stale", reason=str(exc))
                 await self.heal(force_rebuild=True)
@@ -305,6 +307,13 @@ class StateCoordinator:
             await self._announce_certifying(projected.runs, {})
         if behind:
             log.info("coordinator.caught_up", events=len(behind), from_seq=checkpoint.seq)
+
+    async def _forget_secrets(self, runs: Mapping[str, RunState]) -> None:
+        """Secrets live only as long as their run needs them."""
+        refs = [s.secret_ref for s in runs.values() if s.status.terminal and s.secret_ref]
+        if refs and self.secrets is not None:
+            secrets = self.secrets
+            await self._retry("secrets", lambda: secrets.delete(refs))
 
     async def _announce_certifying(self, runs: Mapping[str, RunState], causes: Mapping[str, str]) -> None:
         """Tell the certifier about runs it has work for (deduplicated per run), pipelined: with `causes`,

@@ -189,7 +189,7 @@ class Projector(RedisClient):
     async def checkpoint(self) -> Checkpoint | None:
         return Checkpoint.decode(await self.redis.get(checkpoint_key(self.prefix)))
 
-    async def project(self, events: Sequence[tuple[RunEvent, int]], secret_prefix: str | None = None) -> Projected:
+    async def project(self, events: Sequence[tuple[RunEvent, int]]) -> Projected:
         """Apply (event, log position) pairs. ReadModelsStale when the models must be rebuilt first."""
         ns, checkpoint = await self.acquire()
         try:
@@ -215,7 +215,7 @@ class Projector(RedisClient):
                         certs.append((event.run_id, event.payload["certificate"]))
                 public = [c for r, c in certs if public_certificate(states[r], c)]
                 pipe.multi()  # type: ignore[no-untyped-call]
-                self._queue_batch(pipe, keys, checkpoint, events, states, public, secret_prefix)
+                self._queue_batch(pipe, keys, checkpoint, events, states, public)
                 try:
                     await pipe.execute()
                 except redis.exceptions.WatchError as exc:
@@ -233,18 +233,12 @@ class Projector(RedisClient):
         events: Sequence[tuple[RunEvent, int]],
         states: dict[str, RunState],
         certs: list[dict[str, Any]],
-        secret_prefix: str | None,
     ) -> None:
         """Queue every write of one batch, the checkpoint advance and the lease release (one MULTI)."""
         queue_writes(pipe, keys, states.values(), certs)
         for event, _ in events:
             if event.topic == RATING_TOPIC:
                 queue_rating(pipe, keys, event)
-        if secret_prefix is not None:
-            for state in states.values():
-                if state.status.terminal and state.secret_ref:
-                    # Secrets live only as long as the run needs them.
-                    pipe.delete(f"{secret_prefix}{state.secret_ref}")
         last = max([checkpoint.seq, *(seq for _, seq in events)])
         advanced = Checkpoint(READ_MODEL_GENERATION, last, checkpoint.namespace)
         pipe.set(checkpoint_key(self.prefix), advanced.encode(), xx=True)

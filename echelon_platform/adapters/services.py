@@ -48,7 +48,7 @@ class Services:
         )
         self.read_models = ReadModels(str(settings.redis_url), settings.redis_prefix)
         self.secrets = SecretStore(
-            self.read_models, fernet_for(settings.secret_key, settings.jwt_secret), settings.secret_ttl_s
+            self.store, fernet_for(settings.secret_key, settings.jwt_secret), settings.secret_ttl_s
         )
         self._stack = AsyncExitStack()
 

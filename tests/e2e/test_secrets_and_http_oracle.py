@@ -96,7 +96,7 @@ async def test_secrets_reach_the_oracle_and_nothing_else(
 
 
 async def _gone(running: Running, run_id: str) -> bool:
-    return not await running.services.read_models.redis.exists(f"{running.settings.redis_prefix}secret:{run_id}")
+    return not await running.services.secrets.exists(run_id)
 
 
 async def test_an_oracle_answering_garbage_fails_its_replays_with_a_reason(
