@@ -85,6 +85,20 @@ async def test_poison_is_parked_and_does_not_stop_the_writer(services: Services,
     assert await services.read_models.get_run("RUNC") is not None
 
 
+async def test_a_naive_timestamp_is_parked_not_a_crash_loop(services: Services, settings: Settings) -> None:
+    """A time without a zone used to pass validation, then fail projection on every redelivery."""
+    naive = requested("RUNN").model_dump(by_alias=True, mode="json")
+    naive["timestamp"] = "2026-11-30T12:00:00"
+    await services.bus.publish_raw(f"{settings.subject_root}.run.requested.RUNN", orjson.dumps(naive), msg_id="n1")
+    later = requested("RUNM")
+    await services.bus.publish(later)
+    coordinator = await drain(services, settings)
+    assert coordinator.stats.parked == 1
+    [parked] = await services.store.parked()
+    assert "timestamp" in parked.reason and "timezone" in parked.reason.lower()
+    assert await services.read_models.get_run("RUNM") is not None  # the batch went on
+
+
 async def test_crash_between_append_and_ack_loses_and_doubles_nothing(services: Services, settings: Settings) -> None:
     settings = settings.model_copy(update={"ack_wait_s": 1.0})
     events = run_events("RUND", n=2, failed=0)

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from coordinator.factory import coordinator_for
@@ -67,6 +68,37 @@ async def test_coordinator_survives_a_nats_restart(settings: Settings, own_nats:
             await asyncio.wait_for(task, 10)
         # Every event once, plus each run's certifier trigger: nothing doubled.
         assert await services.store.count() == expected
+
+
+async def test_terminated_postgres_connections_are_retried_not_fatal(settings: Settings) -> None:
+    """`pg_terminate_backend` under load used to end the coordinator (exit 0) with runs stuck."""
+    async with (
+        Services(settings, name="test") as services,
+        coordinator_for(services, settings) as coordinator,
+    ):
+        task = asyncio.create_task(coordinator.run())
+        admin = await asyncpg.connect(settings.database_url)
+        try:
+            runs = [f"TERM{i}" for i in range(12)]
+            for i, run_id in enumerate(runs):
+                for e in run_events(run_id, n=2, failed=0):
+                    await services.bus.publish(e)
+                if i % 3 == 2:
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+
+            async def all_projected() -> bool:
+                return all([await _projected(services, r, 2) for r in runs])
+
+            await wait_for(all_projected, timeout=60, what="every run projected despite terminated connections")
+            assert not task.done()  # still the writer
+        finally:
+            await admin.close()
+            coordinator.stop()
+            await asyncio.wait_for(task, 15)
+        assert task.exception() is None
 
 
 async def test_coordinator_survives_a_postgres_restart(settings: Settings, own_postgres: EmbeddedPostgres) -> None:
