@@ -71,7 +71,7 @@ def idempotent_run_id(user_id: str, key: str) -> str:
 
 async def stored_request(services: Services, run_id: str) -> RunRequested | None:
     """The run's stored request event: from the stream (recent), else from the log (kept for good)."""
-    envelope = await services.bus.last_on_subject(services.subjects.subject(REQUESTED, run_id))
+    envelope = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
     if envelope is None:
         try:
             events = await services.store.run_events(run_id, [REQUESTED])
@@ -211,7 +211,8 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
         return state
     if not run_id.isascii() or not run_id.isalnum() or len(run_id) > 64:
         return None
-    requested = await services.bus.last_on_subject(services.subjects.subject(REQUESTED, run_id))
+    # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
+    requested = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position

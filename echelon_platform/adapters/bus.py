@@ -18,8 +18,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import Subjects
-from echelon_platform.errors import BusError
+from echelon_platform.domain.events import Subjects, parse_payload
+from echelon_platform.errors import BusError, EnvelopeError
 
 log = structlog.get_logger(__name__)
 
@@ -213,17 +213,31 @@ class Bus:
             raise BusError(f"publish to {subject} failed: {exc}") from exc
         return int(ack.seq)
 
-    async def last_on_subject(self, subject: str) -> Envelope | None:
-        """The newest event on one subject straight from the stream (read-your-writes fallback)."""
-        try:
-            raw = await self.js.get_last_msg(self.stream, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"cannot read {subject} from the stream: {exc}") from exc
-        if raw.data is None:
-            return None
-        return Envelope.from_wire(raw.data)
+    async def first_valid_on_subject(self, subject: str, *, scan: int = 16) -> Envelope | None:
+        """The oldest *valid* event on one subject, straight from the stream. Bytes that are not a valid
+        event of their topic (which the writer parks) are skipped, so a malformed message published on a
+        live run's subject can never stand in for its real request. Needs `next_by_subj` (NATS 2.9+)."""
+        seq = 1
+        for _ in range(scan):
+            try:
+                raw = await self.js.get_msg(self.stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return None
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise BusError(f"cannot read {subject} from the stream: {exc}") from exc
+            try:
+                envelope = Envelope.from_wire(raw.data or b"")
+                parse_payload(envelope)
+            except EnvelopeError:
+                seq = int(raw.seq or seq) + 1
+                continue
+            return envelope
+        return None
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts (NATS `max_payload`, 1 MiB by default)."""
+        return int(self.nc.max_payload)
 
     async def last_sequence(self) -> int:
         info = await self.js.stream_info(self.stream)
@@ -238,9 +252,14 @@ class Bus:
         max_deliver: int = -1,
         max_ack_pending: int = 20_000,
     ) -> Any:
-        """A durable pull consumer, created or bound idempotently (also after a server restart)."""
+        """A durable pull consumer, created or bound idempotently (also after a server restart). The
+        settings are applied to an existing consumer too: binding alone would keep its old ones."""
         config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, max_ack_pending)
         try:
+            try:
+                await self.js.add_consumer(self.stream, config)  # create, or update the editable fields
+            except nats.js.errors.BadRequestError as exc:
+                log.warning("bus.consumer_not_updated", durable=durable, reason=str(exc))
             return await self.js.pull_subscribe(filter_subject, durable=durable, stream=self.stream, config=config)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create consumer {durable}: {exc}") from exc

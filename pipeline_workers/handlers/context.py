@@ -23,14 +23,19 @@ class StageContext:
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
 
     async def run_request(self, run_id: str) -> RunRequested:
-        """The run's request event, straight from the stream (cached: a request never changes)."""
+        """The run's request event: from the log (valid events only), else the first valid one in the
+        stream — never a malformed message someone published on the run's subject. Cached: a request
+        never changes."""
         cached = self._requests.get(run_id)
         if cached is not None:
             return cached
-        subject = self.services.subjects.subject("verify.run.requested", run_id)
-        envelope = await self.services.bus.last_on_subject(subject)
+        logged = await self.services.store.run_events(run_id, ["verify.run.requested"])
+        envelope = logged[0] if logged else None
         if envelope is None:
-            raise BusError(f"request event of run {run_id} not found in the stream")
+            subject = self.services.subjects.subject("verify.run.requested", run_id)
+            envelope = await self.services.bus.first_valid_on_subject(subject)
+        if envelope is None:
+            raise BusError(f"request event of run {run_id} not found in the log or the stream")
         request = payload_as(envelope, RunRequested)
         self._requests[run_id] = request
         return request

@@ -22,6 +22,8 @@ from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
 from pipeline_workers.scoring.base import Scorer
 
+PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_payload
+
 
 class InvokeHandler:
     stage = "invoke"
@@ -70,7 +72,7 @@ class InvokeHandler:
             latency_ms = (time.perf_counter() - started) * 1000
         except (OracleError, OracleRefused, RequestRejected, ScoringError) as exc:
             return self.give_up(envelope, payload, str(exc))
-        return [
+        invoked = [
             make_event(
                 ReplayInvoked(
                     run_id=payload.run_id,
@@ -86,6 +88,15 @@ class InvokeHandler:
                 causation_id=envelope.event_id,
             )
         ]
+        # A reply that cannot travel (above the server's max_payload) fails now, once: retrying would only
+        # pay for the oracle and the judge again and fail the same way.
+        size = len(invoked[0].to_wire())
+        limit = self.ctx.services.bus.max_payload - PAYLOAD_HEADROOM
+        if size > limit:
+            return self.give_up(
+                envelope, payload, f"oracle reply too large: the replay is {size} bytes, the limit is {limit}"
+            )
+        return invoked
 
     def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayRequested)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nats.js.api import StorageType
 
 from echelon_platform.adapters.bus import Bus
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import Subjects
 
@@ -21,3 +22,16 @@ async def test_every_process_may_ensure_the_stream_and_config_changes_apply(sett
     assert info.config.max_age == 3600
     assert info.config.subjects == [f"{settings.subject_root}.>"]
     assert info.config.storage == StorageType.FILE
+
+
+async def test_consumer_settings_reach_an_existing_consumer(settings: Settings) -> None:
+    """`pull_subscribe` alone binds to an existing durable and keeps its old settings."""
+    async with Services(settings, name="test") as services:
+        bus = services.bus
+        subject = bus.subjects.topic_filter("verify.replay.requested")
+        sub = await bus.pull_subscription("upd", subject, max_deliver=3, max_ack_pending=32)
+        await sub.unsubscribe()
+        sub = await bus.pull_subscription("upd", subject, max_deliver=-1, max_ack_pending=20_000)
+        await sub.unsubscribe()
+        info = await bus.js.consumer_info(bus.stream, "upd")
+        assert (info.config.max_deliver, info.config.max_ack_pending) == (-1, 20_000)
