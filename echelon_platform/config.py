@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "echelon:"
     consumer_prefix: str = "echelon"
     duplicate_window_s: float = 120.0
+    stream_replicas: int = Field(default=1, ge=1, le=5)  # 3 on a 3-node NATS cluster
     stream_max_age_s: float = 30 * 86400  # how long JetStream keeps events (Postgres keeps them for good)
     nats_sync_always: bool = True
 

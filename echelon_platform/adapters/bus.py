@@ -42,6 +42,7 @@ class Bus:
         subjects: Subjects,
         duplicate_window_s: float = 120.0,
         max_age_s: float = 30 * 86400,
+        replicas: int = 1,
         name: str = "echelon",
         buffer_while_reconnecting: bool = True,
     ) -> None:
@@ -50,6 +51,7 @@ class Bus:
         self.subjects = subjects
         self.duplicate_window_s = duplicate_window_s
         self.max_age_s = max_age_s
+        self.replicas = replicas
         self.name = name
         # False for a process that answers someone "not accepted" when a publish fails (the API): nats-py
         # would otherwise keep the publish in its reconnect buffer and send it later, after the answer.
@@ -60,7 +62,8 @@ class Bus:
     async def __aenter__(self) -> Self:
         try:
             self._nc = await nats.connect(
-                self.url,
+                # A cluster is given as comma-separated URLs; the client fails over between them.
+                [u.strip() for u in self.url.split(",") if u.strip()],
                 name=self.name,
                 # nats-py gives up after 60 attempts by default; a service must outlive any outage.
                 max_reconnect_attempts=-1,
@@ -149,6 +152,8 @@ class Bus:
             # Postgres keeps the log for good; the stream only needs enough for consumers to catch up.
             max_age=self.max_age_s,
             allow_direct=True,
+            # 3 on a cluster: an acknowledged event is on a majority of servers and survives losing one.
+            num_replicas=self.replicas,
         )
 
     async def ensure_stream(self) -> None:

@@ -40,6 +40,7 @@ class Services:
             subjects=self.subjects,
             duplicate_window_s=settings.duplicate_window_s,
             max_age_s=settings.stream_max_age_s,
+            replicas=settings.stream_replicas,
             name=name,
             buffer_while_reconnecting=buffer_while_reconnecting,
         )

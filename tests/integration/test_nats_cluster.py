@@ -1,0 +1,118 @@
+"""A 3-node JetStream cluster (the nats-server binary the project installs), stream at 3 replicas: under
+load, the node leading the stream is killed with SIGKILL and restarted. No acknowledged event is lost, the
+writer logs every one of them once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.factory import coordinator_for
+from echelon.embedded import ClusterRoute, EmbeddedNats
+from echelon.embedded._process import free_port
+from echelon_platform.adapters.services import Services
+from echelon_platform.config import Settings
+from echelon_platform.errors import BusError
+from tests.factories import requested
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[list[EmbeddedNats]]:
+    client_ports = [free_port() for _ in range(3)]
+    route_ports = [free_port() for _ in range(3)]
+    nodes = [
+        EmbeddedNats(
+            tmp_path / f"n{i}",
+            port=client_ports[i],
+            cluster=ClusterRoute("echelon-test", route_ports[i], tuple(p for p in route_ports if p != route_ports[i])),
+        )
+        for i in range(3)
+    ]
+    try:
+        await asyncio.gather(*(n.start() for n in nodes))
+        yield nodes
+    finally:
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                await node.stop(force=True)
+
+
+async def _leader_index(services: Services, nodes: list[EmbeddedNats]) -> int:
+    info = await services.bus.js.stream_info(services.bus.stream)
+    leader = info.cluster.leader if info.cluster else None
+    return next(i for i, n in enumerate(nodes) if n.server_name == leader)
+
+
+@pytest.mark.timeout(240)
+async def test_killing_the_stream_leader_loses_no_acknowledged_event(
+    settings: Settings, cluster: list[EmbeddedNats]
+) -> None:
+    url = ",".join(n.url for n in cluster)
+    settings = settings.model_copy(update={"nats_url": url, "stream_replicas": 3})
+
+    async def stream_ready() -> bool:
+        try:
+            async with Services(settings, name="probe"):
+                return True
+        except BusError:
+            return False  # the cluster is still electing its meta leader
+
+    await wait_for(stream_ready, timeout=60, what="a JetStream cluster that accepts the stream")
+    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        acked: list[str] = []
+        ack_times: list[float] = []
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            i = 0
+            while not stop.is_set():
+                event = requested(f"CL{i:05d}")
+                try:
+                    await services.bus.publish(event, timeout=2.0)
+                except BusError:
+                    await asyncio.sleep(0.05)  # not acknowledged: the client retries a new event
+                else:
+                    acked.append(event.run_id)
+                    ack_times.append(time.monotonic())
+                i += 1
+
+        writer = asyncio.create_task(coordinator.run())
+        publisher = asyncio.create_task(load())
+        try:
+            await wait_for(lambda: len(acked) >= 100, timeout=60, what="load before the kill")
+            victim = cluster[await _leader_index(services, cluster)]
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            await wait_for(lambda: any(t > killed_at + 0.5 for t in ack_times), timeout=60, what="acks resuming")
+            await victim.restart()
+            before = len(acked)
+            await wait_for(lambda: len(acked) >= before + 100, timeout=60, what="load after the restart")
+        finally:
+            stop.set()
+            await publisher
+
+        gaps = [b - a for a, b in itertools.pairwise(ack_times) if a >= killed_at - 1]
+        print(f"acked={len(acked)} longest pause in acks around the kill: {max(gaps, default=0):.2f}s")
+
+        async def all_logged() -> bool:
+            return int(await services.store.pool.fetchval("SELECT count(*) FROM events")) >= len(acked)
+
+        try:
+            await wait_for(all_logged, timeout=90, what="every acknowledged event logged")
+        finally:
+            coordinator.stop()
+            await asyncio.wait_for(writer, 20)
+        logged = {r["correlation_id"] for r in await services.store.pool.fetch("SELECT correlation_id FROM events")}
+        assert {f"run-{r}" for r in acked} <= logged
+        info = await services.bus.js.stream_info(services.bus.stream)
+        assert info.state.messages >= len(acked)
