@@ -25,6 +25,7 @@ from echelon_platform.config import Settings
 from echelon_platform.errors import (
     AuthError,
     EchelonError,
+    Forbidden,
     InfrastructureError,
     NotFound,
     OracleRefused,
@@ -50,6 +51,8 @@ def _status_for(exc: EchelonError) -> int:
     match exc:
         case AuthError():
             return 401
+        case Forbidden():
+            return 403
         case NotFound():
             return 404
         case RequestRejected() | OracleRefused():
@@ -110,6 +113,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.state.tokens = TokenCache(settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
     app.include_router(runs.router)
     app.include_router(certificates.router)
+    app.include_router(certificates.well_known)
     app.include_router(stats.router)
     app.include_router(stream.router)
     app.add_middleware(RequestContext)

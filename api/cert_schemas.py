@@ -26,6 +26,8 @@ class ReplayScoreView(BaseModel):
     scoring_model: str
     scoring_latency_ms: float
     scored_at: datetime
+    claim_supported: list[bool] | None = None
+    claim_confidences: list[float] | None = None
 
 
 class FailedReplayView(BaseModel):
@@ -42,7 +44,7 @@ class CertificateSummary(BaseModel):
     domain: str
     replay_count: int
     composite_score: float
-    brier: float
+    brier: float = Field(description="Legacy: (1 − composite_score) / 2, not a calibration measure")
     scoring_model: str
     partial: bool
     created_at: datetime
@@ -68,7 +70,7 @@ class CertificateView(CertificateFigures):
     created_at: datetime
     replay_scores: list[ReplayScoreView]
     failed_replays: list[FailedReplayView]
-    content_hash: str = Field(description="SHA-256 of the canonical certificate; see /verify")
+    content_hash: str = Field(description="SHA-256 of the canonical (RFC 8785) certificate; see /verify")
 
     @classmethod
     def of(cls, cert: CalibrationCertificate) -> CertificateView:
@@ -96,7 +98,24 @@ class VerifyResult(BaseModel):
     content_hash: str = Field(description="The hash stored in the certificate")
     hash_ok: bool = Field(description="Recomputing the hash over the stored certificate gives the stored hash")
     aggregates_ok: bool = Field(description="The stored aggregates follow from the stored replay scores")
-    valid: bool = Field(description="Both checks passed")
+    signature_ok: bool = Field(
+        description="Signed with Ed25519 by a key published at /.well-known/echelon-keys.json over the "
+        "RFC 8785 form; false for unsigned (schema 1) certificates"
+    )
+    key_id: str | None = Field(description="The signing key's id, if the certificate is signed")
+    valid: bool = Field(description="All three checks passed")
+
+
+class PublicKeyView(BaseModel):
+    key_id: str = Field(description="SHA-256 (hex) of the raw public key")
+    algorithm: Literal["Ed25519"]
+    public_key: str = Field(description="The raw 32-byte public key, base64url without padding")
+    not_before: datetime
+    retired: bool = Field(description="No longer signs new certificates; kept so older ones verify")
+
+
+class PublicKeys(BaseModel):
+    keys: list[PublicKeyView]
 
 
 class RatingCreate(BaseModel):

@@ -15,6 +15,7 @@ from api.cert_schemas import (
     CertificateSummary,
     CertificateView,
     CertSort,
+    PublicKeys,
     RatingAccepted,
     RatingCreate,
     RatingList,
@@ -24,14 +25,16 @@ from api.cert_schemas import (
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from api.limits import RateLimiter
 from echelon_platform.adapters.services import Services
-from echelon_platform.domain.certificate import verify_certificate
+from echelon_platform.adapters.signing_keys import load_keyring
+from echelon_platform.domain.certificate import signature_ok, verify_certificate
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, make_event
 from echelon_platform.domain.values import CalibrationCertificate
-from echelon_platform.errors import NotFound, ReadModelError
+from echelon_platform.errors import Forbidden, NotFound, ReadModelError
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
+well_known = APIRouter(tags=["certificates"])
 
 CertId = Annotated[str, Path(min_length=1, max_length=128, description="e.g. `cert-<run id>`")]
 ReplayId = Annotated[str, Path(min_length=1, max_length=128)]
@@ -73,18 +76,55 @@ async def get_certificate(cert_id: CertId, services: ServicesDep) -> Certificate
     return CertificateView.of(await load_certificate(services, cert_id))
 
 
+@router.get("/certificates/{cert_id}/document", responses=r.merge(r.PUBLIC, r.NOT_FOUND))
+async def get_certificate_document(cert_id: CertId, services: ServicesDep) -> dict[str, object]:
+    """Public: the certificate exactly as signed (the JSON `echelon certificates verify` checks offline)."""
+    return (await load_certificate(services, cert_id)).model_dump(mode="json")
+
+
 @router.get("/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
-async def verify(cert_id: CertId, services: ServicesDep) -> VerifyResult:
-    """Public tamper check: recompute the content hash and the aggregates from the stored replay scores."""
+async def verify(cert_id: CertId, services: ServicesDep, settings: SettingsDep) -> VerifyResult:
+    """Public tamper check: recompute the content hash and the aggregates from the stored replay scores, and
+    check the Ed25519 signature against the published keys (only the certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
     hash_ok, aggregates_ok = verify_certificate(cert)
+    signed = signature_ok(cert.model_dump(mode="json"), load_keyring(settings).public_keys())
     return VerifyResult(
         certificate_id=cert.certificate_id,
         content_hash=cert.content_hash,
         hash_ok=hash_ok,
         aggregates_ok=aggregates_ok,
-        valid=hash_ok and aggregates_ok,
+        signature_ok=signed,
+        key_id=cert.signature.key_id if cert.signature else None,
+        valid=hash_ok and aggregates_ok and signed,
     )
+
+
+@well_known.get("/.well-known/echelon-keys.json", response_model=PublicKeys, responses=r.PUBLIC)
+async def signing_keys(settings: SettingsDep) -> dict[str, object]:
+    """Public: the Ed25519 keys certificates are signed with, the active one first, retired ones after."""
+    return load_keyring(settings).well_known()
+
+
+async def construct_owner(services: Services, construct_id: str) -> str | None:
+    """The user whose run issued the construct's first certificate, or None if it has none yet."""
+    _, total = await services.read_models.list_certificates(construct_id=construct_id, limit=1)
+    if total == 0:
+        return None
+    oldest, _ = await services.read_models.list_certificates(construct_id=construct_id, limit=1, offset=total - 1)
+    if not oldest:
+        return None
+    run = await services.read_models.get_run(str(oldest[0]["run_id"]))
+    return run.user_id if run is not None else None
+
+
+async def check_construct_owner(services: Services, construct_id: str, user_id: str, *, admin: bool) -> None:
+    """403 unless ``user_id`` owns ``construct_id`` (or nobody does yet): the first to certify owns it."""
+    owner = await construct_owner(services, construct_id)
+    if owner is not None and owner != user_id and not admin:
+        raise Forbidden(
+            f"construct_id {construct_id!r} belongs to the user who first certified it: choose another construct_id"
+        )
 
 
 @router.post(

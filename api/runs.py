@@ -20,6 +20,7 @@ from ulid import ULID
 
 from api import responses as r
 from api.auth import Principal
+from api.certificates import check_construct_owner
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from api.limits import RateLimiter, RecentRuns
 from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
@@ -102,6 +103,7 @@ async def _repeat(services: Services, request: RunRequested, fp: str) -> RunCrea
         r.MALFORMED_BODY,
         r.RATE_LIMITED,
         {503: {"model": ErrorBody, "description": "Not accepted, no run started: retry (same Idempotency-Key)"}},
+        {403: {"model": ErrorBody, "description": "The construct_id belongs to another user (its first certifier)"}},
     ),
 )
 async def create_run(
@@ -125,6 +127,8 @@ async def create_run(
     else:
         run_id = str(ULID())
     weights = await validate_run_request(body, settings)
+    # The first user to certify a construct_id owns it (README "Certificates"); others are refused here.
+    await check_construct_owner(services, body.construct_id, user.user_id, admin=user.is_admin)
     redis = services.read_models.redis
     await RateLimiter(redis, settings.redis_prefix, limit=options.runs_per_minute, window_s=60).hit(
         "runs", user.user_id

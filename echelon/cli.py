@@ -15,7 +15,7 @@ from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
 
 # Commands that only print for a person: they skip logging set-up (and its imports) to start quickly.
-QUIET_COMMANDS = frozenset({"token", "verify"})
+QUIET_COMMANDS = frozenset({"token", "verify", "certificates"})
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         "--api", help="API base URL (default: ECHELON_API_BASE_URL, else http://ECHELON_API_HOST:ECHELON_API_PORT)"
     )
     verify.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local dev token)")
+
+    certs = sub.add_parser("certificates", help="work with issued certificates")
+    certs_sub = certs.add_subparsers(dest="action", required=True)
+    check = certs_sub.add_parser("verify", help="check a certificate offline: hash, signature, aggregates")
+    check.add_argument("certificate", help="a certificate JSON file, or its URL (…/certificates/{id}[/document])")
+    check.add_argument(
+        "--keys", help="public keys: a file or URL in /.well-known/echelon-keys.json form (default: from the API)"
+    )
     return parser
 
 

@@ -158,3 +158,11 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.client import submit_and_watch
 
     return await submit_and_watch(args, settings)
+
+
+async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.cert_verify import verify_command
+
+    valid, line = await asyncio.to_thread(verify_command, args.certificate, args.keys, settings.api_url())
+    print(line)
+    return 0 if valid else 1

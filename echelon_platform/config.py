@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,13 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = 5.0
     ack_wait_s: float = 60.0
     max_deliver: int = 10
+
+    # Certificate signing (Ed25519). Unset key file: one is generated once under data_dir/signing/.
+    signing_key_file: Path | None = None
+    # Keys that signed earlier certificates (PEM, private or public): still published, so those verify.
+    signing_retired_key_files: list[Path] = Field(default_factory=list)
+    # Ground-truth selection policy for local repositories (see README "Ground truth").
+    selection_policy: Literal["pr-merges", "first-parent-merges"] = "pr-merges"
 
     @property
     def uses_dev_secret(self) -> bool:

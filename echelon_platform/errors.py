@@ -48,6 +48,10 @@ class NotFound(EchelonError):
     pass
 
 
+class Forbidden(EchelonError):
+    """Signed in, but not allowed (e.g. a construct_id another user owns): HTTP 403."""
+
+
 class AuthError(EchelonError):
     pass
 

@@ -11,6 +11,7 @@ from typing import Any, Self
 import httpx
 
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.signing_keys import load_keyring
 from echelon_platform.config import Settings
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.handlers.context import StageContext
@@ -58,7 +59,7 @@ class Pipeline:
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
             "score": ScoreHandler(self.services, scorer, self.services.metrics),
-            "certify": CertifyHandler(self.services.store),
+            "certify": CertifyHandler(self.services.store, load_keyring(self.settings)),
         }
         self.workers = [
             StageWorker(

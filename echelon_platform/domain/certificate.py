@@ -2,10 +2,16 @@
 
 Everything here is a function of its inputs (the timestamp is passed in), so a redelivered "build the
 certificate" message yields a byte-identical certificate with the same id and content hash.
+
+Schema 2 certificates are hashed and signed over their RFC 8785 canonical JSON (without `content_hash` and
+`signature`): anyone holding the issuer's public key can check one offline. Schema 1 certificates (before
+signing) keep their original hash, over orjson's sorted-key form, so they still verify as unsigned.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import math
@@ -14,13 +20,21 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from echelon_platform.domain.calibration import calibration_of
+from echelon_platform.domain.canonical import CanonicalJSONError, canonicalize
 from echelon_platform.domain.scoring_rules import RUBRIC, precision_of, recall_of
-from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, ReplayScore
+from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, OracleIdentity, ReplayScore
 from echelon_platform.errors import RequestRejected, StageError
 
 WEIGHT_KEYS = ("precision", "recall", "reply_accuracy")
 DECIMALS = 6
+SCHEMA_VERSION = 2
+# Fields schema 2 added: a schema-1 certificate is hashed as it was issued, without them.
+_V2_FIELDS = frozenset({"oracle", "selection_policy", "calibration", "signature", "content_hash"})
+_V2_SCORE_FIELDS = ("claim_supported", "claim_confidences")
 _MAX_REASONS = 5
 
 
@@ -84,6 +98,8 @@ def build_certificate(
     commit_range: str,
     methodology_version: str,
     timestamp: datetime,
+    oracle: OracleIdentity | None = None,
+    selection_policy: str | None = None,
 ) -> CalibrationCertificate:
     """Aggregate one run into a hashed certificate; StageError when no replay succeeded.
 
@@ -108,6 +124,7 @@ def build_certificate(
     )
     agg = _aggregates(unique, checked)
     cert = CalibrationCertificate(
+        schema_version=SCHEMA_VERSION,
         certificate_id=f"cert-{run_id}",
         run_id=run_id,
         construct_id=construct_id,
@@ -128,6 +145,9 @@ def build_certificate(
         failed_replays=failures,
         partial=partial,
         warning=warning,
+        oracle=oracle,
+        selection_policy=selection_policy,
+        calibration=calibration_of(unique),
     )
     return cert.model_copy(update={"content_hash": content_hash(cert)})
 
@@ -155,16 +175,61 @@ def _canonical(data: object) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
+def signed_content(document: Mapping[str, object]) -> bytes:
+    """The bytes a schema-2 certificate's hash and signature cover: RFC 8785 of the JSON document
+    without `content_hash` and `signature`. Takes the JSON as published, so a verifier needs no model."""
+    return canonicalize({k: v for k, v in document.items() if k not in ("content_hash", "signature")})
+
+
+def _legacy_document(cert: CalibrationCertificate) -> dict[str, object]:
+    data = cert.model_dump(mode="json", exclude=set(_V2_FIELDS))
+    for score in data["individual_scores"]:
+        for key in _V2_SCORE_FIELDS:
+            score.pop(key, None)
+    return data
+
+
 def content_hash(cert: CalibrationCertificate) -> str:
-    """SHA-256 hex of the canonical JSON of the certificate without its ``content_hash`` field."""
-    return hashlib.sha256(_canonical(cert.model_dump(mode="json", exclude={"content_hash"}))).hexdigest()
+    """SHA-256 hex of the certificate's canonical form (RFC 8785 for schema 2, orjson for schema 1)."""
+    if cert.schema_version < 2:
+        return hashlib.sha256(_canonical(_legacy_document(cert))).hexdigest()
+    return hashlib.sha256(signed_content(cert.model_dump(mode="json"))).hexdigest()
+
+
+def document_hash(document: Mapping[str, object]) -> str:
+    """The content hash computed from a published JSON document (schema 2)."""
+    return hashlib.sha256(signed_content(document)).hexdigest()
 
 
 def verify_certificate(cert: CalibrationCertificate) -> tuple[bool, bool]:
     """(hash_ok, aggregates_ok): is the stored hash right, and do the stored aggregates follow from the
     stored individual scores and weights (including each score's ratios from its own counts)?"""
-    hash_ok = hmac.compare_digest(cert.content_hash, content_hash(cert))
+    try:
+        hash_ok = hmac.compare_digest(cert.content_hash, content_hash(cert))
+    except CanonicalJSONError:
+        hash_ok = False
     return hash_ok, _aggregates_ok(cert)
+
+
+def signature_ok(document: Mapping[str, object], public_keys: Mapping[str, bytes]) -> bool:
+    """Does the document carry an Ed25519 signature, by one of ``public_keys`` (key id → raw 32-byte
+    public key), over its signed content? Unsigned, unknown-key and malformed signatures are all False."""
+    sig = document.get("signature")
+    if not isinstance(sig, Mapping) or sig.get("algorithm") != "Ed25519":
+        return False
+    raw_key = public_keys.get(str(sig.get("key_id")))
+    if raw_key is None:
+        return False
+    try:
+        value = base64.urlsafe_b64decode(_padded(str(sig.get("value", ""))))
+        Ed25519PublicKey.from_public_bytes(raw_key).verify(value, signed_content(document))
+    except (InvalidSignature, ValueError, binascii.Error, CanonicalJSONError):
+        return False
+    return True
+
+
+def _padded(text: str) -> str:
+    return text + "=" * (-len(text) % 4)
 
 
 def _aggregates_ok(cert: CalibrationCertificate) -> bool:
@@ -179,6 +244,8 @@ def _aggregates_ok(cert: CalibrationCertificate) -> bool:
         return False
     expected = _aggregates(scores, weights)
     stored = {key: getattr(cert, key) for key in expected}
+    if cert.schema_version >= 2 and cert.calibration != calibration_of(scores):
+        return False
     return (
         stored == expected
         and cert.replay_count == cert.sample_size == len(scores)
@@ -193,4 +260,9 @@ def _score_consistent(s: ReplayScore) -> bool:
         and math.isclose(s.precision, precision_of(s.claims_supported, s.claims_total), abs_tol=1e-9)
         and math.isclose(s.recall, recall_of(s.changes_surfaced, s.changes_total), abs_tol=1e-9)
         and s.reply_accuracy in RUBRIC
+        and (
+            s.claim_supported is None
+            or (len(s.claim_supported) <= s.claims_total and sum(s.claim_supported) == s.claims_supported)
+        )
+        and (s.claim_confidences is None or all(0.0 <= c <= 1.0 for c in s.claim_confidences))
     )

@@ -65,6 +65,7 @@ class RunIngested(Payload):
     total: int = Field(ge=0)
     ground_truth_source: str
     commit_range: str
+    selection_policy: str | None = None  # how the changes were chosen; named on the certificate
 
 
 class ReplayRequested(Payload):

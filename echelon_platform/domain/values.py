@@ -66,6 +66,10 @@ class ReplayScore(_Frozen):
     output_tokens: int = 0
     cost_usd: float = 0.0
     scored_at: datetime
+    # Calibration inputs (optional, absent on older scores): the judge's verdict per judged key claim, in
+    # the oracle's order, and the oracle's stated confidence per claim when it gave one (see README).
+    claim_supported: list[bool] | None = None
+    claim_confidences: list[float] | None = None
 
 
 class FailedReplay(_Frozen):
@@ -73,6 +77,44 @@ class FailedReplay(_Frozen):
     ground_truth_id: str
     stage: Literal["invoke", "score"]
     reason: str
+
+
+class OracleIdentity(_Frozen):
+    """Which oracle a certificate is about: its address and, where one is known, a fingerprint of its version."""
+
+    type: Literal["http", "python"]
+    target: str = Field(description="The HTTP URL, or `module:callable` for a Python oracle")
+    fingerprint: str | None = Field(
+        default=None,
+        description="`sha256:<hex>` of the callable's module file (Python), or the version header an HTTP "
+        "oracle returned; null when no version is known",
+    )
+
+
+class ReliabilityBin(_Frozen):
+    lower: float
+    upper: float
+    count: int
+    mean_confidence: float | None
+    supported_rate: float | None
+
+
+class Calibration(_Frozen):
+    """A true calibration measure of the oracle's per-claim confidences against the judge's verdicts."""
+
+    claims: int = Field(description="Judged claims that carried a confidence")
+    brier_score: float = Field(description="Mean (confidence − supported)² over those claims; 0 is perfect")
+    expected_calibration_error: float = Field(description="Σ bin share × |mean confidence − supported rate|")
+    reliability: list[ReliabilityBin] = Field(description="10 equal-width confidence bins, [0, 0.1) … [0.9, 1]")
+
+
+class CertificateSignature(_Frozen):
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    key_id: str = Field(description="Fingerprint of the public key; see /.well-known/echelon-keys.json")
+    value: str = Field(
+        description="Base64url signature over the RFC 8785 form of the certificate without "
+        "`content_hash` and `signature`"
+    )
 
 
 class CertificateFigures(_Frozen):
@@ -86,7 +128,10 @@ class CertificateFigures(_Frozen):
     recall: float
     reply_accuracy: float
     composite_score: float
-    brier: float
+    brier: float = Field(
+        description="Legacy, kept for compatibility: (1 − composite_score) / 2, an affine copy of the composite "
+        "and not a Brier score. The real calibration measure is `calibration.brier_score`."
+    )
     weights: dict[str, float]
     replay_count: int
     sample_size: int
@@ -96,7 +141,14 @@ class CertificateFigures(_Frozen):
     scoring_model: str
     partial: bool = False
     warning: str | None = None
+    # Schema 2 (hashed over RFC 8785 and signed) adds these; a schema-1 certificate has none of them.
+    oracle: OracleIdentity | None = None
+    selection_policy: str | None = Field(default=None, description="How ground-truth changes were chosen")
+    calibration: Calibration | None = Field(
+        default=None, description="Present when the oracle gave a confidence per key claim"
+    )
     content_hash: str = ""
+    signature: CertificateSignature | None = None
 
 
 class CalibrationCertificate(CertificateFigures):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from echelon_platform.adapters.event_store import EventStore
+from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import (
@@ -27,6 +28,7 @@ from echelon_platform.domain.events import (
 from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_COMPLETED, RUN_FAILED
 from echelon_platform.domain.values import FailedReplay, ReplayScore
 from echelon_platform.errors import NotYetInLog, StageError
+from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION
 
 _TOPICS = (
@@ -44,8 +46,10 @@ class CertifyHandler:
     stage = "certify"
     topic = "verify.run.certifying"
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, keyring: Keyring) -> None:
         self.store = store
+        # Only this stage holds the private key: a signature by it is what makes a certificate genuine.
+        self.keyring = keyring
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, RunCertifying)
@@ -92,11 +96,14 @@ class CertifyHandler:
                 commit_range=ingested.commit_range,
                 methodology_version=METHODOLOGY_VERSION,
                 timestamp=utcnow(),
+                oracle=oracle_identity(request.oracle),
+                selection_policy=ingested.selection_policy,
             )
         except StageError as exc:
             return self.give_up(envelope, payload, str(exc))
         issued = make_event(
-            CertificateIssued(run_id=payload.run_id, certificate=certificate), causation_id=envelope.event_id
+            CertificateIssued(run_id=payload.run_id, certificate=self.keyring.sign(certificate)),
+            causation_id=envelope.event_id,
         )
         completed = make_event(
             RunCompleted(run_id=payload.run_id, certificate_id=certificate.certificate_id),

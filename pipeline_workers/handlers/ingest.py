@@ -60,7 +60,12 @@ class IngestHandler:
                 spec = spec.model_copy(update={"repo_url": str(sample)})
             else:
                 check_local_repo_allowed(payload.repo_url, self.ctx.settings.allowed_repo_roots())
-            ingester = ingester_for(spec.repo_url, self.ctx.http, github_api_url=self.ctx.settings.github_api_url)
+            ingester = ingester_for(
+                spec.repo_url,
+                self.ctx.http,
+                github_api_url=self.ctx.settings.github_api_url,
+                policy=self.ctx.settings.selection_policy,
+            )
             result = await ingester.fetch(spec)
         except (IngestError, RequestRejected) as exc:
             return [self._failed(envelope, f"ingest failed: {exc}")]
@@ -82,6 +87,7 @@ class IngestHandler:
                     total=len(result.records),
                     ground_truth_source=result.ground_truth_source,
                     commit_range=result.commit_range,
+                    selection_policy=result.selection_policy,
                 ),
                 causation_id=envelope.event_id,
             )

@@ -42,6 +42,7 @@ class IngestResult(BaseModel):
     records: list[GroundTruthRecord]
     ground_truth_source: GroundTruthSource
     commit_range: str
+    selection_policy: str | None = None
 
 
 class Ingester(Protocol):
@@ -53,6 +54,7 @@ def ingester_for(
     http_client: httpx.AsyncClient,
     *,
     github_api_url: str = "https://api.github.com",
+    policy: str = "pr-merges",
 ) -> Ingester:
     """The adapter that can read ``repo_url``; raises RequestRejected for anything else."""
     # Imported here because the adapters import this module for the shared types.
@@ -62,7 +64,7 @@ def ingester_for(
     ref = parse_repo_url(repo_url)
     if isinstance(ref, GitHubRepo):
         return GitHubIngester(http_client, base_url=github_api_url)
-    return LocalGitIngester()
+    return LocalGitIngester(policy=policy)
 
 
 def build_result(records: list[GroundTruthRecord], source: GroundTruthSource, where: str, filters: str) -> IngestResult:

@@ -28,6 +28,8 @@ from pipeline_workers.ingest.diffs import DEFAULT_MAX_DIFF_BYTES, truncate_diff
 from pipeline_workers.ingest.github_payloads import PULL_FILES, PULLS, PullFile, PullSummary, diff_from_files
 
 DEFAULT_API_URL = "https://api.github.com"
+GITHUB_POLICY = "github/merged-pull-requests@1"
+GITHUB_POLICY_WITH_UNMERGED = "github/closed-pull-requests@1"
 _JSON = "application/vnd.github+json"
 _DIFF = "application/vnd.github.v3.diff"
 _MAX_FILE_PAGES = 30  # GitHub lists at most 3000 files per pull request (30 pages of 100)
@@ -83,7 +85,10 @@ class GitHubIngester:
             if source.token and source.token in str(exc):
                 raise IngestError(_redact(str(exc), source.token)) from None
             raise
-        return build_result(records, "github", repo.full_name, describe_filters(source))
+        result = build_result(records, "github", repo.full_name, describe_filters(source))
+        # The API says which pull requests were merged: with include_unmerged, closed ones are taken too.
+        policy = GITHUB_POLICY_WITH_UNMERGED if source.include_unmerged else GITHUB_POLICY
+        return result.model_copy(update={"selection_policy": policy})
 
     async def _list_pulls(self, repo: GitHubRepo, source: SourceSpec) -> list[PullSummary]:
         url = f"{self._base}/repos/{repo.full_name}/pulls"

@@ -1,14 +1,23 @@
 """Ground truth from a local git repository through the ``git`` CLI (asyncio subprocesses).
 
-Records are the merges on the first-parent (mainline) history, newest first: that is what "merged
-changes" means in a merge-based workflow, and it skips "merge main into feature" sync merges. A
-repository with no merges (squash/rebase workflows) falls back to first-parent commits.
+Which commits count as "a merged change" is a selection policy (``ECHELON_SELECTION_POLICY``), named on
+the certificate:
+
+- ``pr-merges`` (default): pull-request merges only. Walking the mainline (first parents of HEAD), a merge
+  whose subject is "Merge pull request #N …" or ends with "(#N)" is a PR merge; a non-merge commit whose
+  subject ends with "(#N)" is a squash merge; both are taken. Any other merge ("Merge branch 'stable'") is a
+  branch sync: it is not taken, but its second parent's side (``p2 ^p1``, walked the same way) is searched,
+  so PR merges reachable only through a sync merge are found. Other direct commits are not taken.
+- ``first-parent-merges`` (the original behaviour): every merge on the mainline; with none, every commit.
+
+Either way a record's diff is against its first parent: what the change brought into its branch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
@@ -34,6 +43,23 @@ _GIT_OPTIONS = (
 _DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "-M", "--src-prefix=a/", "--dst-prefix=b/")
 _FIELD, _RECORD = "\x1f", "\x1e"
 _LOG_FORMAT = _FIELD.join(["%H", "%h", "%P", "%an", "%cI", "%s", "%b"]) + _RECORD
+_PR_MERGE = re.compile(r"^Merge pull request #\d+\b")
+_PR_REF = re.compile(r"\(#\d+\)\s*$")
+POLICIES = {
+    "pr-merges": "local_git/pr-merges@1",
+    "first-parent-merges": "local_git/first-parent-merges@1",
+}
+# pr-merges reads at most this many commits (times the limit, at least _MIN_SCAN) across all the ranges
+# it walks, so a repository with few PR merges in a long history cannot make ingest unbounded.
+_SCAN_PER_RECORD = 50
+_MIN_SCAN = 2000
+
+
+def is_pr_change(subject: str, *, merge: bool) -> bool:
+    """A PR merge commit ("Merge pull request #N", or "… (#N)"), or a squash commit "… (#N)"."""
+    if merge and _PR_MERGE.match(subject):
+        return True
+    return bool(_PR_REF.search(subject))
 
 
 class _GitFailed(Exception):
@@ -47,11 +73,15 @@ class LocalGitIngester:
         self,
         *,
         git: str = "git",
+        policy: str = "pr-merges",
         timeout_s: float = 60.0,
         concurrency: int = 4,
         max_diff_bytes: int = DEFAULT_MAX_DIFF_BYTES,
     ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown selection policy {policy!r}: choose one of {', '.join(POLICIES)}")
         self._git_exe = git
+        self._policy = policy
         self._timeout = timeout_s
         self._concurrency = concurrency
         self._max_diff_bytes = max_diff_bytes
@@ -63,7 +93,16 @@ class LocalGitIngester:
         repo = ref.path
         await self._check_repo(repo)
         empty_tree = (await self._run(repo, "hash-object", "-t", "tree", "--stdin", stdin=b"")).strip()
-        commits = await self._log(repo, source, merges=True) or await self._log(repo, source, merges=False)
+        if self._policy == "pr-merges":
+            commits = await self._pr_changes(repo, source)
+            if not commits:
+                raise IngestError(
+                    f"no pull-request merges found in {repo} matching {describe_filters(source)} (selection "
+                    "policy pr-merges: 'Merge pull request #N' merges and '(#N)' subjects); for a repository "
+                    "without PR references set ECHELON_SELECTION_POLICY=first-parent-merges"
+                )
+        else:
+            commits = await self._log(repo, source, merges=True) or await self._log(repo, source, merges=False)
         gate = asyncio.Semaphore(self._concurrency)
 
         async def one(fields: list[str]) -> GroundTruthRecord:
@@ -71,7 +110,31 @@ class LocalGitIngester:
                 return await self._record(repo, fields, empty_tree)
 
         records = list(await asyncio.gather(*(one(c) for c in commits)))
-        return build_result(records, "local_git", repo, describe_filters(source))
+        result = build_result(records, "local_git", repo, f"{describe_filters(source)} policy={self._policy}")
+        return result.model_copy(update={"selection_policy": POLICIES[self._policy]})
+
+    async def _pr_changes(self, repo: str, source: SourceSpec) -> list[list[str]]:
+        """PR merges and squash merges, newest first, searching sync merges' second parents (see module doc)."""
+        budget = max(_MIN_SCAN, _SCAN_PER_RECORD * source.limit)
+        ranges: list[tuple[str, ...]] = [("HEAD",)]
+        seen_ranges: set[tuple[str, ...]] = set()
+        found: dict[str, list[str]] = {}
+        while ranges and budget > 0:
+            revs = ranges.pop(0)
+            if revs in seen_ranges:
+                continue
+            seen_ranges.add(revs)
+            commits = await self._log(repo, source, merges=False, revs=revs, max_count=budget)
+            budget -= len(commits)
+            for fields in commits:
+                parents = fields[2].split()
+                merge = len(parents) > 1
+                if is_pr_change(fields[5], merge=merge):
+                    found.setdefault(fields[0], fields)
+                elif merge:
+                    ranges.append((parents[1], f"^{parents[0]}"))  # what the sync merge brought in
+        newest_first = sorted(found.values(), key=lambda f: (_parse_date(f[4]), f[0]), reverse=True)
+        return newest_first[: source.limit]
 
     async def _check_repo(self, repo: str) -> None:
         try:
@@ -86,15 +149,24 @@ class LocalGitIngester:
         except _GitFailed as exc:
             raise IngestError(f"git repository {repo} has no commits on its current branch") from exc
 
-    async def _log(self, repo: str, source: SourceSpec, *, merges: bool) -> list[list[str]]:
-        args = ["log", "--first-parent", f"--max-count={source.limit}", f"--format={_LOG_FORMAT}"]
+    async def _log(
+        self,
+        repo: str,
+        source: SourceSpec,
+        *,
+        merges: bool,
+        revs: tuple[str, ...] = ("HEAD",),
+        max_count: int | None = None,
+    ) -> list[list[str]]:
+        count = source.limit if max_count is None else max_count
+        args = ["log", "--first-parent", f"--max-count={count}", f"--format={_LOG_FORMAT}"]
         if merges:
             args.append("--merges")
         if source.since is not None:
             # git's --since is inclusive; flooring to a whole second keeps the boundary commit, and the
             # exact comparison below removes anything git let through from before `since`.
             args.append(f"--since=@{int(source.since.timestamp())}")
-        args += ["HEAD", "--"]
+        args += [*revs, "--"]
         out = await self._run_or_fail(repo, *args)
         commits: list[list[str]] = []
         for raw in out.split(_RECORD):

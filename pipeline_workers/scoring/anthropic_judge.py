@@ -138,6 +138,7 @@ class AnthropicScorer:
             scoring_model=self.name,
             started=started,
             usage=usage,
+            reply=reply,
         )
 
     async def _ask_json(self, prompt: str, parse: Callable[[str], T], max_tokens: int) -> tuple[T, JudgeUsage]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -47,8 +48,10 @@ def make_score(
     scoring_model: str,
     started: float,
     usage: JudgeUsage,
+    reply: OracleReply | None = None,
 ) -> ReplayScore:
     """Assemble a ReplayScore; ``started`` is a ``time.perf_counter()`` reading from before scoring."""
+    flags = verdict.claims.flags
     return ReplayScore(
         replay_id=replay_id,
         ground_truth_id=record.id,
@@ -65,4 +68,23 @@ def make_score(
         output_tokens=usage.output_tokens,
         cost_usd=usage.cost_usd,
         scored_at=datetime.now(UTC),
+        claim_supported=list(flags) if flags is not None else None,
+        claim_confidences=claim_confidences(reply) if reply is not None and flags is not None else None,
     )
+
+
+def claim_confidences(reply: OracleReply) -> list[float] | None:
+    """The oracle's confidence per key claim: ``metadata.claim_confidences``, a list of numbers in [0, 1]
+    aligned with ``key_claims``. Anything else (wrong length, out of range, not numbers) is ignored: None."""
+    raw = (reply.metadata or {}).get("claim_confidences")
+    if not isinstance(raw, list) or len(raw) != len(reply.key_claims) or not raw:
+        return None
+    out: list[float] = []
+    for value in raw:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        number = float(value)
+        if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+            return None
+        out.append(number)
+    return out

@@ -70,16 +70,17 @@ class OfflineLexicalScorer:
             scoring_model=self.name,
             started=started,
             usage=JudgeUsage(),
+            reply=reply,
         )
 
     def judge(self, record: GroundTruthRecord, reply: OracleReply, *, question: str | None = None) -> JudgeVerdict:
         """The verdict alone (pure and synchronous)."""
         analysis = _analyse(record)
-        supported = sum(
-            1
+        flags = tuple(
+            overlap(tokens(claim), set(analysis.vocabulary)) >= self._threshold
             for claim in reply.key_claims[:MAX_CLAIMS]
-            if overlap(tokens(claim), set(analysis.vocabulary)) >= self._threshold
         )
+        supported = sum(flags)
         claims_total = len(reply.key_claims)
 
         told = " ".join([reply.summary, *reply.key_claims])
@@ -91,7 +92,7 @@ class OfflineLexicalScorer:
             question or question_for(record), reply.follow_up_response, analysis.files, analysis.vocabulary
         )
         return JudgeVerdict(
-            claims=Tally(supported, claims_total, precision_of(supported, claims_total)),
+            claims=Tally(supported, claims_total, precision_of(supported, claims_total), flags),
             changes=Tally(surfaced, changes_total, recall_of(surfaced, changes_total)),
             reply_accuracy=accuracy,
         )

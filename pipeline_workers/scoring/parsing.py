@@ -36,6 +36,8 @@ class Tally:
     hits: int
     total: int
     value: float
+    # Per-item verdicts in order, for the judged items (claims: the first min(total, MAX_CLAIMS)).
+    flags: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def tally_claims(obj: Mapping[str, Any], expected: int | None = None) -> Tally:
     if len(verdicts) < judged:
         raise ScoringError(f"judge returned {len(verdicts)} claim verdicts for {judged} claims")
     supported = sum(verdicts[:judged])
-    return Tally(hits=supported, total=total, value=precision_of(supported, total))
+    return Tally(hits=supported, total=total, value=precision_of(supported, total), flags=tuple(verdicts[:judged]))
 
 
 def tally_changes(obj: Mapping[str, Any], max_changes: int = MAX_CHANGES) -> Tally:

@@ -55,6 +55,13 @@ async def test_run_over_local_git_reaches_completed_with_a_certificate(running: 
         or abs(cert.brier - (1 - cert.composite_score) * 0.5) < 1e-6
     )
     assert verify_certificate(cert) == (True, True)
+    # Signed by the certifier, naming the oracle and the selection policy; /verify checks the signature.
+    assert cert.oracle is not None and cert.oracle.target == "pipeline_workers.oracles.sample:summarise"
+    assert cert.oracle.fingerprint is not None and cert.oracle.fingerprint.startswith("sha256:")
+    assert cert.selection_policy == "local_git/pr-merges@1"
+    assert cert.calibration is None  # the sample oracle states no per-claim confidences
+    checked = (await running.api.get(f"/api/v1/verification/certificates/{cert.certificate_id}/verify")).json()
+    assert checked["signature_ok"] is True and checked["valid"] is True
     # Another user cannot see it.
     other = await running.api.get(f"/api/v1/verification/runs/{run_id}", headers=running.auth("mallory"))
     assert other.status_code == 404

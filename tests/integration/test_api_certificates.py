@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from echelon.cert_verify import check, parse_keys
+from echelon.cli import main as cli_main
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.signing_keys import load_keyring
 from echelon_platform.config import Settings
 from tests.factories import T0
 from tests.integration.test_api_support import (
@@ -42,7 +47,12 @@ async def seeded(services: Services, settings: Settings) -> Certs:
     certs = {}
     for run_id, construct, scores, minutes in SEED:
         events, cert = certified_run(
-            run_id, user="alice", construct=construct, scores=scores, issued=T0 + timedelta(minutes=minutes)
+            run_id,
+            user="alice",
+            construct=construct,
+            scores=scores,
+            issued=T0 + timedelta(minutes=minutes),
+            keyring=load_keyring(settings),
         )
         await publish(services, events)
         certs[cert.certificate_id] = cert.model_dump(mode="json")
@@ -63,6 +73,7 @@ async def test_certificate_is_public_and_complete(client: httpx.AsyncClient, see
     assert set(first) == {
         "id", "ground_truth_id", "precision", "recall", "reply_accuracy", "claims_total", "claims_supported",
         "changes_total", "changes_surfaced", "scoring_model", "scoring_latency_ms", "scored_at",
+        "claim_supported", "claim_confidences",
     }  # fmt: skip
     assert [s["id"] for s in body["replay_scores"]] == ["C2-0000", "C2-0001"]
     assert first["claims_supported"] == 1 and first["precision"] == 0.25
@@ -106,13 +117,17 @@ async def test_listing_refuses_bad_parameters(client: httpx.AsyncClient) -> None
         assert isinstance(response.json()["detail"], list)
 
 
-async def test_verify_detects_tampering(client: httpx.AsyncClient, services: Services, seeded: Certs) -> None:
+async def test_verify_detects_tampering(
+    client: httpx.AsyncClient, services: Services, settings: Settings, seeded: Certs
+) -> None:
     intact = (await client.get(f"{API}/certificates/cert-C1/verify")).json()
     assert intact == {
         "certificate_id": "cert-C1",
         "content_hash": seeded["cert-C1"]["content_hash"],
         "hash_ok": True,
         "aggregates_ok": True,
+        "signature_ok": True,
+        "key_id": load_keyring(settings).key_id,
         "valid": True,
     }
     # Someone with write access to Redis improves the score (the hash no longer matches) ...
@@ -129,6 +144,67 @@ async def test_verify_detects_tampering(client: httpx.AsyncClient, services: Ser
     await services.read_models.redis.set(keys.cert("cert-C3"), orjson.dumps(rehashed))
     result = (await client.get(f"{API}/certificates/cert-C3/verify")).json()
     assert (result["hash_ok"], result["aggregates_ok"], result["valid"]) == (True, False, False)
+    assert result["signature_ok"] is False  # only the certifier's key can re-sign it
+
+
+async def test_a_certificate_forged_on_the_bus_fails_verify_for_its_signature(
+    client: httpx.AsyncClient, services: Services, settings: Settings
+) -> None:
+    # Consistent numbers and a right hash, but not signed by the certifier's key: not a valid certificate.
+    events, cert = certified_run("FORGED", construct="oracle-f")
+    await publish(services, events)
+    await drain(services, settings)
+    result = (await client.get(f"{API}/certificates/{cert.certificate_id}/verify")).json()
+    assert (result["hash_ok"], result["aggregates_ok"], result["signature_ok"], result["valid"]) == (
+        True,
+        True,
+        False,
+        False,
+    )
+
+
+async def test_keys_are_published_and_the_cli_verifies_offline(
+    client: httpx.AsyncClient, settings: Settings, seeded: Certs, tmp_path: Path
+) -> None:
+    keys = (await client.get("/.well-known/echelon-keys.json")).json()
+    keyring = load_keyring(settings)
+    assert [(k["key_id"], k["algorithm"], k["retired"]) for k in keys["keys"]] == [(keyring.key_id, "Ed25519", False)]
+    document = (await client.get(f"{API}/certificates/cert-C2/document")).json()
+    assert document == seeded["cert-C2"]
+    # Offline: the document and the keys as files, nothing else.
+    (tmp_path / "keys.json").write_text(orjson.dumps(keys).decode())
+    valid, line = check(document, parse_keys(keys))
+    assert valid and line.startswith("VALID cert-C2") and "signature ok" in line
+    forged = {**document, "recall": 1.0}
+    valid, line = check(forged, parse_keys(keys))
+    assert not valid and "hash MISMATCH" in line and "aggregates MISMATCH" in line
+    cert_file = tmp_path / "cert.json"
+    for body, code in ((document, 0), (forged, 1)):
+        cert_file.write_text(orjson.dumps(body).decode())
+        with pytest.raises(SystemExit) as exited:
+            # The CLI runs its own event loop: call it from a thread, as from a shell.
+            await asyncio.to_thread(
+                cli_main, ["certificates", "verify", str(cert_file), "--keys", str(tmp_path / "keys.json")]
+            )
+        assert exited.value.code == code
+
+
+async def test_a_construct_belongs_to_its_first_certifier(
+    client: httpx.AsyncClient, settings: Settings, seeded: Certs
+) -> None:
+    body = {
+        "repo_url": "https://github.com/acme/widgets",
+        "construct_id": "oracle-a",  # first certified by alice (seeded)
+        "oracle_type": "python",
+        "oracle_module": "pipeline_workers.oracles.sample",
+        "oracle_callable": "summarise",
+        "limit": 5,
+    }
+    refused = await client.post(f"{API}/runs", json=body, headers=auth(settings, "bob"))
+    assert refused.status_code == 403 and "oracle-a" in refused.json()["detail"]
+    assert (await client.post(f"{API}/runs", json=body, headers=auth(settings, "alice"))).status_code == 201
+    fresh = await client.post(f"{API}/runs", json={**body, "construct_id": "bobs-own"}, headers=auth(settings, "bob"))
+    assert fresh.status_code == 201
 
 
 async def test_ratings_replace_per_user_and_list_with_filters(

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import hypothesis
 import hypothesis.errors
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
@@ -78,6 +79,7 @@ def property_test(
     return check
 
 
+@pytest.mark.timeout(300)  # every operation × 2 modes × 60 examples, on a shared 2-core machine
 async def test_live_app_conforms_to_its_openapi_document(settings: Settings, services: Services) -> None:
     for i in range(3):  # real certificates, so some generated requests hit 200 paths
         events, _ = certified_run(f"S{i}", construct=f"oracle-{i}", issued=T0 + timedelta(minutes=i))

@@ -23,6 +23,7 @@ from api.auth import issue_jwt
 from api.options import ApiOptions
 from coordinator.factory import coordinator_for
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.config import Settings
 from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope
@@ -184,6 +185,7 @@ def certified_run(
     construct: str = "oracle-a",
     scores: Sequence[dict[str, object]] = ({},),
     issued: datetime = T0,
+    keyring: Keyring | None = None,
 ) -> tuple[list[Envelope], CalibrationCertificate]:
     """A whole run's events, ending in its certificate (built by the real certifier) and completion."""
     events = [requested(run_id, user, construct)]
@@ -211,6 +213,8 @@ def certified_run(
         methodology_version="v1",
         timestamp=issued,
     )
+    if keyring is not None:
+        cert = keyring.sign(cert)
     events.append(make_event(CertificateIssued(run_id=run_id, certificate=cert)))
     events.append(make_event(RunCompleted(run_id=run_id, certificate_id=cert.certificate_id)))
     return events, cert

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from coordinator.factory import coordinator_for
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.signing_keys import load_keyring
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
 from pipeline_workers.handlers.certify import CertifyHandler
@@ -14,7 +15,7 @@ from tests.helpers import wait_for
 
 def certifier(services: Services, settings: Settings, *, max_deliver: int = 3) -> StageWorker:
     return StageWorker(
-        CertifyHandler(services.store),
+        CertifyHandler(services.store, load_keyring(settings)),
         bus=services.bus,
         metrics=services.metrics,
         durable_prefix=settings.consumer_prefix,
@@ -30,7 +31,9 @@ async def test_certificate_issued_without_run_completed_is_completed_with_the_sa
             await services.bus.publish(event)
         await coordinator.run(until_idle=True)  # appends and announces run.certifying
         certifying = make_event(RunCertifying(run_id="HALF", total=3))
-        issued, _completed = await CertifyHandler(services.store).handle(certifying, parse_payload(certifying))
+        issued, _completed = await CertifyHandler(services.store, load_keyring(settings)).handle(
+            certifying, parse_payload(certifying)
+        )
         await services.bus.publish(issued)  # the crash: run.completed never went out
         await coordinator.run(until_idle=True)
 

@@ -112,7 +112,10 @@ def make_linear_repo(repo: Path) -> None:
 async def test_repository_without_merges_falls_back_to_commits(tmp_path: Path) -> None:
     repo = tmp_path / "linear"
     await asyncio.to_thread(make_linear_repo, repo)
-    result = await LocalGitIngester().fetch(SourceSpec(repo_url=str(repo)))
+    with pytest.raises(IngestError, match="no pull-request merges"):  # the default policy takes PRs only
+        await LocalGitIngester().fetch(SourceSpec(repo_url=str(repo)))
+    result = await LocalGitIngester(policy="first-parent-merges").fetch(SourceSpec(repo_url=str(repo)))
+    assert result.selection_policy == "local_git/first-parent-merges@1"
     assert [r.title for r in result.records] == ["Add feature 1", "Add feature 0"]
     root = result.records[-1]
     assert root.files_changed == ["mod0.py"]
