@@ -21,6 +21,7 @@ from api.options import ApiOptions
 from api.schemas import Readiness
 from echelon_platform.adapters.readmodel_store import RunReader
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.config import Settings
 from echelon_platform.errors import (
     AuthError,
@@ -80,6 +81,7 @@ def _attach(app: FastAPI, services: Services) -> None:
     app.state.services = services
     app.state.run_reader = RunReader(services.read_models)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
+    app.state.signing_keys = PublishedKeys(services.store)
 
 
 def create_app(settings: Settings, services: Services | None = None, *, options: ApiOptions | None = None) -> FastAPI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import ValidationError
 from ulid import ULID
 
@@ -25,7 +25,7 @@ from api.cert_schemas import (
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from api.limits import RateLimiter
 from echelon_platform.adapters.services import Services
-from echelon_platform.adapters.signing_keys import load_keyring
+from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.certificate import signature_ok, verify_certificate
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, make_event
@@ -83,12 +83,13 @@ async def get_certificate_document(cert_id: CertId, services: ServicesDep) -> di
 
 
 @router.get("/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
-async def verify(cert_id: CertId, services: ServicesDep, settings: SettingsDep) -> VerifyResult:
+async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> VerifyResult:
     """Public tamper check: recompute the content hash and the aggregates from the stored replay scores, and
     check the Ed25519 signature against the published keys (only the certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
     hash_ok, aggregates_ok = verify_certificate(cert)
-    signed = signature_ok(cert.model_dump(mode="json"), load_keyring(settings).public_keys())
+    keys: PublishedKeys = request.app.state.signing_keys
+    signed = signature_ok(cert.model_dump(mode="json"), await keys.public_keys())
     return VerifyResult(
         certificate_id=cert.certificate_id,
         content_hash=cert.content_hash,
@@ -101,9 +102,10 @@ async def verify(cert_id: CertId, services: ServicesDep, settings: SettingsDep) 
 
 
 @well_known.get("/.well-known/echelon-keys.json", response_model=PublicKeys, responses=r.PUBLIC)
-async def signing_keys(settings: SettingsDep) -> dict[str, object]:
+async def signing_keys(request: Request) -> dict[str, object]:
     """Public: the Ed25519 keys certificates are signed with, the active one first, retired ones after."""
-    return load_keyring(settings).well_known()
+    keys: PublishedKeys = request.app.state.signing_keys
+    return await keys.well_known()
 
 
 async def construct_owner(services: Services, construct_id: str) -> str | None:

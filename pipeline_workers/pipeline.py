@@ -11,7 +11,7 @@ from typing import Any, Self
 import httpx
 
 from echelon_platform.adapters.services import Services
-from echelon_platform.adapters.signing_keys import load_keyring
+from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.handlers.context import StageContext
@@ -59,8 +59,11 @@ class Pipeline:
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
             "score": ScoreHandler(self.services, scorer, self.services.metrics),
-            "certify": CertifyHandler(self.services.store, load_keyring(self.settings)),
         }
+        if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
+            keyring = load_keyring(self.settings)
+            await publish_keys(self.services.store, keyring)
+            handlers["certify"] = CertifyHandler(self.services.store, keyring)
         self.workers = [
             StageWorker(
                 handlers[name],

@@ -16,14 +16,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import structlog
+from cachetools import TTLCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore
 from echelon_platform.config import Settings
 from echelon_platform.domain.certificate import signed_content
 from echelon_platform.domain.values import CalibrationCertificate, CertificateSignature
-from echelon_platform.errors import ConfigError
+from echelon_platform.errors import ConfigError, StoreError
 
 log = structlog.get_logger(__name__)
 ALGORITHM = "Ed25519"
@@ -154,3 +157,48 @@ def _mtime(path: Path) -> datetime:
         return datetime.fromtimestamp(int(path.stat().st_mtime), tz=UTC)
     except OSError:
         return datetime.fromtimestamp(0, tz=UTC)
+
+
+async def publish_keys(store: EventStore, keyring: Keyring) -> None:
+    """Make the keyring's public keys known to every verifier (the certify stage does this at start)."""
+    rows = [(k.key_id, k.public_key, k.not_before, k.retired) for k in keyring.published]
+    try:
+        async with store.pool.acquire() as conn, conn.transaction():
+            if any(not k.retired for k in keyring.published):
+                # A new active key retires the earlier ones: they stay published, for old certificates.
+                await conn.execute("UPDATE signing_keys SET retired = true WHERE key_id <> $1", keyring.key_id)
+            await conn.executemany(
+                "INSERT INTO signing_keys (key_id, public_key, not_before, retired) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (key_id) DO UPDATE SET retired = excluded.retired",
+                rows,
+            )
+    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+        raise StoreError(f"cannot publish signing keys: {exc}") from exc
+
+
+class PublishedKeys:
+    """The public keys as the certify stage published them, cached briefly (read on every /verify)."""
+
+    def __init__(self, store: EventStore, ttl_s: float = 10.0) -> None:
+        self._store = store
+        self._cache: TTLCache[str, list[PublishedKey]] = TTLCache(1, ttl_s)
+
+    async def all(self) -> list[PublishedKey]:
+        cached = self._cache.get("keys")
+        if cached is not None:
+            return cached
+        try:
+            rows = await self._store.pool.fetch(
+                "SELECT key_id, public_key, not_before, retired FROM signing_keys ORDER BY retired, not_before DESC"
+            )
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot read signing keys: {exc}") from exc
+        keys = [PublishedKey(r["key_id"], bytes(r["public_key"]), r["not_before"], r["retired"]) for r in rows]
+        self._cache["keys"] = keys
+        return keys
+
+    async def public_keys(self) -> dict[str, bytes]:
+        return {k.key_id: k.public_key for k in await self.all()}
+
+    async def well_known(self) -> dict[str, object]:
+        return {"keys": [k.as_json() for k in await self.all()]}

@@ -14,7 +14,7 @@ import pytest
 from echelon.cert_verify import check, parse_keys
 from echelon.cli import main as cli_main
 from echelon_platform.adapters.services import Services
-from echelon_platform.adapters.signing_keys import load_keyring
+from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
 from tests.factories import T0
 from tests.integration.test_api_support import (
@@ -45,6 +45,8 @@ SEED: list[tuple[str, str, list[dict[str, object]], int]] = [
 @pytest.fixture
 async def seeded(services: Services, settings: Settings) -> Certs:
     certs = {}
+    # What the certify stage does at start: publish its public key for verifiers.
+    await publish_keys(services.store, load_keyring(settings))
     for run_id, construct, scores, minutes in SEED:
         events, cert = certified_run(
             run_id,
@@ -277,3 +279,21 @@ async def test_stats_group_and_measure_agreement(
     models = {r["key"]: (r["runs"], r["certificates"]) for r in by_model["rows"]}
     assert models == {"offline-lexical-v1": (3, 3), "claude-sonnet-4-6": (1, 1)}
     assert (await client.get(f"{API}/stats", params={"group_by": "user"})).status_code == 422
+
+
+async def test_a_rotated_key_keeps_old_certificates_verifiable(
+    client: httpx.AsyncClient, services: Services, settings: Settings, seeded: Certs, tmp_path: Path
+) -> None:
+    """A certify stage with a new key publishes it; the API (which holds no private key) lists both."""
+    old = load_keyring(settings)
+    new = load_keyring(settings.model_copy(update={"data_dir": tmp_path / "other-host"}))
+    await publish_keys(services.store, new)
+
+    async def rotated() -> list[tuple[str, bool]] | None:
+        keys = (await client.get("/.well-known/echelon-keys.json")).json()["keys"]
+        listed = [(k["key_id"], k["retired"]) for k in keys]
+        return listed if listed == [(new.key_id, False), (old.key_id, True)] else None
+
+    await wait_for(rotated, timeout=30, what="the new key published, the old one retired")
+    verdict = (await client.get(f"{API}/certificates/cert-C2/verify")).json()
+    assert verdict["signature_ok"] and verdict["key_id"] == old.key_id
