@@ -153,7 +153,7 @@ def check_requests(findings: Findings, requests: list[Request], runs: dict[str, 
         findings.violate("runs_from_no_request", strangers)
     findings.facts["runs_in_log"] = len(runs)
     findings.facts["runs_from_lost_answers"] = sum(
-        1 for r in requests if r.run_id is None and by_construct.get(r.construct_id)
+        1 for r in requests if r.run_id is None and r.ambiguous and by_construct.get(r.construct_id)
     )
 
 
