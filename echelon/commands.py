@@ -167,6 +167,7 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         seed=seed,
         runs_per_second=args.runs_per_second,
         duration_s=args.duration_s,
+        mean_gap_s=args.mean_gap_s,
         kinds=kinds,
         work_dir=args.work_dir,
     )

@@ -37,7 +37,7 @@ class ChaosConfig:
     rounds: int = 100
     seed: int | None = None
     runs_per_second: float = 1.0
-    duration_s: float | None = None  # the fault phase; unset → rounds × mean_gap_s
+    duration_s: float | None = None  # a time budget for the fault phase: fewer rounds when it runs out
     mean_gap_s: float = 3.0  # between a component's recovery and the next fault (uniform 0.2..2×mean)
     keyed_fraction: float = 0.5
     limit: int = 3  # changes per run (the sample repository's newest ones)
@@ -131,6 +131,7 @@ async def run_chaos(base: Settings, config: ChaosConfig) -> dict[str, Any]:
             timings = {
                 "ready_s": round(ready_s, 3),
                 "fault_phase_s": round(last_fault - started - ready_s, 3),
+                "rounds_done": len(faults),
                 "drain_after_load_stop_s": round(drain_s, 3),
                 "drain_after_last_kill_s": round(drained - last_fault, 3),
                 "load_stop_after_last_kill_s": round(load_stopped - last_fault, 3),
@@ -172,10 +173,13 @@ async def _inject_rounds(
     kinds = tuple(k for k in (config.kinds or available_kinds(world)) if k in available_kinds(world))
     injector = Injector(world, http, rng, started)
     faults: list[Fault] = []
-    mean_gap = config.duration_s / max(1, config.rounds) if config.duration_s else config.mean_gap_s
+    phase_started = time.monotonic()
     for i, kind in enumerate(schedule(kinds, config.rounds, rng)):
+        if config.duration_s is not None and time.monotonic() - phase_started > config.duration_s:
+            log.warning("chaos.time_budget_spent", rounds_done=i, rounds=config.rounds)
+            break
         # A random moment: a random pause after the previous component recovered.
-        await asyncio.sleep(rng.uniform(0.2, 2 * mean_gap))
+        await asyncio.sleep(rng.uniform(0.2, 2 * config.mean_gap_s))
         fault = await injector.inject(kind)
         faults.append(fault)
         log.info("chaos.fault", round=i + 1, **fault.as_dict())
