@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     parked.add_argument("ids", nargs="*", type=int, help="parked ids to retry (default: all not yet retried)")
     parked.add_argument("--all", action="store_true", help="list retried ones too")
 
+    chaos = sub.add_parser("chaos", help="kill components under load, then check every invariant (JSON report)")
+    chaos.add_argument("--rounds", type=int, default=100, help="faults to inject (each component kind at least once)")
+    chaos.add_argument("--seed", type=int, help="random seed (the report names the one used)")
+    chaos.add_argument("--runs-per-second", type=float, default=1.0, help="load submitted through the API")
+    chaos.add_argument("--duration-s", type=float, help="time budget of the fault phase: fewer rounds if spent")
+    chaos.add_argument("--mean-gap-s", type=float, default=3.0, help="mean pause between recovery and next fault")
+    chaos.add_argument("--kinds", help="comma-separated subset of: coordinator,worker,api,nats,redis,postgres")
+    chaos.add_argument("--work-dir", type=Path, help="logs and embedded servers (kept; default: removed if ok)")
+    chaos.add_argument("--json", action="store_true", help="the report on one line")
+
     token = sub.add_parser("token", help="mint a development JWT from the configured secret")
     token.add_argument("user_id")
     token.add_argument("--admin", action="store_true")

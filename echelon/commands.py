@@ -147,6 +147,35 @@ async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import random
+
+    from echelon.chaos import ChaosConfig, run_chaos
+    from echelon.chaos.faults import KINDS
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
+    unknown = set(kinds or ()) - set(KINDS)
+    if unknown or args.rounds < 1 or args.runs_per_second <= 0:
+        print(
+            f"echelon: chaos needs --rounds >= 1, --runs-per-second > 0, kinds from {','.join(KINDS)}", file=sys.stderr
+        )
+        return 2
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    config = ChaosConfig(
+        rounds=args.rounds,
+        seed=seed,
+        runs_per_second=args.runs_per_second,
+        duration_s=args.duration_s,
+        mean_gap_s=args.mean_gap_s,
+        kinds=kinds,
+        work_dir=args.work_dir,
+    )
+    report = await run_chaos(settings, config)
+    print(json.dumps(report, indent=None if args.json else 2, default=str))
+    return 0 if report["ok"] else 1
+
+
 async def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from api.tokens import issue_jwt
 

@@ -16,7 +16,6 @@ import structlog
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RunFailed, make_event
-from echelon_platform.errors import InfrastructureError
 from echelon_platform.retry import sleep_unless
 
 log = structlog.get_logger(__name__)
@@ -59,7 +58,7 @@ class Watchdog:
         where = ""
         try:
             state = await self.services.read_models.get_run(run_id)  # only to say where it stopped
-        except InfrastructureError:
+        except Exception:
             state = None
         if state is not None:
             done = f"{state.progress}/{state.total if state.total is not None else '?'}"
@@ -70,6 +69,6 @@ class Watchdog:
         while not self._stopping.is_set():
             try:
                 await self.sweep()
-            except InfrastructureError as exc:
-                log.warning("watchdog.sweep_failed", error=str(exc))
+            except Exception as exc:
+                log.warning("watchdog.sweep_failed", error=str(exc) or type(exc).__name__)
             await sleep_unless(self._stopping, self.interval_s)

@@ -17,6 +17,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
 from tests.factories import T0
+from tests.helpers import wait_for
 from tests.integration.test_api_support import (
     API,
     app,

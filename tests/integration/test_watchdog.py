@@ -3,11 +3,13 @@ Progress is measured on the log, and nobody is judged while the writer is behind
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import asyncpg
 
 from coordinator.factory import coordinator_for
+from echelon.embedded._process import free_port
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
@@ -76,3 +78,25 @@ async def test_nobody_is_judged_while_the_writer_is_behind(settings: Settings) -
         assert await watchdog.sweep() == []
         await coordinator.run(until_idle=True)  # caught up: the run's progress is logged now
         assert await watchdog.sweep() == []
+
+
+async def test_a_redis_outage_does_not_end_the_watchdog(settings: Settings) -> None:
+    """Found by `echelon chaos`: a Redis error escaped the watchdog and ended every stage of the process."""
+    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        await services.bus.publish(requested("ORPHAN"))
+        await coordinator.run(until_idle=True)
+        await age(settings, "ORPHAN")
+    dead_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    async with Services(dead_redis, name="test") as services:
+        watchdog = Watchdog(services, timeout_s=60, interval_s=0.05)
+        task = asyncio.create_task(watchdog.run())
+        try:
+
+            async def failure_published() -> bool:  # the request, then the watchdog's `run.failed`
+                return int((await services.bus.js.stream_info(services.bus.stream)).state.messages) >= 2
+
+            await wait_for(failure_published, what="the stalled run failed without Redis")
+            assert not task.done()
+        finally:
+            watchdog.stop()
+            await asyncio.wait_for(task, 5)
