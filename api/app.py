@@ -12,8 +12,9 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from api import certificates, readiness, runs, stats, stream
+from api import certificates, readiness, runs, signin, stats, stream
 from api.auth import TokenCache
+from api.body_limit import BodySizeLimit
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
 from api.middleware import RequestContext
@@ -38,11 +39,12 @@ log = structlog.get_logger(__name__)
 
 DESCRIPTION = """Verify AI oracle constructs against git history and issue calibration certificates.
 
-**Authentication** (runs, ratings, the stream): `Authorization: Bearer <JWT>`, or wallet auth — sign a
-fresh message (EIP-191 `personal_sign`; an EIP-4361 Sign-In-with-Ethereum message or any text with
-`Nonce:` and `Issued At:` lines, issued ≤ 5 minutes ago, each message accepted once) and send
-`X-Wallet-Address`, `X-Wallet-Message` (base64 of the text) and `X-Wallet-Signature` (0x hex).
-A wallet user's id is `wallet:<checksummed address>`. Certificates and stats are public.
+**Authentication** (runs, ratings, the stream): `Authorization: Bearer <JWT>`, or Sign-In with Ethereum
+(EIP-4361): get a nonce from `GET /api/v1/auth/nonce`, sign an EIP-4361 message naming this service's
+domain, URI and an accepted chain id with that nonce (EIP-191 `personal_sign`; issued ≤ 5 minutes ago) and
+send `X-Wallet-Address`, `X-Wallet-Message` (base64 of the text) and `X-Wallet-Signature` (0x hex). Each
+nonce signs in once. A wallet user's id is `wallet:<checksummed address>`. Certificates are public; stats
+count public certificates (and, for a signed-in caller, their own runs).
 
 **Live events**: WebSocket `GET /api/v1/stream` (protocol in `echelon_platform/api/stream.py`).
 """
@@ -82,6 +84,7 @@ def _attach(app: FastAPI, services: Services) -> None:
     app.state.run_reader = RunReader(services.read_models)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
     app.state.signing_keys = PublishedKeys(services.store)
+    app.state.ws_connections = stream.ConnectionCounter(app.state.settings.ws_max_connections_per_user)
 
 
 def create_app(settings: Settings, services: Services | None = None, *, options: ApiOptions | None = None) -> FastAPI:
@@ -118,7 +121,9 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(certificates.well_known)
     app.include_router(stats.router)
     app.include_router(stream.router)
-    app.add_middleware(RequestContext)
+    app.include_router(signin.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: a 413 is logged and measured like any response
 
     @app.exception_handler(EchelonError)
     async def _domain_error(request: Request, exc: EchelonError) -> JSONResponse:

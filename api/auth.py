@@ -6,30 +6,27 @@ Both HTTP (api/deps.py) and the WebSocket stream call `authenticate`, so the rul
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import jwt
 import redis.asyncio as aioredis
-import redis.exceptions
 from cachetools import TLRUCache
 
+from api.nonces import NonceStore
 from api.tokens import issue_jwt as issue_jwt  # re-exported: callers mint and check tokens here
-from api.wallet import (
-    WalletProof,
-    claim_key,
-    claim_ttl_s,
-    verify_proof,
-    wallet_user_id,
-)
+from api.wallet import SiweBinding, WalletProof, verify_proof, wallet_user_id
 from echelon_platform.config import Settings
-from echelon_platform.errors import AuthError, ReadModelError
+from echelon_platform.errors import AuthError
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: str
     is_admin: bool = False
+    # When the credential stops being valid (epoch seconds): a token's `exp`, a wallet message's
+    # `Expiration Time`; None when it names none. Long-lived connections close at this time.
+    expires_at: float | None = field(default=None, compare=False)
 
     def can_see(self, owner: str | None) -> bool:
         return self.is_admin or (owner is not None and owner == self.user_id)
@@ -51,7 +48,8 @@ def _decode(token: str, secret: str, algorithm: str) -> tuple[Principal, float]:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("token has no subject")
-    return Principal(user_id=sub, is_admin=claims.get("role") == "admin"), float(claims["exp"])
+    expires = float(claims["exp"])
+    return Principal(user_id=sub, is_admin=claims.get("role") == "admin", expires_at=expires), expires
 
 
 class TokenCache:
@@ -77,23 +75,15 @@ class TokenCache:
         return principal
 
 
-async def claim_wallet_message(client: aioredis.Redis, redis_prefix: str, message: str, max_age_s: int) -> None:
-    """Mark a verified message as used; a second use within its lifetime is a replay and is refused."""
-    try:
-        fresh = await client.set(claim_key(redis_prefix, message), b"1", nx=True, ex=claim_ttl_s(max_age_s))
-    except (redis.exceptions.RedisError, OSError) as exc:
-        raise ReadModelError(f"cannot record the wallet message as used: {exc}") from exc
-    if not fresh:
-        raise AuthError("wallet message already used: sign a new message with a new nonce")
-
-
 async def authenticate_wallet(proof: WalletProof, settings: Settings, client: aioredis.Redis) -> Principal:
-    max_age_s = settings.wallet_max_age_s
-    address = verify_proof(proof, datetime.now(UTC), max_age_s)
-    # Claimed only after the signature checked out: a forger cannot burn someone else's message.
-    await claim_wallet_message(client, settings.redis_prefix, proof.message, max_age_s)
+    message = verify_proof(proof, datetime.now(UTC), SiweBinding.from_settings(settings), settings.wallet_max_age_s)
+    # Consumed only after the signature checked out: a forger cannot burn someone else's nonce.
+    await NonceStore(client, settings.redis_prefix, settings.siwe_nonce_ttl_s).consume(message.nonce)
     admins = {a.lower() for a in settings.admin_wallets}
-    return Principal(user_id=wallet_user_id(address), is_admin=address.lower() in admins)
+    expires = message.expiration_time.timestamp() if message.expiration_time is not None else None
+    return Principal(
+        user_id=wallet_user_id(message.address), is_admin=message.address.lower() in admins, expires_at=expires
+    )
 
 
 async def authenticate(

@@ -169,7 +169,7 @@ async def rate_replay(
     return RatingAccepted(**payload.model_dump(exclude={"run_id"}))
 
 
-@router.get("/ratings", response_model=RatingList, responses=r.PROTECTED)
+@router.get("/ratings", response_model=RatingList, responses=r.merge(r.PROTECTED, r.NOT_FOUND))
 async def list_ratings(
     user: UserDep,
     services: ServicesDep,
@@ -178,8 +178,12 @@ async def list_ratings(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> RatingList:
-    """The latest rating per person per replay, ordered by certificate, replay, user. Signed-in users only:
-    ratings name their authors."""
+    """The latest rating per person per replay, ordered by certificate, replay, user. Your own ratings only
+    (admins: anyone's, filtered by `user_id`): ratings name their authors."""
+    if not user.is_admin:
+        if user_id is not None and user_id != user.user_id:
+            raise NotFound("ratings of another user are visible to admins only")
+        user_id = user.user_id
     rows = await services.read_models.ratings(certificate_id=certificate_id, user_id=user_id)
     page = [RatingView.model_validate(row) for row in rows[offset : offset + limit]]
     return RatingList(ratings=page, total=len(rows), limit=limit, offset=offset)

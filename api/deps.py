@@ -40,8 +40,8 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "name": "X-Wallet-Message",
         "description": (
             "Base64 (standard alphabet) of the exact UTF-8 text that was signed: an EIP-4361 "
-            "Sign-In-with-Ethereum message, or any text with `Nonce: <8+ alphanumerics>` and "
-            "`Issued At: <RFC 3339>` lines. Issued at most 5 minutes ago; each message is accepted once."
+            "Sign-In-with-Ethereum message naming this service's domain and URI, an accepted chain id and a "
+            "nonce from GET /api/v1/auth/nonce. Issued at most 5 minutes ago; each nonce is accepted once."
         ),
     },
     "WalletSignature": {
@@ -129,7 +129,22 @@ class UserOrWallet(SecurityBase):
 get_user_or_wallet = UserOrWallet()
 
 
+async def get_optional_user(request: Request) -> Principal | None:
+    """The caller on public routes that show more to a signed-in user: None without credentials, and
+    still 401 for credentials that are sent but invalid (a typo should not silently mean anonymous)."""
+    headers = request.headers
+    if not (
+        headers.get("authorization")
+        or headers.get("x-wallet-address")
+        or headers.get("x-wallet-message")
+        or headers.get("x-wallet-signature")
+    ):
+        return None
+    return await get_user_or_wallet(request)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OptionsDep = Annotated[ApiOptions, Depends(get_options)]
 UserDep = Annotated[Principal, Depends(get_user_or_wallet)]
+OptionalUserDep = Annotated[Principal | None, Depends(get_optional_user)]

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+
+MAX_ORACLE_HEADERS = 20
+MAX_HEADER_VALUE_CHARS = 4096
+# An HTTP field name (RFC 9110 token), so a bad name is refused here and not when the invoke stage calls out.
+HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters but tab (no CR/LF injection)
 
 
 class RunCreate(BaseModel):
@@ -17,15 +25,32 @@ class RunCreate(BaseModel):
     oracle_url: str | None = Field(default=None, max_length=2048)
     oracle_module: str | None = Field(default=None, max_length=256)
     oracle_callable: str | None = Field(default=None, max_length=128)
-    oracle_headers: dict[str, SecretStr] | None = Field(default=None, description="sent to an HTTP oracle; kept secret")
+    oracle_headers: dict[HeaderName, SecretStr] | None = Field(
+        default=None,
+        max_length=MAX_ORACLE_HEADERS,
+        description=f"sent to an HTTP oracle; kept secret. At most {MAX_ORACLE_HEADERS} headers, names ≤ 128 "
+        f"characters, values ≤ {MAX_HEADER_VALUE_CHARS} characters",
+    )
     oracle_timeout_s: float = Field(default=30.0, gt=0, le=300)
     limit: int = Field(default=20, ge=1, le=1000)
     min_replays: int = Field(default=5, ge=1, le=500)
     github_token: SecretStr | None = None
     weights: dict[str, float] | None = None
     since: datetime | None = None
-    labels: list[str] = Field(default_factory=list, max_length=20)
+    labels: list[Label] = Field(default_factory=list, max_length=20, description="at most 20, each ≤ 100 characters")
     include_unmerged: bool = False
+
+    @field_validator("oracle_headers")
+    @classmethod
+    def _header_values(cls, headers: dict[str, SecretStr] | None) -> dict[str, SecretStr] | None:
+        # The message names the header, never its (secret) value.
+        for name, value in (headers or {}).items():
+            text = value.get_secret_value()
+            if len(text) > MAX_HEADER_VALUE_CHARS:
+                raise ValueError(f"oracle header {name!r}: value is longer than {MAX_HEADER_VALUE_CHARS} characters")
+            if not _HEADER_VALUE.match(text):
+                raise ValueError(f"oracle header {name!r}: value has control characters")
+        return headers
 
     @model_validator(mode="after")
     def _oracle_fields(self) -> RunCreate:
@@ -83,3 +108,14 @@ class ValidationErrorBody(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, str]
+
+
+class NonceIssued(BaseModel):
+    """A single-use nonce and what the EIP-4361 message must name to sign in here."""
+
+    nonce: str
+    expires_at: datetime = Field(description="use it (sign and send the message) before this time")
+    domain: str = Field(description="the message's first line must name this domain")
+    uri: str = Field(description="the message's `URI:` must have this origin")
+    chain_ids: list[int] = Field(description="accepted `Chain ID:` values")
+    version: Literal["1"] = "1"

@@ -16,8 +16,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api import responses as r
+from api.auth import Principal
 from api.cert_schemas import GroupBy, StatsResponse, StatsRow
-from api.deps import ServicesDep
+from api.deps import OptionalUserDep, ServicesDep
 from echelon_platform.adapters.readmodel_store import BulkReader
 from echelon_platform.domain.certificate import weighted_composite
 from echelon_platform.domain.projections import RunState, Status
@@ -60,6 +61,15 @@ class _Group:
             if self.rating_errors
             else None,
         )
+
+
+def countable_runs(
+    runs: Iterable[RunState], certificates: Iterable[dict[str, Any]], user: Principal | None
+) -> list[RunState]:
+    """Runs a caller may have counted: certified ones (their certificate is public anyway) and, when signed
+    in, their own (admins: all). Anyone else's uncertified run stays invisible, its construct id included."""
+    public = {c["run_id"] for c in certificates}
+    return [run for run in runs if run.run_id in public or (user is not None and user.can_see(run.user_id))]
 
 
 def leaderboard(
@@ -107,20 +117,22 @@ def leaderboard(
     )
 
 
-@router.get("/stats", response_model=StatsResponse, responses=r.PUBLIC)
+@router.get("/stats", response_model=StatsResponse, responses=r.merge(r.PUBLIC, r.UNAUTHORIZED))
 async def stats(
     services: ServicesDep,
+    user: OptionalUserDep,
     group_by: Annotated[GroupBy, Query()] = "construct_id",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> StatsResponse:
     """Public leaderboard: per construct (or judge model) runs, outcomes, certificate quality, judge cost,
-    and how far people's replay ratings are from the judge's scores."""
+    and how far people's replay ratings are from the judge's scores. Anonymous callers see certified runs
+    only; signed in, your own uncertified runs count too (admins: everyone's)."""
     reader = BulkReader(services.read_models)
     runs = await reader.all_runs()
     certs = await reader.all_certificates()
     ratings = await reader.ratings_of([c["certificate_id"] for c in certs])
-    rows = leaderboard(runs, certs, ratings, group_by)
+    rows = leaderboard(countable_runs(runs, certs, user), certs, ratings, group_by)
     return StatsResponse(
         group_by=group_by, rows=rows[offset : offset + limit], total=len(rows), limit=limit, offset=offset
     )

@@ -2,9 +2,13 @@
 
 Protocol (JSON text frames):
 
-1. Authenticate: `?token=<JWT>`, an `Authorization: Bearer` header on the upgrade, or as the first
-   message `{"token": "<JWT>"}` / `{"wallet": {"address", "message", "signature"}}` (message as plain text).
-   Failure closes with 4401 and the reason. The server answers `{"type": "authenticated", ...}`.
+1. Authenticate: an `Authorization: Bearer` header on the upgrade, or as the first message
+   `{"token": "<JWT>"}` / `{"wallet": {"address", "message", "signature"}}` (an EIP-4361 message as plain
+   text, with a nonce from `GET /api/v1/auth/nonce`). A token in the URL (`?token=`) is refused: URLs end
+   up in proxy and access logs. Failure closes with 4401 and the reason. The server answers
+   `{"type": "authenticated", ...}`. When the credential expires (a token's `exp`, a wallet message's
+   `Expiration Time`) the connection is closed with 4401; reconnect with a fresh one. A user has at most
+   `ws_max_connections_per_user` connections per API process; one more is closed with 4409.
 2. Subscribe: `{"subscribe": {"topics": ["verify.run.*", ...], "correlationId": "run-…", "since": <seq>}}`.
    Answer: `{"type": "subscribed", "since": S, ...}` (events after stream sequence S follow) or
    `{"type": "refused", "reason": ...}`. Without `since`, a run's subscription starts at its first event
@@ -23,13 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import nats.errors
 import orjson
 import structlog
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
@@ -57,6 +63,7 @@ from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError, EchelonError
 
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_MANY = 4409
 CLOSE_SLOW_CONSUMER = 4429
 CLOSE_INTERNAL = 1011
 
@@ -97,9 +104,11 @@ async def _receive_json(ws: WebSocket) -> Any:
         return None
 
 
-async def _credentials(ws: WebSocket, token: str | None, settings: Settings, services: Services) -> Principal:
+async def _credentials(ws: WebSocket, settings: Settings, services: Services) -> Principal:
+    if "token" in ws.query_params:
+        raise AuthError('a token in the URL is refused (it ends up in logs): send {"token": …} as the first message')
     header = ws.headers.get("authorization", "")
-    bearer = token or (header[7:].strip() if header[:7].lower() == "bearer " else None)
+    bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
     redis = services.read_models.redis
     if bearer:
         return await authenticate(settings, redis, bearer=bearer, wallet=None)
@@ -110,7 +119,7 @@ async def _credentials(ws: WebSocket, token: str | None, settings: Settings, ser
     if isinstance(wallet, dict) and all(isinstance(wallet.get(k), str) for k in ("address", "message", "signature")):
         proof = WalletProof(address=wallet["address"], message=wallet["message"], signature=wallet["signature"])
         return await authenticate(settings, redis, bearer=None, wallet=proof)
-    raise AuthError('authenticate first: ?token=<JWT>, or a first message {"token": …} or {"wallet": {…}}')
+    raise AuthError('authenticate first: a first message {"token": …} or {"wallet": {…}}')
 
 
 class StreamSession:
@@ -135,7 +144,7 @@ class StreamSession:
         self._close: tuple[int, str] | None = None
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(c) for c in (self._read(), self._write(), self._stop.wait())]
+        tasks = [asyncio.create_task(c) for c in (self._read(), self._write(), self._stop.wait(), self._expire())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -149,6 +158,14 @@ class StreamSession:
                 self._close = self._close or (CLOSE_INTERNAL, "internal error; reconnect with since")
         if self._close is not None:
             await _close(self.ws, *self._close, timeout_s=self.options.ws_close_timeout_s)
+
+    async def _expire(self) -> None:
+        """Close with 4401 when the credential expires: a connection must not outlive its token."""
+        if self.user.expires_at is None:
+            await asyncio.Event().wait()  # never expires: wait for the other tasks
+        else:
+            await asyncio.sleep(max(0.0, self.user.expires_at - time.time()))
+        self._end(CLOSE_UNAUTHORIZED, "credentials expired: reconnect with a fresh token")
 
     async def _read(self) -> None:
         while True:
@@ -291,8 +308,30 @@ class StreamSession:
             await sub.unsubscribe()
 
 
+class ConnectionCounter:
+    """Open stream connections per user in this process (so a crash leaves nothing to clean up)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, user_id: str) -> Iterator[bool]:
+        """True (and counted until the block ends) when the user is under the limit; False otherwise."""
+        if self._open[user_id] >= self.limit:
+            yield False
+            return
+        self._open[user_id] += 1
+        try:
+            yield True
+        finally:
+            self._open[user_id] -= 1
+            if not self._open[user_id]:
+                del self._open[user_id]
+
+
 @router.websocket("/api/v1/stream")
-async def stream(websocket: WebSocket, token: str | None = Query(default=None, max_length=8192)) -> None:
+async def stream(websocket: WebSocket) -> None:
     app = websocket.app
     settings: Settings = app.state.settings
     services: Services = app.state.services
@@ -301,7 +340,7 @@ async def stream(websocket: WebSocket, token: str | None = Query(default=None, m
     with structlog.contextvars.bound_contextvars(connection_id=str(ULID())):
         try:
             async with asyncio.timeout(options.ws_auth_timeout_s):
-                user = await _credentials(websocket, token, settings, services)
+                user = await _credentials(websocket, settings, services)
         except WebSocketDisconnect:
             return
         except (AuthError, TimeoutError) as exc:
@@ -312,13 +351,23 @@ async def stream(websocket: WebSocket, token: str | None = Query(default=None, m
             log.error("stream.auth_failed", error=str(exc))
             await _close(websocket, CLOSE_INTERNAL, "authentication unavailable; retry", options.ws_close_timeout_s)
             return
-        session = StreamSession(websocket, user, services, options, app.state.owners)
-        session.control({"type": "authenticated", "userId": user.user_id, "admin": user.is_admin})
-        services.metrics.ws_clients.inc()
-        try:
-            with structlog.contextvars.bound_contextvars(user_id=user.user_id):
-                log.info("stream.connected", admin=user.is_admin)
-                await session.run()
-                log.info("stream.closed", last_sent=session.last_sent)
-        finally:
-            services.metrics.ws_clients.dec()
+        counter: ConnectionCounter = app.state.ws_connections
+        with counter.hold(user.user_id) as admitted:
+            if not admitted:
+                reason = f"too many connections: at most {counter.limit} per user; close one first"
+                await _close(websocket, CLOSE_TOO_MANY, reason, options.ws_close_timeout_s)
+                return
+            await _serve(websocket, user, services, options, app.state.owners)
+
+
+async def _serve(ws: WebSocket, user: Principal, services: Services, options: ApiOptions, owners: OwnerCache) -> None:
+    session = StreamSession(ws, user, services, options, owners)
+    session.control({"type": "authenticated", "userId": user.user_id, "admin": user.is_admin})
+    services.metrics.ws_clients.inc()
+    try:
+        with structlog.contextvars.bound_contextvars(user_id=user.user_id):
+            log.info("stream.connected", admin=user.is_admin)
+            await session.run()
+            log.info("stream.closed", last_sent=session.last_sent)
+    finally:
+        services.metrics.ws_clients.dec()

@@ -1,27 +1,36 @@
-"""Wallet authentication: a fresh, signed, single-use message proves control of an Ethereum address.
+"""Sign-In with Ethereum (EIP-4361): a fresh, signed message bound to this service proves control of an address.
 
-The client signs a message with its key (EIP-191 `personal_sign`) and sends address, message and
-signature. The message is either an EIP-4361 Sign-In-with-Ethereum message or any text with the same
-`Nonce:` and `Issued At:` lines, e.g.::
+The client fetches a nonce (`GET /api/v1/auth/nonce`), signs an EIP-4361 message with its key (EIP-191
+`personal_sign`) and sends address, message and signature::
 
-    echelon-verify wants you to sign in with your Ethereum account:
+    127.0.0.1:8000 wants you to sign in with your Ethereum account:
     0x5B38Da6a701c568545dCfcB03FcB875f56beddC4
 
-    Nonce: 8f3a9c21d0e44b7a
+    Sign in to echelon-verify.
+
+    URI: http://127.0.0.1:8000
+    Version: 1
+    Chain ID: 1
+    Nonce: 8f3a9c21d0e44b7a8f3a9c21d0e44b7a
     Issued At: 2026-11-23T10:00:00Z
 
-Checks, in this order: well-formed → fresh (issued ≤ `max_age_s` ago, not in the future beyond a small
-clock skew, not past an `Expiration Time`) → the recovered signer is the claimed address → the message
-was never used before. The last step (see `claim_key`) is done by the caller in Redis *after* the
-signature is verified, so nobody can burn someone else's message with a forged signature.
+The text must follow the EIP-4361 grammar line by line (fields in order, nothing else); free text that
+merely contains `Nonce:` and `Issued At:` lines is refused. Checks, in this order: well-formed → bound to
+this service (domain, URI origin, chain id; see `SiweBinding`) → fresh (issued ≤ `max_age_s` ago, not in
+the future beyond a small clock skew, `Expiration Time` not past, `Not Before` reached) → the recovered
+signer is the message's address. The nonce is consumed by the caller (api/auth.py) *after* the signature
+is verified, so nobody can burn someone else's nonce with a forged signature.
+
+The `siwe` package is not used: it pins an older eth-account and pulls in web3 for contract wallets
+(EIP-1271), which this service does not accept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import eth_keys.exceptions
 import eth_utils.exceptions
@@ -29,16 +38,23 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils.address import is_address, to_checksum_address
 
+from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError
 
 MAX_MESSAGE_CHARS = 4000
 DEFAULT_MAX_AGE_S = 300
 CLOCK_SKEW_S = 30
 WALLET_USER_PREFIX = "wallet:"
+HEADER_SUFFIX = " wants you to sign in with your Ethereum account:"
 
-_SIWE_HEADER = re.compile(r"^(?P<domain>\S+) wants you to sign in with your Ethereum account:$")
-_FIELD = re.compile(r"^(?P<key>[A-Za-z][A-Za-z ]*[A-Za-z]): (?P<value>.+)$")
+_HEADER = re.compile(
+    r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://)?(?P<domain>[^\s/?#@]+)" + re.escape(HEADER_SUFFIX) + "$"
+)
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _NONCE = re.compile(r"^[A-Za-z0-9]{8,128}$")
+_CHAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +67,35 @@ class WalletProof:
 
 
 @dataclass(frozen=True, slots=True)
-class SignedMessage:
-    address: str | None  # the address named inside the message, when it names one
-    domain: str | None
+class SiweMessage:
+    """The fields of an EIP-4361 message, as signed."""
+
+    scheme: str | None
+    domain: str
+    address: str
+    statement: str | None
+    uri: str
+    version: str
+    chain_id: int
     nonce: str
     issued_at: datetime
-    expires_at: datetime | None
-    not_before: datetime | None
+    expiration_time: datetime | None = None
+    not_before: datetime | None = None
+    request_id: str | None = None
+    resources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SiweBinding:
+    """What a message must name to sign in here: this service's domain and URI origin, an allowed chain."""
+
+    domain: str
+    uri: str
+    chain_ids: frozenset[int]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SiweBinding:
+        return cls(settings.siwe_expected_domain(), settings.siwe_expected_uri(), frozenset(settings.siwe_chain_ids))
 
 
 def wallet_user_id(checksum_address: str) -> str:
@@ -72,55 +110,132 @@ def checksum_address(address: str) -> str:
 
 
 def _timestamp(key: str, value: str) -> datetime:
+    if not _RFC3339.match(value):
+        raise AuthError(f"wallet message: `{key}` must be an RFC 3339 date-time with a time zone (e.g. a trailing Z)")
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)
     except ValueError as exc:
-        raise AuthError(f"wallet message: `{key}` is not an ISO 8601 / RFC 3339 timestamp") from exc
-    if parsed.tzinfo is None:
-        raise AuthError(f"wallet message: `{key}` needs a time zone (e.g. a trailing Z)")
-    return parsed.astimezone(UTC)
+        raise AuthError(f"wallet message: `{key}` is not a valid date-time") from exc
 
 
-def parse_message(message: str) -> SignedMessage:
-    """Read the fields wallet auth relies on; AuthError saying what is missing otherwise."""
+def _origin(uri: str) -> str:
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class _Lines:
+    """The field lines after the header, read strictly in EIP-4361 order."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.pos = 0
+
+    def take(self, prefix: str, *, required: bool) -> str | None:
+        if self.pos < len(self.lines) and self.lines[self.pos].startswith(prefix):
+            self.pos += 1
+            return self.lines[self.pos - 1][len(prefix) :]
+        if required:
+            raise AuthError(f"wallet message: expected a `{prefix}…` line here (EIP-4361 field order)")
+        return None
+
+    def rest(self) -> list[str]:
+        rest, self.pos = self.lines[self.pos :], len(self.lines)
+        return rest
+
+
+def _statement(lines: list[str]) -> tuple[str | None, int]:
+    """(statement, index of the first field line); the blank lines around the statement are part of the grammar."""
+    if len(lines) < 4 or lines[2] != "":
+        raise AuthError("wallet message: the address line must be followed by a blank line (EIP-4361)")
+    if lines[3] == "":
+        return None, 4
+    if lines[3].startswith("URI: "):  # the older form without a statement has one blank line, not two
+        return None, 3
+    if len(lines) < 5 or lines[4] != "" or not _PRINTABLE.match(lines[3]):
+        raise AuthError("wallet message: the statement must be one line followed by a blank line (EIP-4361)")
+    return lines[3], 5
+
+
+def parse_message(message: str) -> SiweMessage:
+    """Parse an EIP-4361 message strictly; AuthError saying what does not fit the grammar."""
     if not message or len(message) > MAX_MESSAGE_CHARS:
         raise AuthError(f"wallet message must be 1–{MAX_MESSAGE_CHARS} characters")
-    lines = message.replace("\r\n", "\n").split("\n")
-    domain = address = None
-    header = _SIWE_HEADER.match(lines[0])
-    if header is not None:
-        domain = header["domain"]
-        address = lines[1].strip() if len(lines) > 1 else ""
-        if not address:
-            raise AuthError("wallet message: the line after the Sign-In-with-Ethereum header must be the address")
-    fields: dict[str, str] = {}
-    for line in lines:
-        match = _FIELD.match(line.strip())
-        if match is not None:
-            fields.setdefault(match["key"], match["value"].strip())
-    address = address or fields.get("Address")
-    nonce = fields.get("Nonce")
-    if nonce is None or not _NONCE.match(nonce):
-        raise AuthError("wallet message needs a `Nonce: <8+ letters or digits>` line")
-    if "Issued At" not in fields:
-        raise AuthError("wallet message needs an `Issued At: <RFC 3339 time>` line")
-    return SignedMessage(
+    lines = message.split("\n")
+    header = _HEADER.match(lines[0])
+    if header is None:
+        raise AuthError(
+            "wallet message is not an EIP-4361 Sign-In with Ethereum message: the first line must be "
+            f"`<domain>{HEADER_SUFFIX}`"
+        )
+    address = lines[1] if len(lines) > 1 else ""
+    if not _ADDRESS.match(address) or to_checksum_address(address) != address:
+        raise AuthError("wallet message: the second line must be the EIP-55 checksummed address")
+    statement, first_field = _statement(lines)
+    fields = _Lines(lines[first_field:])
+    uri = str(fields.take("URI: ", required=True))
+    version = str(fields.take("Version: ", required=True))
+    chain_id = str(fields.take("Chain ID: ", required=True))
+    nonce = str(fields.take("Nonce: ", required=True))
+    issued_at = _timestamp("Issued At", str(fields.take("Issued At: ", required=True)))
+    expiration = fields.take("Expiration Time: ", required=False)
+    not_before = fields.take("Not Before: ", required=False)
+    request_id = fields.take("Request ID: ", required=False)
+    resources: list[str] = []
+    if fields.take("Resources:", required=False) == "":
+        for line in fields.rest():
+            if not line.startswith("- ") or not urlsplit(line[2:]).scheme:
+                raise AuthError("wallet message: each resource must be a `- <URI>` line")
+            resources.append(line[2:])
+    if fields.rest():
+        raise AuthError("wallet message: unexpected text after the EIP-4361 fields")
+    if not urlsplit(uri).scheme or not _PRINTABLE.match(uri):
+        raise AuthError("wallet message: `URI` must be an absolute URI")
+    if version != "1":
+        raise AuthError("wallet message: `Version` must be 1")
+    if not _CHAIN_ID.match(chain_id):
+        raise AuthError("wallet message: `Chain ID` must be a positive integer")
+    if not _NONCE.match(nonce):
+        raise AuthError("wallet message: `Nonce` must be 8–128 letters or digits")
+    if request_id is not None and not _PRINTABLE.match(request_id):
+        raise AuthError("wallet message: `Request ID` has control characters")
+    return SiweMessage(
+        scheme=header["scheme"],
+        domain=header["domain"],
         address=address,
-        domain=domain,
+        statement=statement,
+        uri=uri,
+        version=version,
+        chain_id=int(chain_id),
         nonce=nonce,
-        issued_at=_timestamp("Issued At", fields["Issued At"]),
-        expires_at=_timestamp("Expiration Time", fields["Expiration Time"]) if "Expiration Time" in fields else None,
-        not_before=_timestamp("Not Before", fields["Not Before"]) if "Not Before" in fields else None,
+        issued_at=issued_at,
+        expiration_time=_timestamp("Expiration Time", expiration) if expiration is not None else None,
+        not_before=_timestamp("Not Before", not_before) if not_before is not None else None,
+        request_id=request_id,
+        resources=tuple(resources),
     )
 
 
-def check_fresh(parsed: SignedMessage, now: datetime, max_age_s: int = DEFAULT_MAX_AGE_S) -> None:
+def check_binding(parsed: SiweMessage, binding: SiweBinding) -> None:
+    """The message was written for this service: a signature collected by another site does not sign in here."""
+    if parsed.domain.lower() != binding.domain.lower():
+        raise AuthError(f"wallet message is for another domain ({parsed.domain[:64]}); sign one for {binding.domain}")
+    expected_origin = _origin(binding.uri)
+    if parsed.scheme is not None and parsed.scheme.lower() != expected_origin.split("://", 1)[0]:
+        raise AuthError("wallet message names another scheme than this service's URI")
+    if _origin(parsed.uri) != expected_origin:
+        raise AuthError(f"wallet message `URI` is for another service; expected {binding.uri}")
+    if parsed.chain_id not in binding.chain_ids:
+        allowed = ", ".join(str(c) for c in sorted(binding.chain_ids))
+        raise AuthError(f"wallet message `Chain ID` {parsed.chain_id} is not accepted here (allowed: {allowed})")
+
+
+def check_fresh(parsed: SiweMessage, now: datetime, max_age_s: int = DEFAULT_MAX_AGE_S) -> None:
     age = (now - parsed.issued_at).total_seconds()
     if age > max_age_s:
         raise AuthError(f"wallet message is stale: issued {int(age)} s ago, the limit is {max_age_s} s; sign a new one")
     if age < -CLOCK_SKEW_S:
         raise AuthError("wallet message is issued in the future: check the client's clock")
-    if parsed.expires_at is not None and parsed.expires_at <= now:
+    if parsed.expiration_time is not None and parsed.expiration_time <= now:
         raise AuthError("wallet message has expired (`Expiration Time` is past); sign a new one")
     if parsed.not_before is not None and parsed.not_before > now + timedelta(seconds=CLOCK_SKEW_S):
         raise AuthError("wallet message is not valid yet (`Not Before` is in the future)")
@@ -146,25 +261,17 @@ def recover_signer(message: str, signature: str) -> str:
         raise AuthError("wallet signature is invalid: it does not recover to any address") from exc
 
 
-def verify_proof(proof: WalletProof, now: datetime, max_age_s: int = DEFAULT_MAX_AGE_S) -> str:
-    """Everything except single use: returns the checksummed address the proof authenticates."""
+def verify_proof(
+    proof: WalletProof, now: datetime, binding: SiweBinding, max_age_s: int = DEFAULT_MAX_AGE_S
+) -> SiweMessage:
+    """Everything except the nonce's single use: returns the verified message (its address is the signer)."""
     claimed = checksum_address(proof.address)
     parsed = parse_message(proof.message)
-    if parsed.address is not None and parsed.address.lower() != claimed.lower():
+    if parsed.address != claimed:
         raise AuthError("wallet message names a different address than X-Wallet-Address")
+    check_binding(parsed, binding)
     check_fresh(parsed, now, max_age_s)
     signer = recover_signer(proof.message, proof.signature)
     if signer != claimed:
         raise AuthError("wallet signature does not match the address: it was signed by another key")
-    return claimed
-
-
-def claim_key(redis_prefix: str, message: str) -> str:
-    """The Redis key that marks a signed message as used (SET NX EX; auth state, not domain state)."""
-    digest = hashlib.sha256(message.encode()).hexdigest()
-    return f"{redis_prefix}auth:wallet:{digest}"
-
-
-def claim_ttl_s(max_age_s: int = DEFAULT_MAX_AGE_S) -> int:
-    """Remember a used message at least as long as it could still pass the freshness check."""
-    return max_age_s + 2 * CLOCK_SKEW_S
+    return parsed

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     ready_max_lag: int = Field(default=10_000, ge=0)
     wallet_max_age_s: int = 300  # a signed wallet message is fresh this long
     admin_wallets: list[str] = Field(default_factory=list)
+    # Sign-In with Ethereum (EIP-4361): the message must name this service. Unset → derived from api_url().
+    siwe_domain: str | None = None  # RFC 3986 authority, e.g. "verify.example.com" or "127.0.0.1:8000"
+    siwe_uri: str | None = None  # the message's `URI:` must have this origin (scheme://authority)
+    siwe_chain_ids: list[int] = Field(default_factory=lambda: [1])
+    siwe_nonce_ttl_s: int = Field(default=300, ge=10)  # a server-issued nonce must be used within this time
+    siwe_nonces_per_minute: int = Field(default=60, ge=1)  # GET /auth/nonce per client address
+    ws_max_connections_per_user: int = Field(default=5, ge=1)  # per API process
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # larger request bodies get 413
 
     # Coordinator
     coordinator_batch: int = 256
@@ -109,6 +117,14 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.api_port}"
+
+    def siwe_expected_uri(self) -> str:
+        return (self.siwe_uri or self.api_url()).rstrip("/")
+
+    def siwe_expected_domain(self) -> str:
+        if self.siwe_domain:
+            return self.siwe_domain
+        return self.siwe_expected_uri().split("://", 1)[-1].split("/", 1)[0]
 
     def allowed_repo_roots(self) -> list[Path]:
         return self.local_repo_roots or [self.data_dir]

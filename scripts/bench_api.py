@@ -94,14 +94,15 @@ def ceiling_app() -> Any:
 class Client:
     """One user watching their run; records receive latency per event frame."""
 
-    def __init__(self, url: str, run_id: str) -> None:
-        self.url, self.run_id = url, run_id
+    def __init__(self, url: str, token: str, run_id: str) -> None:
+        self.url, self.token, self.run_id = url, token, run_id
         self.latencies: list[float] = []
         self.seen = 0
         self.closed: str | None = None
 
     async def run(self, ready: asyncio.Event, measuring: asyncio.Event) -> None:
         async with connect(self.url, max_size=2**22) as ws:
+            await ws.send(orjson.dumps({"token": self.token}).decode())  # never in the URL
             assert orjson.loads(await ws.recv())["type"] == "authenticated"
             request = {"topics": ["verify.>"], "correlationId": f"run-{self.run_id}"}
             await ws.send(orjson.dumps({"subscribe": request}).decode())
@@ -143,9 +144,7 @@ async def bench_stream(settings: Settings, services: Services, api: str, args: a
     await services.bus.publish_many([requested(r, f"user{i}", "bench") for i, r in enumerate(run_ids)])
     secret = settings.jwt_secret.get_secret_value()
     ws_base = api.replace("http://", "ws://")
-    clients = [
-        Client(f"{ws_base}/api/v1/stream?token={issue_jwt(f'user{i}', secret)}", r) for i, r in enumerate(run_ids)
-    ]
+    clients = [Client(f"{ws_base}/api/v1/stream", issue_jwt(f"user{i}", secret), r) for i, r in enumerate(run_ids)]
     measuring = asyncio.Event()
     readies = [asyncio.Event() for _ in clients]
     tasks = [asyncio.create_task(c.run(e, measuring)) for c, e in zip(clients, readies, strict=True)]

@@ -230,12 +230,13 @@ async def test_ratings_replace_per_user_and_list_with_filters(
     def rows(body: dict[str, Any]) -> list[tuple[str, str, str, int]]:
         return [(r["certificate_id"], r["replay_id"], r["user_id"], r["rating"]) for r in body["ratings"]]
 
-    by_cert = (await client.get(f"{API}/ratings", params={"certificate_id": "cert-C2"}, headers=bob)).json()
+    admin = auth(settings, "root", admin=True)
+    by_cert = (await client.get(f"{API}/ratings", params={"certificate_id": "cert-C2"}, headers=admin)).json()
     assert rows(by_cert) == [("cert-C2", "C2-0001", "alice", 5), ("cert-C2", "C2-0001", "bob", 4)]
     assert by_cert["total"] == 2
-    by_user = (await client.get(f"{API}/ratings", params={"user_id": "bob"}, headers=alice)).json()
+    by_user = (await client.get(f"{API}/ratings", params={"user_id": "bob"}, headers=admin)).json()
     assert rows(by_user) == [("cert-C1", "C1-0000", "bob", 1), ("cert-C2", "C2-0001", "bob", 4)]
-    paged = (await client.get(f"{API}/ratings", params={"limit": 1, "offset": 2}, headers=alice)).json()
+    paged = (await client.get(f"{API}/ratings", params={"limit": 1, "offset": 2}, headers=admin)).json()
     assert rows(paged) == [("cert-C2", "C2-0001", "bob", 4)] and paged["total"] == 3
     assert (await client.get(f"{API}/ratings")).status_code == 401
 

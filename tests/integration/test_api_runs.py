@@ -21,11 +21,13 @@ from tests.integration.test_api_support import (
     auth,
     client,
     drain,
+    fresh_message,
     http_client,
     new_account,
     options,
     publish,
     services,
+    signed_in,
     wallet_headers,
     wallet_message,
 )
@@ -65,31 +67,37 @@ async def test_bad_tokens_are_401_saying_why(client: httpx.AsyncClient, settings
         assert why in response.json()["detail"]
 
 
-async def test_wallet_with_a_real_signature_creates_and_reads_its_run(client: httpx.AsyncClient) -> None:
+async def test_wallet_with_a_real_signature_creates_and_reads_its_run(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
     account = new_account()
-    created = await client.post(f"{API}/runs", json=RUN, headers=wallet_headers(account))
+    created = await client.post(f"{API}/runs", json=RUN, headers=await signed_in(client, settings, account))
     assert created.status_code == 201, created.text
     run_id = created.json()["run_id"]
-    fetched = await client.get(f"{API}/runs/{run_id}", headers=wallet_headers(account))
+    fetched = await client.get(f"{API}/runs/{run_id}", headers=await signed_in(client, settings, account))
     assert fetched.status_code == 200
     assert fetched.json()["construct_id"] == "oracle-a"
     # Another wallet is another user: the run is private.
-    assert (await client.get(f"{API}/runs/{run_id}", headers=wallet_headers(new_account()))).status_code == 404
+    other = await signed_in(client, settings, new_account())
+    assert (await client.get(f"{API}/runs/{run_id}", headers=other)).status_code == 404
 
 
-async def test_wallet_forged_stale_replayed_or_unsigned_is_refused(client: httpx.AsyncClient) -> None:
+async def test_wallet_forged_stale_replayed_or_unsigned_is_refused(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
     account, other = new_account(), new_account()
     address = account.address  # type: ignore[attr-defined]
-    replayed = wallet_headers(account, message=wallet_message(address, siwe=False))
+    replayed = await signed_in(client, settings, account)
     assert (await client.get(f"{API}/runs", headers=replayed)).status_code == 200
+    nonce = (await client.get("/api/v1/auth/nonce")).json()["nonce"]
     cases = {
         "already used": replayed,
-        "signed by another key": wallet_headers(account, signer=other),
+        "signed by another key": wallet_headers(account, wallet_message(settings, address, nonce), signer=other),
         "stale": wallet_headers(
-            account, message=wallet_message(address, issued=datetime.now(UTC) - timedelta(minutes=6))
+            account, wallet_message(settings, address, nonce, issued=datetime.now(UTC) - timedelta(minutes=6))
         ),
         "unsigned address": {"X-Wallet-Address": address},
-        "names a different address": wallet_headers(account, message=wallet_message(other.address)),  # type: ignore[attr-defined]
+        "names a different address": wallet_headers(account, wallet_message(settings, other.address, nonce)),  # type: ignore[attr-defined]
     }
     for why, headers in cases.items():
         response = await client.get(f"{API}/runs", headers=headers)
@@ -98,12 +106,12 @@ async def test_wallet_forged_stale_replayed_or_unsigned_is_refused(client: httpx
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-async def test_a_forged_attempt_does_not_burn_the_real_message(client: httpx.AsyncClient) -> None:
+async def test_a_forged_attempt_does_not_burn_the_real_nonce(client: httpx.AsyncClient, settings: Settings) -> None:
     account = new_account()
-    message = wallet_message(account.address)  # type: ignore[attr-defined]
-    forged = wallet_headers(account, message=message, signer=new_account())
+    message = await fresh_message(client, settings, account)
+    forged = wallet_headers(account, message, signer=new_account())
     assert (await client.get(f"{API}/runs", headers=forged)).status_code == 401
-    genuine = wallet_headers(account, message=message)
+    genuine = wallet_headers(account, message)
     assert (await client.get(f"{API}/runs", headers=genuine)).status_code == 200
 
 

@@ -4,6 +4,7 @@ from `since` without gaps or repeats, heartbeats and the slow-consumer close; pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from api.app import create_app
+from api.auth import issue_jwt
 from api.fanout import ClientQueue, Frame, Refused, nats_filter, pattern_matches, selected_topics
 from api.options import ApiOptions
 from echelon_platform.adapters.services import Services
@@ -28,6 +30,7 @@ from tests.integration.test_api_support import (
     new_account,
     publish,
     serve,
+    server_nonce,
     services,
     sign,
     token,
@@ -59,8 +62,8 @@ async def stream(
         sock.setblocking(False)
         name, port = host.split(":")
         await asyncio.get_running_loop().sock_connect(sock, (name, int(port)))
-    url = f"ws://{host}/api/v1/stream?token={token(settings, user, admin=admin)}"
-    async with connect(url, sock=sock) as ws:
+    async with connect(f"ws://{host}/api/v1/stream", sock=sock) as ws:
+        await ws.send(orjson.dumps({"token": token(settings, user, admin=admin)}).decode())
         hello = await recv(ws)
         assert hello == {"type": "authenticated", "userId": user, "admin": admin}
         yield ws
@@ -70,9 +73,16 @@ async def recv(ws: ClientConnection) -> Frame_:
     return orjson.loads(await ws.recv(decode=False))  # type: ignore[no-any-return]
 
 
+async def recv_reply(ws: ClientConnection) -> Frame_:
+    """The next frame that is not a heartbeat (one may come first on a slow machine)."""
+    while (frame := await _recv_by_deadline(ws))["type"] == "heartbeat":
+        pass
+    return frame
+
+
 async def subscribe(ws: ClientConnection, **request: object) -> Frame_:
     await ws.send(orjson.dumps({"subscribe": request}).decode())
-    answer = await recv(ws)
+    answer = await recv_reply(ws)
     assert answer["type"] == "subscribed", answer
     return answer
 
@@ -92,37 +102,79 @@ async def _recv_by_deadline(ws: ClientConnection) -> Frame_:
         return await recv(ws)
 
 
+async def closed_with(ws: ClientConnection) -> tuple[int, str]:
+    with pytest.raises(ConnectionClosed) as closed:
+        async with asyncio.timeout(DEADLINE_S):
+            while True:
+                await recv(ws)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
 async def test_unauthenticated_or_bad_token_is_closed_with_4401(server: str) -> None:
-    async with connect(f"ws://{server}/api/v1/stream?token=not-a-jwt") as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            await recv(ws)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
-    assert "invalid token" in closed.value.rcvd.reason
+    async with connect(f"ws://{server}/api/v1/stream") as ws:
+        await ws.send('{"token": "not-a-jwt"}')
+        code, reason = await closed_with(ws)
+    assert code == 4401 and "invalid token" in reason
     async with connect(f"ws://{server}/api/v1/stream") as ws:
         await ws.send('{"subscribe": {"topics": ["verify.>"]}}')  # no credentials first
-        with pytest.raises(ConnectionClosed) as closed:
-            await recv(ws)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
-    assert "authenticate first" in closed.value.rcvd.reason
+        code, reason = await closed_with(ws)
+    assert code == 4401 and "authenticate first" in reason
 
 
-async def test_token_or_wallet_as_first_message(server: str, settings: Settings) -> None:
+async def test_a_token_in_the_url_is_refused(server: str, settings: Settings) -> None:
+    """The bug: `?token=` authenticated, and URLs end up in proxy logs."""
+    async with connect(f"ws://{server}/api/v1/stream?token={token(settings, 'alice')}") as ws:
+        code, reason = await closed_with(ws)
+    assert code == 4401 and "token in the URL is refused" in reason
+
+
+async def test_token_header_or_wallet_as_first_message(server: str, settings: Settings, services: Services) -> None:
     async with connect(f"ws://{server}/api/v1/stream") as ws:
         await ws.send(orjson.dumps({"token": token(settings, "alice")}).decode())
         assert (await recv(ws))["userId"] == "alice"
+    bearer = {"Authorization": f"Bearer {token(settings, 'bob')}"}
+    async with connect(f"ws://{server}/api/v1/stream", additional_headers=bearer) as ws:
+        assert (await recv(ws))["userId"] == "bob"
     account = new_account()
     address: str = account.address  # type: ignore[attr-defined]
-    message = wallet_message(address)
+    message = wallet_message(settings, address, await server_nonce(services, settings))
     proof = {"address": address, "message": message, "signature": sign(account, message)}
     async with connect(f"ws://{server}/api/v1/stream") as ws:
         await ws.send(orjson.dumps({"wallet": proof}).decode())
         assert await recv(ws) == {"type": "authenticated", "userId": f"wallet:{address}", "admin": False}
     async with connect(f"ws://{server}/api/v1/stream") as ws:  # the same signed message again: a replay
         await ws.send(orjson.dumps({"wallet": proof}).decode())
-        with pytest.raises(ConnectionClosed) as closed:
-            await recv(ws)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
-    assert "already used" in closed.value.rcvd.reason
+        code, reason = await closed_with(ws)
+    assert code == 4401 and "already used" in reason
+
+
+async def test_a_connection_is_closed_when_its_token_expires(server: str, settings: Settings) -> None:
+    """The bug: expiry was checked once, at connect; a live connection outlived its token."""
+    short = issue_jwt("alice", settings.jwt_secret.get_secret_value(), ttl_s=2)
+    async with connect(f"ws://{server}/api/v1/stream") as ws:
+        await ws.send(orjson.dumps({"token": short}).decode())
+        assert (await recv(ws))["type"] == "authenticated"
+        await subscribe(ws, topics=["verify.>"])
+        code, reason = await closed_with(ws)  # heartbeats keep coming until the token's exp
+    assert code == 4401 and "expired" in reason
+
+
+async def test_connections_per_user_are_capped(server: str, settings: Settings) -> None:
+    """The bug: unlimited connections per user. The cap is per user: another user still connects."""
+    limit = settings.ws_max_connections_per_user
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(limit):
+            await stack.enter_async_context(stream(server, settings, "alice"))
+        async with connect(f"ws://{server}/api/v1/stream") as ws:
+            await ws.send(orjson.dumps({"token": token(settings, "alice")}).decode())
+            code, reason = await closed_with(ws)
+        assert code == 4409 and "too many connections" in reason
+        async with stream(server, settings, "bob"):
+            pass
+    # Closed connections free their slots.
+    async with stream(server, settings, "alice"):
+        pass
 
 
 async def test_users_see_only_their_runs_and_public_certificates(
@@ -141,7 +193,7 @@ async def test_users_see_only_their_runs_and_public_certificates(
         refused = {"subscribe": {"topics": ["verify.run.*"], "correlationId": "run-RUNBOB"}}
         await publish(services, [requested("RUNBOB", "bob")])
         await alice.send(orjson.dumps(refused).decode())
-        assert await recv(alice) == {"type": "refused", "reason": "run RUNBOB not found (or not yours)"}
+        assert await recv_reply(alice) == {"type": "refused", "reason": "run RUNBOB not found (or not yours)"}
         seqs = await publish(services, [*bob_events[1:], *alice_events, bob_last])
         last_alice_seq = seqs[-2]
 
@@ -172,20 +224,21 @@ async def test_subscriptions_outside_the_topics_are_refused(server: str, setting
             ([], "topics"),
         ):
             await ws.send(orjson.dumps({"subscribe": {"topics": topics}}).decode())
-            answer = await recv(ws)
+            answer = await recv_reply(ws)
             assert answer["type"] == "refused" and why in answer["reason"], (topics, answer)
         await ws.send("not json")
-        assert (await recv(ws))["type"] == "error"
+        assert (await recv_reply(ws))["type"] == "error"
 
 
 async def test_subscribing_before_reading_the_greeting_loses_nothing(
     server: str, settings: Settings, services: Services
 ) -> None:
     seqs = await publish(services, run_events("RUNQ", n=1, failed=0, user="alice"))
-    async with connect(f"ws://{server}/api/v1/stream?token={token(settings, 'alice')}") as ws:
+    bearer = {"Authorization": f"Bearer {token(settings, 'alice')}"}
+    async with connect(f"ws://{server}/api/v1/stream", additional_headers=bearer) as ws:
         await ws.send(orjson.dumps({"subscribe": {"topics": ["verify.>"], "since": 0}}).decode())
         assert (await recv(ws))["type"] == "authenticated"
-        assert (await recv(ws))["type"] == "subscribed"
+        assert (await recv_reply(ws))["type"] == "subscribed"
         got = await events_until(ws, lambda got: len(got) == len(seqs))
     assert [f["seq"] for f in got] == seqs
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.auth import issue_jwt
+from api.nonces import NonceStore
 from api.options import ApiOptions
 from coordinator.factory import coordinator_for
 from echelon_platform.adapters.services import Services
@@ -105,16 +105,34 @@ def token(settings: Settings, user: str, *, admin: bool = False) -> str:
     return issue_jwt(user, settings.jwt_secret.get_secret_value(), admin=admin)
 
 
-def wallet_message(address: str, *, issued: datetime | None = None, siwe: bool = True) -> str:
+def wallet_message(
+    settings: Settings,
+    address: str,
+    nonce: str,
+    *,
+    issued: datetime | None = None,
+    domain: str | None = None,
+    uri: str | None = None,
+    chain_id: int = 1,
+    extra: str = "",
+) -> str:
+    """An EIP-4361 message bound to this service (override `domain`, `uri`, `chain_id` to break it)."""
     when = (issued or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
-    nonce = secrets.token_hex(8)
-    if siwe:
-        return (
-            f"echelon.example wants you to sign in with your Ethereum account:\n{address}\n\n"
-            f"Sign in to echelon-verify.\n\nURI: https://echelon.example\nVersion: 1\nChain ID: 1\n"
-            f"Nonce: {nonce}\nIssued At: {when}"
-        )
-    return f"echelon-verify login\nNonce: {nonce}\nIssued At: {when}"
+    return (
+        f"{domain or settings.siwe_expected_domain()} wants you to sign in with your Ethereum account:\n{address}\n\n"
+        f"Sign in to echelon-verify.\n\nURI: {uri or settings.siwe_expected_uri()}\nVersion: 1\n"
+        f"Chain ID: {chain_id}\nNonce: {nonce}\nIssued At: {when}{extra}"
+    )
+
+
+async def server_nonce(services: Services, settings: Settings) -> str:
+    """A nonce issued the way GET /api/v1/auth/nonce issues one (for tests that have no HTTP client)."""
+    return await NonceStore(services.read_models.redis, settings.redis_prefix, settings.siwe_nonce_ttl_s).issue()
+
+
+async def fresh_message(client: httpx.AsyncClient, settings: Settings, account: object) -> str:
+    nonce = (await client.get("/api/v1/auth/nonce")).json()["nonce"]
+    return wallet_message(settings, account.address, nonce)  # type: ignore[attr-defined]
 
 
 def sign(account: object, message: str) -> str:
@@ -122,14 +140,17 @@ def sign(account: object, message: str) -> str:
     return "0x" + bytes(signed.signature).hex()
 
 
-def wallet_headers(account: object, *, message: str | None = None, signer: object | None = None) -> dict[str, str]:
-    address: str = account.address  # type: ignore[attr-defined]
-    text = message or wallet_message(address)
+def wallet_headers(account: object, message: str, *, signer: object | None = None) -> dict[str, str]:
     return {
-        "X-Wallet-Address": address,
-        "X-Wallet-Message": base64.b64encode(text.encode()).decode(),
-        "X-Wallet-Signature": sign(signer or account, text),
+        "X-Wallet-Address": account.address,  # type: ignore[attr-defined]
+        "X-Wallet-Message": base64.b64encode(message.encode()).decode(),
+        "X-Wallet-Signature": sign(signer or account, message),
     }
+
+
+async def signed_in(client: httpx.AsyncClient, settings: Settings, account: object) -> dict[str, str]:
+    """Headers of one fresh sign-in: a server nonce, a message bound to this service, a real signature."""
+    return wallet_headers(account, await fresh_message(client, settings, account))
 
 
 def new_account() -> object:

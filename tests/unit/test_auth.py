@@ -12,22 +12,19 @@ from eth_account.messages import encode_defunct
 
 from api.auth import decode_jwt, issue_jwt
 from api.deps import decode_wallet_message, wallet_proof
-from api.wallet import (
-    WalletProof,
-    claim_key,
-    parse_message,
-    verify_proof,
-    wallet_user_id,
-)
+from api.wallet import SiweBinding, WalletProof, parse_message, verify_proof, wallet_user_id
 from echelon_platform.errors import AuthError
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
-def siwe(address: str, issued: datetime = NOW, extra: str = "") -> str:
+BINDING = SiweBinding(domain="echelon.example", uri="https://echelon.example", chain_ids=frozenset({1}))
+
+
+def siwe(address: str, issued: datetime = NOW, extra: str = "", domain: str = "echelon.example") -> str:
     return (
-        f"echelon.example wants you to sign in with your Ethereum account:\n{address}\n\n"
+        f"{domain} wants you to sign in with your Ethereum account:\n{address}\n\n"
         "Sign in to echelon-verify.\n\nURI: https://echelon.example\nVersion: 1\nChain ID: 1\n"
         f"Nonce: a1b2c3d4e5f6\nIssued At: {issued.isoformat().replace('+00:00', 'Z')}{extra}"
     )
@@ -70,16 +67,33 @@ def test_unsigned_token_is_refused() -> None:
         decode_jwt(token, SECRET)
 
 
-# ---- wallet ----
+# ---- wallet (EIP-4361) ----
 
 
 def test_a_real_signature_authenticates_the_checksummed_address() -> None:
     account = Account.create()
-    lower = WalletProof(account.address.lower(), siwe(account.address), proof(account, siwe(account.address)).signature)
-    assert verify_proof(lower, NOW) == account.address
+    message = siwe(account.address)
+    lower = WalletProof(account.address.lower(), message, proof(account, message).signature)
+    assert verify_proof(lower, NOW, BINDING).address == account.address
     assert wallet_user_id(account.address) == f"wallet:{account.address}"
-    plain = f"Log in\nNonce: abcdef123456\nIssued At: {NOW.isoformat()}"
-    assert verify_proof(proof(account, plain), NOW + timedelta(minutes=4)) == account.address
+
+
+def test_the_older_form_without_a_statement_and_all_optional_fields_parse() -> None:
+    account = Account.create()
+    message = (
+        f"https://echelon.example wants you to sign in with your Ethereum account:\n{account.address}\n\n"
+        "URI: https://echelon.example/login\nVersion: 1\nChain ID: 1\nNonce: a1b2c3d4e5f6\n"
+        "Issued At: 2026-11-23T10:00:00.000Z\nExpiration Time: 2026-11-23T10:10:00Z\n"
+        "Not Before: 2026-11-23T09:59:00+00:00\nRequest ID: req-1\nResources:\n- https://a.example/x\n- ipfs://b"
+    )
+    parsed = verify_proof(proof(account, message), NOW, BINDING)
+    assert (parsed.scheme, parsed.statement, parsed.request_id) == ("https", None, "req-1")
+    assert parsed.resources == ("https://a.example/x", "ipfs://b")
+    assert parsed.expiration_time == NOW + timedelta(minutes=10)
+
+
+def _replace(old: str, new: str) -> object:
+    return lambda a, o: proof(a, siwe(a.address).replace(old, new))
 
 
 @pytest.mark.parametrize(
@@ -90,35 +104,74 @@ def test_a_real_signature_authenticates_the_checksummed_address() -> None:
         (lambda a, o: proof(a, siwe(a.address, NOW + timedelta(minutes=2))), "in the future"),
         (lambda a, o: proof(a, siwe(o.address)), "different address"),
         (lambda a, o: proof(a, siwe(a.address, extra="\nExpiration Time: 2026-11-23T09:59:00Z")), "expired"),
-        (lambda a, o: proof(a, siwe(a.address).replace("Nonce: a1b2c3d4e5f6", "Nonce: short")), "Nonce"),
-        (lambda a, o: proof(a, "Nonce: abcdef123456"), "Issued At"),
-        (lambda a, o: proof(a, siwe(a.address, extra="").replace("Z", "")), "time zone"),
+        (lambda a, o: proof(a, siwe(a.address, extra="\nNot Before: 2026-11-23T10:05:00Z")), "not valid yet"),
+        (lambda a, o: proof(a, siwe(a.address, domain="evil.example")), "another domain"),
+        (_replace("URI: https://echelon.example", "URI: https://evil.example"), "another service"),
+        (_replace("URI: https://echelon.example", "URI: http://echelon.example"), "another service"),
+        (_replace("Chain ID: 1", "Chain ID: 5"), "Chain ID` 5 is not accepted"),
+        (_replace("Version: 1", "Version: 2"), "Version"),
+        (_replace("Nonce: a1b2c3d4e5f6", "Nonce: short"), "Nonce"),
+        (_replace("\nVersion: 1", ""), "Version"),
+        (_replace("Issued At: 2026-11-23T10:00:00Z", "Issued At: 2026-11-23T10:00:00"), "RFC 3339"),
+        (_replace("Issued At: 2026-11-23T10:00:00Z", "Issued At: 2026-11-23"), "RFC 3339"),
+        (lambda a, o: proof(a, siwe(a.address, extra="\nNote: trust me")), "unexpected text"),
+        (lambda a, o: proof(a, siwe(a.address).replace(a.address, a.address.lower())), "EIP-55"),
+        (lambda a, o: proof(a, f"Log in\nNonce: abcdef123456\nIssued At: {NOW.isoformat()}"), "not an EIP-4361"),
         (lambda a, o: WalletProof(a.address, siwe(a.address), "0x1234"), "65 bytes"),
         (lambda a, o: WalletProof(a.address, siwe(a.address), "zz" * 65), "hex"),
         (lambda a, o: WalletProof(a.address, siwe(a.address), "0x" + "00" * 65), "invalid"),
         (lambda a, o: WalletProof("0x1234", siwe(a.address), "0x" + "00" * 65), "not a valid Ethereum address"),
     ],
 )
-def test_forged_stale_or_malformed_proofs_are_refused(make: object, why: str) -> None:
+def test_forged_stale_foreign_or_malformed_proofs_are_refused(make: object, why: str) -> None:
     account, other = Account.create(), Account.create()
     with pytest.raises(AuthError, match=why):
-        verify_proof(make(account, other), NOW)  # type: ignore[operator]
+        verify_proof(make(account, other), NOW, BINDING)  # type: ignore[operator]
+
+
+def test_marketplace_login_text_with_nonce_and_issued_at_lines_is_refused() -> None:
+    """The bug: any text with `Nonce:` and `Issued At:` lines used to authenticate."""
+    account = Account.create()
+    text = (
+        f"Welcome to the marketplace!\nClick to sign in.\nAddress: {account.address}\n"
+        f"Nonce: a1b2c3d4e5f6\nIssued At: {NOW.isoformat()}"
+    )
+    with pytest.raises(AuthError, match="not an EIP-4361"):
+        verify_proof(proof(account, text), NOW, BINDING)
 
 
 def test_tampering_with_a_signed_message_breaks_it() -> None:
     account = Account.create()
     genuine = proof(account, siwe(account.address))
-    tampered = WalletProof(genuine.address, genuine.message.replace("Chain ID: 1", "Chain ID: 2"), genuine.signature)
+    tampered = WalletProof(genuine.address, genuine.message.replace("Sign in", "Log in"), genuine.signature)
     with pytest.raises(AuthError, match=r"signed by another key|does not recover"):
-        verify_proof(tampered, NOW)
+        verify_proof(tampered, NOW, BINDING)
 
 
-def test_message_fields_and_single_use_key() -> None:
-    parsed = parse_message(siwe("0xabc", extra="\nExpiration Time: 2026-11-23T10:10:00Z"))
-    assert (parsed.domain, parsed.address, parsed.nonce) == ("echelon.example", "0xabc", "a1b2c3d4e5f6")
-    assert parsed.issued_at == NOW and parsed.expires_at == NOW + timedelta(minutes=10)
-    assert claim_key("p:", "m") == claim_key("p:", "m") != claim_key("p:", "m2")
-    assert claim_key("p:", "m").startswith("p:auth:wallet:")
+def test_message_fields() -> None:
+    address = Account.create().address
+    parsed = parse_message(siwe(address, extra="\nExpiration Time: 2026-11-23T10:10:00Z"))
+    assert (parsed.domain, parsed.address, parsed.nonce, parsed.chain_id) == (
+        "echelon.example",
+        address,
+        "a1b2c3d4e5f6",
+        1,
+    )
+    assert parsed.issued_at == NOW and parsed.expiration_time == NOW + timedelta(minutes=10)
+    assert parsed.statement == "Sign in to echelon-verify."
+
+
+def test_the_binding_defaults_to_where_the_api_listens() -> None:
+    from echelon_platform.config import Settings
+
+    default = SiweBinding.from_settings(Settings(api_host="127.0.0.1", api_port=8000, siwe_uri=None, siwe_domain=None))
+    assert (default.domain, default.uri, default.chain_ids) == ("127.0.0.1:8000", "http://127.0.0.1:8000", {1})
+    public = SiweBinding.from_settings(Settings(siwe_uri="https://verify.example.com/", siwe_chain_ids=[1, 10]))
+    assert (public.domain, public.uri, public.chain_ids) == (
+        "verify.example.com",
+        "https://verify.example.com",
+        {1, 10},
+    )
 
 
 def test_headers_need_all_three_parts_and_base64() -> None:
