@@ -20,8 +20,9 @@ from echelon_platform.domain.repo_refs import SAMPLE_REPO, check_local_repo_allo
 from echelon_platform.errors import IngestError, RequestRejected
 from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.handlers.context import StageContext
-from pipeline_workers.ingest.base import SourceSpec, ingester_for
+from pipeline_workers.ingest.base import SourceSpec
 from pipeline_workers.ingest.diffs import truncate_diff
+from pipeline_workers.ingest.factory import ingester_for
 
 log = structlog.get_logger(__name__)
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from echelon_platform.domain.repo_refs import GitHubRepo, parse_repo_url
 from echelon_platform.domain.values import GroundTruthRecord
 from echelon_platform.errors import IngestError
 
@@ -47,24 +45,6 @@ class IngestResult(BaseModel):
 
 class Ingester(Protocol):
     async def fetch(self, source: SourceSpec) -> IngestResult: ...
-
-
-def ingester_for(
-    repo_url: str,
-    http_client: httpx.AsyncClient,
-    *,
-    github_api_url: str = "https://api.github.com",
-    policy: str = "pr-merges",
-) -> Ingester:
-    """The adapter that can read ``repo_url``; raises RequestRejected for anything else."""
-    # Imported here because the adapters import this module for the shared types.
-    from pipeline_workers.ingest.github import GitHubIngester
-    from pipeline_workers.ingest.local_git import LocalGitIngester
-
-    ref = parse_repo_url(repo_url)
-    if isinstance(ref, GitHubRepo):
-        return GitHubIngester(http_client, base_url=github_api_url)
-    return LocalGitIngester(policy=policy)
 
 
 def build_result(records: list[GroundTruthRecord], source: GroundTruthSource, where: str, filters: str) -> IngestResult:

@@ -1,0 +1,24 @@
+"""Which ingest adapter reads a repository: GitHub's API or a local git repository."""
+
+from __future__ import annotations
+
+import httpx
+
+from echelon_platform.domain.repo_refs import GitHubRepo, parse_repo_url
+from pipeline_workers.ingest.base import Ingester
+from pipeline_workers.ingest.github import GitHubIngester
+from pipeline_workers.ingest.local_git import LocalGitIngester
+
+
+def ingester_for(
+    repo_url: str,
+    http_client: httpx.AsyncClient,
+    *,
+    github_api_url: str = "https://api.github.com",
+    policy: str = "pr-merges",
+) -> Ingester:
+    """The adapter that can read ``repo_url``; raises RequestRejected for anything else."""
+    ref = parse_repo_url(repo_url)
+    if isinstance(ref, GitHubRepo):
+        return GitHubIngester(http_client, base_url=github_api_url)
+    return LocalGitIngester(policy=policy)
