@@ -12,8 +12,9 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from api import certificates, readiness, runs, stats, stream
+from api import certificates, history, readiness, runs, stats, stream
 from api.auth import TokenCache
+from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
 from api.middleware import RequestContext
@@ -112,6 +113,8 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(certificates.router)
     app.include_router(stats.router)
     app.include_router(stream.router)
+    app.include_router(history.router)
+    install_dashboard(app)
     app.add_middleware(RequestContext)
 
     @app.exception_handler(EchelonError)

@@ -158,3 +158,9 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.client import submit_and_watch
 
     return await submit_and_watch(args, settings)
+
+
+async def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.history import show_history
+
+    return await show_history(args, settings)
