@@ -1,7 +1,7 @@
 import { api, errorBox, h, token } from "../lib.js";
 
 const FIELDS = [
-  ["repo_url", "Repository", "sample", "https://github.com/owner/repo, a path the server may read, or sample"],
+  ["repo_url", "Repository", "sample", "a GitHub repository URL, a path the server may read, or sample"],
   ["construct_id", "Construct id", "dashboard-construct"],
   ["oracle_module", "Oracle module", "pipeline_workers.oracles.sample"],
   ["oracle_callable", "Oracle callable", "summarise"],
