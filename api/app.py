@@ -12,9 +12,10 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from api import certificates, readiness, runs, signin, stats, stream
+from api import certificates, history, readiness, runs, signin, stats, stream
 from api.auth import TokenCache
 from api.body_limit import BodySizeLimit
+from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
 from api.middleware import RequestContext
@@ -122,6 +123,8 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(stats.router)
     app.include_router(stream.router)
     app.include_router(signin.router)
+    app.include_router(history.router)
+    install_dashboard(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: a 413 is logged and measured like any response
 

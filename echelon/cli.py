@@ -15,7 +15,7 @@ from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
 
 # Commands that only print for a person: they skip logging set-up (and its imports) to start quickly.
-QUIET_COMMANDS = frozenset({"token", "verify", "certificates"})
+QUIET_COMMANDS = frozenset({"token", "verify", "certificates", "runs"})
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--keys", help="public keys: a file or URL in /.well-known/echelon-keys.json form (default: from the API)"
     )
+
+    runs = sub.add_parser("runs", help="inspect runs through the API")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    history = runs_sub.add_parser("history", help="a run's logged events: seq, time, topic, causation")
+    history.add_argument("run_id")
+    history.add_argument("--json", action="store_true", help="one JSON object per event: {seq, event}")
+    history.add_argument("--api", help="API base URL (as for `verify`)")
+    history.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local admin dev token)")
     return parser
 
 

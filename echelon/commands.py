@@ -195,3 +195,9 @@ async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
     valid, line = await asyncio.to_thread(verify_command, args.certificate, args.keys, settings.api_url())
     print(line)
     return 0 if valid else 1
+
+
+async def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.history import show_history
+
+    return await show_history(args, settings)

@@ -268,3 +268,17 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"dedup lookup failed: {exc}") from exc
         return {r["dedup_key"] for r in rows}
+
+    async def run_events_page(self, run_id: str, *, after: int = 0, limit: int = 100) -> list[tuple[int, Envelope]]:
+        """One page of a run's events in log order with their log positions: those after position `after`
+        (a cursor: the last position the caller has), at most `limit` (the (correlation_id, seq) index)."""
+        try:
+            rows = await self.pool.fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE correlation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                f"run-{run_id}",
+                after,
+                limit,
+            )
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"event log unavailable: {exc}") from exc
+        return [(int(r["seq"]), _row_to_envelope(r)) for r in rows]

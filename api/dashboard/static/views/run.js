@@ -1,0 +1,125 @@
+import { api, badge, errorBox, fmtTime, h, noteShown, progressBar } from "../lib.js";
+import { applyEvent, fromView, isTerminal } from "../runstate.js";
+import { LiveStream } from "../stream.js";
+
+const HISTORY_MS = 250; // batch the timeline's log reads while events pour in
+
+export async function runPage(main, runId) {
+  const enc = encodeURIComponent(runId);
+  let run = fromView(await api(`runs/${enc}`));
+  const head = h("div#run-head");
+  const timeline = h("ol.timeline#timeline");
+  const failures = h("div#failures");
+  const error = h("div");
+  main.append(h("h1", {}, "Run ", h("span.mono", {}, runId)), head, error,
+    h("h2", {}, "Failed replays"), failures, h("h2", {}, "Event history"), timeline);
+
+  function renderHead() {
+    head.replaceChildren(...[
+      h("p", {}, badge(run.status), " ", run.construct_id ?? "", " · ", h("span.mono", {}, run.repo_url ?? ""),
+        " · created ", fmtTime(run.created_at)),
+      progressBar(run, true),
+      run.error ? h("p.error#run-error", {}, run.error) : null,
+      run.certificate_id
+        ? h("p", {}, "Certificate: ", h("a.mono#certificate-link", { href: `#/certificates/${run.certificate_id}` }, run.certificate_id))
+        : null,
+    ].filter(Boolean));
+    head.dataset.status = run.status;
+  }
+
+  // ---- the timeline, from the event log (GET /runs/{id}/events), appended page by page ----
+  let after = 0;
+  const byId = new Map(); // event id → log seq, for causation links
+  const failed = [];
+  let loading = null;
+  let again = false;
+
+  function item(seq, event) {
+    byId.set(event.eventId, seq);
+    const cause = event.causationId;
+    const link = cause
+      ? byId.has(cause)
+        ? h("a", { href: `#ev-${byId.get(cause)}`, onclick: (e) => { e.preventDefault(); highlight(byId.get(cause)); } }, `← #${byId.get(cause)}`)
+        : h("span.muted.mono", {}, `← ${cause}`)
+      : null;
+    const p = event.payload || {};
+    const detail = p.replay_id ? h("span.mono.muted", {}, p.replay_id) : null;
+    return h(`li${event.topic.endsWith(".failed") ? ".failed" : ""}`, { id: `ev-${seq}`, "data-topic": event.topic },
+      h("span.seq", {}, `#${seq}`), h("span.topic", {}, event.topic), " ", detail, " ",
+      h("span.muted", { title: event.timestamp }, new Date(event.timestamp).toLocaleTimeString()), " ", link);
+  }
+
+  function highlight(seq) {
+    for (const li of timeline.querySelectorAll(".target")) li.classList.remove("target");
+    const li = document.getElementById(`ev-${seq}`);
+    li?.classList.add("target");
+    li?.scrollIntoView({ block: "center" });
+  }
+
+  function renderFailures() {
+    failures.replaceChildren(failed.length
+      ? h("table#failed-replays", {}, h("thead", {}, h("tr", {}, ["Replay", "Ground truth", "Stage", "Reason"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, failed.map((f) => h("tr", {}, h("td.mono", {}, f.replay_id), h("td.mono", {}, f.ground_truth_id),
+          h("td", {}, f.stage), h("td", {}, f.reason)))))
+      : h("p.muted", {}, "None."));
+  }
+
+  async function loadHistory() {
+    if (loading) {
+      again = true;
+      return loading;
+    }
+    loading = (async () => {
+      try {
+        do {
+          again = false;
+          let next = after;
+          while (next !== null) {
+            const page = await api(`runs/${enc}/events?after=${next}&limit=500`);
+            for (const { seq, event } of page.events) {
+              timeline.append(item(seq, event));
+              if (event.topic === "verify.replay.failed") failed.push(event.payload);
+              after = seq;
+            }
+            next = page.next_after;
+          }
+          renderFailures();
+        } while (again);
+      } catch (e) {
+        error.replaceChildren(errorBox(e));
+      } finally {
+        loading = null;
+      }
+    })();
+    return loading;
+  }
+
+  renderHead();
+  await loadHistory();
+  if (isTerminal(run.status)) return () => {};
+
+  let timer = null;
+  const stream = new LiveStream({ topics: ["verify.>"], correlationId: `run-${runId}` }, (event) => {
+    run = applyEvent(run, event);
+    renderHead();
+    noteShown(event);
+    clearTimeout(timer);
+    timer = setTimeout(loadHistory, HISTORY_MS);
+    if (isTerminal(run.status)) {
+      // The read model has the exact counts (the stream may have coalesced progress events); it may also
+      // still be a step behind the stream, so only its own terminal state replaces the one shown.
+      api(`runs/${enc}`)
+        .then((view) => {
+          if (isTerminal(view.status)) {
+            run = fromView(view);
+            renderHead();
+          }
+        })
+        .catch(() => {});
+    }
+  }, { onRefused: (reason) => error.replaceChildren(h("div.error", {}, `live updates refused: ${reason}`)) });
+  return () => {
+    stream.close();
+    clearTimeout(timer);
+  };
+}

@@ -1,0 +1,46 @@
+import { showWho } from "../app.js";
+import { claims, h, setToken } from "../lib.js";
+
+export async function signinPage(main) {
+  const current = claims();
+  const input = h("textarea#token", { rows: 4, cols: 70, placeholder: "eyJhbGciOi…", autocomplete: "off" });
+  const error = h("div.error");
+  const form = h(
+    "form.stack#signin-form",
+    {
+      onsubmit: (event) => {
+        event.preventDefault();
+        const value = input.value.trim();
+        setToken(value);
+        if (!claims()) {
+          setToken(null);
+          error.textContent = "That is not a JWT (three dot-separated parts).";
+          return;
+        }
+        showWho();
+        location.hash = "#/runs";
+      },
+    },
+    h("label", { for: "token" }, "Bearer token (JWT)"),
+    input,
+    h("span"),
+    h("button#signin", { type: "submit" }, "Sign in"),
+  );
+  main.append(h("div", {},
+    h("h1", {}, "Sign in"),
+    current
+      ? h("p", {}, `Signed in as ${current.sub}. `, h("button#signout", {
+          type: "button",
+          onclick: () => {
+            setToken(null);
+            showWho();
+            location.hash = "#/runs";
+          },
+        }, "Sign out"))
+      : null,
+    h("p.muted", {}, "Paste a token (e.g. from ", h("code", {}, "echelon token USER"),
+      "). It is kept in this tab only (sessionStorage). Certificates and the leaderboard need no sign-in."),
+    form,
+    error,
+  ));
+}
