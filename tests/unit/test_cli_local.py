@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from echelon_platform.errors import AuthError, EchelonError
 
 def test_each_stage_is_announced_once_and_counts_follow_the_replays() -> None:
     progress = Progress()
-    events = [
+    events: list[tuple[str, dict[str, Any]]] = [
         ("verify.run.requested", {}),
         ("verify.run.ingesting", {"source": "sample"}),
         ("verify.run.ingested", {"total": 2, "commit_range": "a..b"}),
