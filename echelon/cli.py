@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from echelon_platform.config import Settings
 
-from echelon_platform.config import Settings
-from echelon_platform.errors import EchelonError
+# Only argparse is loaded before the arguments are parsed: `echelon --help` and a usage error need nothing
+# else. pydantic, the settings and asyncio are imported once a command runs.
 
 # Commands that only print for a person: they skip logging set-up (and its imports) to start quickly.
 QUIET_COMMANDS = frozenset({"token", "verify", "certificates", "runs"})
 
-Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+Command = Callable[[argparse.Namespace, "Settings"], Coroutine[Any, Any, int]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from echelon_platform.config import Settings
+    from echelon_platform.errors import EchelonError
+
     try:
         settings = Settings()
         if getattr(args, "data_dir", None):

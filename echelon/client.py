@@ -7,11 +7,14 @@ import asyncio
 import logging
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from api.tokens import issue_jwt
+from echelon.devtoken import mint_hs256
+from echelon.endpoint import read_endpoint
+from echelon.watch import Progress, StreamUnavailable, follow
 from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
 
@@ -85,18 +88,39 @@ async def submit_and_watch(args: argparse.Namespace, settings: Settings) -> int:
     # httpx logs every request at INFO; they would land between the progress bar and the certificate.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    base = (args.api or settings.api_url()).rstrip("/")
+    base = api_base(args.api, settings)
     try:
         return await _submit_and_watch(args, settings, base)
     except httpx.HTTPError as exc:
         raise unreachable(base, exc) from exc
 
 
+def api_base(explicit: str | None, settings: Settings) -> str:
+    """--api, else ECHELON_API_BASE_URL, else the URL a live local stack recorded under the data directory,
+    else http://ECHELON_API_HOST:ECHELON_API_PORT."""
+    if explicit:
+        return explicit.rstrip("/")
+    if settings.api_base_url:
+        return settings.api_url()
+    return read_endpoint(settings.data_dir) or settings.api_url()
+
+
+def repo_ref(repo: str) -> str:
+    """What the server is sent: "sample" and URLs as given; a local path (".", "../x") made absolute,
+    since the server does not share this shell's working directory."""
+    if repo == "sample" or "://" in repo or repo.startswith("git@"):
+        # "sample" is passed as is: each ingest worker materialises the bundled sample under its own data
+        # directory, which it may read, whatever this machine's data directory is.
+        return repo
+    path = Path(repo).expanduser()
+    if not path.is_dir():
+        raise EchelonError(f"{repo} is not a directory (pass a git repository, a GitHub URL or 'sample')")
+    return str(path.resolve())
+
+
 def run_body(args: argparse.Namespace) -> dict[str, Any]:
-    # "sample" is passed as is: each ingest worker materialises the bundled sample under its own data
-    # directory, which it may read, whatever this machine's data directory is.
     body: dict[str, Any] = {
-        "repo_url": args.repo,
+        "repo_url": repo_ref(args.repo),
         "construct_id": args.construct_id,
         "limit": args.limit,
         "min_replays": args.min_replays,
@@ -115,7 +139,7 @@ def run_body(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: str) -> int:
     token = args.token or (settings.api_token.get_secret_value() if settings.api_token else None)
-    token = token or issue_jwt("local", settings.jwt_secret.get_secret_value())
+    token = token or mint_hs256("local", settings.jwt_secret.get_secret_value())
     body = run_body(args)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
@@ -125,17 +149,7 @@ async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: 
         print(f"run {run_id} submitted")
         if not args.watch:
             return 0
-        view: dict[str, Any] = {}
-        # A terminal gets a bar redrawn in place; a pipe or a file only the final state, on its own line.
-        redraw = "\r" if sys.stdout.isatty() else ""
-        while view.get("status") not in TERMINAL:
-            await asyncio.sleep(0.5)  # polling interval of a human-facing progress bar
-            response = await client.get(f"/api/v1/verification/runs/{run_id}")
-            _raise_for(response)
-            view = response.json()
-            if redraw:
-                print(f"{redraw}{progress_bar(view)}", end="", flush=True)
-        print(f"{redraw}{progress_bar(view)}")
+        view = await _watch(client, base, token, run_id)
         if view["status"] == "FAILED":
             print(f"run failed: {view['error']}", file=sys.stderr)
             return 1
@@ -143,3 +157,38 @@ async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: 
         _raise_for(response)
         print(certificate_table(response.json()))
     return 0
+
+
+async def _watch(client: httpx.AsyncClient, base: str, token: str, run_id: str) -> dict[str, Any]:
+    """Show the run's stages live (WebSocket; polling if the stream is unavailable); return its final view.
+
+    A terminal gets each new stage on its own line above one bar redrawn in place; a pipe or a file gets
+    the stage lines and the final bar, no control characters."""
+    tty = sys.stdout.isatty()
+    clear = "\r\x1b[K" if tty else ""  # back to the start of the bar's line and erase it
+
+    def show(progress: Progress, line: str | None) -> None:
+        if tty:
+            prefix = f"{clear}{line}\n" if line else "\r"
+            print(f"{prefix}{progress.bar()}", end="", flush=True)
+        elif line:
+            print(line, flush=True)
+
+    try:
+        await follow(base, token, run_id, show)
+    except StreamUnavailable as exc:
+        print(f"{clear}echelon: {exc}; polling {base} instead", file=sys.stderr)
+    # The stream reads JetStream directly, ahead of the read model the run view comes from: poll until it
+    # has caught up (at once, unless the stream was unavailable).
+    view: dict[str, Any] = {}
+    while True:
+        response = await client.get(f"/api/v1/verification/runs/{run_id}")
+        _raise_for(response)
+        view = response.json()
+        if view.get("status") in TERMINAL:
+            break
+        if tty:
+            print(f"{clear}{progress_bar(view)}", end="", flush=True)
+        await asyncio.sleep(0.2)  # the read model lags the stream by a writer batch
+    print(f"{clear}{progress_bar(view)}")
+    return view

@@ -14,22 +14,23 @@ from echelon_platform.config import Settings
 
 
 async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.local_roots import dev_stack_roots
     from echelon.stack import serve
 
-    return await serve(settings, with_api=not args.no_api)
+    return await serve(dev_stack_roots(settings), with_api=not args.no_api)
 
 
 async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from api.app import create_app
-    from echelon.stack import infrastructure
+    from echelon.stack import AnnouncingServer, infrastructure
 
     async with infrastructure(settings) as resolved:
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning")
+        config = uvicorn.Config(
+            create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning"
         )
-        await server.serve()
+        await AnnouncingServer(config, resolved).serve()
     return 0
 
 
@@ -177,9 +178,9 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
-    from api.tokens import issue_jwt
+    from echelon.devtoken import mint_hs256
 
-    print(issue_jwt(args.user_id, settings.jwt_secret.get_secret_value(), admin=args.admin, ttl_s=args.ttl))
+    print(mint_hs256(args.user_id, settings.jwt_secret.get_secret_value(), admin=args.admin, ttl_s=args.ttl))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ import uvicorn
 from api.app import create_app
 from coordinator.factory import coordinator_for
 from echelon.embedded import EmbeddedStack
+from echelon.endpoint import remove_endpoint, write_endpoint
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -47,7 +49,34 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
         )
 
 
-class _Server(uvicorn.Server):
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn that records the URL it serves in `<data_dir>/api.json` once it accepts connections (the
+    port it really bound, even for port 0), for the CLI to find; removed again on a clean shutdown."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+        super().__init__(config)
+        self._settings = settings
+        self._data_dir = settings.data_dir.resolve()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        port = self._settings.api_port
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+                break
+        url = self._settings.model_copy(update={"api_port": port}).api_url()
+        write_endpoint(self._data_dir, url)
+        log.info("stack.api", url=url, endpoint_file=str(self._data_dir / "api.json"))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        remove_endpoint(self._data_dir)
+        await super().shutdown(sockets)
+
+
+class _Server(AnnouncingServer):
     """uvicorn without its own signal handling: the stack owns SIGINT/SIGTERM and stops every part."""
 
     @contextlib.contextmanager
@@ -92,8 +121,7 @@ async def serve(
                 config = uvicorn.Config(
                     app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
                 )
-                server = _Server(config)
-                log.info("stack.api", url=f"http://{resolved.api_host}:{resolved.api_port}")
+                server = _Server(config, resolved)
                 tasks.append(asyncio.create_task(server.serve()))
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
