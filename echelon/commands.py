@@ -192,8 +192,9 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.cert_verify import verify_command
+    from echelon.client import api_base
 
-    valid, line = await asyncio.to_thread(verify_command, args.certificate, args.keys, settings.api_url())
+    valid, line = await asyncio.to_thread(verify_command, args.certificate, args.keys, api_base(None, settings))
     print(line)
     return 0 if valid else 1
 
