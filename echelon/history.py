@@ -11,7 +11,7 @@ import httpx
 import orjson
 
 from api.tokens import issue_jwt
-from echelon.client import _raise_for, unreachable
+from echelon.client import _raise_for, api_base, unreachable
 from echelon_platform.config import Settings
 
 PAGE = 500  # the API's largest page
@@ -57,7 +57,7 @@ def line(item: dict[str, Any], seq_of: dict[str, int]) -> str:
 async def show_history(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("httpx", "httpcore"):  # request logs would interleave with the output
         logging.getLogger(name).setLevel(logging.WARNING)
-    base = (args.api or settings.api_url()).rstrip("/")
+    base = api_base(args.api, settings).rstrip("/")
     headers = {"Authorization": f"Bearer {_token(args, settings)}"}
     seq_of: dict[str, int] = {}
     count = 0
