@@ -25,6 +25,7 @@ from echelon_platform.adapters.readmodel_store import RunReader
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.config import Settings
+from echelon_platform.domain.roles import Role
 from echelon_platform.errors import (
     AuthError,
     EchelonError,
@@ -101,7 +102,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
             yield
             return
         # No reconnect buffering: a publish that failed (503) must never be sent later.
-        async with Services(settings, name="echelon-api", buffer_while_reconnecting=False) as owned:
+        async with Services(settings, name="echelon-api", buffer_while_reconnecting=False, role=Role.API) as owned:
             _attach(app, owned)
             yield
 

@@ -45,6 +45,7 @@ async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import infrastructure
     from echelon_platform.adapters.services import Services
+    from echelon_platform.domain.roles import stage_groups
     from pipeline_workers.pipeline import STAGES, Pipeline
 
     unknown = set(args.stages) - set(STAGES)
@@ -54,12 +55,13 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    async with (
-        infrastructure(settings) as resolved,
-        Services(resolved, name="echelon-worker") as services,
-        Pipeline(services, resolved, stages=tuple(args.stages)) as pipeline,
-    ):
-        await pipeline.run()
+    async with infrastructure(settings) as resolved, contextlib.AsyncExitStack() as stack:
+        pipelines: list[Pipeline] = []
+        # Each group its own NATS user: the certify stage never shares a connection with another stage.
+        for role, stages in stage_groups(args.stages):
+            services = await stack.enter_async_context(Services(resolved, name=f"echelon-worker-{role}", role=role))
+            pipelines.append(await stack.enter_async_context(Pipeline(services, resolved, stages=stages)))
+        await asyncio.gather(*(p.run(watchdog=i == 0) for i, p in enumerate(pipelines)))
     return 0
 
 
@@ -78,10 +80,11 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import infrastructure
     from echelon_platform.adapters.readmodel_writer import Projector
     from echelon_platform.adapters.services import Services
+    from echelon_platform.domain.roles import Role
 
     async with (
         infrastructure(settings) as resolved,
-        Services(resolved, name="echelon-replay") as services,
+        Services(resolved, name="echelon-replay", role=Role.READER) as services,
         Projector(str(resolved.redis_url), resolved.redis_prefix) as projector,
     ):
         if args.verify:
@@ -106,8 +109,12 @@ async def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import infrastructure
     from echelon.tail import tail
     from echelon_platform.adapters.services import Services
+    from echelon_platform.domain.roles import Role
 
-    async with infrastructure(settings) as resolved, Services(resolved, name="echelon-tail") as services:
+    async with (
+        infrastructure(settings) as resolved,
+        Services(resolved, name="echelon-tail", role=Role.READER) as services,
+    ):
         subject = services.subjects.of_run(args.run_id) if args.run_id else services.subjects.user_pattern(args.subject)
         with contextlib.suppress(asyncio.CancelledError):
             await tail(services.bus, subject, from_start=args.from_start, as_json=args.json)
@@ -118,8 +125,12 @@ async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
     from coordinator.writer import RETRY_HEADER
     from echelon.stack import infrastructure
     from echelon_platform.adapters.services import Services
+    from echelon_platform.domain.roles import Role
 
-    async with infrastructure(settings) as resolved, Services(resolved, name="echelon-parked") as services:
+    async with (
+        infrastructure(settings) as resolved,
+        Services(resolved, name="echelon-parked", role=Role.OPERATOR) as services,
+    ):
         if args.action == "list":
             rows = await services.store.parked(include_retried=args.all)
             for row in rows:

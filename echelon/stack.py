@@ -19,7 +19,10 @@ from echelon.endpoint import remove_endpoint, write_endpoint
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
+from echelon_platform.domain.roles import Role
 from pipeline_workers.pipeline import Pipeline
+
+NON_CERTIFY_STAGES = ("ingest", "invoke", "score")
 
 log = structlog.get_logger(__name__)
 
@@ -31,8 +34,16 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
         yield settings
         return
     data_dir = settings.data_dir.resolve()
-    async with EmbeddedStack(data_dir, nats_sync_always=settings.nats_sync_always) as stack:
+    # Only an embedded NATS we start ourselves gets authentication; a configured one has its own users.
+    auth_root = settings.subject_root if settings.nats_auth and not settings.nats_url else None
+    async with EmbeddedStack(
+        data_dir, nats_sync_always=settings.nats_sync_always, nats_auth_subject_root=auth_root
+    ) as stack:
         urls = stack.urls
+        credentials: dict[str, object] = {}
+        if auth_root is not None and not (settings.nats_role_passwords or settings.nats_credentials_file):
+            stack.nats.credentials()  # an adopted server's file is already there; make sure of it
+            credentials["nats_credentials_file"] = stack.nats.credentials_path
         log.info(
             "stack.embedded",
             nats=urls.nats_url,
@@ -45,6 +56,7 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
                 "nats_url": settings.nats_url or urls.nats_url,
                 "database_url": settings.database_url or urls.database_url,
                 "redis_url": settings.redis_url or urls.redis_url,
+                **credentials,
             }
         )
 
@@ -100,21 +112,36 @@ async def serve(
         applied = await migrate(str(resolved.database_url))
         if applied:
             log.info("stack.migrated", applied=applied)
+        # One connection per role, each logged in as its own NATS user (echelon_platform/domain/roles.py):
+        # the server lets only the certify connection publish certificates.
         async with (
-            Services(resolved, name="echelon-stack", pool_size=6) as services,
+            Services(resolved, name="echelon-coordinator", pool_size=4, role=Role.COORDINATOR) as services,
+            Services(
+                resolved, name="echelon-stages", metrics=services.metrics, pool_size=4, role=Role.STAGES
+            ) as stage_services,
+            Services(
+                resolved, name="echelon-certify", metrics=services.metrics, pool_size=2, role=Role.CERTIFY
+            ) as certify_services,
             # The API's own connections: a publish that failed (503) must never be sent later from a
             # reconnect buffer, which the writer's and stages' connections rightly keep.
             Services(
-                resolved, name="echelon-api", metrics=services.metrics, pool_size=2, buffer_while_reconnecting=False
+                resolved,
+                name="echelon-api",
+                metrics=services.metrics,
+                pool_size=2,
+                buffer_while_reconnecting=False,
+                role=Role.API,
             ) as api_services,
             coordinator_for(services, resolved) as coordinator,
-            Pipeline(services, resolved) as pipeline,
+            Pipeline(stage_services, resolved, stages=NON_CERTIFY_STAGES) as pipeline,
+            Pipeline(certify_services, resolved, stages=("certify",)) as certifier,
         ):
             tasks: list[asyncio.Task[object]] = []
             if with_coordinator:
                 tasks.append(asyncio.create_task(coordinator.run()))
             if stages:
                 tasks.append(asyncio.create_task(pipeline.run()))
+                tasks.append(asyncio.create_task(certifier.run(watchdog=False)))  # one watchdog is enough
             server: _Server | None = None
             if with_api:
                 app = create_app(resolved, api_services)
@@ -129,6 +156,7 @@ async def serve(
             log.info("stack.stopping", reason="signal" if by_signal else "a component exited")
             coordinator.stop()
             pipeline.stop()
+            certifier.stop()
             if server is not None:
                 server.should_exit = True
             results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)  # 3 on a 3-node NATS cluster
     stream_max_age_s: float = 30 * 86400  # how long JetStream keeps events (Postgres keeps them for good)
     nats_sync_always: bool = True
+    # Bus authentication (see echelon_platform/domain/roles.py). The embedded NATS of `echelon stack up`
+    # gets one user per role with generated passwords unless this is off.
+    nats_auth: bool = True
+    # A single-role process: its NATS user and password.
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    # A process running several roles (`stack up`): role -> password, user name = role name. Given inline
+    # (JSON, e.g. from compose) or as a JSON file (the embedded stack writes `<data_dir>/nats/credentials.json`).
+    nats_role_passwords: dict[str, SecretStr] = Field(default_factory=dict)
+    nats_credentials_file: Path | None = None
 
     # API
     api_host: str = "127.0.0.1"

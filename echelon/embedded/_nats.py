@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import secrets
 import shutil
 import signal
 import sys
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echelon.embedded._process import LOCALHOST, EmbeddedServer, EmbeddedServerError
+from echelon_platform.domain.roles import Role, publish_subjects
 
 _PROBE_TIMEOUT = 2.0
 
@@ -62,15 +65,37 @@ class EmbeddedNats(EmbeddedServer):
         startup_timeout: float = 30.0,
         stop_timeout: float = 30.0,
         cluster: ClusterRoute | None = None,
+        auth_subject_root: str | None = None,
     ) -> None:
+        """`auth_subject_root` set: clients must log in as one of the roles (roles.py), each allowed to
+        publish only its topics under that subject root; passwords are generated once and kept in
+        `credentials_path` (0600)."""
         super().__init__(data_dir, port, startup_timeout=startup_timeout, stop_timeout=stop_timeout)
         self.sync_always = sync_always
         self._executable = executable
         self.cluster = cluster
+        self.auth_subject_root = auth_subject_root
 
     @property
     def config_path(self) -> Path:
         return self.data_dir / "nats.conf"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.data_dir / "credentials.json"
+
+    def credentials(self) -> dict[str, str]:
+        """Role -> password, generated on first use and reused across restarts (new roles get one)."""
+        try:
+            stored = json.loads(self.credentials_path.read_text())
+        except FileNotFoundError:
+            stored = {}
+        except (OSError, ValueError) as exc:
+            raise EmbeddedServerError(f"cannot read {self.credentials_path}: {exc}") from exc
+        passwords = {role.value: str(stored.get(role.value) or secrets.token_urlsafe(24)) for role in Role}
+        if passwords != stored:
+            _write_private(self.credentials_path, json.dumps(passwords, indent=2) + "\n")
+        return passwords
 
     @property
     def store_dir(self) -> Path:
@@ -106,12 +131,17 @@ class EmbeddedNats(EmbeddedServer):
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.auth_subject_root is not None:
+            quoted = {Role(role): json.dumps(password) for role, password in self.credentials().items()}
+            lines.append(authorization_block(self.auth_subject_root, quoted))
         lines.append("")
         return "\n".join(lines)
 
     async def _prepare(self, port: int) -> list[str]:
         executable = self._executable or await asyncio.to_thread(find_nats_server)
-        await asyncio.to_thread(self.config_path.write_text, self.render_config(port))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # 0600: with authentication on, the config holds the passwords.
+        await asyncio.to_thread(_write_private, self.config_path, self.render_config(port))
         return [str(executable), "--config", str(self.config_path)]
 
     async def _probe(self, port: int, pid: int) -> None:
@@ -130,3 +160,27 @@ class EmbeddedNats(EmbeddedServer):
             raise EmbeddedServerError(f"port {port} is served by another NATS ({info.get('server_name')!r})")
         if not info.get("jetstream"):
             raise EmbeddedServerError("NATS answered but JetStream is not enabled")
+
+
+def authorization_block(subject_root: str, passwords: dict[Role, str]) -> str:
+    """A nats-server `authorization` block: one user per role, publishing only its subjects (roles.py).
+
+    `passwords` holds config tokens: a quoted literal, or `$VARIABLE` to take it from the environment."""
+    lines = ["authorization {", "  users: ["]
+    for role in Role:
+        allow = ", ".join(json.dumps(subject) for subject in publish_subjects(role, subject_root))
+        lines.append(
+            f"    {{user: {json.dumps(role.value)}, password: {passwords[role]}, "
+            f"permissions: {{publish: {{allow: [{allow}]}}}}}}"
+        )
+    lines += ["  ]", "}"]
+    return "\n".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, never briefly readable by others."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        handle.write(text)

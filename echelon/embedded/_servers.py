@@ -33,9 +33,14 @@ class EmbeddedStack:
     server fails to start, the others are stopped before the error propagates.
     """
 
-    def __init__(self, data_dir: Path, *, nats_sync_always: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, *, nats_sync_always: bool = False, nats_auth_subject_root: str | None = None
+    ) -> None:
+        """`nats_auth_subject_root`: NATS requires a user per role (see :class:`EmbeddedNats`)."""
         self.data_dir = Path(data_dir).absolute()
-        self.nats = EmbeddedNats(self.data_dir / "nats", sync_always=nats_sync_always)
+        self.nats = EmbeddedNats(
+            self.data_dir / "nats", sync_always=nats_sync_always, auth_subject_root=nats_auth_subject_root
+        )
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         self.redis = EmbeddedRedis(self.data_dir / "redis")
 

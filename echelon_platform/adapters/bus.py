@@ -45,6 +45,8 @@ class Bus:
         replicas: int = 1,
         name: str = "echelon",
         buffer_while_reconnecting: bool = True,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -56,6 +58,9 @@ class Bus:
         # False for a process that answers someone "not accepted" when a publish fails (the API): nats-py
         # would otherwise keep the publish in its reconnect buffer and send it later, after the answer.
         self.buffer_while_reconnecting = buffer_while_reconnecting
+        # This process's NATS user: the server allows it to publish only its role's topics (see roles.py).
+        self.user = user
+        self._password = password
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
 
@@ -65,6 +70,8 @@ class Bus:
                 # A cluster is given as comma-separated URLs; the client fails over between them.
                 [u.strip() for u in self.url.split(",") if u.strip()],
                 name=self.name,
+                user=self.user,
+                password=self._password,
                 # nats-py gives up after 60 attempts by default; a service must outlive any outage.
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Self
@@ -12,6 +13,7 @@ from echelon_platform.adapters.readmodel_store import ReadModels
 from echelon_platform.adapters.secret_store import SecretStore, fernet_for
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import Subjects
+from echelon_platform.domain.roles import Role
 from echelon_platform.errors import ConfigError
 from echelon_platform.metrics import Metrics
 
@@ -27,13 +29,17 @@ class Services:
         metrics: Metrics | None = None,
         pool_size: int = 4,
         buffer_while_reconnecting: bool = True,
+        role: Role | None = None,
     ) -> None:
-        """`buffer_while_reconnecting=False` for a process whose failed publish must never happen later."""
+        """`buffer_while_reconnecting=False` for a process whose failed publish must never happen later.
+        `role` picks this connection's NATS user from the settings (see `nats_credentials`)."""
         if not settings.infra_configured():
             raise ConfigError("NATS_URL, DATABASE_URL and REDIS_URL must be set (or use `echelon stack up`)")
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.subjects = Subjects(settings.subject_root)
+        self.role = role
+        user, password = nats_credentials(settings, role)
         self.bus = Bus(
             str(settings.nats_url),
             stream=settings.stream_name,
@@ -43,6 +49,8 @@ class Services:
             replicas=settings.stream_replicas,
             name=name,
             buffer_while_reconnecting=buffer_while_reconnecting,
+            user=user,
+            password=password,
         )
         self.store = EventStore(
             str(settings.database_url), max_size=pool_size, statement_timeout_s=settings.pg_statement_timeout_s
@@ -65,3 +73,25 @@ class Services:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.aclose()
+
+
+def nats_credentials(settings: Settings, role: Role | None) -> tuple[str | None, str | None]:
+    """The NATS user and password of `role`: from `nats_role_passwords`, else the credentials file, else
+    the single-role `nats_user`/`nats_password`; (None, None) on a server without authentication."""
+    if role is not None:
+        inline = settings.nats_role_passwords.get(role.value)
+        if inline is not None:
+            return role.value, inline.get_secret_value()
+        if settings.nats_credentials_file is not None:
+            try:
+                stored = json.loads(settings.nats_credentials_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot read NATS credentials {settings.nats_credentials_file}: {exc}") from exc
+            password = stored.get(role.value) if isinstance(stored, dict) else None
+            if not isinstance(password, str):
+                raise ConfigError(f"{settings.nats_credentials_file} has no password for the {role.value} role")
+            return role.value, password
+    if settings.nats_user is None:
+        return None, None
+    secret = settings.nats_password
+    return settings.nats_user, secret.get_secret_value() if secret is not None else None
