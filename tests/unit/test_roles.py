@@ -1,0 +1,73 @@
+"""The role table (who may publish what) against the topic registry, and the configs rendered from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from echelon.embedded._nats import authorization_block
+from echelon_platform.adapters.services import nats_credentials
+from echelon_platform.config import Settings
+from echelon_platform.domain.events import TOPICS
+from echelon_platform.domain.roles import PUBLISHES, Role, publish_subjects, role_for_stages, stage_groups
+
+REPO = Path(__file__).resolve().parents[2]
+CERTIFIER_ONLY = {"verify.certificate.issued", "verify.run.completed"}
+
+
+def test_every_role_has_a_row_of_known_topics_and_every_topic_a_publisher() -> None:
+    assert set(PUBLISHES) == set(Role)
+    for role, topics in PUBLISHES.items():
+        assert topics <= set(TOPICS), role
+    publishers = set().union(*(PUBLISHES[r] for r in Role if r is not Role.OPERATOR))
+    assert publishers == set(TOPICS)
+
+
+def test_only_the_certifier_publishes_certificates() -> None:
+    holders = {role for role, topics in PUBLISHES.items() if topics & CERTIFIER_ONLY}
+    assert holders == {Role.CERTIFY, Role.OPERATOR}
+    assert "verify.certificate.issued" not in PUBLISHES[Role.API]
+
+
+def test_every_worker_process_may_fail_a_run_for_its_watchdog() -> None:
+    for stages in (["ingest"], ["invoke"], ["score"], ["certify"], ["ingest", "score"]):
+        assert "verify.run.failed" in PUBLISHES[role_for_stages(stages)]
+
+
+def test_certify_never_shares_a_connection_with_another_stage() -> None:
+    assert stage_groups(["ingest", "invoke", "score", "certify"]) == [
+        (Role.STAGES, ("ingest", "invoke", "score")),
+        (Role.CERTIFY, ("certify",)),
+    ]
+    assert stage_groups(["invoke"]) == [(Role.INVOKE, ("invoke",))]
+    with pytest.raises(ValueError):
+        role_for_stages(["score", "certify"])
+
+
+def test_subjects_follow_the_subject_root() -> None:
+    assert "t1.certificate.issued.*" in publish_subjects(Role.CERTIFY, "t1")
+    assert publish_subjects(Role.OPERATOR, "t1")[-1] == "t1.>"
+    assert not [s for s in publish_subjects(Role.READER, "t1") if s.startswith("t1")]
+
+
+def test_the_compose_authorization_is_rendered_from_the_table() -> None:
+    rendered = authorization_block("verify", {r: f"$ECHELON_NATS_PASSWORD_{r.name}" for r in Role})
+    deployed = (REPO / "deploy" / "nats-auth.conf").read_text()
+    assert rendered in deployed, "regenerate deploy/nats-auth.conf from roles.py"
+    assert "include ./nats-auth.conf" in (REPO / "deploy" / "nats-js.conf").read_text()
+    compose = (REPO / "docker-compose.yml").read_text()
+    for role in Role:
+        assert f"ECHELON_NATS_PASSWORD_{role.name}" in compose
+
+
+def test_credentials_per_role(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECHELON_NATS_ROLE_PASSWORDS", '{"api": "a-pw", "certify": "c-pw"}')
+    settings = Settings()
+    assert nats_credentials(settings, Role.CERTIFY) == ("certify", "c-pw")
+    assert nats_credentials(settings, None) == (None, None)
+    file = tmp_path / "credentials.json"
+    file.write_text('{"coordinator": "k-pw"}')
+    single = Settings(nats_user="solo", nats_password="s-pw", nats_credentials_file=file)  # type: ignore[arg-type]
+    assert nats_credentials(single, Role.COORDINATOR) == ("coordinator", "k-pw")
+    assert nats_credentials(single, None) == ("solo", "s-pw")
