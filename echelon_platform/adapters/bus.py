@@ -167,11 +167,16 @@ class Bus:
         """Create or update the stream; every process does this at start-up, so it must be idempotent."""
         config = self.stream_config()
         try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # Exists with another config (e.g. a new duplicate window): bring it in line.
-            await self.js.update_stream(config)
-        except nats.errors.Error as exc:
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError as refused:
+                # Exists with another config (e.g. a new duplicate window): bring it in line. If it does not
+                # exist, the refusal was the real answer (e.g. a cluster still placing its peers).
+                try:
+                    await self.js.update_stream(config)
+                except nats.js.errors.NotFoundError:
+                    raise BusError(f"cannot create stream {self.stream}: {refused.description}") from refused
+        except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create stream {self.stream}: {exc}") from exc
 
     async def publish(self, envelope: Envelope, *, timeout: float = 5.0) -> int:
