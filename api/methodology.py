@@ -91,7 +91,7 @@ async def detail(version: Version, services: ServicesDep) -> MethodologyDetail:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=MethodologyDetail,
-    responses=r.merge(r.PROTECTED, FORBIDDEN),
+    responses=r.merge(r.PROTECTED, r.MALFORMED_BODY, FORBIDDEN),
 )
 async def register(body: MethodologyCreate, user: UserDep, services: ServicesDep, response: Response) -> Any:
     """Register a methodology version (admins only). The hash is computed here from the files sent. A

@@ -1,4 +1,5 @@
-"""`GET /stats`: a leaderboard computed at read time from the run, certificate and rating read models.
+"""`GET /stats`: a leaderboard computed at read time from the run, certificate and rating read models, with
+judge tokens and cost summed from the logged judge calls (`verify.judge.called`, one row per call).
 
 Every request scans the run and certificate indexes (batched MGETs, see reader.py). That is fine at this
 product's scale (thousands of runs: a few ms); past ~100k runs the coordinator should project the

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+import pytest
+
+from echelon.commands import cmd_certificates
 from echelon_platform.domain.events import JudgeCalled, ReplayInvoked, ReplayScored, payload_as
 from pipeline_workers.rederive import rederive, rederive_from_store
 from pipeline_workers.scoring.prompts import load_methodology
@@ -15,7 +19,7 @@ M = "/api/v1/methodology"
 
 
 async def test_judge_calls_are_logged_once_and_rederive_reproduces_the_certificate(
-    running: Running, sample_repo: Path
+    running: Running, sample_repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     response = await running.api.post("/api/v1/verification/runs", json=run_body(sample_repo), headers=running.auth())
     run_id = response.json()["run_id"]
@@ -43,6 +47,11 @@ async def test_judge_calls_are_logged_once_and_rederive_reproduces_the_certifica
     assert again.same, again.differences
     assert again.rebuilt.content_hash == cert.content_hash
     assert again.judge_calls == len(calls)
+    # The same through the CLI: `echelon certificates rederive ID`.
+    args = argparse.Namespace(action="rederive", certificate_id=cert.certificate_id, json=False)
+    assert await cmd_certificates(args, running.settings) == 0
+    out = capsys.readouterr().out
+    assert f"same figures and content hash {cert.content_hash}" in out and "without calling a judge" in out
 
     # A judge answer that says something else leads to other numbers: rederive reads the logged text.
     registry = await store.run_events("methodology", ["verify.methodology.registered"])
