@@ -12,7 +12,7 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from api import certificates, history, readiness, runs, signin, stats, stream
+from api import certificates, history, methodology, readiness, runs, signin, stats, stream
 from api.auth import TokenCache
 from api.body_limit import BodySizeLimit
 from api.dashboard import install_dashboard
@@ -122,6 +122,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(certificates.router)
     app.include_router(certificates.well_known)
     app.include_router(stats.router)
+    app.include_router(methodology.router)
     app.include_router(stream.router)
     app.include_router(signin.router)
     app.include_router(history.router)

@@ -1,4 +1,5 @@
-"""`GET /stats`: a leaderboard computed at read time from the run, certificate and rating read models.
+"""`GET /stats`: a leaderboard computed at read time from the run, certificate and rating read models, with
+judge tokens and cost summed from the logged judge calls (`verify.judge.called`, one row per call).
 
 Every request scans the run and certificate indexes (batched MGETs, see reader.py). That is fine at this
 product's scale (thousands of runs: a few ms); past ~100k runs the coordinator should project the
@@ -19,6 +20,7 @@ from api import responses as r
 from api.auth import Principal
 from api.cert_schemas import GroupBy, StatsResponse, StatsRow
 from api.deps import OptionalUserDep, ServicesDep
+from echelon_platform.adapters.event_store import JudgeTotals
 from echelon_platform.adapters.readmodel_store import BulkReader
 from echelon_platform.domain.certificate import weighted_composite
 from echelon_platform.domain.projections import RunState, Status
@@ -77,8 +79,13 @@ def leaderboard(
     certificates: Iterable[dict[str, Any]],
     ratings: Mapping[str, list[dict[str, Any]]],
     group_by: GroupBy,
+    judge_usage: Mapping[str, JudgeTotals] | None = None,
 ) -> list[StatsRow]:
-    """Rows ordered by mean composite (best first, groups without a certificate last), then by key."""
+    """Rows ordered by mean composite (best first, groups without a certificate last), then by key.
+
+    Tokens and cost come from the logged judge calls (`judge_usage`, per run, each call once), failed runs
+    included; a certificate issued before judge calls were logged counts its replay scores' figures."""
+    usage = judge_usage or {}
     certs = list(certificates)
     model_of_run = {c["run_id"]: c["scoring_model"] for c in certs}
     groups: dict[str | None, _Group] = defaultdict(_Group)
@@ -90,16 +97,23 @@ def leaderboard(
         group.runs += 1
         group.completed += run.status is Status.COMPLETED
         group.failed += run.status is Status.FAILED
+        totals = usage.get(run.run_id)
+        if totals is not None:
+            group.input_tokens += totals.input_tokens
+            group.output_tokens += totals.output_tokens
+            group.cost += totals.cost_usd
     for cert in certs:
         group = groups[cert["construct_id"] if group_by == "construct_id" else cert["scoring_model"]]
         group.composites.append(float(cert["composite_score"]))
         group.briers.append(float(cert["brier"]))
         scores = {s["replay_id"]: s for s in cert["individual_scores"]}
+        legacy = cert["run_id"] not in usage
         for s in scores.values():
             group.latencies.append(float(s["scoring_latency_ms"]))
-            group.input_tokens += int(s.get("input_tokens", 0))
-            group.output_tokens += int(s.get("output_tokens", 0))
-            group.cost += float(s.get("cost_usd", 0.0))
+            if legacy:
+                group.input_tokens += int(s.get("input_tokens", 0))
+                group.output_tokens += int(s.get("output_tokens", 0))
+                group.cost += float(s.get("cost_usd", 0.0))
         for rating in ratings.get(cert["certificate_id"], []):
             score = scores.get(rating["replay_id"])
             if score is not None:
@@ -132,7 +146,9 @@ async def stats(
     runs = await reader.all_runs()
     certs = await reader.all_certificates()
     ratings = await reader.ratings_of([c["certificate_id"] for c in certs])
-    rows = leaderboard(countable_runs(runs, certs, user), certs, ratings, group_by)
+    countable = countable_runs(runs, certs, user)
+    usage = await services.store.judge_usage([run.run_id for run in countable])
+    rows = leaderboard(countable, certs, ratings, group_by, usage)
     return StatsResponse(
         group_by=group_by, rows=rows[offset : offset + limit], total=len(rows), limit=limit, offset=offset
     )

@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--keys", help="public keys: a file or URL in /.well-known/echelon-keys.json form (default: from the API)"
     )
+    again = certs_sub.add_parser(
+        "rederive", help="rebuild a certificate from the event log (logged judge answers, no judge call)"
+    )
+    again.add_argument("certificate_id", help="the certificate id (cert-<run id>) or its run id")
+    again.add_argument("--json", action="store_true", help="print the rebuilt certificate and the comparison as JSON")
 
     runs = sub.add_parser("runs", help="inspect runs through the API")
     runs_sub = runs.add_subparsers(dest="action", required=True)

@@ -205,6 +205,8 @@ async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.cert_verify import verify_command
     from echelon.client import api_base
 
+    if args.action == "rederive":
+        return await _rederive(args, settings)
     valid, line = await asyncio.to_thread(verify_command, args.certificate, args.keys, api_base(None, settings))
     print(line)
     return 0 if valid else 1
@@ -214,3 +216,36 @@ async def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.history import show_history
 
     return await show_history(args, settings)
+
+
+async def _rederive(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from echelon.stack import infrastructure
+    from echelon_platform.adapters.event_store import EventStore
+    from pipeline_workers.rederive import RederiveError, rederive_from_store
+
+    cert_id = args.certificate_id if args.certificate_id.startswith("cert-") else f"cert-{args.certificate_id}"
+    async with infrastructure(settings) as resolved, EventStore(str(resolved.database_url)) as store:
+        try:
+            result = await rederive_from_store(store, cert_id)
+        except RederiveError as exc:
+            print(f"{cert_id}: cannot rederive: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        document = {
+            "certificate_id": cert_id,
+            "same": result.same,
+            "judge_calls": result.judge_calls,
+            "differences": result.differences,
+            "rederived": result.rebuilt.model_dump(mode="json"),
+        }
+        print(json.dumps(document, indent=2))
+    elif result.same:
+        print(
+            f"{cert_id}: rederived from {result.judge_calls} logged judge calls without calling a judge; "
+            f"same figures and content hash {result.rebuilt.content_hash}"
+        )
+    else:
+        print(f"{cert_id}: DIFFERS from the log: " + "; ".join(result.differences))
+    return 0 if result.same else 1

@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = None
     judge_model: str = "claude-sonnet-4-6"
     judge_concurrency: int = 4
+    # Ordered judges, e.g. ["anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "offline"]; each has a
+    # circuit breaker and the next one answers when it fails. Unset: Anthropic with a key, else offline.
+    judges: list[str] | None = None
+    judge_breaker_failures: int = Field(default=3, ge=1)  # consecutive failures that open a judge's breaker
+    judge_breaker_cooldown_s: float = Field(default=30.0, ge=0)  # then one trial call after this long
+    # Replays of one certificate scored by different judges: flag (warning + mixed_judges) or refuse.
+    judge_mixing: Literal["flag", "refuse"] = "flag"
+    # The prompt set, rubric and parsing conventions judges use (pipeline_workers/prompts/<version>).
+    methodology_version: str = "v1"
     github_api_url: str = "https://api.github.com"
     stage_concurrency: int = 8
     # At most this many messages of one run in flight per stage worker, so one run cannot take every slot.

@@ -18,6 +18,7 @@ from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.handlers.invoke import InvokeHandler
 from pipeline_workers.handlers.score import ScoreHandler
+from pipeline_workers.methodology import register_if_missing
 from pipeline_workers.oracles.python import OracleProcessPool
 from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.factory import scorer_for
@@ -63,7 +64,13 @@ class Pipeline:
         if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
             keyring = load_keyring(self.settings)
             await publish_keys(self.services.store, keyring)
-            handlers["certify"] = CertifyHandler(self.services.store, keyring)
+            await register_if_missing(self.services, self.settings.methodology_version)
+            handlers["certify"] = CertifyHandler(
+                self.services.store,
+                keyring,
+                methodology_version=self.settings.methodology_version,
+                judge_mixing=self.settings.judge_mixing,
+            )
         self.workers = [
             StageWorker(
                 handlers[name],

@@ -80,8 +80,17 @@ class LogEvent:
 # Postgres instead of shipping and parsing them.
 _PROJECTED_PAYLOAD = (
     "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') "
-    "THEN (payload - 'record' - 'reply')::text ELSE payload::text END"
+    "THEN (payload - 'record' - 'reply')::text "
+    "WHEN topic = 'verify.judge.called' THEN (payload - 'raw_text')::text ELSE payload::text END"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeTotals:
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +267,30 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"stalled-run query failed: {exc}") from exc
         return [(r["correlation_id"].removeprefix("run-"), r["last"]) for r in rows]
+
+    async def judge_usage(self, run_ids: Sequence[str]) -> dict[str, JudgeTotals]:
+        """Per run: judge calls logged, their tokens and cost. Each call is one row (one dedup key), so a
+        redelivered call is counted once; runs without logged calls are absent."""
+        if not run_ids:
+            return {}
+        query = """
+            SELECT correlation_id, count(*) AS calls,
+                   coalesce(sum((payload->>'input_tokens')::bigint), 0) AS input_tokens,
+                   coalesce(sum((payload->>'output_tokens')::bigint), 0) AS output_tokens,
+                   coalesce(sum((payload->>'cost_usd')::float8), 0) AS cost_usd
+            FROM events WHERE topic = 'verify.judge.called' AND correlation_id = ANY($1::text[])
+            GROUP BY correlation_id
+        """
+        try:
+            rows = await self.pool.fetch(query, [f"run-{r}" for r in run_ids])
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"judge usage query failed: {exc}") from exc
+        return {
+            r["correlation_id"].removeprefix("run-"): JudgeTotals(
+                int(r["calls"]), int(r["input_tokens"]), int(r["output_tokens"]), float(r["cost_usd"])
+            )
+            for r in rows
+        }
 
     async def has_dedup_keys(self, keys: Sequence[str]) -> set[str]:
         """Which of these dedup keys are already stored (one query on the unique index)."""

@@ -18,6 +18,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Literal
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -86,6 +87,13 @@ def _scoring_model(scores: Sequence[ReplayScore]) -> str:
     return "+".join(sorted({s.scoring_model for s in scores}))
 
 
+JudgeMixing = Literal["flag", "refuse"]
+
+
+def _judges_mixed(scores: Sequence[ReplayScore]) -> bool:
+    return len({s.scoring_model for s in scores}) > 1
+
+
 def build_certificate(
     *,
     run_id: str,
@@ -100,11 +108,16 @@ def build_certificate(
     timestamp: datetime,
     oracle: OracleIdentity | None = None,
     selection_policy: str | None = None,
+    methodology_hash: str | None = None,
+    judge_mixing: JudgeMixing = "flag",
 ) -> CalibrationCertificate:
     """Aggregate one run into a hashed certificate; StageError when no replay succeeded.
 
     Redelivery tolerance: duplicate scores for a replay keep the earliest, and a replay that has a
     score is not also listed as failed (it failed once, then succeeded on retry).
+
+    Replays scored by different judges (a fallback judge took over) are compared on different scales:
+    ``judge_mixing="refuse"`` raises StageError, ``"flag"`` sets ``mixed_judges`` and a warning.
     """
     checked = validate_weights(weights)
     unique = _dedupe_scores(scores)
@@ -116,12 +129,22 @@ def build_certificate(
     if not unique:
         raise StageError("All replays failed: " + _failure_summary(failures))
     partial = len(unique) < min_replays
-    warning = (
-        f"only {len(unique)} of the {min_replays} required replays succeeded "
-        f"({len(failures)} failed); the scores rest on a smaller sample than requested"
-        if partial
-        else None
-    )
+    mixed = _judges_mixed(unique)
+    if mixed and judge_mixing == "refuse":
+        raise StageError(
+            f"replays were scored by different judges ({_scoring_model(unique)}) and judge mixing is refused"
+        )
+    warnings = []
+    if partial:
+        warnings.append(
+            f"only {len(unique)} of the {min_replays} required replays succeeded "
+            f"({len(failures)} failed); the scores rest on a smaller sample than requested"
+        )
+    if mixed:
+        warnings.append(
+            f"replays were scored by different judges ({_scoring_model(unique)}); see each score's scoring_model"
+        )
+    warning = "; ".join(warnings) or None
     agg = _aggregates(unique, checked)
     cert = CalibrationCertificate(
         schema_version=SCHEMA_VERSION,
@@ -148,6 +171,8 @@ def build_certificate(
         oracle=oracle,
         selection_policy=selection_policy,
         calibration=calibration_of(unique),
+        methodology_hash=methodology_hash,
+        mixed_judges=mixed,
     )
     return cert.model_copy(update={"content_hash": content_hash(cert)})
 
@@ -250,6 +275,7 @@ def _aggregates_ok(cert: CalibrationCertificate) -> bool:
         stored == expected
         and cert.replay_count == cert.sample_size == len(scores)
         and cert.scoring_model == _scoring_model(scores)
+        and (cert.mixed_judges is None or cert.mixed_judges == _judges_mixed(scores))
     )
 
 

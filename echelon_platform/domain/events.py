@@ -17,6 +17,7 @@ from echelon_platform.domain.envelope import Envelope, correlation_for, new_even
 from echelon_platform.domain.values import (
     CalibrationCertificate,
     GroundTruthRecord,
+    JudgeCall,
     OracleReply,
     ReplayScore,
 )
@@ -83,11 +84,42 @@ class ReplayInvoked(Payload):
     question_input_tokens: int = 0
     question_output_tokens: int = 0
     question_cost_usd: float = 0.0
+    # Dedup keys of the `verify.judge.called` events that produced the question, in call order.
+    question_calls: list[str] = Field(default_factory=list)
 
 
 class ReplayScored(Payload):
     replay_id: str
     score: ReplayScore
+    # Dedup keys of the `verify.judge.called` events behind this score, in call order (the last one's raw
+    # text is what the score was parsed from), and the methodology it was judged under.
+    judge_calls: list[str] = Field(default_factory=list)
+    methodology_version: str | None = None
+
+
+class JudgeCalled(Payload, JudgeCall):
+    """One judge round trip for one replay (the payload is flat so readers can drop `raw_text` cheaply)."""
+
+    replay_id: str
+    call_key: str = Field(description="`<replay_id>:<purpose>:<judge>:<round_trip>:<sha256(raw_text)[:16]>`")
+
+
+METHODOLOGY_RUN_ID = "methodology"  # the correlation id `run-methodology` groups registry events
+
+
+class MethodologyRegistered(Payload):
+    """A methodology version: its files (prompts, rubric, parsing conventions) and the hash over them.
+
+    Not a run's event: its run_id is always `methodology`. A version is registered once; the first
+    registration wins (the dedup key is the version)."""
+
+    version: str = Field(pattern=r"^v[0-9]+(\.[0-9]+)*$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    files: dict[str, str] = Field(description="file name → SHA-256 of its bytes")
+    contents: dict[str, str] = Field(default_factory=dict, description="file name → text, for auditing")
+    description: str = ""
+    registered_by: str
+    registered_at: AwareDatetime
 
 
 class ReplayFailed(Payload):
@@ -149,6 +181,20 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("verify.run.completed", RunCompleted, 1, "run_id", "The run ended with a certificate."),
         TopicSpec("verify.run.failed", RunFailed, 1, "run_id", "The run ended without a certificate."),
         TopicSpec("verify.rating.submitted", RatingSubmitted, 1, "rating_id", "A person rated one replay."),
+        TopicSpec(
+            "verify.judge.called",
+            JudgeCalled,
+            1,
+            "call_key",
+            "One judge round trip (follow-up question or scoring, repairs included): raw text, tokens, cost.",
+        ),
+        TopicSpec(
+            "verify.methodology.registered",
+            MethodologyRegistered,
+            1,
+            "version",
+            "A methodology version (prompt set, rubric, parsing) and its hash; run_id `methodology`.",
+        ),
     )
 }
 

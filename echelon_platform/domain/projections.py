@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Event", "RunState", "Status", "apply", "fold", "from_record", "public_view", "to_record"]
 
+# Events not about a run (their correlation id is a registry's, e.g. `run-methodology`): ignored here, so
+# they never make a run appear, not even as an "active" one the watchdog would judge.
+NOT_RUN_EVENTS = frozenset({"verify.methodology.registered"})
 # Bumped whenever the stored shape or a rule changes: read models of another generation are rebuilt.
 READ_MODEL_GENERATION = 2
 MAX_ERROR_CHARS = 2000
@@ -114,6 +117,8 @@ def apply(state: RunState, event: Event, seq: int) -> RunState:
     Reads the payload dict directly: events reach a projection only after the coordinator validated
     them (or from the event table, which holds validated events only), and replay speed matters.
     """
+    if event.topic in NOT_RUN_EVENTS:
+        return state
     p = event.payload
     changes: dict[str, Any] = {"updated_at": _later(state.updated_at, event.timestamp)}
     implied = IMPLIED.get(event.topic)

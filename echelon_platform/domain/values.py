@@ -48,6 +48,32 @@ class JudgeUsage(_Frozen):
     cost_usd: float = 0.0
 
 
+MAX_JUDGE_TEXT_CHARS = 64_000  # a judge's raw answer kept in the log; longer answers are cut and flagged
+
+
+class JudgeCall(_Frozen):
+    """One request/response round trip with a judge, as logged (`verify.judge.called`).
+
+    The raw text is what the methodology's parser reads, so a certificate can be re-derived from the log
+    without asking any judge again. The prompt is not logged (it is the diff and the reply, both already
+    in the log, rendered by the methodology's templates); its hash is, so a changed template shows.
+    """
+
+    judge: str = Field(description="Judge id, e.g. `anthropic:claude-sonnet-4-6` or `offline-lexical-v1`")
+    model: str
+    purpose: Literal["question", "score"]
+    round_trip: int = Field(ge=1, description="1 for the request, 2 for the repair round trip")
+    prompt_sha256: str
+    methodology_version: str
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0.0)
+    latency_ms: float = Field(default=0.0, ge=0.0)
+    raw_text: str = Field(max_length=MAX_JUDGE_TEXT_CHARS)
+    raw_truncated: bool = False
+    usable: bool = Field(description="The methodology's parser accepted the raw text")
+
+
 class ReplayScore(_Frozen):
     """The judge's verdict on one replay; ratios are recomputed from the counts."""
 
@@ -117,6 +143,10 @@ class CertificateSignature(_Frozen):
     )
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class CertificateFigures(_Frozen):
     """What a certificate states, declared once: the stored certificate and the API's view share it."""
 
@@ -146,6 +176,18 @@ class CertificateFigures(_Frozen):
     selection_policy: str | None = Field(default=None, description="How ground-truth changes were chosen")
     calibration: Calibration | None = Field(
         default=None, description="Present when the oracle gave a confidence per key claim"
+    )
+    # Added later (additive): left out, not null, when unset (certificates issued before them), so those
+    # certificates serialise, hash and verify exactly as they were signed.
+    methodology_hash: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="SHA-256 over the methodology's files (prompts, rubric, parsing conventions)",
+    )
+    mixed_judges: bool | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="True when replays of this certificate were scored by different judges",
     )
     content_hash: str = ""
     signature: CertificateSignature | None = None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.signing_keys import Keyring
-from echelon_platform.domain.certificate import build_certificate
+from echelon_platform.domain.certificate import JudgeMixing, build_certificate
 from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import (
     CertificateIssued,
@@ -27,9 +27,9 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_COMPLETED, RUN_FAILED
 from echelon_platform.domain.values import FailedReplay, ReplayScore
-from echelon_platform.errors import NotYetInLog, StageError
+from echelon_platform.errors import ConfigError, NotYetInLog, StageError
 from pipeline_workers.oracles.identity import oracle_identity
-from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION
+from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, Methodology, load_methodology
 
 _TOPICS = (
     "verify.run.requested",
@@ -46,10 +46,19 @@ class CertifyHandler:
     stage = "certify"
     topic = "verify.run.certifying"
 
-    def __init__(self, store: EventStore, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        keyring: Keyring,
+        *,
+        methodology_version: str = METHODOLOGY_VERSION,
+        judge_mixing: JudgeMixing = "flag",
+    ) -> None:
         self.store = store
         # Only this stage holds the private key: a signature by it is what makes a certificate genuine.
         self.keyring = keyring
+        self.methodology_version = methodology_version  # for scores logged without one (older events)
+        self.judge_mixing = judge_mixing
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, RunCertifying)
@@ -69,10 +78,12 @@ class CertifyHandler:
             raise NotYetInLog(f"run {payload.run_id}: request or ingest not in the log yet")
         scores: dict[str, ReplayScore] = {}
         failed: dict[str, FailedReplay] = {}
+        methodologies: set[str] = set()
         for event in events:
             if event.topic == "verify.replay.scored":
                 s = payload_as(event, ReplayScored)
                 scores[s.replay_id] = s.score
+                methodologies.add(s.methodology_version or self.methodology_version)
             elif event.topic == "verify.replay.failed":
                 f = payload_as(event, ReplayFailed)
                 failed[f.replay_id] = FailedReplay(
@@ -85,6 +96,7 @@ class CertifyHandler:
                 f"run {payload.run_id}: {len(scores) + len(failed)} of {ingested.total} replay outcomes in the log"
             )
         try:
+            methodology = _one_methodology(methodologies or {self.methodology_version})
             certificate = build_certificate(
                 run_id=payload.run_id,
                 construct_id=request.construct_id,
@@ -94,7 +106,9 @@ class CertifyHandler:
                 min_replays=request.min_replays,
                 ground_truth_source=ingested.ground_truth_source,
                 commit_range=ingested.commit_range,
-                methodology_version=METHODOLOGY_VERSION,
+                methodology_version=methodology.version,
+                methodology_hash=methodology.sha256,
+                judge_mixing=self.judge_mixing,
                 timestamp=utcnow(),
                 oracle=oracle_identity(request.oracle),
                 selection_policy=ingested.selection_policy,
@@ -124,3 +138,14 @@ class CertifyHandler:
     def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
         failed = RunFailed(run_id=envelope.run_id, reason=reason, stage=self.stage)
         return [make_event(failed, causation_id=envelope.event_id)]
+
+
+def _one_methodology(versions: set[str]) -> Methodology:
+    """The one methodology the run's replays were scored with: one certificate states one method."""
+    if len(versions) > 1:
+        raise StageError(f"replays were scored under different methodology versions: {', '.join(sorted(versions))}")
+    (version,) = versions
+    try:
+        return load_methodology(version)
+    except ConfigError as exc:
+        raise StageError(f"methodology {version} is not available to the certify stage: {exc}") from exc

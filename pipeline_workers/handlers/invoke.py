@@ -17,10 +17,11 @@ from echelon_platform.domain.events import (
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import log_skip, skip_reason
+from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
-from pipeline_workers.scoring.base import Scorer
+from pipeline_workers.scoring.base import CallLog, Scorer, usage_of
 
 PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_payload
 
@@ -64,14 +65,19 @@ class InvokeHandler:
             return []
         request = await self.ctx.run_request(payload.run_id)
         record = payload.record
+        calls: CallLog = []
         try:
-            question, usage = await self.scorer.follow_up_question(record)
+            question, _ = await self.scorer.follow_up_question(record, calls=calls)
             oracle = await self._oracle(request)
             started = time.perf_counter()
             reply = await oracle.invoke(record, question)
             latency_ms = (time.perf_counter() - started) * 1000
         except (OracleError, OracleRefused, RequestRejected, ScoringError) as exc:
-            return self.give_up(envelope, payload, str(exc))
+            # The judge calls were made (and paid for) even though the replay failed: log them too.
+            logged, _ = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+            return [*logged, *self.give_up(envelope, payload, str(exc))]
+        logged, keys = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+        usage = usage_of(calls)
         invoked = [
             make_event(
                 ReplayInvoked(
@@ -84,6 +90,7 @@ class InvokeHandler:
                     question_input_tokens=usage.input_tokens,
                     question_output_tokens=usage.output_tokens,
                     question_cost_usd=usage.cost_usd,
+                    question_calls=keys,
                 ),
                 causation_id=envelope.event_id,
             )
@@ -93,10 +100,13 @@ class InvokeHandler:
         size = len(invoked[0].to_wire())
         limit = self.ctx.services.bus.max_payload - PAYLOAD_HEADROOM
         if size > limit:
-            return self.give_up(
-                envelope, payload, f"oracle reply too large: the replay is {size} bytes, the limit is {limit}"
-            )
-        return invoked
+            return [
+                *logged,
+                *self.give_up(
+                    envelope, payload, f"oracle reply too large: the replay is {size} bytes, the limit is {limit}"
+                ),
+            ]
+        return [*logged, *invoked]
 
     def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayRequested)

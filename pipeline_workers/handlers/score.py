@@ -10,7 +10,8 @@ from echelon_platform.domain.events import Payload, ReplayFailed, ReplayInvoked,
 from echelon_platform.errors import ScoringError
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.guards import log_skip, skip_reason
-from pipeline_workers.scoring.base import Scorer
+from pipeline_workers.handlers.judge_log import judge_events
+from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_of
 
 
 class ScoreHandler:
@@ -29,25 +30,34 @@ class ScoreHandler:
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []
+        calls: CallLog = []
         try:
-            score = await self.scorer.score(payload.replay_id, payload.record, payload.reply, question=payload.question)
+            score = await self.scorer.score(
+                payload.replay_id, payload.record, payload.reply, question=payload.question, calls=calls
+            )
         except ScoringError as exc:
-            return self.give_up(envelope, payload, f"scoring failed: {exc}")
-        score = score.model_copy(
-            update={
-                "input_tokens": score.input_tokens + payload.question_input_tokens,
-                "output_tokens": score.output_tokens + payload.question_output_tokens,
-                "cost_usd": round(score.cost_usd + payload.question_cost_usd, 8),
-            }
-        )
+            logged, _ = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+            return [*logged, *self.give_up(envelope, payload, f"scoring failed: {exc}")]
+        logged, keys = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+        # Every judge call for this replay counts (a fallback judge's failed attempts too), summed in call
+        # order: `certificates rederive` recomputes the same figures from the logged calls.
+        score = score.model_copy(update=replay_usage(usage_of(calls), payload))
         self.metrics.judge_tokens.labels(score.scoring_model, "input").inc(score.input_tokens)
         self.metrics.judge_tokens.labels(score.scoring_model, "output").inc(score.output_tokens)
         self.metrics.judge_cost.labels(score.scoring_model).inc(score.cost_usd)
+        methodology = calls[-1].methodology_version if calls else None
         return [
+            *logged,
             make_event(
-                ReplayScored(run_id=payload.run_id, replay_id=payload.replay_id, score=score),
+                ReplayScored(
+                    run_id=payload.run_id,
+                    replay_id=payload.replay_id,
+                    score=score,
+                    judge_calls=keys,
+                    methodology_version=methodology,
+                ),
                 causation_id=envelope.event_id,
-            )
+            ),
         ]
 
     def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:

@@ -13,10 +13,11 @@ output is not usable JSON. An ``asyncio.Semaphore`` bounds concurrent calls per 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import anthropic
 import structlog
@@ -25,7 +26,7 @@ from anthropic.types import MessageParam, TextBlock
 from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
 from echelon_platform.errors import ConfigError, ScoringError
 from echelon_platform.retry import backoff_delay
-from pipeline_workers.scoring.base import add_usage, make_score
+from pipeline_workers.scoring.base import CallLog, add_usage, judge_call, make_score, prompt_digest
 from pipeline_workers.scoring.parsing import MAX_CHANGES, MAX_CLAIMS, parse_judge_output, parse_question
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, PromptSet, load_prompts
 
@@ -99,14 +100,20 @@ class AnthropicScorer:
 
     @property
     def name(self) -> str:
-        return self._model
+        return f"anthropic:{self._model}"
+
+    @property
+    def methodology_version(self) -> str:
+        return self._prompts.version
 
     def __repr__(self) -> str:  # the client holds the API key; never let it near a log line
         return f"AnthropicScorer(model={self._model!r})"
 
-    async def follow_up_question(self, record: GroundTruthRecord) -> tuple[str, JudgeUsage]:
+    async def follow_up_question(
+        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+    ) -> tuple[str, JudgeUsage]:
         prompt = self._prompts.render("follow_up_question", **_change_fields(record))
-        return await self._ask_json(prompt, parse_question, self._question_max_tokens)
+        return await self._ask_json(prompt, parse_question, self._question_max_tokens, "question", calls)
 
     async def score(
         self,
@@ -115,6 +122,7 @@ class AnthropicScorer:
         reply: OracleReply,
         *,
         question: str | None = None,
+        calls: CallLog | None = None,
     ) -> ReplayScore:
         started = time.perf_counter()
         judged = reply.key_claims[:MAX_CLAIMS]
@@ -129,7 +137,11 @@ class AnthropicScorer:
         )
         expected = len(reply.key_claims)
         verdict, usage = await self._ask_json(
-            prompt, lambda text: parse_judge_output(text, expected_claims=expected), self._judge_max_tokens
+            prompt,
+            lambda text: parse_judge_output(text, expected_claims=expected),
+            self._judge_max_tokens,
+            "score",
+            calls,
         )
         return make_score(
             replay_id=replay_id,
@@ -141,26 +153,63 @@ class AnthropicScorer:
             reply=reply,
         )
 
-    async def _ask_json(self, prompt: str, parse: Callable[[str], T], max_tokens: int) -> tuple[T, JudgeUsage]:
-        """Ask once; if the answer cannot be parsed, show the judge its answer and ask once more."""
+    async def _ask_json(
+        self,
+        prompt: str,
+        parse: Callable[[str], T],
+        max_tokens: int,
+        purpose: Literal["question", "score"],
+        calls: CallLog | None,
+    ) -> tuple[T, JudgeUsage]:
+        """Ask once; if the answer cannot be parsed, show the judge its answer and ask once more.
+        Each round trip that got an answer is reported to ``calls``."""
+
+        def record(round_trip: int, sent: list[MessageParam], text: str, used: JudgeUsage, ms: float, ok: bool) -> None:
+            if calls is not None:
+                calls.append(
+                    judge_call(
+                        judge=self.name,
+                        model=self._model,
+                        purpose=purpose,
+                        round_trip=round_trip,
+                        prompt_sha256=prompt_digest(self._system, json.dumps(sent, sort_keys=True)),
+                        methodology_version=self._prompts.version,
+                        usage=used,
+                        latency_ms=ms,
+                        raw_text=text,
+                        usable=ok,
+                    )
+                )
+
         messages: list[MessageParam] = [{"role": "user", "content": prompt}]
+        started = time.perf_counter()
         text, usage = await self._call(messages, max_tokens)
+        elapsed = (time.perf_counter() - started) * 1000
         try:
-            return parse(text), usage
+            parsed = parse(text)
         except ScoringError as first:
             problem = str(first)
+            record(1, messages, text, usage, elapsed, False)
+        else:
+            record(1, messages, text, usage, elapsed, True)
+            return parsed, usage
         repair = self._prompts.render("repair", problem=problem)
         if text.strip():
             messages += [{"role": "assistant", "content": text}, {"role": "user", "content": repair}]
         else:  # an empty assistant turn is not allowed: restate the request instead
             messages = [{"role": "user", "content": f"{prompt}\n\n{repair}"}]
         log.info("judge.repair", model=self._model, problem=problem[:200])
+        started = time.perf_counter()
         text, more = await self._call(messages, max_tokens)
+        elapsed = (time.perf_counter() - started) * 1000
         usage = add_usage(usage, more)
         try:
-            return parse(text), usage
+            parsed = parse(text)
         except ScoringError as second:
+            record(2, messages, text, more, elapsed, False)
             raise ScoringError(f"judge output unusable after one repair attempt: {second}") from None
+        record(2, messages, text, more, elapsed, True)
+        return parsed, usage
 
     async def _call(self, messages: Iterable[MessageParam], max_tokens: int) -> tuple[str, JudgeUsage]:
         problem = ""

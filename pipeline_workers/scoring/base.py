@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
-from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
+from echelon_platform.domain.values import (
+    MAX_JUDGE_TEXT_CHARS,
+    GroundTruthRecord,
+    JudgeCall,
+    JudgeUsage,
+    OracleReply,
+    ReplayScore,
+)
 from pipeline_workers.scoring.parsing import JudgeVerdict
+
+# Where a scorer reports each judge round trip it made (the handlers log them as events).
+CallLog = list[JudgeCall]
 
 
 class Scorer(Protocol):
     @property
     def name(self) -> str:
-        """The scoring model recorded on every score (e.g. ``claude-sonnet-4-6``)."""
+        """The judge id recorded on every score (e.g. ``anthropic:claude-sonnet-4-6``)."""
         ...
 
-    async def follow_up_question(self, record: GroundTruthRecord) -> tuple[str, JudgeUsage]: ...
+    async def follow_up_question(
+        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+    ) -> tuple[str, JudgeUsage]: ...
 
     async def score(
         self,
@@ -26,10 +40,61 @@ class Scorer(Protocol):
         reply: OracleReply,
         *,
         question: str | None = None,
+        calls: CallLog | None = None,
     ) -> ReplayScore:
         """Grade ``reply``. Pass the follow-up ``question`` the oracle was asked: the reply accuracy is
-        judged against it (without it the judge only sees the answer)."""
+        judged against it (without it the judge only sees the answer). Every round trip with the judge is
+        appended to ``calls``, successful or not."""
         ...
+
+
+def prompt_digest(*parts: str) -> str:
+    """SHA-256 of what was sent (system prompt and messages), parts separated so they cannot run together."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part.encode("utf-8")).to_bytes(8, "big"))
+        digest.update(part.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def judge_call(
+    *,
+    judge: str,
+    model: str,
+    purpose: Literal["question", "score"],
+    round_trip: int,
+    prompt_sha256: str,
+    methodology_version: str,
+    usage: JudgeUsage,
+    latency_ms: float,
+    raw_text: str,
+    usable: bool,
+) -> JudgeCall:
+    return JudgeCall(
+        judge=judge,
+        model=model,
+        purpose=purpose,
+        round_trip=round_trip,
+        prompt_sha256=prompt_sha256,
+        methodology_version=methodology_version,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=usage.cost_usd,
+        latency_ms=round(max(0.0, latency_ms), 3),
+        raw_text=raw_text[:MAX_JUDGE_TEXT_CHARS],
+        raw_truncated=len(raw_text) > MAX_JUDGE_TEXT_CHARS,
+        usable=usable,
+    )
+
+
+def usage_of(calls: Iterable[JudgeCall]) -> JudgeUsage:
+    """The summed usage of some judge calls, in order (the same float sums wherever it is recomputed)."""
+    total = JudgeUsage()
+    for call in calls:
+        total = add_usage(
+            total, JudgeUsage(input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost_usd=call.cost_usd)
+        )
+    return total
 
 
 def add_usage(a: JudgeUsage, b: JudgeUsage) -> JudgeUsage:
@@ -49,8 +114,11 @@ def make_score(
     started: float,
     usage: JudgeUsage,
     reply: OracleReply | None = None,
+    latency_ms: float | None = None,
+    scored_at: datetime | None = None,
 ) -> ReplayScore:
-    """Assemble a ReplayScore; ``started`` is a ``time.perf_counter()`` reading from before scoring."""
+    """Assemble a ReplayScore; ``started`` is a ``time.perf_counter()`` reading from before scoring
+    (``latency_ms`` and ``scored_at``, when given, are used as they are: re-deriving a logged score)."""
     flags = verdict.claims.flags
     return ReplayScore(
         replay_id=replay_id,
@@ -63,11 +131,11 @@ def make_score(
         changes_total=verdict.changes.total,
         changes_surfaced=verdict.changes.hits,
         scoring_model=scoring_model,
-        scoring_latency_ms=max(0.0, (time.perf_counter() - started) * 1000.0),
+        scoring_latency_ms=latency_ms if latency_ms is not None else max(0.0, (time.perf_counter() - started) * 1000.0),
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_usd=usage.cost_usd,
-        scored_at=datetime.now(UTC),
+        scored_at=scored_at or datetime.now(UTC),
         claim_supported=list(flags) if flags is not None else None,
         claim_confidences=claim_confidences(reply) if reply is not None and flags is not None else None,
     )
@@ -88,3 +156,24 @@ def claim_confidences(reply: OracleReply) -> list[float] | None:
             return None
         out.append(number)
     return out
+
+
+class QuestionUsage(Protocol):
+    """What the invoke stage recorded of the follow-up question's judge calls."""
+
+    @property
+    def question_input_tokens(self) -> int: ...
+    @property
+    def question_output_tokens(self) -> int: ...
+    @property
+    def question_cost_usd(self) -> float: ...
+
+
+def replay_usage(scoring: JudgeUsage, question: QuestionUsage) -> dict[str, int | float]:
+    """A replay score's tokens and cost: its scoring calls plus its question's (one formula, used by the
+    score stage and by `certificates rederive`)."""
+    return {
+        "input_tokens": scoring.input_tokens + question.question_input_tokens,
+        "output_tokens": scoring.output_tokens + question.question_output_tokens,
+        "cost_usd": round(scoring.cost_usd + question.question_cost_usd, 8),
+    }

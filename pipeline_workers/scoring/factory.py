@@ -1,28 +1,58 @@
-"""Choose the judge: Anthropic when a key is configured, else the offline deterministic scorer."""
+"""Choose the judges: `ECHELON_JUDGES` (an ordered list, each behind a circuit breaker), else Anthropic
+when a key is configured, else the offline deterministic scorer."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anthropic
 
 from echelon_platform.config import Settings
+from echelon_platform.errors import ConfigError
 from pipeline_workers.scoring.anthropic_judge import AnthropicScorer
 from pipeline_workers.scoring.base import Scorer
+from pipeline_workers.scoring.breaker import CircuitBreaker
+from pipeline_workers.scoring.chain import JudgeChain
 from pipeline_workers.scoring.offline import OfflineLexicalScorer
+from pipeline_workers.scoring.prompts import load_prompts
 
 
 @asynccontextmanager
 async def scorer_for(settings: Settings) -> AsyncIterator[Scorer]:
-    """Yield the configured scorer; an Anthropic client is closed on exit."""
+    """Yield the configured scorer; Anthropic clients are closed on exit."""
+    specs = settings.judges or (
+        [f"anthropic:{settings.judge_model}"] if settings.anthropic_api_key is not None else ["offline"]
+    )
+    async with AsyncExitStack() as stack:
+        judges = [await _judge(spec, settings, stack) for spec in specs]
+        if settings.judges is None:  # the single configured judge, as before: no breaker in the way
+            yield judges[0]
+            return
+        yield JudgeChain(
+            [
+                (
+                    judge,
+                    CircuitBreaker(
+                        failure_threshold=settings.judge_breaker_failures, cooldown_s=settings.judge_breaker_cooldown_s
+                    ),
+                )
+                for judge in judges
+            ]
+        )
+
+
+async def _judge(spec: str, settings: Settings, stack: AsyncExitStack) -> Scorer:
+    prompts = load_prompts(settings.methodology_version)
+    if spec == "offline":
+        return OfflineLexicalScorer(methodology_version=prompts.version)
+    kind, _, model = spec.partition(":")
+    if kind != "anthropic" or not model:
+        raise ConfigError(f"unknown judge {spec!r}: use 'anthropic:<model>' or 'offline'")
     if settings.anthropic_api_key is None:
-        yield OfflineLexicalScorer()
-        return
+        raise ConfigError(f"judge {spec!r} needs ECHELON_ANTHROPIC_API_KEY")
     client = anthropic.AsyncAnthropic(
         api_key=settings.anthropic_api_key.get_secret_value(), base_url=settings.anthropic_base_url
     )
-    try:
-        yield AnthropicScorer(client, model=settings.judge_model, max_concurrency=settings.judge_concurrency)
-    finally:
-        await client.close()
+    stack.push_async_callback(client.close)
+    return AnthropicScorer(client, model=model, max_concurrency=settings.judge_concurrency, prompts=prompts)

@@ -7,24 +7,26 @@ faithful summary above an unrelated one, which is enough for demos, CI and offli
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from typing import Literal
 
-from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
+from echelon_platform.domain.values import GroundTruthRecord, JudgeCall, JudgeUsage, OracleReply, ReplayScore
 from pipeline_workers.ingest.diffs import FileDiff, changed_lines, parse_diff
-from pipeline_workers.scoring.base import make_score
+from pipeline_workers.scoring.base import CallLog, judge_call, make_score, prompt_digest
 from pipeline_workers.scoring.lexical import overlap, tokens
 from pipeline_workers.scoring.parsing import (
     MAX_CHANGES,
     MAX_CLAIMS,
     JudgeVerdict,
-    Tally,
-    precision_of,
-    recall_of,
+    parse_judge_output,
     snap_to_rubric,
 )
+from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION
 
 OFFLINE_SCORER_NAME = "offline-lexical-v1"
+
 _RELEVANT_LINES = 3
 
 
@@ -43,15 +45,24 @@ class _Analysis:
 
 
 class OfflineLexicalScorer:
-    def __init__(self, *, support_threshold: float = 0.5) -> None:
+    def __init__(self, *, support_threshold: float = 0.5, methodology_version: str = METHODOLOGY_VERSION) -> None:
         self._threshold = support_threshold
+        # It sends no prompt, but answers in the methodology's format and is read by its parser.
+        self.methodology_version = methodology_version
 
     @property
     def name(self) -> str:
         return OFFLINE_SCORER_NAME
 
-    async def follow_up_question(self, record: GroundTruthRecord) -> tuple[str, JudgeUsage]:
-        return question_for(record), JudgeUsage()
+    async def follow_up_question(
+        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+    ) -> tuple[str, JudgeUsage]:
+        started = time.perf_counter()
+        question = question_for(record)
+        if calls is not None:
+            raw = json.dumps({"question": question}, ensure_ascii=False)
+            calls.append(self._call("question", _inputs_digest(record, None, None), raw, started))
+        return question, JudgeUsage()
 
     async def score(
         self,
@@ -60,9 +71,15 @@ class OfflineLexicalScorer:
         reply: OracleReply,
         *,
         question: str | None = None,
+        calls: CallLog | None = None,
     ) -> ReplayScore:
         started = time.perf_counter()
-        verdict = self.judge(record, reply, question=question)
+        # The verdict goes through the same text and parser as an LLM judge's, so a certificate is
+        # re-derived from the logged text the same way whichever judge scored it.
+        raw = self.judge_text(record, reply, question=question)
+        verdict = parse_judge_output(raw, expected_claims=len(reply.key_claims))
+        if calls is not None:
+            calls.append(self._call("score", _inputs_digest(record, reply, question), raw, started))
         return make_score(
             replay_id=replay_id,
             record=record,
@@ -73,29 +90,52 @@ class OfflineLexicalScorer:
             reply=reply,
         )
 
+    def _call(self, purpose: Literal["question", "score"], digest: str, raw: str, started: float) -> JudgeCall:
+        return judge_call(
+            judge=self.name,
+            model=self.name,
+            purpose=purpose,
+            round_trip=1,
+            prompt_sha256=digest,
+            methodology_version=self.methodology_version,
+            usage=JudgeUsage(),
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            raw_text=raw,
+            usable=True,
+        )
+
     def judge(self, record: GroundTruthRecord, reply: OracleReply, *, question: str | None = None) -> JudgeVerdict:
         """The verdict alone (pure and synchronous)."""
-        analysis = _analyse(record)
-        flags = tuple(
-            overlap(tokens(claim), set(analysis.vocabulary)) >= self._threshold
-            for claim in reply.key_claims[:MAX_CLAIMS]
+        return parse_judge_output(
+            self.judge_text(record, reply, question=question), expected_claims=len(reply.key_claims)
         )
-        supported = sum(flags)
-        claims_total = len(reply.key_claims)
 
+    def judge_text(self, record: GroundTruthRecord, reply: OracleReply, *, question: str | None = None) -> str:
+        """The itemised verdict in the judge's JSON answer format (claims, changes, score)."""
+        analysis = _analyse(record)
+        vocabulary = set(analysis.vocabulary)
+        claims = [
+            {"claim": claim, "supported": overlap(tokens(claim), vocabulary) >= self._threshold}
+            for claim in reply.key_claims[:MAX_CLAIMS]
+        ]
         told = " ".join([reply.summary, *reply.key_claims])
         told_tokens, told_lower = tokens(told), told.lower()
-        surfaced = sum(1 for c in analysis.changes if c.key <= told_tokens or c.literal in told_lower)
-        changes_total = len(analysis.changes)
-
+        changes = [
+            {"change": c.label, "surfaced": c.key <= told_tokens or c.literal in told_lower} for c in analysis.changes
+        ]
         accuracy = _reply_accuracy(
             question or question_for(record), reply.follow_up_response, analysis.files, analysis.vocabulary
         )
-        return JudgeVerdict(
-            claims=Tally(supported, claims_total, precision_of(supported, claims_total), flags),
-            changes=Tally(surfaced, changes_total, recall_of(surfaced, changes_total)),
-            reply_accuracy=accuracy,
-        )
+        return json.dumps({"claims": claims, "changes": changes, "score": accuracy}, ensure_ascii=False)
+
+
+def _inputs_digest(record: GroundTruthRecord, reply: OracleReply | None, question: str | None) -> str:
+    # The offline judge has no prompt: what it read is the diff, the reply and the question.
+    return prompt_digest(
+        record.diff_content,
+        json.dumps(reply.model_dump(mode="json") if reply else None, sort_keys=True),
+        question or "",
+    )
 
 
 def question_for(record: GroundTruthRecord) -> str:

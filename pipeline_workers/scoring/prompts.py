@@ -17,6 +17,7 @@ from importlib.resources.abc import Traversable
 from types import MappingProxyType
 from typing import Any
 
+from echelon_platform.domain.methodology import file_digest, methodology_hash
 from echelon_platform.errors import ConfigError
 
 METHODOLOGY_VERSION = "v1"
@@ -85,3 +86,42 @@ def _entry(entry: object, version: str) -> tuple[str, str, str]:
         if isinstance(name, str) and isinstance(file, str) and isinstance(digest, str) and "/" not in file:
             return name, file, digest.lower()
     raise ConfigError(f"malformed template entry in the manifest of methodology {version}: {entry!r}")
+
+
+@dataclass(frozen=True)
+class Methodology:
+    """A released methodology: every file of its directory, their hashes and the hash over them."""
+
+    version: str
+    sha256: str
+    files: MappingProxyType[str, str]  # file name → SHA-256 hex
+    contents: MappingProxyType[str, str]  # file name → text
+    description: str
+
+
+@cache
+def load_methodology(version: str = METHODOLOGY_VERSION) -> Methodology:
+    """The packaged methodology ``version`` (templates verified against the manifest first)."""
+    load_prompts(version)  # refuses edited templates
+    root = resources.files(_PACKAGE).joinpath(version)
+    return methodology_from(root, version)
+
+
+def methodology_from(root: Traversable, version: str) -> Methodology:
+    files: dict[str, str] = {}
+    contents: dict[str, str] = {}
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        # The methodology is its data files; Python package markers and caches are not part of it.
+        if not entry.is_file() or entry.name.endswith((".py", ".pyc")) or entry.name.startswith("."):
+            continue
+        data = entry.read_bytes()
+        files[entry.name] = file_digest(data)
+        contents[entry.name] = data.decode("utf-8")
+    manifest = json.loads(contents.get("manifest.json", "{}"))
+    return Methodology(
+        version=version,
+        sha256=methodology_hash(files),
+        files=MappingProxyType(files),
+        contents=MappingProxyType(contents),
+        description=str(manifest.get("description", "")),
+    )

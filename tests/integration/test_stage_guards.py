@@ -22,7 +22,7 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.domain.values import GroundTruthRecord, OracleReply, ReplayScore
 from pipeline_workers.pipeline import Pipeline
-from pipeline_workers.scoring.base import JudgeUsage
+from pipeline_workers.scoring.base import CallLog, JudgeUsage
 from pipeline_workers.scoring.offline import OfflineLexicalScorer
 from tests.factories import T0, record
 from tests.integration import oracle_targets
@@ -38,15 +38,23 @@ class CountingScorer(OfflineLexicalScorer):
         self.questions = 0
         self.scores = 0
 
-    async def follow_up_question(self, record: GroundTruthRecord) -> tuple[str, JudgeUsage]:
+    async def follow_up_question(
+        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+    ) -> tuple[str, JudgeUsage]:
         self.questions += 1
-        return await super().follow_up_question(record)
+        return await super().follow_up_question(record, calls=calls)
 
     async def score(
-        self, replay_id: str, record: GroundTruthRecord, reply: OracleReply, *, question: str | None = None
+        self,
+        replay_id: str,
+        record: GroundTruthRecord,
+        reply: OracleReply,
+        *,
+        question: str | None = None,
+        calls: CallLog | None = None,
     ) -> ReplayScore:
         self.scores += 1
-        return await super().score(replay_id, record, reply, question=question)
+        return await super().score(replay_id, record, reply, question=question, calls=calls)
 
 
 @dataclass

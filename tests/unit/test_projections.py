@@ -117,3 +117,20 @@ def test_public_view_shape() -> None:
         "updated_at",
     }
     assert RunState(run_id="x").visible is False
+
+
+def test_methodology_registrations_are_not_a_run() -> None:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from echelon_platform.domain.projections import RunState, apply
+
+    event = SimpleNamespace(
+        event_id="01J0000000000000000000000A",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        topic="verify.methodology.registered",
+        payload={"run_id": "methodology", "version": "v1"},
+    )
+    state = apply(RunState(run_id="methodology"), event, 1)
+    # No update time: the run would otherwise count as active and the watchdog would fail it.
+    assert state == RunState(run_id="methodology") and not state.visible

@@ -63,7 +63,7 @@ async def test_scores_a_reply(router: respx.MockRouter, sleeps: SleepRecorder, r
     assert (result.changes_surfaced, result.changes_total) == (2, 3)
     assert result.recall == pytest.approx(2 / 3)
     assert result.reply_accuracy == 0.75  # 0.8 snapped to the rubric
-    assert result.scoring_model == "claude-sonnet-4-6"
+    assert result.scoring_model == "anthropic:claude-sonnet-4-6"  # the judge id
     assert (result.input_tokens, result.output_tokens) == (2000, 300)
     assert result.cost_usd == pytest.approx((2000 * 3.0 + 300 * 15.0) / 1e6)
     assert result.scoring_latency_ms > 0 and result.scored_at.tzinfo is not None

@@ -209,3 +209,26 @@ def test_hash_changes_when_any_field_changes() -> None:
     cert = build([score("r1")])
     assert content_hash(cert.model_copy(update={"commit_range": "a..b"})) != cert.content_hash
     assert content_hash(cert.model_copy(update={"content_hash": "x"})) == cert.content_hash
+
+
+# --- judges and methodology --------------------------------------------------------------------
+
+
+def test_mixed_judges_are_flagged_by_default_and_refused_on_request() -> None:
+    scores = [score("r1", model="anthropic:claude-haiku-4-5"), score("r2", model="anthropic:claude-sonnet-4-6")]
+    flagged = build(scores, methodology_hash="ab" * 32)
+    assert flagged.mixed_judges is True and flagged.methodology_hash == "ab" * 32
+    assert flagged.warning is not None and "different judges" in flagged.warning
+    assert verify_certificate(flagged) == (True, True)
+    with pytest.raises(StageError, match="judge mixing is refused"):
+        build(scores, judge_mixing="refuse")
+    single = build([score("r1"), score("r2")], judge_mixing="refuse")
+    assert single.mixed_judges is False and single.warning is None
+
+
+def test_fields_added_later_are_absent_from_older_certificates() -> None:
+    cert = build([score("r1")])
+    older = cert.model_copy(update={"mixed_judges": None, "methodology_hash": None})
+    dumped = older.model_dump(mode="json")
+    assert "mixed_judges" not in dumped and "methodology_hash" not in dumped  # their signed bytes are unchanged
+    assert "mixed_judges" in cert.model_dump(mode="json")

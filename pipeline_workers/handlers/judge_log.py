@@ -1,0 +1,36 @@
+"""Judge round trips as `verify.judge.called` events, and their dedup keys.
+
+The key names the replay, the purpose, the judge, the round trip and a digest of the raw answer: a
+redelivered message publishing the same call again is stored once, while a second real call made after a
+redelivery (a different answer) is its own event — it was paid for, and the score made from it names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import JudgeCalled, make_event
+from echelon_platform.domain.values import JudgeCall
+
+TOPIC = "verify.judge.called"
+
+
+def call_key(replay_id: str, call: JudgeCall) -> str:
+    digest = hashlib.sha256(call.raw_text.encode("utf-8")).hexdigest()[:16]
+    return f"{replay_id}:{call.purpose}:{call.judge}:{call.round_trip}:{digest}"
+
+
+def judge_events(
+    run_id: str, replay_id: str, calls: Sequence[JudgeCall], *, causation_id: str
+) -> tuple[list[Envelope], list[str]]:
+    """The events for ``calls`` and their dedup keys, in call order."""
+    events = [
+        make_event(
+            JudgeCalled(run_id=run_id, replay_id=replay_id, call_key=call_key(replay_id, call), **call.model_dump()),
+            causation_id=causation_id,
+        )
+        for call in calls
+    ]
+    return events, [e.dedup_key for e in events]

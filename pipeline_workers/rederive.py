@@ -1,0 +1,188 @@
+"""Rebuild a certificate from the event log alone, with no judge call: `echelon certificates rederive ID`.
+
+Each replay's verdict is parsed again, by the methodology's parser, from the raw judge text its score
+event names (`judge_calls`, the last one); tokens and cost are summed again from the logged judge calls;
+the certificate is rebuilt by the same arithmetic. What no judge text can tell — when a score was made,
+how long it took, the oracle's identity and the issue time — is taken from the logged score events and
+the stored certificate. Equal content hashes then mean every number follows from the logged judge answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from echelon_platform.adapters.event_store import EventStore
+from echelon_platform.domain.certificate import build_certificate
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
+    METHODOLOGY_RUN_ID,
+    CertificateIssued,
+    JudgeCalled,
+    MethodologyRegistered,
+    Payload,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayScored,
+    RunIngested,
+    RunRequested,
+    payload_as,
+)
+from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, JudgeUsage, ReplayScore
+from echelon_platform.errors import EchelonError
+from pipeline_workers.scoring.base import make_score, replay_usage, usage_of
+from pipeline_workers.scoring.parsing import parse_judge_output
+
+CERTIFICATE_FIELDS = (
+    "precision",
+    "recall",
+    "reply_accuracy",
+    "composite_score",
+    "brier",
+    "replay_count",
+    "scoring_model",
+    "methodology_version",
+    "methodology_hash",
+    "mixed_judges",
+    "calibration",
+    "warning",
+    "content_hash",
+)
+P = TypeVar("P", bound=Payload)
+
+
+class RederiveError(EchelonError):
+    """The log lacks what re-deriving needs (e.g. a certificate issued before judge calls were logged)."""
+
+
+@dataclass
+class Rederived:
+    stored: CalibrationCertificate
+    rebuilt: CalibrationCertificate
+    judge_calls: int
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def same(self) -> bool:
+        return not self.differences
+
+
+@dataclass
+class _Question:
+    question_input_tokens: int
+    question_output_tokens: int
+    question_cost_usd: float
+
+
+def _by_topic(events: Sequence[Envelope], topic: str) -> list[Envelope]:
+    return [e for e in events if e.topic == topic]
+
+
+def _payloads(events: Sequence[Envelope], topic: str, model: type[P]) -> list[P]:
+    return [payload_as(e, model) for e in _by_topic(events, topic)]
+
+
+def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederived:
+    """Rebuild the certificate of one run from its events (in log order) and the methodology registry."""
+    issued = _by_topic(events, "verify.certificate.issued")
+    requested = _by_topic(events, "verify.run.requested")
+    ingested = _by_topic(events, "verify.run.ingested")
+    if not issued or not requested or not ingested:
+        raise RederiveError("the log holds no certificate (or no request or ingest) for this run")
+    stored = payload_as(issued[0], CertificateIssued).certificate
+    request = payload_as(requested[0], RunRequested)
+    ingest = payload_as(ingested[0], RunIngested)
+    calls = {e.dedup_key: payload_as(e, JudgeCalled) for e in _by_topic(events, "verify.judge.called")}
+    invoked = {
+        p.replay_id: p for p in (payload_as(e, ReplayInvoked) for e in _by_topic(events, "verify.replay.invoked"))
+    }
+    logged_scores = {
+        s.score.replay_id: s for s in (payload_as(e, ReplayScored) for e in _by_topic(events, "verify.replay.scored"))
+    }
+    scores: list[ReplayScore] = []
+    used = 0
+    versions: set[str] = set()
+    for replay_id, logged in sorted(logged_scores.items()):
+        scores.append(_rescore(logged, invoked.get(replay_id), calls))
+        used += len(logged.judge_calls) + len(invoked[replay_id].question_calls)
+        versions.add(logged.methodology_version or stored.methodology_version)
+    failed = [
+        FailedReplay(replay_id=f.replay_id, ground_truth_id=f.ground_truth_id, stage=f.stage, reason=f.reason)
+        for f in (payload_as(e, ReplayFailed) for e in _by_topic(events, "verify.replay.failed"))
+    ]
+    if len(versions) != 1:
+        raise RederiveError(f"replays name {len(versions)} methodology versions: {sorted(versions)}")
+    (version,) = versions
+    rebuilt = build_certificate(
+        run_id=request.run_id,
+        construct_id=request.construct_id,
+        scores=scores,
+        failed=failed,
+        weights=request.weights,
+        min_replays=request.min_replays,
+        ground_truth_source=ingest.ground_truth_source,
+        commit_range=ingest.commit_range,
+        methodology_version=version,
+        timestamp=stored.timestamp,
+        oracle=stored.oracle,
+        selection_policy=ingest.selection_policy,
+        methodology_hash=_registered_hash(registry, version),
+        # A refused mix never became a certificate: any certificate in the log was issued under "flag".
+        judge_mixing="flag",
+    )
+    differences = [
+        f"{name}: stored {getattr(stored, name)!r}, rederived {getattr(rebuilt, name)!r}"
+        for name in CERTIFICATE_FIELDS
+        if getattr(stored, name) != getattr(rebuilt, name)
+    ]
+    if stored.individual_scores != rebuilt.individual_scores:
+        differences.append("individual_scores differ")
+    return Rederived(stored=stored, rebuilt=rebuilt, judge_calls=used, differences=differences)
+
+
+def _rescore(logged: ReplayScored, invoked: ReplayInvoked | None, calls: dict[str, JudgeCalled]) -> ReplayScore:
+    replay_id = logged.replay_id
+    if invoked is None:
+        raise RederiveError(f"replay {replay_id}: its invoke event is not in the log")
+    if not logged.judge_calls:
+        raise RederiveError(f"replay {replay_id}: its score names no judge calls (scored before they were logged)")
+    missing = [k for k in (*invoked.question_calls, *logged.judge_calls) if k not in calls]
+    if missing:
+        raise RederiveError(f"replay {replay_id}: judge call(s) not in the log: {', '.join(missing)}")
+    final = calls[logged.judge_calls[-1]]
+    if final.raw_truncated:
+        raise RederiveError(f"replay {replay_id}: the judge's answer was logged truncated")
+    verdict = parse_judge_output(final.raw_text, expected_claims=len(invoked.reply.key_claims))
+    question = usage_of(calls[k] for k in invoked.question_calls)
+    score = make_score(
+        replay_id=replay_id,
+        record=invoked.record,
+        verdict=verdict,
+        scoring_model=final.judge,
+        started=0.0,
+        usage=JudgeUsage(),
+        reply=invoked.reply,
+        latency_ms=logged.score.scoring_latency_ms,
+        scored_at=logged.score.scored_at,
+    )
+    scoring = usage_of(calls[k] for k in logged.judge_calls)
+    return score.model_copy(
+        update=replay_usage(scoring, _Question(question.input_tokens, question.output_tokens, question.cost_usd))
+    )
+
+
+def _registered_hash(registry: Sequence[Envelope], version: str) -> str:
+    for event in registry:
+        if event.topic == "verify.methodology.registered":
+            registered = payload_as(event, MethodologyRegistered)
+            if registered.version == version:
+                return registered.sha256
+    raise RederiveError(f"methodology {version} is not registered in the log")
+
+
+async def rederive_from_store(store: EventStore, certificate_id: str) -> Rederived:
+    run_id = certificate_id.removeprefix("cert-")
+    events = await store.run_events(run_id)
+    registry = await store.run_events(METHODOLOGY_RUN_ID, ["verify.methodology.registered"])
+    return rederive(events, registry)
