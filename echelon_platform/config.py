@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=3.0, gt=0)
 
     # Pipeline
-    secret_key: SecretStr | None = None  # Fernet key; derived from jwt_secret when unset
+    # Fernet keys encrypting run secrets, never derived from the JWT secret. ECHELON_SECRET_KEYS (JSON list):
+    # the first encrypts, all decrypt (rotation). ECHELON_SECRET_KEY: one key. Neither: a key generated
+    # once into data_dir/secrets/fernet.key (see echelon_platform/adapters/secret_store.py).
+    secret_keys: list[SecretStr] = Field(default_factory=list)
+    secret_key: SecretStr | None = None
     secret_ttl_s: int = 24 * 3600
     oracle_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_ORACLE_ALLOWLIST))
     allow_private_oracles: bool = False
