@@ -13,6 +13,7 @@ import pipeline_workers.handlers.ingest as ingest_module
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import OracleSpec, ReplayRequested, RunFailed, RunRequested, make_event
+from echelon_platform.domain.repo_refs import check_local_repo_allowed
 from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.ingest import IngestHandler
@@ -68,11 +69,9 @@ async def test_a_symlink_swapped_after_the_check_is_not_followed(
     link.symlink_to(good)
     settings = settings.model_copy(update={"local_repo_roots": [root]})
 
-    checked = ingest_module.check_local_repo_allowed
-
     def check_then_swap(url: str, roots: list[Path]) -> Path | None:
         # The race, made deterministic: the link is re-pointed right after the check passed.
-        result = checked(url, roots)
+        result = check_local_repo_allowed(url, roots)
         link.unlink()
         link.symlink_to(outside)
         return result
