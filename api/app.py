@@ -94,8 +94,9 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.check_api_exposure()  # the entry points check first; this covers any other way to serve
         if settings.uses_dev_secret:
-            # Anyone can mint tokens for the published development secret.
+            # Anyone can mint tokens for the published development secret: fine on loopback only.
             log.warning("api.dev_jwt_secret", hint="set ECHELON_JWT_SECRET before exposing the API")
         if services is not None:
             _attach(app, services)

@@ -126,13 +126,14 @@ async def create_run(
             return await _repeat(services, known, fp)
     else:
         run_id = str(ULID())
-    weights = await validate_run_request(body, settings)
-    # The first user to certify a construct_id owns it (README "Certificates"); others are refused here.
-    await check_construct_owner(services, body.construct_id, user.user_id, admin=user.is_admin)
+    # Counted before validation, which may wait seconds on DNS: a refused request (422) uses the budget too.
     redis = services.read_models.redis
     await RateLimiter(redis, settings.redis_prefix, limit=options.runs_per_minute, window_s=60).hit(
         "runs", user.user_id
     )
+    weights = await validate_run_request(body, settings)
+    # The first user to certify a construct_id owns it (README "Certificates"); others are refused here.
+    await check_construct_owner(services, body.construct_id, user.user_id, admin=user.is_admin)
     created_at = utcnow()
     ack = await _publish_request(body, user, services, run_id, created_at, weights, fp)
     answer = RunCreated(run_id=run_id, status=Status.PENDING.name, created_at=created_at)

@@ -26,6 +26,7 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import create_app
     from echelon.stack import AnnouncingServer, infrastructure
 
+    settings.check_api_exposure()  # before starting anything: one line, exit 1
     async with infrastructure(settings) as resolved:
         config = uvicorn.Config(
             create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning"

@@ -104,6 +104,8 @@ async def serve(
 
     The coordinator waits as a standby until it holds the writer lease, so several processes may run it.
     Returns the exit code: 0 after a signal, 1 when a component ended on its own (a supervisor restarts)."""
+    if with_api:
+        settings.check_api_exposure()  # before starting anything: one line, exit 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

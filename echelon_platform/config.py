@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from echelon_platform.errors import ConfigError
 
 DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
@@ -82,7 +85,11 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=3.0, gt=0)
 
     # Pipeline
-    secret_key: SecretStr | None = None  # Fernet key; derived from jwt_secret when unset
+    # Fernet keys encrypting run secrets, never derived from the JWT secret. ECHELON_SECRET_KEYS (JSON list):
+    # the first encrypts, all decrypt (rotation). ECHELON_SECRET_KEY: one key. Neither: a key generated
+    # once into data_dir/secrets/fernet.key (see echelon_platform/adapters/secret_store.py).
+    secret_keys: list[SecretStr] = Field(default_factory=list)
+    secret_key: SecretStr | None = None
     secret_ttl_s: int = 24 * 3600
     oracle_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_ORACLE_ALLOWLIST))
     allow_private_oracles: bool = False
@@ -123,6 +130,25 @@ class Settings(BaseSettings):
     @property
     def uses_dev_secret(self) -> bool:
         return self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
+
+    def api_is_loopback(self) -> bool:
+        """Whether the API listens only on this machine (127.0.0.0/8, ::1 or `localhost`)."""
+        host = self.api_host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name (or "" for every interface): reachable from elsewhere
+            return False
+
+    def check_api_exposure(self) -> None:
+        """Refuse (ConfigError) to serve the API beyond loopback with the published development JWT secret:
+        anyone could mint an admin token for it."""
+        if self.uses_dev_secret and not self.api_is_loopback():
+            raise ConfigError(
+                f"refusing to serve the API on {self.api_host or '*'}: ECHELON_JWT_SECRET is unset and the "
+                "development secret lets anyone mint tokens; set ECHELON_JWT_SECRET (or ECHELON_API_HOST=127.0.0.1)"
+            )
 
     def api_url(self) -> str:
         """The API's base URL for a client on this machine: ECHELON_API_BASE_URL, else where the API listens."""

@@ -28,6 +28,14 @@ from pipeline_workers.watchdog import Watchdog
 STAGES = ("ingest", "invoke", "score", "certify")
 
 
+def outbound_client() -> httpx.AsyncClient:
+    """The stages' HTTP client (oracles, GitHub). `trust_env=False`: no proxy from HTTP(S)_PROXY/ALL_PROXY,
+    no ~/.netrc credentials, no SSL_CERT_FILE — an oracle call goes to the address the SSRF guard checked,
+    and what a stage reaches does not depend on the environment it was started in. GitHub calls share it:
+    point ECHELON_GITHUB_API_URL at a reachable endpoint instead of relying on a proxy."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=False, trust_env=False)
+
+
 class Pipeline:
     """The four stages (optionally a subset) plus the watchdog, sharing one HTTP client."""
 
@@ -48,9 +56,7 @@ class Pipeline:
         self.watchdog = Watchdog(services, timeout_s=settings.run_timeout_s, interval_s=settings.watchdog_interval_s)
 
     async def __aenter__(self) -> Self:
-        http = await self._resources.enter_async_context(
-            httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=False)
-        )
+        http = await self._resources.enter_async_context(outbound_client())
         scorer = self._scorer
         if scorer is None:
             scorer = await self._resources.enter_async_context(scorer_for(self.settings))

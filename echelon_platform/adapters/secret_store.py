@@ -1,21 +1,28 @@
 """Run secrets (GitHub tokens, oracle headers): encrypted, with a TTL, referenced — never in events.
 
-Events carry only `secret_ref`; the value lives in Postgres (table `run_secrets`), Fernet-encrypted, and is
-deleted when the run ends. Not in Redis: work in flight must carry on after the read models are lost.
+Events carry only `secret_ref`; the value lives in Postgres (table `run_secrets`), Fernet-encrypted with a key
+of its own (not derived from the JWT secret), and is deleted when the run ends or its TTL passes. Rotating:
+put a new key first in ECHELON_SECRET_KEYS and keep the old one after it until ECHELON_SECRET_TTL_S passed.
+Not in Redis: work in flight must carry on after the read models are lost.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import os
+from pathlib import Path
 
 import asyncpg
 import orjson
-from cryptography.fernet import Fernet, InvalidToken
+import structlog
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore
+from echelon_platform.config import Settings
 from echelon_platform.errors import ConfigError, StoreError
+
+log = structlog.get_logger(__name__)
+GENERATED_KEY = Path("secrets") / "fernet.key"
 
 
 class RunSecrets(BaseModel):
@@ -28,18 +35,53 @@ class RunSecrets(BaseModel):
         return self.github_token is None and not self.oracle_headers
 
 
-def fernet_for(secret_key: SecretStr | None, fallback: SecretStr) -> Fernet:
-    if secret_key is not None:
-        try:
-            return Fernet(secret_key.get_secret_value().encode())
-        except ValueError as exc:
-            raise ConfigError("ECHELON_SECRET_KEY must be a Fernet key (32 url-safe base64 bytes)") from exc
-    digest = hashlib.sha256(b"echelon-secrets:" + fallback.get_secret_value().encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(digest))
+def fernet_for(settings: Settings) -> MultiFernet:
+    """The run-secrets keys the settings name: the first encrypts, every one decrypts (rotation).
+
+    Independent of the JWT secret, so a leaked token secret reveals no stored secret and either can be
+    rotated alone. Unset: a key generated once into `<data_dir>/secrets/fernet.key` (mode 0600), shared by
+    the roles of one data directory; roles on several hosts need ECHELON_SECRET_KEYS."""
+    if settings.secret_keys and settings.secret_key is not None:
+        raise ConfigError("set ECHELON_SECRET_KEYS or ECHELON_SECRET_KEY, not both")
+    keys = [k.get_secret_value() for k in settings.secret_keys]
+    if settings.secret_key is not None:
+        keys = [settings.secret_key.get_secret_value()]
+    if not keys:
+        keys = [_generated(settings.data_dir.resolve() / GENERATED_KEY)]
+    try:
+        return MultiFernet([Fernet(key.encode()) for key in keys])
+    except ValueError as exc:
+        raise ConfigError("ECHELON_SECRET_KEYS must be Fernet keys (32 url-safe base64 bytes each)") from exc
+
+
+def _generated(path: Path) -> str:
+    if path.exists():
+        return _read(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another role of this data dir generated it first: use that one
+        return _read(path)
+    key = Fernet.generate_key()
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    log.warning(
+        "secrets.key_generated",
+        path=str(path),
+        hint="set ECHELON_SECRET_KEYS when roles run on several hosts (they must share the key)",
+    )
+    return key.decode()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"secrets key file {path} is unreadable: {exc.strerror}") from exc
 
 
 class SecretStore:
-    def __init__(self, store: EventStore, fernet: Fernet, ttl_s: int) -> None:
+    def __init__(self, store: EventStore, fernet: MultiFernet, ttl_s: int) -> None:
         self._store = store
         self._fernet = fernet
         self._ttl_s = ttl_s
@@ -73,7 +115,9 @@ class SecretStore:
         try:
             data = orjson.loads(self._fernet.decrypt(bytes(raw)))
         except InvalidToken as exc:
-            raise ConfigError("run secrets cannot be decrypted: ECHELON_SECRET_KEY changed?") from exc
+            raise ConfigError(
+                "run secrets cannot be decrypted: the key that encrypted them is not in ECHELON_SECRET_KEYS"
+            ) from exc
         return RunSecrets.model_validate(data)
 
     async def delete(self, refs: list[str]) -> None:

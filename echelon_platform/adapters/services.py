@@ -56,9 +56,7 @@ class Services:
             str(settings.database_url), max_size=pool_size, statement_timeout_s=settings.pg_statement_timeout_s
         )
         self.read_models = ReadModels(str(settings.redis_url), settings.redis_prefix)
-        self.secrets = SecretStore(
-            self.store, fernet_for(settings.secret_key, settings.jwt_secret), settings.secret_ttl_s
-        )
+        self.secrets = SecretStore(self.store, fernet_for(settings), settings.secret_ttl_s)
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Self:

@@ -97,12 +97,15 @@ def validate_repo_url(url: str) -> str:
     return ref.url if isinstance(ref, GitHubRepo) else ref.path
 
 
-def check_local_repo_allowed(url: str, roots: Sequence[Path]) -> None:
+def check_local_repo_allowed(url: str, roots: Sequence[Path]) -> Path | None:
     """Local repositories only under the operator's allowed roots: otherwise any request could read any
-    git repository on a worker's disk. Symlinks and `..` are resolved before the check."""
+    git repository on a worker's disk. Symlinks and `..` are resolved before the check.
+
+    Returns the resolved path that was checked (None for GitHub): read the repository through it, never
+    through `url` again, or a symlink swapped after the check would redirect the read."""
     ref = parse_repo_url(url)
     if isinstance(ref, GitHubRepo):
-        return
+        return None
     resolved = Path(ref.path).resolve()
     allowed = [r.resolve() for r in roots]
     if not any(resolved == root or root in resolved.parents for root in allowed):
@@ -111,3 +114,4 @@ def check_local_repo_allowed(url: str, roots: Sequence[Path]) -> None:
             f"local repository {ref.path} is outside the allowed roots ({shown}); "
             "an operator can add its directory to ECHELON_LOCAL_REPO_ROOTS"
         )
+    return resolved

@@ -60,7 +60,9 @@ class IngestHandler:
                 sample = await materialise_sample_repo(self.ctx.settings.data_dir.resolve() / "sample-repo")
                 spec = spec.model_copy(update={"repo_url": str(sample)})
             else:
-                check_local_repo_allowed(payload.repo_url, self.ctx.settings.allowed_repo_roots())
+                resolved = check_local_repo_allowed(payload.repo_url, self.ctx.settings.allowed_repo_roots())
+                if resolved is not None:  # read what was checked: a symlink swapped since cannot redirect it
+                    spec = spec.model_copy(update={"repo_url": str(resolved)})
             ingester = ingester_for(
                 spec.repo_url,
                 self.ctx.http,

@@ -207,7 +207,15 @@ class LocalGitIngester:
             raise IngestError(f"git {args[0]} failed in {repo}: {detail}") from exc
 
     async def _run(self, repo: str, *args: str, stdin: bytes | None = None) -> str:
-        env = {**os.environ, "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+        env = {
+            **os.environ,
+            "LC_ALL": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_OPTIONAL_LOCKS": "0",
+            # The checked directory must itself be the repository: git must not search its parents, which
+            # may lie outside the allowed roots (a plain directory inside some other checkout).
+            "GIT_CEILING_DIRECTORIES": str(PurePosixPath(repo).parent),
+        }
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._git_exe,

@@ -2,22 +2,32 @@
 """Oracles reached over HTTP(S), behind an SSRF guard.
 
 The guard resolves the host and refuses non-public addresses, both when a run is requested and again
-on every invocation, because DNS can change in between (rebinding). For plain ``http`` the request is
-then sent to the checked IP itself (Host header kept), so a second, different DNS answer during
-connect cannot redirect it. For ``https`` the connection is left to the client: an attacker's
-hostname cannot present a valid certificate from an internal service, so TLS verification closes
-the same gap without pinning. Redirects are never followed.
+on every invocation, because DNS can change in between (rebinding). The request is then sent to a checked
+IP itself, so a second, different DNS answer during connect cannot redirect it to an internal port:
+for ``http`` with the original Host header; for ``https`` also with the host name as TLS SNI and as the
+name the certificate is verified against (httpcore's ``sni_hostname``), and ``Connection: close``, because
+the client pools connections by IP and one verified for another host name must never carry this request.
+Addresses are tried in the resolver's order while the connection fails (nothing was sent yet).
+Redirects are never followed. The client must not use proxies from the environment (see
+``pipeline_workers.pipeline.outbound_client``): a proxy would connect wherever its own DNS says.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import httpx
 import orjson
 
-from echelon_platform.adapters.url_guard import Resolver, checked_addresses, split_url, system_resolver
+from echelon_platform.adapters.url_guard import (
+    Resolver,
+    checked_addresses,
+    forbidden_reason,
+    split_url,
+    system_resolver,
+)
 from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError, RequestRejected
 from pipeline_workers.oracles.base import build_request, parse_reply_bytes
@@ -25,6 +35,13 @@ from pipeline_workers.oracles.base import build_request, parse_reply_bytes
 DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
 # Headers the transport owns; a construct's configuration must not be able to override them.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, str]
 
 
 class HttpOracle:
@@ -53,20 +70,11 @@ class HttpOracle:
         return f"HttpOracle(url={self._url!r}, timeout_s={self._timeout:g})"
 
     async def invoke(self, record: GroundTruthRecord, follow_up_question: str) -> OracleReply:
-        url, headers = await self._target()
+        targets = await self._targets()
         body = orjson.dumps(build_request(record, follow_up_question))
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._client.stream(
-                    "POST",
-                    url,
-                    content=body,
-                    headers=headers,
-                    timeout=self._timeout,
-                    follow_redirects=False,
-                ) as resp:
-                    data = await self._read(resp)
-                    status = resp.status_code
+                data, status = await self._post(targets, body)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise OracleError(f"oracle timed out after {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
@@ -76,16 +84,43 @@ class HttpOracle:
             raise OracleError(f"oracle returned HTTP {status}{note}: {self._excerpt(data)}")
         return parse_reply_bytes(data)
 
-    async def _target(self) -> tuple[str, dict[str, str]]:
-        """URL and headers for one request, after re-running the guard."""
+    async def _post(self, targets: list[_Target], body: bytes) -> tuple[bytes, int]:
+        for attempt, target in enumerate(targets, start=1):
+            try:
+                async with self._client.stream(
+                    "POST",
+                    target.url,
+                    content=body,
+                    headers=target.headers,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                    extensions=target.extensions,
+                ) as resp:
+                    return await self._read(resp), resp.status_code
+            except httpx.ConnectError:
+                # Not connected, so nothing was sent: the next checked address may answer.
+                if attempt == len(targets):
+                    raise
+        raise AssertionError("no oracle targets")  # checked_addresses never returns an empty list
+
+    async def _targets(self) -> list[_Target]:
+        """One request per checked address, after re-running the guard."""
         addresses = await checked_addresses(self._parts, self._allow_private, self._resolver)
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "application/json"}
-        if self._allow_private or self._parts.scheme.lower() == "https":
-            return self._url, headers
-        # Plain http: connect to the address we just checked, with the original Host header.
-        pinned = httpx.URL(self._url).copy_with(host=addresses[0].split("%", 1)[0])
+        host = self._parts.hostname or ""
+        if forbidden_reason(host) != "not an IP address":  # an IP literal: nothing to pin
+            return [_Target(self._url, headers, {})]
         headers["Host"] = self._parts.netloc
-        return str(pinned), headers
+        extensions: dict[str, str] = {}
+        if self._parts.scheme.lower() == "https":
+            # Certificate verified for the host name, not the IP; no connection shared with other names.
+            extensions["sni_hostname"] = host
+            headers["Connection"] = "close"
+        url = httpx.URL(self._url)
+        return [
+            _Target(str(url.copy_with(host=address)), headers, extensions)
+            for address in dict.fromkeys(a.split("%", 1)[0] for a in addresses)
+        ]
 
     async def _read(self, resp: httpx.Response) -> bytes:
         chunks: list[bytes] = []

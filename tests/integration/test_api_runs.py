@@ -215,6 +215,19 @@ async def test_rate_limit_is_per_user_with_retry_after(settings: Settings, servi
         assert (await client.post(f"{API}/runs", json=RUN, headers=auth(settings, "bob"))).status_code == 201
 
 
+async def test_rate_limit_is_counted_before_validation(settings: Settings, services: Services) -> None:
+    """Validation may wait seconds on DNS: a user over the limit is refused before any of it runs, and
+    refused requests (422) count, so nobody can make the API resolve hosts without limit."""
+    limited_app = create_app(settings, services, options=ApiOptions(runs_per_minute=2))
+    refused = {**RUN, "oracle_callable": "not_allowlisted"}
+    async with http_client(limited_app) as client:
+        alice = auth(settings, "alice")
+        codes = [(await client.post(f"{API}/runs", json=refused, headers=alice)).status_code for _ in range(3)]
+        over = await client.post(f"{API}/runs", json=RUN, headers=alice)
+    assert codes == [422, 422, 429]
+    assert over.status_code == 429
+
+
 async def test_request_id_is_honoured_or_made_and_metrics_are_exposed(app: FastAPI, settings: Settings) -> None:
     async with http_client(app) as client:
         given = await client.get("/healthz", headers={"X-Request-ID": "req-123"})

@@ -18,6 +18,7 @@ from pipeline_workers.oracles.http import HttpOracle
 from .helpers import FakeDns
 
 PUBLIC_IP = "93.184.216.34"
+PINNED = f"https://{PUBLIC_IP}/v1/summarise"  # https://oracle.example.com/v1/summarise, at its checked address
 SECRET = "Bearer sk-oracle-7f3a9c2e51b84d06"
 REPLY = {
     "summary": "Adds truncate() and exports it with word_count.",
@@ -55,7 +56,7 @@ def oracle(
 async def test_success_sends_the_exact_body_and_headers(
     mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord
 ) -> None:
-    route = mock.post("https://oracle.example.com/v1/summarise").mock(return_value=httpx.Response(200, json=REPLY))
+    route = mock.post(PINNED).mock(return_value=httpx.Response(200, json=REPLY))
     reply = await oracle(client, dns).invoke(record, "What does truncate return?")
 
     assert reply.summary == REPLY["summary"]
@@ -74,6 +75,10 @@ async def test_success_sends_the_exact_body_and_headers(
     }
     assert request.headers["authorization"] == SECRET
     assert request.headers["content-type"] == "application/json"
+    # Pinned to the checked address; TLS still names (and verifies) the host, on a connection of its own.
+    assert request.headers["host"] == "oracle.example.com"
+    assert request.extensions["sni_hostname"] == "oracle.example.com"
+    assert request.headers["connection"] == "close"
     assert dns.lookups == ["oracle.example.com"]  # resolved (and checked) on invocation
 
 
@@ -86,7 +91,7 @@ async def test_plain_http_is_pinned_to_the_checked_address(
 
 
 async def test_timeout(mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord) -> None:
-    mock.post("https://oracle.example.com/v1/summarise").mock(side_effect=httpx.ReadTimeout("timed out"))
+    mock.post(PINNED).mock(side_effect=httpx.ReadTimeout("timed out"))
     with pytest.raises(OracleError, match=r"^oracle timed out after 2s$"):
         await oracle(client, dns).invoke(record, "q?")
 
@@ -98,7 +103,7 @@ async def test_slow_oracle_hits_the_overall_deadline(
         await asyncio.sleep(1.0)
         return httpx.Response(200, json=REPLY)
 
-    mock.post("https://oracle.example.com/v1/summarise").mock(side_effect=slow)
+    mock.post(PINNED).mock(side_effect=slow)
     with pytest.raises(OracleError, match=r"timed out after 0.05s"):
         await oracle(client, dns, timeout_s=0.05).invoke(record, "q?")
 
@@ -107,7 +112,7 @@ async def test_server_error_reports_status_and_excerpt_without_secrets(
     mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord
 ) -> None:
     body = f"Internal Server Error: upstream model crashed (request had Authorization: {SECRET})" + "x" * 500
-    mock.post("https://oracle.example.com/v1/summarise").mock(return_value=httpx.Response(500, text=body))
+    mock.post(PINNED).mock(return_value=httpx.Response(500, text=body))
     with pytest.raises(OracleError) as info:
         await oracle(client, dns).invoke(record, "q?")
     message = str(info.value)
@@ -120,7 +125,7 @@ async def test_redirect_is_not_followed(
     mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord
 ) -> None:
     target = mock.get("http://169.254.169.254/latest/meta-data/").mock(return_value=httpx.Response(200))
-    mock.post("https://oracle.example.com/v1/summarise").mock(
+    mock.post(PINNED).mock(
         return_value=httpx.Response(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
     )
     with pytest.raises(OracleError, match="HTTP 302 \\(redirects are not followed\\)"):
@@ -142,7 +147,7 @@ async def test_redirect_is_not_followed(
 async def test_garbage_replies(
     mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord, body: bytes, reason: str
 ) -> None:
-    mock.post("https://oracle.example.com/v1/summarise").mock(return_value=httpx.Response(200, content=body))
+    mock.post(PINNED).mock(return_value=httpx.Response(200, content=body))
     with pytest.raises(OracleError) as info:
         await oracle(client, dns).invoke(record, "q?")
     assert reason in str(info.value)
@@ -151,7 +156,7 @@ async def test_garbage_replies(
 async def test_oversized_reply_is_refused(
     mock: Any, client: httpx.AsyncClient, dns: FakeDns, record: GroundTruthRecord
 ) -> None:
-    mock.post("https://oracle.example.com/v1/summarise").mock(return_value=httpx.Response(200, content=b"x" * 5000))
+    mock.post(PINNED).mock(return_value=httpx.Response(200, content=b"x" * 5000))
     with pytest.raises(OracleError, match=r"exceeds 1000 bytes"):
         await oracle(client, dns, max_response_bytes=1000).invoke(record, "q?")
 
