@@ -83,9 +83,10 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """A real uvicorn server for the app on a free port, in this event loop; yields its base URL."""
-    port = free_port()
+async def serve(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
+    """A real uvicorn server for the app on `port` (default: a free one), in this event loop; yields its
+    address (host:port)."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:

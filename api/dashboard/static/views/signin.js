@@ -1,5 +1,37 @@
 import { showWho } from "../app.js";
 import { claims, h, setToken } from "../lib.js";
+import { signInWithWallet } from "../wallet.js";
+
+const signedIn = () => {
+  showWho();
+  location.hash = "#/runs";
+};
+
+function walletSection() {
+  const status = h("p.muted#wallet-status", { role: "status" });
+  const error = h("div.error#wallet-error", { role: "alert" });
+  const button = h("button#wallet-signin", {
+    type: "button",
+    onclick: async () => {
+      button.disabled = true;
+      error.textContent = "";
+      try {
+        await signInWithWallet((text) => { status.textContent = text; });
+        signedIn();
+      } catch (failure) {
+        status.textContent = "";
+        error.textContent = String(failure.message || failure);
+      } finally {
+        button.disabled = false;
+      }
+    },
+  }, "Sign in with wallet");
+  return h("div.wallet#wallet", {},
+    h("h2", {}, "Or sign with a wallet"),
+    h("p.muted", {}, "Your wallet signs a Sign-In-with-Ethereum message (no transaction, no fee); you are then ",
+      h("code", {}, "wallet:<address>"), " for an hour."),
+    button, status, error);
+}
 
 export async function signinPage(main) {
   const current = claims();
@@ -17,8 +49,7 @@ export async function signinPage(main) {
           error.textContent = "That is not a JWT (three dot-separated parts).";
           return;
         }
-        showWho();
-        location.hash = "#/runs";
+        signedIn();
       },
     },
     h("label", { for: "token" }, "Bearer token (JWT)"),
@@ -42,5 +73,6 @@ export async function signinPage(main) {
       "). It is kept in this tab only (sessionStorage). Certificates and the leaderboard need no sign-in."),
     form,
     error,
+    walletSection(),
   ));
 }
