@@ -207,15 +207,31 @@ class EventStore:
 
     async def stream(self, *, after_seq: int = 0, prefetch: int = 5000) -> AsyncIterator[tuple[int, LogEvent]]:
         """Every event in writer order, through a server-side cursor (never all in memory)."""
+        async for rows in self.stream_rows(after_seq=after_seq, batch=prefetch):
+            for seq, event_id, at, topic, correlation_id, payload in rows:
+                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
+
+    async def stream_rows(
+        self, *, after_seq: int = 0, batch: int = 5000, payload_topics: Sequence[str] | None = None
+    ) -> AsyncIterator[list[asyncpg.Record]]:
+        """Every event in writer order as raw rows `(seq, event_id, time, topic, correlation_id, payload)`,
+        `batch` rows per server round trip, the payload as JSON text (without replay records and oracle
+        replies). With `payload_topics`, other topics' payloads are NULL: replay skips what it never reads.
+
+        One read-only repeatable-read transaction: a consistent cut even while the writer appends."""
+        payload = _PROJECTED_PAYLOAD
+        args: list[Any] = [after_seq]
+        if payload_topics is not None:
+            payload = f"CASE WHEN topic = ANY($2::text[]) THEN {_PROJECTED_PAYLOAD} END"
+            args.append(list(payload_topics))
         query = (
-            f"SELECT seq, event_id, time, topic, correlation_id, {_PROJECTED_PAYLOAD} AS payload "
+            f"SELECT seq, event_id, time, topic, correlation_id, {payload} AS payload "
             "FROM events WHERE seq > $1 ORDER BY seq"
         )
         async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-            async for seq, event_id, at, topic, correlation_id, payload in conn.cursor(
-                query, after_seq, prefetch=prefetch
-            ):
-                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
+            cursor = await conn.cursor(query, *args)
+            while rows := await cursor.fetch(batch):
+                yield rows
 
     async def max_seq(self) -> int:
         value = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM events")
