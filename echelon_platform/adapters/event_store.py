@@ -5,6 +5,8 @@ Stage workers read it too (read-only): to skip paid work whose outcome is alread
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,6 +83,10 @@ class LogEvent:
 _PROJECTED_PAYLOAD = (
     "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') "
     "THEN (payload - 'record' - 'reply')::text ELSE payload::text END"
+)
+
+_FOLDED_PAYLOAD = (
+    "CASE WHEN topic LIKE 'verify.replay.%' THEN (payload - 'record' - 'reply' - 'score')::text ELSE payload::text END"
 )
 
 
@@ -216,13 +222,14 @@ class EventStore:
     ) -> AsyncIterator[list[asyncpg.Record]]:
         """Every event in writer order as raw rows `(seq, event_id, time, topic, correlation_id, payload)`,
         `batch` rows per server round trip, the payload as JSON text (without replay records and oracle
-        replies). With `payload_topics`, other topics' payloads are NULL: replay skips what it never reads.
+        replies). With `payload_topics` (replay), other topics' payloads are NULL and replay scores are left
+        out too: replay skips what it never reads.
 
         One read-only repeatable-read transaction: a consistent cut even while the writer appends."""
         payload = _PROJECTED_PAYLOAD
         args: list[Any] = [after_seq]
         if payload_topics is not None:
-            payload = f"CASE WHEN topic = ANY($2::text[]) THEN {_PROJECTED_PAYLOAD} END"
+            payload = f"CASE WHEN topic = ANY($2::text[]) THEN {_FOLDED_PAYLOAD} END"
             args.append(list(payload_topics))
         query = (
             f"SELECT seq, event_id, time, topic, correlation_id, {payload} AS payload "
@@ -230,8 +237,19 @@ class EventStore:
         )
         async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
             cursor = await conn.cursor(query, *args)
-            while rows := await cursor.fetch(batch):
-                yield rows
+            pending = asyncio.ensure_future(cursor.fetch(batch))
+            try:
+                while rows := await pending:
+                    # Ask for the next batch before handing this one out: Postgres reads it (on the other
+                    # core) while the caller folds this one, instead of each side waiting for the other.
+                    pending = asyncio.ensure_future(cursor.fetch(batch))
+                    await asyncio.sleep(0)  # lets the request go out now
+                    yield rows
+            finally:
+                if not pending.done():
+                    pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS, asyncpg.PostgresError):
+                    await pending
 
     async def max_seq(self) -> int:
         value = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM events")
