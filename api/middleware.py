@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import structlog
 from starlette.datastructures import MutableHeaders
@@ -39,6 +40,9 @@ def route_label(scope: Scope) -> str:
 class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Histogram children by (histogram, method, route, status): `labels()` takes a lock and builds a
+        # key on every call; the label sets are few and bounded (route templates), so keep them.
+        self._children: dict[tuple[Any, str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +67,7 @@ class RequestContext:
                 route = route_label(scope)
                 services = getattr(scope["app"].state, "services", None)
                 if services is not None:
-                    services.metrics.http_latency.labels(scope["method"], route, str(status)).observe(elapsed)
+                    self._latency(services.metrics.http_latency, scope["method"], route, status).observe(elapsed)
                 log.info(
                     "http.request",
                     method=scope["method"],
@@ -72,3 +76,10 @@ class RequestContext:
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
                 )
+
+    def _latency(self, histogram: Any, method: str, route: str, status: int) -> Any:
+        key = (histogram, method, route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = histogram.labels(method, route, str(status))
+        return child

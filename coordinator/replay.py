@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 from ulid import ULID
 
+from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
 from echelon_platform.adapters.event_store import EventStore, LogEvent
-from echelon_platform.adapters.readmodel_store import Keys, pointer_key, text
+from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, text
 from echelon_platform.adapters.readmodel_writer import (
     CERT_TOPIC,
     RATING_TOPIC,
@@ -26,9 +27,11 @@ from echelon_platform.adapters.readmodel_writer import (
     queue_writes,
     rebuilding_key,
 )
-from echelon_platform.domain.projections import READ_MODEL_GENERATION, RunState, apply, public_certificate
+from echelon_platform.domain.projections import READ_MODEL_GENERATION, RunState, public_certificate, to_record
 
 WRITE_CHUNK = 1000
+READ_BATCH = 10_000  # rows per cursor round trip
+_READ = (*PAYLOAD_TOPICS, RATING_TOPIC)  # the topics whose payload replay reads
 PROGRESS_EVERY = 10_000
 PROGRESS_TTL_MS = 30_000
 
@@ -51,7 +54,7 @@ class Rebuilder:
     def __init__(self, store: EventStore, projector: Projector) -> None:
         self.store = store
         self.projector = projector
-        self.states: dict[str, RunState] = {}
+        self._runs: dict[str, RunFold] = {}
         self.certs: dict[str, dict[str, Any]] = {}
         self.last_seq = 0
         self.events = 0
@@ -62,36 +65,50 @@ class Rebuilder:
         self.progress_total = 0  # set to report `n/m` progress for readiness while rebuilding
 
     async def fold_from_log(self) -> None:
-        states, dirty = self.states, self._dirty
-        async for seq, event in self.store.stream(after_seq=self.last_seq):
-            self.last_seq = seq
-            self.events += 1
-            if event.topic == RATING_TOPIC:
-                self._new_ratings.append(event)
-                continue
-            run_id = event.run_id
-            states[run_id] = apply(states.get(run_id) or RunState(run_id=run_id), event, seq)
-            dirty.add(run_id)
-            if event.topic == CERT_TOPIC:
-                cert = event.payload["certificate"]
-                self.certs[cert["certificate_id"]] = cert
-                self._new_certs.append(cert)
-            if self.progress_total and self.events % PROGRESS_EVERY == 0:
+        """Fold what the log appended since the last call (raw rows, batch by batch; see RunFold)."""
+        runs, dirty, certs = self._runs, self._dirty, self.certs
+        loads = orjson.loads
+        async for rows in self.store.stream_rows(after_seq=self.last_seq, batch=READ_BATCH, payload_topics=_READ):
+            for seq, event_id, at, topic, correlation_id, raw in rows:
+                payload = loads(raw) if raw is not None else None
+                if topic == RATING_TOPIC:
+                    self._new_ratings.append(LogEvent(event_id, at, topic, correlation_id, payload or {}))
+                    continue
+                run_id = correlation_id.removeprefix("run-")
+                run = runs.get(run_id)
+                if run is None:
+                    run = runs[run_id] = RunFold(run_id)
+                run.add(topic, at, payload, seq)
+                dirty.add(run_id)
+                if topic == CERT_TOPIC and payload is not None:
+                    cert = payload["certificate"]
+                    certs[cert["certificate_id"]] = cert
+                    self._new_certs.append(cert)
+            self.last_seq = rows[-1][0]
+            before, self.events = self.events, self.events + len(rows)
+            if self.progress_total and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
                 await self._report_progress()
+
+    @property
+    def states(self) -> dict[str, RunState]:
+        """Every run folded so far (built from the accumulators; the writer reads it after a rebuild)."""
+        return {run_id: run.state() for run_id, run in self._runs.items()}
 
     async def _report_progress(self) -> None:
         shown = f"{self.events}/{max(self.events, self.progress_total)}"
         await self.projector.redis.set(rebuilding_key(self.projector.prefix), shown, px=PROGRESS_TTL_MS)
 
     async def write(self, keys: Keys) -> None:
-        states = [self.states[r] for r in self._dirty]
+        built = {run_id: self._runs[run_id].state() for run_id in self._dirty}
+        states = list(built.values())
         ratings = self._new_ratings
         # Only a certificate that decided its run is public (not one logged after the run failed).
-        certs = [c for c in self._new_certs if public_certificate(self.states[c["run_id"]], c)]
+        certs = [c for c in self._new_certs if public_certificate(built[c["run_id"]], c)]
         redis = self.projector.redis
         for i in range(0, max(len(states), len(certs)), WRITE_CHUNK):
             pipe = redis.pipeline(transaction=False)
-            queue_writes(pipe, keys, states[i : i + WRITE_CHUNK], certs[i : i + WRITE_CHUNK])
+            queue_bulk(pipe, keys, states[i : i + WRITE_CHUNK])
+            queue_writes(pipe, keys, [], certs[i : i + WRITE_CHUNK])
             await pipe.execute()
         for i in range(0, len(ratings), WRITE_CHUNK):
             pipe = redis.pipeline(transaction=False)
@@ -129,29 +146,83 @@ class Rebuilder:
         # Timed up to the switch: readers use the rebuilt models from here on; dropping the old
         # namespace is clean-up.
         report = ReplayReport(
-            namespace, self.events, len(self.states), len(self.certs), time.perf_counter() - started, []
+            namespace, self.events, len(self._runs), len(self.certs), time.perf_counter() - started, []
         )
         if switch:
             await delete_namespace(self.projector, Keys(self.projector.prefix, old))
         return report
 
 
+def queue_bulk(pipe: Any, keys: Keys, states: list[RunState]) -> None:
+    """`queue_writes(pipe, keys, states, [])` in a few multi-key commands (one MSET, one ZADD per index)
+    instead of four commands per run: the client's per-command cost is most of a rebuild's write time.
+    `verify` compares what this writes with what the live writer wrote."""
+    if not states:
+        return
+    records: dict[str, bytes] = {}
+    listed: dict[str, float] = {}
+    by_user: dict[str, dict[str, float]] = {}
+    active: dict[str, float] = {}
+    ended: list[str] = []
+    for state in states:
+        run_id = state.run_id
+        records[keys.run(run_id)] = orjson.dumps(to_record(state))
+        if state.visible:
+            score = millis(state)
+            listed[run_id] = score
+            by_user.setdefault(str(state.user_id), {})[run_id] = score
+        if state.status.terminal:
+            ended.append(run_id)
+        elif state.updated_at is not None:
+            active[run_id] = state.updated_at.timestamp() * 1000
+    pipe.mset(records)
+    if listed:
+        pipe.zadd(keys.runs, listed)
+    for user_id, runs in by_user.items():
+        pipe.zadd(keys.user_runs(user_id), runs)
+    if ended:
+        pipe.zrem(keys.active, *ended)
+    if active:
+        pipe.zadd(keys.active, active)
+
+
 async def snapshot(projector: Projector, keys: Keys) -> dict[str, bytes]:
-    """Every key of a namespace (minus the namespace name) with a canonical dump of its value."""
+    """Every key of a namespace (minus the namespace name) with a canonical dump of its value.
+
+    A thousand keys per two pipelined round trips (their types, then their values), not two per key."""
     redis = projector.redis
     result: dict[str, bytes] = {}
     strip = len(keys.pattern) - 1
+    batch: list[bytes] = []
     async for key in redis.scan_iter(match=keys.pattern, count=1000):
-        kind = text(await redis.type(key))
+        batch.append(key)
+        if len(batch) >= WRITE_CHUNK:
+            await _dump(redis, batch, strip, result)
+            batch = []
+    await _dump(redis, batch, strip, result)
+    return result
+
+
+async def _dump(redis: Any, batch: list[bytes], strip: int, into: dict[str, bytes]) -> None:
+    if not batch:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for key in batch:
+        pipe.type(key)
+    kinds = [text(kind) for kind in await pipe.execute()]
+    pipe = redis.pipeline(transaction=False)
+    readers = {"string": pipe.get, "hash": pipe.hgetall, "zset": lambda k: pipe.zrange(k, 0, -1, withscores=True)}
+    kept = [(key, kind) for key, kind in zip(batch, kinds, strict=True) if kind in readers]
+    for key, kind in kept:
+        readers[kind](key)
+    for (key, kind), value in zip(kept, await pipe.execute(), strict=True):
         name = text(key)[strip:]
         if kind == "string":
-            result[name] = text(await redis.get(key)).encode()
+            into[name] = text(value).encode()
         elif kind == "hash":
-            result[name] = orjson.dumps(sorted((text(k), text(v)) for k, v in (await redis.hgetall(key)).items()))
-        elif kind == "zset":
-            members: list[Any] = await redis.zrange(key, 0, -1, withscores=True)
-            result[name] = orjson.dumps(sorted((text(m), s) for m, s in members))
-    return result
+            into[name] = orjson.dumps(sorted((text(k), text(v)) for k, v in value.items()))
+        else:
+            into[name] = orjson.dumps(sorted((text(m), score) for m, score in value))
 
 
 def compare(live: dict[str, bytes], rebuilt: dict[str, bytes]) -> list[str]:

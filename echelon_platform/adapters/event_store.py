@@ -5,6 +5,8 @@ Stage workers read it too (read-only): to skip paid work whose outcome is alread
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,6 +84,10 @@ _PROJECTED_PAYLOAD = (
     "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') "
     "THEN (payload - 'record' - 'reply')::text "
     "WHEN topic = 'verify.judge.called' THEN (payload - 'raw_text')::text ELSE payload::text END"
+)
+
+_FOLDED_PAYLOAD = (
+    "CASE WHEN topic LIKE 'verify.replay.%' THEN (payload - 'record' - 'reply' - 'score')::text ELSE payload::text END"
 )
 
 
@@ -216,15 +222,43 @@ class EventStore:
 
     async def stream(self, *, after_seq: int = 0, prefetch: int = 5000) -> AsyncIterator[tuple[int, LogEvent]]:
         """Every event in writer order, through a server-side cursor (never all in memory)."""
+        async for rows in self.stream_rows(after_seq=after_seq, batch=prefetch):
+            for seq, event_id, at, topic, correlation_id, payload in rows:
+                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
+
+    async def stream_rows(
+        self, *, after_seq: int = 0, batch: int = 5000, payload_topics: Sequence[str] | None = None
+    ) -> AsyncIterator[list[asyncpg.Record]]:
+        """Every event in writer order as raw rows `(seq, event_id, time, topic, correlation_id, payload)`,
+        `batch` rows per server round trip, the payload as JSON text (without replay records and oracle
+        replies). With `payload_topics` (replay), other topics' payloads are NULL and replay scores are left
+        out too: replay skips what it never reads.
+
+        One read-only repeatable-read transaction: a consistent cut even while the writer appends."""
+        payload = _PROJECTED_PAYLOAD
+        args: list[Any] = [after_seq]
+        if payload_topics is not None:
+            payload = f"CASE WHEN topic = ANY($2::text[]) THEN {_FOLDED_PAYLOAD} END"
+            args.append(list(payload_topics))
         query = (
-            f"SELECT seq, event_id, time, topic, correlation_id, {_PROJECTED_PAYLOAD} AS payload "
+            f"SELECT seq, event_id, time, topic, correlation_id, {payload} AS payload "
             "FROM events WHERE seq > $1 ORDER BY seq"
         )
         async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-            async for seq, event_id, at, topic, correlation_id, payload in conn.cursor(
-                query, after_seq, prefetch=prefetch
-            ):
-                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
+            cursor = await conn.cursor(query, *args)
+            pending = asyncio.ensure_future(cursor.fetch(batch))
+            try:
+                while rows := await pending:
+                    # Ask for the next batch before handing this one out: Postgres reads it (on the other
+                    # core) while the caller folds this one, instead of each side waiting for the other.
+                    pending = asyncio.ensure_future(cursor.fetch(batch))
+                    await asyncio.sleep(0)  # lets the request go out now
+                    yield rows
+            finally:
+                if not pending.done():
+                    pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS, asyncpg.PostgresError):
+                    await pending
 
     async def max_seq(self) -> int:
         value = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM events")

@@ -93,6 +93,20 @@ async def test_a_retry_after_a_503_with_the_same_key_starts_exactly_one_run(
     assert await requested_in_stream(outage_services) == 1
 
 
+async def test_a_refused_post_leaves_no_run_in_the_list(
+    nats_server: EmbeddedNats, outage_services: Services, outage_client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The list's read-your-writes note is taken with the rate limit, before publishing: a 503 must drop it."""
+    alice = auth(settings, "alice")
+    await stop_nats(nats_server, outage_services)
+    assert (await outage_client.post(f"{API}/runs", json=RUN, headers=alice)).status_code == 503
+    redis = outage_services.read_models.redis
+    notes = await redis.keys(f"{outage_services.settings.redis_prefix}recent:runs:*")
+    assert [await redis.zcard(key) for key in notes] in ([], [0])
+    await start_nats(nats_server, outage_services)
+    assert (await outage_client.get(f"{API}/runs", headers=alice)).json()["total"] == 0
+
+
 async def test_readyz_names_nats_while_it_is_down(
     nats_server: EmbeddedNats, outage_services: Services, outage_client: httpx.AsyncClient
 ) -> None:

@@ -1,0 +1,131 @@
+"""Replay's fold: `projections.apply`'s rules on one mutable accumulator per run.
+
+`apply` returns a new RunState per event (a `_replace`, and a frozenset copy per finished replay, so a run
+with n replays costs O(n²)). Replay folds millions of events, so it keeps each run's joins in place and
+builds the RunState once, when it is written. `apply` stays the one statement of the rules: a hypothesis
+test (tests/unit/test_replay_fold.py) holds `RunFold` equal to `fold` on any sequence of events, and any
+topic this module does not know is folded by `apply` itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from echelon_platform.domain.events import TOPICS
+from echelon_platform.domain.lifecycle import IMPLIED, Decision, Status, earlier
+from echelon_platform.domain.projections import MAX_ERROR_CHARS, RunState, apply
+
+REQUESTED = "verify.run.requested"
+INGESTED = "verify.run.ingested"
+SCORED = "verify.replay.scored"
+FAILED = "verify.replay.failed"
+CERTIFICATE = "verify.certificate.issued"
+RUN_FAILED = "verify.run.failed"
+COMPLETED = "verify.run.completed"
+# Topics whose payload the fold reads; every other topic only counts through its topic and timestamp.
+PAYLOAD_TOPICS = (REQUESTED, INGESTED, SCORED, FAILED, CERTIFICATE, RUN_FAILED)
+# Topics `apply` gives no payload-specific rule (only updated_at and the implied rank); the test holds this.
+PLAIN = frozenset(TOPICS) - {REQUESTED, INGESTED, SCORED, FAILED, CERTIFICATE, RUN_FAILED, COMPLETED}
+
+
+class _LogRow:
+    """The Event protocol over one log row, for the rare topic handed to `apply`."""
+
+    __slots__ = ("event_id", "payload", "timestamp", "topic")
+
+    def __init__(self, timestamp: datetime, topic: str, payload: dict[str, Any]) -> None:
+        self.event_id = ""
+        self.timestamp, self.topic, self.payload = timestamp, topic, payload
+
+
+class RunFold:
+    """One run's state under construction; `add` is `apply` for one (event, log position)."""
+
+    __slots__ = (
+        "certificate",
+        "completed",
+        "done",
+        "failure",
+        "rank",
+        "requested",
+        "run_id",
+        "scored",
+        "total",
+        "updated_at",
+    )
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        # user_id, construct_id, repo_url, created_at, secret_ref: the last request event's, as in `apply`
+        self.requested: tuple[str | None, str | None, str | None, datetime | None, str | None] | None = None
+        self.updated_at: datetime | None = None
+        self.rank = Status.PENDING
+        self.total: int | None = None
+        self.done: set[str] = set()
+        self.scored: set[str] = set()
+        self.certificate: Decision | None = None
+        self.failure: Decision | None = None
+        self.completed = False
+
+    def add(self, topic: str, timestamp: datetime, payload: dict[str, Any] | None, seq: int) -> None:
+        if self.updated_at is None or timestamp > self.updated_at:
+            self.updated_at = timestamp
+        implied = IMPLIED.get(topic)
+        if implied is not None and implied > self.rank:
+            self.rank = implied
+        if topic in PLAIN:
+            return
+        p: dict[str, Any] = payload or {}
+        if topic == SCORED:
+            self.done.add(p["replay_id"])
+            self.scored.add(p["replay_id"])
+        elif topic == FAILED:
+            self.done.add(p["replay_id"])
+        elif topic == REQUESTED:
+            created = p["created_at"]
+            self.requested = (
+                p["user_id"],
+                p["construct_id"],
+                p["repo_url"],
+                created if isinstance(created, datetime) else datetime.fromisoformat(created),
+                p.get("secret_ref"),
+            )
+        elif topic == INGESTED:
+            self.total = p["total"]
+        elif topic == CERTIFICATE:
+            self.certificate = earlier(self.certificate, Decision(seq, p["certificate"]["certificate_id"]))
+        elif topic == RUN_FAILED:
+            self.failure = earlier(self.failure, Decision(seq, str(p["reason"])[:MAX_ERROR_CHARS]))
+        elif topic == COMPLETED:
+            self.completed = True
+        else:  # a topic without a fast rule: `apply` decides, on the state so far
+            self._absorb(apply(self.state(), _LogRow(timestamp, topic, p), seq))
+
+    def state(self) -> RunState:
+        user_id = construct_id = repo_url = created_at = secret_ref = None
+        if self.requested is not None:
+            user_id, construct_id, repo_url, created_at, secret_ref = self.requested
+        return RunState(
+            run_id=self.run_id,
+            user_id=user_id,
+            construct_id=construct_id,
+            repo_url=repo_url,
+            created_at=created_at,
+            updated_at=self.updated_at,
+            rank=self.rank,
+            total=self.total,
+            done=frozenset(self.done),
+            scored=frozenset(self.scored),
+            certificate=self.certificate,
+            failure=self.failure,
+            completion_announced=self.completed,
+            secret_ref=secret_ref,
+        )
+
+    def _absorb(self, state: RunState) -> None:
+        self.requested = (state.user_id, state.construct_id, state.repo_url, state.created_at, state.secret_ref)
+        self.updated_at, self.rank, self.total = state.updated_at, state.rank, state.total
+        self.done, self.scored = set(state.done), set(state.scored)
+        self.certificate, self.failure = state.certificate, state.failure
+        self.completed = state.completion_announced
