@@ -27,7 +27,13 @@ from echelon_platform.adapters.readmodel_writer import (
     queue_writes,
     rebuilding_key,
 )
-from echelon_platform.domain.projections import READ_MODEL_GENERATION, RunState, public_certificate, to_record
+from echelon_platform.domain.projections import (
+    NOT_RUN_EVENTS,
+    READ_MODEL_GENERATION,
+    RunState,
+    public_certificate,
+    to_record,
+)
 
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
@@ -73,6 +79,8 @@ class Rebuilder:
                 payload = loads(raw) if raw is not None else None
                 if topic == RATING_TOPIC:
                     self._new_ratings.append(LogEvent(event_id, at, topic, correlation_id, payload or {}))
+                    continue
+                if topic in NOT_RUN_EVENTS:  # a registry's event, not a run's: no phantom run
                     continue
                 run_id = correlation_id.removeprefix("run-")
                 run = runs.get(run_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 from echelon_platform.domain.events import TOPICS
 from echelon_platform.domain.lifecycle import IMPLIED, Decision, Status, earlier
-from echelon_platform.domain.projections import MAX_ERROR_CHARS, RunState, apply
+from echelon_platform.domain.projections import MAX_ERROR_CHARS, NOT_RUN_EVENTS, RunState, apply
 
 REQUESTED = "verify.run.requested"
 INGESTED = "verify.run.ingested"
@@ -69,6 +69,8 @@ class RunFold:
         self.completed = False
 
     def add(self, topic: str, timestamp: datetime, payload: dict[str, Any] | None, seq: int) -> None:
+        if topic in NOT_RUN_EVENTS:  # as `apply`: not about a run
+            return
         if self.updated_at is None or timestamp > self.updated_at:
             self.updated_at = timestamp
         implied = IMPLIED.get(topic)

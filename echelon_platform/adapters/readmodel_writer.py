@@ -29,6 +29,7 @@ from echelon_platform.adapters.readmodel_store import (
     text,
 )
 from echelon_platform.domain.projections import (
+    NOT_RUN_EVENTS,
     READ_MODEL_GENERATION,
     Event,
     RunState,
@@ -196,7 +197,7 @@ class Projector(RedisClient):
             if checkpoint is None or not checkpoint.current or checkpoint.namespace != ns:
                 raise ReadModelsStale("read models have no current checkpoint: rebuilding them from the log")
             keys = Keys(self.prefix, ns)
-            run_events = [(e, seq) for e, seq in events if e.topic != RATING_TOPIC]
+            run_events = [(e, seq) for e, seq in events if e.topic != RATING_TOPIC and e.topic not in NOT_RUN_EVENTS]
             run_ids = list(dict.fromkeys(e.run_id for e, _ in run_events))
             async with self.redis.pipeline(transaction=True) as pipe:
                 # WATCH the writer epoch: if a newer writer claims it before EXEC, nothing is written.

@@ -34,14 +34,19 @@ class Role(StrEnum):
 _WATCHDOG = frozenset({"verify.run.failed"})
 
 PUBLISHES: dict[Role, frozenset[str]] = {
-    Role.API: frozenset({"verify.run.requested", "verify.rating.submitted"}),
+    # An admin registers a new methodology version through the API.
+    Role.API: frozenset({"verify.run.requested", "verify.rating.submitted", "verify.methodology.registered"}),
     Role.INGEST: frozenset(
         {"verify.run.ingesting", "verify.run.ingested", "verify.replay.requested", "verify.run.failed"}
     ),
     # The watchdog runs in every worker process and ends stalled runs: every stage role may fail a run.
-    Role.INVOKE: frozenset({"verify.replay.invoked", "verify.replay.failed"}) | _WATCHDOG,
-    Role.SCORE: frozenset({"verify.replay.scored", "verify.replay.failed"}) | _WATCHDOG,
-    Role.CERTIFY: frozenset({"verify.certificate.issued", "verify.run.completed", "verify.run.failed"}),
+    # Invoke (the follow-up question) and score call the judge, and log each call.
+    Role.INVOKE: frozenset({"verify.replay.invoked", "verify.replay.failed", "verify.judge.called"}) | _WATCHDOG,
+    Role.SCORE: frozenset({"verify.replay.scored", "verify.replay.failed", "verify.judge.called"}) | _WATCHDOG,
+    # The certifier also registers the methodology version it certifies with, at start.
+    Role.CERTIFY: frozenset(
+        {"verify.certificate.issued", "verify.run.completed", "verify.run.failed", "verify.methodology.registered"}
+    ),
     Role.COORDINATOR: frozenset({"verify.run.certifying"}),
     Role.READER: frozenset(),
     Role.OPERATOR: frozenset(TOPICS),
