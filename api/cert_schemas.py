@@ -143,6 +143,14 @@ class RatingList(BaseModel):
     offset: int
 
 
+class HumanAgreement(BaseModel):
+    scoring_model: str = Field(description="the judge that scored the rated replays (ReplayScore.scoring_model)")
+    methodology_version: str
+    ratings: int
+    spearman: float | None = Field(description="Spearman's ρ (ties: average ranks); null when undefined")
+    within_one: float | None = Field(description="share of ratings within one step of round(1 + 4·composite)")
+
+
 class StatsRow(BaseModel):
     key: str | None = Field(description="construct id or scoring model; null: runs without a certificate")
     runs: int
@@ -160,6 +168,15 @@ class StatsRow(BaseModel):
     human_ratings: int = Field(description="People's ratings of this group's replays (latest per person)")
     human_judge_mae: float | None = Field(
         description="Mean |(rating − 1) / 4 − judge composite of the replay|; 0 = people agree with the judge"
+    )
+    human_spearman: float | None = Field(
+        default=None, description="Spearman's ρ between ratings and the judge's composites (ties: average ranks)"
+    )
+    human_within_one: float | None = Field(
+        default=None, description="Share of ratings within one step of the judge's composite on 1–5 (1 + 4·c)"
+    )
+    human_agreement: list[HumanAgreement] = Field(
+        default_factory=list, description="The same agreement per judge and methodology version"
     )
 
 

@@ -18,10 +18,11 @@ from fastapi import APIRouter, Query
 
 from api import responses as r
 from api.auth import Principal
-from api.cert_schemas import GroupBy, StatsResponse, StatsRow
+from api.cert_schemas import GroupBy, HumanAgreement, StatsResponse, StatsRow
 from api.deps import OptionalUserDep, ServicesDep
 from echelon_platform.adapters.event_store import JudgeTotals
 from echelon_platform.adapters.readmodel_store import BulkReader
+from echelon_platform.domain.agreement import agreement
 from echelon_platform.domain.certificate import weighted_composite
 from echelon_platform.domain.projections import RunState, Status
 
@@ -40,8 +41,23 @@ class _Group:
     output_tokens: int = 0
     cost: float = 0.0
     rating_errors: list[float] = field(default_factory=list)
+    # (human rating, judge composite) per rating, overall and per (judge, methodology version).
+    rating_pairs: list[tuple[int, float]] = field(default_factory=list)
+    pairs_by_judge: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
 
     def row(self, key: str | None) -> StatsRow:
+        overall = agreement(self.rating_pairs)
+        by_judge = [
+            HumanAgreement(
+                scoring_model=model,
+                methodology_version=version,
+                ratings=a.ratings,
+                spearman=a.spearman,
+                within_one=a.within_one,
+            )
+            for (model, version), pairs in sorted(self.pairs_by_judge.items())
+            for a in [agreement(pairs)]
+        ]
         return StatsRow(
             key=key,
             runs=self.runs,
@@ -62,6 +78,9 @@ class _Group:
             human_judge_mae=round(math.fsum(self.rating_errors) / len(self.rating_errors), 6)
             if self.rating_errors
             else None,
+            human_spearman=overall.spearman,
+            human_within_one=overall.within_one,
+            human_agreement=by_judge,
         )
 
 
@@ -117,8 +136,12 @@ def leaderboard(
         for rating in ratings.get(cert["certificate_id"], []):
             score = scores.get(rating["replay_id"])
             if score is not None:
-                human = (int(rating["rating"]) - 1) / 4
-                group.rating_errors.append(abs(human - weighted_composite(score, cert["weights"])))
+                value = int(rating["rating"])
+                composite = weighted_composite(score, cert["weights"])
+                group.rating_errors.append(abs((value - 1) / 4 - composite))
+                group.rating_pairs.append((value, composite))
+                judge = (str(score["scoring_model"]), str(cert.get("methodology_version", "")))
+                group.pairs_by_judge[judge].append((value, composite))
     rows = [g.row(k) for k, g in groups.items()]
     return sorted(
         rows,

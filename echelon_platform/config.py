@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     # The prompt set, rubric and parsing conventions judges use (pipeline_workers/prompts/<version>).
     methodology_version: str = "v1"
     github_api_url: str = "https://api.github.com"
+    # Pages of GitHub's closed-PR list one ingest reads at most; a run short of its limit says so.
+    github_max_pages: int = Field(default=100, ge=1)
     stage_concurrency: int = 8
     # At most this many messages of one run in flight per stage worker, so one run cannot take every slot.
     stage_per_run_concurrency: int = 4

@@ -127,6 +127,9 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
         timestamp=stored.timestamp,
         oracle=stored.oracle,
         selection_policy=ingest.selection_policy,
+        requested=ingest.requested,
+        found=ingest.total,
+        shortfall=ingest.shortfall,
         methodology_hash=_registered_hash(registry, version),
         # A refused mix never became a certificate: any certificate in the log was issued under "flag".
         judge_mixing="flag",

@@ -67,8 +67,16 @@ def score(replay_id: str, i: int) -> ReplayScore:
     )
 
 
-def run_events(run_id: str, n: int = 3, *, failed: int = 1, user: str = "alice") -> list[Envelope]:
-    """request → ingesting → n replays (the last `failed` of them fail) → ingested."""
+def run_events(
+    run_id: str,
+    n: int = 3,
+    *,
+    failed: int = 1,
+    user: str = "alice",
+    requested_changes: int | None = None,
+    shortfall: str | None = None,
+) -> list[Envelope]:
+    """request → ingesting → n replays (the last `failed` of them fail) → ingested (of `requested_changes`)."""
     events = [requested(run_id, user), make_event(RunIngesting(run_id=run_id, source="github"))]
     for i in range(n):
         rid = f"{run_id}-{i:04d}"
@@ -87,7 +95,15 @@ def run_events(run_id: str, n: int = 3, *, failed: int = 1, user: str = "alice")
             )
         else:
             events.append(make_event(ReplayScored(run_id=run_id, replay_id=rid, score=score(rid, i))))
-    events.append(make_event(RunIngested(run_id=run_id, total=n, ground_truth_source="github", commit_range="a..b")))
+    ingested = RunIngested(
+        run_id=run_id,
+        total=n,
+        ground_truth_source="github",
+        commit_range="a..b",
+        requested=requested_changes,
+        shortfall=shortfall,
+    )
+    events.append(make_event(ingested))
     return events
 
 

@@ -110,6 +110,9 @@ def build_certificate(
     selection_policy: str | None = None,
     methodology_hash: str | None = None,
     judge_mixing: JudgeMixing = "flag",
+    requested: int | None = None,
+    found: int | None = None,
+    shortfall: str | None = None,
 ) -> CalibrationCertificate:
     """Aggregate one run into a hashed certificate; StageError when no replay succeeded.
 
@@ -118,6 +121,9 @@ def build_certificate(
 
     Replays scored by different judges (a fallback judge took over) are compared on different scales:
     ``judge_mixing="refuse"`` raises StageError, ``"flag"`` sets ``mixed_judges`` and a warning.
+
+    Ground truth shorter than asked for (``found`` < ``requested`` changes at ingest) is partial too: a
+    certificate over 10 changes for a request of 20 must not look complete.
     """
     checked = validate_weights(weights)
     unique = _dedupe_scores(scores)
@@ -128,14 +134,17 @@ def build_certificate(
     )
     if not unique:
         raise StageError("All replays failed: " + _failure_summary(failures))
-    partial = len(unique) < min_replays
+    short_ground_truth = requested is not None and found is not None and found < requested
+    partial = len(unique) < min_replays or short_ground_truth
     mixed = _judges_mixed(unique)
     if mixed and judge_mixing == "refuse":
         raise StageError(
             f"replays were scored by different judges ({_scoring_model(unique)}) and judge mixing is refused"
         )
     warnings = []
-    if partial:
+    if short_ground_truth:
+        warnings.append(f"found {found} of the {requested} changes asked for ({shortfall or 'no reason recorded'})")
+    if len(unique) < min_replays:
         warnings.append(
             f"only {len(unique)} of the {min_replays} required replays succeeded "
             f"({len(failures)} failed); the scores rest on a smaller sample than requested"

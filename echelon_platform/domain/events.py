@@ -67,6 +67,9 @@ class RunIngested(Payload):
     ground_truth_source: str
     commit_range: str
     selection_policy: str | None = None  # how the changes were chosen; named on the certificate
+    # The `limit` asked for, and why fewer were found (`total` < `requested`); None in older events.
+    requested: int | None = None
+    shortfall: str | None = None
 
 
 class ReplayRequested(Payload):

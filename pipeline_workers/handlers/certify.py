@@ -112,6 +112,9 @@ class CertifyHandler:
                 timestamp=utcnow(),
                 oracle=oracle_identity(request.oracle),
                 selection_policy=ingested.selection_policy,
+                requested=ingested.requested,
+                found=ingested.total,
+                shortfall=ingested.shortfall,
             )
         except StageError as exc:
             return self.give_up(envelope, payload, str(exc))

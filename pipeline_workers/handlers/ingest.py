@@ -68,6 +68,7 @@ class IngestHandler:
                 self.ctx.http,
                 github_api_url=self.ctx.settings.github_api_url,
                 policy=self.ctx.settings.selection_policy,
+                github_max_pages=self.ctx.settings.github_max_pages,
             )
             result = await ingester.fetch(spec)
         except (IngestError, RequestRejected) as exc:
@@ -91,11 +92,13 @@ class IngestHandler:
                     ground_truth_source=result.ground_truth_source,
                     commit_range=result.commit_range,
                     selection_policy=result.selection_policy,
+                    requested=payload.limit,
+                    shortfall=result.shortfall,
                 ),
                 causation_id=envelope.event_id,
             )
         )
-        log.info("ingest.done", run_id=run_id, total=len(result.records))
+        log.info("ingest.done", run_id=run_id, total=len(result.records), requested=payload.limit)
         return events
 
     def _failed(self, envelope: Envelope, reason: str) -> Envelope:

@@ -41,6 +41,9 @@ class IngestResult(BaseModel):
     ground_truth_source: GroundTruthSource
     commit_range: str
     selection_policy: str | None = None
+    # Why fewer changes than `limit` were found (None when the limit was reached): a short ground truth
+    # is recorded on the run and the certificate, never passed off as complete.
+    shortfall: str | None = None
 
 
 class Ingester(Protocol):

@@ -33,6 +33,9 @@ GITHUB_POLICY_WITH_UNMERGED = "github/closed-pull-requests@1"
 _JSON = "application/vnd.github+json"
 _DIFF = "application/vnd.github.v3.diff"
 _MAX_FILE_PAGES = 30  # GitHub lists at most 3000 files per pull request (30 pages of 100)
+# Pages of the closed-PR list read per run (ECHELON_GITHUB_MAX_PAGES). Generous, because recently updated
+# unmerged PRs can crowd many pages; a bound all the same, and a run that hits it says so (`shortfall`).
+DEFAULT_MAX_LIST_PAGES = 100
 
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
@@ -49,7 +52,7 @@ class GitHubIngester:
         max_rate_limit_wait_s: float = 60.0,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 20.0,
-        max_list_pages: int = 10,
+        max_list_pages: int = DEFAULT_MAX_LIST_PAGES,
         concurrency: int = 4,
         max_diff_bytes: int = DEFAULT_MAX_DIFF_BYTES,
         sleep: Sleep = asyncio.sleep,
@@ -58,6 +61,8 @@ class GitHubIngester:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if max_list_pages < 1:
+            raise ValueError("max_list_pages must be at least 1")
         self._client = client
         self._base = base_url.rstrip("/")
         self._origin = _origin(self._base)
@@ -77,7 +82,7 @@ class GitHubIngester:
         if not isinstance(repo, GitHubRepo):
             raise IngestError(f"{source.repo_url!r} is not a GitHub repository URL")
         try:
-            pulls = await self._list_pulls(repo, source)
+            pulls, budget_spent = await self._list_pulls(repo, source)
             gate = asyncio.Semaphore(self._concurrency)
             records = await _gather_or_cancel([self._record(repo, pull, source, gate) for pull in pulls])
         except IngestError as exc:
@@ -88,9 +93,18 @@ class GitHubIngester:
         result = build_result(records, "github", repo.full_name, describe_filters(source))
         # The API says which pull requests were merged: with include_unmerged, closed ones are taken too.
         policy = GITHUB_POLICY_WITH_UNMERGED if source.include_unmerged else GITHUB_POLICY
-        return result.model_copy(update={"selection_policy": policy})
+        shortfall = None
+        if len(records) < source.limit:
+            shortfall = (
+                f"stopped at the page budget of {self._max_list_pages} pages (ECHELON_GITHUB_MAX_PAGES) "
+                "with more pull requests listed"
+                if budget_spent
+                else f"{repo.full_name} has no more pull requests matching {describe_filters(source)}"
+            )
+        return result.model_copy(update={"selection_policy": policy, "shortfall": shortfall})
 
-    async def _list_pulls(self, repo: GitHubRepo, source: SourceSpec) -> list[PullSummary]:
+    async def _list_pulls(self, repo: GitHubRepo, source: SourceSpec) -> tuple[list[PullSummary], bool]:
+        """The newest matching pull requests, and whether the page budget ran out with pages left."""
         url = f"{self._base}/repos/{repo.full_name}/pulls"
         params: dict[str, str] | None = {
             "state": "closed",
@@ -102,7 +116,8 @@ class GitHubIngester:
         not_found = (
             f"repository {repo.full_name} not found or not visible: check the URL, or pass a github_token with access"
         )
-        for _ in range(self._max_list_pages):
+        budget_spent = False
+        for page_number in range(1, self._max_list_pages + 1):
             resp = await self._get(url, source.token, what=repo.full_name, params=params, not_found=not_found)
             page = _decode(PULLS, resp, repo.full_name)
             matches.extend(p for p in page if _keep(p, source))
@@ -118,9 +133,13 @@ class GitHubIngester:
                 kth_newest = sorted((_when(p) for p in matches), reverse=True)[source.limit - 1]
                 if oldest_update <= kth_newest:
                     break
+            if page_number == self._max_list_pages:
+                budget_spent = True
+                log.warning("github.page_budget_spent", repo=repo.full_name, pages=page_number, found=len(matches))
+                break
             url, params = self._same_origin(next_url), None
         matches.sort(key=lambda p: (_when(p), p.number), reverse=True)
-        return matches[: source.limit]
+        return matches[: source.limit], budget_spent
 
     async def _record(
         self, repo: GitHubRepo, pull: PullSummary, source: SourceSpec, gate: asyncio.Semaphore

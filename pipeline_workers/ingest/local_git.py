@@ -93,8 +93,9 @@ class LocalGitIngester:
         repo = ref.path
         await self._check_repo(repo)
         empty_tree = (await self._run(repo, "hash-object", "-t", "tree", "--stdin", stdin=b"")).strip()
+        scan_spent = False
         if self._policy == "pr-merges":
-            commits = await self._pr_changes(repo, source)
+            commits, scan_spent = await self._pr_changes(repo, source)
             if not commits:
                 raise IngestError(
                     f"no pull-request merges found in {repo} matching {describe_filters(source)} (selection "
@@ -110,11 +111,20 @@ class LocalGitIngester:
                 return await self._record(repo, fields, empty_tree)
 
         records = list(await asyncio.gather(*(one(c) for c in commits)))
-        result = build_result(records, "local_git", repo, f"{describe_filters(source)} policy={self._policy}")
-        return result.model_copy(update={"selection_policy": POLICIES[self._policy]})
+        filters = f"{describe_filters(source)} policy={self._policy}"
+        result = build_result(records, "local_git", repo, filters)
+        shortfall = None
+        if len(records) < source.limit:
+            shortfall = (
+                f"stopped at the scan budget of {max(_MIN_SCAN, _SCAN_PER_RECORD * source.limit)} commits"
+                if scan_spent
+                else f"the history has no more changes matching {filters}"
+            )
+        return result.model_copy(update={"selection_policy": POLICIES[self._policy], "shortfall": shortfall})
 
-    async def _pr_changes(self, repo: str, source: SourceSpec) -> list[list[str]]:
-        """PR merges and squash merges, newest first, searching sync merges' second parents (see module doc)."""
+    async def _pr_changes(self, repo: str, source: SourceSpec) -> tuple[list[list[str]], bool]:
+        """PR merges and squash merges, newest first, searching sync merges' second parents (see module doc);
+        and whether the scan budget ran out with history left to read."""
         budget = max(_MIN_SCAN, _SCAN_PER_RECORD * source.limit)
         ranges: list[tuple[str, ...]] = [("HEAD",)]
         seen_ranges: set[tuple[str, ...]] = set()
@@ -134,7 +144,7 @@ class LocalGitIngester:
                 elif merge:
                     ranges.append((parents[1], f"^{parents[0]}"))  # what the sync merge brought in
         newest_first = sorted(found.values(), key=lambda f: (_parse_date(f[4]), f[0]), reverse=True)
-        return newest_first[: source.limit]
+        return newest_first[: source.limit], budget <= 0
 
     async def _check_repo(self, repo: str) -> None:
         try:

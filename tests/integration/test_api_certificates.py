@@ -275,6 +275,11 @@ async def test_stats_group_and_measure_agreement(
     assert (a["scored_replays"], a["mean_scoring_latency_ms"]) == (3, 10.0)
     assert (a["input_tokens"], a["output_tokens"], a["total_tokens"]) == (900, 100, 1000)
     assert a["human_ratings"] == 2 and a["human_judge_mae"] == pytest.approx(0.25, abs=1e-6)
+    # judge step round(1 + 4 · .916667) = 5: rating 5 is within one step, 3 is not; one judged replay → ρ undefined
+    assert a["human_within_one"] == 0.5 and a["human_spearman"] is None
+    (per_judge,) = a["human_agreement"]
+    assert per_judge["ratings"] == 2 and per_judge["within_one"] == 0.5
+    assert per_judge["methodology_version"] == seeded["cert-C1"]["methodology_version"]
     assert rows["oracle-b"]["human_ratings"] == 0 and rows["oracle-b"]["human_judge_mae"] is None
     assert [r["key"] for r in body["rows"]] == sorted(rows, key=lambda k: -rows[k]["mean_composite"])
     by_model = (await client.get(f"{API}/stats", params={"group_by": "scoring_model"})).json()

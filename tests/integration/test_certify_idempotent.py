@@ -6,7 +6,7 @@ from coordinator.factory import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
+from echelon_platform.domain.events import CertificateIssued, RunCertifying, make_event, parse_payload, payload_as
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.stage import StageWorker
 from tests.factories import run_events
@@ -74,3 +74,18 @@ async def test_certifier_waits_for_events_not_yet_in_the_log_instead_of_failing(
 
         await wait_for(completed, timeout=30, what="the run to complete once the log caught up")
         assert worker.stats.dead_lettered == 0
+
+
+async def test_ground_truth_shorter_than_asked_for_makes_a_partial_certificate(settings: Settings) -> None:
+    reason = "stopped at the page budget of 10 pages (ECHELON_GITHUB_MAX_PAGES) with more pull requests listed"
+    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        for event in run_events("SHORT", 3, failed=0, requested_changes=20, shortfall=reason):
+            await services.bus.publish(event)
+        await coordinator.run(until_idle=True)
+        certifying = make_event(RunCertifying(run_id="SHORT", total=3))
+        issued, _completed = await CertifyHandler(services.store, load_keyring(settings)).handle(
+            certifying, parse_payload(certifying)
+        )
+        cert = payload_as(issued, CertificateIssued).certificate
+        assert cert.partial is True  # min_replays is met: only the short ground truth makes it partial
+        assert cert.warning == f"found 3 of the 20 changes asked for ({reason})"

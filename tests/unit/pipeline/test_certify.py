@@ -135,6 +135,20 @@ def test_partial_certificate_warns_when_too_few_replays_succeeded() -> None:
     assert full.partial is False and full.warning is None
 
 
+def test_ground_truth_shorter_than_requested_is_partial_with_a_warning() -> None:
+    reason = "the repository has no more pull requests matching limit=20"
+    cert = build([score("r1"), score("r2")], requested=20, found=2, shortfall=reason)
+    assert cert.partial is True
+    assert cert.warning == f"found 2 of the 20 changes asked for ({reason})"
+    both = build([score("r1")], [failure("r2")], min_replays=2, requested=5, found=2, shortfall=reason)
+    assert both.warning is not None and both.warning.startswith("found 2 of the 5 changes asked for")
+    assert "only 1 of the 2 required replays succeeded" in both.warning
+    complete = build([score("r1"), score("r2")], requested=2, found=2)
+    assert complete.partial is False and complete.warning is None
+    older = build([score("r1")], requested=None, found=1)  # events before `requested` was recorded
+    assert older.partial is False
+
+
 def test_all_failed_raises_stage_error_summarising_reasons() -> None:
     failed = [
         failure("r1", "oracle timed out after 30s"),

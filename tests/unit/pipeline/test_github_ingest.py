@@ -336,3 +336,66 @@ async def test_nothing_merged_is_an_ingest_error(gh: Any, client: httpx.AsyncCli
     gh.get(PULLS).mock(return_value=httpx.Response(200, json=[gh_pull(1, merged_at=None, updated_at=at(1))]))
     with pytest.raises(IngestError, match=f"no changes found in {GH_REPO}"):
         await ingester(client, sleeps).fetch(spec())
+
+
+def crowded_pages(gh: Any, pages: int, per_page: int, merged_every: int) -> tuple[list[Any], list[int]]:
+    """`pages` pages of recently updated PRs, each with rel=next, where one in `merged_every` was merged."""
+    routes, merged = [], []
+    number = pages * per_page
+    for page in range(1, pages + 1):
+        body = []
+        for _ in range(per_page):
+            hour = number % 24
+            day = 1 + number // 24
+            is_merged = number % merged_every == 0
+            when = f"2024-{1 + day // 28:02d}-{1 + day % 28:02d}T{hour:02d}:00:00Z"
+            body.append(gh_pull(number, merged_at=when if is_merged else None, updated_at=when))
+            if is_merged:
+                merged.append(number)
+            number -= 1
+        headers = {"Link": gh_link(next=page_url(page + 1, per_page))}
+        route = gh.get(PULLS) if page == 1 else gh.get(PAGED, params={"page": str(page)})
+        routes.append(route.mock(return_value=httpx.Response(200, json=body, headers=headers)))
+    return routes, merged
+
+
+async def test_follows_rel_next_past_ten_pages_of_mostly_unmerged_pull_requests(
+    gh: Any, client: httpx.AsyncClient, sleeps: SleepRecorder
+) -> None:
+    # 12 pages of 20, one merged PR in 12: 240 PRs, 20 merged, the last three on pages 11 and 12.
+    routes, merged = crowded_pages(gh, pages=12, per_page=20, merged_every=12)
+    gh.get(PAGED, params={"page": "13"}).mock(return_value=httpx.Response(200, json=[]))
+    serve_details(gh, merged)
+    assert len(merged) == 20
+
+    result = await ingester(client, sleeps).fetch(spec(limit=20))
+
+    assert [r.call_count for r in routes] == [1] * 12  # every page read, not just the first 10
+    assert sorted(int(r.id) for r in result.records) == sorted(merged)
+    assert result.shortfall is None
+
+
+async def test_page_budget_that_runs_out_is_reported_as_a_shortfall(
+    gh: Any, client: httpx.AsyncClient, sleeps: SleepRecorder
+) -> None:
+    routes, merged = crowded_pages(gh, pages=12, per_page=20, merged_every=12)
+    serve_details(gh, merged)
+
+    result = await ingester(client, sleeps, max_list_pages=10).fetch(spec(limit=20))
+
+    assert [r.call_count for r in routes] == [1] * 10 + [0, 0]
+    assert len(result.records) == 17  # three merged PRs sit on pages 11 and 12
+    assert result.shortfall is not None and "page budget of 10 pages" in result.shortfall
+
+
+async def test_fewer_merged_pull_requests_than_asked_for_is_a_shortfall(
+    gh: Any, client: httpx.AsyncClient, sleeps: SleepRecorder
+) -> None:
+    pulls = [gh_pull(3, merged_at=at(3), updated_at=at(3)), gh_pull(2, merged_at=None, updated_at=at(2))]
+    gh.get(PULLS).mock(return_value=httpx.Response(200, json=pulls))
+    serve_details(gh, [3])
+
+    result = await ingester(client, sleeps).fetch(spec(limit=5))
+
+    assert [r.id for r in result.records] == ["3"]
+    assert result.shortfall == f"{GH_REPO} has no more pull requests matching limit=5"

@@ -101,6 +101,15 @@ async def test_limit_keeps_the_newest_pr_changes(tmp_path: Path) -> None:
     await asyncio.to_thread(make_mixed_history, repo)
     result = await LocalGitIngester().fetch(SourceSpec(repo_url=str(repo), limit=2))
     assert [r.title for r in result.records] == ["Merge pull request #5 from ada/feature-e", "Fix D on stable (#4)"]
+    assert result.shortfall is None
+
+
+async def test_fewer_pr_changes_than_the_limit_is_a_shortfall(tmp_path: Path) -> None:
+    repo = tmp_path / "mixed"
+    await asyncio.to_thread(make_mixed_history, repo)
+    result = await LocalGitIngester().fetch(SourceSpec(repo_url=str(repo), limit=50))
+    assert len(result.records) < 50
+    assert result.shortfall == "the history has no more changes matching limit=50 policy=pr-merges"
 
 
 def test_pr_recognition() -> None:
