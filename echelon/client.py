@@ -20,6 +20,7 @@ from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
 
 TERMINAL = {"COMPLETED", "FAILED"}
+ENDED_REPLAY_S = 10.0  # --resume of an ended run: how long its stages may take to come back from the stream
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -149,14 +150,16 @@ async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: 
     token = token or mint_hs256("local", settings.jwt_secret.get_secret_value())
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
-        ended: dict[str, Any] | None = None
+        replay_within: float | None = None
         if args.resume:
             run_id = args.resume
             # An unknown run is a 404 here, not a stream that waits forever for its events.
             response = await client.get(f"/api/v1/verification/runs/{run_id}")
             _raise_for(response)
             if response.json().get("status") in TERMINAL:
-                ended = response.json()  # nothing left to follow: show the outcome
+                # The stream replays an ended run's stages from its first event; should they have aged out
+                # of the stream, the outcome is shown without them rather than waiting forever.
+                replay_within = ENDED_REPLAY_S
         else:
             response = await client.post("/api/v1/verification/runs", json=run_body(args))
             _raise_for(response)
@@ -164,12 +167,7 @@ async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: 
             _say(args.json, {"type": "submitted", "run_id": run_id}, f"run {run_id} submitted")
             if not args.watch:
                 return 0
-        if ended is not None:
-            view = ended
-            if not args.json:
-                print(progress_bar(view))
-        else:
-            view = await _watch(client, base, token, run_id, as_json=args.json)
+        view = await _watch(client, base, token, run_id, as_json=args.json, stream_timeout=replay_within)
         if view["status"] == "FAILED":
             if args.json:
                 print(json.dumps({"type": "result", "run": view, "certificate": None, "error": view["error"]}))
@@ -204,7 +202,13 @@ def stage_json(run_id: str, progress: Progress, line: str) -> str:
 
 
 async def _watch(
-    client: httpx.AsyncClient, base: str, token: str, run_id: str, *, as_json: bool = False
+    client: httpx.AsyncClient,
+    base: str,
+    token: str,
+    run_id: str,
+    *,
+    as_json: bool = False,
+    stream_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Show the run's stages live (WebSocket; polling if the stream is unavailable); return its final view.
 
@@ -224,9 +228,12 @@ async def _watch(
             print(line, flush=True)
 
     try:
-        await follow(base, token, run_id, show)
+        async with asyncio.timeout(stream_timeout):
+            await follow(base, token, run_id, show)
     except StreamUnavailable as exc:
         print(f"{clear}echelon: {exc}; polling {base} instead", file=sys.stderr)
+    except TimeoutError:
+        print(f"{clear}echelon: the stream did not replay the ended run's stages; its outcome:", file=sys.stderr)
     # The stream reads JetStream directly, ahead of the read model the run view comes from: poll until it
     # has caught up (at once, unless the stream was unavailable).
     view: dict[str, Any] = {}
