@@ -66,8 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600)
 
     verify = sub.add_parser("verify", help="submit a verification run through the API")
-    verify.add_argument("repo", help="https://github.com/owner/repo, a local path, or 'sample' for the bundled repo")
-    target = verify.add_mutually_exclusive_group(required=True)
+    verify.add_argument(
+        "repo", nargs="?", help="https://github.com/owner/repo, a local path, or 'sample' for the bundled repo"
+    )
+    # Required for a submission only (not with --resume or --dry-run): checked in verify_usage_error.
+    target = verify.add_mutually_exclusive_group()
     target.add_argument("--oracle-url")
     target.add_argument("--oracle-callable", help="module:function on the server's allowlist")
     verify.add_argument("--construct-id", default="cli-construct")
@@ -75,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--min-replays", type=int, default=1)
     verify.add_argument("--github-token")
     verify.add_argument("--watch", action="store_true", help="show progress until the certificate")
+    verify.add_argument("--resume", metavar="RUN_ID", help="submit nothing: watch this existing run (as --watch)")
+    verify.add_argument(
+        "--dry-run", action="store_true", help="start nothing: list the changes a run would take, estimate judge cost"
+    )
+    verify.add_argument("--json", action="store_true", help="JSON lines: stage events, then the run and certificate")
     verify.add_argument(
         "--api", help="API base URL (default: ECHELON_API_BASE_URL, else http://ECHELON_API_HOST:ECHELON_API_PORT)"
     )
@@ -103,8 +111,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def verify_usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with a `verify` command line that argparse alone cannot express, in one line."""
+    if args.resume is not None:
+        if args.repo is not None or args.dry_run:
+            return "--resume RUN_ID watches an existing run: give no repository and no --dry-run"
+        if args.oracle_url or args.oracle_callable:
+            return "--resume RUN_ID watches an existing run: its oracle was chosen when it was submitted"
+        return None
+    if args.repo is None:
+        return "verify needs a repository (a GitHub URL, a local path or 'sample'), or --resume RUN_ID"
+    if not args.dry_run and not (args.oracle_url or args.oracle_callable):
+        return "verify needs --oracle-url or --oracle-callable (or --dry-run to only list the changes)"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "verify" and (problem := verify_usage_error(args)):
+        print(f"echelon verify: {problem}", file=sys.stderr)
+        sys.exit(2)
     import asyncio
 
     from pydantic import ValidationError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import socket
 import sys
@@ -19,6 +20,7 @@ from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
 
 TERMINAL = {"COMPLETED", "FAILED"}
+ENDED_REPLAY_S = 10.0  # --resume of an ended run: how long its stages may take to come back from the stream
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -85,6 +87,12 @@ def certificate_table(cert: dict[str, Any]) -> str:
 
 
 async def submit_and_watch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.dry_run:  # no API at all: the CLI reads the ground truth itself
+        from echelon.dryrun import plan, render
+
+        found = await plan(args, settings)
+        print(json.dumps(found.as_json()) if args.json else render(found))
+        return 0
     # httpx logs every request at INFO; they would land between the progress bar and the certificate.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -140,44 +148,92 @@ def run_body(args: argparse.Namespace) -> dict[str, Any]:
 async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: str) -> int:
     token = args.token or (settings.api_token.get_secret_value() if settings.api_token else None)
     token = token or mint_hs256("local", settings.jwt_secret.get_secret_value())
-    body = run_body(args)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
-        response = await client.post("/api/v1/verification/runs", json=body)
-        _raise_for(response)
-        run_id = response.json()["run_id"]
-        print(f"run {run_id} submitted")
-        if not args.watch:
-            return 0
-        view = await _watch(client, base, token, run_id)
+        replay_within: float | None = None
+        if args.resume:
+            run_id = args.resume
+            # An unknown run is a 404 here, not a stream that waits forever for its events.
+            response = await client.get(f"/api/v1/verification/runs/{run_id}")
+            _raise_for(response)
+            if response.json().get("status") in TERMINAL:
+                # The stream replays an ended run's stages from its first event; should they have aged out
+                # of the stream, the outcome is shown without them rather than waiting forever.
+                replay_within = ENDED_REPLAY_S
+        else:
+            response = await client.post("/api/v1/verification/runs", json=run_body(args))
+            _raise_for(response)
+            run_id = response.json()["run_id"]
+            _say(args.json, {"type": "submitted", "run_id": run_id}, f"run {run_id} submitted")
+            if not args.watch:
+                return 0
+        view = await _watch(client, base, token, run_id, as_json=args.json, stream_timeout=replay_within)
         if view["status"] == "FAILED":
+            if args.json:
+                print(json.dumps({"type": "result", "run": view, "certificate": None, "error": view["error"]}))
             print(f"run failed: {view['error']}", file=sys.stderr)
             return 1
         response = await client.get(f"/api/v1/verification/certificates/{view['certificate_id']}")
         _raise_for(response)
-        print(certificate_table(response.json()))
+        if args.json:
+            print(json.dumps({"type": "result", "run": view, "certificate": response.json(), "error": None}))
+        else:
+            print(certificate_table(response.json()))
     return 0
 
 
-async def _watch(client: httpx.AsyncClient, base: str, token: str, run_id: str) -> dict[str, Any]:
+def _say(as_json: bool, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj) if as_json else text, flush=True)
+
+
+def stage_json(run_id: str, progress: Progress, line: str) -> str:
+    """One stage event of `--json` output."""
+    return json.dumps(
+        {
+            "type": "stage",
+            "run_id": run_id,
+            "stage": progress.stage,
+            "message": line,
+            "total": progress.total,
+            "done": len(progress.done),
+            "failed": progress.failed,
+        }
+    )
+
+
+async def _watch(
+    client: httpx.AsyncClient,
+    base: str,
+    token: str,
+    run_id: str,
+    *,
+    as_json: bool = False,
+    stream_timeout: float | None = None,
+) -> dict[str, Any]:
     """Show the run's stages live (WebSocket; polling if the stream is unavailable); return its final view.
 
     A terminal gets each new stage on its own line above one bar redrawn in place; a pipe or a file gets
-    the stage lines and the final bar, no control characters."""
-    tty = sys.stdout.isatty()
+    the stage lines and the final bar, no control characters; `as_json` one JSON object per stage, no bar."""
+    tty = sys.stdout.isatty() and not as_json
     clear = "\r\x1b[K" if tty else ""  # back to the start of the bar's line and erase it
 
     def show(progress: Progress, line: str | None) -> None:
-        if tty:
+        if as_json:
+            if line:
+                print(stage_json(run_id, progress, line), flush=True)
+        elif tty:
             prefix = f"{clear}{line}\n" if line else "\r"
             print(f"{prefix}{progress.bar()}", end="", flush=True)
         elif line:
             print(line, flush=True)
 
     try:
-        await follow(base, token, run_id, show)
+        async with asyncio.timeout(stream_timeout):
+            await follow(base, token, run_id, show)
     except StreamUnavailable as exc:
         print(f"{clear}echelon: {exc}; polling {base} instead", file=sys.stderr)
+    except TimeoutError:
+        print(f"{clear}echelon: the stream did not replay the ended run's stages; its outcome:", file=sys.stderr)
     # The stream reads JetStream directly, ahead of the read model the run view comes from: poll until it
     # has caught up (at once, unless the stream was unavailable).
     view: dict[str, Any] = {}
@@ -190,5 +246,6 @@ async def _watch(client: httpx.AsyncClient, base: str, token: str, run_id: str) 
         if tty:
             print(f"{clear}{progress_bar(view)}", end="", flush=True)
         await asyncio.sleep(0.2)  # the read model lags the stream by a writer batch
-    print(f"{clear}{progress_bar(view)}")
+    if not as_json:
+        print(f"{clear}{progress_bar(view)}")
     return view

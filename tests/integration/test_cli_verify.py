@@ -105,3 +105,54 @@ async def test_verify_dot_in_a_clone_finds_the_local_stack_through_its_endpoint_
     assert "ingested 2 change(s)" in result.stdout
     assert any(line.startswith("content hash ") for line in result.stdout.splitlines())
     assert not endpoint_file(data_dir).exists()  # removed on a clean stop
+
+
+async def test_json_submission_then_resume_watches_the_run_and_prints_its_certificate(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`--json` without --watch prints the run id; `--resume RUN_ID --json` follows that run's stages (from its
+    first event, whether it is still going or has ended) to its certificate; an unknown run is one line."""
+    import json
+
+    async with AsyncExitStack() as stack:
+        services = await stack.enter_async_context(Services(settings, name="cli-test"))
+        coordinator = await stack.enter_async_context(coordinator_for(services, settings))
+        pipeline = await stack.enter_async_context(Pipeline(services, settings))
+        tasks = [asyncio.create_task(coordinator.run()), asyncio.create_task(pipeline.run(watchdog=False))]
+        try:
+            app = create_app(settings, services, options=ApiOptions(runs_per_minute=1000, ratings_per_minute=1000))
+            address = await stack.enter_async_context(serve(app))
+            env = cli_env(
+                ECHELON_API_PORT=address.rsplit(":", 1)[1],
+                ECHELON_DATA_DIR=str(tmp_path / "client"),
+                ECHELON_JWT_SECRET=settings.jwt_secret.get_secret_value(),
+            )
+            args = ("verify", "sample", "--oracle-callable", "pipeline_workers.oracles.sample:summarise")
+            submitted = await run_cli(*args, "--limit", "2", "--json", cwd=tmp_path, env=env, timeout=60)
+            assert submitted.code == 0, submitted.stderr
+            first = json.loads(submitted.stdout)
+            assert first["type"] == "submitted"
+            run_id = first["run_id"]
+            watched = await run_cli("verify", "--resume", run_id, "--json", cwd=tmp_path, env=env, timeout=90)
+            again = await run_cli("verify", "--resume", run_id, "--json", cwd=tmp_path, env=env, timeout=60)
+            unknown = await run_cli("verify", "--resume", "no-such-run", cwd=tmp_path, env=env, timeout=60)
+        finally:
+            coordinator.stop()
+            pipeline.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert watched.code == 0, watched.stderr
+    objects = [json.loads(line) for line in watched.stdout.splitlines()]  # every line is JSON: no bar
+    *stages, result = objects
+    assert all(o["type"] == "stage" and o["run_id"] == run_id for o in stages)
+    assert stages and stages[-1]["stage"] == "completed"
+    assert result["type"] == "result" and result["error"] is None
+    assert result["run"]["run_id"] == run_id and result["run"]["status"] == "COMPLETED"
+    assert result["certificate"]["id"] == result["run"]["certificate_id"]
+    assert result["certificate"]["replay_count"] + len(result["certificate"]["failed_replays"]) == 2
+    assert "\r" not in watched.stdout and "\x1b" not in watched.stdout
+
+    assert again.code == 0, again.stderr
+    assert [json.loads(line) for line in again.stdout.splitlines()] == objects  # the same, replayed
+
+    assert unknown.code == 1
+    assert len(unknown.stderr.strip().splitlines()) == 1 and "404" in unknown.stderr, unknown.stderr
