@@ -21,7 +21,8 @@ from ulid import ULID
 from echelon_platform.errors import RateLimited, ReadModelError
 
 # Sliding window log: timestamps (server clock, so several API processes agree) of the calls in the window.
-_SLIDING_WINDOW = """
+# An admitted call is recorded (plus what `admitted` adds) and answers -1; a refused one, the ms until a slot frees.
+_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
@@ -29,32 +30,22 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
-  return -1
+{admitted}  return -1
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tonumber(oldest[2]) + window - now
 """
-
+_SLIDING_WINDOW = _WINDOW.format(admitted="")
 
 # POST /runs in one round trip (its only Redis call): the sliding window above and, if the run is admitted,
 # the RecentRuns note of it (read-your-writes for the list) with that class's trimming.
-_ADMIT_RUN = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+_ADMIT_RUN = _WINDOW.format(
+    admitted="""  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
   redis.call('EXPIRE', KEYS[2], ARGV[8])
-  return -1
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tonumber(oldest[2]) + window - now
 """
+)
 _ADMIT_RUN_SHA = hashlib.sha1(_ADMIT_RUN.encode()).hexdigest()
 
 
