@@ -21,7 +21,7 @@ from api.docs_assets import install_docs
 from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
-from echelon_platform.adapters.readmodel_store import RunReader
+from echelon_platform.adapters.readmodel_store import OwnerReader, RunReader
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.config import Settings
@@ -86,6 +86,7 @@ def _attach(app: FastAPI, services: Services) -> None:
     app.state.run_reader = RunReader(services.read_models)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
     app.state.signing_keys = PublishedKeys(services.store)
+    app.state.construct_owners = OwnerReader(services.read_models)
     app.state.ws_connections = stream.ConnectionCounter(app.state.settings.ws_max_connections_per_user)
 
 

@@ -24,6 +24,7 @@ from api.cert_schemas import (
 )
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from api.limits import RateLimiter
+from echelon_platform.adapters.readmodel_store import OwnerReader
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.certificate import signature_ok, verify_certificate
@@ -108,21 +109,9 @@ async def signing_keys(request: Request) -> dict[str, object]:
     return await keys.well_known()
 
 
-async def construct_owner(services: Services, construct_id: str) -> str | None:
-    """The user whose run issued the construct's first certificate, or None if it has none yet."""
-    _, total = await services.read_models.list_certificates(construct_id=construct_id, limit=1)
-    if total == 0:
-        return None
-    oldest, _ = await services.read_models.list_certificates(construct_id=construct_id, limit=1, offset=total - 1)
-    if not oldest:
-        return None
-    run = await services.read_models.get_run(str(oldest[0]["run_id"]))
-    return run.user_id if run is not None else None
-
-
-async def check_construct_owner(services: Services, construct_id: str, user_id: str, *, admin: bool) -> None:
+async def check_construct_owner(owners: OwnerReader, construct_id: str, user_id: str, *, admin: bool) -> None:
     """403 unless ``user_id`` owns ``construct_id`` (or nobody does yet): the first to certify owns it."""
-    owner = await construct_owner(services, construct_id)
+    owner = await owners.owner(construct_id)
     if owner is not None and owner != user_id and not admin:
         raise Forbidden(
             f"construct_id {construct_id!r} belongs to the user who first certified it: choose another construct_id"

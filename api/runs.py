@@ -143,7 +143,7 @@ async def create_run(
     try:
         weights = await validate_run_request(body, settings)
         # The first user to certify a construct_id owns it (README "Certificates"); others are refused here.
-        await check_construct_owner(services, body.construct_id, user.user_id, admin=user.is_admin)
+        await check_construct_owner(state.construct_owners, body.construct_id, user.user_id, admin=user.is_admin)
         ack = await _publish_request(body, user, services, run_id, created_at, weights, fp)
     except Exception:  # not accepted (a 4xx or 5xx): the run must not stay listed
         await _forget(recent, user, run_id)

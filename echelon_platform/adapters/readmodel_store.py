@@ -237,6 +237,41 @@ class RunReader:
         return from_record(orjson.loads(raw)) if raw else None
 
 
+# A construct's owner (the user of its first certificate's run) in one round trip: namespace pointer, the
+# construct's oldest certificate, that certificate's run, the run's user. Key parts come from `Keys`.
+_OWNER_IN_NAMESPACE = """
+local ns = redis.call('GET', KEYS[1]) or ARGV[1]
+local first = redis.call('ZRANGE', ARGV[2] .. ns .. ARGV[3], 0, 0)[1]
+if not first then return false end
+local cert = redis.call('GET', ARGV[2] .. ns .. ARGV[4] .. first)
+if not cert then return false end
+local run = redis.call('GET', ARGV[2] .. ns .. ARGV[5] .. cjson.decode(cert)['run_id'])
+if not run then return false end
+local user = cjson.decode(run)['user_id']
+if type(user) ~= 'string' then return false end
+return user
+"""
+_ID_MARK = "\x00id\x00"
+
+
+class OwnerReader:
+    """Who owns a construct_id (the first to certify it), in one Redis round trip: it is read on every POST."""
+
+    def __init__(self, read_models: ReadModels) -> None:
+        self._rm = read_models
+        self._script = read_models.redis.register_script(_OWNER_IN_NAMESPACE)
+
+    async def owner(self, construct_id: str) -> str | None:
+        keys = Keys(self._rm.prefix, _NS_MARK)
+        before, _, certs = keys.construct_certs(construct_id, "created").partition(_NS_MARK)
+        cert = keys.cert(_ID_MARK).partition(_NS_MARK)[2].removesuffix(_ID_MARK)
+        run = keys.run(_ID_MARK).partition(_NS_MARK)[2].removesuffix(_ID_MARK)
+        raw = await self._script(
+            keys=[pointer_key(self._rm.prefix)], args=[DEFAULT_NAMESPACE, before, certs, cert, run]
+        )
+        return text(raw) if raw else None
+
+
 def _ids(members: Any) -> list[str]:
     return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
