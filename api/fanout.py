@@ -86,7 +86,7 @@ def nats_filter(subjects: Subjects, patterns: list[str], run_id: str | None) -> 
         tokens = patterns[0].split(".")
         if tokens[-1] == ">":
             return subjects.user_pattern(patterns[0])
-        return subjects.user_pattern(".".join(tokens)) + ".*"
+        return f"{subjects.user_pattern('.'.join(tokens))}.{subjects.run_wildcard}"
     aggregates = {p.split(".")[1] for p in patterns}
     if len(aggregates) == 1 and (agg := next(iter(aggregates))) not in ("*", ">"):
         return f"{subjects.root}.{agg}.>"
@@ -94,12 +94,12 @@ def nats_filter(subjects: Subjects, patterns: list[str], run_id: str | None) -> 
 
 
 def split_subject(subjects: Subjects, subject: str) -> tuple[str, str] | None:
-    """(topic, run_id) of `<root>.<aggregate>.<event>.<run_id>`, or None for anything else."""
+    """(topic, run_id) of `<root>.<aggregate>.<event>[.<partition>].<run_id>`, or None for anything else."""
     rest = subject.removeprefix(subjects.root + ".")
     parts = rest.split(".")
-    if rest == subject or len(parts) != 3:
+    if rest == subject or len(parts) != (4 if subjects.partitioning.partitioned else 3):
         return None
-    return f"verify.{parts[0]}.{parts[1]}", parts[2]
+    return f"verify.{parts[0]}.{parts[1]}", parts[-1]
 
 
 @dataclass(frozen=True, slots=True)

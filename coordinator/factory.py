@@ -1,11 +1,12 @@
-"""Build a StateCoordinator (its Redis projector and its writer lease) from Services."""
+"""Build StateCoordinators (each with its Redis projector and writer lease) from Services."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 
-from coordinator.writer import StateCoordinator
+from coordinator.writer import CoordinatorStats, StateCoordinator
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.writer_lease import WriterLease
@@ -13,21 +14,54 @@ from echelon_platform.config import Settings
 
 
 @asynccontextmanager
-async def coordinator_for(services: Services, settings: Settings) -> AsyncIterator[StateCoordinator]:
-    """A coordinator that appends only while it holds the partition's writer lease (else it stands by)."""
+async def coordinator_for(
+    services: Services, settings: Settings, partition: int | None = None
+) -> AsyncIterator[StateCoordinator]:
+    """A coordinator that appends `partition` (default: the first this process stands for) only while it
+    holds that partition's writer lease (else it stands by)."""
+    chosen = settings.writer_partition_ids[0] if partition is None else partition
+    durable = f"{settings.consumer_prefix}-coordinator{settings.partitioning.suffix(chosen)}"
     async with (
-        Projector(str(settings.redis_url), settings.redis_prefix) as projector,
-        WriterLease(str(settings.database_url), settings.writer_partition, ttl_s=settings.lease_ttl_s) as lease,
+        Projector(
+            str(settings.redis_url), settings.redis_prefix, partition=chosen, partitioning=settings.partitioning
+        ) as projector,
+        WriterLease(str(settings.database_url), settings.lease_name(chosen), ttl_s=settings.lease_ttl_s) as lease,
     ):
         yield StateCoordinator(
             bus=services.bus,
             store=services.store,
             projector=projector,
             metrics=services.metrics,
-            durable=f"{settings.consumer_prefix}-coordinator",
+            durable=durable,
             batch_size=settings.coordinator_batch,
             fetch_timeout_s=settings.fetch_timeout_s,
             ack_wait_s=settings.ack_wait_s,
             secrets=services.secrets,
             lease=lease,
+            partition=chosen,
         )
+
+
+class Coordinators:
+    """The writers of every partition this process stands for (`ECHELON_WRITER_PARTITIONS`), run together;
+    each stands by until it holds its own partition's lease."""
+
+    def __init__(self, members: Sequence[StateCoordinator]) -> None:
+        self.members = list(members)
+
+    async def run(self, *, until_idle: bool = False) -> list[CoordinatorStats]:
+        return list(await asyncio.gather(*(c.run(until_idle=until_idle) for c in self.members)))
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
+@asynccontextmanager
+async def coordinators_for(services: Services, settings: Settings) -> AsyncIterator[Coordinators]:
+    async with AsyncExitStack() as stack:
+        members = [
+            await stack.enter_async_context(coordinator_for(services, settings, k))
+            for k in settings.writer_partition_ids
+        ]
+        yield Coordinators(members)

@@ -1,8 +1,9 @@
 """Rebuild every read model from the event log into a fresh namespace, then switch readers atomically.
 
 Events are streamed in writer order and folded in memory (one state per run, not per event), then
-written in pipelines. Catch-up and the switch happen under the projector lease, so events the live
-coordinator appends meanwhile are in the new namespace too.
+written in pipelines. Catch-up and the switch happen under every partition's projector lease, so events the
+live writers append meanwhile are in the new namespace too. Positions are tracked per partition: each
+partition's positions are in commit order, the log's as a whole are not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from echelon_platform.adapters.readmodel_writer import (
     RATING_TOPIC,
     Checkpoint,
     Projector,
-    checkpoint_key,
     queue_rating,
     queue_writes,
     rebuilding_key,
@@ -57,12 +57,16 @@ class ReplayReport:
 
 
 class Rebuilder:
-    def __init__(self, store: EventStore, projector: Projector) -> None:
+    """`only`: fold one partition's events (a partition's repair); else the whole log."""
+
+    def __init__(self, store: EventStore, projector: Projector, *, only: int | None = None) -> None:
         self.store = store
         self.projector = projector
+        self.only = only
         self._runs: dict[str, RunFold] = {}
         self.certs: dict[str, dict[str, Any]] = {}
-        self.last_seq = 0
+        self.positions: dict[int, int] = {}  # partition → last log position folded
+        self._read_all = False  # after the first full read, catch up per partition
         self.events = 0
         # What changed since the last write: the catch-up under the lease writes only that.
         self._dirty: set[str] = set()
@@ -72,10 +76,17 @@ class Rebuilder:
 
     async def fold_from_log(self) -> None:
         """Fold what the log appended since the last call (raw rows, batch by batch; see RunFold)."""
-        runs, dirty, certs = self._runs, self._dirty, self.certs
+        runs, dirty, certs, positions = self._runs, self._dirty, self.certs, self.positions
         loads = orjson.loads
-        async for rows in self.store.stream_rows(after_seq=self.last_seq, batch=READ_BATCH, payload_topics=_READ):
-            for seq, event_id, at, topic, correlation_id, raw in rows:
+        after = None
+        if self.only is not None:
+            after = {self.only: positions.get(self.only, 0)}
+        elif self._read_all:
+            after = {k: positions.get(k, 0) for k in self.projector.partitioning.indices} | positions
+        self._read_all = True
+        async for rows in self.store.stream_rows(positions=after, batch=READ_BATCH, payload_topics=_READ):
+            for seq, event_id, at, topic, correlation_id, raw, partition in rows:
+                positions[partition] = seq
                 payload = loads(raw) if raw is not None else None
                 if topic == RATING_TOPIC:
                     self._new_ratings.append(LogEvent(event_id, at, topic, correlation_id, payload or {}))
@@ -92,7 +103,6 @@ class Rebuilder:
                     cert = payload["certificate"]
                     certs[cert["certificate_id"]] = cert
                     self._new_certs.append(cert)
-            self.last_seq = rows[-1][0]
             before, self.events = self.events, self.events + len(rows)
             if self.progress_total and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
                 await self._report_progress()
@@ -125,32 +135,30 @@ class Rebuilder:
             await pipe.execute()
         self._dirty, self._new_certs, self._new_ratings = set(), [], []
 
-    async def rebuild(self, *, switch: bool = True, held: bool = False) -> ReplayReport:
-        """Fold the log into a fresh namespace; with `switch`, make it current (pointer and checkpoint).
+    @property
+    def last_seq(self) -> int:
+        return max(self.positions.values(), default=0)
 
-        `held`: the caller (the writer healing its models) already holds the projector lease."""
+    async def rebuild(self, *, switch: bool = True) -> ReplayReport:
+        """Fold the log into a fresh namespace; with `switch`, make it current (pointer and every
+        partition's checkpoint)."""
         started = time.perf_counter()
         namespace = f"r{ULID()}"
         keys = Keys(self.projector.prefix, namespace)
         await self.fold_from_log()
         await self.write(keys)
         if switch:
-            # Hold the coordinator's lease: fold what it appended meanwhile, then flip the pointer.
-            if not held:
-                await self.projector.acquire()
-            try:
+            # Hold every partition's lease: fold what the writers appended meanwhile, then flip the pointer.
+            async with self.projector.holding():
                 await self.fold_from_log()
                 await self.write(keys)
                 old = await self.projector.namespace()
-                checkpoint = Checkpoint(READ_MODEL_GENERATION, self.last_seq, namespace)
                 pipe = self.projector.redis.pipeline(transaction=True)
                 pipe.set(pointer_key(self.projector.prefix), namespace)
-                pipe.set(checkpoint_key(self.projector.prefix), checkpoint.encode())
+                for k, key in self.projector.checkpoint_keys().items():
+                    pipe.set(key, Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode())
                 pipe.delete(rebuilding_key(self.projector.prefix))
                 await pipe.execute()
-            finally:
-                if not held:
-                    await self.projector.release()
         # Timed up to the switch: readers use the rebuilt models from here on; dropping the old
         # namespace is clean-up.
         report = ReplayReport(
@@ -159,6 +167,23 @@ class Rebuilder:
         if switch:
             await delete_namespace(self.projector, Keys(self.projector.prefix, old))
         return report
+
+
+async def repair_partition(store: EventStore, projector: Projector, partition: int) -> ReplayReport:
+    """Refold one partition's events and rewrite its runs, certificates and ratings in the live namespace,
+    then its checkpoint. Its writer pauses meanwhile (its lock is held); the other partitions go on. Keys the
+    log does not determine (a stray key) are left as they are: a full rebuild drops those."""
+    started = time.perf_counter()
+    rebuilder = Rebuilder(store, projector, only=partition)
+    async with projector.holding([partition]):
+        keys = await projector.keys()
+        await rebuilder.fold_from_log()
+        await rebuilder.write(keys)
+        checkpoint = Checkpoint(READ_MODEL_GENERATION, rebuilder.positions.get(partition, 0), keys.ns)
+        await projector.redis.set(projector.checkpoint_keys()[partition], checkpoint.encode())
+    return ReplayReport(
+        keys.ns, rebuilder.events, len(rebuilder.states), len(rebuilder.certs), time.perf_counter() - started, []
+    )
 
 
 def queue_bulk(pipe: Any, keys: Keys, states: list[RunState]) -> None:
@@ -265,13 +290,10 @@ async def delete_namespace(projector: Projector, keys: Keys) -> int:
 async def verify(store: EventStore, projector: Projector) -> ReplayReport:
     """Rebuild into a scratch namespace and compare with the live one; the scratch copy is dropped."""
     rebuilder = Rebuilder(store, projector)
-    await projector.acquire()  # a consistent cut: the coordinator pauses while we fold and compare
-    try:
+    async with projector.holding():  # a consistent cut: every writer pauses while we fold and compare
         report = await rebuilder.rebuild(switch=False)
         live_keys = await projector.keys()
         scratch = Keys(projector.prefix, report.namespace)
         report.differences = compare(await snapshot(projector, live_keys), await snapshot(projector, scratch))
-    finally:
-        await projector.release()
     await delete_namespace(projector, Keys(projector.prefix, report.namespace))
     return report

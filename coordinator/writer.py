@@ -25,7 +25,7 @@ from echelon_platform.adapters.readmodel_writer import Projected, Projector, Run
 from echelon_platform.adapters.secret_store import SecretStore
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import RunCertifying, make_event, parse_payload
+from echelon_platform.domain.events import RunCertifying, Subjects, make_event, parse_payload
 from echelon_platform.domain.lifecycle import CERTIFY_TRIGGERS
 from echelon_platform.domain.projections import RunState
 from echelon_platform.errors import (
@@ -68,8 +68,11 @@ class _Decoded:
     retried: list[int]  # parked rows an operator re-drove (marked in the same transaction)
 
 
-def decode_batch(msgs: Sequence[Msg]) -> _Decoded:
-    """Split a batch into valid events and poison (with the reason it was refused)."""
+def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> _Decoded:
+    """Split a batch into valid events and poison (with the reason it was refused). With `subjects` of a
+    partitioned log, an event published on another partition than its run's is poison too: logging it here
+    would put one run's events under two writers, out of order."""
+    check = subjects is not None and subjects.partitioning.partitioned
     events: list[tuple[Envelope, int]] = []
     parked: list[tuple[int, str, bytes, str]] = []
     retried: list[int] = []
@@ -81,11 +84,23 @@ def decode_batch(msgs: Sequence[Msg]) -> _Decoded:
         try:
             envelope = Envelope.from_wire(msg.data)
             parse_payload(envelope)
+            if check and subjects is not None:
+                _check_partition(subjects, msg.subject, envelope)
         except EnvelopeError as exc:
             parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
             continue
         events.append((envelope, seq))
     return _Decoded(events, parked, retried)
+
+
+def _check_partition(subjects: Subjects, subject: str, envelope: Envelope) -> None:
+    published = subjects.partition_of_subject(subject)
+    owner = subjects.partitioning.of_run(envelope.run_id)
+    if published != owner:
+        raise EnvelopeError(
+            f"published on partition {published} but run {envelope.run_id} belongs to partition {owner} "
+            f"(publish on {subjects.for_event(envelope)})"
+        )
 
 
 class StateCoordinator:
@@ -105,6 +120,7 @@ class StateCoordinator:
         secrets: SecretStore | None = None,
         fence: Fence | None = None,
         lease: WriterLease | None = None,
+        partition: int = 0,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -117,6 +133,8 @@ class StateCoordinator:
         self.secrets = secrets
         self.fence = fence  # set while this process holds the writer lease
         self.lease = lease  # when given, run() consumes only while holding it (else stands by)
+        self.partition = partition  # the log partition this writer appends (its events' subjects)
+        self.filter_subject = bus.subjects.partition_filter(partition)
         self.stats = CoordinatorStats()
         self._stopping = asyncio.Event()
 
@@ -142,7 +160,7 @@ class StateCoordinator:
             floor = await self._retry(
                 "rewind",
                 lambda: self.bus.rewind_consumer(
-                    self.durable, self.bus.subjects.everything, ack_wait_s=self.ack_wait_s, max_deliver=-1
+                    self.durable, self.filter_subject, ack_wait_s=self.ack_wait_s, max_deliver=-1
                 ),
             )
             log.info("coordinator.resuming", from_stream_seq=floor + 1)
@@ -171,7 +189,7 @@ class StateCoordinator:
             if sub is None:
                 try:
                     await self.bus.ensure_consumer(
-                        self.durable, self.bus.subjects.everything, ack_wait_s=self.ack_wait_s, max_deliver=-1
+                        self.durable, self.filter_subject, ack_wait_s=self.ack_wait_s, max_deliver=-1
                     )
                     sub = await BatchPuller(self.bus.nc, stream=self.bus.stream, durable=self.durable).start()
                     backoff.reset()
@@ -223,7 +241,7 @@ class StateCoordinator:
 
     async def _handle(self, msgs: list[Msg]) -> None:
         started = time.perf_counter()
-        decoded = decode_batch(msgs)
+        decoded = decode_batch(msgs, self.bus.subjects)
         result = await self._retry("append", lambda: self._append(decoded))
         winners = [(env, result.winners[env.event_id]) for env, _ in decoded.events if env.event_id in result.winners]
         if winners:
@@ -256,7 +274,9 @@ class StateCoordinator:
 
     async def _append(self, decoded: _Decoded) -> Any:
         try:
-            return await self.store.append_batch(decoded.events, decoded.parked, decoded.retried, fence=self.fence)
+            return await self.store.append_batch(
+                decoded.events, decoded.parked, decoded.retried, fence=self.fence, partition=self.partition
+            )
         except StoreError as exc:
             if not isinstance(exc.__cause__, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
                 raise
@@ -265,13 +285,13 @@ class StateCoordinator:
         parked = list(decoded.parked)
         for env, seq in decoded.events:
             try:
-                await self.store.append_batch([(env, seq)], fence=self.fence)
+                await self.store.append_batch([(env, seq)], fence=self.fence, partition=self.partition)
                 ok.append((env, seq))
             except StoreError as exc:
                 parked.append((seq, self.bus.subjects.for_event(env), env.to_wire(), f"refused by Postgres: {exc}"))
         decoded.parked[:] = parked
         decoded.events[:] = ok
-        return await self.store.append_batch(ok, parked, decoded.retried, fence=self.fence)
+        return await self.store.append_batch(ok, parked, decoded.retried, fence=self.fence, partition=self.partition)
 
     async def _project(self, events: Sequence[tuple[RunEvent, int]]) -> Projected:
         """Project; when the read models are lost or outdated, rebuild them from the log first."""
@@ -301,7 +321,9 @@ class StateCoordinator:
             self.metrics.read_model_rebuilds.inc()
             await self._announce_certifying(rebuilder.states, {})
             return
-        behind = [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq)]
+        # Only this partition's events: positions are in commit order per partition, not across them.
+        own = self.partition if self.bus.subjects.partitioning.partitioned else None
+        behind = [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq, partition=own)]
         for i in range(0, len(behind), CATCH_UP_CHUNK):
             projected = await self._project(behind[i : i + CATCH_UP_CHUNK])
             await self._announce_certifying(projected.runs, {})

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="rebuild read models from the event log")
     replay.add_argument("--verify", action="store_true", help="compare a rebuild with the live models; no switch")
+    replay.add_argument(
+        "--partition",
+        type=int,
+        metavar="K",
+        help="refold only log partition K into the live models (its writer pauses; the others go on)",
+    )
 
     tail = sub.add_parser("tail", help="follow events live")
     tail.add_argument("subject", nargs="?", default="verify.>", help="subject pattern, e.g. 'verify.run.*'")

@@ -77,17 +77,28 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from coordinator.replay import Rebuilder, verify
+    from coordinator.replay import Rebuilder, repair_partition, verify
     from echelon.stack import infrastructure
     from echelon_platform.adapters.readmodel_writer import Projector
     from echelon_platform.adapters.services import Services
     from echelon_platform.domain.roles import Role
+    from echelon_platform.errors import ConfigError
 
     async with (
         infrastructure(settings) as resolved,
         Services(resolved, name="echelon-replay", role=Role.READER) as services,
-        Projector(str(resolved.redis_url), resolved.redis_prefix) as projector,
+        Projector(str(resolved.redis_url), resolved.redis_prefix, partitioning=resolved.partitioning) as projector,
     ):
+        if args.partition is not None:
+            if args.verify:
+                raise ConfigError("--verify compares the whole log: give it without --partition")
+            resolved.partitioning.parse(str(args.partition))  # ConfigError naming the valid range
+            report = await repair_partition(services.store, projector, args.partition)
+            print(
+                f"partition {args.partition}: refolded {report.runs} runs and {report.certificates} certificates "
+                f"from {report.events} events in {report.seconds:.2f}s into {report.namespace}"
+            )
+            return 0
         if args.verify:
             report = await verify(services.store, projector)
             for line in report.differences[:50]:

@@ -13,7 +13,7 @@ import structlog
 import uvicorn
 
 from api.app import create_app
-from coordinator.factory import coordinator_for
+from coordinator.factory import coordinators_for
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
 from echelon_platform.adapters.migrations import migrate
@@ -37,7 +37,10 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
     # Only an embedded NATS we start ourselves gets authentication; a configured one has its own users.
     auth_root = settings.subject_root if settings.nats_auth and not settings.nats_url else None
     async with EmbeddedStack(
-        data_dir, nats_sync_always=settings.nats_sync_always, nats_auth_subject_root=auth_root
+        data_dir,
+        nats_sync_always=settings.nats_sync_always,
+        nats_auth_subject_root=auth_root,
+        partitions=settings.partitions,
     ) as stack:
         urls = stack.urls
         credentials: dict[str, object] = {}
@@ -117,7 +120,12 @@ async def serve(
         # One connection per role, each logged in as its own NATS user (echelon_platform/domain/roles.py):
         # the server lets only the certify connection publish certificates.
         async with (
-            Services(resolved, name="echelon-coordinator", pool_size=4, role=Role.COORDINATOR) as services,
+            Services(
+                resolved,
+                name="echelon-coordinator",
+                pool_size=max(4, len(resolved.writer_partition_ids) + 2),  # an append in flight per partition
+                role=Role.COORDINATOR,
+            ) as services,
             Services(
                 resolved, name="echelon-stages", metrics=services.metrics, pool_size=4, role=Role.STAGES
             ) as stage_services,
@@ -134,7 +142,7 @@ async def serve(
                 buffer_while_reconnecting=False,
                 role=Role.API,
             ) as api_services,
-            coordinator_for(services, resolved) as coordinator,
+            coordinators_for(services, resolved) as coordinator,
             Pipeline(stage_services, resolved, stages=NON_CERTIFY_STAGES) as pipeline,
             Pipeline(certify_services, resolved, stages=("certify",)) as certifier,
         ):

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
 from echelon_platform.errors import ConfigError
 
 DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = 0.5
     # One writer per partition (a Postgres lease); standbys take over when the holder stops renewing.
     writer_partition: str = "verify"
+    # Runs are spread over this many log partitions, each with its own fenced writer. Every process of a
+    # deployment must agree on it (it is part of the subjects); change it only with the stream drained.
+    partitions: int = Field(default=1, ge=1, le=MAX_PARTITIONS)
+    # The partitions this coordinator process stands for, e.g. "0,1" (empty: all of them).
+    writer_partitions: str = ""
     lease_ttl_s: float = Field(default=3.0, gt=0)
 
     # Pipeline
@@ -128,6 +134,19 @@ class Settings(BaseSettings):
     signing_retired_key_files: list[Path] = Field(default_factory=list)
     # Ground-truth selection policy for local repositories (see README "Ground truth").
     selection_policy: Literal["pr-merges", "first-parent-merges"] = "pr-merges"
+
+    @property
+    def partitioning(self) -> Partitioning:
+        return Partitioning(self.partitions)
+
+    @property
+    def writer_partition_ids(self) -> tuple[int, ...]:
+        """The partitions this process's coordinator stands for (ConfigError naming a bad one)."""
+        return self.partitioning.parse(self.writer_partitions)
+
+    def lease_name(self, partition: int) -> str:
+        """The writer lease of one partition (`writer_partition` itself with a single partition)."""
+        return f"{self.writer_partition}{self.partitioning.suffix(partition)}"
 
     @property
     def uses_dev_secret(self) -> bool:

@@ -250,7 +250,9 @@ async def check_replay(findings: Findings, world: Cluster) -> None:
 
     async with (
         Services(world.settings, name="echelon-chaos-verify") as services,
-        Projector(str(world.settings.redis_url), world.settings.redis_prefix) as projector,
+        Projector(
+            str(world.settings.redis_url), world.settings.redis_prefix, partitioning=world.settings.partitioning
+        ) as projector,
     ):
         report = await verify(services.store, projector)
     findings.facts["replay_verify"] = {

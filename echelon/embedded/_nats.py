@@ -66,6 +66,7 @@ class EmbeddedNats(EmbeddedServer):
         stop_timeout: float = 30.0,
         cluster: ClusterRoute | None = None,
         auth_subject_root: str | None = None,
+        auth_partitions: int = 1,
     ) -> None:
         """`auth_subject_root` set: clients must log in as one of the roles (roles.py), each allowed to
         publish only its topics under that subject root; passwords are generated once and kept in
@@ -75,6 +76,7 @@ class EmbeddedNats(EmbeddedServer):
         self._executable = executable
         self.cluster = cluster
         self.auth_subject_root = auth_subject_root
+        self.auth_partitions = auth_partitions
 
     @property
     def config_path(self) -> Path:
@@ -133,7 +135,7 @@ class EmbeddedNats(EmbeddedServer):
             ]
         if self.auth_subject_root is not None:
             quoted = {Role(role): json.dumps(password) for role, password in self.credentials().items()}
-            lines.append(authorization_block(self.auth_subject_root, quoted))
+            lines.append(authorization_block(self.auth_subject_root, quoted, self.auth_partitions))
         lines.append("")
         return "\n".join(lines)
 
@@ -162,13 +164,13 @@ class EmbeddedNats(EmbeddedServer):
             raise EmbeddedServerError("NATS answered but JetStream is not enabled")
 
 
-def authorization_block(subject_root: str, passwords: dict[Role, str]) -> str:
+def authorization_block(subject_root: str, passwords: dict[Role, str], partitions: int = 1) -> str:
     """A nats-server `authorization` block: one user per role, publishing only its subjects (roles.py).
 
     `passwords` holds config tokens: a quoted literal, or `$VARIABLE` to take it from the environment."""
     lines = ["authorization {", "  users: ["]
     for role in Role:
-        allow = ", ".join(json.dumps(subject) for subject in publish_subjects(role, subject_root))
+        allow = ", ".join(json.dumps(subject) for subject in publish_subjects(role, subject_root, partitions))
         lines.append(
             f"    {{user: {json.dumps(role.value)}, password: {passwords[role]}, "
             f"permissions: {{publish: {{allow: [{allow}]}}}}}}"

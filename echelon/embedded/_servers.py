@@ -34,12 +34,20 @@ class EmbeddedStack:
     """
 
     def __init__(
-        self, data_dir: Path, *, nats_sync_always: bool = False, nats_auth_subject_root: str | None = None
+        self,
+        data_dir: Path,
+        *,
+        nats_sync_always: bool = False,
+        nats_auth_subject_root: str | None = None,
+        partitions: int = 1,
     ) -> None:
         """`nats_auth_subject_root`: NATS requires a user per role (see :class:`EmbeddedNats`)."""
         self.data_dir = Path(data_dir).absolute()
         self.nats = EmbeddedNats(
-            self.data_dir / "nats", sync_always=nats_sync_always, auth_subject_root=nats_auth_subject_root
+            self.data_dir / "nats",
+            sync_always=nats_sync_always,
+            auth_subject_root=nats_auth_subject_root,
+            auth_partitions=partitions,
         )
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         self.redis = EmbeddedRedis(self.data_dir / "redis")

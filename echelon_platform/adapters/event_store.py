@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -38,8 +38,9 @@ WITH input AS (
         AS t(event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version, stream_seq, ord)
 ), ins AS (
     INSERT INTO events (event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version,
-                        stream_seq)
-    SELECT event_id, dedup_key, time, topic, correlation_id, causation_id, payload::jsonb, version, stream_seq
+                        stream_seq, partition)
+    SELECT event_id, dedup_key, time, topic, correlation_id, causation_id, payload::jsonb, version, stream_seq,
+           $10::smallint
     FROM input ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING event_id, seq
@@ -171,8 +172,10 @@ class EventStore:
         retried: Sequence[int] = (),
         *,
         fence: Fence | None = None,
+        partition: int = 0,
     ) -> AppendResult:
-        """Append events (with their stream sequences), park poison and mark re-driven rows, in one tx."""
+        """Append events (with their stream sequences) to `partition`, park poison and mark re-driven rows,
+        in one tx."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 if fence is not None:
@@ -190,6 +193,7 @@ class EventStore:
                         [orjson.dumps(e.payload).decode() for e, _ in events],
                         [e.version for e, _ in events],
                         [seq for _, seq in events],
+                        partition,
                     )
                 if parked:
                     await conn.executemany(
@@ -220,29 +224,49 @@ class EventStore:
         rows = await self.pool.fetch(query + " ORDER BY seq", *args)
         return [_row_to_envelope(r) for r in rows]
 
-    async def stream(self, *, after_seq: int = 0, prefetch: int = 5000) -> AsyncIterator[tuple[int, LogEvent]]:
-        """Every event in writer order, through a server-side cursor (never all in memory)."""
-        async for rows in self.stream_rows(after_seq=after_seq, batch=prefetch):
-            for seq, event_id, at, topic, correlation_id, payload in rows:
+    async def stream(
+        self, *, after_seq: int = 0, partition: int | None = None, prefetch: int = 5000
+    ) -> AsyncIterator[tuple[int, LogEvent]]:
+        """Every event (of one partition, or all) in writer order, through a server-side cursor (never all
+        in memory)."""
+        positions = None if partition is None else {partition: after_seq}
+        async for rows in self.stream_rows(after_seq=after_seq, positions=positions, batch=prefetch):
+            for seq, event_id, at, topic, correlation_id, payload, _ in rows:
                 yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
 
     async def stream_rows(
-        self, *, after_seq: int = 0, batch: int = 5000, payload_topics: Sequence[str] | None = None
+        self,
+        *,
+        after_seq: int = 0,
+        positions: Mapping[int, int] | None = None,
+        batch: int = 5000,
+        payload_topics: Sequence[str] | None = None,
     ) -> AsyncIterator[list[asyncpg.Record]]:
-        """Every event in writer order as raw rows `(seq, event_id, time, topic, correlation_id, payload)`,
-        `batch` rows per server round trip, the payload as JSON text (without replay records and oracle
-        replies). With `payload_topics` (replay), other topics' payloads are NULL and replay scores are left
-        out too: replay skips what it never reads.
+        """Every event in writer order as raw rows `(seq, event_id, time, topic, correlation_id, payload,
+        partition)`, `batch` rows per server round trip, the payload as JSON text (without replay records and
+        oracle replies). With `payload_topics` (replay), other topics' payloads are NULL and replay scores are
+        left out too: replay skips what it never reads.
 
-        One read-only repeatable-read transaction: a consistent cut even while the writer appends."""
+        `positions` (partition → last position already read) reads only those partitions, each after its own
+        position: positions are in commit order per partition only, so one global `seq > n` could skip a row
+        another partition committed late. Without it: every partition after `after_seq`.
+
+        One read-only repeatable-read transaction: a consistent cut even while the writers append."""
         payload = _PROJECTED_PAYLOAD
+        where = "seq > $1"
         args: list[Any] = [after_seq]
+        if positions is not None:
+            # One slot per partition (NULL: not read); the first condition lets Postgres range-scan the seq
+            # index, the second keeps each partition's own position.
+            after = [positions.get(k) for k in range(max(positions, default=-1) + 1)]
+            args = [min(positions.values(), default=0), after]
+            where = "seq > $1 AND seq > ($2::bigint[])[partition + 1]"
         if payload_topics is not None:
-            payload = f"CASE WHEN topic = ANY($2::text[]) THEN {_FOLDED_PAYLOAD} END"
+            payload = f"CASE WHEN topic = ANY(${len(args) + 1}::text[]) THEN {_FOLDED_PAYLOAD} END"
             args.append(list(payload_topics))
         query = (
-            f"SELECT seq, event_id, time, topic, correlation_id, {payload} AS payload "
-            "FROM events WHERE seq > $1 ORDER BY seq"
+            f"SELECT seq, event_id, time, topic, correlation_id, {payload} AS payload, partition "
+            f"FROM events WHERE {where} ORDER BY seq"
         )
         async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
             cursor = await conn.cursor(query, *args)

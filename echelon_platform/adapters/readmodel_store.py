@@ -69,8 +69,9 @@ def pointer_key(prefix: str) -> str:
     return f"{prefix}ns"
 
 
-def lock_key(prefix: str) -> str:
-    return f"{prefix}lock:projector"
+def lock_key(prefix: str, suffix: str = "") -> str:
+    """The projector lock of one log partition (`suffix` from `Partitioning.suffix`)."""
+    return f"{prefix}lock:projector{suffix}"
 
 
 def text(value: Any) -> str:

@@ -1,15 +1,21 @@
 """Writes projected read models to Redis: one read round trip and one write pipeline per batch.
 
-Next to the models lives a checkpoint, `<prefix>checkpoint` = `<generation>:<last log position>:<namespace>`.
-It is written with `SET XX` in the same MULTI as the models, so when Redis loses it (a restart without
-persistence, FLUSHALL) no later batch can recreate it: the writer sees it missing, raises
-`ReadModelsStale`, and rebuilds from the log before projecting anything else.
+Next to the models lives a checkpoint per log partition, `<prefix>checkpoint[-<partition>]` =
+`<generation>:<last log position>:<namespace>`. It is written with `SET XX` in the same MULTI as the models,
+so when Redis loses it (a restart without persistence, FLUSHALL) no later batch can recreate it: the writer
+sees it missing, raises `ReadModelsStale`, and rebuilds from the log before projecting anything else.
+
+Partitions hold disjoint runs, so their writers touch disjoint run keys; the shared indexes (sorted sets of
+runs and certificates, rating hashes) take only commutative writes (ZADD, ZREM, keep-the-latest), so the
+order in which partitions project cannot matter. Each partition has its own lock, epoch and checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -28,6 +34,7 @@ from echelon_platform.adapters.readmodel_store import (
     pointer_key,
     text,
 )
+from echelon_platform.domain.partitions import Partitioning
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
     READ_MODEL_GENERATION,
@@ -77,12 +84,12 @@ class Checkpoint:
         return self.generation == READ_MODEL_GENERATION
 
 
-def checkpoint_key(prefix: str) -> str:
-    return f"{prefix}checkpoint"
+def checkpoint_key(prefix: str, suffix: str = "") -> str:
+    return f"{prefix}checkpoint{suffix}"
 
 
-def epoch_key(prefix: str) -> str:
-    return f"{prefix}writer_epoch"
+def epoch_key(prefix: str, suffix: str = "") -> str:
+    return f"{prefix}writer_epoch{suffix}"
 
 
 def rebuilding_key(prefix: str) -> str:
@@ -163,32 +170,77 @@ class Projector(RedisClient):
     # delays its successor by seconds at most.
     LEASE_MS = 5_000
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, *, partition: int = 0, partitioning: Partitioning | None = None) -> None:
         super().__init__(url, prefix)
         self._token = str(ULID()).encode()
         self.epoch: int | None = None  # the writer epoch this projector writes for (None: unfenced)
+        self.partitioning = partitioning or Partitioning()
+        self.partition = partition
+        suffix = self.partitioning.suffix(partition)
+        self._lock = lock_key(prefix, suffix)
+        self._checkpoint = checkpoint_key(prefix, suffix)
+        self._epoch = epoch_key(prefix, suffix)
+
+    def checkpoint_keys(self) -> dict[int, str]:
+        """Every partition's checkpoint key (a rebuild sets them all when it switches namespaces)."""
+        return {k: checkpoint_key(self.prefix, self.partitioning.suffix(k)) for k in self.partitioning.indices}
 
     async def claim(self, epoch: int) -> None:
         """Record a new writer epoch: from now on a projection by an older writer (one that was paused
         between its append and its projection) fails instead of overwriting newer models."""
         self.epoch = epoch
-        await self.redis.set(epoch_key(self.prefix), epoch)
+        await self.redis.set(self._epoch, epoch)
 
     async def acquire(self) -> tuple[str, Checkpoint | None]:
         """Take the lease (waiting while another writer holds it); returns the namespace and checkpoint."""
         while True:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(lock_key(self.prefix), self._token, nx=True, px=self.LEASE_MS)
-            pipe.get(lock_key(self.prefix))
+            pipe.set(self._lock, self._token, nx=True, px=self.LEASE_MS)
+            pipe.get(self._lock)
             pipe.get(pointer_key(self.prefix))
-            pipe.get(checkpoint_key(self.prefix))
+            pipe.get(self._checkpoint)
             _, holder, ns, checkpoint = await pipe.execute()
             if holder == self._token:
                 return (text(ns) if ns else DEFAULT_NAMESPACE), Checkpoint.decode(checkpoint)
             await asyncio.sleep(0.05)  # the replay script holds it for a moment while switching
 
+    @asynccontextmanager
+    async def holding(self, partitions: Iterable[int] | None = None) -> AsyncIterator[None]:
+        """Hold the locks of `partitions` (default: all), taken in partition order so two holders cannot
+        deadlock, and kept alive however long the body takes: a rebuild switches, `verify` compares and a
+        partition is repaired while those writers do not project."""
+        chosen = sorted(self.partitioning.indices if partitions is None else set(partitions))
+        keys = [lock_key(self.prefix, self.partitioning.suffix(k)) for k in chosen]
+        taken: list[str] = []
+        refresher: asyncio.Task[None] | None = None
+        try:
+            for key in keys:
+                while not await self.redis.set(key, self._token, nx=True, px=self.LEASE_MS):  # noqa: ASYNC110 - a lock in Redis
+                    await asyncio.sleep(0.05)  # a writer's batch holds it for milliseconds
+                taken.append(key)
+            refresher = asyncio.create_task(self._keep(taken))
+            yield
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            if taken:
+                pipe = self.redis.pipeline(transaction=False)
+                for key in taken:
+                    pipe.eval(_RELEASE, 1, key, self._token)
+                await pipe.execute()
+
+    async def _keep(self, keys: list[str]) -> None:
+        while True:
+            await asyncio.sleep(self.LEASE_MS / 3000)
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.pexpire(key, self.LEASE_MS)
+            await pipe.execute()
+
     async def checkpoint(self) -> Checkpoint | None:
-        return Checkpoint.decode(await self.redis.get(checkpoint_key(self.prefix)))
+        return Checkpoint.decode(await self.redis.get(self._checkpoint))
 
     async def project(self, events: Sequence[tuple[RunEvent, int]]) -> Projected:
         """Apply (event, log position) pairs. ReadModelsStale when the models must be rebuilt first."""
@@ -201,8 +253,8 @@ class Projector(RedisClient):
             run_ids = list(dict.fromkeys(e.run_id for e, _ in run_events))
             async with self.redis.pipeline(transaction=True) as pipe:
                 # WATCH the writer epoch: if a newer writer claims it before EXEC, nothing is written.
-                await pipe.watch(epoch_key(self.prefix))
-                epoch, *raws = await pipe.mget([epoch_key(self.prefix), *(keys.run(r) for r in run_ids)])
+                await pipe.watch(self._epoch)
+                epoch, *raws = await pipe.mget([self._epoch, *(keys.run(r) for r in run_ids)])
                 if self.epoch is not None and epoch is not None and int(epoch) != self.epoch:
                     raise WriterFenced(f"writer epoch {self.epoch} was superseded by {int(epoch)}")
                 states = {
@@ -242,8 +294,8 @@ class Projector(RedisClient):
                 queue_rating(pipe, keys, event)
         last = max([checkpoint.seq, *(seq for _, seq in events)])
         advanced = Checkpoint(READ_MODEL_GENERATION, last, checkpoint.namespace)
-        pipe.set(checkpoint_key(self.prefix), advanced.encode(), xx=True)
-        pipe.eval(_RELEASE, 1, lock_key(self.prefix), self._token)
+        pipe.set(self._checkpoint, advanced.encode(), xx=True)
+        pipe.eval(_RELEASE, 1, self._lock, self._token)
 
     async def release(self) -> None:
-        await self.redis.eval(_RELEASE, 1, lock_key(self.prefix), self._token)
+        await self.redis.eval(_RELEASE, 1, self._lock, self._token)

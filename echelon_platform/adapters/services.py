@@ -37,7 +37,7 @@ class Services:
             raise ConfigError("NATS_URL, DATABASE_URL and REDIS_URL must be set (or use `echelon stack up`)")
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.subjects = Subjects(settings.subject_root)
+        self.subjects = Subjects(settings.subject_root, settings.partitioning)
         self.role = role
         user, password = nats_credentials(settings, role)
         self.bus = Bus(

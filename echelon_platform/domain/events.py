@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from echelon_platform.domain.envelope import Envelope, correlation_for, new_event_id, utcnow
+from echelon_platform.domain.partitions import Partitioning
 from echelon_platform.domain.values import (
     CalibrationCertificate,
     GroundTruthRecord,
@@ -248,26 +249,61 @@ def payload_as(envelope: Envelope, model: type[P]) -> P:
 
 
 class Subjects:
-    """Maps topics to NATS subjects under a configurable root (tests use a unique root)."""
+    """Maps topics to NATS subjects under a configurable root (tests use a unique root).
 
-    def __init__(self, root: str = "verify") -> None:
+    `<root>.<aggregate>.<event>.<run_id>`; with several partitions the run's partition comes before its id,
+    `<root>.<aggregate>.<event>.<partition>.<run_id>`, so each writer filters its own partition's events."""
+
+    def __init__(self, root: str = "verify", partitioning: Partitioning | None = None) -> None:
         self.root = root
+        self.partitioning = partitioning or Partitioning()
 
     def for_event(self, envelope: Envelope) -> str:
         return self.subject(envelope.topic, envelope.run_id)
 
     def subject(self, topic: str, run_id: str) -> str:
-        return f"{self.root}{topic.removeprefix('verify')}.{run_id}"
+        base = f"{self.root}{topic.removeprefix('verify')}"
+        if self.partitioning.partitioned:
+            return f"{base}.{self.partitioning.of_run(run_id)}.{run_id}"
+        return f"{base}.{run_id}"
 
     def topic_filter(self, topic: str) -> str:
-        return f"{self.root}{topic.removeprefix('verify')}.*"
+        return f"{self.root}{topic.removeprefix('verify')}.{self.run_wildcard}"
+
+    def publish_filters(self, topic: str) -> list[str]:
+        """What a role may publish for `topic`: with partitions, one filter per valid partition token, so
+        nothing can be published where no writer listens."""
+        base = f"{self.root}{topic.removeprefix('verify')}"
+        if not self.partitioning.partitioned:
+            return [f"{base}.*"]
+        return [f"{base}.{k}.*" for k in self.partitioning.indices]
+
+    def partition_filter(self, partition: int) -> str:
+        """Every event of one partition (the partition's writer consumes this)."""
+        if not self.partitioning.partitioned:
+            return self.everything
+        return f"{self.root}.*.*.{partition}.*"
+
+    def partition_of_subject(self, subject: str) -> int | None:
+        """The partition token of a subject (None with one partition, or when it carries none)."""
+        if not self.partitioning.partitioned:
+            return None
+        tokens = subject.split(".")
+        return int(tokens[-2]) if len(tokens) >= 2 and tokens[-2].isdigit() else None
 
     @property
     def everything(self) -> str:
         return f"{self.root}.>"
 
     def of_run(self, run_id: str) -> str:
+        if self.partitioning.partitioned:
+            return f"{self.root}.*.*.{self.partitioning.of_run(run_id)}.{run_id}"
         return f"{self.root}.*.*.{run_id}"
+
+    @property
+    def run_wildcard(self) -> str:
+        """The wildcard for the tokens after the topic: the run id, and its partition when partitioned."""
+        return "*.*" if self.partitioning.partitioned else "*"
 
     def user_pattern(self, pattern: str) -> str:
         """An operator's `verify.run.*`-style pattern, rewritten under this root."""

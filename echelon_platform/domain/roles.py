@@ -12,6 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from echelon_platform.domain.events import TOPICS, Subjects
+from echelon_platform.domain.partitions import Partitioning
 
 
 class Role(StrEnum):
@@ -83,11 +84,11 @@ def role_for_stages(stages: tuple[str, ...] | list[str]) -> Role:
     return Role.STAGES
 
 
-def publish_subjects(role: Role, subject_root: str = "verify") -> list[str]:
+def publish_subjects(role: Role, subject_root: str = "verify", partitions: int = 1) -> list[str]:
     """The NATS subjects `role` may publish to, under `subject_root` (sorted, infrastructure first)."""
-    subjects = Subjects(subject_root)
+    subjects = Subjects(subject_root, Partitioning(partitions))
     if role is Role.OPERATOR:
         topics = [subjects.everything]
     else:
-        topics = sorted(subjects.topic_filter(topic) for topic in PUBLISHES[role])
+        topics = sorted(f for topic in PUBLISHES[role] for f in subjects.publish_filters(topic))
     return [*INFRASTRUCTURE_SUBJECTS, *topics]
