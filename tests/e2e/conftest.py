@@ -13,7 +13,7 @@ import pytest
 
 from api.app import create_app
 from api.auth import issue_jwt
-from coordinator.factory import coordinator_for
+from coordinator.factory import coordinators_for
 from coordinator.writer import StateCoordinator
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -58,24 +58,27 @@ async def sample_repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def running(settings: Settings) -> AsyncIterator[Running]:
-    settings = settings.model_copy(update={"ack_wait_s": 2.0, "max_deliver": 3})
+async def running(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    """The whole service; `@pytest.mark.parametrize("running", [{...}], indirect=True)` overrides settings."""
+    overrides = getattr(request, "param", {})
+    settings = settings.model_copy(update={"ack_wait_s": 2.0, "max_deliver": 3, **overrides})
     async with AsyncExitStack() as stack:
         services = await stack.enter_async_context(Services(settings, name="e2e"))
-        coordinator = await stack.enter_async_context(coordinator_for(services, settings))
+        writers = await stack.enter_async_context(coordinators_for(services, settings))
+        coordinator = writers.members[0]
         app = create_app(settings, services)
         await stack.enter_async_context(app.router.lifespan_context(app))
         api = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
         )
         world = Running(settings, services, api, coordinator)
-        world.tasks["coordinator"] = asyncio.create_task(coordinator.run())
+        world.tasks["coordinator"] = asyncio.create_task(writers.run())
         for stage in STAGES:
             await world.start_stage(stage, stack)
         try:
             yield world
         finally:
-            coordinator.stop()
+            writers.stop()
             for pipeline in world.pipelines.values():
                 pipeline.stop()
             await asyncio.wait_for(asyncio.gather(*world.tasks.values(), return_exceptions=True), 30)

@@ -4,8 +4,13 @@ stay correct, healing and repair per partition, and events published on the wron
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from coordinator.factory import coordinator_for, coordinators_for
@@ -17,6 +22,7 @@ from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from tests.factories import certificate, requested, run_events
 from tests.helpers import wait_for
+from tests.integration.test_writer_lease import REPO_ROOT, _env
 
 RUNS = [f"PART{i:02d}" for i in range(10)]
 
@@ -121,9 +127,7 @@ async def test_lost_read_models_heal_with_every_partition_running(services: Serv
     assert report.differences == []
 
 
-async def test_one_partition_is_repaired_while_the_other_is_left_alone(
-    services: Services, psettings: Settings
-) -> None:
+async def test_one_partition_is_repaired_while_the_other_is_left_alone(services: Services, psettings: Settings) -> None:
     parts = psettings.partitioning
     await publish_runs(services)
     await drain_both(services, psettings)
@@ -143,3 +147,70 @@ async def test_one_partition_is_repaired_while_the_other_is_left_alone(
 
 async def _all_completed(services: Services) -> bool:
     return {await status_of(services, r) for r in RUNS} == {"COMPLETED"}
+
+
+async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
+    services: Services, psettings: Settings
+) -> None:
+    """Two writer processes stand for both partitions: each partition has exactly one holder. Killing the
+    holder of partition 1 moves only that partition (the survivor takes it); nothing acknowledged is lost."""
+    env = _env(psettings) | {"ECHELON_PARTITIONS": "2", "ECHELON_WRITER_PARTITIONS": ""}
+    procs = [_start_writer(env) for _ in range(2)]
+    try:
+
+        async def holders() -> dict[str, asyncpg.Record] | None:
+            rows = await services.store.pool.fetch("SELECT * FROM writer_lease")
+            return {r["partition"]: r for r in rows} if len(rows) == 2 else None
+
+        first = await wait_for(holders, timeout=60, what="a writer for each partition")
+        before = [e for run in RUNS[:4] for e in completed_run(run)]
+        await services.bus.publish_many(before)
+        await wait_for(lambda: _logged(services, len(before)), timeout=30, what="events before the kill")
+        victim_pid = int(first[f"{psettings.writer_partition}-1"]["holder"].split(":")[1])
+        os.kill(victim_pid, signal.SIGKILL)
+
+        async def moved() -> bool:
+            rows = await holders()
+            return (
+                rows is not None
+                and rows[f"{psettings.writer_partition}-1"]["epoch"] > first[f"{psettings.writer_partition}-1"]["epoch"]
+            )
+
+        await wait_for(moved, timeout=10, interval=0.05, what="partition 1 taken over")
+        after = [e for run in RUNS[4:] for e in completed_run(run)]
+        await services.bus.publish_many(after)
+        await wait_for(lambda: _logged(services, len(before) + len(after)), timeout=30, what="events after the kill")
+        now = await holders()
+        assert now is not None
+        survivor = {int(r["holder"].split(":")[1]) for r in now.values()}
+        assert survivor == {p.pid for p in procs} - {victim_pid}
+        rows = await services.store.pool.fetch("SELECT correlation_id, partition FROM events")
+        parts = psettings.partitioning
+        assert all(r["partition"] == parts.of_run(r["correlation_id"].removeprefix("run-")) for r in rows)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    await wait_for(lambda: _all_completed(services), timeout=5, what="read models of every run")
+
+
+def _start_writer(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from echelon.cli import main; main(['coordinator'])"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _logged(services: Services, n: int) -> bool:
+    """At least `n` run events logged (the writers' own certifying announcements come on top)."""
+    count = await services.store.pool.fetchval("SELECT count(*) FROM events WHERE topic <> 'verify.run.certifying'")
+    return int(count) >= n
