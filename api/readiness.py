@@ -59,20 +59,20 @@ async def check(services: Services, settings: Settings) -> Report:
 
 
 async def _writer_lag(services: Services, settings: Settings, report: Report) -> None:
-    """Stream events the coordinator has not acknowledged yet (so not yet in Postgres and the read models)."""
+    """Stream events the writers have not acknowledged yet (so not yet in Postgres and the read models), summed
+    over the log's partitions."""
     bus = services.bus
-    durable = f"{settings.consumer_prefix}-coordinator"
-    try:
-        last_seq = await bus.last_sequence()
-        info = await bus.js.consumer_info(bus.stream, durable, timeout=2)
-    except nats.js.errors.NotFoundError:
-        report.checks["writer"] = "not started"  # nothing consumed yet; the API itself can accept runs
-        return
-    except (nats.errors.Error, TimeoutError, EchelonError) as exc:
-        report.fail("writer", f"unknown: {exc or type(exc).__name__}")
-        return
-    floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-    lag = max(0, last_seq - floor)
+    lag = 0
+    for k in settings.partitioning.indices:
+        try:
+            info = await bus.js.consumer_info(bus.stream, settings.writer_durable(k), timeout=2)
+        except nats.js.errors.NotFoundError:
+            report.checks["writer"] = "not started"  # nothing consumed yet; the API itself can accept runs
+            return
+        except (nats.errors.Error, TimeoutError, EchelonError) as exc:
+            report.fail("writer", f"unknown: {exc or type(exc).__name__}")
+            return
+        lag += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
     if lag > settings.ready_max_lag:
         report.fail("writer", f"writer lag {lag} > {settings.ready_max_lag}")
     else:

@@ -20,7 +20,6 @@ async def coordinator_for(
     """A coordinator that appends `partition` (default: the first this process stands for) only while it
     holds that partition's writer lease (else it stands by)."""
     chosen = settings.writer_partition_ids[0] if partition is None else partition
-    durable = f"{settings.consumer_prefix}-coordinator{settings.partitioning.suffix(chosen)}"
     async with (
         Projector(
             str(settings.redis_url), settings.redis_prefix, partition=chosen, partitioning=settings.partitioning
@@ -32,7 +31,7 @@ async def coordinator_for(
             store=services.store,
             projector=projector,
             metrics=services.metrics,
-            durable=durable,
+            durable=settings.writer_durable(chosen),
             batch_size=settings.coordinator_batch,
             fetch_timeout_s=settings.fetch_timeout_s,
             ack_wait_s=settings.ack_wait_s,

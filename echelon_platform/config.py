@@ -144,6 +144,10 @@ class Settings(BaseSettings):
         """The partitions this process's coordinator stands for (ConfigError naming a bad one)."""
         return self.partitioning.parse(self.writer_partitions)
 
+    def writer_durable(self, partition: int) -> str:
+        """The durable consumer a partition's writer consumes through."""
+        return f"{self.consumer_prefix}-coordinator{self.partitioning.suffix(partition)}"
+
     def lease_name(self, partition: int) -> str:
         """The writer lease of one partition (`writer_partition` itself with a single partition)."""
         return f"{self.writer_partition}{self.partitioning.suffix(partition)}"

@@ -40,8 +40,11 @@ class Watchdog:
 
     async def sweep(self) -> list[str]:
         """Fail every stalled run once; returns their ids."""
-        writer = f"{self.services.settings.consumer_prefix}-coordinator"
-        behind = await self.services.bus.backlog_age_s(writer)
+        settings = self.services.settings
+        # The oldest event any partition's writer has not logged yet.
+        behind = max(
+            [await self.services.bus.backlog_age_s(settings.writer_durable(k)) for k in settings.partitioning.indices]
+        )
         if behind > self.writer_behind_s:
             log.warning("watchdog.writer_behind", oldest_unlogged_s=round(behind, 1))
             return []
