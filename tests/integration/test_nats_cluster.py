@@ -1,6 +1,6 @@
 """A 3-node JetStream cluster (the nats-server binary the project installs), stream at 3 replicas: under
 load, the node leading the stream is killed with SIGKILL and restarted. No acknowledged event is lost, the
-writer logs every one of them once."""
+writer logs every one of them once; stage workers sharing a stage keep sharing it, and runs complete."""
 
 from __future__ import annotations
 
@@ -11,16 +11,22 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 
-from coordinator.factory import coordinator_for
+from api.app import create_app
+from api.auth import issue_jwt
+from coordinator.factory import coordinator_for, coordinators_for
 from echelon.embedded import ClusterRoute, EmbeddedNats
 from echelon.embedded._process import free_port
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.errors import BusError
+from pipeline_workers.fixtures import materialise_sample_repo
+from pipeline_workers.pipeline import Pipeline
 from tests.factories import requested
 from tests.helpers import wait_for
 
@@ -116,3 +122,83 @@ async def test_killing_the_stream_leader_loses_no_acknowledged_event(
         assert {f"run-{r}" for r in acked} <= logged
         info = await services.bus.js.stream_info(services.bus.stream)
         assert info.state.messages >= len(acked)
+
+
+@pytest.mark.timeout(300)
+async def test_stage_workers_share_the_work_and_runs_complete_through_a_node_kill(
+    settings: Settings, cluster: list[EmbeddedNats], tmp_path: Path
+) -> None:
+    """Two worker processes' worth of stage workers (each its own NATS connection) and two partitioned
+    writers on the 3-node cluster: the stream leader is SIGKILLed mid-run and restarted; every run still
+    completes with one certificate, and both workers did part of the work."""
+    url = ",".join(n.url for n in cluster)
+    settings = settings.model_copy(
+        update={"nats_url": url, "stream_replicas": 3, "partitions": 2, "ack_wait_s": 5.0, "max_deliver": 10}
+    )
+
+    async def stream_ready() -> bool:
+        try:
+            async with Services(settings, name="probe"):
+                return True
+        except BusError:
+            return False
+
+    await wait_for(stream_ready, timeout=60, what="a JetStream cluster that accepts the stream")
+    repo = await materialise_sample_repo(tmp_path / "repo")
+    async with AsyncExitStack() as stack:
+        services = await stack.enter_async_context(Services(settings, name="test"))
+        writers = await stack.enter_async_context(coordinators_for(services, settings))
+        pipelines = []
+        for i in range(2):
+            worker_services = await stack.enter_async_context(Services(settings, name=f"worker-{i}"))
+            pipelines.append(await stack.enter_async_context(Pipeline(worker_services, settings)))
+        app = create_app(settings, services)
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        api = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+        )
+        tasks = [asyncio.create_task(writers.run()), *(asyncio.create_task(p.run(watchdog=False)) for p in pipelines)]
+        headers = {"Authorization": f"Bearer {issue_jwt('alice', settings.jwt_secret.get_secret_value())}"}
+        body = {
+            "repo_url": str(repo),
+            "construct_id": "sample-summariser",
+            "oracle_type": "python",
+            "oracle_module": "pipeline_workers.oracles.sample",
+            "oracle_callable": "summarise",
+            "limit": 6,
+            "min_replays": 2,
+        }
+        try:
+            run_ids = []
+            for _ in range(6):
+                response = await api.post("/api/v1/verification/runs", json=body, headers=headers)
+                assert response.status_code == 201, response.text
+                run_ids.append(response.json()["run_id"])
+            victim = cluster[await _leader_index(services, cluster)]
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            await victim.restart()
+
+            async def all_done() -> bool:
+                states = [await services.read_models.get_run(r) for r in run_ids]
+                return all(s is not None and s.status.terminal for s in states)
+
+            await wait_for(all_done, timeout=180, what="every run finished after the node kill")
+            print(f"runs finished {time.monotonic() - killed_at:.1f}s after the kill")
+        finally:
+            writers.stop()
+            for p in pipelines:
+                p.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        states = [await services.read_models.get_run(r) for r in run_ids]
+        assert [s.status.name for s in states if s is not None] == ["COMPLETED"] * len(run_ids)
+        certs = await services.store.pool.fetch(
+            "SELECT correlation_id, count(*) AS n FROM events WHERE topic = 'verify.certificate.issued' "
+            "GROUP BY correlation_id"
+        )
+        assert sorted(r["correlation_id"] for r in certs) == sorted(f"run-{r}" for r in run_ids)
+        assert {r["n"] for r in certs} == {1}
+        handled = [sum(w.stats.handled for w in p.workers) for p in pipelines]
+        print(f"messages handled per worker: {handled}")
+        assert all(n > 0 for n in handled), handled
