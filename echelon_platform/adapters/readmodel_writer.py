@@ -51,6 +51,21 @@ CERT_TOPIC = "verify.certificate.issued"
 RATING_TOPIC = "verify.rating.submitted"
 # Compare-and-delete: release the lease only if it is still ours.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# Take the lease if free or ours, or steal it from an older epoch of the same partition: a writer killed
+# while holding it would otherwise hold its successor's first batch back until the lease expires. Safe,
+# because an older writer's projection is fenced by the epoch (WATCH) anyway. A holder without an epoch
+# (a replay's switch) is never stolen from. Tokens are `<partition>:<epoch or ->:<id>`.
+_TAKE = """
+local current = redis.call('get', KEYS[1])
+if current and current ~= ARGV[1] then
+  local partition, epoch = string.match(current, '^(%d+):(%d+):')
+  if not (partition == ARGV[3] and ARGV[4] ~= '' and tonumber(epoch) < tonumber(ARGV[4])) then
+    return 0
+  end
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +187,11 @@ class Projector(RedisClient):
 
     def __init__(self, url: str, prefix: str, *, partition: int = 0, partitioning: Partitioning | None = None) -> None:
         super().__init__(url, prefix)
-        self._token = str(ULID()).encode()
+        self._id = str(ULID())
         self.epoch: int | None = None  # the writer epoch this projector writes for (None: unfenced)
         self.partitioning = partitioning or Partitioning()
         self.partition = partition
+        self._token = self._make_token()
         suffix = self.partitioning.suffix(partition)
         self._lock = lock_key(prefix, suffix)
         self._checkpoint = checkpoint_key(prefix, suffix)
@@ -189,18 +205,22 @@ class Projector(RedisClient):
         """Record a new writer epoch: from now on a projection by an older writer (one that was paused
         between its append and its projection) fails instead of overwriting newer models."""
         self.epoch = epoch
+        self._token = self._make_token()
         await self.redis.set(self._epoch, epoch)
+
+    def _make_token(self) -> bytes:
+        return f"{self.partition}:{self.epoch if self.epoch is not None else '-'}:{self._id}".encode()
 
     async def acquire(self) -> tuple[str, Checkpoint | None]:
         """Take the lease (waiting while another writer holds it); returns the namespace and checkpoint."""
         while True:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(self._lock, self._token, nx=True, px=self.LEASE_MS)
-            pipe.get(self._lock)
+            epoch = "" if self.epoch is None else str(self.epoch)
+            pipe.eval(_TAKE, 1, self._lock, self._token, self.LEASE_MS, self.partition, epoch)
             pipe.get(pointer_key(self.prefix))
             pipe.get(self._checkpoint)
-            _, holder, ns, checkpoint = await pipe.execute()
-            if holder == self._token:
+            taken, ns, checkpoint = await pipe.execute()
+            if taken:
                 return (text(ns) if ns else DEFAULT_NAMESPACE), Checkpoint.decode(checkpoint)
             await asyncio.sleep(0.05)  # the replay script holds it for a moment while switching
 
@@ -214,8 +234,9 @@ class Projector(RedisClient):
         taken: list[str] = []
         refresher: asyncio.Task[None] | None = None
         try:
-            for key in keys:
-                while not await self.redis.set(key, self._token, nx=True, px=self.LEASE_MS):  # noqa: ASYNC110 - a lock in Redis
+            epoch = "" if self.epoch is None else str(self.epoch)
+            for k, key in zip(chosen, keys, strict=True):
+                while not await self.redis.eval(_TAKE, 1, key, self._token, self.LEASE_MS, k, epoch):  # noqa: ASYNC110 - a lock in Redis
                     await asyncio.sleep(0.05)  # a writer's batch holds it for milliseconds
                 taken.append(key)
             refresher = asyncio.create_task(self._keep(taken))

@@ -108,3 +108,49 @@ async def test_a_restarted_writer_catches_up_from_its_checkpoint(services: Servi
 
 async def _is(services: Services, run_id: str, status: str) -> bool:
     return await status_of(services, run_id) == status
+
+
+async def test_a_new_writer_takes_the_projector_lock_of_a_dead_older_one_at_once(
+    services: Services, settings: Settings
+) -> None:
+    """A writer killed between taking the projector lock and releasing it leaves the lock behind; its
+    successor (a newer epoch) takes it over instead of waiting for it to expire."""
+    events = completed_run("HEALE")
+    await services.bus.publish(events[0])
+    async with coordinator_for(services, settings) as first:
+        await first.run(until_idle=True)
+    assert first.projector.epoch == 1
+    # It died holding the lock (its token: partition 0, epoch 1), with the rest of the run still to come.
+    lock = f"{settings.redis_prefix}lock:projector"
+    await services.read_models.redis.set(lock, "0:1:01JDEADWRITER0000000000000", px=120_000)
+    for e in events[1:]:
+        await services.bus.publish(e)
+    async with coordinator_for(services, settings) as second:
+        await asyncio.wait_for(second.run(until_idle=True), 30)  # far less than the stale lock's life
+    assert second.projector.epoch == 2
+    assert await status_of(services, "HEALE") == "COMPLETED"
+
+
+async def test_a_replay_holding_the_projector_lock_is_waited_for(services: Services, settings: Settings) -> None:
+    """A lock held by a replay's switch (no epoch) is never taken over: the writer appends, then waits."""
+    lock = f"{settings.redis_prefix}lock:projector"
+    async with coordinator_for(services, settings) as coordinator:
+        task = asyncio.create_task(coordinator.run())
+        try:
+            events = completed_run("HEALF")
+            await services.bus.publish(events[0])
+            await wait_for(lambda: _is(services, "HEALF", "PENDING"), what="the writer projecting")
+            await services.read_models.redis.set(lock, "0:-:01JREPLAYSWITCH000000000000", px=120_000)
+            for e in events[1:]:
+                await services.bus.publish(e)
+            await wait_for(lambda: _count_over(services, 1), what="events appended while projection waits")
+            assert await status_of(services, "HEALF") == "PENDING"
+            await services.read_models.redis.delete(lock)
+            await wait_for(lambda: _is(services, "HEALF", "COMPLETED"), timeout=15, what="projected after release")
+        finally:
+            coordinator.stop()
+            await asyncio.wait_for(task, 10)
+
+
+async def _count_over(services: Services, n: int) -> bool:
+    return await services.store.count() > n
