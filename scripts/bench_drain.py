@@ -488,13 +488,14 @@ async def main() -> None:
         async with servers(base, Path(tmp)) as (urls, embedded):
             emit({"measure": "setup", "events": args.events, "embedded": embedded, "nats_sync_always": embedded})
             results = await bench(base, urls, args.events, order, args.py_spy)
-            if "ours" in results and 1 in args.partitions:
-                emit(ratios(results, results["ours"]))
+            if "ours" in results and 1 in args.partitions and (ratio := ratios(results, results["ours"])):
+                emit(ratio)
             for p in args.partitions:
                 if p > 1:
                     ours = await run_partitioned(base, urls, p, args.events, Path(tmp))
                     emit(ours)
-                    emit(ratios(results, ours))
+                    if ratio := ratios(results, ours):
+                        emit(ratio)
 
 
 if __name__ == "__main__":
