@@ -288,6 +288,7 @@ async def run_ours(services: Services, settings: Settings, n: int, profile: Path
     return {
         "measure": "ours",
         "partitions": 1,
+        "batch": settings.coordinator_batch,
         "events": n,
         "received": stats.received,  # the backlog plus the announcements it published itself
         "announcements": announced,
@@ -320,6 +321,7 @@ def writer_env(settings: Settings, partitions: int, k: int, data_dir: Path, secr
         ECHELON_REDIS_PREFIX=settings.redis_prefix,
         ECHELON_CONSUMER_PREFIX=settings.consumer_prefix,
         ECHELON_FETCH_TIMEOUT_S=str(settings.fetch_timeout_s),
+        ECHELON_COORDINATOR_BATCH=str(settings.coordinator_batch),
         ECHELON_PARTITIONS=str(partitions),
         ECHELON_WRITER_PARTITIONS=str(k),
         ECHELON_DATA_DIR=str(data_dir),
@@ -420,6 +422,7 @@ async def run_partitioned(base: Settings, urls: Any, partitions: int, n: int, da
     return {
         "measure": "ours",
         "partitions": partitions,
+        "batch": settings.coordinator_batch,
         "events": n,
         "prefill_publish_events_per_s": round(publish_rate),
         "seconds_raw": round(raw, 3),
@@ -449,7 +452,10 @@ async def bench(
         }
         for name in order:
             await checkpoint(str(settings.database_url))
+            cpu = time.process_time()
             results[name] = await runners[name]()
+            # This process's CPU (user + sys) per event: steadier than wall time on a shared machine.
+            results[name]["client_cpu_us_per_event"] = round((time.process_time() - cpu) / n * 1e6, 1)
             emit(results[name])
     return results
 
@@ -478,6 +484,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--order", default="a,b,ours", help="measurements of the P=1 run, in this order")
     parser.add_argument("--partitions", type=int, nargs="+", default=[1])
+    parser.add_argument("--writer-batch", type=int, help="our writer's batch size (ECHELON_COORDINATOR_BATCH)")
     parser.add_argument("--py-spy", type=Path, metavar="OUT", help="sample our P=1 writer into OUT (collapsed)")
     args = parser.parse_args()
     order = [o.strip() for o in args.order.split(",") if o.strip()]
@@ -485,6 +492,8 @@ async def main() -> None:
         parser.error(f"unknown measurement(s) {sorted(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings(data_dir=Path(tmp))
+        if args.writer_batch:
+            base = base.model_copy(update={"coordinator_batch": args.writer_batch})
         async with servers(base, Path(tmp)) as (urls, embedded):
             emit({"measure": "setup", "events": args.events, "embedded": embedded, "nats_sync_always": embedded})
             results = await bench(base, urls, args.events, order, args.py_spy)
