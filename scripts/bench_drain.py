@@ -11,11 +11,12 @@ own durable consumer, scratch table and key prefix:
   ours     the StateCoordinator (`coordinator_for(...)`, `run(until_idle=True)`), timed to its last batch
 and prints one JSON line per measurement, then the ratios to the better naive loop.
 
-`--partitions P...`: for each P > 1 our writer runs as P `python -m echelon coordinator` processes
-(ECHELON_PARTITIONS=P, ECHELON_WRITER_PARTITIONS=k), seeded through the product's Bus so subjects carry the
-partition token; drained = every pre-filled event appended (counted in Postgres), timed from the start of
-the first process, reported raw and minus the idle start-up time of one process (measured before).
-P = 1 is the in-process writer above. Uses the configured NATS_URL/DATABASE_URL/REDIS_URL, else embedded
+`--partitions P...`: for each P (1 included) our writer also runs as P `python -m echelon coordinator`
+processes (ECHELON_PARTITIONS=P, ECHELON_WRITER_PARTITIONS=k) on a fresh backlog, seeded through the
+product's Bus so subjects carry the partition token; drained = every pre-filled event appended (counted in
+Postgres), timed from the start of the first process, reported raw and minus the idle start-up time of one
+process (measured before), with each component's CPU per event (writers, NATS, Postgres, Redis) for the
+many-host model (scripts/model_scaleout.py). Uses the configured NATS_URL/DATABASE_URL/REDIS_URL, else embedded
 servers.
 """
 
@@ -35,11 +36,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import nats
 import nats.errors
 import orjson
+import psutil
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 from nats.aio.client import Client as NATS
@@ -53,6 +56,7 @@ from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import Subjects
+from echelon_platform.domain.partitions import Partitioning
 from scripts.bench_spine import synthetic_events
 from scripts.benchlib import ROOT, isolated, servers
 
@@ -386,7 +390,7 @@ async def wait_appended(
 
 async def seed_partitioned(settings: Settings, partitions: int, n: int) -> float:
     """Through the product's Bus with partitioned subjects, as producers publish them."""
-    subjects = Subjects(settings.subject_root, partitions=partitions)  # type: ignore[call-arg]
+    subjects = Subjects(settings.subject_root, Partitioning(partitions))
     async with Bus(str(settings.nats_url), stream=settings.stream_name, subjects=subjects) as bus:
         return await prefill(bus, n)
 
@@ -411,10 +415,13 @@ async def run_partitioned(base: Settings, urls: Any, partitions: int, n: int, da
     settings = await isolated(base, urls)
     publish_rate = await seed_partitioned(settings, partitions, n)
     await checkpoint(str(settings.database_url))
+    servers_cpu = ServerCpu(settings)
     started = time.perf_counter()
     procs = start_writers(settings, partitions, list(range(partitions)), data_dir, key)
+    writers_cpu = [psutil.Process(p.pid) for p in procs]
     try:
         done = await wait_appended(str(settings.database_url), n, procs, 600)
+        used = servers_cpu.used() | {"writers": sum(_cpu(p) for p in writers_cpu)}
     finally:
         codes = stop_writers(procs)
     raw = done - started
@@ -431,7 +438,51 @@ async def run_partitioned(base: Settings, urls: Any, partitions: int, n: int, da
         "events_per_s_raw": round(n / raw),
         "events_per_s": round(n / net),
         "writer_exit_codes": codes,
+        # CPU seconds each component spent per backlog event during the drain (start-up included for the
+        # writers): the inputs of the many-host model (scripts/model_scaleout.py).
+        "cpu_us_per_event": {k: round(v / n * 1e6, 1) for k, v in used.items()},
     }
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+class ServerCpu:
+    """CPU used by the NATS, Postgres (postmaster and every backend) and Redis servers behind `settings`,
+    found by the ports they listen on, from creation to `used()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        ports = {
+            "nats": urlsplit(str(settings.nats_url).split(",")[0]).port or 4222,
+            "postgres": urlsplit(str(settings.database_url)).port or 5432,
+            "redis": urlsplit(str(settings.redis_url)).port or 6379,
+        }
+        listeners = {
+            getattr(c.laddr, "port", None): c.pid
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid
+        }
+        self.procs = {name: psutil.Process(listeners[port]) for name, port in ports.items() if port in listeners}
+        self.before = self._sample()
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
+        for name, proc in self.procs.items():
+            family = [proc, *proc.children(recursive=True)] if name == "postgres" else [proc]
+            out[name] = {p.pid: _cpu(p) for p in family}
+        return out
+
+    def used(self) -> dict[str, float]:
+        after = self._sample()
+        return {
+            name: sum(cpu - self.before[name].get(pid, 0.0) for pid, cpu in pids.items())
+            for name, pids in after.items()
+        }
 
 
 # ---- one run ----
@@ -499,12 +550,12 @@ async def main() -> None:
             results = await bench(base, urls, args.events, order, args.py_spy)
             if "ours" in results and 1 in args.partitions and (ratio := ratios(results, results["ours"])):
                 emit(ratio)
+            # Every P (1 too) as writer processes, so the P's are measured alike.
             for p in args.partitions:
-                if p > 1:
-                    ours = await run_partitioned(base, urls, p, args.events, Path(tmp))
-                    emit(ours)
-                    if ratio := ratios(results, ours):
-                        emit(ratio)
+                ours = await run_partitioned(base, urls, p, args.events, Path(tmp))
+                emit(ours)
+                if ratio := ratios(results, ours):
+                    emit(ratio)
 
 
 if __name__ == "__main__":
