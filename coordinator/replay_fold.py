@@ -29,6 +29,33 @@ PAYLOAD_TOPICS = (REQUESTED, INGESTED, SCORED, FAILED, CERTIFICATE, RUN_FAILED)
 PLAIN = frozenset(TOPICS) - {REQUESTED, INGESTED, SCORED, FAILED, CERTIFICATE, RUN_FAILED, COMPLETED}
 
 
+# One dict lookup per event: the status a topic implies (at least PENDING, which every rank meets) and its
+# rule. Topics not listed (and NOT_RUN_EVENTS) take the slow path.
+_PLAIN, _SCORED, _FAILED, _REQUESTED, _INGESTED, _CERTIFICATE, _RUN_FAILED, _COMPLETED = (
+    "plain",
+    "scored",
+    "failed",
+    "requested",
+    "ingested",
+    "certificate",
+    "run_failed",
+    "completed",
+)
+_KINDS = {
+    SCORED: _SCORED,
+    FAILED: _FAILED,
+    REQUESTED: _REQUESTED,
+    INGESTED: _INGESTED,
+    CERTIFICATE: _CERTIFICATE,
+    RUN_FAILED: _RUN_FAILED,
+    COMPLETED: _COMPLETED,
+    **dict.fromkeys(PLAIN, _PLAIN),
+}
+_RULES: dict[str, tuple[Status, str]] = {
+    topic: (IMPLIED.get(topic, Status.PENDING), kind) for topic, kind in _KINDS.items() if topic not in NOT_RUN_EVENTS
+}
+
+
 class _LogRow:
     """The Event protocol over one log row, for the rare topic handed to `apply`."""
 
@@ -69,22 +96,26 @@ class RunFold:
         self.completed = False
 
     def add(self, topic: str, timestamp: datetime, payload: dict[str, Any] | None, seq: int) -> None:
-        if topic in NOT_RUN_EVENTS:  # as `apply`: not about a run
+        rule = _RULES.get(topic)
+        if rule is None:
+            self._add_other(topic, timestamp, payload or {}, seq)
             return
-        if self.updated_at is None or timestamp > self.updated_at:
+        updated = self.updated_at
+        if updated is None or timestamp > updated:
             self.updated_at = timestamp
-        implied = IMPLIED.get(topic)
-        if implied is not None and implied > self.rank:
+        implied, kind = rule
+        if implied > self.rank:
             self.rank = implied
-        if topic in PLAIN:
+        if kind is _PLAIN:
             return
         p: dict[str, Any] = payload or {}
-        if topic == SCORED:
+        if kind is _SCORED:
+            replay_id = p["replay_id"]
+            self.done.add(replay_id)
+            self.scored.add(replay_id)
+        elif kind is _FAILED:
             self.done.add(p["replay_id"])
-            self.scored.add(p["replay_id"])
-        elif topic == FAILED:
-            self.done.add(p["replay_id"])
-        elif topic == REQUESTED:
+        elif kind is _REQUESTED:
             created = p["created_at"]
             self.requested = (
                 p["user_id"],
@@ -93,16 +124,25 @@ class RunFold:
                 created if isinstance(created, datetime) else datetime.fromisoformat(created),
                 p.get("secret_ref"),
             )
-        elif topic == INGESTED:
+        elif kind is _INGESTED:
             self.total = p["total"]
-        elif topic == CERTIFICATE:
+        elif kind is _CERTIFICATE:
             self.certificate = earlier(self.certificate, Decision(seq, p["certificate"]["certificate_id"]))
-        elif topic == RUN_FAILED:
+        elif kind is _RUN_FAILED:
             self.failure = earlier(self.failure, Decision(seq, str(p["reason"])[:MAX_ERROR_CHARS]))
-        elif topic == COMPLETED:
+        else:  # _COMPLETED
             self.completed = True
-        else:  # a topic without a fast rule: `apply` decides, on the state so far
-            self._absorb(apply(self.state(), _LogRow(timestamp, topic, p), seq))
+
+    def _add_other(self, topic: str, timestamp: datetime, payload: dict[str, Any], seq: int) -> None:
+        """A topic without a fast rule: `apply` decides, on the state so far."""
+        if topic in NOT_RUN_EVENTS:  # as `apply`: not about a run
+            return
+        if self.updated_at is None or timestamp > self.updated_at:
+            self.updated_at = timestamp
+        implied = IMPLIED.get(topic)
+        if implied is not None and implied > self.rank:
+            self.rank = implied
+        self._absorb(apply(self.state(), _LogRow(timestamp, topic, payload), seq))
 
     def state(self) -> RunState:
         user_id = construct_id = repo_url = created_at = secret_ref = None
