@@ -87,8 +87,11 @@ _PROJECTED_PAYLOAD = (
     "WHEN topic = 'verify.judge.called' THEN (payload - 'raw_text')::text ELSE payload::text END"
 )
 
+# A replay's event is folded by its id alone: building that one-field object costs Postgres a fraction of
+# deleting the big fields from the whole payload.
 _FOLDED_PAYLOAD = (
-    "CASE WHEN topic LIKE 'verify.replay.%' THEN (payload - 'record' - 'reply' - 'score')::text ELSE payload::text END"
+    "CASE WHEN topic LIKE 'verify.replay.%' THEN jsonb_build_object('replay_id', payload->'replay_id')::text "
+    "ELSE payload::text END"
 )
 
 
