@@ -8,7 +8,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 import nats.errors
@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from coordinator.replay import Rebuilder
 from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
-from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, Fence
+from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, AppendResult, EventStore, Fence
 from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent
 from echelon_platform.adapters.secret_store import SecretStore
 from echelon_platform.adapters.writer_lease import WriterLease
@@ -175,10 +175,15 @@ class StateCoordinator:
         return self.stats
 
     async def _consume(self, until_idle: bool, lost: asyncio.Event) -> bool:
-        """The batch loop; False when leadership was lost (then nothing uncommitted is acked)."""
+        """The batch loop; False when leadership was lost (then nothing uncommitted is acked).
+
+        Two batches are in hand at most: while batch N is projected, announced and acked (`finishing`),
+        batch N+1 is decoded and appended. Appends stay strictly in order, and so do projections (N's is
+        awaited before N+1's starts); the two only overlap, each on its own server."""
         sub: BatchPuller | None = None
         backoff = Backoff()
         prefetched: asyncio.Task[list[Msg]] | None = None
+        finishing: asyncio.Task[None] | None = None
         await self.heal()  # as the leader: the read models are level with the log before anything new
         checked = time.monotonic()
         leading = True
@@ -212,6 +217,10 @@ class StateCoordinator:
             if not msgs:
                 # An empty fetch is normal: nothing to do right now. Meanwhile notice lost read models
                 # (a Redis restart or flush) even when no event arrives to find out.
+                leading = await _settle(finishing)
+                finishing = None
+                if not leading:
+                    break
                 self._set_lag(0)
                 if time.monotonic() - checked > IDLE_CHECK_S:
                     checked = time.monotonic()
@@ -228,21 +237,45 @@ class StateCoordinator:
                 # Batches are still applied strictly one after another, in stream order.
                 prefetched = asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout_s))
             try:
-                await self._handle(msgs)
+                committed = await self._commit(msgs)
             except WriterFenced as exc:
                 # Another writer took over: nothing of this batch was committed, so none of it is acked.
                 log.warning("coordinator.fenced", error=str(exc))
                 await _nak_all(msgs)
+                await _settle(finishing)
+                finishing = None
                 leading = False
                 break
+            if not await _settle(finishing):
+                await _nak_all(msgs)  # appended, never projected here: the new leader does both again
+                finishing = None
+                leading = False
+                break
+            finishing = asyncio.ensure_future(self._finish(committed))
+        if not await _settle(finishing):
+            leading = False
         await _release_prefetched(prefetched)
         await _quiet_unsubscribe(sub)
         return leading
 
-    async def _handle(self, msgs: list[Msg]) -> None:
+    async def _commit(self, msgs: list[Msg]) -> _Committed:
+        """Decode a batch and append it to the log (one transaction)."""
         started = time.perf_counter()
         decoded = decode_batch(msgs, self.bus.subjects)
         result = await self._retry("append", lambda: self._append(decoded))
+        return _Committed(msgs, decoded, result, started)
+
+    async def _finish(self, committed: _Committed) -> None:
+        """Project an appended batch, announce certify work, then ack it. WriterFenced: a newer writer took
+        over before the projection; nothing is acked (the messages come back to it)."""
+        try:
+            await self._project_and_ack(committed)
+        except WriterFenced:
+            await _nak_all(committed.msgs)
+            raise
+
+    async def _project_and_ack(self, committed: _Committed) -> None:
+        msgs, decoded, result, started = committed
         winners = [(env, result.winners[env.event_id]) for env, _ in decoded.events if env.event_id in result.winners]
         if winners:
             projected = await self._project(winners)
@@ -369,6 +402,25 @@ class StateCoordinator:
     def _set_lag(self, lag: int) -> None:
         self.stats.lag = lag
         self.metrics.coordinator_lag.set(lag)
+
+
+class _Committed(NamedTuple):
+    msgs: list[Msg]
+    decoded: _Decoded
+    result: AppendResult
+    started: float
+
+
+async def _settle(finishing: asyncio.Task[None] | None) -> bool:
+    """Wait for the batch being finished; False when a newer writer fenced its projection."""
+    if finishing is None:
+        return True
+    try:
+        await finishing
+    except WriterFenced as exc:
+        log.warning("coordinator.fenced", error=str(exc))
+        return False
+    return True
 
 
 def _transient(exc: BaseException) -> bool:
