@@ -287,10 +287,12 @@ class StateCoordinator:
         for msg, (seq, subject, _, reason) in _poison_msgs(msgs, decoded):
             log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
             await msg.term()
-        parked_seqs = {p[0] for p in decoded.parked}
-        for msg in msgs:
-            if message_sequence(msg) not in parked_seqs:
-                await msg.ack()
+        accepted = msgs
+        if decoded.parked:
+            parked_seqs = {p[0] for p in decoded.parked}
+            accepted = [m for m in msgs if message_sequence(m) not in parked_seqs]
+        for msg in accepted:
+            await msg.ack()
         s = self.stats
         s.batches += 1
         s.received += len(msgs)
@@ -436,6 +438,8 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _poison_msgs(msgs: list[Msg], decoded: _Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:
+    if not decoded.parked:
+        return []  # the usual case: no reply subject to parse
     by_seq = {p[0]: p for p in decoded.parked}
     return [(m, by_seq[message_sequence(m)]) for m in msgs if message_sequence(m) in by_seq]
 
