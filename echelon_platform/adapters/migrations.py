@@ -14,7 +14,7 @@ from echelon_platform.errors import MigrationError, StoreError
 def _default_dir() -> Path:
     # A source checkout (editable install) keeps them beside the packages; an installed copy runs from
     # a directory that has `db/migrations` (the Docker image's WORKDIR).
-    beside = Path(__file__).resolve().parent.parent / "db" / "migrations"
+    beside = Path(__file__).resolve().parents[2] / "db" / "migrations"
     return beside if beside.is_dir() else Path.cwd() / "db" / "migrations"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +15,8 @@ from ulid import ULID
 from echelon.embedded import StackUrls, create_database
 from echelon_platform.adapters.migrations import DEFAULT_DIR, migrate
 from echelon_platform.errors import MigrationError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_migrate_is_idempotent_and_refuses_edits(infra: StackUrls, tmp_path: Path) -> None:
@@ -57,3 +62,25 @@ async def test_migrate_is_idempotent_and_refuses_edits(infra: StackUrls, tmp_pat
         await admin.execute(f'DROP DATABASE "{db.rsplit("/", 1)[1]}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def test_migrate_finds_the_migrations_from_any_working_directory(infra: StackUrls, tmp_path: Path) -> None:
+    """`echelon stack up` / `echelon migrate` started outside the checkout still find db/migrations."""
+    db = await create_database(infra.database_url, f"mig_{str(ULID()).lower()}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from echelon.cli import main; main(['migrate'])",
+        cwd=tmp_path,
+        env={**os.environ, "DATABASE_URL": db, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    conn = await asyncpg.connect(db)
+    try:
+        applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+    finally:
+        await conn.close()
+    assert applied == {p.name for p in DEFAULT_DIR.glob("*.sql")}
