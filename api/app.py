@@ -13,11 +13,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from api import certificates, history, methodology, readiness, runs, signin, stats, stream
+from api.admission import RunAdmission
 from api.auth import TokenCache
 from api.body_limit import BodySizeLimit
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
+from api.limits import RateLimiter, RecentRuns
 from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
@@ -86,7 +88,14 @@ def _attach(app: FastAPI, services: Services) -> None:
     app.state.run_reader = RunReader(services.read_models)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
     app.state.signing_keys = PublishedKeys(services.store)
-    app.state.construct_owners = OwnerReader(services.read_models)
+    redis = services.read_models.redis
+    prefix = app.state.settings.redis_prefix
+    app.state.run_admission = RunAdmission(
+        redis,
+        RateLimiter(redis, prefix, limit=app.state.options.runs_per_minute, window_s=60),
+        RecentRuns(redis, prefix),
+        OwnerReader(services.read_models),
+    )
     app.state.ws_connections = stream.ConnectionCounter(app.state.settings.ws_max_connections_per_user)
 
 
