@@ -3,16 +3,15 @@ the owner of its construct_id, in one Lua script (each part is the Lua function 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from datetime import datetime
 
-import redis.asyncio as aioredis
 import redis.exceptions
 from ulid import ULID
 
-from api.limits import RECENT_NOTE_LUA, WINDOW_LUA, RateLimiter, RecentRuns, run_script
+from api.limits import RECENT_NOTE_LUA, WINDOW_LUA, RateLimiter, RecentRuns
 from echelon_platform.adapters.readmodel_store import CONSTRUCT_OWNER_LUA, OwnerReader
+from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.errors import ReadModelError
 
 # Refused: {ms until a slot frees}. Admitted: {-1, the construct's owner or nil}; the run is noted as recent.
@@ -27,14 +26,13 @@ note_recent(KEYS[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 return {-1, construct_owner(KEYS[3], unpack(ARGV, 9))}
 """
 )
-_ADMIT_RUN_SHA = hashlib.sha1(_ADMIT_RUN.encode()).hexdigest()
 
 
 class RunAdmission:
     """Built once per app: everything it needs is per process."""
 
-    def __init__(self, redis: aioredis.Redis, limiter: RateLimiter, recent: RecentRuns, owners: OwnerReader) -> None:
-        self._redis = redis
+    def __init__(self, lane: RedisLane, limiter: RateLimiter, recent: RecentRuns, owners: OwnerReader) -> None:
+        self._script = lane.script(_ADMIT_RUN)
         self.limiter = limiter
         self.recent = recent
         self._owners = owners
@@ -59,7 +57,7 @@ class RunAdmission:
             *self._owners.arguments(construct_id),
         )
         try:
-            reply = await run_script(self._redis, _ADMIT_RUN, _ADMIT_RUN_SHA, keys, args)
+            reply = await self._script(keys, args)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ReadModelError(f"rate limiter unavailable: {exc}") from exc
         self.limiter.raise_if_full("runs", int(reply[0]))
