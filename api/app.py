@@ -13,15 +13,18 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from api import certificates, history, methodology, readiness, runs, signin, stats, stream
+from api.admission import RunAdmission
 from api.auth import TokenCache
 from api.body_limit import BodySizeLimit
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
+from api.limits import RateLimiter, RecentRuns
 from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
 from echelon_platform.adapters.readmodel_store import OwnerReader, RunReader
+from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.config import Settings
@@ -80,14 +83,24 @@ def _with_security(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _attach(app: FastAPI, services: Services) -> None:
-    """Per-process helpers that need the connected services."""
+def _attach(app: FastAPI, services: Services) -> RedisLane:
+    """Per-process helpers that need the connected services; the caller closes the lane it returns."""
     app.state.services = services
-    app.state.run_reader = RunReader(services.read_models)
+    # The hot routes' Redis round trips share one pipelined connection (api/admission.py, GET /runs/{id}).
+    lane = RedisLane(services.read_models.redis)
+    app.state.run_reader = RunReader(services.read_models, lane)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
     app.state.signing_keys = PublishedKeys(services.store)
-    app.state.construct_owners = OwnerReader(services.read_models)
+    redis = services.read_models.redis
+    prefix = app.state.settings.redis_prefix
+    app.state.run_admission = RunAdmission(
+        lane,
+        RateLimiter(redis, prefix, limit=app.state.options.runs_per_minute, window_s=60),
+        RecentRuns(redis, prefix),
+        OwnerReader(services.read_models),
+    )
     app.state.ws_connections = stream.ConnectionCounter(app.state.settings.ws_max_connections_per_user)
+    return lane
 
 
 def create_app(settings: Settings, services: Services | None = None, *, options: ApiOptions | None = None) -> FastAPI:
@@ -100,13 +113,19 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
             # Anyone can mint tokens for the published development secret: fine on loopback only.
             log.warning("api.dev_jwt_secret", hint="set ECHELON_JWT_SECRET before exposing the API")
         if services is not None:
-            _attach(app, services)
-            yield
+            lane = _attach(app, services)
+            try:
+                yield
+            finally:
+                await lane.close()
             return
         # No reconnect buffering: a publish that failed (503) must never be sent later.
         async with Services(settings, name="echelon-api", buffer_while_reconnecting=False, role=Role.API) as owned:
-            _attach(app, owned)
-            yield
+            lane = _attach(app, owned)
+            try:
+                yield
+            finally:
+                await lane.close()
 
     app = FastAPI(
         title="echelon-verify",

@@ -24,7 +24,6 @@ from api.cert_schemas import (
 )
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from api.limits import RateLimiter
-from echelon_platform.adapters.readmodel_store import OwnerReader
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.certificate import signature_ok, verify_certificate
@@ -109,9 +108,8 @@ async def signing_keys(request: Request) -> dict[str, object]:
     return await keys.well_known()
 
 
-async def check_construct_owner(owners: OwnerReader, construct_id: str, user_id: str, *, admin: bool) -> None:
-    """403 unless ``user_id`` owns ``construct_id`` (or nobody does yet): the first to certify owns it."""
-    owner = await owners.owner(construct_id)
+def check_construct_owner(owner: str | None, construct_id: str, user_id: str, *, admin: bool) -> None:
+    """403 unless ``user_id`` owns ``construct_id`` (``owner``; None: nobody yet): the first to certify owns it."""
     if owner is not None and owner != user_id and not admin:
         raise Forbidden(
             f"construct_id {construct_id!r} belongs to the user who first certified it: choose another construct_id"

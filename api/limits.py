@@ -21,32 +21,34 @@ from ulid import ULID
 from echelon_platform.errors import RateLimited, ReadModelError
 
 # Sliding window log: timestamps (server clock, so several API processes agree) of the calls in the window.
-# An admitted call is recorded (plus what `admitted` adds) and answers -1; a refused one, the ms until a slot frees.
-_WINDOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-{admitted}  return -1
+# A Lua function (scripts that do more in the same round trip call it): an admitted call is recorded and
+# answers -1; a refused one, the ms until a slot frees.
+WINDOW_LUA = """
+local function sliding_window(key, limit, window, member)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) < limit then
+    redis.call('ZADD', key, now, member)
+    redis.call('PEXPIRE', key, window)
+    return -1
+  end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + window - now
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tonumber(oldest[2]) + window - now
 """
-_SLIDING_WINDOW = _WINDOW.format(admitted="")
+_SLIDING_WINDOW = WINDOW_LUA + "return sliding_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])\n"
+_SLIDING_WINDOW_SHA = hashlib.sha1(_SLIDING_WINDOW.encode()).hexdigest()
 
-# POST /runs in one round trip (its only Redis call): the sliding window above and, if the run is admitted,
-# the RecentRuns note of it (read-your-writes for the list) with that class's trimming.
-_ADMIT_RUN = _WINDOW.format(
-    admitted="""  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[7]) - 1)
-  redis.call('EXPIRE', KEYS[2], ARGV[8])
+# `RecentRuns.add` as a Lua function, for POST /runs's admission script (api/admission.py).
+RECENT_NOTE_LUA = """
+local function note_recent(key, run_id, score, stale_before, keep, ttl)
+  redis.call('ZADD', key, score, run_id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', stale_before)
+  redis.call('ZREMRANGEBYRANK', key, 0, -tonumber(keep) - 1)
+  redis.call('EXPIRE', key, ttl)
+end
 """
-)
-_ADMIT_RUN_SHA = hashlib.sha1(_ADMIT_RUN.encode()).hexdigest()
 
 
 @lru_cache(maxsize=4096)
@@ -64,37 +66,19 @@ class RateLimiter:
 
     async def hit(self, scope: str, user_id: str) -> None:
         """Count one call; RateLimited (→ 429 with Retry-After) when the window is already full."""
-        key = f"{self._prefix}ratelimit:{scope}:{_digest(user_id)}"
+        key = self.key(scope, user_id)
         try:
-            wait_ms = int(await self._redis.eval(_SLIDING_WINDOW, 1, key, self.limit, self.window_ms, str(ULID())))
+            args = (self.limit, self.window_ms, str(ULID()))
+            wait_ms = int(await run_script(self._redis, _SLIDING_WINDOW, _SLIDING_WINDOW_SHA, (key,), args))
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ReadModelError(f"rate limiter unavailable: {exc}") from exc
-        self._raise_if_full(scope, wait_ms)
+        self.raise_if_full(scope, wait_ms)
 
-    async def admit_run(self, user_id: str, run_id: str, created_at: datetime, recent: RecentRuns) -> None:
-        """`hit("runs", user_id)` and, when admitted, `recent.add(...)` of the run, in one Redis round trip.
+    def key(self, scope: str, user_id: str) -> str:
+        return f"{self._prefix}ratelimit:{scope}:{_digest(user_id)}"
 
-        Noted before the run is published, so the caller forgets it again if the publish fails; a note left
-        behind anyway (the process died in between) only costs the list one stream lookup until it expires."""
-        keys = (f"{self._prefix}ratelimit:runs:{_digest(user_id)}", recent.key(user_id))
-        now_ms = time.time() * 1000
-        args = (
-            self.limit,
-            self.window_ms,
-            str(ULID()),
-            run_id,
-            created_at.timestamp() * 1000,
-            now_ms - recent.ttl_s * 1000,
-            recent.max_entries,
-            recent.ttl_s,
-        )
-        try:
-            wait_ms = int(await _run_script(self._redis, _ADMIT_RUN, _ADMIT_RUN_SHA, keys, args))
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise ReadModelError(f"rate limiter unavailable: {exc}") from exc
-        self._raise_if_full("runs", wait_ms)
-
-    def _raise_if_full(self, scope: str, wait_ms: int) -> None:
+    def raise_if_full(self, scope: str, wait_ms: int) -> None:
+        """RateLimited (→ 429 with Retry-After) unless the window script admitted the call (-1)."""
         if wait_ms >= 0:
             retry_after = max(1, math.ceil(wait_ms / 1000))
             raise RateLimited(
@@ -104,7 +88,7 @@ class RateLimiter:
             )
 
 
-async def _run_script(
+async def run_script(
     client: aioredis.Redis, script: str, sha: str, keys: tuple[str, ...], args: tuple[Any, ...]
 ) -> Any:
     """EVALSHA (the script's hash instead of its text on every call); EVAL once when Redis lacks it."""

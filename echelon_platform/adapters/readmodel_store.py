@@ -14,6 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.domain.projections import RunState, Status, from_record
 from echelon_platform.errors import ReadModelError
 
@@ -223,36 +224,49 @@ local ns = redis.call('GET', KEYS[1]) or ARGV[3]
 return redis.call('GET', ARGV[1] .. ns .. ARGV[2])
 """
 _NS_MARK = "\x00ns\x00"
+_ID_MARK = "\x00id\x00"
 
 
 class RunReader:
-    """`ReadModels.get_run` in one Redis round trip instead of two; the key layout stays `Keys`'s."""
+    """`ReadModels.get_run` in one Redis round trip instead of two; the key layout stays `Keys`'s. With a lane
+    (the API's hot path), the round trip shares the lane's pipelined connection."""
 
-    def __init__(self, read_models: ReadModels) -> None:
+    def __init__(self, read_models: ReadModels, lane: RedisLane | None = None) -> None:
         self._rm = read_models
+        self._pointer = pointer_key(read_models.prefix)
+        # The key around the namespace and the run id, split once (not on every call).
+        self._before, _, after = Keys(read_models.prefix, _NS_MARK).run(_ID_MARK).partition(_NS_MARK)
+        self._head, _, self._tail = after.partition(_ID_MARK)
         self._script = read_models.redis.register_script(_GET_IN_NAMESPACE)
+        self._lane_script = lane.script(_GET_IN_NAMESPACE) if lane is not None else None
 
     async def get(self, run_id: str) -> RunState | None:
-        before, _, after = Keys(self._rm.prefix, _NS_MARK).run(run_id).partition(_NS_MARK)
-        raw = await self._script(keys=[pointer_key(self._rm.prefix)], args=[before, after, DEFAULT_NAMESPACE])
+        args = (self._before, f"{self._head}{run_id}{self._tail}", DEFAULT_NAMESPACE)
+        if self._lane_script is not None:
+            raw = await self._lane_script((self._pointer,), args)
+        else:
+            raw = await self._script(keys=[self._pointer], args=list(args))
         return from_record(orjson.loads(raw)) if raw else None
 
 
 # A construct's owner (the user of its first certificate's run) in one round trip: namespace pointer, the
-# construct's oldest certificate, that certificate's run, the run's user. Key parts come from `Keys`.
-_OWNER_IN_NAMESPACE = """
-local ns = redis.call('GET', KEYS[1]) or ARGV[1]
-local first = redis.call('ZRANGE', ARGV[2] .. ns .. ARGV[3], 0, 0)[1]
-if not first then return false end
-local cert = redis.call('GET', ARGV[2] .. ns .. ARGV[4] .. first)
-if not cert then return false end
-local run = redis.call('GET', ARGV[2] .. ns .. ARGV[5] .. cjson.decode(cert)['run_id'])
-if not run then return false end
-local user = cjson.decode(run)['user_id']
-if type(user) ~= 'string' then return false end
-return user
+# construct's oldest certificate, that certificate's run, the run's user. A Lua function, so that POST /runs
+# can call it inside its own admission script; the key parts come from `Keys` (see `OwnerReader.arguments`).
+CONSTRUCT_OWNER_LUA = """
+local function construct_owner(pointer, default_ns, prefix, certs, cert, run)
+  local ns = redis.call('GET', pointer) or default_ns
+  local first = redis.call('ZRANGE', prefix .. ns .. certs, 0, 0)[1]
+  if not first then return false end
+  local c = redis.call('GET', prefix .. ns .. cert .. first)
+  if not c then return false end
+  local r = redis.call('GET', prefix .. ns .. run .. cjson.decode(c)['run_id'])
+  if not r then return false end
+  local user = cjson.decode(r)['user_id']
+  if type(user) ~= 'string' then return false end
+  return user
+end
 """
-_ID_MARK = "\x00id\x00"
+_OWNER_IN_NAMESPACE = CONSTRUCT_OWNER_LUA + "return construct_owner(KEYS[1], unpack(ARGV))\n"
 
 
 class OwnerReader:
@@ -261,15 +275,19 @@ class OwnerReader:
     def __init__(self, read_models: ReadModels) -> None:
         self._rm = read_models
         self._script = read_models.redis.register_script(_OWNER_IN_NAMESPACE)
+        keys = Keys(read_models.prefix, _NS_MARK)
+        self.pointer = pointer_key(read_models.prefix)
+        # The namespace-independent key parts, split once: only the construct's index varies per call.
+        self._cert = keys.cert(_ID_MARK).partition(_NS_MARK)[2].removesuffix(_ID_MARK)
+        self._run = keys.run(_ID_MARK).partition(_NS_MARK)[2].removesuffix(_ID_MARK)
+
+    def arguments(self, construct_id: str) -> tuple[str, ...]:
+        """`construct_owner`'s arguments after the pointer key (KEYS[1] of the script that calls it)."""
+        before, _, certs = Keys(self._rm.prefix, _NS_MARK).construct_certs(construct_id, "created").partition(_NS_MARK)
+        return (DEFAULT_NAMESPACE, before, certs, self._cert, self._run)
 
     async def owner(self, construct_id: str) -> str | None:
-        keys = Keys(self._rm.prefix, _NS_MARK)
-        before, _, certs = keys.construct_certs(construct_id, "created").partition(_NS_MARK)
-        cert = keys.cert(_ID_MARK).partition(_NS_MARK)[2].removesuffix(_ID_MARK)
-        run = keys.run(_ID_MARK).partition(_NS_MARK)[2].removesuffix(_ID_MARK)
-        raw = await self._script(
-            keys=[pointer_key(self._rm.prefix)], args=[DEFAULT_NAMESPACE, before, certs, cert, run]
-        )
+        raw = await self._script(keys=[self.pointer], args=list(self.arguments(construct_id)))
         return text(raw) if raw else None
 
 

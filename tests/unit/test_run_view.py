@@ -1,4 +1,4 @@
-"""GET /runs/{id} answers `run_view_json(state)`: it must be the bytes FastAPI would produce from `RunView`."""
+"""GET /runs/{id} and POST /runs answer JSON they build themselves: it must be the bytes FastAPI would produce."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.runs import run_view_json
-from api.schemas import RunView
+from api.runs import _created, run_view_json
+from api.schemas import RunCreated, RunView
 from echelon_platform.domain.projections import Decision, RunState, Status, public_view
 
 ZONES = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))])
@@ -38,3 +38,15 @@ STATES = st.builds(
 @given(STATES)
 def test_run_view_json_is_what_the_response_model_serialises(state: RunState) -> None:
     assert run_view_json(state) == RunView.model_validate(public_view(state)).model_dump_json().encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=30), st.sampled_from([s.name for s in Status]), TIMES.filter(bool), st.booleans())
+def test_post_answer_is_what_the_response_model_serialises(
+    run_id: str, status: str, created_at: datetime, repeat: bool
+) -> None:
+    code = 200 if repeat else 201
+    answer = _created(run_id, status, created_at, code)
+    assert answer.status_code == code and answer.media_type == "application/json"
+    expected = RunCreated(run_id=run_id, status=status, created_at=created_at).model_dump_json().encode()
+    assert answer.body == expected

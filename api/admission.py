@@ -1,0 +1,65 @@
+"""POST /runs's only Redis round trip: the caller's rate limit, the recent-runs note of the admitted run and
+the owner of its construct_id, in one Lua script (each part is the Lua function its own module defines)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import redis.exceptions
+from ulid import ULID
+
+from api.limits import RECENT_NOTE_LUA, WINDOW_LUA, RateLimiter, RecentRuns
+from echelon_platform.adapters.readmodel_store import CONSTRUCT_OWNER_LUA, OwnerReader
+from echelon_platform.adapters.redis_lane import RedisLane
+from echelon_platform.errors import ReadModelError
+
+# Refused: {ms until a slot frees}. Admitted: {-1, the construct's owner or nil}; the run is noted as recent.
+_ADMIT_RUN = (
+    WINDOW_LUA
+    + RECENT_NOTE_LUA
+    + CONSTRUCT_OWNER_LUA
+    + """
+local wait = sliding_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+if wait >= 0 then return {wait} end
+note_recent(KEYS[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+return {-1, construct_owner(KEYS[3], unpack(ARGV, 9))}
+"""
+)
+
+
+class RunAdmission:
+    """Built once per app: everything it needs is per process."""
+
+    def __init__(self, lane: RedisLane, limiter: RateLimiter, recent: RecentRuns, owners: OwnerReader) -> None:
+        self._script = lane.script(_ADMIT_RUN)
+        self.limiter = limiter
+        self.recent = recent
+        self._owners = owners
+
+    async def admit(self, user_id: str, run_id: str, created_at: datetime, construct_id: str) -> str | None:
+        """`limiter.hit("runs", user_id)` and, when admitted, `recent.add(...)` of the run; answers the owner
+        of `construct_id` (None: nobody certified it yet). RateLimited when the window is full.
+
+        Noted before the run is published, so the caller forgets it again if the run is not accepted; a note
+        left behind anyway (the process died in between) only costs the list one stream lookup until it expires."""
+        recent = self.recent
+        keys = (self.limiter.key("runs", user_id), recent.key(user_id), self._owners.pointer)
+        args = (
+            self.limiter.limit,
+            self.limiter.window_ms,
+            str(ULID()),
+            run_id,
+            created_at.timestamp() * 1000,
+            time.time() * 1000 - recent.ttl_s * 1000,
+            recent.max_entries,
+            recent.ttl_s,
+            *self._owners.arguments(construct_id),
+        )
+        try:
+            reply = await self._script(keys, args)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ReadModelError(f"rate limiter unavailable: {exc}") from exc
+        self.limiter.raise_if_full("runs", int(reply[0]))
+        owner = reply[1] if len(reply) > 1 else None
+        return owner.decode() if isinstance(owner, bytes) else owner
