@@ -133,6 +133,7 @@ class Cluster:
                 "ECHELON_SUBJECT_ROOT": s.subject_root,
                 "ECHELON_REDIS_PREFIX": s.redis_prefix,
                 "ECHELON_CONSUMER_PREFIX": s.consumer_prefix,
+                "ECHELON_PARTITIONS": str(s.partitions),  # every coordinator stands for every partition
                 "ECHELON_API_PORT": str(s.api_port),
                 "ECHELON_JWT_SECRET": s.jwt_secret.get_secret_value(),
                 "ECHELON_RUNS_PER_MINUTE": "1000000",
@@ -200,11 +201,11 @@ class Cluster:
                 await proc.wait()
 
     async def leader(self) -> tuple[int, str] | None:
-        """(epoch, holder) of the partition's writer lease."""
+        """(epoch, holder) of the writer lease of the log's first partition (the one coordinator faults kill)."""
         conn = await asyncpg.connect(self.database_url)
         try:
             row = await conn.fetchrow(
-                "SELECT epoch, holder FROM writer_lease WHERE partition = $1", self.settings.writer_partition
+                "SELECT epoch, holder FROM writer_lease WHERE partition = $1", self.settings.lease_name(0)
             )
         finally:
             await conn.close()

@@ -91,7 +91,7 @@ def standbys_ready(world: Cluster, count: int = 2) -> Probe:
         try:
             n = await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
-                f"echelon-writer:{world.settings.writer_partition}",
+                f"echelon-writer:{world.settings.lease_name(0)}",
             )
         finally:
             await conn.close()
