@@ -11,7 +11,9 @@ own, so the writers scale with P, and the shared servers set the ceilings:
   postgres  pg_cores x 1e6 / postgres_us  a backend per writer; appends of different partitions share no
                                           lock (each takes only its own lease row)
   redis     1e6 / redis_us                one thread executes every command
-  nats      1e6 / nats_us                 one stream: its leader stores every event in order on one core
+  nats      S x 1e6 / nats_us             S streams (today one: its leader stores every event in order on
+                                          one core); a stream per partition (`--nats-streams P`) would lift
+                                          it, each partition's subjects being a stream of their own
 
 Throughput(P) = the least of the four; the binding one is named. The costs come from the P = 1 run (the
 least contended on a 2-core machine, where every process shares the same cores); the P > 1 runs of this
@@ -49,12 +51,12 @@ def per_writer_us(run: dict[str, Any]) -> float:
     return float(run["cpu_us_per_event"]["writers"])
 
 
-def ceilings(costs: dict[str, float], partitions: int, pg_cores: int) -> dict[str, float]:
+def ceilings(costs: dict[str, float], partitions: int, pg_cores: int, streams: int) -> dict[str, float]:
     return {
         "writers": partitions * 1e6 / costs["writers"],
         "postgres": pg_cores * 1e6 / costs["postgres"],
         "redis": 1e6 / costs["redis"],
-        "nats": 1e6 / costs["nats"],
+        "nats": min(streams, partitions) * 1e6 / costs["nats"],
     }
 
 
@@ -63,6 +65,9 @@ def main() -> None:
     parser.add_argument("measured", type=Path, help="bench_drain.py output (JSON lines)")
     parser.add_argument("--pg-cores", type=int, default=8, help="cores of the Postgres primary")
     parser.add_argument("--partitions", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument(
+        "--nats-streams", type=int, default=1, help="JetStream streams the log is spread over (P: one each)"
+    )
     args = parser.parse_args()
     runs = load(args.measured)
     if 1 not in runs:
@@ -73,7 +78,7 @@ def main() -> None:
     for p, run in sorted(runs.items()):
         print(json.dumps({"measure": "this_machine", "partitions": p, "events_per_s": run["events_per_s"]}))
     for p in args.partitions:
-        limits = ceilings(costs, p, args.pg_cores)
+        limits = ceilings(costs, p, args.pg_cores, args.nats_streams)
         binding = min(limits, key=limits.__getitem__)
         print(
             json.dumps(
