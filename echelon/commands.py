@@ -24,13 +24,14 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from api.app import create_app
-    from echelon.stack import AnnouncingServer, infrastructure
+    from echelon.stack import AnnouncingServer, freeze_startup_heap, infrastructure
 
     settings.check_api_exposure()  # before starting anything: one line, exit 1
     async with infrastructure(settings) as resolved:
         config = uvicorn.Config(
             create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning"
         )
+        freeze_startup_heap()
         await AnnouncingServer(config, resolved).serve()
     return 0
 
@@ -44,7 +45,7 @@ async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from echelon.stack import infrastructure
+    from echelon.stack import freeze_startup_heap, infrastructure
     from echelon_platform.adapters.services import Services
     from echelon_platform.domain.roles import stage_groups
     from pipeline_workers.pipeline import STAGES, Pipeline
@@ -62,6 +63,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         for role, stages in stage_groups(args.stages):
             services = await stack.enter_async_context(Services(resolved, name=f"echelon-worker-{role}", role=role))
             pipelines.append(await stack.enter_async_context(Pipeline(services, resolved, stages=stages)))
+        freeze_startup_heap()
         await asyncio.gather(*(p.run(watchdog=i == 0) for i, p in enumerate(pipelines)))
     return 0
 
