@@ -33,6 +33,9 @@ from tests.integration.test_api_support import auth, certified_run, drain, publi
 __all__ = ["services"]  # fixtures
 
 EXAMPLES_PER_OPERATION = 60
+# Headers that frame the HTTP message belong to the client library, not to the API's input: a generated
+# `Content-Length: )xO…` is refused by the HTTP server's parser (400) before any route sees the request.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection", "expect", "upgrade"})
 CONFORMANCE = [
     not_a_server_error,
     status_code_conformance,
@@ -74,6 +77,8 @@ def property_test(
     )
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     def check(case: Any) -> None:
+        for name in [h for h in (case.headers or {}) if h.lower() in FRAMING_HEADERS]:
+            del case.headers[name]
         case.call_and_validate(base_url=base_url, headers=headers, checks=checks, timeout=10)
 
     return check
