@@ -162,7 +162,11 @@ async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
             rows = await services.store.pool.fetch("SELECT * FROM writer_lease")
             return {r["partition"]: r for r in rows} if len(rows) == 2 else None
 
-        first = await wait_for(holders, timeout=60, what="a writer for each partition")
+        await wait_for(holders, timeout=60, what="a writer for each partition")
+        # Both processes up: partition 1 has its leader and a standby (each keeps a lease connection).
+        await wait_for(lambda: _contenders(services, psettings.lease_name(1), 2), timeout=60, what="a standby")
+        first = await holders()
+        assert first is not None
         before = [e for run in RUNS[:4] for e in completed_run(run)]
         await services.bus.publish_many(before)
         await wait_for(lambda: _logged(services, len(before)), timeout=30, what="events before the kill")
@@ -198,6 +202,14 @@ async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
                 p.kill()
                 p.wait()
     await wait_for(lambda: _all_completed(services), timeout=5, what="read models of every run")
+
+
+async def _contenders(services: Services, lease: str, n: int) -> bool:
+    count = await services.store.pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        f"echelon-writer:{lease}",
+    )
+    return int(count) >= n
 
 
 def _start_writer(env: dict[str, str]) -> subprocess.Popen[bytes]:
