@@ -163,10 +163,6 @@ class Rebuilder:
             await pipe.execute()
         self._dirty, self._new_certs, self._new_ratings = set(), [], []
 
-    @property
-    def last_seq(self) -> int:
-        return max(self.positions.values(), default=0)
-
     async def rebuild(self, *, switch: bool = True) -> ReplayReport:
         """Fold the log into a fresh namespace; with `switch`, make it current (pointer and every
         partition's checkpoint)."""

@@ -45,12 +45,6 @@ def load(path: Path) -> dict[int, dict[str, Any]]:
     return runs
 
 
-def per_writer_us(run: dict[str, Any]) -> float:
-    """One writer's CPU per event of its own partition: the writers' total over P partitions is per event
-    of the whole backlog, and each writer handles 1/P of it."""
-    return float(run["cpu_us_per_event"]["writers"])
-
-
 def ceilings(costs: dict[str, float], partitions: int, pg_cores: int, streams: int) -> dict[str, float]:
     return {
         "writers": partitions * 1e6 / costs["writers"],
@@ -73,7 +67,7 @@ def main() -> None:
     if 1 not in runs:
         sys.exit("model_scaleout: the measurements hold no P = 1 run (bench_drain.py --partitions 1 ...)")
     base = runs[1]
-    costs = {"writers": per_writer_us(base), **{k: float(base["cpu_us_per_event"][k]) for k in COMPONENTS[1:]}}
+    costs = {k: float(base["cpu_us_per_event"][k]) for k in COMPONENTS}
     print(json.dumps({"measure": "costs_us_per_event", "from_partitions": 1, **costs}))
     for p, run in sorted(runs.items()):
         print(json.dumps({"measure": "this_machine", "partitions": p, "events_per_s": run["events_per_s"]}))

@@ -1,9 +1,11 @@
-"""Test helpers: wait on a condition with a deadline (never sleep for an effect)."""
+"""Test helpers: wait on a condition with a deadline (never sleep for an effect); stop role processes."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -28,3 +30,16 @@ async def wait_for(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    """SIGTERM whichever still run (as a supervisor stops them), then wait; SIGKILL one that hangs."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

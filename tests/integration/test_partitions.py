@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -21,8 +19,8 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from tests.factories import certificate, requested, run_events
-from tests.helpers import wait_for
-from tests.integration.test_writer_lease import REPO_ROOT, _env
+from tests.helpers import stop_processes, wait_for
+from tests.integration.test_writer_lease import _start_coordinator
 
 RUNS = [f"PART{i:02d}" for i in range(10)]
 
@@ -154,8 +152,7 @@ async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
 ) -> None:
     """Two writer processes stand for both partitions: each partition has exactly one holder. Killing the
     holder of partition 1 moves only that partition (the survivor takes it); nothing acknowledged is lost."""
-    env = _env(psettings) | {"ECHELON_PARTITIONS": "2", "ECHELON_WRITER_PARTITIONS": ""}
-    procs = [_start_writer(env) for _ in range(2)]
+    procs = [_start_coordinator(psettings, ECHELON_PARTITIONS="2", ECHELON_WRITER_PARTITIONS="") for _ in range(2)]
     try:
 
         async def holders() -> dict[str, asyncpg.Record] | None:
@@ -192,15 +189,7 @@ async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
         parts = psettings.partitioning
         assert all(r["partition"] == parts.of_run(r["correlation_id"].removeprefix("run-")) for r in rows)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
     await wait_for(lambda: _all_completed(services), timeout=5, what="read models of every run")
 
 
@@ -210,16 +199,6 @@ async def _contenders(services: Services, lease: str, n: int) -> bool:
         f"echelon-writer:{lease}",
     )
     return int(count) >= n
-
-
-def _start_writer(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", "from echelon.cli import main; main(['coordinator'])"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def _logged(services: Services, n: int) -> bool:

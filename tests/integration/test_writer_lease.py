@@ -21,7 +21,7 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.errors import WriterFenced
 from tests.factories import requested, run_events
-from tests.helpers import wait_for
+from tests.helpers import stop_processes, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,10 +162,10 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _start_coordinator(settings: Settings) -> subprocess.Popen[bytes]:
+def _start_coordinator(settings: Settings, **extra_env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", "from echelon.cli import main; main(['coordinator'])"],
-        env=_env(settings),
+        env=_env(settings) | extra_env,
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -200,15 +200,7 @@ async def test_sigkill_of_the_leader_hands_over_within_five_seconds(services: Se
         assert second is not None and int(second["holder"].split(":")[1]) != leader_pid
         assert took_over_s < 5
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
     # The survivor stopped on SIGTERM: a clean exit; the killed one reports the signal.
     assert sorted(p.returncode for p in procs) == [-signal.SIGKILL, 0]
 
