@@ -72,7 +72,7 @@ def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> _Deco
     """Split a batch into valid events and poison (with the reason it was refused). With `subjects` of a
     partitioned log, an event published on another partition than its run's is poison too: logging it here
     would put one run's events under two writers, out of order."""
-    check = subjects is not None and subjects.partitioning.partitioned
+    partitioned = subjects if subjects is not None and subjects.partitioning.partitioned else None
     events: list[tuple[Envelope, int]] = []
     parked: list[tuple[int, str, bytes, str]] = []
     retried: list[int] = []
@@ -84,8 +84,8 @@ def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> _Deco
         try:
             envelope = Envelope.from_wire(msg.data)
             parse_payload(envelope)
-            if check and subjects is not None:
-                _check_partition(subjects, msg.subject, envelope)
+            if partitioned is not None:
+                _check_partition(partitioned, msg.subject, envelope)
         except EnvelopeError as exc:
             parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
             continue
