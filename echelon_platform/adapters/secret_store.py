@@ -8,7 +8,6 @@ Not in Redis: work in flight must carry on after the read models are lost.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import asyncpg
@@ -18,6 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore
+from echelon_platform.adapters.key_files import publish_once
 from echelon_platform.config import Settings
 from echelon_platform.errors import ConfigError, StoreError
 
@@ -55,22 +55,14 @@ def fernet_for(settings: Settings) -> MultiFernet:
 
 
 def _generated(path: Path) -> str:
-    if path.exists():
-        return _read(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another role of this data dir generated it first: use that one
-        return _read(path)
-    key = Fernet.generate_key()
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
+    if path.exists() or not publish_once(path, Fernet.generate_key()):
+        return _read(path)  # another role of this data dir generated it first: use that one
     log.warning(
         "secrets.key_generated",
         path=str(path),
         hint="set ECHELON_SECRET_KEYS when roles run on several hosts (they must share the key)",
     )
-    return key.decode()
+    return _read(path)
 
 
 def _read(path: Path) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore
+from echelon_platform.adapters.key_files import publish_once
 from echelon_platform.config import Settings
 from echelon_platform.domain.certificate import signed_content
 from echelon_platform.domain.values import CalibrationCertificate, CertificateSignature
@@ -104,15 +104,10 @@ def load_keyring(settings: Settings) -> Keyring:
 def _generated(path: Path) -> Ed25519PrivateKey:
     if path.exists():
         return _private_from(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another role of this data dir generated it first: use that one
+    if not publish_once(path, pem):  # another role of this data dir generated it first: use that one
         return _private_from(path)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
     log.warning(
         "signing.key_generated",
         path=str(path),
