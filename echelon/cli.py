@@ -62,8 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--runs-per-second", type=float, default=1.0, help="load submitted through the API")
     chaos.add_argument("--duration-s", type=float, help="time budget of the fault phase: fewer rounds if spent")
     chaos.add_argument("--mean-gap-s", type=float, default=3.0, help="mean pause between recovery and next fault")
-    chaos.add_argument("--kinds", help="comma-separated subset of: coordinator,worker,api,nats,redis,postgres")
-    chaos.add_argument("--work-dir", type=Path, help="logs and embedded servers (kept; default: removed if ok)")
+    chaos.add_argument(
+        "--kinds", help="comma-separated subset of: coordinator,worker,api,nats,redis,postgres,lock,stop (default: all)"
+    )
+    chaos.add_argument(
+        "--outage-s",
+        default="0.3-15",
+        help="how long a timed fault lasts (server outage, LOCK TABLE events, SIGSTOP): SECONDS or LOW-HIGH",
+    )
+    chaos.add_argument("--overlap", type=int, default=1, help="faults of distinct kinds injected at once per round")
+    chaos.add_argument(
+        "--work-dir",
+        type=Path,
+        help="logs, embedded servers and the run's database are kept there (default: a temporary one, removed if ok)",
+    )
     chaos.add_argument("--json", action="store_true", help="the report on one line")
 
     token = sub.add_parser("token", help="mint a development JWT from the configured secret")

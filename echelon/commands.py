@@ -173,6 +173,17 @@ async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def parse_range(text: str) -> tuple[float, float] | None:
+    """`5` or `0.3-15` as (low, high) seconds; None when it is not a positive, ordered range."""
+    low_text, _, high_text = text.partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if high_text else low
+    except ValueError:
+        return None
+    return (low, high) if 0 < low <= high < float("inf") else None
+
+
 async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     import json
     import random
@@ -182,9 +193,12 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
     unknown = set(kinds or ()) - set(KINDS)
-    if unknown or args.rounds < 1 or args.runs_per_second <= 0:
+    outage = parse_range(args.outage_s)
+    if unknown or args.rounds < 1 or args.runs_per_second <= 0 or args.overlap < 1 or outage is None:
         print(
-            f"echelon: chaos needs --rounds >= 1, --runs-per-second > 0, kinds from {','.join(KINDS)}", file=sys.stderr
+            f"echelon: chaos needs --rounds >= 1, --runs-per-second > 0, --overlap >= 1, --outage-s SECONDS or "
+            f"LOW-HIGH (0 < LOW <= HIGH), kinds from {','.join(KINDS)}",
+            file=sys.stderr,
         )
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
@@ -195,6 +209,8 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         duration_s=args.duration_s,
         mean_gap_s=args.mean_gap_s,
         kinds=kinds,
+        outage_s=outage,
+        overlap=args.overlap,
         work_dir=args.work_dir,
     )
     report = await run_chaos(settings, config)
