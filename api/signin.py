@@ -64,7 +64,9 @@ async def nonce(request: Request, response: Response, services: ServicesDep, set
     redis = services.read_models.redis
     limiter = RateLimiter(redis, settings.redis_prefix, limit=settings.siwe_nonces_per_minute, window_s=60)
     await limiter.hit("nonces", _client(request))
-    store = NonceStore(redis, settings.redis_prefix, settings.siwe_nonce_ttl_s)
+    store = NonceStore(
+        redis, settings.redis_prefix, settings.siwe_nonce_ttl_s, max_outstanding=settings.siwe_max_outstanding_nonces
+    )
     value = await store.issue()
     response.headers["Cache-Control"] = "no-store"
     return NonceIssued(
