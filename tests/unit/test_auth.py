@@ -187,7 +187,7 @@ def test_headers_need_all_three_parts_and_base64() -> None:
 # ---- one encoding per identity and proof: EIP-55, low s, printable lines ----
 
 
-def _wrong_checksum(address: str) -> str:
+def wrong_checksum(address: str) -> str:
     """The address with the case of its first letter flipped: the same 20 bytes, a wrong EIP-55 checksum."""
     i = next(i for i, c in enumerate(address) if i > 1 and c.isalpha())
     return address[:i] + address[i].swapcase() + address[i + 1 :]
@@ -199,7 +199,7 @@ def test_a_claimed_address_with_a_wrong_checksum_is_refused() -> None:
     message = siwe(account.address)
     signature = proof(account, message).signature
     with pytest.raises(AuthError, match="wrong EIP-55 checksum"):
-        verify_proof(WalletProof(_wrong_checksum(account.address), message, signature), NOW, BINDING)
+        verify_proof(WalletProof(wrong_checksum(account.address), message, signature), NOW, BINDING)
     upper = "0x" + account.address[2:].upper()
     if upper != account.address:
         with pytest.raises(AuthError, match="wrong EIP-55 checksum"):
