@@ -35,7 +35,7 @@ class WalletSignIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    address: str = Field(max_length=42, description="the signer's Ethereum address (0x…)")
+    address: str = Field(max_length=42, description="the signer's Ethereum address (0x…, EIP-55 or all lower case)")
     message: str = Field(
         max_length=MAX_MESSAGE_CHARS,
         description="the exact EIP-4361 text that was signed, naming a nonce from GET /api/v1/auth/nonce",
