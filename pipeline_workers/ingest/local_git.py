@@ -156,6 +156,7 @@ class LocalGitIngester:
     async def _check_repo(self, repo: str) -> None:
         """A repository whose git data lies under the allowed roots (checked before anything is read from it)
         and has commits; later calls are pinned to the checked git directories."""
+        self._pinned.pop(repo, None)  # a fetch asks git afresh where the data is, then checks it again
         try:
             out = await self._run(repo, "rev-parse", "--absolute-git-dir", "--git-common-dir", "--git-path", "objects")
         except _GitFailed as exc:
