@@ -1,8 +1,11 @@
 """ASGI entry point for running the API under a process manager:
 
-uvicorn --factory api.asgi:build_app --host 0.0.0.0 --port 8000 --no-access-log
+uvicorn --factory api.asgi:build_app --host 0.0.0.0 --port 8000 --no-access-log --no-proxy-headers
 
-(The app writes its own JSON access log line per request, with the request id.)
+(The app writes its own JSON access log line per request, with the request id.) Behind a reverse proxy,
+replace `--no-proxy-headers` by `--forwarded-allow-ips` with the proxies' addresses (what
+ECHELON_TRUSTED_PROXIES says for `echelon api`): uvicorn's own default believes X-Forwarded-For from
+loopback, which lets a local client choose the address per-address rate limits count.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import OracleSpec, RunRequested, make_event, payload_as
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
+from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
@@ -312,7 +313,7 @@ async def _unprojected(
             continue  # only a hint: without NATS the list shows what the read model has
         if state is None or state.user_id != user.user_id:
             continue
-        if (wanted is None or state.status is wanted) and (construct_id is None or state.construct_id == construct_id):
+        if (wanted is None or state.status is wanted) and matches_construct(state.construct_id, construct_id):
             unseen.append(state)
     await recent.forget(user.user_id, projected)
     return unseen

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 
+from echelon_platform.domain.values import ConstructId
+
 MAX_ORACLE_HEADERS = 20
 MAX_HEADER_VALUE_CHARS = 4096
 # An HTTP field name (RFC 9110 token), so a bad name is refused here and not when the invoke stage calls out.
@@ -20,7 +22,12 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     repo_url: str = Field(min_length=1, max_length=2048, description="https://github.com/owner/repo or a local path")
-    construct_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    construct_id: ConstructId = Field(
+        min_length=1,
+        max_length=128,
+        description="your name for the oracle being certified (on the certificate): ASCII letters and digits, "
+        "single . : / - only between them; compared and recorded in lower case",
+    )
     oracle_type: Literal["http", "python"]
     oracle_url: str | None = Field(default=None, max_length=2048)
     oracle_module: str | None = Field(default=None, max_length=256)

@@ -21,16 +21,13 @@ async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from api.app import create_app
+    from echelon.http_server import api_server_config
     from echelon.stack import AnnouncingServer, freeze_startup_heap, infrastructure
 
     settings.check_api_exposure()  # before starting anything: one line, exit 1
     async with infrastructure(settings) as resolved:
-        config = uvicorn.Config(
-            create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning"
-        )
+        config = api_server_config(create_app(resolved), resolved)
         freeze_startup_heap()
         await AnnouncingServer(config, resolved).serve()
     return 0

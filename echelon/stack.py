@@ -17,6 +17,7 @@ from api.app import create_app
 from coordinator.factory import coordinators_for
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
+from echelon.http_server import api_server_config
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -165,9 +166,7 @@ async def serve(
             server: _Server | None = None
             if with_api:
                 app = create_app(resolved, api_services)
-                config = uvicorn.Config(
-                    app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
-                )
+                config = api_server_config(app, resolved, lifespan="on")
                 server = _Server(config, resolved)
                 tasks.append(asyncio.create_task(server.serve()))
             stopped = asyncio.create_task(stop.wait())

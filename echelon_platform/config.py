@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
 from echelon_platform.errors import ConfigError
@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     siwe_chain_ids: list[int] = Field(default_factory=lambda: [1])
     siwe_nonce_ttl_s: int = Field(default=300, ge=10)  # a server-issued nonce must be used within this time
     siwe_nonces_per_minute: int = Field(default=60, ge=1)  # GET /auth/nonce per client address
+    # Nonces issued and neither used nor expired, all clients together: GET /auth/nonce answers 429 beyond it.
+    siwe_max_outstanding_nonces: int = Field(default=10_000, ge=1)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto the API believes (addresses or networks, comma
+    # separated). Empty (the default): none, not even loopback, so per-address limits see the real peer.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ws_max_connections_per_user: int = Field(default=5, ge=1)  # per API process
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # larger request bodies get 413
 
@@ -134,6 +139,19 @@ class Settings(BaseSettings):
     signing_retired_key_files: list[Path] = Field(default_factory=list)
     # Ground-truth selection policy for local repositories (see README "Ground truth").
     selection_policy: Literal["pr-merges", "first-parent-merges"] = "pr-merges"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for entry in value:
+                try:  # uvicorn would silently treat a typo as a literal host name that never matches
+                    ipaddress.ip_network(str(entry), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"ECHELON_TRUSTED_PROXIES: {entry!r} is not an IP address or network") from exc
+        return value
 
     @property
     def partitioning(self) -> Partitioning:

@@ -16,6 +16,7 @@ import redis.exceptions
 
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.domain.projections import RunState, Status, from_record
+from echelon_platform.domain.values import construct_key, matches_construct
 from echelon_platform.errors import ReadModelError
 
 DEFAULT_NAMESPACE = "live"
@@ -51,7 +52,8 @@ class Keys:
         return self._k(f"certs:{order}")
 
     def construct_certs(self, construct_id: str, order: str) -> str:
-        return self._k(f"construct:{construct_id}:certs:{order}")
+        """Keyed by the canonical form: every spelling of a construct id shares one index (and one owner)."""
+        return self._k(f"construct:{construct_key(construct_id)}:certs:{order}")
 
     def ratings(self, cert_id: str) -> str:
         """Hash `<replay_id>|<user_id>` → latest rating JSON."""
@@ -153,7 +155,7 @@ class ReadModels(RedisClient):
         states = [
             s
             for s in await self._load(keys, ids)
-            if (status is None or s.status is status) and (construct_id is None or s.construct_id == construct_id)
+            if (status is None or s.status is status) and matches_construct(s.construct_id, construct_id)
         ]
         return states[offset : offset + limit], len(states)
 
