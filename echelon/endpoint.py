@@ -106,5 +106,9 @@ def newest_stack() -> str | None:
     live = [r for r in map(_live_record, paths) if r is not None]
     if not live:
         return None
-    newest = max(live, key=lambda r: float(r["started"]) if isinstance(r.get("started"), int | float) else 0.0)
-    return str(newest["url"]).rstrip("/")
+
+    def started(record: dict[str, object]) -> float:
+        value = record.get("started")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    return str(max(live, key=started)["url"]).rstrip("/")
