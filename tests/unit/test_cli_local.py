@@ -90,9 +90,7 @@ def test_api_base_precedence(tmp_path: Path) -> None:
     assert api_base("http://h:1/", settings) == "http://h:1"
 
 
-def test_a_stack_started_elsewhere_is_found_from_any_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_stack_started_elsewhere_is_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     for name in ("ECHELON_API_PORT", "ECHELON_API_HOST", "ECHELON_API_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
