@@ -143,3 +143,10 @@ async def test_dry_run_of_dot_reads_the_repository_this_shell_stands_in(
     found = json.loads(result.stdout)
     assert found["count"] == SAMPLE_CHANGES and found["ground_truth_source"] == "local_git"
     assert accepted == []
+
+
+async def test_rederive_json_prints_only_json_on_stdout(tmp_path: Path) -> None:
+    env = cli_env(ECHELON_DATA_DIR=str(tmp_path / "data"))  # embedded servers: their start-up is logged
+    result = await run_cli("certificates", "rederive", "cert-NOPE", "--json", cwd=tmp_path, env=env, timeout=120)
+    assert result.code == 1 and "cannot rederive" in result.stderr
+    assert result.stdout == "", result.stdout
