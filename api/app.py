@@ -16,6 +16,7 @@ from api import certificates, history, methodology, readiness, runs, signin, sta
 from api.admission import RunAdmission
 from api.auth import TokenCache
 from api.body_limit import BodySizeLimit
+from api.cors import install_cors
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
@@ -149,6 +150,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(history.router)
     install_dashboard(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_cors(app, settings)  # outside the body limit: a preflight is answered before anything is read
     app.add_middleware(RequestContext)  # outermost: a 413 is logged and measured like any response
 
     @app.exception_handler(EchelonError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ws_max_connections_per_user: int = Field(default=5, ge=1)  # per API process
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # larger request bodies get 413
+    # Origins whose browser pages may call the API (and open its WebSocket): comma-separated or a JSON list,
+    # `*` for any. Unset: http://localhost:* and http://127.0.0.1:* on a loopback API, none otherwise.
+    cors_origins: Annotated[list[str] | None, NoDecode] = None
 
     # Coordinator
     coordinator_batch: int = 256
@@ -169,6 +173,16 @@ class Settings(BaseSettings):
     def lease_name(self, partition: int) -> str:
         """The writer lease of one partition (`writer_partition` itself with a single partition)."""
         return f"{self.writer_partition}{self.partitioning.suffix(partition)}"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
 
     @property
     def uses_dev_secret(self) -> bool:

@@ -65,6 +65,11 @@ def parse_repo_url(url: str) -> GitHubRepo | LocalRepo:
         return _parse_github_path(raw, parts.path)
     if not scheme and raw.lower().startswith(("github.com/", "www.github.com/")):
         raise RequestRejected(f"repo_url {raw!r} lacks a scheme: use https://{raw}")
+    if not scheme and (raw.startswith(("./", "../", "~")) or raw in (".", "..")):
+        # The server does not know the client's working directory: resolving it there would name another path.
+        raise RequestRejected(
+            f"repo_url {raw!r} is relative: send the repository's absolute path (the CLI resolves it for you)"
+        )
     raise RequestRejected(
         f"unsupported repo_url {raw!r}: only https://github.com/<owner>/<repo> and absolute local "
         "paths (or file:// URLs) of git repositories are supported"

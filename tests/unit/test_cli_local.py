@@ -90,6 +90,22 @@ def test_api_base_precedence(tmp_path: Path) -> None:
     assert api_base("http://h:1/", settings) == "http://h:1"
 
 
+def test_a_stack_started_elsewhere_is_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    for name in ("ECHELON_API_PORT", "ECHELON_API_HOST", "ECHELON_API_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    here = Settings(data_dir=tmp_path / "somewhere-else")
+    assert api_base(None, here) == here.api_url()  # no stack running
+    write_endpoint(tmp_path / "project-a" / ".echelon", "http://127.0.0.1:18201")
+    assert api_base(None, here) == "http://127.0.0.1:18201"  # the user's record names it
+    write_endpoint(tmp_path / "project-b" / ".echelon", "http://127.0.0.1:18202")
+    assert api_base(None, here) == "http://127.0.0.1:18202"  # the newest of several
+    # A port given explicitly wins over the record; a stopped stack leaves no record behind.
+    assert api_base(None, Settings(data_dir=tmp_path / "x", api_port=18300)) == "http://127.0.0.1:18300"
+    remove_endpoint(tmp_path / "project-b" / ".echelon")
+    assert api_base(None, here) == "http://127.0.0.1:18201"
+
+
 def test_a_local_path_is_sent_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert repo_ref(".") == str(tmp_path.resolve())
