@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
 from echelon_platform.errors import ConfigError
+from echelon_platform.redact import redact_url
 
 DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
+_URL_FIELDS = frozenset({"nats_url", "database_url", "redis_url"})
 
 
 class Settings(BaseSettings):
@@ -198,6 +200,11 @@ class Settings(BaseSettings):
 
     def allowed_repo_roots(self) -> list[Path]:
         return self.local_repo_roots or [self.data_dir]
+
+    def __repr_args__(self) -> Any:
+        # URLs may carry passwords (the embedded Postgres and Redis): a repr shows them masked.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
 
     def infra_configured(self) -> bool:
         return bool(self.nats_url and self.database_url and self.redis_url)
