@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     # Keys that signed earlier certificates (PEM, private or public): still published, so those verify.
     signing_retired_key_files: list[Path] = Field(default_factory=list)
+    # The root of the key chain verifiers trust (a key id); unset: pinned once in data_dir/signing/root-key-id.
+    signing_root_key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # Ground-truth selection policy for local repositories (see README "Ground truth").
     selection_policy: Literal["pr-merges", "first-parent-merges"] = "pr-merges"
 
