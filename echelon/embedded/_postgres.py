@@ -42,7 +42,8 @@ from echelon.embedded._process import (
     file_size,
     read_log_tail,
 )
-from echelon.embedded._secrets import new_password, read_password, userinfo, write_private
+from echelon.embedded._secrets import new_password, read_password, userinfo
+from echelon_platform.adapters.key_files import write_private
 
 SUPERUSER = "postgres"
 _PROBE_TIMEOUT = 2.0
@@ -331,7 +332,7 @@ class EmbeddedPostgres(EmbeddedServer):
         finally:
             await asyncio.to_thread(pwfile.unlink, missing_ok=True)
         # Published before the marker goes: an interrupted start redoes initdb with a new password.
-        await asyncio.to_thread(write_private, self.password_path, password + "\n")
+        await asyncio.to_thread(write_private, self.password_path, (password + "\n").encode())
         await asyncio.to_thread(marker.unlink)
 
     async def _set_password(self, bin_dir: Path) -> None:
@@ -351,7 +352,7 @@ class EmbeddedPostgres(EmbeddedServer):
         ]
         statement = f"ALTER ROLE {SUPERUSER} WITH PASSWORD '{password}';\n"  # URL-safe characters only
         await self._run_to_end(argv, "setting the postgres password", stdin=statement.encode())
-        await asyncio.to_thread(write_private, self.password_path, password + "\n")
+        await asyncio.to_thread(write_private, self.password_path, (password + "\n").encode())
 
     async def _run_to_end(self, argv: list[str], what: str, *, stdin: bytes | None = None) -> None:
         offset = await asyncio.to_thread(file_size, self.log_path)
@@ -375,7 +376,7 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _write_for_server(self, path: Path, text: str) -> None:
         """A 0600 file owned by the user the server runs as."""
-        write_private(path, text)
+        write_private(path, text.encode())
         if self._run_as is not None:
             os.chown(path, self._run_as.uid, self._run_as.gid)
 

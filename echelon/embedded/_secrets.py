@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,21 +12,6 @@ from echelon.embedded._process import EmbeddedServerError
 def new_password() -> str:
     # URL-safe: it goes into client URLs and SQL literals without escaping.
     return secrets.token_urlsafe(32)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace path with text (mode 0600) in one step: a reader sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_password(path: Path) -> str | None:

@@ -105,7 +105,7 @@ class Keyring:
         return {k.key_id: k.public_key for k in self.published}
 
     def well_known(self) -> dict[str, object]:
-        return {"keys": [k.as_json() for k in self.published]}
+        return well_known_document(self.published, self.endorsements)
 
 
 def _endorse(endorser: Ed25519PrivateKey, key_id: str) -> Endorsement:
@@ -295,17 +295,23 @@ class PublishedKeys:
         return {k.key_id: k.public_key for k in await self.all()}
 
     async def well_known(self) -> dict[str, object]:
-        """Each key with the endorsements that chain it (a verifier that pinned an earlier key follows them)."""
         keys = await self.all()
-        return {
-            "keys": [
-                {
-                    **k.as_json(),
-                    "endorsements": [
-                        {"endorsed_by": e.endorsed_by, "signature": b64url(e.signature)}
-                        for e in self._endorsements.get(k.key_id, [])
-                    ],
-                }
-                for k in keys
-            ]
-        }
+        return well_known_document(keys, [e for chain in self._endorsements.values() for e in chain])
+
+
+def well_known_document(keys: list[PublishedKey], endorsements: list[Endorsement]) -> dict[str, object]:
+    """`/.well-known/echelon-keys.json`: each key with the endorsements that chain it (a verifier that pinned
+    an earlier key follows them to the new one)."""
+    return {
+        "keys": [
+            {
+                **k.as_json(),
+                "endorsements": [
+                    {"endorsed_by": e.endorsed_by, "signature": b64url(e.signature)}
+                    for e in endorsements
+                    if e.key_id == k.key_id
+                ],
+            }
+            for k in keys
+        ]
+    }
