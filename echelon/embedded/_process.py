@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from echelon_platform.errors import InfrastructureError
+from echelon_platform.redact import redact_url
 
 LOCALHOST = "127.0.0.1"
 STATE_FILE = "server.json"
@@ -278,7 +279,9 @@ class EmbeddedServer(abc.ABC):
             await self._terminate(proc)
             raise
         ticks = process_start_ticks(proc.pid) or 0
-        await asyncio.to_thread(self._write_state, _State(proc.pid, ticks, port, self._url_for(port)))
+        # server.json is readable by everyone: its URL, for people to read, shows no password.
+        url = redact_url(self._url_for(port)) or ""
+        await asyncio.to_thread(self._write_state, _State(proc.pid, ticks, port, url))
 
     async def _spawn(self, argv: list[str], *, stdin: bool = False) -> asyncio.subprocess.Process:
         """Run argv with output appended to the log, in its own session, dying with us (stdin: a pipe)."""

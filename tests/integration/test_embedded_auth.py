@@ -43,6 +43,7 @@ async def test_postgres_refuses_connections_without_its_password(tmp_path: Path)
             assert await conn.fetchval("SELECT current_user") == SUPERUSER
         finally:
             await conn.close()
+        assert server.password not in server.state_path.read_text()  # server.json is world-readable
         hba = (server.pgdata / "pg_hba.conf").read_text()
         assert "trust" not in hba and "local   all          all                  scram-sha-256" in hba
 
@@ -92,6 +93,7 @@ async def test_redis_refuses_clients_without_its_password(tmp_path: Path) -> Non
         # Not on the command line, which every local user can read.
         cmdline = await asyncio.to_thread(Path(f"/proc/{server.pid}/cmdline").read_bytes)
         assert server.password.encode() not in cmdline
+        assert server.password not in server.state_path.read_text()
         password = server.password
         await server.restart()
         assert server.password == password  # kept across restarts
