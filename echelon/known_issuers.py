@@ -102,10 +102,11 @@ def resolve(
         return pinned, notes
     # A rotation: keys the issuer lists now that a pinned key endorsed, directly or through each other.
     candidates = {**published, **{key_id: key.raw for key_id, key in pinned.items()}}
-    chained = trusted_key_ids(candidates, endorsements, pinned) - set(pinned)
+    chained = trusted_key_ids(candidates, endorsements, pinned) - pinned.keys()
     fresh: dict[str, TrustedKey] = {}
+    trusted = pinned.keys() | chained
     for key_id in sorted(chained):
-        via = next(e.endorsed_by for e in endorsements if e.key_id == key_id and e.endorsed_by in candidates)
+        via = next(e.endorsed_by for e in endorsements if e.key_id == key_id and e.endorsed_by in trusted)
         fresh[key_id] = TrustedKey(candidates[key_id], f"chains from pinned key {via[:16]}")
         notes.append(f"pinned issuer {issuer} key {key_id} (endorsed by {via[:16]})")
     if fresh:

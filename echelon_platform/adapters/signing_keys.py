@@ -288,7 +288,8 @@ class PublishedKeys:
         for endorsement in chain:
             if endorsement.key_id in trusted and endorsement.endorsed_by in trusted:
                 self._endorsements.setdefault(endorsement.key_id, []).append(endorsement)
-        self._cache["keys"] = keys
+        if root is not None:  # before the certify stage pins the root, look again on the next read
+            self._cache["keys"] = keys
         return keys
 
     async def public_keys(self) -> dict[str, bytes]:

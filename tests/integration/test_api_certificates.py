@@ -16,7 +16,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from echelon.cert_verify import check, parse_keys
 from echelon.cli import main as cli_main
 from echelon_platform.adapters.services import Services
-from echelon_platform.adapters.signing_keys import GENERATED_KEY, Keyring, PublishedKeys, load_keyring, publish_keys
+from echelon_platform.adapters.signing_keys import (
+    GENERATED_KEY,
+    ROOT_PIN,
+    Keyring,
+    PublishedKeys,
+    load_keyring,
+    publish_keys,
+)
 from echelon_platform.config import Settings
 from echelon_platform.domain.key_chain import endorsement_message
 from echelon_platform.errors import ConfigError
@@ -357,3 +364,18 @@ async def test_a_key_written_into_the_table_alone_is_neither_served_nor_trusted(
     assert await PublishedKeys(services.store, settings).public_keys() == {}
     intact = (await client.get(f"{API}/certificates/cert-C1/verify")).json()
     assert intact["valid"]  # the API's keys as cached before the overwrite; fresh reads trust nothing now
+
+
+async def test_no_key_is_trusted_before_the_root_is_pinned_and_the_pin_is_seen_at_once(
+    services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    api_side = settings.model_copy(update={"data_dir": tmp_path / "api"})  # where no certify stage ran yet
+    keys = PublishedKeys(services.store, api_side)
+    certifier = load_keyring(settings)
+    await publish_keys(services.store, certifier)
+    assert await keys.public_keys() == {}  # listed, but nothing pins a root here
+    pinned = api_side.model_copy(update={"signing_root_key_id": certifier.key_id})
+    assert list(await PublishedKeys(services.store, pinned).public_keys()) == [certifier.key_id]
+    (tmp_path / "api" / ROOT_PIN).parent.mkdir(parents=True)
+    (tmp_path / "api" / ROOT_PIN).write_text(certifier.key_id + "\n")
+    assert list(await keys.public_keys()) == [certifier.key_id]  # an empty answer was not cached
