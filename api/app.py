@@ -91,7 +91,7 @@ def _attach(app: FastAPI, services: Services) -> RedisLane:
     lane = RedisLane(services.read_models.redis)
     app.state.run_reader = RunReader(services.read_models, lane)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
-    app.state.signing_keys = PublishedKeys(services.store)
+    app.state.signing_keys = PublishedKeys(services.store, app.state.settings)
     redis = services.read_models.redis
     prefix = app.state.settings.redis_prefix
     app.state.run_admission = RunAdmission(

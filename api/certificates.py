@@ -85,7 +85,8 @@ async def get_certificate_document(cert_id: CertId, services: ServicesDep) -> di
 @router.get("/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
 async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> VerifyResult:
     """Public tamper check: recompute the content hash and the aggregates from the stored replay scores, and
-    check the Ed25519 signature against the published keys (only the certify stage holds the private key)."""
+    check the Ed25519 signature against the published keys whose chain reaches the pinned root key (only the
+    certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
     hash_ok, aggregates_ok = verify_certificate(cert)
     keys: PublishedKeys = request.app.state.signing_keys
@@ -103,7 +104,8 @@ async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> Ve
 
 @well_known.get("/.well-known/echelon-keys.json", response_model=PublicKeys, responses=r.PUBLIC)
 async def signing_keys(request: Request) -> dict[str, object]:
-    """Public: the Ed25519 keys certificates are signed with, the active one first, retired ones after."""
+    """Public: the Ed25519 keys certificates are signed with, the active one first, retired ones after. Only
+    keys whose endorsement chain reaches the issuer's pinned root key are listed."""
     keys: PublishedKeys = request.app.state.signing_keys
     return await keys.well_known()
 

@@ -111,7 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     check = certs_sub.add_parser("verify", help="check a certificate offline: hash, signature, aggregates")
     check.add_argument("certificate", help="a certificate JSON file, or its URL (…/certificates/{id}[/document])")
     check.add_argument(
-        "--keys", help="public keys: a file or URL in /.well-known/echelon-keys.json form (default: from the API)"
+        "--keys",
+        metavar="FILE",
+        help="the issuer's public keys, a file in /.well-known/echelon-keys.json form (default: the keys pinned "
+        "for the certificate's issuer, recorded on first use in ~/.config/echelon/known_issuers.json)",
     )
     again = certs_sub.add_parser(
         "rederive", help="rebuild a certificate from the event log (logged judge answers, no judge call)"

@@ -22,6 +22,7 @@ from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.roles import Role
+from echelon_platform.redact import redact_url
 from pipeline_workers.pipeline import Pipeline
 
 NON_CERTIFY_STAGES = ("ingest", "invoke", "score")
@@ -51,9 +52,9 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
             credentials["nats_credentials_file"] = stack.nats.credentials_path
         log.info(
             "stack.embedded",
-            nats=urls.nats_url,
-            postgres=urls.database_url,
-            redis=urls.redis_url,
+            nats=redact_url(urls.nats_url),
+            postgres=redact_url(urls.database_url),
+            redis=redact_url(urls.redis_url),
             data_dir=str(data_dir),
         )
         yield settings.model_copy(

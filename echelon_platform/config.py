@@ -5,16 +5,18 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
 from echelon_platform.errors import ConfigError
+from echelon_platform.redact import redact_url
 
 DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
+_URL_FIELDS = frozenset({"nats_url", "database_url", "redis_url"})
 
 
 class Settings(BaseSettings):
@@ -141,6 +143,8 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     # Keys that signed earlier certificates (PEM, private or public): still published, so those verify.
     signing_retired_key_files: list[Path] = Field(default_factory=list)
+    # The root of the key chain verifiers trust (a key id); unset: pinned once in data_dir/signing/root-key-id.
+    signing_root_key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # Ground-truth selection policy for local repositories (see README "Ground truth").
     selection_policy: Literal["pr-merges", "first-parent-merges"] = "pr-merges"
 
@@ -230,6 +234,11 @@ class Settings(BaseSettings):
 
     def allowed_repo_roots(self) -> list[Path]:
         return self.local_repo_roots or [self.data_dir]
+
+    def __repr_args__(self) -> Any:
+        # URLs may carry passwords (the embedded Postgres and Redis): a repr shows them masked.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
 
     def infra_configured(self) -> bool:
         return bool(self.nats_url and self.database_url and self.redis_url)
