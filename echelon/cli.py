@@ -124,11 +124,19 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="inspect runs through the API")
     runs_sub = runs.add_subparsers(dest="action", required=True)
+    listing = runs_sub.add_parser("list", help="runs, newest first: id, status, progress, created, construct")
+    listing.add_argument("--status", help="only runs in this status, e.g. COMPLETED")
+    listing.add_argument("--construct-id", help="only runs of this construct")
+    listing.add_argument("--limit", type=int, default=20, help="runs per page (at most 100)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many (the next page)")
+    get = runs_sub.add_parser("get", help="one run's status, progress and certificate")
+    get.add_argument("run_id")
     history = runs_sub.add_parser("history", help="a run's logged events: seq, time, topic, causation")
     history.add_argument("run_id")
-    history.add_argument("--json", action="store_true", help="one JSON object per event: {seq, event}")
-    history.add_argument("--api", help="API base URL (as for `verify`)")
-    history.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local admin dev token)")
+    for command in (listing, get, history):
+        command.add_argument("--json", action="store_true", help="JSON (history: one object per event)")
+        command.add_argument("--api", help="API base URL (as for `verify`)")
+        command.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local admin dev token)")
     return parser
 
 

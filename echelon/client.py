@@ -218,9 +218,10 @@ async def _watch(
         elif line:
             print(line, flush=True)
 
+    ended_on_stream = False
     try:
         async with asyncio.timeout(stream_timeout):
-            await follow(base, token, run_id, show)
+            ended_on_stream = (await follow(base, token, run_id, show)).ended is not None
     except StreamUnavailable as exc:
         print(f"{clear}echelon: {exc}; polling {base} instead", file=sys.stderr)
     except TimeoutError:
@@ -234,7 +235,7 @@ async def _watch(
         view = response.json()
         if view.get("status") in TERMINAL:
             break
-        if tty:
+        if tty and not ended_on_stream:  # the stream already showed the end: an older view would step back
             print(f"{clear}{progress_bar(view)}", end="", flush=True)
         await asyncio.sleep(0.2)  # the read model lags the stream by a writer batch
     if not as_json:

@@ -241,8 +241,9 @@ async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.history import show_history
+    from echelon.runs_cli import get_run, list_runs
 
-    return await show_history(args, settings)
+    return await {"list": list_runs, "get": get_run, "history": show_history}[args.action](args, settings)
 
 
 async def _rederive(args: argparse.Namespace, settings: Settings) -> int:

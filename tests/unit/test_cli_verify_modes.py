@@ -150,3 +150,28 @@ async def test_rederive_json_prints_only_json_on_stdout(tmp_path: Path) -> None:
     result = await run_cli("certificates", "rederive", "cert-NOPE", "--json", cwd=tmp_path, env=env, timeout=120)
     assert result.code == 1 and "cannot rederive" in result.stderr
     assert result.stdout == "", result.stdout
+
+
+async def test_the_bar_never_steps_back_after_the_stream_showed_the_end(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stream said completed; the read model lags a writer batch (CERTIFYING 8/8): not shown again."""
+    import httpx
+
+    from echelon import client as cli_client
+
+    async def streamed_to_the_end(_b: str, _t: str, _r: str, show: object) -> Progress:
+        progress = Progress(stage="completed", total=8, ended="completed")
+        progress.done.update(str(i) for i in range(8))
+        return progress
+
+    views = iter(
+        [{"status": "CERTIFYING", "progress": 8, "total": 8}] * 2 + [{"status": "COMPLETED", "progress": 8, "total": 8}]
+    )
+    transport = httpx.MockTransport(lambda _request: httpx.Response(200, json=next(views)))
+    monkeypatch.setattr(cli_client, "follow", streamed_to_the_end)
+    monkeypatch.setattr(cli_client.sys.stdout, "isatty", lambda: True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        view = await cli_client._watch(client, "http://api", "token", "RUN1")
+    assert view["status"] == "COMPLETED"
+    assert "CERTIFYING" not in capsys.readouterr().out
