@@ -47,10 +47,19 @@ def _load_json(where: str, http: httpx.Client) -> Any:
         raise EchelonError(f"{where} is not JSON: {exc}") from exc
 
 
-def load_document(where: str, http: httpx.Client) -> dict[str, Any]:
+def load_document(where: str, http: httpx.Client, api_url: str = "") -> dict[str, Any]:
     document = _load_json(where, http)
-    if isinstance(document, dict) and "replay_scores" in document and _is_url(where):
-        document = _load_json(where.rstrip("/") + "/document", http)  # the API's view: fetch what was signed
+    if isinstance(document, dict) and "replay_scores" in document:
+        # The API's view (`GET /certificates/{id}`): renamed fields, no signature. What was signed is its
+        # `/document`: fetched for a URL; for a saved file, say where to get it.
+        if _is_url(where):
+            return load_document(where.rstrip("/") + "/document", http)
+        cert_id = document.get("id", "<id>")
+        url = f"{api_url.rstrip('/') or '<api>'}/api/v1/verification/certificates/{cert_id}/document"
+        raise EchelonError(
+            f"{where} is the API's view of certificate {cert_id}, not the signed document: verify {url} "
+            "(or save that and pass the file)"
+        )
     if not isinstance(document, dict):
         raise EchelonError(f"{where} does not hold a certificate object")
     return document
@@ -122,7 +131,7 @@ def verify_command(
     if keys_file is not None and _is_url(keys_file):
         raise EchelonError("--keys takes a file you obtained from the issuer over a channel you trust, not a URL")
     with httpx.Client(timeout=30.0, follow_redirects=False, trust_env=False) as http:
-        document = load_document(where, http)
+        document = load_document(where, http, api_url)
         if keys_file is not None:
             source = f"--keys FILE {keys_file}"
             keys = {key_id: TrustedKey(raw, source) for key_id, raw in parse_keys(_load_json(keys_file, http)).items()}
@@ -132,7 +141,8 @@ def verify_command(
             served = _load_json(issuer + WELL_KNOWN, http)
             published: dict[str, bytes] | None = parse_keys(served)
         except (httpx.HTTPError, EchelonError, ValueError) as exc:
-            say(f"issuer {issuer} keys unavailable ({exc}); using the pinned keys only")
+            reason = str(exc) or type(exc).__name__
+            say(f"could not read the issuer's keys at {issuer}{WELL_KNOWN} ({reason}); using the pinned keys only")
             served, published = None, None
     trusted, notes = resolve(KnownIssuers(known_issuers or default_path()), issuer, published, endorsements_of(served))
     for note in notes:

@@ -93,6 +93,11 @@ def resolve(
     notes: list[str] = []
     pinned = store.pinned(issuer)
     if not pinned:
+        if published is None:
+            raise EchelonError(
+                f"could not read {issuer}/.well-known/echelon-keys.json and no keys of that issuer are pinned: "
+                "reach the API (--api / ECHELON_API_BASE_URL) or give --keys FILE"
+            )
         if not published:
             raise EchelonError(f"issuer {issuer} publishes no keys and none are pinned: give --keys FILE")
         store.pin(issuer, published)

@@ -145,3 +145,26 @@ def test_the_cli_says_where_it_pinned_and_exits_by_the_verdict(
     with pytest.raises(SystemExit) as exited:
         cli_main(["certificates", "verify", url, "--keys", f"{issuer.url}/.well-known/echelon-keys.json"])
     assert exited.value.code != 0 and "not a URL" in capsys.readouterr().err
+
+
+def test_a_saved_api_view_names_the_signed_document_and_an_unreachable_issuer_names_its_url(
+    tmp_path: Path,
+) -> None:
+    from echelon_platform.errors import EchelonError
+
+    view = tmp_path / "cert.json"  # what a user saves from GET /certificates/{id}
+    view.write_text(json.dumps({"id": "cert-R1", "run_id": "R1", "replay_scores": [], "composite_score": 0.5}))
+    with pytest.raises(EchelonError) as refused:
+        verify_command(str(view), None, "http://127.0.0.1:9", known_issuers=tmp_path / "pins.json")
+    assert "API's view of certificate cert-R1" in str(refused.value)
+    assert "http://127.0.0.1:9/api/v1/verification/certificates/cert-R1/document" in str(refused.value)
+
+    document = tmp_path / "document.json"
+    document.write_text(build([score("r1")]).model_dump_json())
+    notes: list[str] = []
+    with pytest.raises(EchelonError) as unreachable:
+        verify_command(
+            str(document), None, "http://127.0.0.1:9", known_issuers=tmp_path / "pins.json", say=notes.append
+        )
+    assert "could not read http://127.0.0.1:9/.well-known/echelon-keys.json" in str(unreachable.value)
+    assert notes and "http://127.0.0.1:9/.well-known/echelon-keys.json" in notes[0], notes
