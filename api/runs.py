@@ -327,8 +327,8 @@ async def _unprojected(
             continue
         try:
             state = await load_run(services, run_id)
-        except BusError:
-            continue  # only a hint: without NATS the list shows what the read model has
+        except (BusError, StoreError):
+            continue  # only a hint: without NATS (or the log, while rebuilding) the list shows what the model has
         if state is None or state.user_id != user.user_id:
             continue
         if (wanted is None or state.status is wanted) and (construct_id is None or state.construct_id == construct_id):
