@@ -109,8 +109,8 @@ def _freshness(prefix: str, count: int) -> Freshness:
     return Freshness(rebuilding_key(prefix), keys, READ_MODEL_GENERATION)
 
 
-# Whether the models are current (Freshness): 1 or 0. Expects the namespace in `ns`, KEYS[first..] = the
-# rebuild marker then the checkpoints (`<generation>:<position>:<namespace>`), ARGV[gen] = the generation.
+# Whether the models are level with the log (`Freshness`): 1 or 0. `ns`: the namespace readers use; KEYS[first]
+# the rebuild marker, the KEYS after it every checkpoint (`<generation>:<position>:<namespace>`).
 _FRESH_LUA = """
 local function models_fresh(ns, first, generation)
   if redis.call('EXISTS', KEYS[first]) == 1 then return 0 end

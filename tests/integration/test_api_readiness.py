@@ -152,7 +152,9 @@ async def test_answers_within_its_deadline_under_a_table_lock_and_says_the_write
                 code, checks, seconds = await readyz(client)
                 assert code == 503 and checks["postgres"] == "ok", checks
                 slowest = max(slowest, seconds)
-                assert slowest < 1.5, f"/readyz took {slowest:.2f}s under the lock"
+                # Its own deadline is 1 s (ECHELON_READY_TIMEOUT_S); the margin is for a loaded machine. Before,
+                # it waited for a pooled connection until the lock was released.
+                assert slowest < 3.0, f"/readyz took {slowest:.2f}s under the lock"
                 await tx.rollback()
                 await asyncio.wait_for(asyncio.gather(*blocked), 20)
                 await wait_for(_ready(client), timeout=20, interval=0.2, what="ready again after the lock")
