@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -18,6 +21,7 @@ from api.app import create_app
 from api.options import ApiOptions
 from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder
+from echelon.embedded import EmbeddedRedis
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -206,3 +210,29 @@ async def test_not_ready_while_the_writer_lags_beyond_the_threshold(
         assert code == 503 and checks["writer"] == "writer lag 3 > 2"
         await drain(services, strict)
         assert (await readyz(client))[0] == 200
+
+
+async def test_a_probe_that_hangs_fails_as_timed_out_within_the_deadline(
+    ready_settings: Settings, tmp_path: Path
+) -> None:
+    """Redis stopped with SIGSTOP: connected, never answering. /readyz still answers, naming it."""
+    async with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        own = ready_settings.model_copy(update={"redis_url": redis_server.url})
+        async with (
+            Services(own, name="test-readiness-hang") as svc,
+            http_client(create_app(own, svc, options=ApiOptions())) as client,
+        ):
+            await make_ready(svc, own)
+            assert (await readyz(client))[0] == 200
+            pid = redis_server.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                code, checks, seconds = await readyz(client)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert code == 503, checks
+            assert checks["redis"].startswith("timed out: no answer within "), checks
+            assert checks["read_models"].startswith("timed out"), checks
+            assert checks["postgres"] == "ok" and checks["nats"] == "ok", checks
+            assert seconds < 3.0, f"/readyz took {seconds:.2f}s with Redis stopped"  # its deadline is 1 s
