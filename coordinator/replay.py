@@ -38,7 +38,17 @@ from echelon_platform.domain.projections import (
     public_certificate,
     to_record,
 )
+from echelon_platform.errors import ReadModelsStale
 
+# The switch, only while the rebuild's marker (KEYS[1]) is still there: the pointer (KEYS[2]) and every
+# checkpoint (KEYS[3..]) are set and the marker deleted at once; 0 (nothing written) when it is gone.
+_SWITCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i - 1]) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
 _READ = (*PAYLOAD_TOPICS, RATING_TOPIC)  # the topics whose payload replay reads
@@ -208,20 +218,32 @@ class Rebuilder:
         return report
 
     async def _switch(self, keys: Keys) -> str:
-        """Make `keys`'s namespace current: pointer, every checkpoint and the marker's end in one MULTI;
-        returns the namespace it replaced."""
+        """Make `keys`'s namespace current: pointer, every checkpoint and the marker's end in one script,
+        only if the marker is still there (else ReadModelsStale); returns the namespace it replaced."""
         namespace = keys.ns
         # Hold every partition's lease: fold what the writers appended meanwhile, then flip the pointer.
         async with self.projector.holding():
             await self.fold_from_log()
             await self.write(keys)
             old = await self.projector.namespace()
-            pipe = self.projector.redis.pipeline(transaction=True)
-            pipe.set(pointer_key(self.projector.prefix), namespace)
-            for k, key in self.projector.checkpoint_keys().items():
-                pipe.set(key, Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode())
-            pipe.delete(rebuilding_key(self.projector.prefix))
-            await pipe.execute()
+            prefix = self.projector.prefix
+            checkpoints = self.projector.checkpoint_keys()
+            values = [
+                Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode() for k in checkpoints
+            ]
+            switched = await self.projector.redis.eval(
+                _SWITCH,
+                2 + len(checkpoints),
+                rebuilding_key(prefix),
+                pointer_key(prefix),
+                *checkpoints.values(),
+                namespace,
+                *values,
+            )
+        if not switched:
+            # The marker set before the fold is gone: Redis lost what this rebuild wrote (a FLUSHALL, a restart)
+            # or it stalled past the marker's lifetime. Switching now would make partial models current.
+            raise ReadModelsStale("the read models were lost while they were rebuilt: rebuild again")
         return old
 
 

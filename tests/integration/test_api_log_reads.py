@@ -14,9 +14,13 @@ import pytest
 
 from api.app import create_app
 from api.options import ApiOptions
+from coordinator.replay import Rebuilder
 from echelon.embedded import EmbeddedRedis
+from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
+from echelon_platform.errors import ReadModelsStale
+from tests.helpers import wait_for
 from tests.integration.test_api_support import API, auth, certified_run, drain, http_client, publish
 
 
@@ -109,3 +113,36 @@ async def test_when_neither_the_models_nor_the_log_answer_a_read_is_503_with_ret
         await locker.close()
     run = await client.get(f"{API}/runs/LOCKEDOUT", headers=alice)
     assert run.status_code == 200 and run.json()["status"] == "COMPLETED"
+
+
+async def test_a_rebuild_whose_work_redis_lost_never_becomes_current(
+    client: httpx.AsyncClient, services: Services, own_settings: Settings
+) -> None:
+    """FLUSHALL while a rebuild runs: switching to what is left would make partial models current (a run
+    missing from them reads PENDING). The switch refuses; the writer rebuilds again."""
+    alice = auth(own_settings, "alice")
+    await completed(services, own_settings, "HALFWAY")
+    s = own_settings
+    redis = services.read_models.redis
+    async with (
+        Projector(str(s.redis_url), s.redis_prefix, partitioning=s.partitioning) as blocker,
+        Projector(str(s.redis_url), s.redis_prefix, partitioning=s.partitioning) as projector,
+    ):
+        async with blocker.holding():  # the rebuild folds and writes, then waits to switch
+            rebuild = asyncio.create_task(Rebuilder(services.store, projector).rebuild())
+            try:
+                await wait_for(lambda: redis.exists(f"{s.redis_prefix}rebuilding"), timeout=10, what="the marker")
+                await wait_for(lambda: redis.keys(f"{s.redis_prefix}r*:run:HALFWAY"), timeout=10, what="the write")
+                await redis.flushall()
+            except BaseException:
+                rebuild.cancel()
+                raise
+        with pytest.raises(ReadModelsStale):
+            await asyncio.wait_for(rebuild, 20)
+    assert await redis.get(f"{s.redis_prefix}checkpoint") is None  # still not ready: nothing was switched
+    run = await client.get(f"{API}/runs/HALFWAY", headers=alice)
+    assert run.status_code == 200 and run.json()["status"] == "COMPLETED", run.text
+    await drain(services, own_settings)  # the writer rebuilds for good
+    assert (await client.get("/readyz")).json()["checks"]["read_models"] == "ok"
+    run = await client.get(f"{API}/runs/HALFWAY", headers=alice)
+    assert run.status_code == 200 and run.json()["status"] == "COMPLETED", run.text
