@@ -1,5 +1,5 @@
 """Reads while the read models are not level with the log, on a Redis of the test's own (FLUSHALL and
-restarts): a run and its certificate are answered from the event log, never a stale PENDING or a 404 for
+restarts, NATS down too): a run and its certificate are answered from the event log, never a stale PENDING or a 404 for
 what the log holds; when the log does not answer either, a 503 with Retry-After."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 from api.app import create_app
 from api.options import ApiOptions
 from coordinator.replay import Rebuilder
-from echelon.embedded import EmbeddedRedis
+from echelon.embedded import EmbeddedNats, EmbeddedRedis
+from echelon.embedded._process import free_port
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -146,3 +147,24 @@ async def test_a_rebuild_whose_work_redis_lost_never_becomes_current(
     assert (await client.get("/readyz")).json()["checks"]["read_models"] == "ok"
     run = await client.get(f"{API}/runs/HALFWAY", headers=alice)
     assert run.status_code == 200 and run.json()["status"] == "COMPLETED", run.text
+
+
+async def test_with_nats_down_too_a_completed_run_is_read_from_the_log(own_settings: Settings, tmp_path: Path) -> None:
+    """Redis flushed and NATS down at once: the stream cannot stand in, the log still answers."""
+    async with EmbeddedNats(tmp_path / "nats", port=free_port()) as nats_server:
+        own = own_settings.model_copy(update={"nats_url": nats_server.url})
+        async with (
+            Services(own, name="test-log-reads-no-nats", buffer_while_reconnecting=False) as svc,
+            http_client(create_app(own, svc, options=ApiOptions())) as client,
+        ):
+            cert_id = await completed(svc, own, "NONATS")
+            await svc.read_models.redis.flushall()
+            await nats_server.stop()
+            await wait_for(lambda: not svc.bus.connected, timeout=10, what="the client to notice the outage")
+            try:
+                run = await client.get(f"{API}/runs/NONATS", headers=auth(own, "alice"))
+                assert run.status_code == 200 and run.json()["status"] == "COMPLETED", run.text
+                assert (await client.get(f"{API}/certificates/{cert_id}")).status_code == 200
+            finally:
+                await nats_server.start()
+                await wait_for(lambda: svc.bus.connected, timeout=20, what="the client to reconnect")
