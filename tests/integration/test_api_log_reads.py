@@ -1,5 +1,5 @@
-"""Reads while the read models are not level with the log, on a Redis of the test's own (FLUSHALL and
-restarts, NATS down too): a run and its certificate are answered from the event log, never a stale PENDING or a 404 for
+"""Reads while the read models are not level with the log, on a Redis of the test's own (FLUSHALL, restarts,
+NATS down too): a run and its certificate are answered from the event log, never a stale PENDING or a 404 for
 what the log holds; when the log does not answer either, a 503 with Retry-After."""
 
 from __future__ import annotations
