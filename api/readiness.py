@@ -57,10 +57,6 @@ class Report:
         return not self.failing
 
 
-def rebuilding_key(settings: Settings) -> str:
-    return Freshness.of(settings.redis_prefix, settings.partitioning).rebuilding
-
-
 def required_consumers(settings: Settings) -> list[str]:
     """The durable consumers the service cannot work without: each partition's writer, then the stages."""
     writers = [settings.writer_durable(k) for k in settings.partitioning.indices]
@@ -131,6 +127,7 @@ async def _bus(services: Services, settings: Settings, report: Report) -> None:
         return
     except (nats.errors.Error, TimeoutError) as exc:
         report.fail("stream", f"unknown: {exc or type(exc).__name__}")
+        report.checks["consumers"] = report.checks["writer"] = "unknown: stream unreadable"
         return
     report.ok("stream")
     names = required_consumers(settings)
