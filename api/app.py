@@ -24,7 +24,7 @@ from api.limits import RateLimiter, RecentRuns
 from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
-from echelon_platform.adapters.readmodel_store import OwnerReader, RunReader
+from echelon_platform.adapters.readmodel_store import Freshness, OwnerReader, RunReader
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
@@ -89,7 +89,8 @@ def _attach(app: FastAPI, services: Services) -> RedisLane:
     app.state.services = services
     # The hot routes' Redis round trips share one pipelined connection (api/admission.py, GET /runs/{id}).
     lane = RedisLane(services.read_models.redis)
-    app.state.run_reader = RunReader(services.read_models, lane)
+    freshness = Freshness.of(app.state.settings.redis_prefix, app.state.settings.partitioning)
+    app.state.run_reader = RunReader(services.read_models, lane, freshness=freshness)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
     app.state.signing_keys = PublishedKeys(services.store, app.state.settings)
     redis = services.read_models.redis
@@ -190,8 +191,10 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
 
     @app.get("/readyz", tags=["ops"], response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz(request: Request) -> JSONResponse:
-        """NATS connected, Postgres and Redis reachable, the writer keeping up, read models not rebuilding;
-        503 names what is not."""
+        """Ready means serving what the log says (api/readiness.py): NATS, Postgres and Redis reachable, the
+        stream and every durable consumer present, the writer neither stalled nor far behind, the read models
+        level with the log (checkpoint present, no rebuild pending or running). Answers within
+        `ECHELON_READY_TIMEOUT_S` whatever hangs; 503 names every check that fails."""
         report = await readiness.check(request.app.state.services, settings)
         body = Readiness(ready=report.ready, checks=report.checks).model_dump()
         return JSONResponse(body, status_code=200 if report.ready else 503)

@@ -9,6 +9,7 @@ partition's positions are in commit order, the log's as a whole are not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from ulid import ULID
 
 from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
 from echelon_platform.adapters.event_store import EventStore, LogEvent
-from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, text
+from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
 from echelon_platform.adapters.readmodel_writer import (
     CERT_TOPIC,
     RATING_TOPIC,
@@ -29,7 +30,6 @@ from echelon_platform.adapters.readmodel_writer import (
     Projector,
     queue_rating,
     queue_writes,
-    rebuilding_key,
 )
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
@@ -38,7 +38,17 @@ from echelon_platform.domain.projections import (
     public_certificate,
     to_record,
 )
+from echelon_platform.errors import ReadModelsStale
 
+# The switch, only while the rebuild's marker (KEYS[1]) is still there: the pointer (KEYS[2]) and every
+# checkpoint (KEYS[3..]) are set and the marker deleted at once; 0 (nothing written) when it is gone.
+_SWITCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i - 1]) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
 _READ = (*PAYLOAD_TOPICS, RATING_TOPIC)  # the topics whose payload replay reads
@@ -89,7 +99,8 @@ class Rebuilder:
         self._dirty: set[str] = set()
         self._new_certs: list[dict[str, Any]] = []
         self._new_ratings: list[LogEvent] = []
-        self.progress_total = 0  # set to report `n/m` progress for readiness while rebuilding
+        self.progress_total = 0  # the log's size, for the marker's `n/m` progress
+        self._marking = False  # a switching rebuild is under way: its marker is kept up to date
 
     async def fold_from_log(self) -> None:
         """Fold what the log appended since the last call (raw rows, batch by batch; see RunFold)."""
@@ -121,7 +132,7 @@ class Rebuilder:
                     certs[cert["certificate_id"]] = cert
                     self._new_certs.append(cert)
             before, self.events = self.events, self.events + len(rows)
-            if self.progress_total and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
+            if self._marking and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
                 await self._report_progress()
 
     @property
@@ -129,9 +140,19 @@ class Rebuilder:
         """Every run folded so far (built from the accumulators; the writer reads it after a rebuild)."""
         return {run_id: run.state() for run_id, run in self._runs.items()}
 
-    async def _report_progress(self) -> None:
+    async def _report_progress(self, *, first: bool = False) -> None:
+        """The rebuild marker readiness reads (`rebuilding_key`): set once before the fold starts, then only
+        refreshed (`XX`): once the switch deleted it (or Redis lost it), nothing here can bring it back."""
+        if self.only is not None:
+            return  # a partition's repair writes the live namespace in place: no marker
         shown = f"{self.events}/{max(self.events, self.progress_total)}"
-        await self.projector.redis.set(rebuilding_key(self.projector.prefix), shown, px=PROGRESS_TTL_MS)
+        key = rebuilding_key(self.projector.prefix)
+        await self.projector.redis.set(key, shown, px=PROGRESS_TTL_MS, xx=not first)
+
+    async def _keep_marked(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_TTL_MS / 3000)
+            await self._report_progress()
 
     async def write(self, keys: Keys) -> None:
         built = {run_id: self._runs[run_id].state() for run_id in self._dirty}
@@ -169,29 +190,61 @@ class Rebuilder:
         started = time.perf_counter()
         namespace = f"r{ULID()}"
         keys = Keys(self.projector.prefix, namespace)
-        with _collector_paused():
-            await self.fold_from_log()
-            await self.write(keys)
+        keeper: asyncio.Task[None] | None = None
         if switch:
-            # Hold every partition's lease: fold what the writers appended meanwhile, then flip the pointer.
-            async with self.projector.holding():
+            # Marked before anything is read: readiness and the API's reads never take the old namespace
+            # for the log's state while this runs (the switch below clears the marker with the checkpoints).
+            await self._report_progress(first=True)
+            self._marking = True
+            keeper = asyncio.create_task(self._keep_marked())
+        try:
+            with _collector_paused():
                 await self.fold_from_log()
                 await self.write(keys)
-                old = await self.projector.namespace()
-                pipe = self.projector.redis.pipeline(transaction=True)
-                pipe.set(pointer_key(self.projector.prefix), namespace)
-                for k, key in self.projector.checkpoint_keys().items():
-                    pipe.set(key, Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode())
-                pipe.delete(rebuilding_key(self.projector.prefix))
-                await pipe.execute()
+            old = await self._switch(keys) if switch else None
+        finally:
+            self._marking = False
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
         # Timed up to the switch: readers use the rebuilt models from here on; dropping the old
         # namespace is clean-up.
         report = ReplayReport(
             namespace, self.events, len(self._runs), len(self.certs), time.perf_counter() - started, []
         )
-        if switch:
+        if old is not None:
             await delete_namespace(self.projector, Keys(self.projector.prefix, old))
         return report
+
+    async def _switch(self, keys: Keys) -> str:
+        """Make `keys`'s namespace current: pointer, every checkpoint and the marker's end in one script,
+        only if the marker is still there (else ReadModelsStale); returns the namespace it replaced."""
+        namespace = keys.ns
+        # Hold every partition's lease: fold what the writers appended meanwhile, then flip the pointer.
+        async with self.projector.holding():
+            await self.fold_from_log()
+            await self.write(keys)
+            old = await self.projector.namespace()
+            prefix = self.projector.prefix
+            checkpoints = self.projector.checkpoint_keys()
+            values = [
+                Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode() for k in checkpoints
+            ]
+            switched = await self.projector.redis.eval(
+                _SWITCH,
+                2 + len(checkpoints),
+                rebuilding_key(prefix),
+                pointer_key(prefix),
+                *checkpoints.values(),
+                namespace,
+                *values,
+            )
+        if not switched:
+            # The marker set before the fold is gone: Redis lost what this rebuild wrote (a FLUSHALL, a restart)
+            # or it stalled past the marker's lifetime. Switching now would make partial models current.
+            raise ReadModelsStale("the read models were lost while they were rebuilt: rebuild again")
+        return old
 
 
 async def repair_partition(store: EventStore, projector: Projector, partition: int) -> ReplayReport:

@@ -344,9 +344,14 @@ class StateCoordinator:
         checkpoint = await self._retry("checkpoint", self.projector.checkpoint)
         if force_rebuild or checkpoint is None or not checkpoint.current:
             started = time.perf_counter()
-            rebuilder = Rebuilder(self.store, self.projector)
-            rebuilder.progress_total = await self._retry("count", self.store.max_seq)
-            report = await self._retry("rebuild", rebuilder.rebuild)
+            while True:
+                rebuilder = Rebuilder(self.store, self.projector)
+                rebuilder.progress_total = await self._retry("count", self.store.max_seq)
+                try:
+                    report = await self._retry("rebuild", rebuilder.rebuild)
+                    break
+                except ReadModelsStale as exc:  # Redis lost the rebuild's work before its switch: start over
+                    log.warning("coordinator.rebuild_lost", reason=str(exc))
             log.info(
                 "coordinator.rebuilt",
                 events=report.events,

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     ws_close_timeout_s: float = 10.0
     # /readyz answers 503 when the coordinator is this many stream events behind.
     ready_max_lag: int = Field(default=10_000, ge=0)
+    # ... or when an event has waited this long to be logged (the writer is stalled: a lock, a dead writer).
+    ready_max_behind_s: float = Field(default=5.0, gt=0)
+    # /readyz answers within this time, whatever hangs (a probe that does not answer in time fails).
+    ready_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    # The stages whose durable consumers /readyz requires (besides every partition's writer).
+    ready_stages: list[str] = Field(default_factory=lambda: ["ingest", "invoke", "score", "certify"])
     wallet_max_age_s: int = 300  # a signed wallet message is fresh this long
     admin_wallets: list[str] = Field(default_factory=list)
     # Sign-In with Ethereum (EIP-4361): the message must name this service. Unset → derived from api_url().

@@ -376,3 +376,27 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"event log unavailable: {exc}") from exc
         return [(int(r["seq"]), _row_to_envelope(r)) for r in rows]
+
+    async def run_log(self, run_id: str, *, timeout: float) -> list[tuple[int, LogEvent]]:
+        """Every event of one run in log order with its position, as projections read it (without replay
+        records, oracle replies and judge texts); the wait for a pooled connection and the query are each
+        bounded by `timeout`: the API answers from it while its read models are not level with the log, so it
+        must never hang (asyncpg cancels a timed-out query on the server)."""
+        query = (
+            f"SELECT seq, event_id, time, topic, correlation_id, {_PROJECTED_PAYLOAD} AS payload "
+            "FROM events WHERE correlation_id = $1 ORDER BY seq"
+        )
+        try:
+            async with self.pool.acquire(timeout=timeout) as conn:
+                rows = await conn.fetch(query, f"run-{run_id}", timeout=timeout)
+        except TimeoutError as exc:
+            raise StoreError(f"event log did not answer within {timeout}s") from exc
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"event log unavailable: {exc}") from exc
+        return [
+            (
+                int(r["seq"]),
+                LogEvent(r["event_id"], r["time"], r["topic"], r["correlation_id"], orjson.loads(r["payload"])),
+            )
+            for r in rows
+        ]
