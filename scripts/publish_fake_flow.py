@@ -66,7 +66,9 @@ async def _wait_for_api(data_dir: Path, server: asyncio.Task[int] | None, deadli
 
 
 async def main(args: argparse.Namespace) -> int:
-    settings = Settings().model_copy(update={"data_dir": args.data_dir.resolve(), "api_port": args.api_port})
+    # No stage workers here: readiness must not wait for their consumers.
+    update = {"data_dir": args.data_dir.resolve(), "api_port": args.api_port, "ready_stages": []}
+    settings = Settings().model_copy(update=update)
     configure_logging(settings.log_level, json=not sys.stderr.isatty())  # logs on stderr, the report on stdout
     config = FlowConfig(
         runs=args.runs,
