@@ -16,7 +16,8 @@ MAX_HEADER_VALUE_CHARS = 4096
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT)]
-_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters but tab (no CR/LF injection)
+# No control characters but tab (no CR/LF injection); matched whole (`$` would let a final newline through).
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 class RunCreate(BaseModel):
@@ -56,7 +57,7 @@ class RunCreate(BaseModel):
             text = value.get_secret_value()
             if len(text) > MAX_HEADER_VALUE_CHARS:
                 raise ValueError(f"oracle header {name!r}: value is longer than {MAX_HEADER_VALUE_CHARS} characters")
-            if not _HEADER_VALUE.match(text):
+            if not _HEADER_VALUE.fullmatch(text):
                 raise ValueError(f"oracle header {name!r}: value has control characters")
         return headers
 
