@@ -76,7 +76,7 @@ async def test_cli_refuses_with_one_line_and_a_non_zero_exit(tmp_path: Path, com
 
 
 @pytest.mark.parametrize("command", [("api",), ("stack", "up")])
-async def test_cli_refuses_a_short_secret_beyond_loopback_with_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+async def test_cli_refuses_an_empty_secret_with_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
     port = dead_port()
     env = cli_env(
         ECHELON_API_HOST="0.0.0.0",
