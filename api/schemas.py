@@ -43,7 +43,7 @@ class RunCreate(BaseModel):
         default=None,
         max_length=len(WEIGHT_KEYS),
         description=f"relative weights of {', '.join(WEIGHT_KEYS)} in the composite score (each 0 to "
-        f"{MAX_WEIGHT:g}, default 1; at least one positive)",
+        f"{MAX_WEIGHT:,.0f}, default 1; at least one positive)",
     )
     since: datetime | None = None
     labels: list[Label] = Field(default_factory=list, max_length=20, description="at most 20, each ≤ 100 characters")

@@ -56,7 +56,9 @@ def validate_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
         if value < 0:
             raise RequestRejected(f"weight {key!r} must not be negative, got {value}")
         if value > MAX_WEIGHT:
-            raise RequestRejected(f"weight {key!r} must be at most {MAX_WEIGHT:g} (weights are relative), got {value}")
+            raise RequestRejected(
+                f"weight {key!r} must be at most {MAX_WEIGHT:,.0f} (weights are relative), got {value}"
+            )
         out[key] = float(value)
     if not any(out.values()):
         raise RequestRejected("at least one weight must be positive: all weights are zero")

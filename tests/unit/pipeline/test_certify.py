@@ -82,7 +82,7 @@ def test_weights_default_to_one_each() -> None:
         ({"precision": 0, "recall": 0, "reply_accuracy": 0}, "all weights are zero"),
         ({"precision": float("nan")}, "finite number"),
         ({"precision": True}, "finite number"),
-        ({"precision": 1e308, "recall": 1e308, "reply_accuracy": 1e308}, "must be at most 1e+06"),
+        ({"precision": 1e308, "recall": 1e308, "reply_accuracy": 1e308}, "must be at most 1,000,000"),
     ],
 )
 def test_bad_weights_are_rejected_with_a_clear_message(weights: dict[str, Any], fragment: str) -> None:
