@@ -118,8 +118,6 @@ class CertifyHandler:
             )
         except StageError as exc:
             return self.give_up(envelope, payload, str(exc))
-        except ArithmeticError as exc:  # a pure function of logged events: retrying gives the same error
-            return self.give_up(envelope, payload, f"certificate arithmetic failed: {exc}")
         issued = make_event(
             CertificateIssued(run_id=payload.run_id, certificate=self.keyring.sign(certificate)),
             causation_id=envelope.event_id,
