@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from api.app import create_app
 from echelon_platform.config import Settings
@@ -48,6 +48,13 @@ def test_an_empty_secret_is_refused_everywhere(host: str) -> None:
 
 def test_a_short_secret_is_fine_on_loopback() -> None:
     Settings(api_host="127.0.0.1", jwt_secret=SecretStr("dev")).check_api_exposure()
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "none", "ES256"])
+def test_only_hmac_algorithms_can_be_configured(algorithm: str) -> None:
+    # Tokens are signed with the shared secret: any other algorithm made PyJWT fail on every request.
+    with pytest.raises(ValidationError, match="jwt_algorithm"):
+        Settings(jwt_algorithm=algorithm)  # type: ignore[arg-type]
 
 
 async def test_lifespan_refuses_before_serving() -> None:
