@@ -10,6 +10,7 @@ import nats.errors
 import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api import certificates, history, methodology, readiness, runs, signin, stats, stream
@@ -20,10 +21,12 @@ from api.cors import install_cors
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
+from api.json_body import JsonBodyGuard
 from api.limits import RateLimiter, RecentRuns
 from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
+from api.validation_errors import validation_error_answer
 from echelon_platform.adapters.readmodel_store import Freshness, OwnerReader, RunReader
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.adapters.services import Services
@@ -150,6 +153,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(signin.router)
     app.include_router(history.router)
     install_dashboard(app)
+    app.add_middleware(JsonBodyGuard)  # strict, shallow JSON before any route decodes a body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_cors(app, settings)  # outside the body limit: a preflight is answered before anything is read
     app.add_middleware(RequestContext)  # outermost: a 413 is logged and measured like any response
@@ -171,6 +175,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
         log.error("api.unavailable", error=str(exc) or type(exc).__name__, path=request.url.path)
         return JSONResponse({"detail": "a backing service is unavailable; retry shortly"}, status_code=503)
 
+    app.add_exception_handler(RequestValidationError, validation_error_answer)  # never echoes secrets
     app.add_exception_handler(redis.exceptions.ConnectionError, _infrastructure)
     app.add_exception_handler(redis.exceptions.TimeoutError, _infrastructure)
     app.add_exception_handler(nats.errors.Error, _infrastructure)

@@ -15,9 +15,11 @@ from fastapi import FastAPI
 from api.app import create_app
 from echelon_platform.config import Settings
 from echelon_platform.log_config import configure_logging
+from echelon_platform.recursion import check_recursion_limit
 
 
 def build_app() -> FastAPI:
+    check_recursion_limit()  # the app's imports are done: none of them may have raised it
     settings = Settings()
     configure_logging(settings.log_level)
     return create_app(settings)

@@ -103,6 +103,7 @@ async def session(
         admin=principal.is_admin,
         ttl_s=ttl_s,
         algorithm=settings.jwt_algorithm,
+        wallet_sign_in=True,  # the only place a token for a `wallet:` user is minted
     )
     response.headers["Cache-Control"] = "no-store"
     return SessionIssued(

@@ -34,12 +34,15 @@ from urllib.parse import urlsplit
 
 import eth_keys.exceptions
 import eth_utils.exceptions
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_utils.address import is_address, to_checksum_address
 
 from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError
+from echelon_platform.recursion import recursion_limit_kept
+
+with recursion_limit_kept():  # py_ecc, loaded by eth_account, raises the limit to 100,000 on import
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
 
 MAX_MESSAGE_CHARS = 4000
 DEFAULT_MAX_AGE_S = 300

@@ -8,6 +8,7 @@ import contextlib
 import sys
 
 from echelon_platform.config import Settings
+from echelon_platform.recursion import check_recursion_limit
 
 # Each command imports what it needs when it runs: loading the API, workers and their libraries costs
 # seconds, and `echelon token` or `echelon verify` need none of it.
@@ -17,6 +18,7 @@ async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.local_roots import dev_stack_roots
     from echelon.stack import serve
 
+    check_recursion_limit()  # after the roles' imports, before serving anything
     return await serve(dev_stack_roots(settings), with_api=not args.no_api)
 
 
@@ -25,6 +27,7 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.http_server import api_server_config
     from echelon.stack import AnnouncingServer, freeze_startup_heap, infrastructure
 
+    check_recursion_limit()
     settings.check_api_exposure()  # before starting anything: one line, exit 1
     async with infrastructure(settings) as resolved:
         config = api_server_config(create_app(resolved), resolved)
@@ -36,6 +39,7 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import serve
 
+    check_recursion_limit()
     # A standby until it holds the writer lease (ECHELON_WRITER_PARTITION); exits 1 if the loop ends
     # without a signal, so a supervisor restarts it.
     return await serve(settings, with_api=False, stages=False)
@@ -47,6 +51,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from echelon_platform.domain.roles import stage_groups
     from pipeline_workers.pipeline import STAGES, Pipeline
 
+    check_recursion_limit()
     unknown = set(args.stages) - set(STAGES)
     if unknown:
         print(
@@ -218,7 +223,12 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.devtoken import mint_hs256
 
-    print(mint_hs256(args.user_id, settings.jwt_secret.get_secret_value(), admin=args.admin, ttl_s=args.ttl))
+    try:
+        token = mint_hs256(args.user_id, settings.jwt_secret.get_secret_value(), admin=args.admin, ttl_s=args.ttl)
+    except ValueError as exc:
+        print(f"echelon token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 

@@ -15,6 +15,8 @@ from echelon_platform.errors import ConfigError
 from echelon_platform.redact import redact_url
 
 DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
+# RFC 7518 §3.2: an HS256 key at least as long as the hash. Shorter ones only on a loopback (dev) API.
+MIN_JWT_SECRET_BYTES = 32
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
 _URL_FIELDS = frozenset({"nats_url", "database_url", "redis_url"})
 
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"  # tokens are HMAC-signed with jwt_secret
     api_base_url: str | None = None  # where clients find the API; unset → api_url() from api_host/api_port
     api_token: SecretStr | None = None
 
@@ -209,12 +211,30 @@ class Settings(BaseSettings):
             return False
 
     def check_api_exposure(self) -> None:
-        """Refuse (ConfigError) to serve the API beyond loopback with the published development JWT secret:
-        anyone could mint an admin token for it."""
-        if self.uses_dev_secret and not self.api_is_loopback():
+        """Refuse (ConfigError) a JWT secret no token can be checked with (empty), and beyond loopback the
+        published development secret (anyone could mint an admin token for it) or one shorter than
+        MIN_JWT_SECRET_BYTES (guessable offline from any token)."""
+        where = f"refusing to serve the API on {self.api_host or '*'}"
+        try:
+            size = len(self.jwt_secret.get_secret_value().encode("utf-8"))
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in the environment: no HMAC key can be made
+            raise ConfigError(f"{where}: ECHELON_JWT_SECRET is not valid UTF-8 text") from None
+        if size == 0:
             raise ConfigError(
-                f"refusing to serve the API on {self.api_host or '*'}: ECHELON_JWT_SECRET is unset and the "
-                "development secret lets anyone mint tokens; set ECHELON_JWT_SECRET (or ECHELON_API_HOST=127.0.0.1)"
+                f"{where}: ECHELON_JWT_SECRET is empty and no token could be verified; set it to at least "
+                f"{MIN_JWT_SECRET_BYTES} random bytes (e.g. `openssl rand -hex 32`), or unset it on loopback"
+            )
+        if self.api_is_loopback():
+            return
+        if self.uses_dev_secret:
+            raise ConfigError(
+                f"{where}: ECHELON_JWT_SECRET is unset and the development secret lets anyone mint tokens; "
+                "set ECHELON_JWT_SECRET (or ECHELON_API_HOST=127.0.0.1)"
+            )
+        if size < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"{where}: ECHELON_JWT_SECRET is {size} bytes; beyond loopback it must be at least "
+                f"{MIN_JWT_SECRET_BYTES} (e.g. `openssl rand -hex 32`), or set ECHELON_API_HOST=127.0.0.1"
             )
 
     def api_url(self) -> str:

@@ -16,9 +16,12 @@ The full schema is also at `/openapi.json`.
 
 Headers: `Authorization: Bearer <JWT>` (or the Sign-In with Ethereum headers), optionally
 `Idempotency-Key` (the same key and body answer with the same run). Unknown fields are refused (422);
-bodies over `ECHELON_MAX_BODY_BYTES` get 413. `oracle_type: "http"` needs `oracle_url`;
+bodies over `ECHELON_MAX_BODY_BYTES` get 413. The body is strict JSON: `NaN`, `Infinity`, numbers beyond a
+64-bit float, lone surrogates and nesting deeper than 32 levels are a 422 saying which.
+`oracle_type: "http"` needs `oracle_url`;
 `oracle_type: "python"` needs `oracle_module` and `oracle_callable` (on the server's allowlist).
-`oracle_headers` and `github_token` are secrets: stored encrypted, never in events, read models or logs.
+`oracle_headers` and `github_token` are secrets: stored encrypted, never in events, read models, logs or
+error answers.
 
 **Errors** follow FastAPI's convention, `{"detail": ...}`: for a body that does not match the schema (422),
 `detail` is FastAPI's list of `{"loc", "msg", "type"}` (never echoing secret values); for the service's own

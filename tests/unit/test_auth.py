@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -248,3 +250,57 @@ def test_control_characters_on_any_line_are_refused(extra: str) -> None:
         verify_proof(proof(account, siwe(account.address, extra=extra)), NOW, BINDING)
     with pytest.raises(AuthError, match="control or non-ASCII"):
         parse_message(siwe(account.address).replace("Sign in to", "Sign\x00in to"))
+
+
+# ---- hostile tokens and secrets: 401, never 500 ----
+
+
+def _raw_token(payload: str, secret: str = SECRET) -> str:
+    """A token whose payload JSON is exactly `payload` (PyJWT would not encode a lone surrogate)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    signing_input = f"{header}.{b64(payload.encode())}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+LATER = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (f'{{"sub": "\\ud800", "exp": {LATER}}}', "not valid UTF-8"),
+        (f'{{"sub": "alice\\nadmin", "exp": {LATER}}}', "control characters"),
+        (f'{{"sub": "{"a" * 300}", "exp": {LATER}}}', "longer than 256"),
+        (f'{{"sub": 7, "exp": {LATER}}}', "Subject must be a string"),
+        ('{"sub": "alice", "exp": 1' + "0" * 400 + "}", "`exp` is not a usable time"),
+    ],
+)
+def test_hostile_claims_are_refused_as_bad_credentials(payload: str, why: str) -> None:
+    with pytest.raises(AuthError, match=why):
+        decode_jwt(_raw_token(payload), SECRET)
+
+
+def test_a_secret_pyjwt_refuses_is_a_401_not_a_crash() -> None:
+    with pytest.raises(AuthError, match="cannot be verified"):
+        decode_jwt(issue_jwt("alice", SECRET), "")
+
+
+@pytest.mark.parametrize("sub", ["wallet:0x5B38Da6a701c568545dCfcB03FcB875f56beddC4", "WALLET:0xabc", "Wallet:x"])
+def test_a_wallet_subject_without_wallet_sign_in_is_not_that_wallet(sub: str) -> None:
+    forged = jwt.encode({"sub": sub, "exp": LATER}, SECRET)
+    with pytest.raises(AuthError, match="reserved for wallet sign-in"):
+        decode_jwt(forged, SECRET)
+    with pytest.raises(ValueError, match="reserved for wallet sign-in"):
+        issue_jwt(sub, SECRET)
+
+
+def test_only_the_wallet_sign_in_mints_a_wallet_identity() -> None:
+    sub = "wallet:0x5B38Da6a701c568545dCfcB03FcB875f56beddC4"
+    assert decode_jwt(issue_jwt(sub, SECRET, wallet_sign_in=True), SECRET).user_id == sub
+    with pytest.raises(ValueError, match="reserved for wallet sign-in"):
+        issue_jwt("alice", SECRET, wallet_sign_in=True)  # the claim belongs to wallet subjects only

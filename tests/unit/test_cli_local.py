@@ -64,6 +64,24 @@ def test_stdlib_token_is_accepted_by_the_api() -> None:
         decode_jwt(mint_hs256("alice", "another-secret-of-at-least-32-bytes"), secret)
 
 
+def test_echelon_token_refuses_a_wallet_user_id() -> None:
+    # A `wallet:` user id is a wallet that signed in; minting one would hand out that wallet's identity.
+    wallet = "wallet:0x5B38Da6a701c568545dCfcB03FcB875f56beddC4"
+    result = subprocess.run(
+        [sys.executable, "-m", "echelon.cli", "token", wallet],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        check=False,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "echelon token: user ids starting with 'wallet:' are reserved for wallet sign-in "
+        "(POST /api/v1/auth/session); choose another user id"
+    ]
+
+
 def test_endpoint_file_is_written_read_and_removed(tmp_path: Path) -> None:
     assert read_endpoint(tmp_path) is None
     write_endpoint(tmp_path / "data", "http://127.0.0.1:18100/")
