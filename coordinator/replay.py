@@ -9,6 +9,7 @@ partition's positions are in commit order, the log's as a whole are not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Iterator
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
+from pydantic import ValidationError
 from ulid import ULID
 
+from coordinator.admission import TrustedKeys
 from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
 from echelon_platform.adapters.event_store import EventStore, LogEvent
 from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, text
@@ -38,6 +42,9 @@ from echelon_platform.domain.projections import (
     public_certificate,
     to_record,
 )
+from echelon_platform.domain.values import CalibrationCertificate
+
+log = structlog.get_logger(__name__)
 
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
@@ -76,10 +83,16 @@ def _collector_paused() -> Iterator[None]:
 class Rebuilder:
     """`only`: fold one partition's events (a partition's repair); else the whole log."""
 
-    def __init__(self, store: EventStore, projector: Projector, *, only: int | None = None) -> None:
+    def __init__(
+        self, store: EventStore, projector: Projector, *, only: int | None = None, keys: TrustedKeys | None = None
+    ) -> None:
         self.store = store
         self.projector = projector
         self.only = only
+        # A log written before the writer checked signatures may hold a certificate no published key signed:
+        # it is folded as if absent, so it is never listed, ranked or shown.
+        self.keys = keys or TrustedKeys.published(store)
+        self.skipped_certificates = 0
         self._runs: dict[str, RunFold] = {}
         self.certs: dict[str, dict[str, Any]] = {}
         self.positions: dict[int, int] = {}  # partition → last log position folded
@@ -110,6 +123,8 @@ class Rebuilder:
                     continue
                 if topic in NOT_RUN_EVENTS:  # a registry's event, not a run's: no phantom run
                     continue
+                if topic == CERT_TOPIC and payload is not None and not await self._genuine(payload, seq):
+                    continue
                 run_id = correlation_id.removeprefix("run-")
                 run = runs.get(run_id)
                 if run is None:
@@ -123,6 +138,22 @@ class Rebuilder:
             before, self.events = self.events, self.events + len(rows)
             if self.progress_total and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
                 await self._report_progress()
+
+    async def _genuine(self, payload: dict[str, Any], seq: int) -> bool:
+        document = payload.get("certificate")
+        if not isinstance(document, dict):
+            return False
+        refusal = await self.keys.refusal(document)
+        if refusal is not None:
+            # As logged it may lack fields with defaults: judge it as readers see it (what /verify checks).
+            with contextlib.suppress(ValidationError):
+                as_read = CalibrationCertificate.model_validate(document).model_dump(mode="json")
+                refusal = await self.keys.refusal(as_read)
+        if refusal is None:
+            return True
+        self.skipped_certificates += 1
+        log.warning("replay.certificate_skipped", seq=seq, reason=refusal)
+        return False
 
     @property
     def states(self) -> dict[str, RunState]:

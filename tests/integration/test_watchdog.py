@@ -15,7 +15,7 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from pipeline_workers.watchdog import Watchdog
 from tests.factories import certificate, requested, run_events
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 
 
 async def age(settings: Settings, *run_ids: str, hours: int = 1) -> None:
@@ -34,7 +34,8 @@ async def age(settings: Settings, *run_ids: str, hours: int = 1) -> None:
 
 async def test_stalled_run_is_failed_and_finished_run_is_not(settings: Settings) -> None:
     async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
-        cert = certificate("DONE")
+        keyring = await certifier_keyring(services.store, settings)
+        cert = certificate("DONE", keyring)
         for e in [
             requested("STALLED"),
             *run_events("DONE", n=2, failed=0),
@@ -42,7 +43,7 @@ async def test_stalled_run_is_failed_and_finished_run_is_not(settings: Settings)
             make_event(RunCompleted(run_id="DONE", certificate_id=cert.certificate_id)),
             # Certified, but its `run.completed` not logged yet: the certificate decides, no watchdog race.
             *run_events("CERTIFIED", n=2, failed=0),
-            make_event(CertificateIssued(run_id="CERTIFIED", certificate=certificate("CERTIFIED"))),
+            make_event(CertificateIssued(run_id="CERTIFIED", certificate=certificate("CERTIFIED", keyring))),
         ]:
             await services.bus.publish(e)
         await coordinator.run(until_idle=True)
