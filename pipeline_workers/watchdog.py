@@ -43,14 +43,14 @@ class Watchdog:
 
     async def sweep(self) -> list[str]:
         """Fail every stalled run once; returns their ids."""
-        if await self._writer_behind():
+        if await self._writer_behind("before the query"):
             return []
         stalled = await self.services.store.stalled_runs(self.timeout_s)
         # The query may have waited (a table lock) while the writer's backlog grew, and return before the
         # writer commits it: judge only if the writer is level *after* the query too. That still leaves a
         # race (the writer commits and acks between the two), so each failure is also fenced on the run's
         # last log position: the writer refuses it if the run has events logged after that position.
-        if not stalled or await self._writer_behind():
+        if not stalled or await self._writer_behind("after the query"):
             return []
         failed: list[str] = []
         bus = self.services.bus
@@ -66,14 +66,14 @@ class Watchdog:
             failed.append(run.run_id)
         return failed
 
-    async def _writer_behind(self) -> bool:
+    async def _writer_behind(self, when: str) -> bool:
         """Is any partition's writer behind: its oldest unlogged event older than `writer_behind_s`?"""
         settings = self.services.settings
         behind = max(
             [await self.services.bus.backlog_age_s(settings.writer_durable(k)) for k in settings.partitioning.indices]
         )
         if behind > self.writer_behind_s:
-            log.warning("watchdog.writer_behind", oldest_unlogged_s=round(behind, 1))
+            log.warning("watchdog.writer_behind", oldest_unlogged_s=round(behind, 1), seen=when)
             return True
         return False
 
