@@ -37,6 +37,9 @@ class TrustedKeys:
         self._keys: Mapping[str, bytes] = {}
         self._loaded_at: float | None = None
         self._unknown: dict[str, float] = {}  # key id → when a fresh read did not find it
+        # Certificate events this process verified before logging them (log rows never change): a rebuild
+        # in the same process need not verify them again.
+        self._verified: LRUCache[str, bool] = LRUCache(200_000)
 
     @classmethod
     def published(cls, store: EventStore) -> TrustedKeys:
@@ -58,8 +61,14 @@ class TrustedKeys:
                 self._unknown = dict(sorted(self._unknown.items(), key=lambda kv: kv[1])[-1000:])
         return self._keys
 
-    async def refusal(self, document: Mapping[str, object]) -> str | None:
-        """Why this certificate document is not genuine, or None (see `certificate_refusal`)."""
+    def vouch(self, event_id: str) -> None:
+        self._verified[event_id] = True
+
+    async def refusal(self, document: Mapping[str, object], event_id: str | None = None) -> str | None:
+        """Why this certificate document is not genuine, or None (see `certificate_refusal`). With the
+        `event_id` of a logged event this process verified before logging it: None at once."""
+        if event_id is not None and event_id in self._verified:
+            return None
         key_id = certificate_key_id(document)
         keys = await self.for_ids([key_id] if key_id is not None else [])
         return certificate_refusal(document, keys)
@@ -99,6 +108,8 @@ class Admission:
                 cert = parse_payload(envelope)
                 assert isinstance(cert, CertificateIssued)
                 reason = certificate_refusal(cert.certificate.model_dump(mode="json"), keys)
+                if reason is None:
+                    self.keys.vouch(envelope.event_id)
             elif topic == RUN_FAILED:
                 reason = _stale_decision(envelope, positions.get(run_id), run_id in in_batch)
             if reason is not None:

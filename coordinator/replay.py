@@ -123,7 +123,7 @@ class Rebuilder:
                     continue
                 if topic in NOT_RUN_EVENTS:  # a registry's event, not a run's: no phantom run
                     continue
-                if topic == CERT_TOPIC and payload is not None and not await self._genuine(payload, seq):
+                if topic == CERT_TOPIC and payload is not None and not await self._genuine(payload, seq, event_id):
                     continue
                 run_id = correlation_id.removeprefix("run-")
                 run = runs.get(run_id)
@@ -139,11 +139,11 @@ class Rebuilder:
             if self.progress_total and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
                 await self._report_progress()
 
-    async def _genuine(self, payload: dict[str, Any], seq: int) -> bool:
+    async def _genuine(self, payload: dict[str, Any], seq: int, event_id: str) -> bool:
         document = payload.get("certificate")
         if not isinstance(document, dict):
             return False
-        refusal = await self.keys.refusal(document)
+        refusal = await self.keys.refusal(document, event_id)
         if refusal is not None:
             # As logged it may lack fields with defaults: judge it as readers see it (what /verify checks).
             with contextlib.suppress(ValidationError):
