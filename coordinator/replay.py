@@ -114,6 +114,8 @@ class Rebuilder:
         elif self._read_all:
             after = {k: positions.get(k, 0) for k in self.projector.partitioning.indices} | positions
         self._read_all = True
+        # Read the keys before the cursor holds a connection: mid-fold, only an unknown key id reads again.
+        await self.keys.for_ids(())
         async for rows in self.store.stream_rows(positions=after, batch=READ_BATCH, payload_topics=_READ):
             for seq, event_id, at, topic, correlation_id, raw, partition in rows:
                 positions[partition] = seq
