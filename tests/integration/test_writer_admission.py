@@ -147,8 +147,14 @@ async def test_a_forged_certificate_already_in_an_old_log_is_left_out_of_a_rebui
 async def test_an_envelope_on_another_runs_subject_or_with_a_foreign_dedup_key_is_parked(
     services: Services, settings: Settings
 ) -> None:
+    # Run A's request on run B's subject, before B's own: until B's request is logged, stages and the API
+    # read it from the stream, and must never take A's for it.
+    b_requested = services.subjects.subject("verify.run.requested", "RUNB")
+    await services.bus.publish_raw(b_requested, requested("RUNA").to_wire(), msg_id="a-on-b")
     for run_id in ("RUNA", "RUNB"):
         await services.bus.publish(requested(run_id))
+    first = await services.bus.first_valid_on_subject(b_requested)
+    assert first is not None and first.run_id == "RUNB"
     await services.bus.publish(make_event(RunIngesting(run_id="RUNA", source="github")))
     # Run A's event on run B's subject (which B's publisher may write), and on A's own subject with a dedup
     # key of its own making: either would give A a second run.ingesting.
@@ -160,9 +166,10 @@ async def test_an_envelope_on_another_runs_subject_or_with_a_foreign_dedup_key_i
     await drain(services, settings)
 
     reasons = await parked_reasons(services)
-    assert len(reasons) == 2, reasons
-    assert f"published on {b_subject}" in reasons[0]
-    assert "is not the event's natural key 'verify.run.ingesting:RUNA'" in reasons[1]
+    assert len(reasons) == 3, reasons
+    assert f"verify.run.requested of run RUNA published on {b_requested}" in reasons[0]
+    assert f"published on {b_subject}" in reasons[1]
+    assert "is not the event's natural key 'verify.run.ingesting:RUNA'" in reasons[2]
     ingesting = await services.store.run_events("RUNA", ["verify.run.ingesting"])
     assert [e.payload["source"] for e in ingesting] == ["github"]
     assert await services.store.run_events("RUNB", ["verify.run.ingesting"]) == []
