@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder, verify
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
@@ -221,3 +222,25 @@ async def test_an_event_over_its_topics_size_limit_is_parked(services: Services,
     assert "verify.run.ingesting of 1000" in reason and "over the topic's limit of 16384 bytes" in reason
     ingesting = await services.store.run_events("BIG", ["verify.run.ingesting"])
     assert [e.payload["source"] for e in ingesting] == ["github"]  # the real one took its place
+
+
+async def test_a_key_published_after_the_writer_read_the_keys_is_found(services: Services, settings: Settings) -> None:
+    """A certify stage restarted with a new key publishes it, then signs with it: the writer, holding the
+    old key set in its cache, reads the keys again for the unknown key id instead of parking the genuine."""
+    old = await certifier_keyring(services.store, settings)
+    new_settings = settings.model_copy(update={"data_dir": settings.data_dir / "rotated"})
+    async with coordinator_for(services, settings) as coordinator:
+        for run_id in ("BEFORE", "AFTER"):
+            for event in run_events(run_id, n=2, failed=0):
+                await services.bus.publish(event)
+        before = certificate("BEFORE", old)
+        await services.bus.publish(make_event(CertificateIssued(run_id="BEFORE", certificate=before)))
+        await coordinator.run(until_idle=True)  # the writer has read the key set: the old key only
+        new = await certifier_keyring(services.store, new_settings)
+        assert new.key_id != old.key_id
+        after = certificate("AFTER", new)
+        await services.bus.publish(make_event(CertificateIssued(run_id="AFTER", certificate=after)))
+        await coordinator.run(until_idle=True)
+    assert await parked_reasons(services) == []
+    for run_id in ("BEFORE", "AFTER"):
+        assert await services.read_models.get_certificate(f"cert-{run_id}") is not None
