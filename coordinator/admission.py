@@ -127,6 +127,8 @@ class Admission:
     async def _requested_runs(self, events: Sequence[tuple[Envelope, int]]) -> set[str]:
         runs = {e.run_id for e, _ in events if e.topic not in NOT_RUN_EVENTS}
         known = {r for r in runs if r in self._requested}
+        # Runs requested in this batch are looked up too: a redelivered request may follow events of a run
+        # whose request was logged long ago.
         unknown = runs - known
         if unknown:
             # The natural dedup key of a run's request names the run: one unique-index lookup per run.
