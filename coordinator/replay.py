@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
+from pydantic import ValidationError
 from ulid import ULID
 
+from coordinator.admission import TrustedKeys
 from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
 from echelon_platform.adapters.event_store import EventStore, LogEvent
 from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
@@ -31,6 +34,7 @@ from echelon_platform.adapters.readmodel_writer import (
     queue_rating,
     queue_writes,
 )
+from echelon_platform.config import Settings
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
     READ_MODEL_GENERATION,
@@ -38,7 +42,10 @@ from echelon_platform.domain.projections import (
     public_certificate,
     to_record,
 )
+from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import ReadModelsStale
+
+log = structlog.get_logger(__name__)
 
 # The switch, only while the rebuild's marker (KEYS[1]) is still there: the pointer (KEYS[2]) and every
 # checkpoint (KEYS[3..]) are set and the marker deleted at once; 0 (nothing written) when it is gone.
@@ -86,10 +93,14 @@ def _collector_paused() -> Iterator[None]:
 class Rebuilder:
     """`only`: fold one partition's events (a partition's repair); else the whole log."""
 
-    def __init__(self, store: EventStore, projector: Projector, *, only: int | None = None) -> None:
+    def __init__(self, store: EventStore, projector: Projector, keys: TrustedKeys, *, only: int | None = None) -> None:
         self.store = store
         self.projector = projector
         self.only = only
+        # A log written before the writer checked signatures may hold a certificate no published key signed:
+        # it is folded as if absent, so it is never listed, ranked or shown.
+        self.keys = keys
+        self.skipped_certificates = 0
         self._runs: dict[str, RunFold] = {}
         self.certs: dict[str, dict[str, Any]] = {}
         self.positions: dict[int, int] = {}  # partition → last log position folded
@@ -112,6 +123,8 @@ class Rebuilder:
         elif self._read_all:
             after = {k: positions.get(k, 0) for k in self.projector.partitioning.indices} | positions
         self._read_all = True
+        # Read the keys before the cursor holds a connection: mid-fold, only an unknown key id reads again.
+        await self.keys.for_ids(())
         async for rows in self.store.stream_rows(positions=after, batch=READ_BATCH, payload_topics=_READ):
             for seq, event_id, at, topic, correlation_id, raw, partition in rows:
                 positions[partition] = seq
@@ -120,6 +133,8 @@ class Rebuilder:
                     self._new_ratings.append(LogEvent(event_id, at, topic, correlation_id, payload or {}))
                     continue
                 if topic in NOT_RUN_EVENTS:  # a registry's event, not a run's: no phantom run
+                    continue
+                if topic == CERT_TOPIC and payload is not None and not await self._genuine(payload, seq, event_id):
                     continue
                 run_id = correlation_id.removeprefix("run-")
                 run = runs.get(run_id)
@@ -134,6 +149,22 @@ class Rebuilder:
             before, self.events = self.events, self.events + len(rows)
             if self._marking and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
                 await self._report_progress()
+
+    async def _genuine(self, payload: dict[str, Any], seq: int, event_id: str) -> bool:
+        document = payload.get("certificate")
+        if not isinstance(document, dict):
+            return False
+        refusal = await self.keys.refusal(document, event_id)
+        if refusal is not None:
+            # As logged it may lack fields with defaults: judge it as readers see it (what /verify checks).
+            with contextlib.suppress(ValidationError):
+                as_read = CalibrationCertificate.model_validate(document).model_dump(mode="json")
+                refusal = await self.keys.refusal(as_read)
+        if refusal is None:
+            return True
+        self.skipped_certificates += 1
+        log.warning("replay.certificate_skipped", seq=seq, reason=refusal)
+        return False
 
     @property
     def states(self) -> dict[str, RunState]:
@@ -247,12 +278,12 @@ class Rebuilder:
         return old
 
 
-async def repair_partition(store: EventStore, projector: Projector, partition: int) -> ReplayReport:
+async def repair_partition(store: EventStore, projector: Projector, partition: int, settings: Settings) -> ReplayReport:
     """Refold one partition's events and rewrite its runs, certificates and ratings in the live namespace,
     then its checkpoint. Its writer pauses meanwhile (its lock is held); the other partitions go on. Keys the
     log does not determine (a stray key) are left as they are: a full rebuild drops those."""
     started = time.perf_counter()
-    rebuilder = Rebuilder(store, projector, only=partition)
+    rebuilder = Rebuilder(store, projector, TrustedKeys.published(store, settings), only=partition)
     async with projector.holding([partition]):
         keys = await projector.keys()
         await rebuilder.fold_from_log()
@@ -378,9 +409,9 @@ async def delete_namespace(projector: Projector, keys: Keys) -> int:
     return deleted
 
 
-async def verify(store: EventStore, projector: Projector) -> ReplayReport:
+async def verify(store: EventStore, projector: Projector, settings: Settings) -> ReplayReport:
     """Rebuild into a scratch namespace and compare with the live one; the scratch copy is dropped."""
-    rebuilder = Rebuilder(store, projector)
+    rebuilder = Rebuilder(store, projector, TrustedKeys.published(store, settings))
     async with projector.holding():  # a consistent cut: every writer pauses while we fold and compare
         report = await rebuilder.rebuild(switch=False)
         live_keys = await projector.keys()

@@ -81,6 +81,7 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from coordinator.admission import TrustedKeys
     from coordinator.replay import Rebuilder, repair_partition, verify
     from echelon.stack import infrastructure
     from echelon_platform.adapters.readmodel_writer import Projector
@@ -97,14 +98,14 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             if args.verify:
                 raise ConfigError("--verify compares the whole log: give it without --partition")
             resolved.partitioning.parse(str(args.partition))  # ConfigError naming the valid range
-            report = await repair_partition(services.store, projector, args.partition)
+            report = await repair_partition(services.store, projector, args.partition, services.settings)
             print(
                 f"partition {args.partition}: refolded {report.runs} runs and {report.certificates} certificates "
                 f"from {report.events} events in {report.seconds:.2f}s into {report.namespace}"
             )
             return 0
         if args.verify:
-            report = await verify(services.store, projector)
+            report = await verify(services.store, projector, services.settings)
             for line in report.differences[:50]:
                 print(line)
             print(
@@ -112,7 +113,9 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 f"{len(report.differences)} difference(s)"
             )
             return 1 if report.differences else 0
-        report = await Rebuilder(services.store, projector).rebuild()
+        report = await Rebuilder(
+            services.store, projector, TrustedKeys.published(services.store, services.settings)
+        ).rebuild()
         print(
             f"rebuilt {report.runs} runs and {report.certificates} certificates from {report.events} "
             f"events in {report.seconds:.2f}s ({report.events_per_s:,.0f} events/s); "

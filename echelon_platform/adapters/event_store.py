@@ -96,6 +96,13 @@ _FOLDED_PAYLOAD = (
 
 
 @dataclass(frozen=True, slots=True)
+class StalledRun:
+    run_id: str
+    last_appended: datetime
+    last_seq: int  # the log position of the run's last event: the watchdog's decision is fenced on it
+
+
+@dataclass(frozen=True, slots=True)
 class JudgeTotals:
     calls: int
     input_tokens: int
@@ -309,12 +316,12 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"Postgres unreachable: {exc}") from exc
 
-    async def stalled_runs(self, older_than_s: float) -> list[tuple[str, datetime]]:
+    async def stalled_runs(self, older_than_s: float) -> list[StalledRun]:
         """Runs the log holds as still going (requested, neither certified nor failed) whose last event
-        was appended more than `older_than_s` ago, with that time. Measured on the log, in the writer's
-        own clock, never on a read model that may lag."""
+        was appended more than `older_than_s` ago, with that time and that event's log position. Measured
+        on the log, in the writer's own clock, never on a read model that may lag."""
         query = """
-            SELECT r.correlation_id, max(e.appended_at) AS last
+            SELECT r.correlation_id, max(e.appended_at) AS last, max(e.seq) AS last_seq
             FROM events r JOIN events e ON e.correlation_id = r.correlation_id
             WHERE r.topic = 'verify.run.requested'
               AND NOT EXISTS (
@@ -327,7 +334,21 @@ class EventStore:
             rows = await self.pool.fetch(query, older_than_s)
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"stalled-run query failed: {exc}") from exc
-        return [(r["correlation_id"].removeprefix("run-"), r["last"]) for r in rows]
+        return [StalledRun(r["correlation_id"].removeprefix("run-"), r["last"], int(r["last_seq"])) for r in rows]
+
+    async def last_positions(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """Per run: the log position of its last event (runs without events are absent)."""
+        if not run_ids:
+            return {}
+        try:
+            rows = await self.pool.fetch(
+                "SELECT correlation_id, max(seq) AS last FROM events WHERE correlation_id = ANY($1::text[]) "
+                "GROUP BY correlation_id",
+                [f"run-{r}" for r in run_ids],
+            )
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"log position query failed: {exc}") from exc
+        return {r["correlation_id"].removeprefix("run-"): int(r["last"]) for r in rows}
 
     async def judge_usage(self, run_ids: Sequence[str]) -> dict[str, JudgeTotals]:
         """Per run: judge calls logged, their tokens and cost. Each call is one row (one dedup key), so a

@@ -162,20 +162,18 @@ async def test_verify_detects_tampering(
     assert result["signature_ok"] is False  # only the certifier's key can re-sign it
 
 
-async def test_a_certificate_forged_on_the_bus_fails_verify_for_its_signature(
+async def test_a_certificate_forged_on_the_bus_is_parked_and_never_public(
     client: httpx.AsyncClient, services: Services, settings: Settings
 ) -> None:
-    # Consistent numbers and a right hash, but not signed by the certifier's key: not a valid certificate.
+    # Consistent numbers and a right hash, but not signed by the certifier's key: the writer never logs it.
+    await publish_keys(services.store, load_keyring(settings))
     events, cert = certified_run("FORGED", construct="oracle-f")
     await publish(services, events)
     await drain(services, settings)
-    result = (await client.get(f"{API}/certificates/{cert.certificate_id}/verify")).json()
-    assert (result["hash_ok"], result["aggregates_ok"], result["signature_ok"], result["valid"]) == (
-        True,
-        True,
-        False,
-        False,
-    )
+    assert (await client.get(f"{API}/certificates/{cert.certificate_id}")).status_code == 404
+    assert (await client.get(f"{API}/certificates/{cert.certificate_id}/verify")).status_code == 404
+    [parked] = await services.store.parked()
+    assert "unsigned certificate" in parked.reason
 
 
 async def test_keys_are_published_and_the_cli_verifies_offline(

@@ -14,6 +14,7 @@ import pytest
 
 from api.app import create_app
 from api.options import ApiOptions
+from coordinator.admission import TrustedKeys
 from coordinator.replay import Rebuilder
 from echelon.embedded import EmbeddedNats, EmbeddedRedis
 from echelon.embedded._process import free_port
@@ -130,7 +131,9 @@ async def test_a_rebuild_whose_work_redis_lost_never_becomes_current(
         Projector(str(s.redis_url), s.redis_prefix, partitioning=s.partitioning) as projector,
     ):
         async with blocker.holding():  # the rebuild folds and writes, then waits to switch
-            rebuild = asyncio.create_task(Rebuilder(services.store, projector).rebuild())
+            rebuild = asyncio.create_task(
+                Rebuilder(services.store, projector, TrustedKeys.published(services.store, services.settings)).rebuild()
+            )
             try:
                 await wait_for(lambda: redis.exists(f"{s.redis_prefix}rebuilding"), timeout=10, what="the marker")
                 await wait_for(lambda: redis.keys(f"{s.redis_prefix}r*:run:HALFWAY"), timeout=10, what="the write")

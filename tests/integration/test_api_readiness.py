@@ -19,6 +19,7 @@ import pytest
 
 from api.app import create_app
 from api.options import ApiOptions
+from coordinator.admission import TrustedKeys
 from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder
 from echelon.embedded import EmbeddedRedis
@@ -105,7 +106,9 @@ async def test_not_ready_while_a_rebuild_runs_even_on_a_small_log(
     ):
         # The writers' locks held elsewhere: the rebuild folds the log, then waits to switch.
         async with blocker.holding():
-            rebuild = asyncio.create_task(Rebuilder(services.store, projector).rebuild())
+            rebuild = asyncio.create_task(
+                Rebuilder(services.store, projector, TrustedKeys.published(services.store, services.settings)).rebuild()
+            )
             try:
                 await wait_for(
                     lambda: services.read_models.redis.exists(f"{s.redis_prefix}rebuilding"),

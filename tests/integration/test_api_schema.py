@@ -36,6 +36,7 @@ from api.options import ApiOptions
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.factories import T0
+from tests.helpers import certifier_keyring
 from tests.integration.test_api_support import auth, certified_run, drain, publish, serve, services
 
 __all__ = ["services"]  # fixtures
@@ -95,8 +96,9 @@ def property_test(
 # Every operation gets 2 × EXAMPLES_PER_OPERATION requests: the default 120 s is too tight on a shared machine.
 @pytest.mark.timeout(360)
 async def test_live_app_conforms_to_its_openapi_document(settings: Settings, services: Services) -> None:
+    keyring = await certifier_keyring(services.store, settings)
     for i in range(3):  # real certificates, so some generated requests hit 200 paths
-        events, _ = certified_run(f"S{i}", construct=f"oracle-{i}", issued=T0 + timedelta(minutes=i))
+        events, _ = certified_run(f"S{i}", construct=f"oracle-{i}", issued=T0 + timedelta(minutes=i), keyring=keyring)
         await publish(services, events)
     await drain(services, settings)
     # Ready (no 5xx from /readyz): the writer ran; no stage runs here, so none is required.

@@ -18,7 +18,7 @@ from echelon_platform.domain.events import (
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.stage import StageWorker
 from tests.factories import run_events
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 
 
 def certifier(services: Services, settings: Settings, *, max_deliver: int = 3) -> StageWorker:
@@ -39,9 +39,8 @@ async def test_certificate_issued_without_run_completed_is_completed_with_the_sa
             await services.bus.publish(event)
         await coordinator.run(until_idle=True)  # appends and announces run.certifying
         certifying = make_event(RunCertifying(run_id="HALF", total=3))
-        issued, _completed = await CertifyHandler(services.store, load_keyring(settings)).handle(
-            certifying, parse_payload(certifying)
-        )
+        keyring = await certifier_keyring(services.store, settings)  # as the certify stage does at start
+        issued, _completed = await CertifyHandler(services.store, keyring).handle(certifying, parse_payload(certifying))
         await services.bus.publish(issued)  # the crash: run.completed never went out
         await coordinator.run(until_idle=True)
 
@@ -59,6 +58,7 @@ async def test_certificate_issued_without_run_completed_is_completed_with_the_sa
 
 async def test_certifier_waits_for_events_not_yet_in_the_log_instead_of_failing(settings: Settings) -> None:
     async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        await certifier_keyring(services.store, settings)  # as the certify stage does at start
         # run.certifying arrives while the coordinator is behind: nothing of the run is in Postgres yet.
         await services.bus.publish(make_event(RunCertifying(run_id="LATE", total=3)))
         worker = certifier(services, settings, max_deliver=2)
