@@ -12,7 +12,6 @@ import hashlib
 from datetime import datetime
 from typing import Annotated, Literal
 
-import asyncpg
 import orjson
 import structlog
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -33,7 +32,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import OracleSpec, RunRequested, make_event, payload_as
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
-from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
+from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
@@ -75,10 +74,8 @@ async def stored_request(services: Services, run_id: str) -> RunRequested | None
     """The run's stored request event: from the stream (recent), else from the log (kept for good)."""
     envelope = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
     if envelope is None:
-        try:
-            events = await services.store.run_events(run_id, [REQUESTED])
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise StoreError(f"event log unavailable: {exc}") from exc
+        # The store raises StoreError for every database failure (StoreUnavailable when transient): a 503.
+        events = await services.store.run_events(run_id, [REQUESTED])
         envelope = events[0] if events else None
     return payload_as(envelope, RunRequested) if envelope is not None else None
 
