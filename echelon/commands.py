@@ -15,36 +15,48 @@ from echelon_platform.config import Settings
 
 async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.local_roots import dev_stack_roots
-    from echelon.stack import serve
+    from echelon.stack import stack_up
 
-    return await serve(dev_stack_roots(settings), with_api=not args.no_api)
+    return await stack_up(dev_stack_roots(settings), with_api=not args.no_api)
 
 
 async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from api.app import create_app
-    from echelon.stack import AnnouncingServer, freeze_startup_heap, infrastructure
+    from echelon.lifecycle import STOP_GRACE_S, run_until_stopped, stop_signals
+    from echelon.stack import RoleServer, freeze_startup_heap, infrastructure
 
     settings.check_api_exposure()  # before starting anything: one line, exit 1
-    async with infrastructure(settings) as resolved:
-        config = uvicorn.Config(
-            create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning"
-        )
-        freeze_startup_heap()
-        await AnnouncingServer(config, resolved).serve()
-    return 0
+    with stop_signals() as stop:
+        async with infrastructure(settings) as resolved:
+            config = uvicorn.Config(
+                create_app(resolved),
+                host=resolved.api_host,
+                port=resolved.api_port,
+                log_level="warning",
+                # Open connections (a WebSocket stream) never hold a stop up for longer than this.
+                timeout_graceful_shutdown=int(STOP_GRACE_S) - 1,
+            )
+            server = RoleServer(config, resolved)
+            freeze_startup_heap()
+
+            def request_stop() -> None:
+                server.should_exit = True
+
+            return await run_until_stopped("api", [server.serve()], request_stop, stop)
 
 
 async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
-    from echelon.stack import serve
+    from echelon.stack import serve_coordinator
 
     # A standby until it holds the writer lease (ECHELON_WRITER_PARTITION); exits 1 if the loop ends
     # without a signal, so a supervisor restarts it.
-    return await serve(settings, with_api=False, stages=False)
+    return await serve_coordinator(settings)
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.lifecycle import run_until_stopped, stop_signals
     from echelon.stack import freeze_startup_heap, infrastructure
     from echelon_platform.adapters.services import Services
     from echelon_platform.domain.roles import stage_groups
@@ -57,15 +69,21 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    async with infrastructure(settings) as resolved, contextlib.AsyncExitStack() as stack:
-        pipelines: list[Pipeline] = []
-        # Each group its own NATS user: the certify stage never shares a connection with another stage.
-        for role, stages in stage_groups(args.stages):
-            services = await stack.enter_async_context(Services(resolved, name=f"echelon-worker-{role}", role=role))
-            pipelines.append(await stack.enter_async_context(Pipeline(services, resolved, stages=stages)))
-        freeze_startup_heap()
-        await asyncio.gather(*(p.run(watchdog=i == 0) for i, p in enumerate(pipelines)))
-    return 0
+    with stop_signals() as stop:
+        async with infrastructure(settings) as resolved, contextlib.AsyncExitStack() as stack:
+            pipelines: list[Pipeline] = []
+            # Each group its own NATS user: the certify stage never shares a connection with another stage.
+            for role, stages in stage_groups(args.stages):
+                services = await stack.enter_async_context(Services(resolved, name=f"echelon-worker-{role}", role=role))
+                pipelines.append(await stack.enter_async_context(Pipeline(services, resolved, stages=stages)))
+            freeze_startup_heap()
+
+            def request_stop() -> None:
+                for pipeline in pipelines:
+                    pipeline.stop()
+
+            runs = [p.run(watchdog=i == 0) for i, p in enumerate(pipelines)]  # one watchdog is enough
+            return await run_until_stopped("worker", runs, request_stop, stop)
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
