@@ -48,7 +48,7 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
-    from echelon.stack import serve_coordinator
+    from echelon.coordinator_role import serve_coordinator
 
     # A standby until it holds the writer lease (ECHELON_WRITER_PARTITION); exits 1 if the loop ends
     # without a signal, so a supervisor restarts it.

@@ -1,5 +1,6 @@
 """`echelon stack up`: infrastructure (configured or embedded), migrations, then the API, the coordinator and the
-stage workers, each a supervised child process; also the single-process coordinator role."""
+stage workers, each a supervised child process. Also what every role process shares (infrastructure, the API
+server). This process imports none of the roles' code: it only starts and watches them."""
 
 from __future__ import annotations
 
@@ -15,16 +16,12 @@ from contextlib import asynccontextmanager
 import structlog
 import uvicorn
 
-from coordinator.factory import coordinators_for
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
-from echelon.lifecycle import run_until_stopped, stop_signals
+from echelon.lifecycle import stop_signals
 from echelon.supervisor import RoleSpec, Supervisor
 from echelon_platform.adapters.migrations import migrate
-from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.domain.roles import Role
-from pipeline_workers.pipeline import STAGES
 
 # An embedded server gets this long to stop cleanly before it is killed: with the roles' own deadline,
 # `stack up` always ends within 10 s of SIGTERM.
@@ -119,7 +116,7 @@ def freeze_startup_heap() -> None:
 def stack_roles(*, with_api: bool = True) -> list[RoleSpec]:
     """The role processes `stack up` runs: the API, the coordinator, and every stage (with the watchdog) in
     one worker process, each stage group on its own NATS user (certify apart)."""
-    roles = [RoleSpec("coordinator", ("coordinator",)), RoleSpec("worker", ("worker", *STAGES))]
+    roles = [RoleSpec("coordinator", ("coordinator",)), RoleSpec("worker", ("worker",))]  # every stage
     return [RoleSpec("api", ("api",)), *roles] if with_api else roles
 
 
@@ -159,32 +156,10 @@ async def stack_up(settings: Settings, *, with_api: bool = True) -> int:
             await prepare(resolved)
             supervisor = Supervisor(stack_roles(with_api=with_api), role_env(resolved, os.environ))
             running = asyncio.create_task(supervisor.run())
+            freeze_startup_heap()
             await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
             log.info("stack.stopping")
             supervisor.stop()
             await running
     log.info("stack.stopped")
     return 0
-
-
-async def serve_coordinator(settings: Settings) -> int:
-    """`echelon coordinator`: the writers of this process's partitions until SIGINT/SIGTERM (exit 0).
-
-    Each waits as a standby until it holds its partition's writer lease, so several processes may run it.
-    Exits 1 when the writers ended on their own (a supervisor restarts the process)."""
-    with stop_signals() as stop:
-        async with infrastructure(settings) as resolved:
-            await prepare(resolved)
-            async with (
-                Services(
-                    resolved,
-                    name="echelon-coordinator",
-                    pool_size=max(4, len(resolved.writer_partition_ids) + 2),  # an append in flight per partition
-                    role=Role.COORDINATOR,
-                ) as services,
-                coordinators_for(services, resolved) as coordinator,
-            ):
-                freeze_startup_heap()
-                code = await run_until_stopped("coordinator", [coordinator.run()], coordinator.stop, stop)
-    log.info("coordinator.stopped", exit_code=code)
-    return code
