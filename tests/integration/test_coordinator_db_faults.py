@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -15,11 +13,10 @@ import asyncpg
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
-from tests.cli import ROOT
 from tests.factories import run_events
 from tests.helpers import wait_for
 from tests.integration.test_api_support import services
-from tests.integration.test_role_exit_codes import role_env
+from tests.integration.test_role_exit_codes import start_role
 
 __all__ = ["services"]  # fixture
 
@@ -35,15 +32,8 @@ async def test_the_coordinator_retries_through_a_table_lock_and_terminated_conne
     settings: Settings, services: Services, tmp_path: Path
 ) -> None:
     log_path = tmp_path / "coordinator.log"
-    env = role_env(settings) | {"ECHELON_PG_STATEMENT_TIMEOUT_S": str(STATEMENT_TIMEOUT_S)}
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "echelon.cli", "coordinator"],
-            env=env,
-            cwd=ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    env = {"ECHELON_PG_STATEMENT_TIMEOUT_S": str(STATEMENT_TIMEOUT_S)}
+    proc = await start_role(settings, log_path, "coordinator", env=env)
     admin = await asyncpg.connect(str(settings.database_url))
     try:
         first = run_events("FIRST", n=2, failed=0)
@@ -55,7 +45,7 @@ async def test_the_coordinator_retries_through_a_table_lock_and_terminated_conne
         during = run_events("LOCKED", n=2, failed=0)
 
         def timeouts() -> int:
-            assert proc.poll() is None, f"the coordinator exited:\n{log_path.read_text()[-4000:]}"
+            assert proc.returncode is None, f"the coordinator exited:\n{log_path.read_text()[-4000:]}"
             return log_path.read_text().count("canceling statement due to statement timeout")
 
         async with admin.transaction():
@@ -77,7 +67,7 @@ async def test_the_coordinator_retries_through_a_table_lock_and_terminated_conne
             if i % 3 == 0:
                 await asyncio.sleep(0.05)  # the fault's cadence: some kills land mid-append, some between
         await wait_for(lambda: appended(services, after), timeout=30, what="the events after the terminations")
-        assert proc.poll() is None, log_path.read_text()[-4000:]
+        assert proc.returncode is None, log_path.read_text()[-4000:]
 
         every = [*first, *during, *after]
         counts = await admin.fetch(
@@ -88,7 +78,7 @@ async def test_the_coordinator_retries_through_a_table_lock_and_terminated_conne
         assert all(row["n"] == 1 for row in counts)
     finally:
         await admin.close()
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 30)
+        code = await asyncio.wait_for(proc.wait(), 30)
     assert code == 0, log_path.read_text()[-4000:]

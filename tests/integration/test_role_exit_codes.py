@@ -37,7 +37,9 @@ def role_env(settings: Settings) -> dict[str, str]:
     )
 
 
-async def start_role(settings: Settings, log_path: Path, *args: str) -> asyncio.subprocess.Process:
+async def start_role(
+    settings: Settings, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     with log_path.open("wb") as log_file:
         return await asyncio.create_subprocess_exec(
             sys.executable,
@@ -45,7 +47,7 @@ async def start_role(settings: Settings, log_path: Path, *args: str) -> asyncio.
             "echelon.cli",
             *args,
             cwd=ROOT,
-            env=role_env(settings),
+            env=role_env(settings) | (env or {}),
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
         )
