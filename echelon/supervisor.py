@@ -81,6 +81,10 @@ class Supervisor:
     def restarts(self, role: str) -> int:
         return self.roles[role].restarts
 
+    def crashes(self, role: str) -> list[int]:
+        """The exit codes of the role's unrequested exits so far (negative: killed by that signal)."""
+        return list(self.roles[role].crashes)
+
     def stop(self) -> None:
         self._stopping.set()
 

@@ -21,6 +21,7 @@ import nats
 import psutil
 import pytest
 
+from echelon.supervisor import RoleSpec, Supervisor
 from tests.cli import ROOT, cli_env, run_cli
 from tests.helpers import wait_for
 
@@ -179,3 +180,21 @@ async def test_sigterm_ends_the_stack_within_10s_after_its_stream_was_deleted(tm
         code, took = await stack.stop()
         assert code == 0, stack.log_path.read_text()[-4000:]
         assert took < 10, f"stack up took {took:.1f}s to stop"
+
+
+async def test_a_role_that_keeps_failing_is_restarted_with_capped_backoff_until_the_stop() -> None:
+    # A role command that fails at once (a usage error: exit 2), started again and again.
+    supervisor = Supervisor(
+        [RoleSpec("broken", ("migrate", "--no-such-option"))],
+        cli_env(),
+        backoff_base_s=0.05,
+        backoff_cap_s=0.2,
+    )
+    running = asyncio.create_task(supervisor.run())
+    try:
+        await wait_for(lambda: supervisor.restarts("broken") >= 3, timeout=60, what="three restarts")
+        assert set(supervisor.crashes("broken")) == {2}
+    finally:
+        supervisor.stop()
+        await asyncio.wait_for(running, 10)
+    assert supervisor.pid("broken") is None
