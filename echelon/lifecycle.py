@@ -5,9 +5,12 @@ for longer than a grace period."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,14 +24,23 @@ _CANCEL_WAIT_S = 1.0
 
 
 @contextmanager
-def stop_signals() -> Iterator[asyncio.Event]:
+def stop_signals(*, hard_deadline_s: float | None = None) -> Iterator[asyncio.Event]:
     """An event set by SIGINT or SIGTERM for as long as the block runs (instead of the default of dying
-    with the signal, which a supervisor would report as a crash: 130/143)."""
+    with the signal, which a supervisor would report as a crash: 130/143).
+
+    With `hard_deadline_s`, the process ends that long after the first signal whatever it is still doing
+    (exit 0, child process groups killed): a last resort under the orderly stop's own deadlines."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if not stop.is_set() and hard_deadline_s is not None:
+            loop.call_later(hard_deadline_s, _end_now, hard_deadline_s)
+        stop.set()
+
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         yield stop
     finally:
@@ -64,3 +76,23 @@ async def run_until_stopped(
     for failure in failures:
         log.error(f"{role}.component_failed", error=repr(failure))
     return 0 if by_signal and not failures else 1
+
+
+def _end_now(after_s: float) -> None:
+    log.error("stop.deadline", after_s=after_s)
+    for pid in _child_pids():
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pid:  # our roles and servers lead sessions of their own: the whole group
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    os._exit(0)
+
+
+def _child_pids() -> list[int]:
+    """This process's children (Linux); where that is unknown, their parent-death signal stops them."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            pids.extend(int(pid) for pid in (task / "children").read_text().split())
+    return pids

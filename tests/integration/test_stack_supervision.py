@@ -198,3 +198,29 @@ async def test_a_role_that_keeps_failing_is_restarted_with_capped_backoff_until_
         supervisor.stop()
         await asyncio.wait_for(running, 10)
     assert supervisor.pid("broken") is None
+
+
+HUNG = """
+import asyncio, subprocess, sys
+from echelon.lifecycle import stop_signals
+
+async def main() -> None:
+    with stop_signals(hard_deadline_s=0.5) as stop:
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        print(child.pid, flush=True)
+        await stop.wait()
+        await asyncio.sleep(300)  # a stop that never finishes
+
+asyncio.run(main())
+"""
+
+
+async def test_the_hard_deadline_ends_a_hung_stop_with_exit_0_and_kills_the_children() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HUNG, cwd=ROOT, env=cli_env(), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    child = int(await asyncio.wait_for(proc.stdout.readline(), 30))
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    await wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie", what="kill")
