@@ -102,12 +102,19 @@ class Supervisor:
         attempt = 0
         while not self._stopping.is_set():
             started = time.monotonic()
-            proc = running.proc = await self._spawn(running.spec)
-            log.info("stack.role_started", role=running.spec.name, pid=proc.pid, restarts=running.restarts)
-            if self._stopping.is_set():  # the stop came while it was being started: it missed the SIGTERM
-                await self._terminate(running)
-                return
-            code = await proc.wait()
+            pid: int | None = None
+            try:
+                proc = running.proc = await self._spawn(running.spec)
+            except OSError as exc:  # no process to start (out of pids or memory): try again later
+                code, exit_text = -1, f"could not start: {exc}"
+            else:
+                pid = proc.pid
+                log.info("stack.role_started", role=running.spec.name, pid=proc.pid, restarts=running.restarts)
+                if self._stopping.is_set():  # the stop came while it was being started: it missed the SIGTERM
+                    await self._terminate(running)
+                    return
+                code = await proc.wait()
+                exit_text = describe_exit(code)
             if self._stopping.is_set():
                 return
             if time.monotonic() - started >= self.healthy_after_s:
@@ -118,8 +125,8 @@ class Supervisor:
             log.error(
                 "stack.role_crashed",
                 role=running.spec.name,
-                pid=proc.pid,
-                exit=describe_exit(code),
+                pid=pid,
+                exit=exit_text,
                 exit_code=code,
                 restart_in_s=round(delay, 2),
                 crashes_in_a_row=attempt,
