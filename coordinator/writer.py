@@ -149,6 +149,10 @@ class StateCoordinator:
         """Stop fetching; the batch in hand is finished (appended, projected, acked) first."""
         self._stopping.set()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
     async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
         """Stand by until this process holds the writer lease, consume while it does, and stand by again
         when it is lost (another process was elected). Without a lease: consume straight away."""
@@ -373,7 +377,11 @@ class StateCoordinator:
             return
         # Only this partition's events: positions are in commit order per partition, not across them.
         own = self.partition if self.bus.subjects.partitioning.partitioned else None
-        behind = [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq, partition=own)]
+
+        async def read_behind() -> list[tuple[RunEvent, int]]:
+            return [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq, partition=own)]
+
+        behind = await self._retry("catch_up", read_behind)
         for i in range(0, len(behind), CATCH_UP_CHUNK):
             projected = await self._project(behind[i : i + CATCH_UP_CHUNK])
             await self._announce_certifying(projected.runs, {})

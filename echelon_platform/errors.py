@@ -10,6 +10,7 @@
     ├── InfrastructureError    NATS / Postgres / Redis unreachable or failing
     │   ├── BusError
     │   ├── StoreError
+    │   │   └── StoreUnavailable  transient: connection lost, statement cancelled (503 + Retry-After, retried)
     │   └── ReadModelError
     │       └── ReadModelsStale  read models lost or outdated: the writer rebuilds them from the log
     ├── MigrationError         a migration that cannot be applied (edited after applying, SQL error)
@@ -72,6 +73,11 @@ class BusError(InfrastructureError):
 
 class StoreError(InfrastructureError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """Postgres is unreachable, dropped the connection or cancelled the statement (a statement timeout behind a
+    lock): transient. The one list of such database errors is `event_store.TRANSIENT_ERRORS`."""
 
 
 class ReadModelError(InfrastructureError):

@@ -78,6 +78,9 @@ class Bus:
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 connect_timeout=5,
+                # A stop drains for at most this long (not nats-py's 30 s): with the stream or a consumer
+                # deleted under it, a drain never completes.
+                drain_timeout=2,
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
