@@ -17,6 +17,7 @@ from api.app import create_app
 from coordinator.factory import coordinators_for
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
+from echelon.setup import set_up
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -36,16 +37,11 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
         return
     data_dir = settings.data_dir.resolve()
     # Only an embedded NATS we start ourselves gets authentication; a configured one has its own users.
-    auth_root = settings.subject_root if settings.nats_auth and not settings.nats_url else None
-    async with EmbeddedStack(
-        data_dir,
-        nats_sync_always=settings.nats_sync_always,
-        nats_auth_subject_root=auth_root,
-        partitions=settings.partitions,
-    ) as stack:
+    auth = settings.bus_layout() if settings.nats_auth and not settings.nats_url else None
+    async with EmbeddedStack(data_dir, nats_sync_always=settings.nats_sync_always, nats_auth=auth) as stack:
         urls = stack.urls
         credentials: dict[str, object] = {}
-        if auth_root is not None and not (settings.nats_role_passwords or settings.nats_credentials_file):
+        if auth is not None and not (settings.nats_role_passwords or settings.nats_credentials_file):
             stack.nats.credentials()  # an adopted server's file is already there; make sure of it
             credentials["nats_credentials_file"] = stack.nats.credentials_path
         log.info(
@@ -126,6 +122,7 @@ async def serve(
         applied = await migrate(str(resolved.database_url))
         if applied:
             log.info("stack.migrated", applied=applied)
+        await set_up(resolved)  # the stream and consumers, as the only role allowed to create them
         # One connection per role, each logged in as its own NATS user (echelon_platform/domain/roles.py):
         # the server lets only the certify connection publish certificates.
         async with (

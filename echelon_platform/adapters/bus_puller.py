@@ -24,7 +24,8 @@ from nats.aio.subscription import Subscription
 from echelon_platform.errors import BusError
 
 _DONE = {"404", "408"}  # no messages / request expired: this request is over
-_CONSUMER_GONE = "409"  # consumer deleted, leadership change, too many waiting pulls
+# Consumer deleted, leadership change, too many waiting pulls; 503: no responders (no such consumer).
+_CONSUMER_GONE = {"409", "503"}
 
 
 class BatchPuller:
@@ -72,7 +73,7 @@ class BatchPuller:
             return  # the end of an earlier request we already gave up on
         if status in _DONE:
             self._request_over = True
-        elif status == _CONSUMER_GONE:
+        elif status in _CONSUMER_GONE:
             self._request_over = True
             self._error = (msg.headers or {}).get("Description", "consumer unavailable")
         self._wake.set()

@@ -18,6 +18,7 @@ from echelon.embedded import EmbeddedNats
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.services import nats_credentials
 from echelon_platform.config import Settings
+from echelon_platform.domain.bus_access import BusLayout
 from echelon_platform.domain.events import CertificateIssued, Subjects, make_event
 from echelon_platform.domain.roles import Role
 from echelon_platform.errors import BusError
@@ -26,11 +27,12 @@ from tests.factories import certificate
 from tests.helpers import wait_for
 
 ROOT_SUBJECT = "authz"
+LAYOUT = BusLayout(stream="AUTHZ", subject_root=ROOT_SUBJECT, consumer_prefix="authz")
 
 
 @pytest.fixture
 async def auth_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    async with EmbeddedNats(tmp_path / "nats", auth_subject_root=ROOT_SUBJECT) as server:
+    async with EmbeddedNats(tmp_path / "nats", auth=LAYOUT) as server:
         yield server
 
 
@@ -41,6 +43,7 @@ def _bus(server: EmbeddedNats, role: Role, stream: str) -> Bus:
         subjects=Subjects(ROOT_SUBJECT),
         user=role.value,
         password=server.credentials()[role.value],
+        provisions=role is Role.SETUP,
     )
 
 
@@ -51,7 +54,7 @@ async def test_only_the_certify_role_can_publish_a_certificate(auth_nats: Embedd
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    async with _bus(auth_nats, Role.CERTIFY, "AUTHZ") as certify_bus:
+    async with _bus(auth_nats, Role.SETUP, "AUTHZ"), _bus(auth_nats, Role.CERTIFY, "AUTHZ") as certify_bus:
         # The API role: the server drops the publish and says why; JetStream never acks it.
         api = await nats.connect(auth_nats.url, user="api", password=auth_nats.credentials()["api"], error_cb=on_error)
         try:
@@ -76,7 +79,7 @@ async def test_only_the_certify_role_can_publish_a_certificate(auth_nats: Embedd
 
 
 async def test_credentials_are_private_and_survive_a_restart(tmp_path: Path) -> None:
-    server = EmbeddedNats(tmp_path / "nats", auth_subject_root=ROOT_SUBJECT)
+    server = EmbeddedNats(tmp_path / "nats", auth=LAYOUT)
     async with server:
         first = server.credentials()
     assert set(first) == {role.value for role in Role}

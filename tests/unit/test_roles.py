@@ -9,6 +9,7 @@ import pytest
 from echelon.embedded._nats import authorization_block
 from echelon_platform.adapters.services import nats_credentials
 from echelon_platform.config import Settings
+from echelon_platform.domain.bus_access import BusLayout
 from echelon_platform.domain.events import TOPICS
 from echelon_platform.domain.roles import PUBLISHES, Role, publish_subjects, role_for_stages, stage_groups
 
@@ -52,7 +53,7 @@ def test_subjects_follow_the_subject_root() -> None:
 
 
 def test_the_compose_authorization_is_rendered_from_the_table() -> None:
-    rendered = authorization_block("verify", {r: f"$ECHELON_NATS_PASSWORD_{r.name}" for r in Role})
+    rendered = authorization_block(BusLayout(), {r: f"$ECHELON_NATS_PASSWORD_{r.name}" for r in Role})
     deployed = (REPO / "deploy" / "nats-auth.conf").read_text()
     assert rendered in deployed, "regenerate deploy/nats-auth.conf from roles.py"
     assert "include ./nats-auth.conf" in (REPO / "deploy" / "nats-js.conf").read_text()
