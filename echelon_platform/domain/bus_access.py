@@ -13,8 +13,9 @@ no role but SETUP can create, change, purge or delete a stream, and none at all 
   info of every durable consumer of ours (read-only: the watchdog and `/readyz` read the writers' backlog);
 - the coordinator: also deletes and re-creates its own durable consumers (a new writer rewinds its
   consumer to the ack floor when it takes over; NATS 2.9 has no in-place reset);
-- SETUP (`echelon setup`, `echelon stack up`, test fixtures): creates and updates *our* stream and every
-  durable consumer of ours; it publishes no event and can purge or delete nothing.
+- SETUP (`echelon setup`, `echelon stack up`, test fixtures): creates and updates *our* stream, and
+  creates, updates and deletes every durable consumer of ours; it publishes no event, and can neither
+  purge nor delete the stream nor create any other.
 
 Durable names come from the same functions the roles use (`stage_durable`, `writer_durable`).
 """
@@ -119,7 +120,8 @@ def jetstream_subjects(role: Role, layout: BusLayout) -> list[str]:
             f"{JS_API}.CONSUMER.LIST.{stream}",
         ]
         for durable in layout.durables():
-            subjects += _create_consumer(stream, durable)
+            # Delete too: NATS 2.9 cannot change a consumer's filter in place; setup re-creates it.
+            subjects += [*_create_consumer(stream, durable), f"{JS_API}.CONSUMER.DELETE.{stream}.{durable}"]
     return subjects
 
 
