@@ -9,11 +9,12 @@ import pytest
 from echelon.embedded._nats import authorization_block
 from echelon_platform.adapters.services import nats_credentials
 from echelon_platform.config import Settings
-from echelon_platform.domain.bus_access import BusLayout
+from echelon_platform.domain.bus_access import BusLayout, allowed_publish, stage_durable
 from echelon_platform.domain.events import TOPICS
 from echelon_platform.domain.roles import PUBLISHES, Role, publish_subjects, role_for_stages, stage_groups
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULT_LAYOUT = BusLayout()
 CERTIFIER_ONLY = {"verify.certificate.issued", "verify.run.completed"}
 
 
@@ -72,3 +73,53 @@ def test_credentials_per_role(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     single = Settings(nats_user="solo", nats_password="s-pw", nats_credentials_file=file)  # type: ignore[arg-type]
     assert nats_credentials(single, Role.COORDINATOR) == ("coordinator", "k-pw")
     assert nats_credentials(single, None) == ("solo", "s-pw")
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def _may(role: Role, subject: str, layout: BusLayout = DEFAULT_LAYOUT) -> bool:
+    return any(_matches(p, subject) for p in allowed_publish(role, layout))
+
+
+def test_only_setup_creates_and_nobody_destroys_the_stream() -> None:
+    for role in Role:
+        assert not _may(role, "$JS.API.STREAM.CREATE.EVIL"), role  # no second stream: no republish, no mirror
+        assert not _may(role, "$JS.API.STREAM.PURGE.VERIFY"), role
+        assert not _may(role, "$JS.API.STREAM.DELETE.VERIFY"), role
+        assert not _may(role, "_INBOX.evil.RUN1"), role  # no forged replies into another client's inbox
+        assert not _may(role, "$JS.API.CONSUMER.CREATE.VERIFY"), role  # an "ephemeral" naming any durable
+        assert _may(role, "$JS.API.STREAM.INFO.VERIFY") and _may(role, "$JS.API.DIRECT.GET.VERIFY"), role
+        assert _may(role, "$JS.API.STREAM.CREATE.VERIFY") == (role is Role.SETUP), role
+
+
+def test_each_role_fetches_and_acks_only_its_own_consumers() -> None:
+    layout = BusLayout(partitions=2)
+    settings = Settings(partitions=2)
+    own = {
+        Role.COORDINATOR: {settings.writer_durable(0), settings.writer_durable(1)},
+        Role.STAGES: {"echelon-ingest", "echelon-invoke", "echelon-score"},
+        Role.CERTIFY: {"echelon-certify"},
+        Role.INGEST: {"echelon-ingest"},
+        Role.INVOKE: {"echelon-invoke"},
+        Role.SCORE: {"echelon-score"},
+    }
+    for role in Role:
+        for durable in layout.durables():
+            mine = durable in own.get(role, set())
+            assert _may(role, f"$JS.API.CONSUMER.MSG.NEXT.VERIFY.{durable}", layout) == mine, (role, durable)
+            assert _may(role, f"$JS.ACK.VERIFY.{durable}.1.5.5.1700000000.0", layout) == mine, (role, durable)
+            assert _may(role, f"$JS.API.CONSUMER.INFO.VERIFY.{durable}", layout), (role, durable)
+            deletes = role is Role.SETUP or (role is Role.COORDINATOR and mine)
+            assert _may(role, f"$JS.API.CONSUMER.DELETE.VERIFY.{durable}", layout) == deletes, (role, durable)
+    assert set(layout.stage_durables()) == {
+        stage_durable("echelon", s) for s in ("ingest", "invoke", "score", "certify")
+    }
