@@ -70,6 +70,10 @@ class StreamFollower:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
+    def wake(self) -> None:
+        """End a wait for the bell now (the caller is closing)."""
+        self._bell.set()
+
     async def _get(self) -> StoredMsg | None:
         try:
             raw = await self.bus.js.get_msg(
@@ -110,17 +114,20 @@ class FollowTask:
 
     def __init__(self, follower: StreamFollower, cb: Callable[[StoredMsg], Awaitable[None]]) -> None:
         self.follower = follower
+        self._closing = False
         self._task = asyncio.create_task(self._run(cb))
 
     async def _run(self, cb: Callable[[StoredMsg], Awaitable[None]]) -> None:
-        while True:
+        while not self._closing:
             try:
-                msg = await self.follower.next()
+                msg = await self.follower.next(self.follower.poll_s)  # None now and then: see _closing
             except BusError as exc:  # NATS restarting: the position is kept, so nothing is skipped
+                if self._closing:
+                    return
                 log.warning("bus.follow_failed", subject=self.follower.subject, error=str(exc))
                 await asyncio.sleep(self.follower.poll_s)
                 continue
-            if msg is not None:
+            if msg is not None and not self._closing:
                 await cb(msg)
 
     @property
@@ -128,6 +135,10 @@ class FollowTask:
         return self._task
 
     async def unsubscribe(self) -> None:
+        # The flag as well as the cancel: Python 3.11's wait_for (inside nats-py's request) swallows a
+        # cancel that lands as its reply arrives, and the loop would go on following for good.
+        self._closing = True
+        self.follower.wake()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, BusError):
             await self._task
