@@ -182,6 +182,10 @@ class StageWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _dispatch(self, msg: Msg) -> None:
+        if not (msg.reply or "").startswith("$JS.ACK."):
+            # An API answer sent to our inbox by someone else's request (see bus_puller.py): not an event.
+            log.warning("stage.not_a_delivery", stage=self.handler.stage, subject=msg.subject)
+            return
         try:
             envelope = Envelope.from_wire(msg.data)
             payload = parse_payload(envelope)

@@ -218,3 +218,20 @@ async def test_a_role_whose_stream_or_consumer_is_missing_stops(server: Embedded
         assert not await coordinator_bus.consumer_exists(COORDINATOR)
         await coordinator_bus.ensure_consumer(COORDINATOR, SUBJECTS.everything)
         assert await coordinator_bus.consumer_exists(COORDINATOR)
+
+
+async def test_an_answer_sent_into_a_consumers_inbox_is_not_an_event(server: EmbeddedNats) -> None:
+    """Any user may make a request it is allowed with someone else's inbox as the reply subject: the server's
+    answer (here a stored message) lands there. The writer must not take it for a delivery of its consumer."""
+    await _set_up(server)
+    async with _bus(server, "api") as api_bus, _bus(server, "coordinator") as coordinator_bus:
+        await api_bus.publish(requested("R1"))
+        async with BatchPuller(coordinator_bus.nc, stream=LAYOUT.stream, durable=COORDINATOR) as puller:
+            [real] = await puller.fetch(10, timeout=2)
+            await real.ack_sync()
+            inbox = f"{puller._inbox}.{puller._current}"  # an attacker subscribed to _INBOX.> sees it
+            body = json.dumps({"seq": 1}).encode()
+            await api_bus.nc.publish(f"$JS.API.DIRECT.GET.{LAYOUT.stream}", body, reply=inbox)
+            await api_bus.nc.publish(f"$JS.API.STREAM.INFO.{LAYOUT.stream}", b"", reply=inbox)
+            await api_bus.nc.flush()
+            assert await puller.fetch(10, timeout=1) == []
