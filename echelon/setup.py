@@ -12,9 +12,10 @@ import structlog
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.services import nats_credentials
 from echelon_platform.config import Settings
-from echelon_platform.domain.bus_access import STAGE_TOPICS, stage_durable
+from echelon_platform.domain.bus_access import STAGE_TOPICS, may_provision, stage_durable
 from echelon_platform.domain.events import Subjects
 from echelon_platform.domain.roles import Role
+from echelon_platform.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,26 @@ def setup_bus(settings: Settings) -> Bus:
         password=password,
         provisions=True,
     )
+
+
+def may_set_up(settings: Settings) -> bool:
+    """Whether this process holds credentials that may provision: `stack up` has the setup role's, but
+    `echelon coordinator` logged in as `coordinator` (ECHELON_NATS_USER) has not, and leaves it to setup."""
+    try:
+        user, _ = nats_credentials(settings, Role.SETUP)
+    except ConfigError:  # a credentials file without the setup role
+        return False
+    if user is None and settings.nats_role_passwords:
+        return False  # role passwords, but none for setup
+    return may_provision(user)
+
+
+async def set_up_if_allowed(settings: Settings) -> None:
+    """`set_up` when this process may (see `may_set_up`); otherwise say that `echelon setup` must run."""
+    if may_set_up(settings):
+        await set_up(settings)
+    else:
+        log.info("setup.skipped", reason="no NATS credentials of the setup role; run `echelon setup`")
 
 
 async def set_up(settings: Settings) -> list[str]:

@@ -17,7 +17,7 @@ from api.app import create_app
 from coordinator.factory import coordinators_for
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
-from echelon.setup import set_up
+from echelon.setup import set_up_if_allowed
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -122,7 +122,7 @@ async def serve(
         applied = await migrate(str(resolved.database_url))
         if applied:
             log.info("stack.migrated", applied=applied)
-        await set_up(resolved)  # the stream and consumers, as the only role allowed to create them
+        await set_up_if_allowed(resolved)  # the stream and consumers, as the only role allowed to create them
         # One connection per role, each logged in as its own NATS user (echelon_platform/domain/roles.py):
         # the server lets only the certify connection publish certificates.
         async with (

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
+from echelon_platform.domain.bus_access import may_provision
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Subjects, parse_payload
 from echelon_platform.errors import BusError, EnvelopeError, SetupMissing
@@ -55,7 +56,7 @@ class Bus:
         password: str | None = None,
         provisions: bool | None = None,
     ) -> None:
-        """`provisions`: may create/update the stream and consumers (default: only without a user)."""
+        """`provisions`: may create/update the stream and consumers (default: `bus_access.may_provision`)."""
         self.url = url
         self.stream = stream
         self.subjects = subjects
@@ -69,7 +70,7 @@ class Bus:
         # This process's NATS user: the server allows it to publish only its role's topics (see roles.py).
         self.user = user
         self._password = password
-        self.provisions = user is None if provisions is None else provisions
+        self.provisions = may_provision(user) if provisions is None else provisions
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
 

@@ -125,6 +125,13 @@ def jetstream_subjects(role: Role, layout: BusLayout) -> list[str]:
     return subjects
 
 
+def may_provision(user: str | None) -> bool:
+    """Whether a NATS user creates the stream and consumers itself: SETUP, no user (a server without
+    authentication), or a user that is none of our roles (an operator's own, with its own rights). A user
+    named after a role has that role's permissions, which create nothing (the coordinator: its own only)."""
+    return user is None or user == Role.SETUP.value or user not in {role.value for role in Role}
+
+
 def allowed_publish(role: Role, layout: BusLayout) -> list[str]:
     """Everything `role` may publish to: its JetStream API subjects, then its event topics."""
     return [*jetstream_subjects(role, layout), *publish_subjects(role, layout.subject_root, layout.partitions)]

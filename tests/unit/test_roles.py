@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from echelon.embedded._nats import authorization_block
+from echelon.setup import may_set_up
 from echelon_platform.adapters.services import nats_credentials
 from echelon_platform.config import Settings
-from echelon_platform.domain.bus_access import BusLayout, allowed_publish, stage_durable
+from echelon_platform.domain.bus_access import BusLayout, allowed_publish, may_provision, stage_durable
 from echelon_platform.domain.events import TOPICS
 from echelon_platform.domain.roles import PUBLISHES, Role, publish_subjects, role_for_stages, stage_groups
 
@@ -123,3 +124,16 @@ def test_each_role_fetches_and_acks_only_its_own_consumers() -> None:
     assert set(layout.stage_durables()) == {
         stage_durable("echelon", s) for s in ("ingest", "invoke", "score", "certify")
     }
+
+
+def test_who_provisions_the_stream_and_consumers(tmp_path: Path) -> None:
+    assert may_provision(None) and may_provision("setup") and may_provision("an-operators-own-user")
+    assert not [role for role in Role if role is not Role.SETUP and may_provision(role.value)]
+    # stack up runs setup only with credentials that may: not as `echelon coordinator` logged in as coordinator.
+    assert may_set_up(Settings(nats_role_passwords={"setup": "s", "api": "a"}))  # type: ignore[arg-type]
+    assert not may_set_up(Settings(nats_role_passwords={"api": "a"}))  # type: ignore[arg-type]
+    assert not may_set_up(Settings(nats_user="coordinator", nats_password="c"))  # type: ignore[arg-type]
+    assert may_set_up(Settings())  # no authentication at all
+    file = tmp_path / "credentials.json"
+    file.write_text('{"api": "a"}')
+    assert not may_set_up(Settings(nats_credentials_file=file))
