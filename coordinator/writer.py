@@ -185,6 +185,12 @@ class StateCoordinator:
             log.warning("coordinator.leadership_lost", partition=fence.partition, epoch=fence.epoch)
         return self.stats
 
+    async def _consumer_exists(self) -> bool:
+        try:
+            return await self.bus.consumer_exists(self.durable)
+        except InfrastructureError:
+            return True  # NATS cannot say right now: the fetch errors will tell
+
     async def _consume(self, until_idle: bool, lost: asyncio.Event) -> bool:
         """The batch loop; False when leadership was lost (then nothing uncommitted is acked).
 
@@ -236,6 +242,13 @@ class StateCoordinator:
                 if time.monotonic() - checked > IDLE_CHECK_S:
                     checked = time.monotonic()
                     await self.heal()
+                    if not await self._consumer_exists():
+                        # Deleted: NATS 2.9 answers a pull from it with nothing at all. Re-create it (the
+                        # coordinator may; SetupMissing ends the process when the stream itself is gone).
+                        log.warning("coordinator.consumer_gone", durable=self.durable)
+                        await _quiet_unsubscribe(sub)
+                        sub = None
+                        continue
                 if until_idle:
                     break
                 continue

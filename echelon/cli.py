@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--dir", type=Path, help="migrations directory (default: db/migrations)")
 
+    sub.add_parser("setup", help="create or update the NATS stream and consumers (as the setup role)")
+
     replay = sub.add_parser("replay", help="rebuild read models from the event log")
     replay.add_argument("--verify", action="store_true", help="compare a rebuild with the live models; no switch")
     replay.add_argument(

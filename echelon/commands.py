@@ -98,6 +98,16 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.setup import set_up
+    from echelon.stack import infrastructure
+
+    async with infrastructure(settings) as resolved:
+        consumers = await set_up(resolved)
+    print(f"stream {resolved.stream_name} and consumers {', '.join(consumers)} are set up")
+    return 0
+
+
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from coordinator.admission import TrustedKeys
     from coordinator.replay import Rebuilder, repair_partition, verify

@@ -19,6 +19,7 @@ import uvicorn
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
 from echelon.lifecycle import stop_signals
+from echelon.setup import set_up_if_allowed
 from echelon.supervisor import RoleSpec, Supervisor
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.config import Settings
@@ -41,18 +42,13 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
         return
     data_dir = settings.data_dir.resolve()
     # Only an embedded NATS we start ourselves gets authentication; a configured one has its own users.
-    auth_root = settings.subject_root if settings.nats_auth and not settings.nats_url else None
-    async with EmbeddedStack(
-        data_dir,
-        nats_sync_always=settings.nats_sync_always,
-        nats_auth_subject_root=auth_root,
-        partitions=settings.partitions,
-    ) as stack:
+    auth = settings.bus_layout() if settings.nats_auth and not settings.nats_url else None
+    async with EmbeddedStack(data_dir, nats_sync_always=settings.nats_sync_always, nats_auth=auth) as stack:
         for server in stack.servers:
             server.stop_timeout = SERVER_STOP_S
         urls = stack.urls
         credentials: dict[str, object] = {}
-        if auth_root is not None and not (settings.nats_role_passwords or settings.nats_credentials_file):
+        if auth is not None and not (settings.nats_role_passwords or settings.nats_credentials_file):
             stack.nats.credentials()  # an adopted server's file is already there; make sure of it
             credentials["nats_credentials_file"] = stack.nats.credentials_path
         log.info(
@@ -144,10 +140,12 @@ def role_env(resolved: Settings, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 async def prepare(resolved: Settings) -> None:
-    """What must be in place before any role starts: the database schema."""
+    """What must be in place before any role starts: the database schema, then the stream and the durable
+    consumers (created as the only role allowed to create them)."""
     applied = await migrate(str(resolved.database_url))
     if applied:
         log.info("stack.migrated", applied=applied)
+    await set_up_if_allowed(resolved)
 
 
 async def stack_up(settings: Settings, *, with_api: bool = True, with_stages: bool = True) -> int:
@@ -161,7 +159,9 @@ async def stack_up(settings: Settings, *, with_api: bool = True, with_stages: bo
             await prepare(resolved)
             if not stop.is_set():  # a signal while the servers started: stop them without starting roles
                 supervisor = Supervisor(
-                    stack_roles(with_api=with_api, with_stages=with_stages), role_env(resolved, os.environ)
+                    stack_roles(with_api=with_api, with_stages=with_stages),
+                    role_env(resolved, os.environ),
+                    before_restart=lambda: set_up_if_allowed(resolved),
                 )
                 running = asyncio.create_task(supervisor.run())
                 freeze_startup_heap()

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -65,8 +65,12 @@ class Supervisor:
         backoff_cap_s: float = 30.0,
         healthy_after_s: float = 30.0,
         stop_timeout_s: float = 5.5,
+        before_restart: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`before_restart` runs before each restart: `stack up` puts back what a role needs and may not
+        create itself (the stream and its consumers, after someone deleted them)."""
         self.roles = {spec.name: _Running(spec) for spec in roles}
+        self.before_restart = before_restart
         self.env = dict(env)
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
@@ -134,6 +138,15 @@ class Supervisor:
             await sleep_unless(self._stopping, delay)
             if not self._stopping.is_set():
                 running.restarts += 1
+                await self._prepare_restart(running.spec.name)
+
+    async def _prepare_restart(self, role: str) -> None:
+        if self.before_restart is None:
+            return
+        try:
+            await self.before_restart()
+        except Exception as exc:  # the role starts anyway: if what it needs is still missing, it says so
+            log.warning("stack.restart_preparation_failed", role=role, error=str(exc) or type(exc).__name__)
 
     async def _spawn(self, spec: RoleSpec) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(

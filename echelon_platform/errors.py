@@ -14,6 +14,8 @@
     │   └── ReadModelError
     │       └── ReadModelsStale  read models lost or outdated: the writer rebuilds them from the log
     ├── MigrationError         a migration that cannot be applied (edited after applying, SQL error)
+    ├── SetupMissing           the stream or a durable consumer is gone and this role may not create it:
+    │                          the process exits non-zero until `echelon setup` (or `stack up`) re-creates it
     ├── WriterFenced           this writer's lease epoch is stale: another writer took over (never retried)
     └── StageError             a pipeline stage could not do its work for one run or replay
         ├── IngestError        ground truth could not be fetched (message says what to fix)
@@ -65,6 +67,10 @@ class RateLimited(EchelonError):
 
 class InfrastructureError(EchelonError):
     pass
+
+
+class SetupMissing(EchelonError):
+    """Not an InfrastructureError on purpose: retrying cannot help, so the role exits instead."""
 
 
 class BusError(InfrastructureError):
