@@ -293,11 +293,8 @@ async def _rederive(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import infrastructure
     from echelon_platform.adapters.event_store import EventStore
     from echelon_platform.adapters.migrations import migrate
-    from echelon_platform.log_config import configure_logging
     from pipeline_workers.rederive import RederiveError, rederive_from_store
 
-    # stdout is the result alone (`--json` must parse): the servers' start-up lines go to stderr, warnings only.
-    configure_logging("WARNING", json=not sys.stderr.isatty())
     cert_id = args.certificate_id if args.certificate_id.startswith("cert-") else f"cert-{args.certificate_id}"
     async with infrastructure(settings) as resolved:
         if not settings.infra_configured():
