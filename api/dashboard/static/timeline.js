@@ -60,6 +60,7 @@ export class Timeline {
       h("option", { value: "" }, "all topics"));
     this.count = h("span.muted#timeline-count");
     this.runEvents = h("ol.timeline#run-events");
+    this.runTitle = h("h3", {}, "Run");
     this.replays = h("div#replay-groups");
     this.none = h("p.empty#timeline-none", { hidden: true }, "No events match this filter.");
     this.el = h("section#timeline", {},
@@ -68,7 +69,7 @@ export class Timeline {
         h("button", { type: "button", id: "expand-all", onclick: () => this.openAll(true) }, "Expand all"),
         h("button", { type: "button", id: "collapse-all", onclick: () => this.openAll(false) }, "Collapse all"),
         this.count),
-      h("h3", {}, "Run"), this.runEvents, h("h3", {}, "Replays"), this.replays, this.none);
+      this.runTitle, this.runEvents, h("h3", {}, "Replays"), this.replays, this.none);
   }
 
   /** Append one logged event (log order). */
@@ -157,6 +158,19 @@ export class Timeline {
     li.scrollIntoView({ block: "center" });
   }
 
+  /** Open a replay's group and bring it into view (from the failed-replays table). */
+  reveal(replayId) {
+    const group = this.groups.get(replayId);
+    if (!group) return;
+    if (group.el.hidden) {
+      this.state.value = "";
+      this.topic.value = "";
+      this.applyFilter();
+    }
+    group.el.open = true;
+    group.el.scrollIntoView({ block: "start" });
+  }
+
   openAll(open) {
     for (const group of this.groups.values()) if (!group.el.hidden) group.el.open = open;
   }
@@ -182,7 +196,7 @@ export class Timeline {
         shown += visible;
       }
     }
-    this.runEvents.hidden = ![...this.runEvents.children].some((li) => !li.hidden);
+    this.runEvents.hidden = this.runTitle.hidden = ![...this.runEvents.children].some((li) => !li.hidden);
     this.count.textContent = `${shown} event(s) · ${groups} of ${this.groups.size} replay(s) shown`;
     this.count.dataset.groups = String(groups);
     this.none.hidden = shown > 0;

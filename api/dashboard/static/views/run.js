@@ -37,7 +37,8 @@ export async function runPage(main, runId) {
   function renderFailures() {
     failures.replaceChildren(failed.length
       ? scroller(h("table#failed-replays", {}, h("thead", {}, h("tr", {}, ["Replay", "Ground truth", "Stage", "Reason"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, failed.map((f) => h("tr", {}, h("td.mono", {}, f.replay_id), h("td.mono", {}, f.ground_truth_id),
+        h("tbody", {}, failed.map((f) => h("tr", {}, h("td.mono", {}, h("a", { href: `#/runs/${runId}`,
+          onclick: (e) => { e.preventDefault(); timeline.reveal(f.replay_id); } }, f.replay_id)), h("td.mono", {}, f.ground_truth_id),
           h("td", {}, f.stage), h("td", {}, f.reason))))))
       : h("p.muted", {}, "None."));
   }
