@@ -54,7 +54,7 @@ async def test_timeline_grouped_by_replay_live_with_payloads_and_filter_then_the
         # ---- grouped: run-level events, then one group per replay holding its own events ----
         replays = sorted({e.payload["replay_id"] for e in events if "replay_id" in e.payload})
         failed = sorted({e.payload["replay_id"] for e in events if e.topic == "verify.replay.failed"})
-        groups = await page.eval_on_selector_all("#replay-groups details.replay", "els => els.map(e => e.dataset.replay)")
+        groups = await page.eval_on_selector_all("details.replay", "els => els.map(e => e.dataset.replay)")
         assert groups == replays  # in log order, which is replay order here
         run_level = await page.eval_on_selector_all("#run-events li", "els => els.map(e => e.dataset.topic)")
         assert run_level == [e.topic for e in events if "replay_id" not in e.payload]

@@ -106,8 +106,10 @@ class Browser:
     shots: Path
     problems: list[str] = field(default_factory=list)
 
-    async def page(self, **options: Any) -> Any:
-        page = await self.context.new_page(**options) if options else await self.context.new_page()
+    async def page(self, viewport: dict[str, int] | None = None) -> Any:
+        page = await self.context.new_page()
+        if viewport is not None:
+            await page.set_viewport_size(viewport)
         page.set_default_timeout(TIMEOUT_MS)
         page.on("pageerror", lambda exc: self.note(f"page error: {exc}"))
         page.on("console", lambda msg: self.note(f"console: {msg.text}") if msg.type == "error" else None)
