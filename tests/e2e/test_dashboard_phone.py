@@ -42,10 +42,16 @@ async def test_every_page_fits_a_420_px_screen(settings: Settings, chromium: str
         await check("5-certificate", "#verify-result [data-valid=true]")
         await page.click("[data-nav=certificates]")
         await check("6-certificates", "#certificates tbody tr")
+        await page.fill("#cert-construct", "no-such-construct")
+        await page.click("main form button[type=submit]")
+        await check("7-certificates-none-match", "#certificates-none-match")  # says so, offers all
+        assert await page.is_hidden("#certificates")
+        await page.click("#certificates-none-match a")
+        await page.wait_for_selector("#certificates tbody tr")
         await page.click("[data-nav=leaderboard]")
-        await check("7-leaderboard", "#leaderboard-chart rect")
+        await check("8-leaderboard", "#leaderboard-chart rect")
         await page.click("[data-nav=submit]")
-        await check("8-submit", "#submit-form")
+        await check("9-submit", "#submit-form")
         assert widths and all(w <= PHONE["width"] for w in widths.values()), widths
     assert not b.problems, b.problems
-    assert len(list(b.shots.glob("*.png"))) == 8
+    assert len(list(b.shots.glob("*.png"))) == 9

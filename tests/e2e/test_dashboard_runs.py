@@ -33,7 +33,7 @@ async def test_runs_list_empty_states_live_count_paging_date_filter_and_search(
         assert "echelon verify sample --oracle-callable pipeline_workers.oracles.sample:summarise --watch" in text
         assert "local" in text and "dora" in text  # whose runs the CLI makes, and who is signed in
         assert await page.locator("#runs-empty a[href='#/submit']").count() == 1
-        assert await page.is_hidden("#runs") and await page.is_hidden(".pager")
+        assert await page.is_hidden("#runs") and await page.is_hidden("#page-older")
         await b.shot(page, "1-no-runs")
 
         # ---- the count follows runs as they arrive over the stream (no reload) ----

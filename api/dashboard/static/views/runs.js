@@ -110,7 +110,7 @@ export async function runsPage(main) {
     info.dataset.total = String(total);
     newer.disabled = offset === 0;
     older.disabled = offset + shown >= total;
-    pager.hidden = total === 0;
+    newer.hidden = older.hidden = total === 0; // the count stays: "0 runs"
     table.hidden = runs.size === 0;
     if (runs.size) empty.replaceChildren();
     else if (filtered()) {
