@@ -58,6 +58,7 @@ async def test_timeline_grouped_by_replay_live_with_payloads_and_filter_then_the
         assert groups == replays  # in log order, which is replay order here
         run_level = await page.eval_on_selector_all("#run-events li", "els => els.map(e => e.dataset.topic)")
         assert run_level == [e.topic for e in events if "replay_id" not in e.payload]
+        assert f"· {len(run_level)} event(s) · " in (await page.text_content("#timeline h3") or "")
         for replay_id in replays:
             group = page.locator(f"details.replay[data-replay='{replay_id}']")
             topics = await group.locator("li").evaluate_all("els => els.map(e => e.dataset.topic)")
@@ -94,11 +95,12 @@ async def test_timeline_grouped_by_replay_live_with_payloads_and_filter_then_the
         redacted = await page.evaluate(
             """() => import("/dashboard/lib.js").then(({ redact }) => JSON.stringify(redact({
                 oracle: { header_names: ["X-Api-Key"], headers: { "X-Api-Key": "sk-live-123" } },
-                oracle_headers: { Authorization: "Bearer abc.def" }, github_token: "ghp_secret", note: "kept" })))"""
+                oracle_headers: { Authorization: "Bearer abc.def" }, github_token: "ghp_secret", note: "kept",
+                url: "https://bob:hunter2@oracle.example/reply" })))"""
         )
         assert "sk-live-123" not in redacted and "abc.def" not in redacted and "ghp_secret" not in redacted
         assert '"headers":["X-Api-Key"]' in redacted and '"oracle_headers":["Authorization"]' in redacted
-        assert '"note":"kept"' in redacted
+        assert '"note":"kept"' in redacted and "hunter2" not in redacted and "(hidden)@oracle.example" in redacted
 
         # ---- the filter: only failed replays, then one topic ----
         await page.select_option("#timeline-state", "failed")

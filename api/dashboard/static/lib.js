@@ -125,5 +125,6 @@ export function redact(value, key = "") {
     return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redact(v, k)]));
   }
   if (SECRET_KEY.test(key) && value !== null && value !== undefined) return "(hidden)";
+  if (typeof value === "string") return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@\s]*@/i, "$1(hidden)@"); // user:password@ in a URL
   return value;
 }

@@ -24,7 +24,7 @@ function cut(value) {
 
 /** One line saying what an event carries: the oracle's reply, the judge's score, a failure's reason. */
 function gist(event) {
-  const p = event.payload || {};
+  const p = redact(event.payload || {});
   switch (event.topic) {
     case "verify.run.requested":
       return `${p.construct_id ?? ""} · ${p.oracle?.type ?? ""} ${p.oracle?.url ?? [p.oracle?.module, p.oracle?.callable].filter(Boolean).join(":")}`;
@@ -52,6 +52,7 @@ export class Timeline {
   constructor() {
     this.byId = new Map(); // event id → log seq, for causation links
     this.groups = new Map(); // replay id → {el, list, head, events, state}
+    this.runFirst = null;
     this.runLast = null;
     this.topics = new Set();
     this.state = h("select#timeline-state", { "aria-label": "replays shown", onchange: () => this.applyFilter() },
@@ -82,7 +83,11 @@ export class Timeline {
     const replayId = event.payload?.replay_id;
     if (!replayId) {
       this.runEvents.append(this.item(seq, event, this.runLast));
+      this.runFirst ||= event;
       this.runLast = event;
+      const span = ms(event) - ms(this.runFirst);
+      this.runTitle.replaceChildren("Run ", h("span.muted.total", { "data-ms": String(span) },
+        `· ${this.runEvents.childElementCount} event(s) · ${fmtDuration(span)} from request to last`));
       return;
     }
     const group = this.group(replayId);
