@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +49,7 @@ class Stack:
     keyring: Keyring
     base: str
     client: httpx.AsyncClient
+    start_writer: Callable[[], None]
 
     def token(self, user: str = "local") -> str:
         return token(self.settings, user)
@@ -84,20 +85,28 @@ class Stack:
 
 
 @asynccontextmanager
-async def dashboard_stack(settings: Settings) -> AsyncIterator[Stack]:
+async def dashboard_stack(settings: Settings, *, logging: bool = True) -> AsyncIterator[Stack]:
+    """The API on uvicorn over real NATS/Postgres/Redis; the coordinator (the log's writer) runs from the
+    start, or — `logging=False` — from `stack.start_writer()`, to hold the log behind the stream."""
     async with Services(settings, name="dashboard-e2e") as services, coordinators_for(services, settings) as writer:
         keyring = load_keyring(settings)
         await publish_keys(services.store, keyring)
-        task = asyncio.create_task(writer.run())
+        tasks: list[asyncio.Task[None]] = []
+
+        def start_writer() -> None:
+            tasks.append(asyncio.create_task(writer.run()))
+
+        if logging:
+            start_writer()
         try:
             async with (
                 serve(create_app(settings, services)) as address,
                 httpx.AsyncClient(base_url=f"http://{address}") as client,
             ):
-                yield Stack(settings, services, keyring, f"http://{address}", client)
+                yield Stack(settings, services, keyring, f"http://{address}", client, start_writer)
         finally:
             writer.stop()
-            await asyncio.wait_for(task, 30)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
 
 @dataclass

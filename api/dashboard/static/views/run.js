@@ -4,6 +4,8 @@ import { LiveStream } from "../stream.js";
 import { Timeline } from "../timeline.js";
 
 const HISTORY_MS = 250; // batch the timeline's log reads while events pour in
+const LAG_MS = 500; // ask the log again while it lags what the stream showed…
+const LAG_TRIES = 240; // …for up to two minutes (the next live event starts again)
 
 export async function runPage(main, runId) {
   const enc = encodeURIComponent(runId);
@@ -79,12 +81,23 @@ export async function runPage(main, runId) {
   if (isTerminal(run.status)) return () => {};
 
   let timer = null;
+  let closed = false;
+  const streamed = new Set(); // ids of events the stream showed: the log (the timeline's source) may lag them
+  // Read the log again until it holds every event the stream showed (the writer logs them a moment later).
+  let lagging = 0;
+  async function catchUp() {
+    await loadHistory();
+    const behind = [...streamed].some((id) => !timeline.byId.has(id));
+    lagging = behind ? lagging + 1 : 0;
+    if (!closed && behind && lagging <= LAG_TRIES) timer = setTimeout(catchUp, LAG_MS);
+  }
   const stream = new LiveStream({ topics: ["verify.>"], correlationId: `run-${runId}` }, (event) => {
     run = applyEvent(run, event);
     renderHead();
     noteShown(event);
+    streamed.add(event.eventId);
     clearTimeout(timer);
-    timer = setTimeout(loadHistory, HISTORY_MS);
+    timer = setTimeout(catchUp, HISTORY_MS);
     if (isTerminal(run.status)) {
       // The read model has the exact counts (the stream may have coalesced progress events); it may also
       // still be a step behind the stream, so only its own terminal state replaces the one shown.
@@ -99,6 +112,7 @@ export async function runPage(main, runId) {
     }
   }, { onRefused: (reason) => error.replaceChildren(h("div.error", {}, `live updates refused: ${reason}`)) });
   return () => {
+    closed = true;
     stream.close();
     clearTimeout(timer);
   };
