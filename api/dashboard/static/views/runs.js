@@ -5,6 +5,9 @@ import { LiveStream } from "../stream.js";
 const STATUSES = ["", "PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"];
 const RECONCILE_MS = 300;
 const COUNT_MS = 400; // batch the count's refresh while runs pour in
+// …and count again once things are quiet: the list is read from the read model, which the writer updates a
+// moment after the stream shows an event.
+const SETTLE_MS = [1500, 5000];
 const PAGE = 50;
 const FILTER_KEYS = ["status", "construct_id", "from", "to"];
 
@@ -85,6 +88,7 @@ export async function runsPage(main) {
   const tries = {}; // run id → reconciles that found the read model behind
   let total = 0;
   let countTimer = null;
+  let settleTimers = [];
 
   const filtered = () => FILTER_KEYS.some((k) => filters[k]);
   const apiFilters = () => ({
@@ -179,7 +183,6 @@ export async function runsPage(main) {
 
   /** The total from the server (cheap: one row), so the label follows runs as they arrive and change. */
   async function recount() {
-    countTimer = null;
     try {
       total = (await api(`runs?${query({ ...apiFilters(), limit: 1 })}`)).total;
       renderInfo();
@@ -197,7 +200,11 @@ export async function runsPage(main) {
     }
     if (entry || event.topic === "verify.run.requested") later(runId);
     // A new run, or one changing status (a status filter counts it in or out): the count may change.
-    if (event.topic.startsWith("verify.run.") && !countTimer) countTimer = setTimeout(recount, COUNT_MS);
+    if (event.topic.startsWith("verify.run.")) {
+      if (!countTimer) countTimer = setTimeout(() => { countTimer = null; recount(); }, COUNT_MS);
+      settleTimers.forEach(clearTimeout);
+      settleTimers = SETTLE_MS.map((ms) => setTimeout(recount, ms));
+    }
   }
 
   function later(runId) {
@@ -263,6 +270,7 @@ export async function runsPage(main) {
   return () => {
     stream.close();
     clearTimeout(countTimer);
+    settleTimers.forEach(clearTimeout);
     pending.forEach((timer) => clearTimeout(timer));
   };
 }
