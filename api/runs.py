@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import orjson
 import structlog
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import AwareDatetime
 from ulid import ULID
 
 from api import responses as r
@@ -280,6 +281,12 @@ async def list_runs(
     settings: SettingsDep,
     status_filter: Annotated[StatusName | None, Query(alias="status")] = None,
     construct_id: Annotated[str | None, Query(max_length=128)] = None,
+    created_after: Annotated[
+        AwareDatetime | None, Query(description="Only runs created at or after this instant (with a UTC offset)")
+    ] = None,
+    created_before: Annotated[
+        AwareDatetime | None, Query(description="Only runs created before this instant (exclusive; with a UTC offset)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> RunList:
@@ -293,11 +300,20 @@ async def list_runs(
         user_id=None if user.is_admin else user.user_id,
         status=wanted,
         construct_id=construct_id,
+        created_after=created_after,
+        created_before=created_before,
         limit=limit,
         offset=offset,
     )
     listed = {s.run_id for s in states}
-    extra = [s for s in unseen if s.run_id not in listed]
+
+    def in_range(state: RunState) -> bool:
+        at = state.created_at
+        if at is None:
+            return created_after is None and created_before is None
+        return (created_after is None or at >= created_after) and (created_before is None or at < created_before)
+
+    extra = [s for s in unseen if s.run_id not in listed and in_range(s)]
     total += len(extra)
     if offset == 0 and extra:  # they are the newest runs, so they belong on the first page
         states = sorted([*states, *extra], key=_newest_first)[:limit]

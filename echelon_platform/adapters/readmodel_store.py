@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -194,18 +195,23 @@ class ReadModels(RedisClient):
         user_id: str | None,
         status: Status | None = None,
         construct_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 20,
         offset: int = 0,
     ) -> tuple[list[RunState], int]:
-        """Newest first; `user_id=None` lists everyone's (admins)."""
+        """Newest first; `user_id=None` lists everyone's (admins). `created_after` is inclusive,
+        `created_before` exclusive (the index is scored by creation time in ms)."""
         keys = await self.keys()
         index = keys.runs if user_id is None else keys.user_runs(user_id)
+        low = created_after.timestamp() * 1000 if created_after is not None else "-inf"
+        high = f"({created_before.timestamp() * 1000!r}" if created_before is not None else "+inf"
         if status is None and construct_id is None:
-            total = int(await self.redis.zcard(index))
-            ids = await self.redis.zrevrange(index, offset, offset + limit - 1)
+            total = int(await self.redis.zcount(index, low, high))
+            ids = await self.redis.zrevrangebyscore(index, high, low, start=offset, num=limit)
             return await self._load(keys, ids), total
         # Filtered: walk the index newest first; per-user run counts stay small.
-        ids = await self.redis.zrevrange(index, 0, -1)
+        ids = await self.redis.zrevrangebyscore(index, high, low)
         states = [
             s
             for s in await self._load(keys, ids)

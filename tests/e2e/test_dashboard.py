@@ -81,9 +81,10 @@ async def test_sign_in_submit_watch_live_and_verify_the_certificate(
             # Reached without a reload: the page applied the run's events as the stream delivered them.
             assert {"verify.run.ingested", "verify.run.completed"} <= topics, topics
             assert await page.get_attribute("#run-head [role=progressbar]", "data-progress") == "3/3"
-            await page.wait_for_selector("#timeline li[data-topic='verify.run.completed']")
-            timeline = await page.eval_on_selector_all("#timeline li", "els => els.map(e => e.dataset.topic)")
+            await page.wait_for_selector("#run-events li[data-topic='verify.run.completed']")
+            timeline = await page.eval_on_selector_all("#run-events li", "els => els.map(e => e.dataset.topic)")
             assert timeline[0] == "verify.run.requested" and timeline[-1] == "verify.run.completed"
+            assert await page.locator("#replay-groups details.replay[data-state=scored]").count() == 3
             assert await page.locator("#timeline a", has_text="← #").count() > 0  # causation links
 
             await page.click("#certificate-link")

@@ -160,6 +160,32 @@ async def test_pagination_is_exact_newest_first(
     assert filtered["total"] == 3 and [r["run_id"] for r in filtered["runs"]] == ["PAGE5", "PAGE3"]
 
 
+async def test_runs_filter_by_creation_date(client: httpx.AsyncClient, services: Services, settings: Settings) -> None:
+    day = datetime(2026, 10, 1, tzinfo=UTC)
+    events = []
+    for i in range(5):  # one run a day, 1–5 October
+        e = requested(f"DATE{i}", "alice", "oracle-a" if i % 2 else "oracle-b")
+        payload = {**e.payload, "created_at": (day + timedelta(days=i)).isoformat()}
+        events.append(e.model_copy(update={"payload": payload}))
+    await publish(services, events)
+    await drain(services, settings)
+    alice = auth(settings, "alice")
+
+    async def ids(**params: str | int) -> tuple[list[str], int]:
+        body = (await client.get(f"{API}/runs", params=params, headers=alice)).json()
+        return [r["run_id"] for r in body["runs"]], body["total"]
+
+    after, before = (day + timedelta(days=1)).isoformat(), (day + timedelta(days=4)).isoformat()
+    # `created_after` includes its instant, `created_before` excludes its own.
+    assert await ids(created_after=after, created_before=before) == (["DATE3", "DATE2", "DATE1"], 3)
+    assert await ids(created_after=after, limit=2, offset=2) == (["DATE2", "DATE1"], 4)
+    assert await ids(created_before=after) == (["DATE0"], 1)
+    assert await ids(created_after=after, construct_id="oracle-a") == (["DATE3", "DATE1"], 2)
+    assert await ids(created_after=(day + timedelta(days=9)).isoformat()) == ([], 0)
+    naive = await client.get(f"{API}/runs", params={"created_after": "2026-10-02T00:00:00"}, headers=alice)
+    assert naive.status_code == 422  # an instant without an offset is ambiguous
+
+
 async def test_bad_parameters_are_422(client: httpx.AsyncClient, settings: Settings) -> None:
     alice = auth(settings, "alice")
     for params in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"status": "DONE"}, {"limit": "x"}):

@@ -94,3 +94,37 @@ export function noteShown(event) {
   metrics.shown.push({ eventId: event.eventId, topic: event.topic, delayMs: at - Date.parse(event.timestamp) });
   if (metrics.shown.length > 5000) metrics.shown.splice(0, 1000);
 }
+
+/** A wide table inside a box that scrolls sideways, so a narrow screen never scrolls the whole page. */
+export const scroller = (table) => h("div.scroll", {}, table);
+
+/** Time of day to the millisecond (local), e.g. 14:03:27.412. */
+export function fmtClock(iso) {
+  if (!iso) return "—";
+  const at = new Date(iso);
+  const two = (n) => String(n).padStart(2, "0");
+  return `${two(at.getHours())}:${two(at.getMinutes())}:${two(at.getSeconds())}.${String(at.getMilliseconds()).padStart(3, "0")}`;
+}
+
+/** A duration in ms as "840 ms", "2.31 s", "4 min 05 s". */
+export function fmtDuration(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(2)} s`;
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+}
+
+const SECRET_KEY = /token|secret|password|passwd|authorization|api[_-]?key|credential|cookie/i;
+
+/** A copy of a payload safe to show: header maps become their names, secret-looking fields are hidden. */
+export function redact(value, key = "") {
+  if (Array.isArray(value)) return value.map((v) => redact(v));
+  if (value && typeof value === "object") {
+    if (/headers$/i.test(key)) return Object.keys(value).sort(); // names only, never values
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, redact(v, k)]));
+  }
+  if (SECRET_KEY.test(key) && value !== null && value !== undefined) return "(hidden)";
+  if (typeof value === "string") return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@\s]*@/i, "$1(hidden)@"); // user:password@ in a URL
+  return value;
+}

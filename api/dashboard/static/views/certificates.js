@@ -1,4 +1,4 @@
-import { api, badge, claims, errorBox, fmtNum, fmtTime, h, query, token } from "../lib.js";
+import { api, badge, claims, errorBox, fmtNum, fmtTime, h, query, scroller, token } from "../lib.js";
 
 export async function certificatesPage(main) {
   const sort = h("select#cert-sort", {},
@@ -6,10 +6,21 @@ export async function certificatesPage(main) {
   const construct = h("input#cert-construct", { placeholder: "construct id" });
   const tbody = h("tbody");
   const error = h("div");
+  const state = h("div#certificates-state");
+  const table = h("table#certificates", {}, h("thead", {}, h("tr", {}, ["Certificate", "Construct", "Composite", "Brier", "Replays", "Judge", "Issued"].map((t) => h("th", {}, t)))), tbody);
   async function load() {
     error.replaceChildren();
     try {
-      const list = await api(`certificates?${query({ sort: sort.value, construct_id: construct.value.trim(), limit: 100 })}`, { auth: false });
+      const wanted = construct.value.trim();
+      const list = await api(`certificates?${query({ sort: sort.value, construct_id: wanted, limit: 100 })}`, { auth: false });
+      table.hidden = list.certificates.length === 0;
+      state.replaceChildren(list.certificates.length ? ""
+        : wanted
+          ? h("p.empty#certificates-none-match", {}, `No certificate for construct “${wanted}”. `,
+            h("a", { href: "#/certificates", onclick: (e) => { e.preventDefault(); construct.value = ""; load(); } }, "Show all"), ".")
+          : h("div.empty#certificates-empty", {}, h("p", {}, h("b", {}, "No certificates yet."),
+            " A run that completes issues one: ", h("a", { href: "#/submit" }, "submit a run"), " or watch your ",
+            h("a", { href: "#/runs" }, "runs"), " finish.")));
       tbody.replaceChildren(...list.certificates.map((c) => h("tr", {},
         h("td", {}, h("a.mono", { href: `#/certificates/${c.id}` }, c.id)), h("td", {}, c.construct_id),
         h("td", {}, fmtNum(c.composite_score)), h("td", {}, fmtNum(c.brier)), h("td", {}, c.replay_count),
@@ -21,10 +32,58 @@ export async function certificatesPage(main) {
   main.append(h("h1", {}, "Certificates"),
     h("form.inline", { onsubmit: (e) => { e.preventDefault(); load(); } },
       h("label", {}, "Sort", sort), h("label", {}, "Construct", construct), h("button", { type: "submit" }, "Show")),
-    error,
-    h("table#certificates", {}, h("thead", {}, h("tr", {}, ["Certificate", "Construct", "Composite", "Brier", "Replays", "Judge", "Issued"].map((t) => h("th", {}, t)))), tbody));
+    error, state, scroller(table));
   sort.addEventListener("change", load);
   await load();
+}
+
+const short = (text, n = 16) => (text.length > n + 10 ? `${text.slice(0, n)}…${text.slice(-8)}` : text);
+
+/** A long value shown abbreviated, whole in its title, with a button copying it whole. */
+function copyable(id, value) {
+  const note = h("span.muted");
+  return h("span", {}, h(`code#${id}`, { title: value, "data-value": value }, short(value)), " ",
+    h("button.copy", { type: "button", "data-copies": id, onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(value);
+        note.textContent = " copied";
+      } catch {
+        getSelection().selectAllChildren(document.getElementById(id)); // no clipboard access: select it
+        note.textContent = " select and copy";
+      }
+    } }, "copy"), note);
+}
+
+/** The published key that signed, from /.well-known/echelon-keys.json (null if not published there). */
+async function signingKey(keyId) {
+  try {
+    const { keys } = await api("/.well-known/echelon-keys.json", { auth: false });
+    return keys.find((k) => k.key_id === keyId) || null;
+  } catch {
+    return null;
+  }
+}
+
+function oracleFacts(oracle) {
+  if (!oracle) return h("p.muted#oracle", {}, "Not recorded (a certificate issued before oracle identities were).");
+  return h("dl.facts#oracle", {},
+    h("dt", {}, "Type"), h("dd#oracle-type", {}, oracle.type),
+    h("dt", {}, "Target"), h("dd.mono#oracle-target", {}, oracle.target),
+    h("dt", {}, "Fingerprint"), h("dd#oracle-fingerprint", {}, oracle.fingerprint
+      ? h("code", {}, oracle.fingerprint) : h("span.muted", {}, "none known (the oracle reported no version)")));
+}
+
+function signatureFacts(signature, key) {
+  if (!signature) return h("p.muted#signature", {}, "Unsigned: issued before certificates were signed (schema 1).");
+  return h("dl.facts#signature", {},
+    h("dt", {}, "Algorithm"), h("dd#signature-algorithm", {}, signature.algorithm),
+    h("dt", {}, "Key id"), h("dd", {}, copyable("signature-key-id", signature.key_id)),
+    h("dt", {}, "Signature"), h("dd", {}, copyable("signature-value", signature.value)),
+    h("dt", {}, "Signing key"), h("dd#signing-key", {}, key
+      ? [copyable("signing-public-key", key.public_key), ` ${key.algorithm} · valid from ${fmtTime(key.not_before)}`,
+        key.retired ? " · retired" : "", key.endorsements?.length ? ` · endorsed by ${short(key.endorsements[0].endorsed_by, 12)}` : " · the issuer's root key",
+        " · ", h("a", { href: "/.well-known/echelon-keys.json" }, "published keys")]
+      : h("span.error", {}, "not among the published keys")));
 }
 
 const METRICS = [
@@ -44,6 +103,7 @@ export async function certificatePage(main, certId) {
       /* ratings are a nicety here */
     }
   }
+  const key = cert.signature ? await signingKey(cert.signature.key_id) : null;
   const verdict = h("span#verify-result");
   const verifyButton = h("button#verify", {
     type: "button",
@@ -54,7 +114,9 @@ export async function certificatePage(main, certId) {
         const result = await api(`certificates/${enc}/verify`, { auth: false });
         verdict.replaceChildren(
           h(`span.badge.${result.valid ? "valid" : "invalid"}`, { "data-valid": String(result.valid) }, result.valid ? "VALID" : "INVALID"),
-          ` hash ${result.hash_ok ? "matches" : "does NOT match"}, aggregates ${result.aggregates_ok ? "match" : "do NOT match"} the replay scores`);
+          ` hash ${result.hash_ok ? "matches" : "does NOT match"}, aggregates ${result.aggregates_ok ? "match" : "do NOT match"} the replay scores, `,
+          h("span#signature-check", { "data-ok": String(result.signature_ok) },
+            result.signature_ok ? `signature checks out with key ${short(result.key_id ?? "", 12)}` : "signature does NOT check out (or the certificate is unsigned)"));
       } catch (e) {
         verdict.replaceChildren(errorBox(e));
       } finally {
@@ -91,18 +153,21 @@ export async function certificatePage(main, certId) {
     h("p", {}, "Judge ", h("b", {}, cert.scoring_model), " · ground truth ", cert.ground_truth_source, " ",
       h("span.mono", {}, cert.commit_range), " · methodology ", cert.methodology_version,
       " · weights ", h("span.mono", {}, JSON.stringify(cert.weights))),
-    h("h2", {}, "Content hash"),
+    h("h2", {}, "Oracle"), oracleFacts(cert.oracle),
+    h("h2", {}, "Content hash and signature"),
     h("p", {}, h("code#content-hash", {}, cert.content_hash), " ", verifyButton, " ", verdict),
+    signatureFacts(cert.signature, key),
     h("h2", {}, "Replays"),
-    h("table#replays", {},
+    scroller(h("table#replays", {},
       h("thead", {}, h("tr", {}, ["Replay", "Ground truth", "Precision", "Recall", "Reply acc.", "Claims", "Changes", "Judge ms", "Your rating (1–5)"].map((t) => h("th", {}, t)))),
       h("tbody", {}, cert.replay_scores.map((s) => h("tr", { "data-replay": s.id },
         h("td.mono", {}, s.id), h("td.mono", {}, s.ground_truth_id), h("td", {}, fmtNum(s.precision)), h("td", {}, fmtNum(s.recall)),
         h("td", {}, fmtNum(s.reply_accuracy)), h("td", {}, `${s.claims_supported}/${s.claims_total}`),
-        h("td", {}, `${s.changes_surfaced}/${s.changes_total}`), h("td", {}, fmtNum(s.scoring_latency_ms, 1)), h("td", {}, rating(s.id)))))),
+        h("td", {}, `${s.changes_surfaced}/${s.changes_total}`), h("td", {}, fmtNum(s.scoring_latency_ms, 1)), h("td", {}, rating(s.id))))))),
     cert.failed_replays.length
-      ? [h("h2", {}, "Failed replays"), h("table#cert-failed", {}, h("tbody", {}, cert.failed_replays.map((f) =>
-          h("tr", {}, h("td.mono", {}, f.replay_id), h("td.mono", {}, f.ground_truth_id), h("td", {}, f.stage), h("td", {}, f.reason)))))]
+      ? [h("h2", {}, "Failed replays"), scroller(h("table#cert-failed", {}, h("tbody", {}, cert.failed_replays.map((f) =>
+          h("tr", {}, h("td.mono", {}, f.replay_id), h("td.mono", {}, f.ground_truth_id), h("td", {}, f.stage), h("td", {}, f.reason))))))]
       : null,
   ));
+  verifyButton.click(); // say at once whether the API finds it valid; the button checks again
 }

@@ -1,4 +1,4 @@
-import { api, errorBox, fmtNum, h, query } from "../lib.js";
+import { api, errorBox, fmtNum, h, query, scroller } from "../lib.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -13,7 +13,8 @@ function s(tag, attrs = {}, ...children) {
 export function chart(rows) {
   const scored = rows.filter((r) => r.mean_composite !== null);
   const barH = 22, labelW = 190, width = 640, plotW = width - labelW - 60;
-  const svg = s("svg", { class: "chart", id: "leaderboard-chart", width, height: Math.max(1, scored.length) * barH + 24,
+  const height = Math.max(1, scored.length) * barH + 24;
+  const svg = s("svg", { class: "chart", id: "leaderboard-chart", width, height, viewBox: `0 0 ${width} ${height}`,
     role: "img", "aria-label": "mean composite score per group" });
   scored.forEach((row, i) => {
     const y = i * barH;
@@ -36,11 +37,11 @@ export async function leaderboardPage(main) {
       const stats = await api(`stats?${query({ group_by: groupBy.value, limit: 100 })}`, { auth: false });
       body.replaceChildren(
         chart(stats.rows),
-        h("table#leaderboard", {}, h("thead", {}, h("tr", {}, ["#", "Group", "Runs", "Completed", "Failed", "Certificates", "Mean composite", "Best Brier", "Judge cost $", "Ratings", "Human–judge MAE"].map((t) => h("th", {}, t)))),
+        scroller(h("table#leaderboard", {}, h("thead", {}, h("tr", {}, ["#", "Group", "Runs", "Completed", "Failed", "Certificates", "Mean composite", "Best Brier", "Judge cost $", "Ratings", "Human–judge MAE"].map((t) => h("th", {}, t)))),
           h("tbody", {}, stats.rows.map((r, i) => h("tr", {}, h("td", {}, String(i + 1)), h("td", {}, r.key ?? "(no certificate)"),
             h("td", {}, String(r.runs)), h("td", {}, String(r.completed)), h("td", {}, String(r.failed)), h("td", {}, String(r.certificates)),
             h("td", {}, fmtNum(r.mean_composite)), h("td", {}, fmtNum(r.best_brier)), h("td", {}, fmtNum(r.total_cost_usd, 4)),
-            h("td", {}, String(r.human_ratings)), h("td", {}, fmtNum(r.human_judge_mae)))))));
+            h("td", {}, String(r.human_ratings)), h("td", {}, fmtNum(r.human_judge_mae))))))));
     } catch (e) {
       body.replaceChildren(errorBox(e));
     }

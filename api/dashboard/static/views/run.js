@@ -1,18 +1,21 @@
-import { api, badge, errorBox, fmtTime, h, noteShown, progressBar } from "../lib.js";
+import { api, badge, errorBox, fmtTime, h, noteShown, progressBar, scroller } from "../lib.js";
 import { applyEvent, fromView, isTerminal } from "../runstate.js";
 import { LiveStream } from "../stream.js";
+import { Timeline } from "../timeline.js";
 
 const HISTORY_MS = 250; // batch the timeline's log reads while events pour in
+const LAG_MS = 500; // ask the log again while it lags what the stream showed…
+const LAG_TRIES = 240; // …for up to two minutes (the next live event starts again)
 
 export async function runPage(main, runId) {
   const enc = encodeURIComponent(runId);
   let run = fromView(await api(`runs/${enc}`));
   const head = h("div#run-head");
-  const timeline = h("ol.timeline#timeline");
+  const timeline = new Timeline();
   const failures = h("div#failures");
   const error = h("div");
   main.append(h("h1", {}, "Run ", h("span.mono", {}, runId)), head, error,
-    h("h2", {}, "Failed replays"), failures, h("h2", {}, "Event history"), timeline);
+    h("h2", {}, "Failed replays"), failures, h("h2", {}, "Event history"), timeline.el);
 
   function renderHead() {
     head.replaceChildren(...[
@@ -29,38 +32,16 @@ export async function runPage(main, runId) {
 
   // ---- the timeline, from the event log (GET /runs/{id}/events), appended page by page ----
   let after = 0;
-  const byId = new Map(); // event id → log seq, for causation links
   const failed = [];
   let loading = null;
   let again = false;
 
-  function item(seq, event) {
-    byId.set(event.eventId, seq);
-    const cause = event.causationId;
-    const link = cause
-      ? byId.has(cause)
-        ? h("a", { href: `#ev-${byId.get(cause)}`, onclick: (e) => { e.preventDefault(); highlight(byId.get(cause)); } }, `← #${byId.get(cause)}`)
-        : h("span.muted.mono", {}, `← ${cause}`)
-      : null;
-    const p = event.payload || {};
-    const detail = p.replay_id ? h("span.mono.muted", {}, p.replay_id) : null;
-    return h(`li${event.topic.endsWith(".failed") ? ".failed" : ""}`, { id: `ev-${seq}`, "data-topic": event.topic },
-      h("span.seq", {}, `#${seq}`), h("span.topic", {}, event.topic), " ", detail, " ",
-      h("span.muted", { title: event.timestamp }, new Date(event.timestamp).toLocaleTimeString()), " ", link);
-  }
-
-  function highlight(seq) {
-    for (const li of timeline.querySelectorAll(".target")) li.classList.remove("target");
-    const li = document.getElementById(`ev-${seq}`);
-    li?.classList.add("target");
-    li?.scrollIntoView({ block: "center" });
-  }
-
   function renderFailures() {
     failures.replaceChildren(failed.length
-      ? h("table#failed-replays", {}, h("thead", {}, h("tr", {}, ["Replay", "Ground truth", "Stage", "Reason"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, failed.map((f) => h("tr", {}, h("td.mono", {}, f.replay_id), h("td.mono", {}, f.ground_truth_id),
-          h("td", {}, f.stage), h("td", {}, f.reason)))))
+      ? scroller(h("table#failed-replays", {}, h("thead", {}, h("tr", {}, ["Replay", "Ground truth", "Stage", "Reason"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, failed.map((f) => h("tr", {}, h("td.mono", {}, h("a", { href: `#/runs/${runId}`,
+          onclick: (e) => { e.preventDefault(); timeline.reveal(f.replay_id); } }, f.replay_id)), h("td.mono", {}, f.ground_truth_id),
+          h("td", {}, f.stage), h("td", {}, f.reason))))))
       : h("p.muted", {}, "None."));
   }
 
@@ -77,13 +58,14 @@ export async function runPage(main, runId) {
           while (next !== null) {
             const page = await api(`runs/${enc}/events?after=${next}&limit=500`);
             for (const { seq, event } of page.events) {
-              timeline.append(item(seq, event));
+              timeline.add(seq, event);
               if (event.topic === "verify.replay.failed") failed.push(event.payload);
               after = seq;
             }
             next = page.next_after;
           }
           renderFailures();
+          timeline.settle();
         } while (again);
       } catch (e) {
         error.replaceChildren(errorBox(e));
@@ -99,12 +81,23 @@ export async function runPage(main, runId) {
   if (isTerminal(run.status)) return () => {};
 
   let timer = null;
+  let closed = false;
+  const streamed = new Set(); // ids of events the stream showed: the log (the timeline's source) may lag them
+  // Read the log again until it holds every event the stream showed (the writer logs them a moment later).
+  let lagging = 0;
+  async function catchUp() {
+    await loadHistory();
+    const behind = [...streamed].some((id) => !timeline.byId.has(id));
+    lagging = behind ? lagging + 1 : 0;
+    if (!closed && behind && lagging <= LAG_TRIES) timer = setTimeout(catchUp, LAG_MS);
+  }
   const stream = new LiveStream({ topics: ["verify.>"], correlationId: `run-${runId}` }, (event) => {
     run = applyEvent(run, event);
     renderHead();
     noteShown(event);
+    streamed.add(event.eventId);
     clearTimeout(timer);
-    timer = setTimeout(loadHistory, HISTORY_MS);
+    timer = setTimeout(catchUp, HISTORY_MS);
     if (isTerminal(run.status)) {
       // The read model has the exact counts (the stream may have coalesced progress events); it may also
       // still be a step behind the stream, so only its own terminal state replaces the one shown.
@@ -119,6 +112,7 @@ export async function runPage(main, runId) {
     }
   }, { onRefused: (reason) => error.replaceChildren(h("div.error", {}, `live updates refused: ${reason}`)) });
   return () => {
+    closed = true;
     stream.close();
     clearTimeout(timer);
   };
