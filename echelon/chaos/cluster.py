@@ -251,6 +251,8 @@ async def cluster(base: Settings, work_dir: Path, tuning: Tuning) -> AsyncIterat
                 "consumer_prefix": f"chaos{tag}",
                 "api_port": free_port(),
                 "lease_ttl_s": tuning.lease_ttl_s,
+                # The roles' data directory: the checks read the signing keys' pinned root from it too.
+                "data_dir": work_dir / "data",
             }
         )
         if settings.uses_dev_secret:
