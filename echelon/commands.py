@@ -29,7 +29,11 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     settings.check_api_exposure()  # before starting anything: one line, exit 1
     async with infrastructure(settings) as resolved:
         config = uvicorn.Config(
-            create_app(resolved), host=resolved.api_host, port=resolved.api_port, log_level="warning"
+            create_app(resolved),
+            host=resolved.api_host,
+            port=resolved.api_port,
+            log_level="warning",
+            ws_max_size=resolved.ws_max_message_bytes,
         )
         freeze_startup_heap()
         await AnnouncingServer(config, resolved).serve()

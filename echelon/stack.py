@@ -166,7 +166,12 @@ async def serve(
             if with_api:
                 app = create_app(resolved, api_services)
                 config = uvicorn.Config(
-                    app, host=resolved.api_host, port=resolved.api_port, log_level="warning", lifespan="on"
+                    app,
+                    host=resolved.api_host,
+                    port=resolved.api_port,
+                    log_level="warning",
+                    lifespan="on",
+                    ws_max_size=resolved.ws_max_message_bytes,
                 )
                 server = _Server(config, resolved)
                 tasks.append(asyncio.create_task(server.serve()))

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     siwe_nonce_ttl_s: int = Field(default=300, ge=10)  # a server-issued nonce must be used within this time
     siwe_nonces_per_minute: int = Field(default=60, ge=1)  # GET /auth/nonce per client address
     ws_max_connections_per_user: int = Field(default=5, ge=1)  # per API process
+    # Sockets not yet authenticated, per API process: at most this many in all and per client address; one
+    # more is closed with 1013. Their first message (the credentials) is at most ws_first_message_bytes
+    # (else 1009); uvicorn refuses any message over ws_max_message_bytes (1009) before it is buffered whole.
+    ws_max_unauthenticated: int = Field(default=128, ge=1)
+    ws_max_unauthenticated_per_address: int = Field(default=8, ge=1)
+    ws_first_message_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    stats_per_minute: int = Field(default=60, ge=1)  # GET /stats per client address per minute
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # larger request bodies get 413
 
     # Coordinator

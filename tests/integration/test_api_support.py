@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -83,11 +84,13 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
+async def serve(app: FastAPI, port: int | None = None, **config: Any) -> AsyncIterator[str]:
     """A real uvicorn server for the app on `port` (default: a free one), in this event loop; yields its
-    address (host:port)."""
+    address (host:port). `config`: more uvicorn settings (e.g. `ws_max_size`)."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config)
+    )
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.started or task.done(), timeout=10, what="uvicorn to start")
