@@ -1,0 +1,252 @@
+"""The leaderboard's projected aggregates in Redis: writing (live projector, rebuild, repair) and reading.
+
+Per run, its record (`domain.stats.contribution`) in one hash; per (scope, grouping, key), a hash of summed
+counts, moved by (new record − old record) in a Lua script that also keeps the group's place in the
+leaderboard order (a sorted set of groups with a certificate by mean composite, one of those without by key)
+and drops a group whose last run left it. Per (grouping, key), the certified runs' Brier scores (the best is
+the first) and rating pairs. Every write is derived from the records alone, so the live projector, a rebuild
+and a partition's repair all reach the same keys and values whatever order the events came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from echelon_platform.adapters.readmodel_store import Keys, ReadModels, text
+from echelon_platform.domain.projections import RunState
+from echelon_platform.domain.stats import (
+    COMPOSITE_SCALE,
+    FIELDS,
+    GROUPINGS,
+    GroupBy,
+    Pair,
+    contribution,
+    deltas,
+    judge_totals,
+)
+
+# KEYS: group hash, ranked, unranked. ARGV: member ('' for the null key, which is in no index), one delta per
+# field. Every field is incremented, zeros too, so a group hash always holds every field.
+_MOVE_GROUP = (
+    "local fields = {"
+    + ", ".join(f"'{f}'" for f in FIELDS)
+    + "}\n"
+    + f"local unit = {COMPOSITE_SCALE // 10**6}\n"
+    + """
+for i = 1, #fields do
+  redis.call('HINCRBY', KEYS[1], fields[i], ARGV[i + 1])
+end
+local member = ARGV[1]
+if tonumber(redis.call('HGET', KEYS[1], 'n')) <= 0 then
+  redis.call('DEL', KEYS[1])
+  if member ~= '' then
+    redis.call('ZREM', KEYS[2], member)
+    redis.call('ZREM', KEYS[3], member)
+  end
+  return 0
+end
+if member ~= '' then
+  local certs = tonumber(redis.call('HGET', KEYS[1], 'certs'))
+  if certs > 0 then
+    local composite = tonumber(redis.call('HGET', KEYS[1], 'composite'))
+    redis.call('ZADD', KEYS[2], -math.floor(composite / (certs * unit) + 0.5), member)
+    redis.call('ZREM', KEYS[3], member)
+  else
+    redis.call('ZADD', KEYS[3], 0, member)
+    redis.call('ZREM', KEYS[2], member)
+  end
+end
+return 1
+"""
+)
+
+Record = dict[str, Any]
+Change = tuple[str, Record | None, Record | None]  # run id, old record, new record
+
+
+def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Change]) -> None:
+    """Queue the writes that move the aggregates from every run's old record to its new one."""
+    moved: dict[tuple[str, GroupBy, str | None], list[int]] = {}
+    for run_id, old, new in changes:
+        if old == new:
+            continue
+        for group, delta in deltas(old, new).items():
+            total = moved.setdefault(group, [0] * len(FIELDS))
+            for i, d in enumerate(delta):
+                total[i] += d
+        for group_by in GROUPINGS:
+            if old is not None and old["brier"] is not None:
+                pipe.zrem(keys.stats_brier(group_by, old[group_by]), run_id)
+                pipe.hdel(keys.stats_pairs(group_by, old[group_by]), run_id)
+            if new is not None and new["brier"] is not None:
+                pipe.zadd(keys.stats_brier(group_by, new[group_by]), {run_id: new["brier"]})
+                if new["pairs"]:
+                    pipe.hset(keys.stats_pairs(group_by, new[group_by]), run_id, orjson.dumps(new["pairs"]))
+        if new is None:
+            pipe.hdel(keys.stats_records, run_id)
+        else:
+            pipe.hset(keys.stats_records, run_id, orjson.dumps(new))
+    for (scope, group_by, key), delta in sorted(moved.items(), key=lambda item: repr(item[0])):
+        if any(delta):
+            group_keys = (
+                keys.stats_group(scope, group_by, key),
+                keys.stats_ranked(scope, group_by),
+                keys.stats_unranked(scope, group_by),
+            )
+            pipe.eval(_MOVE_GROUP, 3, *group_keys, key if key is not None else "", *delta)
+
+
+def keep_latest(current: dict[str, Any], rating: Mapping[str, Any]) -> None:
+    """Ratings' rule (as the read model's Lua): per (replay, person) the one with the greatest event id."""
+    field = f"{rating['replay_id']}|{rating['user_id']}"
+    held = current.get(field)
+    if held is None or held["event_id"] < rating["event_id"]:
+        current[field] = dict(rating)
+
+
+@dataclass
+class RunInputs:
+    """What a run's record is computed from, besides its state, as Redis holds it before a batch."""
+
+    record: Record | None
+    certificate: dict[str, Any] | None
+    ratings: dict[str, Any]  # `<replay>|<user>` → rating
+    judge: dict[str, list[float]]  # log position → [input tokens, output tokens, cost]
+
+    def contribution(self, state: RunState) -> Record | None:
+        return contribution(state, self.certificate, self.ratings.values(), judge_totals(self.judge.values()))
+
+
+async def read_inputs(redis: aioredis.Redis, keys: Keys, states: Mapping[str, RunState]) -> dict[str, RunInputs]:
+    """Each run's record, public certificate, ratings and judge calls as stored (one round trip)."""
+    runs = list(states)
+    if not runs:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    pipe.hmget(keys.stats_records, runs)
+    for run_id in runs:
+        pipe.hgetall(keys.judge_calls(run_id))
+        cert_id = states[run_id].certificate_id
+        if cert_id is not None:
+            pipe.get(keys.cert(cert_id))
+            pipe.hgetall(keys.ratings(cert_id))
+    replies = iter(await pipe.execute())
+    records = next(replies)
+    out: dict[str, RunInputs] = {}
+    for run_id, raw in zip(runs, records, strict=True):
+        judge = {text(k): orjson.loads(v) for k, v in next(replies).items()}
+        cert = ratings = None
+        if states[run_id].certificate_id is not None:
+            cert_raw, ratings = next(replies), next(replies)
+            cert = orjson.loads(cert_raw) if cert_raw else None
+        out[run_id] = RunInputs(
+            record=orjson.loads(raw) if raw else None,
+            certificate=cert,
+            ratings={text(k): orjson.loads(v) for k, v in (ratings or {}).items()},
+            judge=judge,
+        )
+    return out
+
+
+async def read_records(redis: aioredis.Redis, keys: Keys, run_ids: list[str]) -> dict[str, Record | None]:
+    if not run_ids:
+        return {}
+    raws = await redis.hmget(keys.stats_records, run_ids)
+    return {run_id: orjson.loads(raw) if raw else None for run_id, raw in zip(run_ids, raws, strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    key: str | None
+    counts: dict[str, int]
+    best_brier: float | None
+    pairs: list[Pair]
+
+
+class StatsReader:
+    """One leaderboard page from the aggregates: a few commands per group shown, whatever the number of runs.
+
+    `extra` (a user's own uncertified runs) is merged into `scope` (public): its groups' counts are added,
+    and its groups that `scope` lacks are listed after the ranked ones, by key. Those are read whole: bounded
+    by the number of constructs the user ran, not by anyone's runs."""
+
+    def __init__(self, read_models: ReadModels) -> None:
+        self._rm = read_models
+
+    async def page(
+        self, *, scope: str, extra: str | None, group_by: str, offset: int, limit: int
+    ) -> tuple[list[Group], int]:
+        redis = self._rm.redis
+        keys = await self._rm.keys()
+        pipe = redis.pipeline(transaction=False)
+        pipe.zcard(keys.stats_ranked(scope, group_by))
+        pipe.zrange(keys.stats_unranked(scope, group_by), 0, -1) if extra else pipe.zcard(
+            keys.stats_unranked(scope, group_by)
+        )
+        pipe.exists(keys.stats_group(scope, group_by, None))
+        if extra is not None:
+            pipe.zrange(keys.stats_ranked(extra, group_by), 0, -1)
+            pipe.zrange(keys.stats_unranked(extra, group_by), 0, -1)
+            pipe.exists(keys.stats_group(extra, group_by, None))
+        replies = await pipe.execute()
+        ranked_total, unranked, has_null = int(replies[0]), replies[1], bool(replies[2])
+        unranked_keys: list[str] | None = None
+        if extra is not None:
+            own = [text(m) for m in (*replies[3], *replies[4])]
+            has_null = has_null or bool(replies[5])
+            pipe = redis.pipeline(transaction=False)
+            for key in own:
+                pipe.zscore(keys.stats_ranked(scope, group_by), key)
+            ranked = {key for key, score in zip(own, await pipe.execute(), strict=True) if score is not None}
+            unranked_keys = sorted({text(m) for m in unranked} | (set(own) - ranked))
+            unranked_count = len(unranked_keys)
+        else:
+            unranked_count = int(unranked)
+        total = ranked_total + unranked_count + int(has_null)
+        end = min(offset + limit, total)
+        page: list[str | None] = []
+        if offset < ranked_total:
+            members = await redis.zrange(keys.stats_ranked(scope, group_by), offset, min(end, ranked_total) - 1)
+            page.extend(text(m) for m in members)
+        first, last = max(offset - ranked_total, 0), min(end - ranked_total, unranked_count)
+        if first < last:
+            if unranked_keys is not None:
+                page.extend(unranked_keys[first:last])
+            else:
+                members = await redis.zrange(keys.stats_unranked(scope, group_by), first, last - 1)
+                page.extend(text(m) for m in members)
+        if has_null and end == total and offset < total:
+            page.append(None)
+        return await self._groups(keys, [scope] if extra is None else [scope, extra], group_by, page), total
+
+    async def _groups(self, keys: Keys, scopes: list[str], group_by: str, page: list[str | None]) -> list[Group]:
+        if not page:
+            return []
+        pipe = self._rm.redis.pipeline(transaction=False)
+        for key in page:
+            for scope in scopes:
+                pipe.hgetall(keys.stats_group(scope, group_by, key))
+            if key is not None:
+                pipe.zrange(keys.stats_brier(group_by, key), 0, 0, withscores=True)
+                pipe.hvals(keys.stats_pairs(group_by, key))
+        replies = iter(await pipe.execute())
+        groups = []
+        for key in page:
+            counts = dict.fromkeys(FIELDS, 0)
+            for _ in scopes:
+                for field, value in next(replies).items():
+                    counts[text(field)] += int(value)
+            best: float | None = None
+            pairs: list[Pair] = []
+            if key is not None:
+                lowest = next(replies)
+                best = float(lowest[0][1]) if lowest else None
+                for raw in next(replies):
+                    pairs.extend((int(h), float(c), str(m), str(v)) for h, c, m, v in orjson.loads(raw))
+            groups.append(Group(key, counts, best, pairs))
+        return groups
