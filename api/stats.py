@@ -23,7 +23,7 @@ from echelon_platform.domain.stats import (
     COST_SCALE,
     LATENCY_SCALE,
     PUBLIC,
-    human_agreement,
+    agreement_of,
     rank_score,
     user_scope,
 )
@@ -33,7 +33,8 @@ router = APIRouter(prefix="/api/v1/verification", tags=["stats"])
 
 def stats_row(group: Group) -> StatsRow:
     c = group.counts
-    overall, mae, by_judge = human_agreement(group.pairs)
+    overall, mae = agreement_of(group.agreement)
+    by_judge = {judge: agreement_of(sums)[0] for judge, sums in sorted(group.by_judge.items())}
     return StatsRow(
         key=group.key,
         runs=c["runs"],

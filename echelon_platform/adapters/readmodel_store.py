@@ -86,9 +86,16 @@ class Keys:
         """Sorted set run id → Brier of the run's public certificate (the group's best is the first)."""
         return self._k(f"stats:{group_by}:brier:{key}")
 
-    def stats_pairs(self, group_by: str, key: str) -> str:
-        """Hash run id → the (rating, composite, judge, version) pairs of the run's certificate."""
-        return self._k(f"stats:{group_by}:pairs:{key}")
+    def stats_agreement(self, group_by: str, key: str, judge: tuple[str, str] | None = None) -> str:
+        """Hash of one agreement set's sums (`domain.stats.agreement_of`): a group's rating pairs, or those
+        of one (judge model, methodology version) in it. `<this>:z<v>`: the pairs rated v by composite."""
+        if judge is None:
+            return self._k(f"stats:{group_by}:agree:{key}")
+        return self._k(f"stats:{group_by}:agree-by-judge:{orjson.dumps([key, *judge]).decode()}")
+
+    def stats_judges(self, group_by: str, key: str) -> str:
+        """Hash `[judge model, methodology version]` → the group's pairs of that judge."""
+        return self._k(f"stats:{group_by}:judges:{key}")
 
     @property
     def pattern(self) -> str:

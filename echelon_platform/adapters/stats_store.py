@@ -28,6 +28,8 @@ from echelon_platform.domain.stats import (
     contribution,
     deltas,
     judge_totals,
+    pair_changes,
+    pair_terms,
 )
 
 # KEYS: group hash, ranked, unranked. ARGV: member ('' for the null key, which is in no index), one delta per
@@ -65,6 +67,54 @@ return 1
 """
 )
 
+# One rating pair into (sign 1) or out of (−1) an agreement set, keeping the sums `agreement_of` reads.
+# KEYS: sums hash, the set's pairs rated 1..5 (sorted by composite), the group's judges hash.
+# ARGV: sign, member, rating, composite (exact decimal), close (0/1), error, judges field ('': none).
+# Counts are taken over the other pairs; a pair already in (or already out) changes nothing.
+_MOVE_PAIR = """
+-- As an integer string: a Lua number would go as '-0' or in exponent form, which HINCRBY refuses.
+local function add(key, field, amount)
+  return redis.call('HINCRBY', key, field, string.format('%d', amount))
+end
+local sign, member, h, c = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local own = KEYS[1 + h]
+if sign < 0 then
+  if redis.call('ZREM', own, member) == 0 then return 0 end
+elseif redis.call('ZSCORE', own, member) then
+  return 0
+end
+local less, equal, greater, same = 0, 0, {}, {}
+for v = 1, 5 do
+  local lt = redis.call('ZCOUNT', KEYS[1 + v], '-inf', '(' .. c)
+  local eq = redis.call('ZCOUNT', KEYS[1 + v], c, c)
+  greater[v] = redis.call('ZCARD', KEYS[1 + v]) - lt - eq
+  same[v] = eq
+  less, equal = less + lt, equal + eq
+end
+local sums = KEYS[1]
+add(sums, 'N', sign)
+add(sums, 'close', sign * tonumber(ARGV[5]))
+add(sums, 'err', sign * tonumber(ARGV[6]))
+add(sums, 'ties', sign * (3 * equal * equal + 3 * equal))
+for v = 1, 5 do
+  local p, q = greater[v], same[v]
+  if v == h then
+    add(sums, 'n' .. v, sign)
+    p, q = p + less, q + equal + 1
+  else
+    add(sums, 'n' .. v, 0)
+  end
+  add(sums, 'P' .. v, sign * p)
+  add(sums, 'Q' .. v, sign * q)
+end
+if sign > 0 then redis.call('ZADD', own, c, member) end
+if ARGV[7] ~= '' then
+  if add(KEYS[7], ARGV[7], sign) <= 0 then redis.call('HDEL', KEYS[7], ARGV[7]) end
+end
+if tonumber(redis.call('HGET', sums, 'N')) <= 0 then redis.call('DEL', sums) end
+return 1
+"""
+
 Record = dict[str, Any]
 Change = tuple[str, Record | None, Record | None]  # run id, old record, new record
 
@@ -80,13 +130,22 @@ def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Ch
             for i, d in enumerate(delta):
                 total[i] += d
         for group_by in GROUPINGS:
-            if old is not None and old["brier"] is not None:
-                pipe.zrem(keys.stats_brier(group_by, old[group_by]), run_id)
-                pipe.hdel(keys.stats_pairs(group_by, old[group_by]), run_id)
-            if new is not None and new["brier"] is not None:
-                pipe.zadd(keys.stats_brier(group_by, new[group_by]), {run_id: new["brier"]})
-                if new["pairs"]:
-                    pipe.hset(keys.stats_pairs(group_by, new[group_by]), run_id, orjson.dumps(new["pairs"]))
+            old_key = old[group_by] if old is not None and old["brier"] is not None else None
+            new_key = new[group_by] if new is not None and new["brier"] is not None else None
+            if old_key is not None:
+                pipe.zrem(keys.stats_brier(group_by, old_key), run_id)
+            if new_key is not None:
+                pipe.zadd(keys.stats_brier(group_by, new_key), {run_id: new["brier"]})  # type: ignore[index]
+            old_pairs = old["pairs"] if old_key is not None else []  # type: ignore[index]
+            new_pairs = new["pairs"] if new_key is not None else []  # type: ignore[index]
+            if old_key == new_key:
+                removed, added = pair_changes(old_pairs, new_pairs)
+            else:
+                removed, added = pair_changes(old_pairs, [])[0], pair_changes([], new_pairs)[1]
+            for pair in removed:
+                _queue_pair(pipe, keys, group_by, str(old_key), run_id, pair, -1)
+            for pair in added:
+                _queue_pair(pipe, keys, group_by, str(new_key), run_id, pair, 1)
         if new is None:
             pipe.hdel(keys.stats_records, run_id)
         else:
@@ -99,6 +158,21 @@ def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Ch
                 keys.stats_unranked(scope, group_by),
             )
             pipe.eval(_MOVE_GROUP, 3, *group_keys, key if key is not None else "", *delta)
+
+
+def _queue_pair(
+    pipe: aioredis.client.Pipeline, keys: Keys, group_by: str, key: str, run_id: str, pair: Pair, sign: int
+) -> None:
+    """Move one rating pair in or out of its group's agreement set and its judge's."""
+    rating, composite, model, version, replay_id, user_id = pair
+    close, error = pair_terms(pair)
+    member = f"{run_id}|{replay_id}|{user_id}"
+    judges = keys.stats_judges(group_by, key)
+    for judge in (None, (model, version)):
+        sums = keys.stats_agreement(group_by, key, judge)
+        field = "" if judge is None else orjson.dumps(list(judge)).decode()
+        args = (sign, member, rating, repr(float(composite)), close, error, field)
+        pipe.eval(_MOVE_PAIR, 7, sums, *(f"{sums}:z{v}" for v in range(1, 6)), judges, *args)
 
 
 def keep_latest(current: dict[str, Any], rating: Mapping[str, Any]) -> None:
@@ -165,7 +239,8 @@ class Group:
     key: str | None
     counts: dict[str, int]
     best_brier: float | None
-    pairs: list[Pair]
+    agreement: dict[str, int]  # the group's agreement sums (see domain.stats.agreement_of)
+    by_judge: dict[tuple[str, str], dict[str, int]]
 
 
 class StatsReader:
@@ -227,26 +302,40 @@ class StatsReader:
     async def _groups(self, keys: Keys, scopes: list[str], group_by: str, page: list[str | None]) -> list[Group]:
         if not page:
             return []
-        pipe = self._rm.redis.pipeline(transaction=False)
+        redis = self._rm.redis
+        pipe = redis.pipeline(transaction=False)
         for key in page:
             for scope in scopes:
                 pipe.hgetall(keys.stats_group(scope, group_by, key))
             if key is not None:
                 pipe.zrange(keys.stats_brier(group_by, key), 0, 0, withscores=True)
-                pipe.hvals(keys.stats_pairs(group_by, key))
+                pipe.hgetall(keys.stats_agreement(group_by, key))
+                pipe.hkeys(keys.stats_judges(group_by, key))
         replies = iter(await pipe.execute())
         groups = []
+        judged: list[tuple[str, tuple[str, str]]] = []
         for key in page:
             counts = dict.fromkeys(FIELDS, 0)
             for _ in scopes:
                 for field, value in next(replies).items():
                     counts[text(field)] += int(value)
             best: float | None = None
-            pairs: list[Pair] = []
+            sums: dict[str, int] = {}
             if key is not None:
                 lowest = next(replies)
                 best = float(lowest[0][1]) if lowest else None
-                for raw in next(replies):
-                    pairs.extend((int(h), float(c), str(m), str(v)) for h, c, m, v in orjson.loads(raw))
-            groups.append(Group(key, counts, best, pairs))
+                sums = _ints(next(replies))
+                judged.extend((key, (str(m), str(v))) for m, v in map(orjson.loads, next(replies)))
+            groups.append(Group(key, counts, best, sums, {}))
+        if judged:  # one more round trip for the groups' per-judge sums (a few judges per group)
+            pipe = redis.pipeline(transaction=False)
+            for key, judge in judged:
+                pipe.hgetall(keys.stats_agreement(group_by, key, judge))
+            by_key = {g.key: g for g in groups}
+            for (key, judge), raw in zip(judged, await pipe.execute(), strict=True):
+                by_key[key].by_judge[judge] = _ints(raw)
         return groups
+
+
+def _ints(raw: Mapping[Any, Any]) -> dict[str, int]:
+    return {text(k): int(v) for k, v in raw.items()}

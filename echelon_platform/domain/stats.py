@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any, Literal
 
-from echelon_platform.domain.agreement import Agreement, agreement
+from echelon_platform.domain.agreement import Agreement, judge_step
 from echelon_platform.domain.certificate import weighted_composite
 from echelon_platform.domain.projections import RunState, Status
 
@@ -48,8 +49,10 @@ LATENCY_SCALE = 10**6
 COST_SCALE = 10**9
 PUBLIC, ALL = "public", "all"
 
-# (rating 1–5, the judge's composite of the rated replay, judge model, methodology version)
-Pair = tuple[int, float, str, str]
+ERROR_SCALE = 10**9  # |(rating − 1)/4 − composite| to 1e-9 (the mean is shown to 1e-6)
+
+# (rating 1–5, the judge's composite of the rated replay, judge model, methodology version, replay, person)
+Pair = tuple[int, float, str, str, str, str]
 
 
 def user_scope(user_id: str) -> str:
@@ -114,6 +117,8 @@ def contribution(
                         composite,
                         str(score["scoring_model"]),
                         str(cert.get("methodology_version", "")),
+                        str(rating["replay_id"]),
+                        str(rating["user_id"]),
                     )
                 )
         pairs.sort()
@@ -150,13 +155,47 @@ def deltas(
     return {group: moved for group, moved in out.items() if any(moved)}
 
 
-def human_agreement(pairs: Sequence[Pair]) -> tuple[Agreement, float | None, dict[tuple[str, str], Agreement]]:
-    """Over a group's pairs: overall agreement, mean |(rating − 1)/4 − composite|, and agreement per
-    (judge model, methodology version)."""
-    simple = [(h, c) for h, c, _, _ in pairs]
-    errors = [abs((h - 1) / 4 - c) for h, c in simple]
-    mae = round(math.fsum(errors) / len(errors), 6) if errors else None
-    by_judge: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for h, c, model, version in pairs:
-        by_judge.setdefault((model, version), []).append((h, c))
-    return agreement(simple), mae, {judge: agreement(p) for judge, p in sorted(by_judge.items())}
+def pair_changes(old: Sequence[Sequence[Any]], new: Sequence[Sequence[Any]]) -> tuple[list[Pair], list[Pair]]:
+    """(pairs to remove, pairs to add) when a run's rating pairs go from `old` to `new`."""
+    before = {tuple(p) for p in old}
+    after = {tuple(p) for p in new}
+    return sorted(before - after), sorted(after - before)
+
+
+def pair_terms(pair: Pair) -> tuple[int, int]:
+    """What a pair adds to its agreement sums: within one step (0/1), the error × ERROR_SCALE."""
+    h, c = pair[0], pair[1]
+    return int(abs(h - judge_step(c)) <= 1), round(abs((h - 1) / 4 - c) * ERROR_SCALE)
+
+
+def agreement_of(sums: Mapping[str, int]) -> tuple[Agreement, float | None]:
+    """Agreement (and mean error) from an agreement set's sums, kept by the read models' Lua as pairs come and
+    go: N; per rating v, n_v, P_v = Σ #{pairs with a smaller composite} and Q_v = Σ #{pairs with an equal
+    composite, itself included} over the pairs rated v; ties = Σ (t³ − t) over equal composites; close; err.
+
+    Spearman's ρ is the Pearson correlation of average ranks: a pair's composite rank is L + (E + 1)/2, a
+    rating's is N_<v + (n_v + 1)/2, and the variance of average ranks is ((N³ − N) − Σ(t³ − t)) / 12; exact
+    rationals up to the final division, as `agreement.spearman` computes it with ties."""
+    n = sums.get("N", 0)
+    if n <= 0:
+        return Agreement(ratings=0, spearman=None, within_one=None), None
+    within = round(sums.get("close", 0) / n, 6)
+    mae = round(sums.get("err", 0) / ERROR_SCALE / n, 6)
+    counts = [sums.get(f"n{v}", 0) for v in range(1, 6)]
+    rho: float | None = None
+    if n >= 2:
+        below = 0
+        products = Fraction(0)
+        for v in range(1, 6):
+            n_v = counts[v - 1]
+            rating_rank = Fraction(2 * below + n_v + 1, 2)
+            composite_ranks = sums.get(f"P{v}", 0) + Fraction(sums.get(f"Q{v}", 0) + n_v, 2)
+            products += rating_rank * composite_ranks
+            below += n_v
+        mean_square = n * Fraction(n + 1, 2) ** 2
+        cov = products - mean_square
+        vx = Fraction(n**3 - n - sum(c**3 - c for c in counts), 12)
+        vy = Fraction(n**3 - n - sums.get("ties", 0), 12)
+        if vx > 0 and vy > 0:
+            rho = round(float(cov) / math.sqrt(float(vx * vy)), 6)
+    return Agreement(ratings=n, spearman=rho, within_one=within), mae
