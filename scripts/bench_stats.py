@@ -6,7 +6,7 @@ Two isolated read-model sets are seeded through the coordinator's own projection
 batches of 256): `--runs` runs (a quarter certified, with a logged judge call and a rating each; the rest
 failed or still running) over 200 constructs and two judge models, and `--small` runs of the same mix. Each
 set is served by its own `echelon` API process (uvicorn, as deployed, the /stats rate limit lifted), and
-`wrk` measures anonymous `/stats` (both groupings) at c=1 and c=8, the sets alternating, two rounds. The
+`wrk` measures anonymous `/stats` (both groupings) at c=1 and c=8, the sets alternating, three rounds. The
 ratio large/small of p99 is the figure that matters: the projected aggregates make it independent of the
 number of runs. For comparison, the scan `/stats` did before (`api/stats_scan.py`) is timed in-process on
 both sets. Uses the configured NATS_URL/DATABASE_URL/REDIS_URL, else embedded servers.
@@ -29,7 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the test factories
 
+import asyncpg
+
 from api.stats_scan import leaderboard
+from echelon.embedded import StackUrls
 from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, BulkReader, ReadModels
 from echelon_platform.adapters.readmodel_writer import Checkpoint, Projector, checkpoint_key
 from echelon_platform.config import Settings
@@ -51,6 +54,7 @@ from tests.factories import T0, requested, score
 from tests.integration.test_api_support import free_port
 
 BATCH = 256
+ROUNDS = 3  # the sets alternate; each figure is the median over the rounds
 
 
 def run_log(i: int, rng: random.Random) -> Iterator[Envelope]:
@@ -157,6 +161,51 @@ async def scan_ms(settings: Settings, rounds: int = 3) -> float:
     return round(statistics.median(times), 1)
 
 
+async def discard(settings: Settings, urls: StackUrls) -> None:
+    """Drop the set's keys and database."""
+    async with ReadModels(str(settings.redis_url), settings.redis_prefix) as rm:
+        batch = [key async for key in rm.redis.scan_iter(match=f"{settings.redis_prefix}*", count=5000)]
+        for i in range(0, len(batch), 1000):
+            await rm.redis.unlink(*batch[i : i + 1000])
+    conn = await asyncpg.connect(urls.database_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{str(settings.database_url).rsplit("/", 1)[1]}"')
+    finally:
+        await conn.close()
+
+
+async def measure(args: argparse.Namespace, large: Settings, small: Settings) -> dict[str, Any]:
+    seeded = {"large": await seed(large, args.runs), "small": await seed(small, args.small)}
+    scans = {"large": await scan_ms(large), "small": await scan_ms(small)}
+    ports = {"large": free_port(), "small": free_port()}
+    envs = {"large": server_env(large), "small": server_env(small)}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {"large": {}, "small": {}}
+    async with (
+        uvicorn_process("api.asgi:build_app", ports["large"], envs["large"]) as url_large,
+        uvicorn_process("api.asgi:build_app", ports["small"], envs["small"]) as url_small,
+    ):
+        bases = {"large": url_large, "small": url_small}
+        for _ in range(ROUNDS):
+            for c in (1, 8):
+                for group_by in ("construct_id", "scoring_model"):
+                    for name in ("large", "small"):
+                        url = f"{bases[name]}/api/v1/verification/stats?group_by={group_by}"
+                        got = await asyncio.to_thread(wrk, url, {}, c, args.seconds)
+                        results[name].setdefault(f"c{c}:{group_by}", []).append(got)
+    report: dict[str, Any] = {"seeded": seeded, "old_scan_ms": scans, "stats": {}}
+    for key in results["large"]:
+        p99 = {n: statistics.median(r["p99_ms"] for r in results[n][key]) for n in results}
+        p50 = {n: statistics.median(r["p50_ms"] for r in results[n][key]) for n in results}
+        bad = sum(r["non_2xx"] for n in results for r in results[n][key])
+        report["stats"][key] = {
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "p99_ratio_large_over_small": round(p99["large"] / p99["small"], 2),
+            "non_2xx": bad,
+        }
+    return report
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=20_000)
@@ -167,35 +216,11 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with servers(base, Path(tmp)) as (urls, _):
             large, small = await isolated(base, urls), await isolated(base, urls)
-            seeded = {"large": await seed(large, args.runs), "small": await seed(small, args.small)}
-            scans = {"large": await scan_ms(large), "small": await scan_ms(small)}
-            ports = {"large": free_port(), "small": free_port()}
-            envs = {"large": server_env(large), "small": server_env(small)}
-            results: dict[str, dict[str, list[dict[str, float]]]] = {"large": {}, "small": {}}
-            async with (
-                uvicorn_process("api.asgi:build_app", ports["large"], envs["large"]) as url_large,
-                uvicorn_process("api.asgi:build_app", ports["small"], envs["small"]) as url_small,
-            ):
-                bases = {"large": url_large, "small": url_small}
-                for _ in range(2):
-                    for c in (1, 8):
-                        for group_by in ("construct_id", "scoring_model"):
-                            for name in ("large", "small"):
-                                url = f"{bases[name]}/api/v1/verification/stats?group_by={group_by}"
-                                got = await asyncio.to_thread(wrk, url, {}, c, args.seconds)
-                                results[name].setdefault(f"c{c}:{group_by}", []).append(got)
-            report: dict[str, Any] = {"seeded": seeded, "old_scan_ms": scans, "stats": {}}
-            for key in results["large"]:
-                p99 = {n: statistics.median(r["p99_ms"] for r in results[n][key]) for n in results}
-                p50 = {n: statistics.median(r["p50_ms"] for r in results[n][key]) for n in results}
-                bad = sum(r["non_2xx"] for n in results for r in results[n][key])
-                report["stats"][key] = {
-                    "p50_ms": p50,
-                    "p99_ms": p99,
-                    "p99_ratio_large_over_small": round(p99["large"] / p99["small"], 2),
-                    "non_2xx": bad,
-                }
-            print(json.dumps(report, indent=2))
+            try:
+                print(json.dumps(await measure(args, large, small), indent=2))
+            finally:
+                for settings in (large, small):
+                    await discard(settings, urls)
 
 
 if __name__ == "__main__":

@@ -264,6 +264,7 @@ class StatsReader:
             keys.stats_unranked(scope, group_by)
         )
         pipe.exists(keys.stats_group(scope, group_by, None))
+        pipe.zrange(keys.stats_ranked(scope, group_by), offset, offset + limit - 1)  # the usual page: ranked
         if extra is not None:
             pipe.zrange(keys.stats_ranked(extra, group_by), 0, -1)
             pipe.zrange(keys.stats_unranked(extra, group_by), 0, -1)
@@ -272,8 +273,8 @@ class StatsReader:
         ranked_total, unranked, has_null = int(replies[0]), replies[1], bool(replies[2])
         unranked_keys: list[str] | None = None
         if extra is not None:
-            own = [text(m) for m in (*replies[3], *replies[4])]
-            has_null = has_null or bool(replies[5])
+            own = [text(m) for m in (*replies[4], *replies[5])]
+            has_null = has_null or bool(replies[6])
             pipe = redis.pipeline(transaction=False)
             for key in own:
                 pipe.zscore(keys.stats_ranked(scope, group_by), key)
@@ -284,10 +285,7 @@ class StatsReader:
             unranked_count = int(unranked)
         total = ranked_total + unranked_count + int(has_null)
         end = min(offset + limit, total)
-        page: list[str | None] = []
-        if offset < ranked_total:
-            members = await redis.zrange(keys.stats_ranked(scope, group_by), offset, min(end, ranked_total) - 1)
-            page.extend(text(m) for m in members)
+        page: list[str | None] = [text(m) for m in replies[3]]
         first, last = max(offset - ranked_total, 0), min(end - ranked_total, unranked_count)
         if first < last:
             if unranked_keys is not None:
