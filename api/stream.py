@@ -356,7 +356,7 @@ async def stream(websocket: WebSocket) -> None:
     with structlog.contextvars.bound_contextvars(connection_id=str(ULID())):
         with pending.hold(address) as refused:
             if refused is not None:
-                log.warning("stream.refused", reason=refused)
+                log.debug("stream.refused", reason=refused)  # not per attempt at warning: a flood would flood the log
                 await _close(websocket, CLOSE_TRY_LATER, refused, options.ws_close_timeout_s)
                 return
             user = await _authenticate(websocket, settings, services, options)
