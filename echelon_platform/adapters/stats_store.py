@@ -120,8 +120,13 @@ Change = tuple[str, Record | None, Record | None]  # run id, old record, new rec
 
 
 def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Change]) -> None:
-    """Queue the writes that move the aggregates from every run's old record to its new one."""
+    """Queue the writes that move the aggregates from every run's old record to its new one: a few multi-key
+    commands per call (a rebuild writes thousands of runs per call), one Lua call per moved group and pair."""
     moved: dict[tuple[str, GroupBy, str | None], list[int]] = {}
+    written: dict[str, bytes] = {}
+    dropped: list[str] = []
+    leaving: dict[str, list[str]] = {}  # Brier sorted set → runs to remove (before any is added)
+    joining: dict[str, dict[str, float]] = {}
     for run_id, old, new in changes:
         if old == new:
             continue
@@ -133,9 +138,9 @@ def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Ch
             old_key = old[group_by] if old is not None and old["brier"] is not None else None
             new_key = new[group_by] if new is not None and new["brier"] is not None else None
             if old_key is not None:
-                pipe.zrem(keys.stats_brier(group_by, old_key), run_id)
+                leaving.setdefault(keys.stats_brier(group_by, old_key), []).append(run_id)
             if new_key is not None:
-                pipe.zadd(keys.stats_brier(group_by, new_key), {run_id: new["brier"]})  # type: ignore[index]
+                joining.setdefault(keys.stats_brier(group_by, new_key), {})[run_id] = new["brier"]  # type: ignore[index]
             old_pairs = old["pairs"] if old_key is not None else []  # type: ignore[index]
             new_pairs = new["pairs"] if new_key is not None else []  # type: ignore[index]
             if old_key == new_key:
@@ -147,9 +152,17 @@ def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Ch
             for pair in added:
                 _queue_pair(pipe, keys, group_by, str(new_key), run_id, pair, 1)
         if new is None:
-            pipe.hdel(keys.stats_records, run_id)
+            dropped.append(run_id)
         else:
-            pipe.hset(keys.stats_records, run_id, orjson.dumps(new))
+            written[run_id] = orjson.dumps(new)
+    for brier, runs in leaving.items():
+        pipe.zrem(brier, *runs)
+    for brier, scores in joining.items():
+        pipe.zadd(brier, scores)
+    if dropped:
+        pipe.hdel(keys.stats_records, *dropped)
+    if written:
+        pipe.hset(keys.stats_records, mapping=written)  # type: ignore[arg-type]
     for (scope, group_by, key), delta in sorted(moved.items(), key=lambda item: repr(item[0])):
         if any(delta):
             group_keys = (
