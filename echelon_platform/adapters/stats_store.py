@@ -10,7 +10,8 @@ and a partition's repair all reach the same keys and values whatever order the e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,88 +33,147 @@ from echelon_platform.domain.stats import (
     pair_terms,
 )
 
-# KEYS: group hash, ranked, unranked. ARGV: member ('' for the null key, which is in no index), one delta per
-# field. Every field is incremented, zeros too, so a group hash always holds every field.
+# Per operation: keys group hash, ranked, unranked; args member ('' for the null key, which is in no index),
+# one delta per field. Every field is incremented, zeros too, so a group hash always holds every field.
 _MOVE_GROUP = (
     "local fields = {"
     + ", ".join(f"'{f}'" for f in FIELDS)
     + "}\n"
     + f"local unit = {COMPOSITE_SCALE // 10**6}\n"
     + """
-for i = 1, #fields do
-  redis.call('HINCRBY', KEYS[1], fields[i], ARGV[i + 1])
-end
-local member = ARGV[1]
-if tonumber(redis.call('HGET', KEYS[1], 'n')) <= 0 then
-  redis.call('DEL', KEYS[1])
+local function op(K, A)
+  for i = 1, #fields do
+    redis.call('HINCRBY', K[1], fields[i], A[i + 1])
+  end
+  local member = A[1]
+  if tonumber(redis.call('HGET', K[1], 'n')) <= 0 then
+    redis.call('DEL', K[1])
+    if member ~= '' then
+      redis.call('ZREM', K[2], member)
+      redis.call('ZREM', K[3], member)
+    end
+    return
+  end
   if member ~= '' then
-    redis.call('ZREM', KEYS[2], member)
-    redis.call('ZREM', KEYS[3], member)
-  end
-  return 0
-end
-if member ~= '' then
-  local certs = tonumber(redis.call('HGET', KEYS[1], 'certs'))
-  if certs > 0 then
-    local composite = tonumber(redis.call('HGET', KEYS[1], 'composite'))
-    redis.call('ZADD', KEYS[2], -math.floor(composite / (certs * unit) + 0.5), member)
-    redis.call('ZREM', KEYS[3], member)
-  else
-    redis.call('ZADD', KEYS[3], 0, member)
-    redis.call('ZREM', KEYS[2], member)
+    local certs = tonumber(redis.call('HGET', K[1], 'certs'))
+    if certs > 0 then
+      local composite = tonumber(redis.call('HGET', K[1], 'composite'))
+      redis.call('ZADD', K[2], -math.floor(composite / (certs * unit) + 0.5), member)
+      redis.call('ZREM', K[3], member)
+    else
+      redis.call('ZADD', K[3], 0, member)
+      redis.call('ZREM', K[2], member)
+    end
   end
 end
-return 1
 """
 )
 
 # One rating pair into (sign 1) or out of (−1) an agreement set, keeping the sums `agreement_of` reads.
-# KEYS: sums hash, the set's pairs rated 1..5 (sorted by composite), the group's judges hash.
-# ARGV: sign, member, rating, composite (exact decimal), close (0/1), error, judges field ('': none).
+# Per operation: keys sums hash, the set's pairs rated 1..5 (sorted by composite), the group's judges hash;
+# args sign, member, rating, composite (exact decimal), close (0/1), error, judges field ('': none).
 # Counts are taken over the other pairs; a pair already in (or already out) changes nothing.
 _MOVE_PAIR = """
 -- As an integer string: a Lua number would go as '-0' or in exponent form, which HINCRBY refuses.
 local function add(key, field, amount)
   return redis.call('HINCRBY', key, field, string.format('%d', amount))
 end
-local sign, member, h, c = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local own = KEYS[1 + h]
-if sign < 0 then
-  if redis.call('ZREM', own, member) == 0 then return 0 end
-elseif redis.call('ZSCORE', own, member) then
-  return 0
-end
-local less, equal, greater, same = 0, 0, {}, {}
-for v = 1, 5 do
-  local lt = redis.call('ZCOUNT', KEYS[1 + v], '-inf', '(' .. c)
-  local eq = redis.call('ZCOUNT', KEYS[1 + v], c, c)
-  greater[v] = redis.call('ZCARD', KEYS[1 + v]) - lt - eq
-  same[v] = eq
-  less, equal = less + lt, equal + eq
-end
-local sums = KEYS[1]
-add(sums, 'N', sign)
-add(sums, 'close', sign * tonumber(ARGV[5]))
-add(sums, 'err', sign * tonumber(ARGV[6]))
-add(sums, 'ties', sign * (3 * equal * equal + 3 * equal))
-for v = 1, 5 do
-  local p, q = greater[v], same[v]
-  if v == h then
-    add(sums, 'n' .. v, sign)
-    p, q = p + less, q + equal + 1
-  else
-    add(sums, 'n' .. v, 0)
+local function op(K, A)
+  local sign, member, h, c = tonumber(A[1]), A[2], tonumber(A[3]), A[4]
+  local own = K[1 + h]
+  if sign < 0 then
+    if redis.call('ZREM', own, member) == 0 then return end
+  elseif redis.call('ZSCORE', own, member) then
+    return
   end
-  add(sums, 'P' .. v, sign * p)
-  add(sums, 'Q' .. v, sign * q)
+  local less, equal, greater, same = 0, 0, {}, {}
+  for v = 1, 5 do
+    local lt = redis.call('ZCOUNT', K[1 + v], '-inf', '(' .. c)
+    local eq = redis.call('ZCOUNT', K[1 + v], c, c)
+    greater[v] = redis.call('ZCARD', K[1 + v]) - lt - eq
+    same[v] = eq
+    less, equal = less + lt, equal + eq
+  end
+  local sums = K[1]
+  add(sums, 'N', sign)
+  add(sums, 'close', sign * tonumber(A[5]))
+  add(sums, 'err', sign * tonumber(A[6]))
+  add(sums, 'ties', sign * (3 * equal * equal + 3 * equal))
+  for v = 1, 5 do
+    local p, q = greater[v], same[v]
+    if v == h then
+      add(sums, 'n' .. v, sign)
+      p, q = p + less, q + equal + 1
+    else
+      add(sums, 'n' .. v, 0)
+    end
+    add(sums, 'P' .. v, sign * p)
+    add(sums, 'Q' .. v, sign * q)
+  end
+  if sign > 0 then redis.call('ZADD', own, c, member) end
+  if A[7] ~= '' then
+    if add(K[7], A[7], sign) <= 0 then redis.call('HDEL', K[7], A[7]) end
+  end
+  if tonumber(redis.call('HGET', sums, 'N')) <= 0 then redis.call('DEL', sums) end
 end
-if sign > 0 then redis.call('ZADD', own, c, member) end
-if ARGV[7] ~= '' then
-  if add(KEYS[7], ARGV[7], sign) <= 0 then redis.call('HDEL', KEYS[7], ARGV[7]) end
-end
-if tonumber(redis.call('HGET', sums, 'N')) <= 0 then redis.call('DEL', sums) end
-return 1
 """
+
+
+@dataclass(eq=False)
+class _Script:
+    """A script a pipeline runs by its hash: redis-py loads the pipeline's `scripts` before executing it (also
+    after a Redis restart emptied the script cache), so no call sends the whole text."""
+
+    script: str
+    sha: str
+
+
+def _batched(op: str, keys_per_op: int, args_per_op: int) -> _Script:
+    """A script applying `op(K, A)` to each operation of a call: one command for many, as redis-py's cost is
+    per command."""
+    text = (
+        op
+        + f"local nk, na = {keys_per_op}, {args_per_op}\n"
+        + """
+for i = 0, #ARGV / na - 1 do
+  local K, A = {}, {}
+  for j = 1, nk do K[j] = KEYS[i * nk + j] end
+  for j = 1, na do A[j] = ARGV[i * na + j] end
+  op(K, A)
+end
+return 0
+"""
+    )
+    return _named(text)
+
+
+def _named(text: str) -> _Script:
+    return _Script(text, hashlib.sha1(text.encode()).hexdigest())
+
+
+_GROUP_SCRIPT = _batched(_MOVE_GROUP, 3, 1 + len(FIELDS))
+_PAIR_SCRIPT = _batched(_MOVE_PAIR, 7, 7)
+OPS_PER_CALL = 200  # operations per script call: bounded replies and argument lists
+
+
+class _Calls:
+    """Operations collected per script, queued as few calls."""
+
+    def __init__(self) -> None:
+        self.ops: dict[int, tuple[_Script, list[tuple[Sequence[str], Sequence[Any]]]]] = {}
+
+    def add(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        self.ops.setdefault(id(script), (script, []))[1].append((keys, args))
+
+    def queue(self, pipe: aioredis.client.Pipeline) -> None:
+        for script, ops in self.ops.values():
+            pipe.scripts.add(script)  # type: ignore[arg-type]
+            for i in range(0, len(ops), OPS_PER_CALL):
+                chunk = ops[i : i + OPS_PER_CALL]
+                keys = [k for op_keys, _ in chunk for k in op_keys]
+                args = [a for _, op_args in chunk for a in op_args]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+
 
 Record = dict[str, Any]
 Change = tuple[str, Record | None, Record | None]  # run id, old record, new record
@@ -127,6 +187,7 @@ def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Ch
     dropped: list[str] = []
     leaving: dict[str, list[str]] = {}  # Brier sorted set → runs to remove (before any is added)
     joining: dict[str, dict[str, float]] = {}
+    calls = _Calls()
     for run_id, old, new in changes:
         if old == new:
             continue
@@ -148,9 +209,9 @@ def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Ch
             else:
                 removed, added = pair_changes(old_pairs, [])[0], pair_changes([], new_pairs)[1]
             for pair in removed:
-                _queue_pair(pipe, keys, group_by, str(old_key), run_id, pair, -1)
+                _queue_pair(calls, keys, group_by, str(old_key), run_id, pair, -1)
             for pair in added:
-                _queue_pair(pipe, keys, group_by, str(new_key), run_id, pair, 1)
+                _queue_pair(calls, keys, group_by, str(new_key), run_id, pair, 1)
         if new is None:
             dropped.append(run_id)
         else:
@@ -170,12 +231,11 @@ def queue_stats(pipe: aioredis.client.Pipeline, keys: Keys, changes: Iterable[Ch
                 keys.stats_ranked(scope, group_by),
                 keys.stats_unranked(scope, group_by),
             )
-            pipe.eval(_MOVE_GROUP, 3, *group_keys, key if key is not None else "", *delta)
+            calls.add(_GROUP_SCRIPT, group_keys, (key if key is not None else "", *delta))
+    calls.queue(pipe)
 
 
-def _queue_pair(
-    pipe: aioredis.client.Pipeline, keys: Keys, group_by: str, key: str, run_id: str, pair: Pair, sign: int
-) -> None:
+def _queue_pair(calls: _Calls, keys: Keys, group_by: str, key: str, run_id: str, pair: Pair, sign: int) -> None:
     """Move one rating pair in or out of its group's agreement set and its judge's."""
     rating, composite, model, version, replay_id, user_id = pair
     close, error = pair_terms(pair)
@@ -185,7 +245,7 @@ def _queue_pair(
         sums = keys.stats_agreement(group_by, key, judge)
         field = "" if judge is None else orjson.dumps(list(judge)).decode()
         args = (sign, member, rating, repr(float(composite)), close, error, field)
-        pipe.eval(_MOVE_PAIR, 7, sums, *(f"{sums}:z{v}" for v in range(1, 6)), judges, *args)
+        calls.add(_PAIR_SCRIPT, (sums, *(f"{sums}:z{v}" for v in range(1, 6)), judges), args)
 
 
 def keep_latest(current: dict[str, Any], rating: Mapping[str, Any]) -> None:
@@ -209,33 +269,51 @@ class RunInputs:
         return contribution(state, self.certificate, self.ratings.values(), judge_totals(self.judge.values()))
 
 
+# Per run (ARGV: run id, 1 when it has a public certificate; KEYS: records hash, then per run its judge calls,
+# certificate and ratings keys): record, judge calls, certificate, ratings. One command for a whole batch.
+_READ_INPUTS = _named(
+    """
+local out = {}
+for i = 1, #ARGV / 2 do
+  local run, certified, k = ARGV[2 * i - 1], ARGV[2 * i] == '1', 1 + 3 * (i - 1)
+  local row = {redis.call('HGET', KEYS[1], run), redis.call('HGETALL', KEYS[k + 1]), false, {}}
+  if certified then
+    row[3] = redis.call('GET', KEYS[k + 2])
+    row[4] = redis.call('HGETALL', KEYS[k + 3])
+  end
+  out[i] = row
+end
+return out
+"""
+)
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
+    return {text(flat[i]): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
 async def read_inputs(redis: aioredis.Redis, keys: Keys, states: Mapping[str, RunState]) -> dict[str, RunInputs]:
-    """Each run's record, public certificate, ratings and judge calls as stored (one round trip)."""
+    """Each run's record, public certificate, ratings and judge calls as stored (one command per 200 runs)."""
     runs = list(states)
     if not runs:
         return {}
     pipe = redis.pipeline(transaction=False)
-    pipe.hmget(keys.stats_records, runs)
-    for run_id in runs:
-        pipe.hgetall(keys.judge_calls(run_id))
-        cert_id = states[run_id].certificate_id
-        if cert_id is not None:
-            pipe.get(keys.cert(cert_id))
-            pipe.hgetall(keys.ratings(cert_id))
-    replies = iter(await pipe.execute())
-    records = next(replies)
+    pipe.scripts.add(_READ_INPUTS)  # type: ignore[arg-type]
+    for i in range(0, len(runs), OPS_PER_CALL):
+        call_keys, args = [keys.stats_records], []
+        for run_id in runs[i : i + OPS_PER_CALL]:
+            cert_id = states[run_id].certificate_id or ""
+            call_keys += [keys.judge_calls(run_id), keys.cert(cert_id), keys.ratings(cert_id)]
+            args += [run_id, "1" if cert_id else "0"]
+        pipe.evalsha(_READ_INPUTS.sha, len(call_keys), *call_keys, *args)
+    rows = [row for reply in await pipe.execute() for row in reply]
     out: dict[str, RunInputs] = {}
-    for run_id, raw in zip(runs, records, strict=True):
-        judge = {text(k): orjson.loads(v) for k, v in next(replies).items()}
-        cert = ratings = None
-        if states[run_id].certificate_id is not None:
-            cert_raw, ratings = next(replies), next(replies)
-            cert = orjson.loads(cert_raw) if cert_raw else None
+    for run_id, (record, judge, cert, ratings) in zip(runs, rows, strict=True):
         out[run_id] = RunInputs(
-            record=orjson.loads(raw) if raw else None,
-            certificate=cert,
-            ratings={text(k): orjson.loads(v) for k, v in (ratings or {}).items()},
-            judge=judge,
+            record=orjson.loads(record) if record else None,
+            certificate=orjson.loads(cert) if cert else None,
+            ratings=_pairs(ratings),
+            judge=_pairs(judge),
         )
     return out
 
