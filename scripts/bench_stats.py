@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -30,6 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the test factories
 
 import asyncpg
+import nats
+import nats.js.errors
 
 from api.stats_scan import leaderboard
 from echelon.embedded import StackUrls
@@ -162,7 +165,13 @@ async def scan_ms(settings: Settings, rounds: int = 3) -> float:
 
 
 async def discard(settings: Settings, urls: StackUrls) -> None:
-    """Drop the set's keys and database."""
+    """Drop the set's keys, stream (its API created it) and database."""
+    nc = await nats.connect(urls.nats_url)
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await nc.jetstream().delete_stream(settings.stream_name)
+    finally:
+        await nc.close()
     async with ReadModels(str(settings.redis_url), settings.redis_prefix) as rm:
         batch = [key async for key in rm.redis.scan_iter(match=f"{settings.redis_prefix}*", count=5000)]
         for i in range(0, len(batch), 1000):
