@@ -10,21 +10,25 @@ import nats.errors
 import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api import certificates, history, methodology, readiness, runs, signin, stats, stream
 from api.admission import RunAdmission
 from api.auth import TokenCache
 from api.body_limit import BodySizeLimit
+from api.cors import install_cors
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
 from api.fanout import PendingSockets
+from api.json_body import JsonBodyGuard
 from api.limits import RateLimiter, RecentRuns
 from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
-from echelon_platform.adapters.readmodel_store import OwnerReader, RunReader
+from api.validation_errors import validation_error_answer
+from echelon_platform.adapters.readmodel_store import Freshness, OwnerReader, RunReader
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
@@ -89,9 +93,10 @@ def _attach(app: FastAPI, services: Services) -> RedisLane:
     app.state.services = services
     # The hot routes' Redis round trips share one pipelined connection (api/admission.py, GET /runs/{id}).
     lane = RedisLane(services.read_models.redis)
-    app.state.run_reader = RunReader(services.read_models, lane)
+    freshness = Freshness.of(app.state.settings.redis_prefix, app.state.settings.partitioning)
+    app.state.run_reader = RunReader(services.read_models, lane, freshness=freshness)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
-    app.state.signing_keys = PublishedKeys(services.store)
+    app.state.signing_keys = PublishedKeys(services.store, app.state.settings)
     redis = services.read_models.redis
     prefix = app.state.settings.redis_prefix
     app.state.run_admission = RunAdmission(
@@ -153,7 +158,9 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(signin.router)
     app.include_router(history.router)
     install_dashboard(app)
+    app.add_middleware(JsonBodyGuard)  # strict, shallow JSON before any route decodes a body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_cors(app, settings)  # outside the body limit: a preflight is answered before anything is read
     app.add_middleware(RequestContext)  # outermost: a 413 is logged and measured like any response
 
     @app.exception_handler(EchelonError)
@@ -173,6 +180,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
         log.error("api.unavailable", error=str(exc) or type(exc).__name__, path=request.url.path)
         return JSONResponse({"detail": "a backing service is unavailable; retry shortly"}, status_code=503)
 
+    app.add_exception_handler(RequestValidationError, validation_error_answer)  # never echoes secrets
     app.add_exception_handler(redis.exceptions.ConnectionError, _infrastructure)
     app.add_exception_handler(redis.exceptions.TimeoutError, _infrastructure)
     app.add_exception_handler(nats.errors.Error, _infrastructure)
@@ -193,8 +201,10 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
 
     @app.get("/readyz", tags=["ops"], response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz(request: Request) -> JSONResponse:
-        """NATS connected, Postgres and Redis reachable, the writer keeping up, read models not rebuilding;
-        503 names what is not."""
+        """Ready means serving what the log says (api/readiness.py): NATS, Postgres and Redis reachable, the
+        stream and every durable consumer present, the writer neither stalled nor far behind, the read models
+        level with the log (checkpoint present, no rebuild pending or running). Answers within
+        `ECHELON_READY_TIMEOUT_S` whatever hangs; 503 names every check that fails."""
         report = await readiness.check(request.app.state.services, settings)
         body = Readiness(ready=report.ready, checks=report.checks).model_dump()
         return JSONResponse(body, status_code=200 if report.ready else 503)

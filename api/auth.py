@@ -11,13 +11,22 @@ from datetime import UTC, datetime
 
 import jwt
 import redis.asyncio as aioredis
+import structlog
 from cachetools import TLRUCache
 
 from api.nonces import NonceStore
 from api.tokens import issue_jwt as issue_jwt  # re-exported: callers mint and check tokens here
 from api.wallet import SiweBinding, WalletProof, verify_proof, wallet_user_id
 from echelon_platform.config import Settings
+from echelon_platform.domain.identity import (
+    WALLET_SUBJECT_PREFIX,
+    is_wallet_subject,
+    signed_in_with_wallet,
+    subject_problem,
+)
 from echelon_platform.errors import AuthError
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +52,27 @@ def _decode(token: str, secret: str, algorithm: str) -> tuple[Principal, float]:
         raise AuthError("token expired: sign in again") from exc
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"invalid token: {exc}") from exc
+    except (jwt.PyJWTError, ValueError, RecursionError) as exc:
+        # A key PyJWT refuses (InvalidKeyError) is the server's to fix, never the caller's 500; the settings
+        # refuse such a secret at start (check_api_exposure), this is the last line.
+        log.error("api.jwt_unverifiable", error=type(exc).__name__)
+        raise AuthError("invalid token: it cannot be verified") from exc
     if claims.get("type") == "refresh":
         raise AuthError("refresh tokens cannot be used to call the API; use an access token")
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
-        raise AuthError("token has no subject")
-    expires = float(claims["exp"])
+    problem = subject_problem(sub)
+    if problem is not None:
+        raise AuthError(problem)
+    assert isinstance(sub, str)
+    if is_wallet_subject(sub) and not signed_in_with_wallet(claims):
+        raise AuthError(
+            f"invalid token: {WALLET_SUBJECT_PREFIX!r} user ids are reserved for wallet sign-in "
+            "(POST /api/v1/auth/session); a token minted for one is not that wallet"
+        )
+    try:
+        expires = float(claims["exp"])
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise AuthError("invalid token: `exp` is not a usable time") from exc
     return Principal(user_id=sub, is_admin=claims.get("role") == "admin", expires_at=expires), expires
 
 

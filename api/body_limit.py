@@ -29,7 +29,7 @@ class BodySizeLimit:
             if name == b"content-length":
                 declared = value.decode("latin-1").strip()
                 if declared.isdigit() and int(declared) > self.max_bytes:
-                    await self._refuse(send, BodyTooLarge(self.max_bytes).detail)
+                    await send_detail(send, 413, BodyTooLarge(self.max_bytes).detail)
                     return
         received = 0
         started = False
@@ -54,11 +54,12 @@ class BodySizeLimit:
         except BodyTooLarge as exc:  # raised outside a FastAPI route (nothing answered yet)
             if started:
                 raise
-            await self._refuse(send, exc.detail)
+            await send_detail(send, 413, exc.detail)
 
-    @staticmethod
-    async def _refuse(send: Send, detail: str) -> None:
-        body = orjson.dumps({"detail": detail})
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+
+async def send_detail(send: Send, status: int, detail: str) -> None:
+    """Answer `{"detail": ...}` from ASGI middleware, outside any route."""
+    body = orjson.dumps({"detail": detail})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -106,12 +106,22 @@ class VerifyResult(BaseModel):
     valid: bool = Field(description="All three checks passed")
 
 
+class KeyEndorsement(BaseModel):
+    endorsed_by: str = Field(description="Id of the trusted key that vouches for this one")
+    signature: str = Field(
+        description="Ed25519 by `endorsed_by` over `echelon signing key endorsement v1\\n` + key_id, base64url"
+    )
+
+
 class PublicKeyView(BaseModel):
     key_id: str = Field(description="SHA-256 (hex) of the raw public key")
     algorithm: Literal["Ed25519"]
     public_key: str = Field(description="The raw 32-byte public key, base64url without padding")
     not_before: datetime
     retired: bool = Field(description="No longer signs new certificates; kept so older ones verify")
+    endorsements: list[KeyEndorsement] = Field(
+        default_factory=list, description="How this key chains to the issuer's root key (empty: the root)"
+    )
 
 
 class PublicKeys(BaseModel):

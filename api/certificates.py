@@ -24,13 +24,15 @@ from api.cert_schemas import (
 )
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from api.limits import RateLimiter
+from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
+from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.certificate import signature_ok, verify_certificate
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, make_event
 from echelon_platform.domain.values import CalibrationCertificate
-from echelon_platform.errors import Forbidden, NotFound, ReadModelError
+from echelon_platform.errors import Forbidden, NotFound, ReadModelError, StoreError
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
@@ -42,7 +44,16 @@ MAX_OFFSET = 1_000_000
 
 
 async def load_certificate(services: Services, cert_id: str) -> CalibrationCertificate:
-    raw = await services.read_models.get_certificate(cert_id)
+    """The public certificate; while the read models are not level with the log (a rebuild pending or
+    running) and do not hold it, read from the log (StoreError, a 503, when the log does not answer)."""
+    settings = services.settings
+    reader = CertificateReader(services.read_models, Freshness.of(settings.redis_prefix, settings.partitioning))
+    raw, fresh = await reader.checked(cert_id)
+    if raw is None and not fresh:
+        try:
+            raw = await certificate_from_log(services, cert_id)  # a public certificate never changes once issued
+        except StoreError as exc:
+            raise not_level(exc) from exc
     if raw is None:
         raise NotFound(f"certificate {cert_id} not found")
     try:
@@ -70,22 +81,27 @@ async def list_certificates(
     )
 
 
-@router.get("/certificates/{cert_id}", response_model=CertificateView, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
+@router.get(
+    "/certificates/{cert_id}", response_model=CertificateView, responses=r.merge(r.PUBLIC, r.NOT_FOUND, NOT_LEVEL)
+)
 async def get_certificate(cert_id: CertId, services: ServicesDep) -> CertificateView:
     """Public: the full certificate with every replay's score, the commit range and the content hash."""
     return CertificateView.of(await load_certificate(services, cert_id))
 
 
-@router.get("/certificates/{cert_id}/document", responses=r.merge(r.PUBLIC, r.NOT_FOUND))
+@router.get("/certificates/{cert_id}/document", responses=r.merge(r.PUBLIC, r.NOT_FOUND, NOT_LEVEL))
 async def get_certificate_document(cert_id: CertId, services: ServicesDep) -> dict[str, object]:
     """Public: the certificate exactly as signed (the JSON `echelon certificates verify` checks offline)."""
     return (await load_certificate(services, cert_id)).model_dump(mode="json")
 
 
-@router.get("/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
+@router.get(
+    "/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND, NOT_LEVEL)
+)
 async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> VerifyResult:
     """Public tamper check: recompute the content hash and the aggregates from the stored replay scores, and
-    check the Ed25519 signature against the published keys (only the certify stage holds the private key)."""
+    check the Ed25519 signature against the published keys whose chain reaches the pinned root key (only the
+    certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
     hash_ok, aggregates_ok = verify_certificate(cert)
     keys: PublishedKeys = request.app.state.signing_keys
@@ -103,7 +119,8 @@ async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> Ve
 
 @well_known.get("/.well-known/echelon-keys.json", response_model=PublicKeys, responses=r.PUBLIC)
 async def signing_keys(request: Request) -> dict[str, object]:
-    """Public: the Ed25519 keys certificates are signed with, the active one first, retired ones after."""
+    """Public: the Ed25519 keys certificates are signed with, the active one first, retired ones after. Only
+    keys whose endorsement chain reaches the issuer's pinned root key are listed."""
     keys: PublishedKeys = request.app.state.signing_keys
     return await keys.well_known()
 

@@ -32,7 +32,10 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "type": "apiKey",
         "in": "header",
         "name": "X-Wallet-Address",
-        "description": "Wallet auth, with X-Wallet-Message and X-Wallet-Signature: the Ethereum address (0x…).",
+        "description": (
+            "Wallet auth, with X-Wallet-Message and X-Wallet-Signature: the Ethereum address (0x…), "
+            "EIP-55 checksummed or all lower case."
+        ),
     },
     "WalletMessage": {
         "type": "apiKey",

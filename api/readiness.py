@@ -1,20 +1,42 @@
-"""What `/readyz` checks: the real NATS connection, Postgres, Redis, the single writer's lag and whether the
-read models are being rebuilt. Each check names what is wrong; any failing check makes the API not ready."""
+"""What `/readyz` checks. Ready means the API serves what the log says, now:
+
+- `nats`, `postgres`, `redis`: reachable (Postgres on a connection of its own, never the API's pool, which
+  requests blocked on a lock may hold);
+- `stream`, `consumers`: the JetStream stream and every durable consumer the service relies on (each
+  partition's writer, the stages in `ready_stages`) exist;
+- `writer`: no partition's writer has left an event unlogged for longer than `ready_max_behind_s` (the age
+  of the oldest event its consumer has not acked: it acks only once the event is appended and projected),
+  nor more than `ready_max_lag` events;
+- `read_models`: no rebuild marked, and every partition's checkpoint present, of this build's generation and
+  naming the namespace readers use (a missing checkpoint is a rebuild pending).
+
+Every probe runs at once under one deadline (`ready_timeout_s`): a probe that does not answer in time is a
+failing check that says so. Each failing check names what is wrong; any makes the API not ready."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
+import asyncpg
 import nats.errors
 import nats.js.errors
 import redis.exceptions
+from nats.js.api import ConsumerInfo
 
+from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, Freshness, pointer_key, text
+from echelon_platform.adapters.readmodel_writer import Checkpoint
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
+from echelon_platform.domain.projections import READ_MODEL_GENERATION
 from echelon_platform.errors import EchelonError
 
 OK = "ok"
+# A cancelled probe gets this long to unwind (e.g. a connection being closed) after the deadline.
+UNWIND_S = 0.05
 
 
 @dataclass(slots=True)
@@ -26,67 +48,175 @@ class Report:
         self.checks[name] = why
         self.failing.add(name)
 
+    def ok(self, name: str) -> None:
+        self.checks[name] = OK
+        self.failing.discard(name)
+
     @property
     def ready(self) -> bool:
         return not self.failing
 
 
-def rebuilding_key(settings: Settings) -> str:
-    """Set (to "n/m") by the read-model writer while it rebuilds the read models."""
-    return f"{settings.redis_prefix}rebuilding"
+def required_consumers(settings: Settings) -> list[str]:
+    """The durable consumers the service cannot work without: each partition's writer, then the stages."""
+    writers = [settings.writer_durable(k) for k in settings.partitioning.indices]
+    return [*writers, *(f"{settings.consumer_prefix}-{stage}" for stage in settings.ready_stages)]
+
+
+Probe = Callable[[Services, Settings, Report], Coroutine[Any, Any, None]]
 
 
 async def check(services: Services, settings: Settings) -> Report:
+    """Every probe at once, all within `ready_timeout_s` (less a moment to unwind those that time out)."""
     report = Report()
-    names = ("nats", "postgres", "redis")
-    pings = await asyncio.gather(
-        services.bus.ping(), services.store.ping(), services.read_models.ping(), return_exceptions=True
-    )
-    for name, result in zip(names, pings, strict=True):
-        if result is None:
-            report.checks[name] = OK
-        else:
-            report.fail(name, f"unreachable: {result}")
-    if "nats" in report.failing:
-        report.checks["writer"] = "unknown: NATS unreachable"
-    else:
-        await _writer_lag(services, settings, report)
-    if "redis" in report.failing:
-        report.checks["read_models"] = "unknown: Redis unreachable"
-    else:
-        await _rebuilding(services, settings, report)
+    deadline = max(settings.ready_timeout_s - UNWIND_S, UNWIND_S)
+    probes: dict[tuple[str, ...], Probe] = {
+        ("nats", "stream", "consumers", "writer"): _bus,
+        ("postgres",): _postgres,
+        ("redis", "read_models"): _read_models,
+    }
+    tasks = {names: asyncio.create_task(probe(services, settings, report)) for names, probe in probes.items()}
+    await asyncio.wait(tasks.values(), timeout=deadline)
+    late = [task for task in tasks.values() if not task.done()]
+    for names, task in tasks.items():
+        if task in late:
+            task.cancel()
+            for name in names:
+                if name not in report.checks:
+                    report.fail(name, f"timed out: no answer within {deadline:.2f}s")
+        elif (exc := task.exception()) is not None:
+            for name in names:
+                if name not in report.checks:
+                    report.fail(name, f"unknown: {exc or type(exc).__name__}")
+    if late:
+        await asyncio.wait(late, timeout=UNWIND_S)
     return report
 
 
-async def _writer_lag(services: Services, settings: Settings, report: Report) -> None:
-    """Stream events the writers have not acknowledged yet (so not yet in Postgres and the read models), summed
-    over the log's partitions."""
-    bus = services.bus
+async def _postgres(services: Services, settings: Settings, report: Report) -> None:
+    """`SELECT 1` on a connection of its own: the pool's may all be taken by requests waiting on a lock."""
+    try:
+        conn = await asyncpg.connect(services.store.database_url, timeout=settings.ready_timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        report.fail("postgres", f"unreachable: {exc or type(exc).__name__}")
+        return
+    try:
+        await conn.fetchval("SELECT 1", timeout=settings.ready_timeout_s)
+        report.ok("postgres")
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        report.fail("postgres", f"unreachable: {exc or type(exc).__name__}")
+    finally:
+        conn.terminate()  # never waits on the server
+
+
+async def _bus(services: Services, settings: Settings, report: Report) -> None:
+    try:
+        await services.bus.ping()
+    except EchelonError as exc:
+        report.fail("nats", f"unreachable: {exc}")
+        for name in ("stream", "consumers", "writer"):
+            report.checks[name] = "unknown: NATS unreachable"
+        return
+    report.ok("nats")
+    js, stream = services.bus.js, services.bus.stream
+    try:
+        await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        report.fail("stream", f"stream {stream} is missing")
+        report.checks["consumers"] = report.checks["writer"] = "unknown: no stream"
+        return
+    except (nats.errors.Error, TimeoutError) as exc:
+        report.fail("stream", f"unknown: {exc or type(exc).__name__}")
+        report.checks["consumers"] = report.checks["writer"] = "unknown: stream unreadable"
+        return
+    report.ok("stream")
+    names = required_consumers(settings)
+    infos = await asyncio.gather(*(js.consumer_info(stream, n) for n in names), return_exceptions=True)
+    missing = [n for n, info in zip(names, infos, strict=True) if isinstance(info, nats.js.errors.NotFoundError)]
+    broken = [
+        info for info in infos if isinstance(info, BaseException) and not isinstance(info, nats.js.errors.NotFoundError)
+    ]
+    if missing:
+        report.fail("consumers", f"durable consumers missing: {', '.join(missing)}")
+    elif broken:
+        report.fail("consumers", f"unknown: {broken[0] or type(broken[0]).__name__}")
+    else:
+        report.ok("consumers")
+    writers = [info for info in infos[: settings.partitioning.count] if isinstance(info, ConsumerInfo)]
+    if len(writers) < settings.partitioning.count:
+        report.fail("writer", "unknown: a writer's consumer is missing")
+        return
+    await _writer(services, settings, writers, report)
+
+
+async def _writer(services: Services, settings: Settings, infos: list[ConsumerInfo], report: Report) -> None:
+    """How far the writers are behind: events not acked (logged and projected) yet, summed over the
+    partitions, and how long the oldest of them has been waiting (the time the writer is behind by)."""
     lag = 0
-    for k in settings.partitioning.indices:
-        try:
-            info = await bus.js.consumer_info(bus.stream, settings.writer_durable(k), timeout=2)
-        except nats.js.errors.NotFoundError:
-            report.checks["writer"] = "not started"  # nothing consumed yet; the API itself can accept runs
-            return
-        except (nats.errors.Error, TimeoutError, EchelonError) as exc:
-            report.fail("writer", f"unknown: {exc or type(exc).__name__}")
-            return
-        lag += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-    if lag > settings.ready_max_lag:
+    behind = 0.0
+    for k, info in enumerate(infos):
+        pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        lag += pending
+        if pending:
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+            behind = max(behind, await _oldest_age(services, services.subjects.partition_filter(k), floor))
+    if behind > settings.ready_max_behind_s:
+        report.fail(
+            "writer",
+            f"writer stalled: an event has waited {behind:.1f}s to be logged (> {settings.ready_max_behind_s}s)",
+        )
+    elif lag > settings.ready_max_lag:
         report.fail("writer", f"writer lag {lag} > {settings.ready_max_lag}")
     else:
-        report.checks["writer"] = OK
+        report.ok("writer")
 
 
-async def _rebuilding(services: Services, settings: Settings, report: Report) -> None:
+async def _oldest_age(services: Services, subject: str, floor: int) -> float:
+    """Seconds since the first message of `subject` after the ack floor was stored (0 if there is none)."""
     try:
-        progress = await services.read_models.redis.get(rebuilding_key(settings))
+        msg = await services.bus.js.get_msg(services.bus.stream, seq=floor + 1, subject=subject, next=True)
+    except nats.js.errors.NotFoundError:
+        return 0.0
+    if msg.time is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - msg.time).total_seconds())
+
+
+async def _read_models(services: Services, settings: Settings, report: Report) -> None:
+    """One pipeline: the readers' namespace, the rebuild marker and every partition's checkpoint."""
+    freshness = Freshness.of(settings.redis_prefix, settings.partitioning)
+    pipe = services.read_models.redis.pipeline(transaction=False)
+    pipe.get(pointer_key(settings.redis_prefix))
+    pipe.get(freshness.rebuilding)
+    for key in freshness.checkpoints:
+        pipe.get(key)
+    try:
+        namespace, marker, *checkpoints = await pipe.execute()
     except (redis.exceptions.RedisError, OSError) as exc:
-        report.fail("read_models", f"unknown: {exc}")
+        report.fail("redis", f"unreachable: {exc}")
+        report.checks["read_models"] = "unknown: Redis unreachable"
         return
-    if progress is None:
-        report.checks["read_models"] = OK
+    report.ok("redis")
+    if marker is not None:
+        report.fail("read_models", f"rebuilding {text(marker)}")
         return
-    text = progress.decode() if isinstance(progress, bytes) else str(progress)
-    report.fail("read_models", f"rebuilding {text}")
+    readers_use = text(namespace) if namespace else DEFAULT_NAMESPACE
+    for k, raw in zip(settings.partitioning.indices, checkpoints, strict=True):
+        checkpoint = Checkpoint.decode(raw)
+        where = f" of partition {k}" if settings.partitioning.partitioned else ""
+        if checkpoint is None:
+            report.fail("read_models", f"no checkpoint{where}: a rebuild from the log is pending")
+            return
+        if checkpoint.generation != READ_MODEL_GENERATION:
+            report.fail(
+                "read_models",
+                f"checkpoint{where} is of generation {checkpoint.generation}, not {READ_MODEL_GENERATION}: "
+                "a rebuild is pending",
+            )
+            return
+        if checkpoint.namespace != readers_use:
+            report.fail(
+                "read_models", f"checkpoint{where} names namespace {checkpoint.namespace}, readers use {readers_use}"
+            )
+            return
+    report.ok("read_models")

@@ -24,15 +24,17 @@ from api.auth import Principal
 from api.certificates import check_construct_owner
 from api.deps import SECURITY_REQUIREMENT, ServicesDep, SettingsDep, UserDep, get_user_or_wallet
 from api.limits import RecentRuns
+from api.log_reads import NOT_LEVEL, not_level, run_from_log
 from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
-from echelon_platform.adapters.readmodel_store import RunReader
+from echelon_platform.adapters.readmodel_store import Freshness, RunReader
 from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import OracleSpec, RunRequested, make_event, payload_as
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
+from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
@@ -218,13 +220,26 @@ async def _publish_request(
 
 
 async def load_run(services: Services, run_id: str, reader: RunReader | None = None) -> RunState | None:
-    """The projected run, or — right after a 201, before the coordinator caught up — the request event itself,
-    read straight from the stream, so a GET after a POST never 404s."""
-    state = await (reader.get(run_id) if reader is not None else services.read_models.get_run(run_id))
-    if state is not None and state.visible:
+    """The projected run; while the read models are not level with the log (a rebuild pending or running),
+    the run folded from the log instead; and, right after a 201, before the coordinator logged it, the request
+    event itself, read straight from the stream, so a GET after a POST never 404s. StoreError when the models
+    are not level and the log does not answer (503)."""
+    if reader is None:
+        reader = RunReader(
+            services.read_models, freshness=Freshness.of(services.settings.redis_prefix, services.settings.partitioning)
+        )
+    state, fresh = await reader.checked(run_id)
+    if fresh and state is not None and state.visible:
         return state
     if not run_id.isascii() or not run_id.isalnum() or len(run_id) > 64:
         return None
+    if not fresh:
+        # A missing or older model says nothing about the log: the log answers (a logged run is never PENDING
+        # or 404 because Redis lost it or a rebuild is under way).
+        logged = await run_from_log(services, run_id)
+        if logged is not None:
+            return logged
+        state = None
     # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
     requested = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
     if requested is None:
@@ -235,16 +250,21 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
 @router.get(
     "/runs/{run_id}",
     response_model=RunView,  # documents the body; the handler answers its JSON itself (run_view_json)
-    responses=r.merge(r.PROTECTED, r.NOT_FOUND),
+    responses=r.merge(r.PROTECTED, r.NOT_FOUND, NOT_LEVEL),
     # Authenticated in the handler (first thing, as the dependency would): FastAPI solving a sub-dependency
     # costs about as much CPU as the rest of this route. The document still says what it accepts.
     openapi_extra={"security": SECURITY_REQUIREMENT},
 )
 async def get_run(run_id: str, request: Request) -> Response:
-    """One run: yours, or anyone's for an admin. Another user's run is a 404, as if it did not exist."""
+    """One run: yours, or anyone's for an admin. Another user's run is a 404, as if it did not exist. While
+    the read models are rebuilt, the run is read from the event log (503 with `Retry-After` if it does not
+    answer in time)."""
     user = await get_user_or_wallet(request)
     state = request.app.state
-    run = await load_run(state.services, run_id, state.run_reader)
+    try:
+        run = await load_run(state.services, run_id, state.run_reader)
+    except StoreError as exc:
+        raise not_level(exc) from exc
     if run is None or not user.can_see(run.user_id):
         raise NotFound(f"run {run_id} not found")
     return Response(run_view_json(run), media_type="application/json")
@@ -308,11 +328,11 @@ async def _unprojected(
             continue
         try:
             state = await load_run(services, run_id)
-        except BusError:
-            continue  # only a hint: without NATS the list shows what the read model has
+        except (BusError, StoreError):
+            continue  # only a hint: without NATS (or the log, while rebuilding) the list shows what the model has
         if state is None or state.user_id != user.user_id:
             continue
-        if (wanted is None or state.status is wanted) and (construct_id is None or state.construct_id == construct_id):
+        if (wanted is None or state.status is wanted) and matches_construct(state.construct_id, construct_id):
             unseen.append(state)
     await recent.forget(user.user_id, projected)
     return unseen

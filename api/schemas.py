@@ -8,19 +8,29 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 
+from echelon_platform.domain.certificate import MAX_WEIGHT, WEIGHT_KEYS
+from echelon_platform.domain.values import ConstructId
+
 MAX_ORACLE_HEADERS = 20
 MAX_HEADER_VALUE_CHARS = 4096
 # An HTTP field name (RFC 9110 token), so a bad name is refused here and not when the invoke stage calls out.
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters but tab (no CR/LF injection)
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT)]
+# No control characters but tab (no CR/LF injection); matched whole (`$` would let a final newline through).
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 class RunCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     repo_url: str = Field(min_length=1, max_length=2048, description="https://github.com/owner/repo or a local path")
-    construct_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    construct_id: ConstructId = Field(
+        min_length=1,
+        max_length=128,
+        description="your name for the oracle being certified (on the certificate): ASCII letters and digits, "
+        "single . : / - only between them; compared and recorded in lower case",
+    )
     oracle_type: Literal["http", "python"]
     oracle_url: str | None = Field(default=None, max_length=2048)
     oracle_module: str | None = Field(default=None, max_length=256)
@@ -35,7 +45,12 @@ class RunCreate(BaseModel):
     limit: int = Field(default=20, ge=1, le=1000)
     min_replays: int = Field(default=5, ge=1, le=500)
     github_token: SecretStr | None = None
-    weights: dict[str, float] | None = None
+    weights: dict[str, Weight] | None = Field(
+        default=None,
+        max_length=len(WEIGHT_KEYS),
+        description=f"relative weights of {', '.join(WEIGHT_KEYS)} in the composite score (each 0 to "
+        f"{MAX_WEIGHT:,.0f}, default 1; at least one positive)",
+    )
     since: datetime | None = None
     labels: list[Label] = Field(default_factory=list, max_length=20, description="at most 20, each ≤ 100 characters")
     include_unmerged: bool = False
@@ -48,7 +63,7 @@ class RunCreate(BaseModel):
             text = value.get_secret_value()
             if len(text) > MAX_HEADER_VALUE_CHARS:
                 raise ValueError(f"oracle header {name!r}: value is longer than {MAX_HEADER_VALUE_CHARS} characters")
-            if not _HEADER_VALUE.match(text):
+            if not _HEADER_VALUE.fullmatch(text):
                 raise ValueError(f"oracle header {name!r}: value has control characters")
         return headers
 

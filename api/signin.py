@@ -35,7 +35,7 @@ class WalletSignIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    address: str = Field(max_length=42, description="the signer's Ethereum address (0x…)")
+    address: str = Field(max_length=42, description="the signer's Ethereum address (0x…, EIP-55 or all lower case)")
     message: str = Field(
         max_length=MAX_MESSAGE_CHARS,
         description="the exact EIP-4361 text that was signed, naming a nonce from GET /api/v1/auth/nonce",
@@ -64,7 +64,9 @@ async def nonce(request: Request, response: Response, services: ServicesDep, set
     redis = services.read_models.redis
     limiter = RateLimiter(redis, settings.redis_prefix, limit=settings.siwe_nonces_per_minute, window_s=60)
     await limiter.hit("nonces", _client(request))
-    store = NonceStore(redis, settings.redis_prefix, settings.siwe_nonce_ttl_s)
+    store = NonceStore(
+        redis, settings.redis_prefix, settings.siwe_nonce_ttl_s, max_outstanding=settings.siwe_max_outstanding_nonces
+    )
     value = await store.issue()
     response.headers["Cache-Control"] = "no-store"
     return NonceIssued(
@@ -101,6 +103,7 @@ async def session(
         admin=principal.is_admin,
         ttl_s=ttl_s,
         algorithm=settings.jwt_algorithm,
+        wallet_sign_in=True,  # the only place a token for a `wallet:` user is minted
     )
     response.headers["Cache-Control"] = "no-store"
     return SessionIssued(

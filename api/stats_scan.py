@@ -18,6 +18,7 @@ from echelon_platform.adapters.event_store import JudgeTotals
 from echelon_platform.domain.agreement import agreement
 from echelon_platform.domain.certificate import weighted_composite
 from echelon_platform.domain.projections import RunState, Status
+from echelon_platform.domain.values import construct_key
 
 
 @dataclass
@@ -75,6 +76,11 @@ class _Group:
         )
 
 
+def _construct(construct_id: str | None) -> str | None:
+    """Grouped by the canonical form: spellings of one construct id are one leaderboard row."""
+    return construct_key(construct_id) if construct_id is not None else None
+
+
 def countable_runs(
     runs: Iterable[RunState], certificates: Iterable[dict[str, Any]], user: Principal | None
 ) -> list[RunState]:
@@ -102,7 +108,7 @@ def leaderboard(
     for run in runs:
         if not run.visible:
             continue
-        key = run.construct_id if group_by == "construct_id" else model_of_run.get(run.run_id)
+        key = _construct(run.construct_id) if group_by == "construct_id" else model_of_run.get(run.run_id)
         group = groups[key]
         group.runs += 1
         group.completed += run.status is Status.COMPLETED
@@ -113,7 +119,7 @@ def leaderboard(
             group.output_tokens += totals.output_tokens
             group.cost += totals.cost_usd
     for cert in certs:
-        group = groups[cert["construct_id"] if group_by == "construct_id" else cert["scoring_model"]]
+        group = groups[_construct(cert["construct_id"]) if group_by == "construct_id" else cert["scoring_model"]]
         group.composites.append(float(cert["composite_score"]))
         group.briers.append(float(cert["brier"]))
         scores = {s["replay_id"]: s for s in cert["individual_scores"]}

@@ -34,12 +34,15 @@ from urllib.parse import urlsplit
 
 import eth_keys.exceptions
 import eth_utils.exceptions
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_utils.address import is_address, to_checksum_address
 
 from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError
+from echelon_platform.recursion import recursion_limit_kept
+
+with recursion_limit_kept():  # py_ecc, loaded by eth_account, raises the limit to 100,000 on import
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
 
 MAX_MESSAGE_CHARS = 4000
 DEFAULT_MAX_AGE_S = 300
@@ -55,6 +58,12 @@ _NONCE = re.compile(r"^[A-Za-z0-9]{8,128}$")
 _CHAIN_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})$")
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+# EIP-4361's grammar is ASCII throughout (authority, address, statement, URIs, dates): a line with anything
+# but printable ASCII (control characters, C1, bidirectional overrides) could show the signer other text.
+_MESSAGE_LINE = re.compile(r"^[\x20-\x7e]*$")
+# secp256k1's group order: a signature (r, s) and (r, n - s) both verify; only the low one (s <= n/2, as
+# EIP-2 requires of transactions) is accepted, so a proof has exactly one valid encoding.
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +112,18 @@ def wallet_user_id(checksum_address: str) -> str:
 
 
 def checksum_address(address: str) -> str:
-    """The EIP-55 form; a mixed-case address with a wrong checksum is refused (it is likely a typo)."""
-    if not is_address(address):
+    """The EIP-55 form of a claimed address. Accepted: the exact EIP-55 form, or all lower case (what wallets
+    report, carrying no checksum); any other mixed case must be the checksum, else it is refused (a typo or a
+    lookalike), as is all upper case. The message itself must carry the EIP-55 form (EIP-4361)."""
+    if not _ADDRESS.match(address) or not is_address(address):
         raise AuthError(f"wallet address {address[:64]!r} is not a valid Ethereum address")
-    return str(to_checksum_address(address))
+    checksummed = str(to_checksum_address(address))
+    if address not in (checksummed, "0x" + address[2:].lower()):
+        raise AuthError(
+            f"wallet address {address} has a wrong EIP-55 checksum (expected {checksummed}); "
+            "send it exactly as EIP-55 or in lower case"
+        )
+    return checksummed
 
 
 def _timestamp(key: str, value: str) -> datetime:
@@ -161,6 +178,12 @@ def parse_message(message: str) -> SiweMessage:
     if not message or len(message) > MAX_MESSAGE_CHARS:
         raise AuthError(f"wallet message must be 1–{MAX_MESSAGE_CHARS} characters")
     lines = message.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not _MESSAGE_LINE.match(line):
+            raise AuthError(
+                f"wallet message: line {number} has a control or non-ASCII character (EIP-4361 messages are "
+                "printable ASCII, one field per line)"
+            )
     header = _HEADER.match(lines[0])
     if header is None:
         raise AuthError(
@@ -249,6 +272,8 @@ def _signature_bytes(signature: str) -> bytes:
         raise AuthError("wallet signature must be hex (65 bytes, 0x-prefixed)") from exc
     if len(raw) != 65:
         raise AuthError(f"wallet signature must be 65 bytes, got {len(raw)}")
+    if int.from_bytes(raw[32:64], "big") > SECP256K1_N // 2:
+        raise AuthError("wallet signature has a high s value: sign again (wallets produce low-s signatures)")
     return raw
 
 

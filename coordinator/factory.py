@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from coordinator.admission import Admission, TrustedKeys
 from coordinator.writer import CoordinatorStats, StateCoordinator
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
@@ -38,6 +39,7 @@ async def coordinator_for(
             secrets=services.secrets,
             lease=lease,
             partition=chosen,
+            admission=Admission(services.store, TrustedKeys.published(services.store, settings)),
         )
 
 

@@ -9,6 +9,7 @@ partition's positions are in commit order, the log's as a whole are not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Iterator
@@ -17,11 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
+from pydantic import ValidationError
 from ulid import ULID
 
+from coordinator.admission import TrustedKeys
 from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
 from echelon_platform.adapters.event_store import EventStore, LogEvent
-from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, text
+from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
 from echelon_platform.adapters.readmodel_writer import (
     CERT_TOPIC,
     JUDGE_TOPIC,
@@ -32,9 +36,9 @@ from echelon_platform.adapters.readmodel_writer import (
     queue_rating,
     queue_writes,
     rating_record,
-    rebuilding_key,
 )
 from echelon_platform.adapters.stats_store import keep_latest, queue_stats, read_records
+from echelon_platform.config import Settings
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
     READ_MODEL_GENERATION,
@@ -43,7 +47,20 @@ from echelon_platform.domain.projections import (
     to_record,
 )
 from echelon_platform.domain.stats import contribution, judge_totals
+from echelon_platform.domain.values import CalibrationCertificate
+from echelon_platform.errors import ReadModelsStale
 
+log = structlog.get_logger(__name__)
+
+# The switch, only while the rebuild's marker (KEYS[1]) is still there: the pointer (KEYS[2]) and every
+# checkpoint (KEYS[3..]) are set and the marker deleted at once; 0 (nothing written) when it is gone.
+_SWITCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i - 1]) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
 _READ = (*PAYLOAD_TOPICS, RATING_TOPIC, JUDGE_TOPIC)  # the topics whose payload replay reads
@@ -81,10 +98,14 @@ def _collector_paused() -> Iterator[None]:
 class Rebuilder:
     """`only`: fold one partition's events (a partition's repair); else the whole log."""
 
-    def __init__(self, store: EventStore, projector: Projector, *, only: int | None = None) -> None:
+    def __init__(self, store: EventStore, projector: Projector, keys: TrustedKeys, *, only: int | None = None) -> None:
         self.store = store
         self.projector = projector
         self.only = only
+        # A log written before the writer checked signatures may hold a certificate no published key signed:
+        # it is folded as if absent, so it is never listed, ranked or shown.
+        self.keys = keys
+        self.skipped_certificates = 0
         self._runs: dict[str, RunFold] = {}
         self.certs: dict[str, dict[str, Any]] = {}
         self.positions: dict[int, int] = {}  # partition → last log position folded
@@ -100,7 +121,8 @@ class Rebuilder:
         self._judge: dict[str, dict[str, list[float]]] = {}
         self._new_judge: list[tuple[str, str, list[float]]] = []
         self._stats_dirty: set[str] = set()
-        self.progress_total = 0  # set to report `n/m` progress for readiness while rebuilding
+        self.progress_total = 0  # the log's size, for the marker's `n/m` progress
+        self._marking = False  # a switching rebuild is under way: its marker is kept up to date
 
     async def fold_from_log(self) -> None:
         """Fold what the log appended since the last call (raw rows, batch by batch; see RunFold)."""
@@ -112,6 +134,8 @@ class Rebuilder:
         elif self._read_all:
             after = {k: positions.get(k, 0) for k in self.projector.partitioning.indices} | positions
         self._read_all = True
+        # Read the keys before the cursor holds a connection: mid-fold, only an unknown key id reads again.
+        await self.keys.for_ids(())
         async for rows in self.store.stream_rows(positions=after, batch=READ_BATCH, payload_topics=_READ):
             for seq, event_id, at, topic, correlation_id, raw, partition in rows:
                 positions[partition] = seq
@@ -123,6 +147,8 @@ class Rebuilder:
                     self._stats_dirty.add(rating.run_id)
                     continue
                 if topic in NOT_RUN_EVENTS:  # a registry's event, not a run's: no phantom run
+                    continue
+                if topic == CERT_TOPIC and payload is not None and not await self._genuine(payload, seq, event_id):
                     continue
                 run_id = correlation_id.removeprefix("run-")
                 run = runs.get(run_id)
@@ -139,17 +165,43 @@ class Rebuilder:
                     certs[cert["certificate_id"]] = cert
                     self._new_certs.append(cert)
             before, self.events = self.events, self.events + len(rows)
-            if self.progress_total and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
+            if self._marking and before // PROGRESS_EVERY != self.events // PROGRESS_EVERY:
                 await self._report_progress()
+
+    async def _genuine(self, payload: dict[str, Any], seq: int, event_id: str) -> bool:
+        document = payload.get("certificate")
+        if not isinstance(document, dict):
+            return False
+        refusal = await self.keys.refusal(document, event_id)
+        if refusal is not None:
+            # As logged it may lack fields with defaults: judge it as readers see it (what /verify checks).
+            with contextlib.suppress(ValidationError):
+                as_read = CalibrationCertificate.model_validate(document).model_dump(mode="json")
+                refusal = await self.keys.refusal(as_read)
+        if refusal is None:
+            return True
+        self.skipped_certificates += 1
+        log.warning("replay.certificate_skipped", seq=seq, reason=refusal)
+        return False
 
     @property
     def states(self) -> dict[str, RunState]:
         """Every run folded so far (built from the accumulators; the writer reads it after a rebuild)."""
         return {run_id: run.state() for run_id, run in self._runs.items()}
 
-    async def _report_progress(self) -> None:
+    async def _report_progress(self, *, first: bool = False) -> None:
+        """The rebuild marker readiness reads (`rebuilding_key`): set once before the fold starts, then only
+        refreshed (`XX`): once the switch deleted it (or Redis lost it), nothing here can bring it back."""
+        if self.only is not None:
+            return  # a partition's repair writes the live namespace in place: no marker
         shown = f"{self.events}/{max(self.events, self.progress_total)}"
-        await self.projector.redis.set(rebuilding_key(self.projector.prefix), shown, px=PROGRESS_TTL_MS)
+        key = rebuilding_key(self.projector.prefix)
+        await self.projector.redis.set(key, shown, px=PROGRESS_TTL_MS, xx=not first)
+
+    async def _keep_marked(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_TTL_MS / 3000)
+            await self._report_progress()
 
     async def write(self, keys: Keys) -> None:
         built = {run_id: self._runs[run_id].state() for run_id in self._dirty}
@@ -213,37 +265,69 @@ class Rebuilder:
         started = time.perf_counter()
         namespace = f"r{ULID()}"
         keys = Keys(self.projector.prefix, namespace)
-        with _collector_paused():
-            await self.fold_from_log()
-            await self.write(keys)
+        keeper: asyncio.Task[None] | None = None
         if switch:
-            # Hold every partition's lease: fold what the writers appended meanwhile, then flip the pointer.
-            async with self.projector.holding():
+            # Marked before anything is read: readiness and the API's reads never take the old namespace
+            # for the log's state while this runs (the switch below clears the marker with the checkpoints).
+            await self._report_progress(first=True)
+            self._marking = True
+            keeper = asyncio.create_task(self._keep_marked())
+        try:
+            with _collector_paused():
                 await self.fold_from_log()
                 await self.write(keys)
-                old = await self.projector.namespace()
-                pipe = self.projector.redis.pipeline(transaction=True)
-                pipe.set(pointer_key(self.projector.prefix), namespace)
-                for k, key in self.projector.checkpoint_keys().items():
-                    pipe.set(key, Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode())
-                pipe.delete(rebuilding_key(self.projector.prefix))
-                await pipe.execute()
+            old = await self._switch(keys) if switch else None
+        finally:
+            self._marking = False
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
         # Timed up to the switch: readers use the rebuilt models from here on; dropping the old
         # namespace is clean-up.
         report = ReplayReport(
             namespace, self.events, len(self._runs), len(self.certs), time.perf_counter() - started, []
         )
-        if switch:
+        if old is not None:
             await delete_namespace(self.projector, Keys(self.projector.prefix, old))
         return report
 
+    async def _switch(self, keys: Keys) -> str:
+        """Make `keys`'s namespace current: pointer, every checkpoint and the marker's end in one script,
+        only if the marker is still there (else ReadModelsStale); returns the namespace it replaced."""
+        namespace = keys.ns
+        # Hold every partition's lease: fold what the writers appended meanwhile, then flip the pointer.
+        async with self.projector.holding():
+            await self.fold_from_log()
+            await self.write(keys)
+            old = await self.projector.namespace()
+            prefix = self.projector.prefix
+            checkpoints = self.projector.checkpoint_keys()
+            values = [
+                Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode() for k in checkpoints
+            ]
+            switched = await self.projector.redis.eval(
+                _SWITCH,
+                2 + len(checkpoints),
+                rebuilding_key(prefix),
+                pointer_key(prefix),
+                *checkpoints.values(),
+                namespace,
+                *values,
+            )
+        if not switched:
+            # The marker set before the fold is gone: Redis lost what this rebuild wrote (a FLUSHALL, a restart)
+            # or it stalled past the marker's lifetime. Switching now would make partial models current.
+            raise ReadModelsStale("the read models were lost while they were rebuilt: rebuild again")
+        return old
 
-async def repair_partition(store: EventStore, projector: Projector, partition: int) -> ReplayReport:
+
+async def repair_partition(store: EventStore, projector: Projector, partition: int, settings: Settings) -> ReplayReport:
     """Refold one partition's events and rewrite its runs, certificates and ratings in the live namespace,
     then its checkpoint. Its writer pauses meanwhile (its lock is held); the other partitions go on. Keys the
     log does not determine (a stray key) are left as they are: a full rebuild drops those."""
     started = time.perf_counter()
-    rebuilder = Rebuilder(store, projector, only=partition)
+    rebuilder = Rebuilder(store, projector, TrustedKeys.published(store, settings), only=partition)
     async with projector.holding([partition]):
         keys = await projector.keys()
         await rebuilder.fold_from_log()
@@ -369,9 +453,9 @@ async def delete_namespace(projector: Projector, keys: Keys) -> int:
     return deleted
 
 
-async def verify(store: EventStore, projector: Projector) -> ReplayReport:
+async def verify(store: EventStore, projector: Projector, settings: Settings) -> ReplayReport:
     """Rebuild into a scratch namespace and compare with the live one; the scratch copy is dropped."""
-    rebuilder = Rebuilder(store, projector)
+    rebuilder = Rebuilder(store, projector, TrustedKeys.published(store, settings))
     async with projector.holding():  # a consistent cut: every writer pauses while we fold and compare
         report = await rebuilder.rebuild(switch=False)
         live_keys = await projector.keys()

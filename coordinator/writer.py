@@ -17,6 +17,7 @@ import redis.exceptions
 import structlog
 from nats.aio.msg import Msg
 
+from coordinator.admission import Admission, Refusal
 from coordinator.replay import Rebuilder
 from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
@@ -24,6 +25,7 @@ from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, AppendResult
 from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent
 from echelon_platform.adapters.secret_store import SecretStore
 from echelon_platform.adapters.writer_lease import WriterLease
+from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import RunCertifying, Subjects, make_event, parse_payload
 from echelon_platform.domain.lifecycle import CERTIFY_TRIGGERS
@@ -71,7 +73,8 @@ class _Decoded:
 def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> _Decoded:
     """Split a batch into valid events and poison (with the reason it was refused). With `subjects` of a
     partitioned log, an event published on another partition than its run's is poison too: logging it here
-    would put one run's events under two writers, out of order."""
+    would put one run's events under two writers, out of order. With `subjects`, an event must also travel
+    on exactly its own subject, carry its natural dedup key and fit its topic's size (`check_event`)."""
     partitioned = subjects if subjects is not None and subjects.partitioning.partitioned else None
     events: list[tuple[Envelope, int]] = []
     parked: list[tuple[int, str, bytes, str]] = []
@@ -83,9 +86,11 @@ def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> _Deco
             retried.append(int(retry_of))
         try:
             envelope = Envelope.from_wire(msg.data)
-            parse_payload(envelope)
+            payload = parse_payload(envelope)
             if partitioned is not None:
                 _check_partition(partitioned, msg.subject, envelope)
+            if subjects is not None:
+                check_event(msg.subject, len(msg.data), envelope, payload, subjects)
         except EnvelopeError as exc:
             parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
             continue
@@ -121,6 +126,7 @@ class StateCoordinator:
         fence: Fence | None = None,
         lease: WriterLease | None = None,
         partition: int = 0,
+        admission: Admission,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -135,6 +141,7 @@ class StateCoordinator:
         self.lease = lease  # when given, run() consumes only while holding it (else stands by)
         self.partition = partition  # the log partition this writer appends (its events' subjects)
         self.filter_subject = bus.subjects.partition_filter(partition)
+        self.admission = admission
         self.stats = CoordinatorStats()
         self._stopping = asyncio.Event()
 
@@ -259,10 +266,13 @@ class StateCoordinator:
         return leading
 
     async def _commit(self, msgs: list[Msg]) -> _Committed:
-        """Decode a batch and append it to the log (one transaction)."""
+        """Decode a batch, check it against the log and the signing keys, and append it (one transaction)."""
         started = time.perf_counter()
         decoded = decode_batch(msgs, self.bus.subjects)
+        refused = await self._retry("check", lambda: self.admission.check(decoded.events))
+        _park_refused(decoded, msgs, refused)
         result = await self._retry("append", lambda: self._append(decoded))
+        self.admission.logged(decoded.events)
         return _Committed(msgs, decoded, result, started)
 
     async def _finish(self, committed: _Committed) -> None:
@@ -344,9 +354,14 @@ class StateCoordinator:
         checkpoint = await self._retry("checkpoint", self.projector.checkpoint)
         if force_rebuild or checkpoint is None or not checkpoint.current:
             started = time.perf_counter()
-            rebuilder = Rebuilder(self.store, self.projector)
-            rebuilder.progress_total = await self._retry("count", self.store.max_seq)
-            report = await self._retry("rebuild", rebuilder.rebuild)
+            while True:
+                rebuilder = Rebuilder(self.store, self.projector, self.admission.keys)
+                rebuilder.progress_total = await self._retry("count", self.store.max_seq)
+                try:
+                    report = await self._retry("rebuild", rebuilder.rebuild)
+                    break
+                except ReadModelsStale as exc:  # Redis lost the rebuild's work before its switch: start over
+                    log.warning("coordinator.rebuild_lost", reason=str(exc))
             log.info(
                 "coordinator.rebuilt",
                 events=report.events,
@@ -435,6 +450,18 @@ def _transient(exc: BaseException) -> bool:
         exc,
         (InfrastructureError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *TRANSIENT_ERRORS),
     )
+
+
+def _park_refused(decoded: _Decoded, msgs: Sequence[Msg], refused: Sequence[Refusal]) -> None:
+    """Move the events the admission checks refused from the batch's events to its parked rows."""
+    if not refused:
+        return
+    reasons = {r.stream_seq: r.reason for r in refused}
+    for msg in msgs:
+        seq = message_sequence(msg)
+        if seq in reasons:
+            decoded.parked.append((seq, msg.subject, bytes(msg.data), reasons[seq]))
+    decoded.events[:] = [(env, seq) for env, seq in decoded.events if seq not in reasons]
 
 
 def _poison_msgs(msgs: list[Msg], decoded: _Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:

@@ -1,9 +1,10 @@
 """`echelon certificates verify FILE|URL`: check a certificate offline with only the issuer's public keys.
 
 The certificate is a JSON file or URL (the API's `/certificates/{id}/document`; a `/certificates/{id}` URL is
-followed to its document). Keys come from `--keys FILE|URL` (the `/.well-known/echelon-keys.json` format) or,
-by default, from the certificate URL's origin (for a file: the configured API). Fetched once; nothing else
-is trusted: the hash, the Ed25519 signature and the aggregates are all recomputed here.
+followed to its document). Keys come from `--keys FILE` (the `/.well-known/echelon-keys.json` format), or
+from the issuer's keys pinned on first use (known_issuers.py): the issuer is the certificate URL's origin
+(for a file: the configured API). Nothing else is trusted: the hash, the Ed25519 signature and the
+aggregates are all recomputed here, and the result line names the key and where its trust came from.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import binascii
 import hashlib
 import hmac
 import json
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
+from echelon.known_issuers import KnownIssuers, TrustedKey, default_path, endorsements_of, resolve
 from echelon_platform.domain.certificate import content_hash, document_hash, signature_ok, verify_certificate
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import EchelonError
@@ -43,10 +47,19 @@ def _load_json(where: str, http: httpx.Client) -> Any:
         raise EchelonError(f"{where} is not JSON: {exc}") from exc
 
 
-def load_document(where: str, http: httpx.Client) -> dict[str, Any]:
+def load_document(where: str, http: httpx.Client, api_url: str = "") -> dict[str, Any]:
     document = _load_json(where, http)
-    if isinstance(document, dict) and "replay_scores" in document and _is_url(where):
-        document = _load_json(where.rstrip("/") + "/document", http)  # the API's view: fetch what was signed
+    if isinstance(document, dict) and "replay_scores" in document:
+        # The API's view (`GET /certificates/{id}`): renamed fields, no signature. What was signed is its
+        # `/document`: fetched for a URL; for a saved file, say where to get it.
+        if _is_url(where):
+            return load_document(where.rstrip("/") + "/document", http)
+        cert_id = document.get("id", "<id>")
+        url = f"{api_url.rstrip('/') or '<api>'}/api/v1/verification/certificates/{cert_id}/document"
+        raise EchelonError(
+            f"{where} is the API's view of certificate {cert_id}, not the signed document: verify {url} "
+            "(or save that and pass the file)"
+        )
     if not isinstance(document, dict):
         raise EchelonError(f"{where} does not hold a certificate object")
     return document
@@ -71,16 +84,14 @@ def parse_keys(data: Any) -> dict[str, bytes]:
     return keys
 
 
-def default_keys_location(where: str, api_url: str) -> str:
-    base = api_url
-    if _is_url(where):
-        parts = urlsplit(where)
-        base = f"{parts.scheme}://{parts.netloc}"
-    return base.rstrip("/") + WELL_KNOWN
+def issuer_of(where: str, api_url: str) -> str:
+    """The origin that issued the certificate: the URL's, or for a file the configured API's."""
+    parts = urlsplit(where if _is_url(where) else api_url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def check(document: dict[str, Any], keys: dict[str, bytes]) -> tuple[bool, str]:
-    """(valid, one line saying what was checked)."""
+def check(document: dict[str, Any], keys: Mapping[str, bytes | TrustedKey]) -> tuple[bool, str]:
+    """(valid, one line saying what was checked, naming the key and where its trust came from)."""
     try:
         cert = CalibrationCertificate.model_validate(document)
     except ValidationError as exc:
@@ -89,19 +100,51 @@ def check(document: dict[str, Any], keys: dict[str, bytes]) -> tuple[bool, str]:
     recomputed = document_hash(document) if cert.schema_version >= 2 else content_hash(cert)
     hash_ok = hmac.compare_digest(stored, recomputed)
     _, aggregates_ok = verify_certificate(cert)
-    signed = signature_ok(document, keys)
-    key = cert.signature.key_id[:16] if cert.signature else None
+    raw = {key_id: k.raw if isinstance(k, TrustedKey) else k for key_id, k in keys.items()}
+    signed = signature_ok(document, raw)
+    key_id = cert.signature.key_id if cert.signature else None
+    trusted = keys.get(key_id) if key_id else None
+    source = trusted.source if isinstance(trusted, TrustedKey) else "given" if trusted else "not a trusted key"
+    key = f"key {key_id[:16]}, {source}" if key_id else None
     parts = [
         "hash ok" if hash_ok else "hash MISMATCH",
-        (f"signature ok (key {key})" if signed else f"signature INVALID (key {key})") if key else "UNSIGNED",
+        (f"signature ok ({key})" if signed else f"signature INVALID ({key})") if key else "UNSIGNED",
         "aggregates ok" if aggregates_ok else "aggregates MISMATCH",
     ]
     valid = hash_ok and signed and aggregates_ok
     return valid, f"{'VALID' if valid else 'INVALID'} {cert.certificate_id} ({cert.construct_id}): {', '.join(parts)}"
 
 
-def verify_command(where: str, keys_location: str | None, api_url: str) -> tuple[bool, str]:
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def verify_command(
+    where: str,
+    keys_file: str | None,
+    api_url: str,
+    *,
+    known_issuers: Path | None = None,
+    say: Callable[[str], None] = _stderr,
+) -> tuple[bool, str]:
+    """Verify the certificate at where; notes (first-use pins, ignored keys) go to say."""
+    if keys_file is not None and _is_url(keys_file):
+        raise EchelonError("--keys takes a file you obtained from the issuer over a channel you trust, not a URL")
     with httpx.Client(timeout=30.0, follow_redirects=False, trust_env=False) as http:
-        document = load_document(where, http)
-        keys = parse_keys(_load_json(keys_location or default_keys_location(where, api_url), http))
-    return check(document, keys)
+        document = load_document(where, http, api_url)
+        if keys_file is not None:
+            source = f"--keys FILE {keys_file}"
+            keys = {key_id: TrustedKey(raw, source) for key_id, raw in parse_keys(_load_json(keys_file, http)).items()}
+            return check(document, keys)
+        issuer = issuer_of(where, api_url)
+        try:
+            served = _load_json(issuer + WELL_KNOWN, http)
+            published: dict[str, bytes] | None = parse_keys(served)
+        except (httpx.HTTPError, EchelonError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+            say(f"could not read the issuer's keys at {issuer}{WELL_KNOWN} ({reason}); using the pinned keys only")
+            served, published = None, None
+    trusted, notes = resolve(KnownIssuers(known_issuers or default_path()), issuer, published, endorsements_of(served))
+    for note in notes:
+        say(note)
+    return check(document, trusted)

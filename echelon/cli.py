@@ -62,8 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--runs-per-second", type=float, default=1.0, help="load submitted through the API")
     chaos.add_argument("--duration-s", type=float, help="time budget of the fault phase: fewer rounds if spent")
     chaos.add_argument("--mean-gap-s", type=float, default=3.0, help="mean pause between recovery and next fault")
-    chaos.add_argument("--kinds", help="comma-separated subset of: coordinator,worker,api,nats,redis,postgres")
-    chaos.add_argument("--work-dir", type=Path, help="logs and embedded servers (kept; default: removed if ok)")
+    chaos.add_argument(
+        "--kinds", help="comma-separated subset of: coordinator,worker,api,nats,redis,postgres,lock,stop (default: all)"
+    )
+    chaos.add_argument(
+        "--outage-s",
+        default="0.3-15",
+        help="how long a timed fault lasts (server outage, LOCK TABLE events, SIGSTOP): SECONDS or LOW-HIGH",
+    )
+    chaos.add_argument("--overlap", type=int, default=1, help="faults of distinct kinds injected at once per round")
+    chaos.add_argument(
+        "--work-dir",
+        type=Path,
+        help="logs, embedded servers and the run's database are kept there (default: a temporary one, removed if ok)",
+    )
     chaos.add_argument("--json", action="store_true", help="the report on one line")
 
     token = sub.add_parser("token", help="mint a development JWT from the configured secret")
@@ -99,7 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     check = certs_sub.add_parser("verify", help="check a certificate offline: hash, signature, aggregates")
     check.add_argument("certificate", help="a certificate JSON file, or its URL (…/certificates/{id}[/document])")
     check.add_argument(
-        "--keys", help="public keys: a file or URL in /.well-known/echelon-keys.json form (default: from the API)"
+        "--keys",
+        metavar="FILE",
+        help="the issuer's public keys, a file in /.well-known/echelon-keys.json form (default: the keys pinned "
+        "for the certificate's issuer, recorded on first use in ~/.config/echelon/known_issuers.json)",
     )
     again = certs_sub.add_parser(
         "rederive", help="rebuild a certificate from the event log (logged judge answers, no judge call)"
@@ -109,11 +124,19 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="inspect runs through the API")
     runs_sub = runs.add_subparsers(dest="action", required=True)
+    listing = runs_sub.add_parser("list", help="runs, newest first: id, status, progress, created, construct")
+    listing.add_argument("--status", help="only runs in this status, e.g. COMPLETED")
+    listing.add_argument("--construct-id", help="only runs of this construct")
+    listing.add_argument("--limit", type=int, default=20, help="runs per page (at most 100)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many (the next page)")
+    get = runs_sub.add_parser("get", help="one run's status, progress and certificate")
+    get.add_argument("run_id")
     history = runs_sub.add_parser("history", help="a run's logged events: seq, time, topic, causation")
     history.add_argument("run_id")
-    history.add_argument("--json", action="store_true", help="one JSON object per event: {seq, event}")
-    history.add_argument("--api", help="API base URL (as for `verify`)")
-    history.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local admin dev token)")
+    for command in (listing, get, history):
+        command.add_argument("--json", action="store_true", help="JSON (history: one object per event)")
+        command.add_argument("--api", help="API base URL (as for `verify`)")
+        command.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local admin dev token)")
     return parser
 
 

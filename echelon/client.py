@@ -8,13 +8,13 @@ import json
 import logging
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from echelon.devtoken import mint_hs256
-from echelon.endpoint import read_endpoint
+from echelon.endpoint import newest_stack, read_endpoint
+from echelon.repo_arg import repo_ref
 from echelon.watch import Progress, StreamUnavailable, follow
 from echelon_platform.config import Settings
 from echelon_platform.errors import EchelonError
@@ -105,25 +105,16 @@ async def submit_and_watch(args: argparse.Namespace, settings: Settings) -> int:
 
 def api_base(explicit: str | None, settings: Settings) -> str:
     """--api, else ECHELON_API_BASE_URL, else the URL a live local stack recorded under the data directory,
-    else http://ECHELON_API_HOST:ECHELON_API_PORT."""
+    else (unless ECHELON_API_HOST or ECHELON_API_PORT says where) this user's newest live stack, else
+    http://ECHELON_API_HOST:ECHELON_API_PORT."""
     if explicit:
         return explicit.rstrip("/")
     if settings.api_base_url:
         return settings.api_url()
-    return read_endpoint(settings.data_dir) or settings.api_url()
-
-
-def repo_ref(repo: str) -> str:
-    """What the server is sent: "sample" and URLs as given; a local path (".", "../x") made absolute,
-    since the server does not share this shell's working directory."""
-    if repo == "sample" or "://" in repo or repo.startswith("git@"):
-        # "sample" is passed as is: each ingest worker materialises the bundled sample under its own data
-        # directory, which it may read, whatever this machine's data directory is.
-        return repo
-    path = Path(repo).expanduser()
-    if not path.is_dir():
-        raise EchelonError(f"{repo} is not a directory (pass a git repository, a GitHub URL or 'sample')")
-    return str(path.resolve())
+    recorded = read_endpoint(settings.data_dir)
+    if recorded is None and not {"api_host", "api_port"} & settings.model_fields_set:
+        recorded = newest_stack()
+    return recorded or settings.api_url()
 
 
 def run_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -227,9 +218,10 @@ async def _watch(
         elif line:
             print(line, flush=True)
 
+    ended_on_stream = False
     try:
         async with asyncio.timeout(stream_timeout):
-            await follow(base, token, run_id, show)
+            ended_on_stream = (await follow(base, token, run_id, show)).ended is not None
     except StreamUnavailable as exc:
         print(f"{clear}echelon: {exc}; polling {base} instead", file=sys.stderr)
     except TimeoutError:
@@ -243,7 +235,7 @@ async def _watch(
         view = response.json()
         if view.get("status") in TERMINAL:
             break
-        if tty:
+        if tty and not ended_on_stream:  # the stream already showed the end: an older view would step back
             print(f"{clear}{progress_bar(view)}", end="", flush=True)
         await asyncio.sleep(0.2)  # the read model lags the stream by a writer batch
     if not as_json:

@@ -8,6 +8,7 @@ import contextlib
 import sys
 
 from echelon_platform.config import Settings
+from echelon_platform.recursion import check_recursion_limit
 
 # Each command imports what it needs when it runs: loading the API, workers and their libraries costs
 # seconds, and `echelon token` or `echelon verify` need none of it.
@@ -17,24 +18,19 @@ async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.local_roots import dev_stack_roots
     from echelon.stack import serve
 
+    check_recursion_limit()  # after the roles' imports, before serving anything
     return await serve(dev_stack_roots(settings), with_api=not args.no_api)
 
 
 async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from api.app import create_app
+    from echelon.http_server import api_server_config
     from echelon.stack import AnnouncingServer, freeze_startup_heap, infrastructure
 
+    check_recursion_limit()
     settings.check_api_exposure()  # before starting anything: one line, exit 1
     async with infrastructure(settings) as resolved:
-        config = uvicorn.Config(
-            create_app(resolved),
-            host=resolved.api_host,
-            port=resolved.api_port,
-            log_level="warning",
-            ws_max_size=resolved.ws_max_message_bytes,
-        )
+        config = api_server_config(create_app(resolved), resolved)
         freeze_startup_heap()
         await AnnouncingServer(config, resolved).serve()
     return 0
@@ -43,6 +39,7 @@ async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import serve
 
+    check_recursion_limit()
     # A standby until it holds the writer lease (ECHELON_WRITER_PARTITION); exits 1 if the loop ends
     # without a signal, so a supervisor restarts it.
     return await serve(settings, with_api=False, stages=False)
@@ -54,6 +51,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from echelon_platform.domain.roles import stage_groups
     from pipeline_workers.pipeline import STAGES, Pipeline
 
+    check_recursion_limit()
     unknown = set(args.stages) - set(STAGES)
     if unknown:
         print(
@@ -83,6 +81,7 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from coordinator.admission import TrustedKeys
     from coordinator.replay import Rebuilder, repair_partition, verify
     from echelon.stack import infrastructure
     from echelon_platform.adapters.readmodel_writer import Projector
@@ -99,14 +98,14 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             if args.verify:
                 raise ConfigError("--verify compares the whole log: give it without --partition")
             resolved.partitioning.parse(str(args.partition))  # ConfigError naming the valid range
-            report = await repair_partition(services.store, projector, args.partition)
+            report = await repair_partition(services.store, projector, args.partition, services.settings)
             print(
                 f"partition {args.partition}: refolded {report.runs} runs and {report.certificates} certificates "
                 f"from {report.events} events in {report.seconds:.2f}s into {report.namespace}"
             )
             return 0
         if args.verify:
-            report = await verify(services.store, projector)
+            report = await verify(services.store, projector, services.settings)
             for line in report.differences[:50]:
                 print(line)
             print(
@@ -114,7 +113,9 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 f"{len(report.differences)} difference(s)"
             )
             return 1 if report.differences else 0
-        report = await Rebuilder(services.store, projector).rebuild()
+        report = await Rebuilder(
+            services.store, projector, TrustedKeys.published(services.store, services.settings)
+        ).rebuild()
         print(
             f"rebuilt {report.runs} runs and {report.certificates} certificates from {report.events} "
             f"events in {report.seconds:.2f}s ({report.events_per_s:,.0f} events/s); "
@@ -177,6 +178,17 @@ async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def parse_range(text: str) -> tuple[float, float] | None:
+    """`5` or `0.3-15` as (low, high) seconds; None when it is not a positive, ordered range."""
+    low_text, _, high_text = text.partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if high_text else low
+    except ValueError:
+        return None
+    return (low, high) if 0 < low <= high < float("inf") else None
+
+
 async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     import json
     import random
@@ -186,9 +198,12 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
     unknown = set(kinds or ()) - set(KINDS)
-    if unknown or args.rounds < 1 or args.runs_per_second <= 0:
+    outage = parse_range(args.outage_s)
+    if unknown or args.rounds < 1 or args.runs_per_second <= 0 or args.overlap < 1 or outage is None:
         print(
-            f"echelon: chaos needs --rounds >= 1, --runs-per-second > 0, kinds from {','.join(KINDS)}", file=sys.stderr
+            f"echelon: chaos needs --rounds >= 1, --runs-per-second > 0, --overlap >= 1, --outage-s SECONDS or "
+            f"LOW-HIGH (0 < LOW <= HIGH), kinds from {','.join(KINDS)}",
+            file=sys.stderr,
         )
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
@@ -199,6 +214,8 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         duration_s=args.duration_s,
         mean_gap_s=args.mean_gap_s,
         kinds=kinds,
+        outage_s=outage,
+        overlap=args.overlap,
         work_dir=args.work_dir,
     )
     report = await run_chaos(settings, config)
@@ -209,7 +226,12 @@ async def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.devtoken import mint_hs256
 
-    print(mint_hs256(args.user_id, settings.jwt_secret.get_secret_value(), admin=args.admin, ttl_s=args.ttl))
+    try:
+        token = mint_hs256(args.user_id, settings.jwt_secret.get_secret_value(), admin=args.admin, ttl_s=args.ttl)
+    except ValueError as exc:
+        print(f"echelon token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 
@@ -232,8 +254,9 @@ async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.history import show_history
+    from echelon.runs_cli import get_run, list_runs
 
-    return await show_history(args, settings)
+    return await {"list": list_runs, "get": get_run, "history": show_history}[args.action](args, settings)
 
 
 async def _rederive(args: argparse.Namespace, settings: Settings) -> int:
@@ -241,15 +264,23 @@ async def _rederive(args: argparse.Namespace, settings: Settings) -> int:
 
     from echelon.stack import infrastructure
     from echelon_platform.adapters.event_store import EventStore
+    from echelon_platform.adapters.migrations import migrate
+    from echelon_platform.log_config import configure_logging
     from pipeline_workers.rederive import RederiveError, rederive_from_store
 
+    # stdout is the result alone (`--json` must parse): the servers' start-up lines go to stderr, warnings only.
+    configure_logging("WARNING", json=not sys.stderr.isatty())
     cert_id = args.certificate_id if args.certificate_id.startswith("cert-") else f"cert-{args.certificate_id}"
-    async with infrastructure(settings) as resolved, EventStore(str(resolved.database_url)) as store:
-        try:
-            result = await rederive_from_store(store, cert_id)
-        except RederiveError as exc:
-            print(f"{cert_id}: cannot rederive: {exc}", file=sys.stderr)
-            return 1
+    async with infrastructure(settings) as resolved:
+        if not settings.infra_configured():
+            # A fresh embedded stack (nothing served yet) has no tables: give it the schema a stack would.
+            await migrate(str(resolved.database_url))
+        async with EventStore(str(resolved.database_url)) as store:
+            try:
+                result = await rederive_from_store(store, cert_id)
+            except RederiveError as exc:
+                print(f"{cert_id}: cannot rederive: {exc}", file=sys.stderr)
+                return 1
     if args.json:
         document = {
             "certificate_id": cert_id,

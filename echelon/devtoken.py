@@ -13,12 +13,19 @@ import hmac
 import json
 import time
 
+from echelon_platform.domain.identity import WALLET_SUBJECT_PREFIX, is_wallet_subject
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def mint_hs256(user_id: str, secret: str, *, admin: bool = False, ttl_s: int = 3600) -> str:
+    if is_wallet_subject(user_id):  # the API would refuse it: a wallet user signs in with the wallet
+        raise ValueError(
+            f"user ids starting with {WALLET_SUBJECT_PREFIX!r} are reserved for wallet sign-in "
+            "(POST /api/v1/auth/session); choose another user id"
+        )
     now = int(time.time())
     claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl_s, "type": "access"}
     if admin:

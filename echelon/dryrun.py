@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from echelon.repo_arg import repo_ref
 from echelon_platform.config import Settings
 from echelon_platform.domain.repo_refs import SAMPLE_REPO, GitHubRepo, parse_repo_url
 from echelon_platform.domain.values import GroundTruthRecord
@@ -101,19 +102,18 @@ def describe_oracle(args: argparse.Namespace) -> str | None:
 
 async def ingest(args: argparse.Namespace, settings: Settings) -> IngestResult:
     """The changes the ingest worker would take, read here; nothing is published."""
-    spec = SourceSpec(repo_url=args.repo, limit=args.limit, token=args.github_token)
+    # Resolved as a submission would be: `.` is the directory this shell stands in.
+    repo = await asyncio.to_thread(repo_ref, args.repo)
+    spec = SourceSpec(repo_url=repo, limit=args.limit, token=args.github_token)
     try:
-        if args.repo == SAMPLE_REPO:
+        if repo == SAMPLE_REPO:
             with tempfile.TemporaryDirectory(prefix="echelon-dry-run-") as tmp:
                 sample = await materialise_sample_repo(Path(tmp) / "sample-repo")
                 local = spec.model_copy(update={"repo_url": str(sample)})
                 return await LocalGitIngester(policy=settings.selection_policy).fetch(local)
-        ref = parse_repo_url(args.repo)
-        if isinstance(ref, GitHubRepo):
+        if isinstance(parse_repo_url(repo), GitHubRepo):
             return await _github(spec, settings)
-        path = await asyncio.to_thread(lambda: Path(ref.path).expanduser().resolve())
-        local = spec.model_copy(update={"repo_url": str(path)})
-        return await LocalGitIngester(policy=settings.selection_policy).fetch(local)
+        return await LocalGitIngester(policy=settings.selection_policy).fetch(spec)
     except (IngestError, RequestRejected) as exc:
         raise EchelonError(f"dry run: {exc}") from exc
 

@@ -17,7 +17,7 @@ from echelon_platform.config import Settings
 PAGE = 500  # the API's largest page
 
 
-def _token(args: argparse.Namespace, settings: Settings) -> str:
+def runs_token(args: argparse.Namespace, settings: Settings) -> str:
     if args.token:
         return str(args.token)
     if settings.api_token is not None:
@@ -58,7 +58,7 @@ async def show_history(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("httpx", "httpcore"):  # request logs would interleave with the output
         logging.getLogger(name).setLevel(logging.WARNING)
     base = api_base(args.api, settings).rstrip("/")
-    headers = {"Authorization": f"Bearer {_token(args, settings)}"}
+    headers = {"Authorization": f"Bearer {runs_token(args, settings)}"}
     seq_of: dict[str, int] = {}
     count = 0
     try:

@@ -17,10 +17,12 @@ from api.app import create_app
 from coordinator.factory import coordinators_for
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
+from echelon.http_server import api_server_config
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.roles import Role
+from echelon_platform.redact import redact_url
 from pipeline_workers.pipeline import Pipeline
 
 NON_CERTIFY_STAGES = ("ingest", "invoke", "score")
@@ -50,9 +52,9 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
             credentials["nats_credentials_file"] = stack.nats.credentials_path
         log.info(
             "stack.embedded",
-            nats=urls.nats_url,
-            postgres=urls.database_url,
-            redis=urls.redis_url,
+            nats=redact_url(urls.nats_url),
+            postgres=redact_url(urls.database_url),
+            redis=redact_url(urls.redis_url),
             data_dir=str(data_dir),
         )
         yield settings.model_copy(
@@ -165,14 +167,7 @@ async def serve(
             server: _Server | None = None
             if with_api:
                 app = create_app(resolved, api_services)
-                config = uvicorn.Config(
-                    app,
-                    host=resolved.api_host,
-                    port=resolved.api_port,
-                    log_level="warning",
-                    lifespan="on",
-                    ws_max_size=resolved.ws_max_message_bytes,
-                )
+                config = api_server_config(app, resolved, lifespan="on")
                 server = _Server(config, resolved)
                 tasks.append(asyncio.create_task(server.serve()))
             stopped = asyncio.create_task(stop.wait())

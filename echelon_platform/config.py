@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
 from echelon_platform.errors import ConfigError
+from echelon_platform.redact import redact_url
 
 DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
+# RFC 7518 §3.2: an HS256 key at least as long as the hash. Shorter ones only on a loopback (dev) API.
+MIN_JWT_SECRET_BYTES = 32
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
+_URL_FIELDS = frozenset({"nats_url", "database_url", "redis_url"})
 
 
 class Settings(BaseSettings):
@@ -53,7 +58,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
-    jwt_algorithm: str = "HS256"
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"  # tokens are HMAC-signed with jwt_secret
     api_base_url: str | None = None  # where clients find the API; unset → api_url() from api_host/api_port
     api_token: SecretStr | None = None
 
@@ -66,6 +71,12 @@ class Settings(BaseSettings):
     ws_close_timeout_s: float = 10.0
     # /readyz answers 503 when the coordinator is this many stream events behind.
     ready_max_lag: int = Field(default=10_000, ge=0)
+    # ... or when an event has waited this long to be logged (the writer is stalled: a lock, a dead writer).
+    ready_max_behind_s: float = Field(default=5.0, gt=0)
+    # /readyz answers within this time, whatever hangs (a probe that does not answer in time fails).
+    ready_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    # The stages whose durable consumers /readyz requires (besides every partition's writer).
+    ready_stages: list[str] = Field(default_factory=lambda: ["ingest", "invoke", "score", "certify"])
     wallet_max_age_s: int = 300  # a signed wallet message is fresh this long
     admin_wallets: list[str] = Field(default_factory=list)
     # Sign-In with Ethereum (EIP-4361): the message must name this service. Unset → derived from api_url().
@@ -74,6 +85,11 @@ class Settings(BaseSettings):
     siwe_chain_ids: list[int] = Field(default_factory=lambda: [1])
     siwe_nonce_ttl_s: int = Field(default=300, ge=10)  # a server-issued nonce must be used within this time
     siwe_nonces_per_minute: int = Field(default=60, ge=1)  # GET /auth/nonce per client address
+    # Nonces issued and neither used nor expired, all clients together: GET /auth/nonce answers 429 beyond it.
+    siwe_max_outstanding_nonces: int = Field(default=10_000, ge=1)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto the API believes (addresses or networks, comma
+    # separated). Empty (the default): none, not even loopback, so per-address limits see the real peer.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ws_max_connections_per_user: int = Field(default=5, ge=1)  # per API process
     # Sockets not yet authenticated, per API process: at most this many in all and per client address; one
     # more is closed with 1013. Their first message (the credentials) is at most ws_first_message_bytes
@@ -84,6 +100,9 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
     stats_per_minute: int = Field(default=60, ge=1)  # GET /stats per client address per minute
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # larger request bodies get 413
+    # Origins whose browser pages may call the API (and open its WebSocket): comma-separated or a JSON list,
+    # `*` for any. Unset: http://localhost:* and http://127.0.0.1:* on a loopback API, none otherwise.
+    cors_origins: Annotated[list[str] | None, NoDecode] = None
 
     # Coordinator
     coordinator_batch: int = 256
@@ -140,8 +159,23 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     # Keys that signed earlier certificates (PEM, private or public): still published, so those verify.
     signing_retired_key_files: list[Path] = Field(default_factory=list)
+    # The root of the key chain verifiers trust (a key id); unset: pinned once in data_dir/signing/root-key-id.
+    signing_root_key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # Ground-truth selection policy for local repositories (see README "Ground truth").
     selection_policy: Literal["pr-merges", "first-parent-merges"] = "pr-merges"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for entry in value:
+                try:  # uvicorn would silently treat a typo as a literal host name that never matches
+                    ipaddress.ip_network(str(entry), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"ECHELON_TRUSTED_PROXIES: {entry!r} is not an IP address or network") from exc
+        return value
 
     @property
     def partitioning(self) -> Partitioning:
@@ -160,6 +194,16 @@ class Settings(BaseSettings):
         """The writer lease of one partition (`writer_partition` itself with a single partition)."""
         return f"{self.writer_partition}{self.partitioning.suffix(partition)}"
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
+
     @property
     def uses_dev_secret(self) -> bool:
         return self.jwt_secret.get_secret_value() == DEV_JWT_SECRET
@@ -175,12 +219,30 @@ class Settings(BaseSettings):
             return False
 
     def check_api_exposure(self) -> None:
-        """Refuse (ConfigError) to serve the API beyond loopback with the published development JWT secret:
-        anyone could mint an admin token for it."""
-        if self.uses_dev_secret and not self.api_is_loopback():
+        """Refuse (ConfigError) a JWT secret no token can be checked with (empty), and beyond loopback the
+        published development secret (anyone could mint an admin token for it) or one shorter than
+        MIN_JWT_SECRET_BYTES (guessable offline from any token)."""
+        where = f"refusing to serve the API on {self.api_host or '*'}"
+        try:
+            size = len(self.jwt_secret.get_secret_value().encode("utf-8"))
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in the environment: no HMAC key can be made
+            raise ConfigError(f"{where}: ECHELON_JWT_SECRET is not valid UTF-8 text") from None
+        if size == 0:
             raise ConfigError(
-                f"refusing to serve the API on {self.api_host or '*'}: ECHELON_JWT_SECRET is unset and the "
-                "development secret lets anyone mint tokens; set ECHELON_JWT_SECRET (or ECHELON_API_HOST=127.0.0.1)"
+                f"{where}: ECHELON_JWT_SECRET is empty and no token could be verified; set it to at least "
+                f"{MIN_JWT_SECRET_BYTES} random bytes (e.g. `openssl rand -hex 32`), or unset it on loopback"
+            )
+        if self.api_is_loopback():
+            return
+        if self.uses_dev_secret:
+            raise ConfigError(
+                f"{where}: ECHELON_JWT_SECRET is unset and the development secret lets anyone mint tokens; "
+                "set ECHELON_JWT_SECRET (or ECHELON_API_HOST=127.0.0.1)"
+            )
+        if size < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"{where}: ECHELON_JWT_SECRET is {size} bytes; beyond loopback it must be at least "
+                f"{MIN_JWT_SECRET_BYTES} (e.g. `openssl rand -hex 32`), or set ECHELON_API_HOST=127.0.0.1"
             )
 
     def api_url(self) -> str:
@@ -206,6 +268,11 @@ class Settings(BaseSettings):
 
     def allowed_repo_roots(self) -> list[Path]:
         return self.local_repo_roots or [self.data_dir]
+
+    def __repr_args__(self) -> Any:
+        # URLs may carry passwords (the embedded Postgres and Redis): a repr shows them masked.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
 
     def infra_configured(self) -> bool:
         return bool(self.nats_url and self.database_url and self.redis_url)

@@ -1,9 +1,12 @@
 """The watchdog: a run that makes no progress within the configured time is failed, with a reason.
 
 Progress is measured on the log (when the writer last appended an event of the run), never on a read
-model that may lag; and while the writer itself is behind, nobody is judged. It publishes
-`verify.run.failed`; whether that ends the run is the lifecycle's rule in log order, so it cannot undo a
-certificate already logged. Together with the stages' dead-lettering this makes every run end.
+model that may lag; and while the writer itself is behind (before or after the query), nobody is judged. It
+publishes `verify.run.failed` with the log position it decided at; the writer refuses (parks) it when the
+run has events logged after that position, so a decision overtaken by the run's progress (a query that
+waited on a table lock, then read the log before the writer committed its backlog) never fails a healthy
+run. Whether a failure ends the run is the lifecycle's rule in log order, so it cannot undo a certificate
+already logged. Together with the stages' dead-lettering this makes every run end.
 """
 
 from __future__ import annotations
@@ -40,21 +43,39 @@ class Watchdog:
 
     async def sweep(self) -> list[str]:
         """Fail every stalled run once; returns their ids."""
+        if await self._writer_behind("before the query"):
+            return []
+        stalled = await self.services.store.stalled_runs(self.timeout_s)
+        # The query may have waited (a table lock) while the writer's backlog grew, and return before the
+        # writer commits it: judge only if the writer is level *after* the query too. That still leaves a
+        # race (the writer commits and acks between the two), so each failure is also fenced on the run's
+        # last log position: the writer refuses it if the run has events logged after that position.
+        if not stalled or await self._writer_behind("after the query"):
+            return []
+        failed: list[str] = []
+        bus = self.services.bus
+        for run in stalled:
+            reason = await self._reason(run.run_id, run.last_appended)
+            event = make_event(RunFailed(run_id=run.run_id, reason=reason, stage="watchdog", as_of_seq=run.last_seq))
+            # One message id per decision (the run and its position): a decision the writer refused as stale
+            # must not hide a later one, or a stage's failure, inside JetStream's duplicate window.
+            await bus.publish_raw(
+                bus.subjects.for_event(event), event.to_wire(), msg_id=f"{event.dedup_key}@{run.last_seq}"
+            )
+            log.warning("watchdog.failed_run", run_id=run.run_id, reason=reason, as_of_seq=run.last_seq)
+            failed.append(run.run_id)
+        return failed
+
+    async def _writer_behind(self, when: str) -> bool:
+        """Is any partition's writer behind: its oldest unlogged event older than `writer_behind_s`?"""
         settings = self.services.settings
-        # The oldest event any partition's writer has not logged yet.
         behind = max(
             [await self.services.bus.backlog_age_s(settings.writer_durable(k)) for k in settings.partitioning.indices]
         )
         if behind > self.writer_behind_s:
-            log.warning("watchdog.writer_behind", oldest_unlogged_s=round(behind, 1))
-            return []
-        failed: list[str] = []
-        for run_id, last in await self.services.store.stalled_runs(self.timeout_s):
-            reason = await self._reason(run_id, last)
-            await self.services.bus.publish(make_event(RunFailed(run_id=run_id, reason=reason, stage="watchdog")))
-            log.warning("watchdog.failed_run", run_id=run_id, reason=reason)
-            failed.append(run_id)
-        return failed
+            log.warning("watchdog.writer_behind", oldest_unlogged_s=round(behind, 1), seen=when)
+            return True
+        return False
 
     async def _reason(self, run_id: str, last: datetime) -> str:
         idle = (utcnow() - last).total_seconds()

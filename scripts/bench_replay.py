@@ -28,6 +28,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the test factories
 
+from coordinator.admission import TrustedKeys
 from coordinator.replay import READ_BATCH, Rebuilder, delete_namespace, verify
 from coordinator.replay_fold import PAYLOAD_TOPICS
 from echelon_platform.adapters.readmodel_store import Keys
@@ -103,7 +104,9 @@ async def bench(settings: Settings, n: int, with_verify: bool) -> dict[str, Any]
         # Sets the rows' hint bits now: else whichever phase reads first pays for writing them.
         await services.store.pool.execute("VACUUM ANALYZE events")
         rows, floor_s = await floor(services, settings.redis_prefix)
-        report = await Rebuilder(services.store, projector).rebuild()
+        report = await Rebuilder(
+            services.store, projector, TrustedKeys.published(services.store, services.settings)
+        ).rebuild()
         result: dict[str, Any] = {
             "events": n,
             "floor_rows_per_s": round(rows / floor_s),
@@ -113,7 +116,7 @@ async def bench(settings: Settings, n: int, with_verify: bool) -> dict[str, Any]
         }
         if with_verify:
             started = time.perf_counter()
-            checked = await verify(services.store, projector)
+            checked = await verify(services.store, projector, services.settings)
             seconds = time.perf_counter() - started
             result.update(
                 verify_seconds=round(seconds, 2),

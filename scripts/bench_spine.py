@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the tes
 from ulid import ULID
 
 from api.auth import issue_jwt
+from coordinator.admission import TrustedKeys
 from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder
 from echelon.embedded import EmbeddedNats
@@ -110,7 +111,9 @@ async def bench_coordinator_and_replay(settings: Settings, n: int) -> dict[str, 
             sampler.cancel()
         stored = await services.store.count()
         async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
-            report = await Rebuilder(services.store, projector).rebuild()
+            report = await Rebuilder(
+                services.store, projector, TrustedKeys.published(services.store, services.settings)
+            ).rebuild()
     return {
         "prefill_publish_events_per_s": round(n / publish_s),
         "coordinator": {

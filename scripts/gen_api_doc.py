@@ -16,9 +16,30 @@ The full schema is also at `/openapi.json`.
 
 Headers: `Authorization: Bearer <JWT>` (or the Sign-In with Ethereum headers), optionally
 `Idempotency-Key` (the same key and body answer with the same run). Unknown fields are refused (422);
-bodies over `ECHELON_MAX_BODY_BYTES` get 413. `oracle_type: "http"` needs `oracle_url`;
+bodies over `ECHELON_MAX_BODY_BYTES` get 413. The body is strict JSON: `NaN`, `Infinity`, numbers beyond a
+64-bit float, lone surrogates and nesting deeper than 32 levels are a 422 saying which.
+`oracle_type: "http"` needs `oracle_url`;
 `oracle_type: "python"` needs `oracle_module` and `oracle_callable` (on the server's allowlist).
-`oracle_headers` and `github_token` are secrets: stored encrypted, never in events, read models or logs.
+`oracle_headers` and `github_token` are secrets: stored encrypted, never in events, read models, logs or
+error answers.
+
+**Errors** follow FastAPI's convention, `{"detail": ...}`: for a body that does not match the schema (422),
+`detail` is FastAPI's list of `{"loc", "msg", "type"}` (never echoing secret values); for the service's own
+checks (422 and every other status) it is one sentence saying what to change. A client shows a string as it
+is and a list by its `msg`s.
+
+**Paths.** `repo_url` names a path on the *server*: a relative one (`./data/sample-repo`, `.`) is refused
+with 422, since the server cannot know the caller's working directory; send an absolute path (the CLI
+resolves `.` for you) or `sample`.
+
+**Browser apps** on another origin: see `ECHELON_CORS_ORIGINS` (the loopback dev stack allows
+`http://localhost:*` and `http://127.0.0.1:*`; any other deployment none until set). Preflight is answered
+on every route for `Authorization`, `Content-Type` and `Idempotency-Key`; the WebSocket's `Origin` is
+checked against the same list.
+
+**In the answer** (`GET /runs/{id}`): `total` is `null` until ingest has counted the changes (unknown, not
+zero); `progress` counts settled replays. Certificates give `scoring_latency_ms` in milliseconds with at
+most three decimals (microseconds).
 
 | field | type | required | default | limits | notes |
 |---|---|---|---|---|---|
@@ -34,7 +55,8 @@ NOTES = {
     "oracle_callable": "Python oracle: function in that module",
     "oracle_timeout_s": "per-question deadline; a timed-out replay fails with that reason",
     "limit": "how many changes (newest first) to replay",
-    "min_replays": "fewest scored replays a certificate needs; fewer → the run fails",
+    "min_replays": "scored replays a full certificate needs; fewer → the run still completes, with a partial "
+    "certificate that says so in its warning (the run fails only when no replay was scored)",
     "github_token": "for private GitHub repositories and higher rate limits",
     "weights": "composite-score weights by metric name (default: the service's)",
     "since": "only changes merged at or after this time (with a timezone)",

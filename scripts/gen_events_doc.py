@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from echelon_platform.domain.admission import MAX_EVENT_BYTES
 from echelon_platform.domain.events import TOPICS
 
 HEADER = """# Events
@@ -25,6 +26,9 @@ Every event travels in one envelope (JSON):
 | `dedupKey` | `<topic>:<natural key>`, sent as `Nats-Msg-Id`; the log stores one event per key |
 
 Subjects are `verify.<aggregate>.<event>.<run_id>`: `verify.>` is everything, `verify.*.*.<run_id>` one run.
+The writer logs an event only on its own subject, with its natural dedup key, within its topic's size, and
+(except `verify.run.requested` and `verify.methodology.registered`) of a requested run; anything else is
+parked with the reason.
 """
 
 
@@ -33,7 +37,11 @@ def render() -> str:
     for spec in TOPICS.values():
         schema = spec.model.model_json_schema()
         required = set(schema.get("required", []))
-        parts.append(f"\n## `{spec.topic}` (v{spec.version})\n\n{spec.doc} Dedup key: `{spec.key_field}`.\n")
+        limit = f"{MAX_EVENT_BYTES[spec.topic] // 1024} KiB"
+        parts.append(
+            f"\n## `{spec.topic}` (v{spec.version})\n\n{spec.doc} Dedup key: `{spec.key_field}`. "
+            f"At most {limit} on the wire.\n"
+        )
         parts.append("\n| field | type | required |\n|---|---|---|\n")
         for name, prop in schema.get("properties", {}).items():
             kind = prop.get("type") or prop.get("$ref", "").rsplit("/", 1)[-1] or "any"

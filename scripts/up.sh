@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # Run the service: API + coordinator + stage workers. Embedded NATS/Postgres/Redis start when
 # NATS_URL / DATABASE_URL / REDIS_URL are not set.
-source "$(dirname "$0")/_env.sh"
+ECHELON_INSTALL=run source "$(dirname "$0")/_env.sh"
 exec echelon stack up "$@"

@@ -25,6 +25,13 @@ from echelon_platform.config import Settings
 from tests.helpers import wait_for
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_user_state(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Stacks started by tests record themselves per user (echelon/endpoint.py): in a directory of this
+    session's, inherited by every process a test starts, never the real user's."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("user-state"))
+
+
 @pytest.fixture(scope="session")
 async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StackUrls]:
     nats_url = os.environ.get("ECHELON_TEST_NATS_URL")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
@@ -107,10 +108,11 @@ def run_events(
     return events
 
 
-def certificate(run_id: str) -> CalibrationCertificate:
-    """The certificate of `run_events(run_id, n=2, failed=0)`, built by the real certificate math."""
+def certificate(run_id: str, keyring: Keyring | None = None) -> CalibrationCertificate:
+    """The certificate of `run_events(run_id, n=2, failed=0)`, built by the real certificate math; signed by
+    `keyring` when given (the writer logs only certificates signed by a published key)."""
     scores = [score(f"{run_id}-{i:04d}", i) for i in range(2)]
-    return build_certificate(
+    cert = build_certificate(
         run_id=run_id,
         construct_id="oracle-a",
         scores=scores,
@@ -122,3 +124,4 @@ def certificate(run_id: str) -> CalibrationCertificate:
         methodology_version="v1",
         timestamp=datetime(2026, 1, 1, tzinfo=UTC),
     )
+    return keyring.sign(cert) if keyring is not None else cert

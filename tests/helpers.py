@@ -8,7 +8,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from echelon_platform.adapters.signing_keys import Keyring, load_keyring, publish_keys
+
+if TYPE_CHECKING:
+    from echelon_platform.adapters.event_store import EventStore
+    from echelon_platform.config import Settings
 
 T = TypeVar("T")
 
@@ -43,3 +49,11 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 15) ->
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+async def certifier_keyring(store: EventStore, settings: Settings) -> Keyring:
+    """The certify stage's keyring for `settings`, with its public key published, as the stage does at start:
+    certificates it signs are the ones the writer logs."""
+    keyring = load_keyring(settings)
+    await publish_keys(store, keyring)
+    return keyring

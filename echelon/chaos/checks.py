@@ -254,7 +254,7 @@ async def check_replay(findings: Findings, world: Cluster) -> None:
             str(world.settings.redis_url), world.settings.redis_prefix, partitioning=world.settings.partitioning
         ) as projector,
     ):
-        report = await verify(services.store, projector)
+        report = await verify(services.store, projector, services.settings)
     findings.facts["replay_verify"] = {
         "events": report.events,
         "runs": report.runs,

@@ -43,16 +43,22 @@ class ChaosConfig:
     limit: int = 3  # changes per run (the sample repository's newest ones)
     drain_deadline_s: float = 300.0
     kinds: tuple[str, ...] | None = None  # restrict the faults; None → every kind we can inject
+    # Timed faults (server outage, table lock, SIGSTOP) last a duration drawn uniformly from this range.
+    outage_s: tuple[float, float] = (0.3, 0.3)
+    overlap: int = 1  # faults of distinct kinds injected at once in each round
     work_dir: Path | None = None
     keep_work_dir: bool = False
     tuning: Tuning = field(default_factory=Tuning)
 
 
-def schedule(kinds: tuple[str, ...], rounds: int, rng: random.Random) -> list[str]:
-    """Each kind once (in random order) before any repeats, so even a short run covers every component."""
+def schedule(kinds: tuple[str, ...], rounds: int, rng: random.Random, overlap: int = 1) -> list[tuple[str, ...]]:
+    """Each kind once (in random order) before any repeats, so even a short run covers every component; with
+    overlap > 1 each round adds other kinds (distinct within the round) injected at the same time."""
     first = list(kinds)
     rng.shuffle(first)
-    return (first + [rng.choice(kinds) for _ in range(max(0, rounds - len(first)))])[:rounds]
+    primary = (first + [rng.choice(kinds) for _ in range(max(0, rounds - len(first)))])[:rounds]
+    extra = min(max(0, overlap - 1), len(kinds) - 1)
+    return [(k, *rng.sample([o for o in kinds if o != k], extra)) for k in primary]
 
 
 async def _wait_ready(world: Cluster, http: httpx.AsyncClient) -> None:
@@ -171,24 +177,26 @@ async def _inject_rounds(
     world: Cluster, http: httpx.AsyncClient, rng: random.Random, config: ChaosConfig, started: float
 ) -> list[Fault]:
     kinds = tuple(k for k in (config.kinds or available_kinds(world)) if k in available_kinds(world))
-    injector = Injector(world, http, rng, started)
+    injector = Injector(world, http, rng, started, config.outage_s)
     faults: list[Fault] = []
     phase_started = time.monotonic()
-    for i, kind in enumerate(schedule(kinds, config.rounds, rng)):
+    for i, round_kinds in enumerate(schedule(kinds, config.rounds, rng, config.overlap)):
         if config.duration_s is not None and time.monotonic() - phase_started > config.duration_s:
             log.warning("chaos.time_budget_spent", rounds_done=i, rounds=config.rounds)
             break
-        # A random moment: a random pause after the previous component recovered.
+        # A random moment: a random pause after the previous components recovered.
         await asyncio.sleep(rng.uniform(0.2, 2 * config.mean_gap_s))
-        fault = await injector.inject(kind)
-        faults.append(fault)
-        log.info("chaos.fault", round=i + 1, **fault.as_dict())
+        # Overlapping faults start together; the round ends when every one of them has recovered.
+        for fault in await asyncio.gather(*(injector.inject(kind) for kind in round_kinds)):
+            faults.append(fault)
+            log.info("chaos.fault", round=i + 1, overlapping=len(round_kinds), **fault.as_dict())
     return faults
 
 
 def _config_dict(config: ChaosConfig, world: Cluster) -> dict[str, Any]:
     data = asdict(config)
     data["work_dir"] = str(data["work_dir"]) if data["work_dir"] else None
+    data["outage_s"] = list(config.outage_s)
     data["kinds"] = list(config.kinds or available_kinds(world))
     data["embedded"] = {"nats": world.nats is not None, "redis": world.redis is not None}
     return data

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from echelon_platform.errors import InfrastructureError
+from echelon_platform.redact import redact_url
 
 LOCALHOST = "127.0.0.1"
 STATE_FILE = "server.json"
@@ -278,16 +279,18 @@ class EmbeddedServer(abc.ABC):
             await self._terminate(proc)
             raise
         ticks = process_start_ticks(proc.pid) or 0
-        await asyncio.to_thread(self._write_state, _State(proc.pid, ticks, port, self._url_for(port)))
+        # server.json is readable by everyone: its URL, for people to read, shows no password.
+        url = redact_url(self._url_for(port)) or ""
+        await asyncio.to_thread(self._write_state, _State(proc.pid, ticks, port, url))
 
-    async def _spawn(self, argv: list[str]) -> asyncio.subprocess.Process:
-        """Run argv with output appended to the log, in its own session, dying with us."""
+    async def _spawn(self, argv: list[str], *, stdin: bool = False) -> asyncio.subprocess.Process:
+        """Run argv with output appended to the log, in its own session, dying with us (stdin: a pipe)."""
         log = await asyncio.to_thread(self.log_path.open, "ab")
         try:
             # Spawned from the loop thread on purpose: the parent-death signal follows the spawning thread.
             return await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

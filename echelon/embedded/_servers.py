@@ -15,15 +15,24 @@ from echelon.embedded._nats import EmbeddedNats
 from echelon.embedded._postgres import EmbeddedPostgres
 from echelon.embedded._process import EmbeddedServer, EmbeddedServerError
 from echelon.embedded._redis import EmbeddedRedis
+from echelon_platform.redact import redact_url
 
 _MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated by postgres
 
 
 @dataclass(frozen=True, slots=True)
 class StackUrls:
+    """Client URLs; the Postgres and Redis ones carry their passwords (masked in the repr)."""
+
     nats_url: str
     database_url: str
     redis_url: str
+
+    def __repr__(self) -> str:
+        return (
+            f"StackUrls(nats_url={redact_url(self.nats_url)!r}, database_url={redact_url(self.database_url)!r},"
+            f" redis_url={redact_url(self.redis_url)!r})"
+        )
 
 
 class EmbeddedStack:

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
+from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Subjects, parse_payload
 from echelon_platform.errors import BusError, EnvelopeError
@@ -232,8 +233,9 @@ class Bus:
 
     async def first_valid_on_subject(self, subject: str, *, scan: int = 16) -> Envelope | None:
         """The oldest *valid* event on one subject, straight from the stream. Bytes that are not a valid
-        event of their topic (which the writer parks) are skipped, so a malformed message published on a
-        live run's subject can never stand in for its real request. Needs `next_by_subj` (NATS 2.9+)."""
+        event of their topic, or an event the writer would not admit on this subject (which it parks), are
+        skipped, so a message published on a live run's subject can never stand in for its real request.
+        Needs `next_by_subj` (NATS 2.9+)."""
         seq = 1
         for _ in range(scan):
             try:
@@ -244,7 +246,8 @@ class Bus:
                 raise BusError(f"cannot read {subject} from the stream: {exc}") from exc
             try:
                 envelope = Envelope.from_wire(raw.data or b"")
-                parse_payload(envelope)
+                # What the writer would park is skipped too (e.g. another run's request on this subject).
+                check_event(subject, len(raw.data or b""), envelope, parse_payload(envelope), self.subjects)
             except EnvelopeError:
                 seq = int(raw.seq or seq) + 1
                 continue

@@ -97,6 +97,13 @@ _FOLDED_PAYLOAD = (
 
 
 @dataclass(frozen=True, slots=True)
+class StalledRun:
+    run_id: str
+    last_appended: datetime
+    last_seq: int  # the log position of the run's last event: the watchdog's decision is fenced on it
+
+
+@dataclass(frozen=True, slots=True)
 class JudgeTotals:
     calls: int
     input_tokens: int
@@ -310,12 +317,12 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"Postgres unreachable: {exc}") from exc
 
-    async def stalled_runs(self, older_than_s: float) -> list[tuple[str, datetime]]:
+    async def stalled_runs(self, older_than_s: float) -> list[StalledRun]:
         """Runs the log holds as still going (requested, neither certified nor failed) whose last event
-        was appended more than `older_than_s` ago, with that time. Measured on the log, in the writer's
-        own clock, never on a read model that may lag."""
+        was appended more than `older_than_s` ago, with that time and that event's log position. Measured
+        on the log, in the writer's own clock, never on a read model that may lag."""
         query = """
-            SELECT r.correlation_id, max(e.appended_at) AS last
+            SELECT r.correlation_id, max(e.appended_at) AS last, max(e.seq) AS last_seq
             FROM events r JOIN events e ON e.correlation_id = r.correlation_id
             WHERE r.topic = 'verify.run.requested'
               AND NOT EXISTS (
@@ -328,7 +335,21 @@ class EventStore:
             rows = await self.pool.fetch(query, older_than_s)
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"stalled-run query failed: {exc}") from exc
-        return [(r["correlation_id"].removeprefix("run-"), r["last"]) for r in rows]
+        return [StalledRun(r["correlation_id"].removeprefix("run-"), r["last"], int(r["last_seq"])) for r in rows]
+
+    async def last_positions(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """Per run: the log position of its last event (runs without events are absent)."""
+        if not run_ids:
+            return {}
+        try:
+            rows = await self.pool.fetch(
+                "SELECT correlation_id, max(seq) AS last FROM events WHERE correlation_id = ANY($1::text[]) "
+                "GROUP BY correlation_id",
+                [f"run-{r}" for r in run_ids],
+            )
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"log position query failed: {exc}") from exc
+        return {r["correlation_id"].removeprefix("run-"): int(r["last"]) for r in rows}
 
     async def judge_usage(self, run_ids: Sequence[str]) -> dict[str, JudgeTotals]:
         """Per run: judge calls logged, their tokens and cost. Each call is one row (one dedup key), so a
@@ -377,3 +398,27 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"event log unavailable: {exc}") from exc
         return [(int(r["seq"]), _row_to_envelope(r)) for r in rows]
+
+    async def run_log(self, run_id: str, *, timeout: float) -> list[tuple[int, LogEvent]]:
+        """Every event of one run in log order with its position, as projections read it (without replay
+        records, oracle replies and judge texts); the wait for a pooled connection and the query are each
+        bounded by `timeout`: the API answers from it while its read models are not level with the log, so it
+        must never hang (asyncpg cancels a timed-out query on the server)."""
+        query = (
+            f"SELECT seq, event_id, time, topic, correlation_id, {_PROJECTED_PAYLOAD} AS payload "
+            "FROM events WHERE correlation_id = $1 ORDER BY seq"
+        )
+        try:
+            async with self.pool.acquire(timeout=timeout) as conn:
+                rows = await conn.fetch(query, f"run-{run_id}", timeout=timeout)
+        except TimeoutError as exc:
+            raise StoreError(f"event log did not answer within {timeout}s") from exc
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"event log unavailable: {exc}") from exc
+        return [
+            (
+                int(r["seq"]),
+                LogEvent(r["event_id"], r["time"], r["topic"], r["correlation_id"], orjson.loads(r["payload"])),
+            )
+            for r in rows
+        ]

@@ -27,3 +27,18 @@ def publish_once(path: Path, content: bytes) -> bool:
         return True
     finally:
         os.unlink(tmp)
+
+
+def write_private(path: Path, content: bytes) -> None:
+    """Replace `path` with `content` (mode 0600) in one step: a reader sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -6,16 +6,20 @@ replay script can rebuild into a fresh namespace and switch every reader over wi
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from echelon_platform.adapters.redis_lane import RedisLane
-from echelon_platform.domain.projections import RunState, Status, from_record
+from echelon_platform.domain.partitions import Partitioning
+from echelon_platform.domain.projections import READ_MODEL_GENERATION, RunState, Status, from_record
+from echelon_platform.domain.values import construct_key, matches_construct
 from echelon_platform.errors import ReadModelError
 
 DEFAULT_NAMESPACE = "live"
@@ -51,7 +55,8 @@ class Keys:
         return self._k(f"certs:{order}")
 
     def construct_certs(self, construct_id: str, order: str) -> str:
-        return self._k(f"construct:{construct_id}:certs:{order}")
+        """Keyed by the canonical form: every spelling of a construct id shares one index (and one owner)."""
+        return self._k(f"construct:{construct_key(construct_id)}:certs:{order}")
 
     def ratings(self, cert_id: str) -> str:
         """Hash `<replay_id>|<user_id>` → latest rating JSON."""
@@ -104,6 +109,57 @@ class Keys:
 
 def pointer_key(prefix: str) -> str:
     return f"{prefix}ns"
+
+
+def checkpoint_key(prefix: str, suffix: str = "") -> str:
+    """A log partition's read-model checkpoint (`suffix` from `Partitioning.suffix`; see readmodel_writer)."""
+    return f"{prefix}checkpoint{suffix}"
+
+
+def rebuilding_key(prefix: str) -> str:
+    """Set from the start of a rebuild until its switch deletes it (with the checkpoints, in one MULTI); `n/m`
+    progress. It expires on its own if the rebuild dies: the checkpoints it did not write say the rest."""
+    return f"{prefix}rebuilding"
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What says the read models are level with the log: no rebuild marker, and every partition's checkpoint
+    present, of this build's generation and naming the namespace readers use. The keys, built once."""
+
+    rebuilding: str
+    checkpoints: tuple[str, ...]
+    generation: int
+
+    @classmethod
+    def of(cls, prefix: str, partitioning: Partitioning) -> Freshness:
+        return _freshness(prefix, partitioning.count)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.rebuilding, *self.checkpoints)
+
+
+@functools.lru_cache(maxsize=64)
+def _freshness(prefix: str, count: int) -> Freshness:
+    partitioning = Partitioning(count)
+    keys = tuple(checkpoint_key(prefix, partitioning.suffix(k)) for k in partitioning.indices)
+    return Freshness(rebuilding_key(prefix), keys, READ_MODEL_GENERATION)
+
+
+# Whether the models are level with the log (`Freshness`): 1 or 0. `ns`: the namespace readers use; KEYS[first]
+# the rebuild marker, the KEYS after it every checkpoint (`<generation>:<position>:<namespace>`).
+_FRESH_LUA = """
+local function models_fresh(ns, first, generation)
+  if redis.call('EXISTS', KEYS[first]) == 1 then return 0 end
+  local head, tail = generation .. ':', ':' .. ns
+  for i = first + 1, #KEYS do
+    local cp = redis.call('GET', KEYS[i])
+    if (not cp) or string.sub(cp, 1, #head) ~= head or string.sub(cp, -#tail) ~= tail then return 0 end
+  end
+  return 1
+end
+"""
 
 
 def lock_key(prefix: str, suffix: str = "") -> str:
@@ -189,7 +245,7 @@ class ReadModels(RedisClient):
         states = [
             s
             for s in await self._load(keys, ids)
-            if (status is None or s.status is status) and (construct_id is None or s.construct_id == construct_id)
+            if (status is None or s.status is status) and matches_construct(s.construct_id, construct_id)
         ]
         return states[offset : offset + limit], len(states)
 
@@ -254,35 +310,75 @@ class ReadModels(RedisClient):
 CHUNK = 1000  # keys per MGET / commands per pipeline: bounded replies, few round trips
 
 
-# Resolve the namespace pointer and read the key in one round trip (the hot path of GET /runs/{id}).
-_GET_IN_NAMESPACE = """
+# Resolve the namespace pointer, read the key and say whether the models are level with the log, in one round
+# trip (the hot path of GET /runs/{id}): {fresh (1/0), the value or false}.
+_GET_IN_NAMESPACE = (
+    _FRESH_LUA
+    + """
 local ns = redis.call('GET', KEYS[1]) or ARGV[3]
-return redis.call('GET', ARGV[1] .. ns .. ARGV[2])
+return {models_fresh(ns, 2, ARGV[4]), redis.call('GET', ARGV[1] .. ns .. ARGV[2])}
 """
+)
 _NS_MARK = "\x00ns\x00"
 _ID_MARK = "\x00id\x00"
 
 
-class RunReader:
-    """`ReadModels.get_run` in one Redis round trip instead of two; the key layout stays `Keys`'s. With a lane
-    (the API's hot path), the round trip shares the lane's pipelined connection."""
+class Checked(NamedTuple):
+    """A read-model value and whether the models were level with the log when it was read (`Freshness`):
+    when they are not, a missing or older value says nothing about the log."""
 
-    def __init__(self, read_models: ReadModels, lane: RedisLane | None = None) -> None:
-        self._rm = read_models
-        self._pointer = pointer_key(read_models.prefix)
-        # The key around the namespace and the run id, split once (not on every call).
-        self._before, _, after = Keys(read_models.prefix, _NS_MARK).run(_ID_MARK).partition(_NS_MARK)
+    value: Any
+    fresh: bool
+
+
+class NamespacedGet:
+    """GET of one key kind (`Keys.run`, `Keys.cert`) in the current namespace, checked (`Checked`), in one
+    Redis round trip; with a lane (the API's hot path) on the lane's pipelined connection."""
+
+    def __init__(
+        self, read_models: ReadModels, kind: Callable[[Keys], str], freshness: Freshness, lane: RedisLane | None
+    ) -> None:
+        self._keys = (pointer_key(read_models.prefix), *freshness.keys)
+        self._generation = str(freshness.generation)
+        # The key around the namespace and the id, split once (not on every call).
+        self._before, _, after = kind(Keys(read_models.prefix, _NS_MARK)).partition(_NS_MARK)
         self._head, _, self._tail = after.partition(_ID_MARK)
         self._script = read_models.redis.register_script(_GET_IN_NAMESPACE)
         self._lane_script = lane.script(_GET_IN_NAMESPACE) if lane is not None else None
 
-    async def get(self, run_id: str) -> RunState | None:
-        args = (self._before, f"{self._head}{run_id}{self._tail}", DEFAULT_NAMESPACE)
+    async def __call__(self, key_id: str) -> Checked:
+        args = (self._before, f"{self._head}{key_id}{self._tail}", DEFAULT_NAMESPACE, self._generation)
         if self._lane_script is not None:
-            raw = await self._lane_script((self._pointer,), args)
+            fresh, raw = await self._lane_script(self._keys, args)
         else:
-            raw = await self._script(keys=[self._pointer], args=list(args))
-        return from_record(orjson.loads(raw)) if raw else None
+            fresh, raw = await self._script(keys=list(self._keys), args=list(args))
+        return Checked(raw or None, bool(fresh))
+
+
+class RunReader:
+    """`ReadModels.get_run` in one Redis round trip instead of two, checked (`Checked`); the key layout stays
+    `Keys`'s. With a lane (the API's hot path), the round trip shares the lane's pipelined connection."""
+
+    def __init__(self, read_models: ReadModels, lane: RedisLane | None = None, *, freshness: Freshness) -> None:
+        self._get = NamespacedGet(read_models, lambda k: k.run(_ID_MARK), freshness, lane)
+
+    async def checked(self, run_id: str) -> tuple[RunState | None, bool]:
+        raw, fresh = await self._get(run_id)
+        return (from_record(orjson.loads(raw)) if raw else None), fresh
+
+    async def get(self, run_id: str) -> RunState | None:
+        return (await self.checked(run_id))[0]
+
+
+class CertificateReader:
+    """`ReadModels.get_certificate`, checked (`Checked`), in one round trip."""
+
+    def __init__(self, read_models: ReadModels, freshness: Freshness) -> None:
+        self._get = NamespacedGet(read_models, lambda k: k.cert(_ID_MARK), freshness, None)
+
+    async def checked(self, cert_id: str) -> tuple[dict[str, Any] | None, bool]:
+        raw, fresh = await self._get(cert_id)
+        return (orjson.loads(raw) if raw else None), fresh
 
 
 # A construct's owner (the user of its first certificate's run) in one round trip: namespace pointer, the

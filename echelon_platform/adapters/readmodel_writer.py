@@ -29,6 +29,7 @@ from echelon_platform.adapters.readmodel_store import (
     DEFAULT_NAMESPACE,
     Keys,
     RedisClient,
+    checkpoint_key,
     lock_key,
     millis,
     pointer_key,
@@ -101,17 +102,8 @@ class Checkpoint:
         return self.generation == READ_MODEL_GENERATION
 
 
-def checkpoint_key(prefix: str, suffix: str = "") -> str:
-    return f"{prefix}checkpoint{suffix}"
-
-
 def epoch_key(prefix: str, suffix: str = "") -> str:
     return f"{prefix}writer_epoch{suffix}"
-
-
-def rebuilding_key(prefix: str) -> str:
-    """`n/m` while a rebuild runs (readiness reports it); expires on its own if the rebuild dies."""
-    return f"{prefix}rebuilding"
 
 
 def certificate_score(cert: dict[str, Any]) -> float:

@@ -31,6 +31,9 @@ from echelon_platform.domain.values import CalibrationCertificate, FailedReplay,
 from echelon_platform.errors import RequestRejected, StageError
 
 WEIGHT_KEYS = ("precision", "recall", "reply_accuracy")
+# Weights are relative: this bound is far beyond any useful ratio and keeps every sum of weighted means
+# finite (an unbounded 1e308 overflowed `fsum`, a failure no retry could fix).
+MAX_WEIGHT = 1e6
 DECIMALS = 6
 SCHEMA_VERSION = 2
 # Fields schema 2 added: a schema-1 certificate is hashed as it was issued, without them.
@@ -52,6 +55,10 @@ def validate_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
             raise RequestRejected(f"weight {key!r} must be a finite number, got {value!r}")
         if value < 0:
             raise RequestRejected(f"weight {key!r} must not be negative, got {value}")
+        if value > MAX_WEIGHT:
+            raise RequestRejected(
+                f"weight {key!r} must be at most {MAX_WEIGHT:,.0f} (weights are relative), got {value}"
+            )
         out[key] = float(value)
     if not any(out.values()):
         raise RequestRejected("at least one weight must be positive: all weights are zero")
@@ -125,7 +132,10 @@ def build_certificate(
     Ground truth shorter than asked for (``found`` < ``requested`` changes at ingest) is partial too: a
     certificate over 10 changes for a request of 20 must not look complete.
     """
-    checked = validate_weights(weights)
+    try:
+        checked = validate_weights(weights)
+    except RequestRejected as exc:  # logged before the bound existed: the same answer on every delivery
+        raise StageError(f"the run's weights cannot be used: {exc}") from exc
     unique = _dedupe_scores(scores)
     scored_ids = {s.replay_id for s in unique}
     failures = sorted(

@@ -148,6 +148,9 @@ class RunCompleted(Payload):
 class RunFailed(Payload):
     reason: str
     stage: str
+    # The watchdog's: the log position of the run's last event when it decided. The writer refuses the
+    # failure if the run has events logged after it (it progressed while the decision was being made).
+    as_of_seq: int | None = Field(default=None, ge=0)
 
 
 class RatingSubmitted(Payload):

@@ -65,6 +65,11 @@ def parse_repo_url(url: str) -> GitHubRepo | LocalRepo:
         return _parse_github_path(raw, parts.path)
     if not scheme and raw.lower().startswith(("github.com/", "www.github.com/")):
         raise RequestRejected(f"repo_url {raw!r} lacks a scheme: use https://{raw}")
+    if not scheme and (raw.startswith(("./", "../", "~")) or raw in (".", "..")):
+        # The server does not know the client's working directory: resolving it there would name another path.
+        raise RequestRejected(
+            f"repo_url {raw!r} is relative: send the repository's absolute path (the CLI resolves it for you)"
+        )
     raise RequestRejected(
         f"unsupported repo_url {raw!r}: only https://github.com/<owner>/<repo> and absolute local "
         "paths (or file:// URLs) of git repositories are supported"
@@ -108,10 +113,45 @@ def check_local_repo_allowed(url: str, roots: Sequence[Path]) -> Path | None:
         return None
     resolved = Path(ref.path).resolve()
     allowed = [r.resolve() for r in roots]
-    if not any(resolved == root or root in resolved.parents for root in allowed):
-        shown = ", ".join(str(r) for r in allowed) or "(none)"
+    shown = ", ".join(str(r) for r in allowed) or "(none)"
+    if not _inside(resolved, allowed):
         raise RequestRejected(
             f"local repository {ref.path} is outside the allowed roots ({shown}); "
             "an operator can add its directory to ECHELON_LOCAL_REPO_ROOTS"
         )
+    for what, target in _git_links(resolved):
+        if not _inside(target, allowed):
+            raise RequestRejected(
+                f"local repository {ref.path} keeps its {what} at {target}, outside the allowed roots ({shown}): "
+                "a .git file, symlink or worktree may not lead out of them"
+            )
     return resolved
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _git_links(repo: Path) -> list[tuple[str, Path]]:
+    """Where `repo`'s `.git` leads (a symlink, or a `gitdir:` file) and that directory's `commondir` (a
+    worktree's main repository), resolved. A few small reads, so the request is refused (422) before anything
+    is published; the ingest worker asks git itself and checks all it reads (pipeline_workers/ingest/git_dirs.py)."""
+    dot_git = repo / ".git"
+    try:
+        if dot_git.is_file() and not dot_git.is_symlink():
+            first = dot_git.read_text(encoding="utf-8", errors="replace")[:4096].partition("\n")[0]
+            if not first.startswith("gitdir:"):
+                return []
+            git_dir = (repo / first.removeprefix("gitdir:").strip()).resolve()
+        elif dot_git.exists():
+            git_dir = dot_git.resolve()
+        else:
+            git_dir = repo  # a bare repository, or a worktree's git directory itself
+        links = [("git directory", git_dir)]
+        common = git_dir / "commondir"
+        if common.is_file():
+            text = common.read_text(encoding="utf-8", errors="replace")[:4096].strip()
+            links.append(("common git directory", (git_dir / text).resolve()))
+        return links
+    except (OSError, ValueError):  # unreadable here: the worker's check decides
+        return []

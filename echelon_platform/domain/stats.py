@@ -24,6 +24,7 @@ from typing import Any, Literal
 from echelon_platform.domain.agreement import Agreement, judge_step
 from echelon_platform.domain.certificate import weighted_composite
 from echelon_platform.domain.projections import RunState, Status
+from echelon_platform.domain.values import construct_key
 
 GroupBy = Literal["construct_id", "scoring_model"]
 GROUPINGS: tuple[GroupBy, ...] = ("construct_id", "scoring_model")
@@ -124,12 +125,17 @@ def contribution(
     scopes = [ALL, PUBLIC] if cert is not None else [ALL, user_scope(str(state.user_id))]
     return {
         "scopes": scopes,
-        "construct_id": cert["construct_id"] if cert is not None else state.construct_id,
+        "construct_id": construct_group(cert["construct_id"] if cert is not None else state.construct_id),
         "scoring_model": cert["scoring_model"] if cert is not None else None,
         "counts": [counts[f] for f in FIELDS],
         "brier": brier,
         "pairs": [list(p) for p in pairs],
     }
+
+
+def construct_group(construct_id: str | None) -> str | None:
+    """Constructs are grouped by the canonical form of their id: spellings of one id are one leaderboard row."""
+    return construct_key(construct_id) if construct_id is not None else None
 
 
 def rank_score(composite: int, certs: int) -> int:

@@ -5,10 +5,52 @@ They travel inside event payloads, so every field is JSON-friendly and models ar
 
 from __future__ import annotations
 
+import re
+import string
+import unicodedata
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# Construct ids name an oracle on certificates and the leaderboard, and the first to certify one owns it, so
+# two spellings must never be two identities. Accepted: ASCII letters and digits, in runs joined by single
+# separators (. : / -), starting and ending with a letter or digit, at most 128 characters; the recorded
+# form is lower case. `construct_key` is the one form ids are compared in (ownership, grouping, filters).
+CONSTRUCT_ID_MAX_CHARS = 128
+CONSTRUCT_ID_SEPARATORS = ".:/-"
+_CONSTRUCT_ID = re.compile(r"^[a-z0-9]+(?:[.:/-][a-z0-9]+)*$")
+_SEPARATOR_RUN = re.compile(r"[.:/_-]{2,}")
+
+
+def construct_key(construct_id: str) -> str:
+    """The canonical form of a construct id: NFKC, case-folded, without surrounding whitespace or separators,
+    doubled separators collapsed. Total (ids logged before the alphabet was restricted have one too); for an
+    id `canonical_construct_id` accepts, it is that id."""
+    folded = unicodedata.normalize("NFKC", construct_id).casefold()
+    folded = folded.strip(string.whitespace + CONSTRUCT_ID_SEPARATORS + "_")
+    return _SEPARATOR_RUN.sub(lambda m: m.group(0)[0], folded)
+
+
+def matches_construct(construct_id: str | None, wanted: str | None) -> bool:
+    """A list filter: `construct_id` names the `wanted` construct (compared in `construct_key` form); no
+    `wanted` matches every run."""
+    return wanted is None or (construct_id is not None and construct_key(construct_id) == construct_key(wanted))
+
+
+def canonical_construct_id(raw: str) -> str:
+    """A requested construct id in its canonical (lower-case) form; ValueError saying why it is refused."""
+    lowered = raw.lower()
+    if not raw.isascii() or len(raw) > CONSTRUCT_ID_MAX_CHARS or not _CONSTRUCT_ID.match(lowered):
+        raise ValueError(
+            f"construct_id must be 1-{CONSTRUCT_ID_MAX_CHARS} ASCII letters and digits, with single separators "
+            f"({' '.join(CONSTRUCT_ID_SEPARATORS)}) only between them (no leading, trailing or doubled ones); "
+            "it is recorded in lower case"
+        )
+    return lowered
+
+
+ConstructId = Annotated[str, AfterValidator(canonical_construct_id)]
 
 
 class _Frozen(BaseModel):

@@ -54,13 +54,15 @@ class IngestHandler:
             include_unmerged=payload.include_unmerged,
             token=secrets.github_token.get_secret_value() if secrets.github_token else None,
         )
+        roots = self.ctx.settings.allowed_repo_roots()
         try:
             if payload.repo_url == SAMPLE_REPO:
                 # Bundled, trusted content, cloned where this worker keeps its data (not a client's path).
                 sample = await materialise_sample_repo(self.ctx.settings.data_dir.resolve() / "sample-repo")
                 spec = spec.model_copy(update={"repo_url": str(sample)})
+                roots = [sample]
             else:
-                resolved = check_local_repo_allowed(payload.repo_url, self.ctx.settings.allowed_repo_roots())
+                resolved = check_local_repo_allowed(payload.repo_url, roots)
                 if resolved is not None:  # read what was checked: a symlink swapped since cannot redirect it
                     spec = spec.model_copy(update={"repo_url": str(resolved)})
             ingester = ingester_for(
@@ -69,6 +71,7 @@ class IngestHandler:
                 github_api_url=self.ctx.settings.github_api_url,
                 policy=self.ctx.settings.selection_policy,
                 github_max_pages=self.ctx.settings.github_max_pages,
+                local_roots=roots,  # where the repository's git data must live, not only its path
             )
             result = await ingester.fetch(spec)
         except (IngestError, RequestRejected) as exc:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from echelon_platform.domain.repo_refs import LocalRepo, parse_repo_url
 from echelon_platform.domain.values import GroundTruthRecord
 from echelon_platform.errors import IngestError
 from pipeline_workers.ingest.base import IngestResult, SourceSpec, build_result, describe_filters
 from pipeline_workers.ingest.diffs import DEFAULT_MAX_DIFF_BYTES, truncate_diff
+from pipeline_workers.ingest.git_dirs import check_confined, clean_environment, parse_rev_parse
 
 # Fix the output format whatever the user's git config says; never run external diff/textconv
 # programs or fsmonitor hooks a repository's config could name.
@@ -77,7 +79,10 @@ class LocalGitIngester:
         timeout_s: float = 60.0,
         concurrency: int = 4,
         max_diff_bytes: int = DEFAULT_MAX_DIFF_BYTES,
+        allowed_roots: Sequence[Path] | None = None,
     ) -> None:
+        """`allowed_roots`: where the repository's git data must live (see git_dirs.py); None (a local CLI run
+        as its user) checks nothing."""
         if policy not in POLICIES:
             raise ValueError(f"unknown selection policy {policy!r}: choose one of {', '.join(POLICIES)}")
         self._git_exe = git
@@ -85,6 +90,8 @@ class LocalGitIngester:
         self._timeout = timeout_s
         self._concurrency = concurrency
         self._max_diff_bytes = max_diff_bytes
+        self._roots = None if allowed_roots is None else list(allowed_roots)
+        self._pinned: dict[str, dict[str, str]] = {}  # repo → the checked git directories, for every later call
 
     async def fetch(self, source: SourceSpec) -> IngestResult:
         ref = parse_repo_url(source.repo_url)
@@ -147,13 +154,20 @@ class LocalGitIngester:
         return newest_first[: source.limit], budget <= 0
 
     async def _check_repo(self, repo: str) -> None:
+        """A repository whose git data lies under the allowed roots (checked before anything is read from it)
+        and has commits; later calls are pinned to the checked git directories."""
+        self._pinned.pop(repo, None)  # a fetch asks git afresh where the data is, then checks it again
         try:
-            await self._run(repo, "rev-parse", "--git-dir")
+            out = await self._run(repo, "rev-parse", "--absolute-git-dir", "--git-common-dir", "--git-path", "objects")
         except _GitFailed as exc:
             detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else "git rev-parse failed"
             if "cannot change to" in exc.stderr:
                 raise IngestError(f"local repository path {repo} does not exist or is not a directory") from exc
             raise IngestError(f"{repo} is not a git repository ({detail})") from exc
+        dirs = parse_rev_parse(repo, out)
+        if self._roots is not None:
+            check_confined(repo, dirs, self._roots)
+        self._pinned[repo] = dirs.env()
         try:
             await self._run(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
         except _GitFailed as exc:
@@ -218,7 +232,8 @@ class LocalGitIngester:
 
     async def _run(self, repo: str, *args: str, stdin: bytes | None = None) -> str:
         env = {
-            **os.environ,
+            **clean_environment(os.environ),
+            **self._pinned.get(repo, {}),
             "LC_ALL": "C",
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_OPTIONAL_LOCKS": "0",

@@ -131,7 +131,11 @@ def make_score(
         changes_total=verdict.changes.total,
         changes_surfaced=verdict.changes.hits,
         scoring_model=scoring_model,
-        scoring_latency_ms=latency_ms if latency_ms is not None else max(0.0, (time.perf_counter() - started) * 1000.0),
+        # A measured latency keeps microseconds (more digits are noise in every view); a logged one is kept
+        # exactly, so re-deriving an older certificate gives the same bytes.
+        scoring_latency_ms=latency_ms
+        if latency_ms is not None
+        else round(max(0.0, (time.perf_counter() - started) * 1000.0), 3),
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_usd=usage.cost_usd,

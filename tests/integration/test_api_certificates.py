@@ -10,12 +10,23 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from echelon.cert_verify import check, parse_keys
 from echelon.cli import main as cli_main
 from echelon_platform.adapters.services import Services
-from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
+from echelon_platform.adapters.signing_keys import (
+    GENERATED_KEY,
+    ROOT_PIN,
+    Keyring,
+    PublishedKeys,
+    load_keyring,
+    publish_keys,
+)
 from echelon_platform.config import Settings
+from echelon_platform.domain.key_chain import endorsement_message
+from echelon_platform.errors import ConfigError
 from tests.factories import T0
 from tests.helpers import wait_for
 from tests.integration.test_api_support import (
@@ -29,6 +40,7 @@ from tests.integration.test_api_support import (
     publish,
     services,
 )
+from tests.unit.pipeline.test_certificate_trust import write_key
 
 __all__ = ["app", "client", "options", "services"]  # fixtures
 
@@ -150,20 +162,18 @@ async def test_verify_detects_tampering(
     assert result["signature_ok"] is False  # only the certifier's key can re-sign it
 
 
-async def test_a_certificate_forged_on_the_bus_fails_verify_for_its_signature(
+async def test_a_certificate_forged_on_the_bus_is_parked_and_never_public(
     client: httpx.AsyncClient, services: Services, settings: Settings
 ) -> None:
-    # Consistent numbers and a right hash, but not signed by the certifier's key: not a valid certificate.
+    # Consistent numbers and a right hash, but not signed by the certifier's key: the writer never logs it.
+    await publish_keys(services.store, load_keyring(settings))
     events, cert = certified_run("FORGED", construct="oracle-f")
     await publish(services, events)
     await drain(services, settings)
-    result = (await client.get(f"{API}/certificates/{cert.certificate_id}/verify")).json()
-    assert (result["hash_ok"], result["aggregates_ok"], result["signature_ok"], result["valid"]) == (
-        True,
-        True,
-        False,
-        False,
-    )
+    assert (await client.get(f"{API}/certificates/{cert.certificate_id}")).status_code == 404
+    assert (await client.get(f"{API}/certificates/{cert.certificate_id}/verify")).status_code == 404
+    [parked] = await services.store.parked()
+    assert "unsigned certificate" in parked.reason
 
 
 async def test_keys_are_published_and_the_cli_verifies_offline(
@@ -291,9 +301,14 @@ async def test_stats_group_and_measure_agreement(
 async def test_a_rotated_key_keeps_old_certificates_verifiable(
     client: httpx.AsyncClient, services: Services, settings: Settings, seeded: Certs, tmp_path: Path
 ) -> None:
-    """A certify stage with a new key publishes it; the API (which holds no private key) lists both."""
+    """A certify stage with a new key, endorsed by the old one, publishes it; the API (which holds no private
+    key) lists both, and the new key's certificates verify."""
     old = load_keyring(settings)
-    new = load_keyring(settings.model_copy(update={"data_dir": tmp_path / "other-host"}))
+    rotation = {
+        "signing_key_file": write_key(tmp_path / "new.pem"),
+        "signing_retired_key_files": [settings.data_dir / GENERATED_KEY],
+    }
+    new = load_keyring(settings.model_copy(update=rotation))
     await publish_keys(services.store, new)
 
     async def rotated() -> list[tuple[str, bool]] | None:
@@ -304,3 +319,61 @@ async def test_a_rotated_key_keeps_old_certificates_verifiable(
     await wait_for(rotated, timeout=30, what="the new key published, the old one retired")
     verdict = (await client.get(f"{API}/certificates/cert-C2/verify")).json()
     assert verdict["signature_ok"] and verdict["key_id"] == old.key_id
+    events, cert = certified_run("ROTATED", construct="oracle-r", keyring=new)
+    await publish(services, events)
+    await drain(services, settings)
+    verdict = (await client.get(f"{API}/certificates/{cert.certificate_id}/verify")).json()
+    assert verdict["valid"] and verdict["key_id"] == new.key_id
+    # A new key that no trusted key endorsed is refused at publication: its certificates could never verify.
+    stray = load_keyring(settings.model_copy(update={"signing_key_file": write_key(tmp_path / "stray.pem")}))
+    with pytest.raises(ConfigError, match="does not chain to the root key"):
+        await publish_keys(services.store, stray)
+
+
+async def test_a_key_written_into_the_table_alone_is_neither_served_nor_trusted(
+    client: httpx.AsyncClient, services: Services, settings: Settings, seeded: Certs
+) -> None:
+    """What a local user with write access to Postgres tried: their own key, newest and active, with a
+    forged "endorsement" by the genuine key, and a certificate signed with it written over a real one."""
+    genuine = load_keyring(settings)
+    rogue_key = Ed25519PrivateKey.generate()
+    rogue = Keyring(rogue_key, T0, [])
+    raw = rogue_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    pool = services.store.pool
+    await pool.execute("UPDATE signing_keys SET retired = true")
+    await pool.execute("INSERT INTO signing_keys VALUES ($1, $2, now(), false)", rogue.key_id, raw)
+    await pool.execute(
+        "INSERT INTO signing_key_endorsements VALUES ($1, $2, $3)",
+        rogue.key_id,
+        genuine.key_id,
+        rogue_key.sign(endorsement_message(rogue.key_id)),  # claims the genuine key signed it
+    )
+    listed = (await client.get("/.well-known/echelon-keys.json")).json()["keys"]
+    assert [k["key_id"] for k in listed] == [genuine.key_id]
+    # The certificate is consistent (hash, aggregates) and signed: only the key's chain gives it away.
+    _events, forged = certified_run("C3", construct="oracle-a", keyring=rogue)
+    keys = await services.read_models.keys()
+    await services.read_models.redis.set(keys.cert("cert-C3"), orjson.dumps(forged.model_dump(mode="json")))
+    verdict = (await client.get(f"{API}/certificates/cert-C3/verify")).json()
+    assert (verdict["hash_ok"], verdict["aggregates_ok"], verdict["key_id"]) == (True, True, rogue.key_id)
+    assert (verdict["signature_ok"], verdict["valid"]) == (False, False)
+    # Nor can the rogue key take over the root's row: a key id must be its key's fingerprint.
+    await pool.execute("UPDATE signing_keys SET public_key = $1 WHERE key_id = $2", raw, genuine.key_id)
+    assert await PublishedKeys(services.store, settings).public_keys() == {}
+    intact = (await client.get(f"{API}/certificates/cert-C1/verify")).json()
+    assert intact["valid"]  # the API's keys as cached before the overwrite; fresh reads trust nothing now
+
+
+async def test_no_key_is_trusted_before_the_root_is_pinned_and_the_pin_is_seen_at_once(
+    services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    api_side = settings.model_copy(update={"data_dir": tmp_path / "api"})  # where no certify stage ran yet
+    keys = PublishedKeys(services.store, api_side)
+    certifier = load_keyring(settings)
+    await publish_keys(services.store, certifier)
+    assert await keys.public_keys() == {}  # listed, but nothing pins a root here
+    pinned = api_side.model_copy(update={"signing_root_key_id": certifier.key_id})
+    assert list(await PublishedKeys(services.store, pinned).public_keys()) == [certifier.key_id]
+    (tmp_path / "api" / ROOT_PIN).parent.mkdir(parents=True)
+    (tmp_path / "api" / ROOT_PIN).write_text(certifier.key_id + "\n")
+    assert list(await keys.public_keys()) == [certifier.key_id]  # an empty answer was not cached

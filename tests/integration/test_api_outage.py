@@ -18,7 +18,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.helpers import wait_for
 from tests.integration.test_api_runs import RUN
-from tests.integration.test_api_support import API, auth, http_client
+from tests.integration.test_api_support import API, auth, drain, http_client
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
 
 @pytest.fixture
 async def outage_services(settings: Settings, nats_server: EmbeddedNats) -> AsyncIterator[Services]:
-    own = settings.model_copy(update={"nats_url": nats_server.url})
+    own = settings.model_copy(update={"nats_url": nats_server.url, "ready_stages": []})
     # As the API builds its own Services (api/app.py): no reconnect buffering.
     async with Services(own, name="test-api-outage", buffer_while_reconnecting=False) as svc:
         yield svc
@@ -110,6 +110,8 @@ async def test_a_refused_post_leaves_no_run_in_the_list(
 async def test_readyz_names_nats_while_it_is_down(
     nats_server: EmbeddedNats, outage_services: Services, outage_client: httpx.AsyncClient
 ) -> None:
+    # Ready: the writer ran (its consumer and the read models' checkpoint exist); no stage is required here.
+    await drain(outage_services, outage_services.settings)
     assert (await outage_client.get("/readyz")).status_code == 200
     await stop_nats(nats_server, outage_services)
     started = time.monotonic()

@@ -13,6 +13,7 @@ from api.app import create_app
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.factories import requested
+from tests.helpers import certifier_keyring
 from tests.integration.test_api_support import (
     API,
     app,
@@ -42,7 +43,8 @@ async def test_stats_never_show_another_users_uncertified_run(
     client: httpx.AsyncClient, services: Services, settings: Settings
 ) -> None:
     """The bug: anonymous /stats listed the construct id of bob's private, never-certified run."""
-    events, _ = certified_run("P1", user="alice", construct="public-oracle")
+    keyring = await certifier_keyring(services.store, settings)
+    events, _ = certified_run("P1", user="alice", construct="public-oracle", keyring=keyring)
     await publish(services, [*events, requested("P2", "bob", "bobs-secret-oracle")])
     await drain(services, settings)
 
@@ -67,7 +69,7 @@ async def test_ratings_are_readable_by_their_author_and_admins(
     client: httpx.AsyncClient, services: Services, settings: Settings
 ) -> None:
     """The bug: any signed-in user read anyone's ratings with `?user_id=`."""
-    events, cert = certified_run("R1", user="alice")
+    events, cert = certified_run("R1", user="alice", keyring=await certifier_keyring(services.store, settings))
     await publish(services, events)
     await drain(services, settings)
     path = f"{API}/certificates/{cert.certificate_id}/replays/R1-0000/ratings"

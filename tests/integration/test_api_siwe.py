@@ -21,6 +21,7 @@ from tests.integration.test_api_support import (
     wallet_headers,
     wallet_message,
 )
+from tests.unit.test_auth import high_s, wrong_checksum
 
 __all__ = ["app", "client", "options", "services"]  # fixtures
 
@@ -115,3 +116,25 @@ async def test_free_text_with_nonce_and_issued_at_lines_is_refused(
     text = f"Log in to the marketplace\nNonce: {await nonce_of(client)}\nIssued At: {when}"
     response = await client.get(f"{API}/runs", headers=wallet_headers(account, text))
     assert response.status_code == 401 and "not an EIP-4361" in response.json()["detail"]
+
+
+async def test_a_wrong_checksum_high_s_or_control_character_is_refused_over_http(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Each refused before the nonce is used: the same nonce then signs in with a correct proof."""
+    account = new_account()
+    address: str = account.address  # type: ignore[attr-defined]
+    nonce = await nonce_of(client)
+    message = wallet_message(settings, address, nonce)
+    wrong_case = {**wallet_headers(account, message), "X-Wallet-Address": wrong_checksum(address)}
+    twin = wallet_headers(account, message)
+    twin["X-Wallet-Signature"] = high_s(twin["X-Wallet-Signature"])
+    escaped = wallet_message(settings, address, nonce, extra="\nResources:\n- https://a.example/\x1b[8m")
+    for why, headers in (
+        ("wrong EIP-55 checksum", wrong_case),
+        ("high s", twin),
+        ("control or non-ASCII", wallet_headers(account, escaped)),
+    ):
+        refused = await client.get(f"{API}/runs", headers=headers)
+        assert refused.status_code == 401 and why in refused.json()["detail"], (why, refused.text)
+    assert (await client.get(f"{API}/runs", headers=wallet_headers(account, message))).status_code == 200

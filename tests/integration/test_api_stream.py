@@ -24,7 +24,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import TOPICS, RunRequested, Subjects, make_event
 from tests.factories import requested, run_events
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 from tests.integration.test_api_support import (
     certified_run,
     new_account,
@@ -180,7 +180,7 @@ async def test_connections_per_user_are_capped(server: str, settings: Settings) 
 async def test_users_see_only_their_runs_and_public_certificates(
     server: str, settings: Settings, services: Services
 ) -> None:
-    bob_events, _ = certified_run("RUNBOB", user="bob")
+    bob_events, _ = certified_run("RUNBOB", user="bob", keyring=await certifier_keyring(services.store, settings))
     alice_events = run_events("RUNALICE", n=2, failed=1, user="alice")
     bob_last = requested("RUNBOB2", "bob")  # after alice's
     async with (

@@ -9,6 +9,7 @@ import asyncpg
 import orjson
 import pytest
 
+from coordinator.admission import Admission, TrustedKeys
 from coordinator.factory import coordinator_for
 from coordinator.writer import StateCoordinator
 from echelon_platform.adapters.readmodel_writer import Projector
@@ -16,7 +17,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from tests.factories import certificate, requested, run_events
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 
 
 @pytest.fixture
@@ -118,6 +119,7 @@ async def test_crash_between_append_and_ack_loses_and_doubles_nothing(services: 
             durable=f"{settings.consumer_prefix}-coordinator",
             fetch_timeout_s=0.2,
             ack_wait_s=1.0,
+            admission=Admission(services.store, TrustedKeys.published(services.store, settings)),
         )
         with pytest.raises(asyncio.CancelledError):
             await crashing.run(until_idle=True)
@@ -140,10 +142,11 @@ async def test_crash_between_append_and_ack_loses_and_doubles_nothing(services: 
 
 
 async def test_terminal_event_makes_the_run_inactive(services: Services, settings: Settings) -> None:
+    cert = certificate("RUNE", await certifier_keyring(services.store, settings))
     for e in [
         *run_events("RUNE", n=1, failed=0),
-        make_event(CertificateIssued(run_id="RUNE", certificate=certificate("RUNE"))),
-        make_event(RunCompleted(run_id="RUNE", certificate_id=certificate("RUNE").certificate_id)),
+        make_event(CertificateIssued(run_id="RUNE", certificate=cert)),
+        make_event(RunCompleted(run_id="RUNE", certificate_id=cert.certificate_id)),
     ]:
         await services.bus.publish(e)
     await drain(services, settings)

@@ -123,7 +123,7 @@ async def test_nats_jetstream_message_survives_restart_under_running_client(tmp_
 
 async def test_postgres_row_survives_restart(tmp_path: Path) -> None:
     async with EmbeddedPostgres(tmp_path / "pg") as server:
-        assert server.url == f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+        assert server.url == f"postgresql://postgres:{server.password}@127.0.0.1:{server.port}/postgres"
         if os.geteuid() == 0:
             assert server.pgdata.stat().st_uid != 0  # postgres refuses root; it runs unprivileged
         conn = await asyncpg.connect(server.url)
@@ -183,7 +183,7 @@ async def test_binaries_the_postgres_user_cannot_reach_are_copied(tmp_path: Path
 
 async def test_redis_set_get_and_appendonly_restart(tmp_path: Path) -> None:
     async with EmbeddedRedis(tmp_path / "redis", appendonly=True) as server:
-        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert server.url == f"redis://:{server.password}@127.0.0.1:{server.port}/0"
         client = aioredis.from_url(server.url)
         try:
             await client.set("greeting", "hello")

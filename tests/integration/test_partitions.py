@@ -15,11 +15,12 @@ from coordinator.factory import coordinator_for, coordinators_for
 from coordinator.replay import repair_partition, verify
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from tests.factories import certificate, requested, run_events
-from tests.helpers import stop_processes, wait_for
+from tests.helpers import certifier_keyring, stop_processes, wait_for
 from tests.integration.test_writer_lease import _start_coordinator
 
 RUNS = [f"PART{i:02d}" for i in range(10)]
@@ -36,8 +37,13 @@ async def services(psettings: Settings) -> AsyncIterator[Services]:
         yield svc
 
 
-def completed_run(run_id: str) -> list[Envelope]:
-    cert = certificate(run_id)
+@pytest.fixture
+async def keyring(services: Services, psettings: Settings) -> Keyring:
+    return await certifier_keyring(services.store, psettings)
+
+
+def completed_run(run_id: str, keyring: Keyring) -> list[Envelope]:
+    cert = certificate(run_id, keyring)
     return [
         *run_events(run_id, n=2, failed=0),
         make_event(CertificateIssued(run_id=run_id, certificate=cert)),
@@ -49,8 +55,8 @@ def projector(settings: Settings) -> Projector:
     return Projector(str(settings.redis_url), settings.redis_prefix, partitioning=settings.partitioning)
 
 
-async def publish_runs(services: Services) -> None:
-    await services.bus.publish_many([e for run in RUNS for e in completed_run(run)])
+async def publish_runs(services: Services, keyring: Keyring) -> None:
+    await services.bus.publish_many([e for run in RUNS for e in completed_run(run, keyring)])
 
 
 async def drain_both(services: Services, settings: Settings) -> None:
@@ -65,15 +71,15 @@ async def status_of(services: Services, run_id: str) -> str | None:
 
 
 async def test_each_partition_has_its_own_writer_and_listings_stay_global(
-    services: Services, psettings: Settings
+    services: Services, psettings: Settings, keyring: Keyring
 ) -> None:
     parts = psettings.partitioning
     assert {parts.of_run(r) for r in RUNS} == {0, 1}
-    await publish_runs(services)
+    await publish_runs(services, keyring)
     async with coordinator_for(services, psettings, 0) as first, coordinator_for(services, psettings, 1) as second:
         await asyncio.gather(first.run(until_idle=True), second.run(until_idle=True))
     rows = await services.store.pool.fetch("SELECT correlation_id, partition, seq FROM events ORDER BY seq")
-    assert len(rows) == sum(len(completed_run(r)) for r in RUNS)
+    assert len(rows) == sum(len(completed_run(r, keyring)) for r in RUNS)
     # Every event sits in its run's partition, appended by that partition's writer only.
     assert all(r["partition"] == parts.of_run(r["correlation_id"].removeprefix("run-")) for r in rows)
     assert first.stats.appended == sum(1 for r in rows if r["partition"] == 0) > 0
@@ -86,7 +92,7 @@ async def test_each_partition_has_its_own_writer_and_listings_stay_global(
     async with projector(psettings) as proj:
         checkpoints = [await proj.redis.get(key) for key in proj.checkpoint_keys().values()]
         assert all(checkpoints)
-        report = await verify(services.store, proj)
+        report = await verify(services.store, proj, services.settings)
     assert report.differences == [] and report.runs == len(RUNS)
 
 
@@ -105,8 +111,10 @@ async def test_an_event_published_on_another_partition_is_parked(services: Servi
     assert {r["correlation_id"] for r in logged} == {"run-PARTY"}
 
 
-async def test_lost_read_models_heal_with_every_partition_running(services: Services, psettings: Settings) -> None:
-    await publish_runs(services)
+async def test_lost_read_models_heal_with_every_partition_running(
+    services: Services, psettings: Settings, keyring: Keyring
+) -> None:
+    await publish_runs(services, keyring)
     async with coordinators_for(services, psettings) as writers:
         assert [w.partition for w in writers.members] == [0, 1]
         task = asyncio.create_task(writers.run())
@@ -121,13 +129,15 @@ async def test_lost_read_models_heal_with_every_partition_running(services: Serv
             writers.stop()
             await asyncio.wait_for(task, 15)
     async with projector(psettings) as proj:
-        report = await verify(services.store, proj)
+        report = await verify(services.store, proj, services.settings)
     assert report.differences == []
 
 
-async def test_one_partition_is_repaired_while_the_other_is_left_alone(services: Services, psettings: Settings) -> None:
+async def test_one_partition_is_repaired_while_the_other_is_left_alone(
+    services: Services, psettings: Settings, keyring: Keyring
+) -> None:
     parts = psettings.partitioning
-    await publish_runs(services)
+    await publish_runs(services, keyring)
     await drain_both(services, psettings)
     zero = next(r for r in RUNS if parts.of_run(r) == 0)
     one = next(r for r in RUNS if parts.of_run(r) == 1)
@@ -135,12 +145,12 @@ async def test_one_partition_is_repaired_while_the_other_is_left_alone(services:
     redis = services.read_models.redis
     await redis.delete(f"{psettings.redis_prefix}{ns}:run:{zero}", f"{psettings.redis_prefix}{ns}:run:{one}")
     async with projector(psettings) as proj:
-        report = await repair_partition(services.store, proj, 1)
+        report = await repair_partition(services.store, proj, 1, services.settings)
         assert report.runs == sum(1 for r in RUNS if parts.of_run(r) == 1)
         assert await status_of(services, one) == "COMPLETED"
         assert await status_of(services, zero) is None  # partition 0 was not touched
-        await repair_partition(services.store, proj, 0)
-        assert (await verify(services.store, proj)).differences == []
+        await repair_partition(services.store, proj, 0, services.settings)
+        assert (await verify(services.store, proj, services.settings)).differences == []
 
 
 async def _all_completed(services: Services) -> bool:
@@ -148,7 +158,7 @@ async def _all_completed(services: Services) -> bool:
 
 
 async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
-    services: Services, psettings: Settings
+    services: Services, psettings: Settings, keyring: Keyring
 ) -> None:
     """Two writer processes stand for both partitions: each partition has exactly one holder. Killing the
     holder of partition 1 moves only that partition (the survivor takes it); nothing acknowledged is lost."""
@@ -164,7 +174,7 @@ async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
         await wait_for(lambda: _contenders(services, psettings.lease_name(1), 2), timeout=60, what="a standby")
         first = await holders()
         assert first is not None
-        before = [e for run in RUNS[:4] for e in completed_run(run)]
+        before = [e for run in RUNS[:4] for e in completed_run(run, keyring)]
         await services.bus.publish_many(before)
         await wait_for(lambda: _logged(services, len(before)), timeout=30, what="events before the kill")
         victim_pid = int(first[f"{psettings.writer_partition}-1"]["holder"].split(":")[1])
@@ -178,7 +188,7 @@ async def test_sigkill_of_one_partitions_writer_hands_that_partition_over(
             )
 
         await wait_for(moved, timeout=10, interval=0.05, what="partition 1 taken over")
-        after = [e for run in RUNS[4:] for e in completed_run(run)]
+        after = [e for run in RUNS[4:] for e in completed_run(run, keyring)]
         await services.bus.publish_many(after)
         await wait_for(lambda: _logged(services, len(before) + len(after)), timeout=30, what="events after the kill")
         now = await holders()

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from coordinator.admission import TrustedKeys
 from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder, snapshot, verify
 from echelon.tail import tail
@@ -63,12 +64,14 @@ async def test_flush_replay_and_compare_with_live(services: Services, settings: 
         live_keys = await projector.keys()
         live = await snapshot(projector, live_keys)
         assert len(live) > 10
-        assert (await verify(services.store, projector)).differences == []
+        assert (await verify(services.store, projector, services.settings)).differences == []
 
         # Flush every read model, rebuild from the log, and compare with what the live coordinator made.
         await projector.redis.unlink(*[k async for k in projector.redis.scan_iter(match=live_keys.pattern)])
         assert await services.read_models.get_run("REPLAY1") is None
-        report = await Rebuilder(services.store, projector).rebuild()
+        report = await Rebuilder(
+            services.store, projector, TrustedKeys.published(services.store, services.settings)
+        ).rebuild()
         assert report.runs == 6
         rebuilt = await snapshot(projector, Keys(settings.redis_prefix, report.namespace))
         assert rebuilt == live
@@ -84,7 +87,7 @@ async def test_verify_reports_a_tampered_read_model(services: Services, settings
     async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
         keys = await projector.keys()
         await projector.redis.set(keys.run("REPLAY2"), b'{"tampered": true}')
-        report = await verify(services.store, projector)
+        report = await verify(services.store, projector, services.settings)
     assert report.differences == ["differs: run:REPLAY2"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,26 @@ async def test_cli_prints_one_line_per_event_with_causation(
     assert lines[1].split()[3:] == ["<-", f"#{lines[0].split()[0]}"]
     assert as_json.code == 0 and len(as_json.stdout.splitlines()) == len(published) + 1
     assert refused.code == 1 and "404" in refused.stderr and "not found" in refused.stderr
+
+
+async def test_cli_lists_runs_and_gets_one(
+    app: FastAPI, services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    await _logged_run(services, settings, "LIST1")
+    await _logged_run(services, settings, "LIST2")
+    await drain(services, settings)
+    alice = token(settings, "alice")
+    async with serve(app) as address:
+        env = cli_env(ECHELON_API_BASE_URL=f"http://{address}")
+        table = await run_cli("runs", "list", "--token", alice, cwd=tmp_path, env=env)
+        page = await run_cli("runs", "list", "--limit", "1", "--json", "--token", alice, cwd=tmp_path, env=env)
+        one = await run_cli("runs", "get", "LIST1", "--token", alice, cwd=tmp_path, env=env)
+        missing = await run_cli("runs", "get", "NOPE", "--token", alice, cwd=tmp_path, env=env)
+    assert table.code == 0, table.stderr
+    rows = table.stdout.splitlines()
+    assert rows[0].split()[:3] == ["RUN", "STATUS", "PROGRESS"] and rows[-1] == "2 of 2 run(s)"
+    assert {r.split()[0] for r in rows[1:-1]} == {"LIST1", "LIST2"}
+    listed = json.loads(page.stdout)
+    assert page.code == 0 and listed["total"] == 2 and len(listed["runs"]) == 1
+    assert one.code == 0 and "run_id:         LIST1" in one.stdout and "progress:" in one.stdout
+    assert missing.code == 1 and "404" in missing.stderr and "Traceback" not in missing.stderr

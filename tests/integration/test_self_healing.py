@@ -12,10 +12,11 @@ from coordinator.factory import coordinator_for
 from coordinator.replay import verify
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
+from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from tests.factories import certificate, run_events
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 
 
 @pytest.fixture
@@ -31,8 +32,13 @@ async def lose_read_models(services: Services) -> int:
     return int(await redis.delete(*keys)) if keys else 0
 
 
-def completed_run(run_id: str) -> list:  # type: ignore[type-arg]
-    cert = certificate(run_id)
+@pytest.fixture
+async def keyring(services: Services, settings: Settings) -> Keyring:
+    return await certifier_keyring(services.store, settings)
+
+
+def completed_run(run_id: str, keyring: Keyring) -> list:  # type: ignore[type-arg]
+    cert = certificate(run_id, keyring)
     return [
         *run_events(run_id, n=2, failed=0),
         make_event(CertificateIssued(run_id=run_id, certificate=cert)),
@@ -46,9 +52,9 @@ async def status_of(services: Services, run_id: str) -> str | None:
 
 
 async def test_a_running_writer_rebuilds_lost_read_models_without_any_new_event(
-    services: Services, settings: Settings
+    services: Services, settings: Settings, keyring: Keyring
 ) -> None:
-    for e in [*completed_run("HEALA"), *run_events("HEALB", n=3, failed=1)]:
+    for e in [*completed_run("HEALA", keyring), *run_events("HEALB", n=3, failed=1)]:
         await services.bus.publish(e)
     async with coordinator_for(services, settings) as coordinator:
         task = asyncio.create_task(coordinator.run())
@@ -66,7 +72,7 @@ async def test_a_running_writer_rebuilds_lost_read_models_without_any_new_event(
             coordinator.stop()
             await asyncio.wait_for(task, 10)
     async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:
-        report = await verify(services.store, projector)
+        report = await verify(services.store, projector, services.settings)
     assert report.differences == []
 
 
@@ -88,9 +94,11 @@ async def test_a_certify_trigger_lost_with_the_read_models_is_announced_again(
     assert await status_of(services, "HEALC") == "CERTIFYING"
 
 
-async def test_a_restarted_writer_catches_up_from_its_checkpoint(services: Services, settings: Settings) -> None:
+async def test_a_restarted_writer_catches_up_from_its_checkpoint(
+    services: Services, settings: Settings, keyring: Keyring
+) -> None:
     """Events logged but never projected (a crash between commit and projection) are applied at start."""
-    for e in completed_run("HEALD"):
+    for e in completed_run("HEALD", keyring):
         await services.bus.publish(e)
     async with coordinator_for(services, settings) as coordinator:
         await coordinator.run(until_idle=True)
@@ -111,11 +119,11 @@ async def _is(services: Services, run_id: str, status: str) -> bool:
 
 
 async def test_a_new_writer_takes_the_projector_lock_of_a_dead_older_one_at_once(
-    services: Services, settings: Settings
+    services: Services, settings: Settings, keyring: Keyring
 ) -> None:
     """A writer killed between taking the projector lock and releasing it leaves the lock behind; its
     successor (a newer epoch) takes it over instead of waiting for it to expire."""
-    events = completed_run("HEALE")
+    events = completed_run("HEALE", keyring)
     await services.bus.publish(events[0])
     async with coordinator_for(services, settings) as first:
         await first.run(until_idle=True)
@@ -131,13 +139,15 @@ async def test_a_new_writer_takes_the_projector_lock_of_a_dead_older_one_at_once
     assert await status_of(services, "HEALE") == "COMPLETED"
 
 
-async def test_a_replay_holding_the_projector_lock_is_waited_for(services: Services, settings: Settings) -> None:
+async def test_a_replay_holding_the_projector_lock_is_waited_for(
+    services: Services, settings: Settings, keyring: Keyring
+) -> None:
     """A lock held by a replay's switch (no epoch) is never taken over: the writer appends, then waits."""
     lock = f"{settings.redis_prefix}lock:projector"
     async with coordinator_for(services, settings) as coordinator:
         task = asyncio.create_task(coordinator.run())
         try:
-            events = completed_run("HEALF")
+            events = completed_run("HEALF", keyring)
             await services.bus.publish(events[0])
             await wait_for(lambda: _is(services, "HEALF", "PENDING"), what="the writer projecting")
             await services.read_models.redis.set(lock, "0:-:01JREPLAYSWITCH000000000000", px=120_000)

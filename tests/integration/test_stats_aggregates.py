@@ -18,6 +18,7 @@ from api.auth import Principal
 from api.options import ApiOptions
 from api.stats import stats_row
 from api.stats_scan import countable_runs, leaderboard
+from coordinator.admission import TrustedKeys
 from coordinator.replay import Rebuilder, repair_partition, snapshot, verify
 from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, BulkReader, Keys, ReadModels
 from echelon_platform.adapters.readmodel_writer import Checkpoint, Projector, checkpoint_key
@@ -218,13 +219,14 @@ async def test_aggregates_equal_the_scan_live_shuffled_rebuilt_and_repaired(
             async with ReadModels(str(settings.redis_url), prefix) as other:
                 await assert_equal_to_scan(services, other)
 
-        report = await Rebuilder(services.store, projector).rebuild()
+        trusted = TrustedKeys.published(services.store, settings)
+        report = await Rebuilder(services.store, projector, trusted).rebuild()
         assert aggregates(await snapshot(projector, Keys(settings.redis_prefix, report.namespace))) == live
         await assert_equal_to_scan(services, services.read_models)
-        assert (await verify(services.store, projector)).differences == []
+        assert (await verify(services.store, projector, settings)).differences == []
 
         # A partition's repair refolds its runs against the live records: nothing moves twice.
-        await repair_partition(services.store, projector, 0)
+        await repair_partition(services.store, projector, 0, settings)
         assert aggregates(await snapshot(projector, await projector.keys())) == live
 
 

@@ -12,10 +12,10 @@ from coordinator.factory import coordinator_for
 from echelon.embedded._process import free_port
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
+from echelon_platform.domain.events import CertificateIssued, RunCompleted, RunFailed, RunIngesting, make_event
 from pipeline_workers.watchdog import Watchdog
 from tests.factories import certificate, requested, run_events
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 
 
 async def age(settings: Settings, *run_ids: str, hours: int = 1) -> None:
@@ -34,7 +34,8 @@ async def age(settings: Settings, *run_ids: str, hours: int = 1) -> None:
 
 async def test_stalled_run_is_failed_and_finished_run_is_not(settings: Settings) -> None:
     async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
-        cert = certificate("DONE")
+        keyring = await certifier_keyring(services.store, settings)
+        cert = certificate("DONE", keyring)
         for e in [
             requested("STALLED"),
             *run_events("DONE", n=2, failed=0),
@@ -42,7 +43,7 @@ async def test_stalled_run_is_failed_and_finished_run_is_not(settings: Settings)
             make_event(RunCompleted(run_id="DONE", certificate_id=cert.certificate_id)),
             # Certified, but its `run.completed` not logged yet: the certificate decides, no watchdog race.
             *run_events("CERTIFIED", n=2, failed=0),
-            make_event(CertificateIssued(run_id="CERTIFIED", certificate=certificate("CERTIFIED"))),
+            make_event(CertificateIssued(run_id="CERTIFIED", certificate=certificate("CERTIFIED", keyring))),
         ]:
             await services.bus.publish(e)
         await coordinator.run(until_idle=True)
@@ -100,3 +101,51 @@ async def test_a_redis_outage_does_not_end_the_watchdog(settings: Settings) -> N
         finally:
             watchdog.stop()
             await asyncio.wait_for(task, 5)
+
+
+async def test_a_failure_decided_before_progress_in_the_writers_batch_is_refused(settings: Settings) -> None:
+    """The watchdog's decision names the run's log position it saw. Progress published before the failure
+    (waiting in the stream, ahead of it in the writer's batch) makes it stale: parked, the run goes on."""
+    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        for run_id in ("MOVING", "IDLE"):
+            await services.bus.publish(requested(run_id))
+        await coordinator.run(until_idle=True)
+        await age(settings, "MOVING", "IDLE")
+        await services.bus.publish(make_event(RunIngesting(run_id="MOVING", source="github")))  # not logged yet
+        watchdog = Watchdog(services, timeout_s=60, interval_s=1, writer_behind_s=3600)
+        assert sorted(await watchdog.sweep()) == ["IDLE", "MOVING"]  # both look idle in the log
+        await coordinator.run(until_idle=True)
+
+        [parked] = await services.store.parked()
+        assert "stale watchdog decision: run MOVING progressed after log position" in parked.reason
+        moving = await services.read_models.get_run("MOVING")
+        assert moving is not None and moving.status.name == "INGESTING"
+        idle = await services.read_models.get_run("IDLE")
+        assert idle is not None and idle.status.name == "FAILED"
+
+
+async def test_a_failure_decided_before_progress_already_logged_is_refused(settings: Settings) -> None:
+    """The other order: the progress is logged first, then a failure decided on the earlier position arrives
+    (a stalled-runs query that returned late)."""
+    async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
+        await services.bus.publish(requested("LATE"))
+        await coordinator.run(until_idle=True)
+        decided_at = (await services.store.last_positions(["LATE"]))["LATE"]
+        await services.bus.publish(make_event(RunIngesting(run_id="LATE", source="github")))
+        await coordinator.run(until_idle=True)
+        stale = RunFailed(run_id="LATE", reason="no progress", stage="watchdog", as_of_seq=decided_at)
+        await services.bus.publish(make_event(stale))
+        await coordinator.run(until_idle=True)
+        state = await services.read_models.get_run("LATE")
+        assert state is not None and state.status.name == "INGESTING"
+        [parked] = await services.store.parked()
+        assert f"run LATE progressed after log position {decided_at}" in parked.reason
+
+        # A decision on the run's current position stands.
+        current = (await services.store.last_positions(["LATE"]))["LATE"]
+        fresh = make_event(RunFailed(run_id="LATE", reason="no progress", stage="watchdog", as_of_seq=current))
+        # (Another message id than the stale one's, as the watchdog gives each decision.)
+        await services.bus.publish_raw(services.subjects.for_event(fresh), fresh.to_wire(), msg_id="fresh-decision")
+        await coordinator.run(until_idle=True)
+        state = await services.read_models.get_run("LATE")
+        assert state is not None and state.status.name == "FAILED"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -182,3 +184,123 @@ def test_headers_need_all_three_parts_and_base64() -> None:
         decode_wallet_message("not base64!")
     text = "line one\nline two"
     assert decode_wallet_message(base64.b64encode(text.encode()).decode()) == text
+
+
+# ---- one encoding per identity and proof: EIP-55, low s, printable lines ----
+
+
+def wrong_checksum(address: str) -> str:
+    """The address with the case of its first letter flipped: the same 20 bytes, a wrong EIP-55 checksum."""
+    i = next(i for i, c in enumerate(address) if i > 1 and c.isalpha())
+    return address[:i] + address[i].swapcase() + address[i + 1 :]
+
+
+def test_a_claimed_address_with_a_wrong_checksum_is_refused() -> None:
+    """The bug: X-Wallet-Address with a wrong EIP-55 checksum was accepted (and named the checksummed wallet)."""
+    account = Account.create()
+    message = siwe(account.address)
+    signature = proof(account, message).signature
+    with pytest.raises(AuthError, match="wrong EIP-55 checksum"):
+        verify_proof(WalletProof(wrong_checksum(account.address), message, signature), NOW, BINDING)
+    upper = "0x" + account.address[2:].upper()
+    if upper != account.address:
+        with pytest.raises(AuthError, match="wrong EIP-55 checksum"):
+            verify_proof(WalletProof(upper, message, signature), NOW, BINDING)
+    # The exact EIP-55 form and all lower case (what wallets report) both still sign in.
+    for claimed in (account.address, account.address.lower()):
+        assert verify_proof(WalletProof(claimed, message, signature), NOW, BINDING).address == account.address
+
+
+def high_s(signature: str) -> str:
+    """The other valid encoding of an ECDSA signature: (r, n - s) with the recovery bit flipped."""
+    raw = bytes.fromhex(signature.removeprefix("0x"))
+    r, s, v = raw[:32], int.from_bytes(raw[32:64], "big"), raw[64]
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    flipped = 27 + ((v - 27) ^ 1) if v >= 27 else v ^ 1
+    return "0x" + (r + (n - s).to_bytes(32, "big") + bytes([flipped])).hex()
+
+
+def test_a_high_s_signature_is_refused() -> None:
+    """The bug: the malleable twin (r, n - s) of a valid signature was accepted too."""
+    account = Account.create()
+    message = siwe(account.address)
+    genuine = proof(account, message)
+    twin = high_s(genuine.signature)
+    # The twin really is a valid signature by the same key: only the low-s rule refuses it.
+    assert Account.recover_message(encode_defunct(text=message), signature=bytes.fromhex(twin[2:])) == account.address
+    with pytest.raises(AuthError, match="high s"):
+        verify_proof(WalletProof(account.address, message, twin), NOW, BINDING)
+    assert verify_proof(genuine, NOW, BINDING).address == account.address
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "\nResources:\n- https://a.example/x\x1b[2K",
+        "\nResources:\n- https://a.example/\x07",
+        "\nResources:\n- https://a.example/\x85",
+        "\nResources:\n- https://a.example/\u202eevil",
+        "\nRequest ID: req\r",
+    ],
+)
+def test_control_characters_on_any_line_are_refused(extra: str) -> None:
+    """The bug: `Resources:` lines could carry control characters (terminal escapes, bidi overrides)."""
+    account = Account.create()
+    with pytest.raises(AuthError, match="control or non-ASCII"):
+        verify_proof(proof(account, siwe(account.address, extra=extra)), NOW, BINDING)
+    with pytest.raises(AuthError, match="control or non-ASCII"):
+        parse_message(siwe(account.address).replace("Sign in to", "Sign\x00in to"))
+
+
+# ---- hostile tokens and secrets: 401, never 500 ----
+
+
+def _raw_token(payload: str, secret: str = SECRET) -> str:
+    """A token whose payload JSON is exactly `payload` (PyJWT would not encode a lone surrogate)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    signing_input = f"{header}.{b64(payload.encode())}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+LATER = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (f'{{"sub": "\\ud800", "exp": {LATER}}}', "not valid UTF-8"),
+        (f'{{"sub": "alice\\nadmin", "exp": {LATER}}}', "control characters"),
+        (f'{{"sub": "{"a" * 300}", "exp": {LATER}}}', "longer than 256"),
+        (f'{{"sub": 7, "exp": {LATER}}}', "Subject must be a string"),
+        ('{"sub": "alice", "exp": 1' + "0" * 400 + "}", "`exp` is not a usable time"),
+    ],
+)
+def test_hostile_claims_are_refused_as_bad_credentials(payload: str, why: str) -> None:
+    with pytest.raises(AuthError, match=why):
+        decode_jwt(_raw_token(payload), SECRET)
+
+
+def test_a_secret_pyjwt_refuses_is_a_401_not_a_crash() -> None:
+    with pytest.raises(AuthError, match="cannot be verified"):
+        decode_jwt(issue_jwt("alice", SECRET), "")
+
+
+@pytest.mark.parametrize("sub", ["wallet:0x5B38Da6a701c568545dCfcB03FcB875f56beddC4", "WALLET:0xabc", "Wallet:x"])
+def test_a_wallet_subject_without_wallet_sign_in_is_not_that_wallet(sub: str) -> None:
+    forged = jwt.encode({"sub": sub, "exp": LATER}, SECRET)
+    with pytest.raises(AuthError, match="reserved for wallet sign-in"):
+        decode_jwt(forged, SECRET)
+    with pytest.raises(ValueError, match="reserved for wallet sign-in"):
+        issue_jwt(sub, SECRET)
+
+
+def test_only_the_wallet_sign_in_mints_a_wallet_identity() -> None:
+    sub = "wallet:0x5B38Da6a701c568545dCfcB03FcB875f56beddC4"
+    assert decode_jwt(issue_jwt(sub, SECRET, wallet_sign_in=True), SECRET).user_id == sub
+    with pytest.raises(ValueError, match="reserved for wallet sign-in"):
+        issue_jwt("alice", SECRET, wallet_sign_in=True)  # the claim belongs to wallet subjects only

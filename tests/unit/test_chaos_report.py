@@ -9,11 +9,25 @@ from echelon.chaos.faults import KINDS
 from echelon.chaos.load import Request
 from echelon.chaos.report import percentile
 from echelon.chaos.runner import schedule
+from echelon.commands import parse_range
 
 
 def test_a_short_schedule_covers_every_kind_before_repeating() -> None:
     plan = schedule(KINDS, 10, random.Random(3))
-    assert sorted(plan[: len(KINDS)]) == sorted(KINDS) and len(plan) == 10
+    assert sorted(k for (k,) in plan[: len(KINDS)]) == sorted(KINDS) and len(plan) == 10
+
+
+def test_overlapping_rounds_hold_distinct_kinds() -> None:
+    plan = schedule(KINDS, 30, random.Random(5), overlap=3)
+    assert all(len(r) == 3 and len(set(r)) == 3 for r in plan)
+    assert sorted(r[0] for r in plan[: len(KINDS)]) == sorted(KINDS)
+    # More overlap than kinds: every kind at once, never a kind twice in a round.
+    assert all(sorted(r) == sorted(KINDS) for r in schedule(KINDS, 3, random.Random(1), overlap=50))
+
+
+def test_the_timed_fault_range_is_parsed_or_refused() -> None:
+    assert parse_range("5") == (5.0, 5.0) and parse_range("0.3-15") == (0.3, 15.0)
+    assert all(parse_range(t) is None for t in ("", "x", "15-0.3", "0-1", "-1", "1-inf"))
 
 
 def test_percentiles_are_nearest_rank() -> None:

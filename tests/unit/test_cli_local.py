@@ -64,6 +64,24 @@ def test_stdlib_token_is_accepted_by_the_api() -> None:
         decode_jwt(mint_hs256("alice", "another-secret-of-at-least-32-bytes"), secret)
 
 
+def test_echelon_token_refuses_a_wallet_user_id() -> None:
+    # A `wallet:` user id is a wallet that signed in; minting one would hand out that wallet's identity.
+    wallet = "wallet:0x5B38Da6a701c568545dCfcB03FcB875f56beddC4"
+    result = subprocess.run(
+        [sys.executable, "-m", "echelon.cli", "token", wallet],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        check=False,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "echelon token: user ids starting with 'wallet:' are reserved for wallet sign-in "
+        "(POST /api/v1/auth/session); choose another user id"
+    ]
+
+
 def test_endpoint_file_is_written_read_and_removed(tmp_path: Path) -> None:
     assert read_endpoint(tmp_path) is None
     write_endpoint(tmp_path / "data", "http://127.0.0.1:18100/")
@@ -88,6 +106,22 @@ def test_api_base_precedence(tmp_path: Path) -> None:
     assert api_base(None, settings) == "http://127.0.0.1:18102"  # the live stack's record
     assert api_base(None, settings.model_copy(update={"api_base_url": "https://x.example"})) == "https://x.example"
     assert api_base("http://h:1/", settings) == "http://h:1"
+
+
+def test_a_stack_started_elsewhere_is_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    for name in ("ECHELON_API_PORT", "ECHELON_API_HOST", "ECHELON_API_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    here = Settings(data_dir=tmp_path / "somewhere-else")
+    assert api_base(None, here) == here.api_url()  # no stack running
+    write_endpoint(tmp_path / "project-a" / ".echelon", "http://127.0.0.1:18201")
+    assert api_base(None, here) == "http://127.0.0.1:18201"  # the user's record names it
+    write_endpoint(tmp_path / "project-b" / ".echelon", "http://127.0.0.1:18202")
+    assert api_base(None, here) == "http://127.0.0.1:18202"  # the newest of several
+    # A port given explicitly wins over the record; a stopped stack leaves no record behind.
+    assert api_base(None, Settings(data_dir=tmp_path / "x", api_port=18300)) == "http://127.0.0.1:18300"
+    remove_endpoint(tmp_path / "project-b" / ".echelon")
+    assert api_base(None, here) == "http://127.0.0.1:18201"
 
 
 def test_a_local_path_is_sent_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

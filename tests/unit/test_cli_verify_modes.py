@@ -13,6 +13,7 @@ import pytest
 from echelon.cli import _parser, verify_usage_error
 from echelon.client import stage_json
 from echelon.watch import Progress
+from pipeline_workers.fixtures import materialise_sample_repo
 from tests.cli import cli_env, run_cli
 
 SAMPLE_ORACLE = "pipeline_workers.oracles.sample:summarise"
@@ -130,3 +131,47 @@ async def test_dry_run_of_a_missing_path_is_one_line(tmp_path: Path, api_listene
     assert result.code == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+async def test_dry_run_of_dot_reads_the_repository_this_shell_stands_in(
+    tmp_path: Path, api_listener: tuple[int, list[int]]
+) -> None:
+    port, accepted = api_listener
+    repo = await materialise_sample_repo(tmp_path / "my-project")
+    result = await run_cli("verify", ".", "--dry-run", "--json", cwd=repo, env=offline_env(tmp_path, port))
+    assert result.code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["count"] == SAMPLE_CHANGES and found["ground_truth_source"] == "local_git"
+    assert accepted == []
+
+
+async def test_rederive_json_prints_only_json_on_stdout(tmp_path: Path) -> None:
+    env = cli_env(ECHELON_DATA_DIR=str(tmp_path / "data"))  # embedded servers: their start-up is logged
+    result = await run_cli("certificates", "rederive", "cert-NOPE", "--json", cwd=tmp_path, env=env, timeout=120)
+    assert result.code == 1 and "cannot rederive" in result.stderr
+    assert result.stdout == "", result.stdout
+
+
+async def test_the_bar_never_steps_back_after_the_stream_showed_the_end(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stream said completed; the read model lags a writer batch (CERTIFYING 8/8): not shown again."""
+    import httpx
+
+    from echelon import client as cli_client
+
+    async def streamed_to_the_end(_b: str, _t: str, _r: str, show: object) -> Progress:
+        progress = Progress(stage="completed", total=8, ended="completed")
+        progress.done.update(str(i) for i in range(8))
+        return progress
+
+    views = iter(
+        [{"status": "CERTIFYING", "progress": 8, "total": 8}] * 2 + [{"status": "COMPLETED", "progress": 8, "total": 8}]
+    )
+    transport = httpx.MockTransport(lambda _request: httpx.Response(200, json=next(views)))
+    monkeypatch.setattr(cli_client, "follow", streamed_to_the_end)
+    monkeypatch.setattr(cli_client.sys.stdout, "isatty", lambda: True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        view = await cli_client._watch(client, "http://api", "token", "RUN1")
+    assert view["status"] == "COMPLETED"
+    assert "CERTIFYING" not in capsys.readouterr().out

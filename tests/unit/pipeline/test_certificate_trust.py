@@ -11,11 +11,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from echelon_platform.adapters.signing_keys import GENERATED_KEY, load_keyring
+from echelon_platform.adapters.signing_keys import GENERATED_KEY, ROOT_PIN, load_keyring
 from echelon_platform.config import Settings
 from echelon_platform.domain.calibration import calibration_of
 from echelon_platform.domain.certificate import content_hash, signature_ok, verify_certificate
 from echelon_platform.domain.events import OracleSpec
+from echelon_platform.domain.key_chain import Endorsement, trusted_key_ids
 from echelon_platform.domain.values import CalibrationCertificate, OracleReply
 from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.base import claim_confidences
@@ -159,3 +160,25 @@ def test_claim_confidences_are_taken_only_when_well_formed() -> None:
     assert claim_confidences(reply([0.25, 1])) == [0.25, 1.0]
     for bad in ([0.5], [0.5, 1.5], [0.5, "high"], [True, 0.5], "0.5", [0.5, float("nan")]):
         assert claim_confidences(reply(bad)) is None, bad
+
+
+def test_the_first_keyring_pins_the_root_and_a_rotation_chains_to_it(tmp_path: Path) -> None:
+    first = load_keyring(settings(tmp_path))
+    pin = tmp_path / ROOT_PIN
+    assert pin.read_text().strip() == first.key_id and stat.S_IMODE(os.stat(pin).st_mode) == 0o600
+    new_key = write_key(tmp_path / "new.pem")
+    rotated = load_keyring(
+        settings(tmp_path, signing_key_file=new_key, signing_retired_key_files=[tmp_path / GENERATED_KEY])
+    )
+    assert rotated.root_key_id == first.key_id  # the pin stays: the new key chains to it
+    keys = {k.key_id: k.public_key for k in rotated.published}
+    assert trusted_key_ids(keys, rotated.endorsements, [first.key_id]) == {first.key_id, rotated.key_id}
+    # Endorsed by no trusted key: a key of its own, with endorsements it made itself, stays out.
+    rogue = load_keyring(settings(tmp_path / "rogue"))
+    forged = [Endorsement(rogue.key_id, first.key_id, e.signature) for e in rogue.endorsements] + [
+        Endorsement(rogue.key_id, rogue.key_id, b"\0" * 64)
+    ]
+    everything = {**keys, rogue.key_id: rogue.published[0].public_key}
+    assert rogue.key_id not in trusted_key_ids(everything, [*rotated.endorsements, *forged], [first.key_id])
+    # A row that names a trusted id with another public key is no key at all.
+    assert trusted_key_ids({first.key_id: rogue.published[0].public_key}, [], [first.key_id]) == set()

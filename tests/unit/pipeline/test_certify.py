@@ -82,12 +82,19 @@ def test_weights_default_to_one_each() -> None:
         ({"precision": 0, "recall": 0, "reply_accuracy": 0}, "all weights are zero"),
         ({"precision": float("nan")}, "finite number"),
         ({"precision": True}, "finite number"),
+        ({"precision": 1e308, "recall": 1e308, "reply_accuracy": 1e308}, "must be at most 1,000,000"),
     ],
 )
 def test_bad_weights_are_rejected_with_a_clear_message(weights: dict[str, Any], fragment: str) -> None:
     with pytest.raises(RequestRejected) as info:
         validate_weights(weights)
     assert fragment in str(info.value)
+
+
+def test_weights_logged_before_the_bound_fail_the_certificate_deterministically() -> None:
+    # A StageError ends the run at once; before, `fsum` overflowed and the stage retried it 10 times.
+    with pytest.raises(StageError, match="the run's weights cannot be used: weight 'precision' must be at most"):
+        build([score("r1")], weights={"precision": 1e308, "recall": 1e308, "reply_accuracy": 1e308})
 
 
 # --- aggregation -------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ def test_validate_repo_url_accepts(url: str, canonical: str) -> None:
         ("https://github.com/octo/widgets/pulls", "must look like"),
         ("https://github.com/-bad-/widgets", "valid <owner>/<repo>"),
         ("relative/path", "unsupported repo_url"),
+        ("./data/sample-repo", "is relative: send the repository's absolute path"),
+        (".", "is relative"),
         ("file://server/share/repo", "must name a local path"),
     ],
 )
