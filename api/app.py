@@ -46,6 +46,7 @@ from echelon_platform.errors import (
 )
 
 log = structlog.get_logger(__name__)
+RETRY_AFTER_S = "1"  # seconds a client waits before retrying a 503 (a backing service failed)
 
 DESCRIPTION = """Verify AI oracle constructs against git history and issue calibration certificates.
 
@@ -171,6 +172,8 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(exc.retry_after)
+        if code == 503:
+            headers["Retry-After"] = RETRY_AFTER_S  # a backing service is failing: nothing was done, retry
         if code >= 500:
             log.error("api.error", error=str(exc), path=request.url.path)
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
@@ -178,7 +181,11 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
         # Adapters that do not translate library errors yet still must not turn an outage into a 500.
         log.error("api.unavailable", error=str(exc) or type(exc).__name__, path=request.url.path)
-        return JSONResponse({"detail": "a backing service is unavailable; retry shortly"}, status_code=503)
+        return JSONResponse(
+            {"detail": "a backing service is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
 
     app.add_exception_handler(RequestValidationError, validation_error_answer)  # never echoes secrets
     app.add_exception_handler(redis.exceptions.ConnectionError, _infrastructure)

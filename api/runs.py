@@ -12,7 +12,6 @@ import hashlib
 from datetime import datetime
 from typing import Annotated, Literal
 
-import asyncpg
 import orjson
 import structlog
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -77,10 +76,8 @@ async def stored_request(services: Services, run_id: str) -> RunRequested | None
     """The run's stored request event: from the stream (recent), else from the log (kept for good)."""
     envelope = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
     if envelope is None:
-        try:
-            events = await services.store.run_events(run_id, [REQUESTED])
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise StoreError(f"event log unavailable: {exc}") from exc
+        # The store raises StoreError for every database failure (StoreUnavailable when transient): a 503.
+        events = await services.store.run_events(run_id, [REQUESTED])
         envelope = events[0] if events else None
     return payload_as(envelope, RunRequested) if envelope is not None else None
 

@@ -24,7 +24,8 @@ Protocol (JSON text frames):
 4. A client that falls 1,024 frames behind with nothing left to coalesce is closed with 4429 and reason
    `{"resume_since": N}`: reconnect and subscribe with `since` = the last seq you received — no gap, no repeat.
 
-Each subscription is an ephemeral ordered consumer (never durable): nothing to clean up after a client.
+Each subscription follows the stream by direct gets (echelon_platform/adapters/bus_follower.py): no
+consumer at all, so nothing to clean up after a client, and the API's NATS user needs no right to create one.
 """
 
 from __future__ import annotations
@@ -36,12 +37,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import nats.errors
 import orjson
 import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from ulid import ULID
 
@@ -62,6 +60,7 @@ from api.fanout import (
 from api.options import ApiOptions
 from api.runs import load_run
 from api.wallet import WalletProof
+from echelon_platform.adapters.bus_follower import StoredMsg, follow
 from echelon_platform.adapters.readmodel_store import RunReader
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -138,7 +137,7 @@ async def _credentials(ws: WebSocket, settings: Settings, services: Services) ->
 
 class StreamSession:
     """One authenticated client: a reader (subscribe messages), a writer (queue → socket) and, per
-    subscription, an ordered consumer whose callback filters, authorizes and queues events."""
+    subscription, a stream follower whose callback filters, authorizes and queues events."""
 
     def __init__(
         self, ws: WebSocket, user: Principal, services: Services, options: ApiOptions, owners: OwnerCache
@@ -218,27 +217,20 @@ class StreamSession:
             {"type": "subscribed", "topics": sorted(topics), "correlationId": request.correlation_id, "since": since}
         )
         try:
-            self._sub = await bus.js.subscribe(
-                subject,
-                cb=self._callback(self._generation),
-                stream=bus.stream,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                config=ConsumerConfig(opt_start_seq=since + 1),
-            )
-        except (nats.errors.Error, TimeoutError) as exc:
+            self._sub = await follow(bus, subject, since, self._callback(self._generation))
+        except EchelonError as exc:
             raise Refused(f"the event stream is unavailable right now ({exc or type(exc).__name__}); retry") from exc
         log.info("stream.subscribed", subject=subject, correlationId=request.correlation_id, since=since)
 
-    def _callback(self, generation: int) -> Callable[[Msg], Awaitable[None]]:
-        async def on_msg(msg: Msg) -> None:
+    def _callback(self, generation: int) -> Callable[[StoredMsg], Awaitable[None]]:
+        async def on_msg(msg: StoredMsg) -> None:
             if generation == self._generation and not self._stop.is_set():
                 await self._deliver(msg)
 
         return on_msg
 
-    async def _deliver(self, msg: Msg) -> None:
-        seq = int(msg.metadata.sequence.stream)
+    async def _deliver(self, msg: StoredMsg) -> None:
+        seq = msg.seq
         try:
             frame = await self._frame(msg, seq)
         except Exception as exc:  # e.g. Redis down during an owner lookup: skipping would leave a gap
@@ -252,7 +244,7 @@ class StreamSession:
             self.services.metrics.ws_dropped.inc(self.queue.total_dropped - before)
         self.processed = seq
 
-    async def _frame(self, msg: Msg, seq: int) -> Frame | None:
+    async def _frame(self, msg: StoredMsg, seq: int) -> Frame | None:
         parts = split_subject(self.services.subjects, msg.subject)
         if parts is None or parts[0] not in self._topics:
             return None
@@ -317,9 +309,7 @@ class StreamSession:
         sub, self._sub = self._sub, None
         if sub is None:
             return
-        # Errors are fine to ignore: the ephemeral consumer goes away with its interest anyway.
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await sub.unsubscribe()
+        await sub.unsubscribe()
 
 
 class ConnectionCounter:

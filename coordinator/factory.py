@@ -6,12 +6,18 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import structlog
+
 from coordinator.admission import Admission, TrustedKeys
 from coordinator.writer import CoordinatorStats, StateCoordinator
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.config import Settings
+from echelon_platform.errors import InfrastructureError
+from echelon_platform.retry import Backoff
+
+log = structlog.get_logger(__name__)
 
 
 @asynccontextmanager
@@ -51,11 +57,25 @@ class Coordinators:
         self.members = list(members)
 
     async def run(self, *, until_idle: bool = False) -> list[CoordinatorStats]:
-        return list(await asyncio.gather(*(c.run(until_idle=until_idle) for c in self.members)))
+        return list(await asyncio.gather(*(_keep_running(c, until_idle) for c in self.members)))
 
     def stop(self) -> None:
         for member in self.members:
             member.stop()
+
+
+async def _keep_running(member: StateCoordinator, until_idle: bool) -> CoordinatorStats:
+    """A writer whose loop ends with an infrastructure error (the writer retries its own steps; this covers
+    any it does not) stands by again after a backoff: the process stays up, nothing un-appended was acked."""
+    backoff = Backoff(base=0.5, cap=30.0)
+    while True:
+        try:
+            return await member.run(until_idle=until_idle)
+        except InfrastructureError as exc:
+            if member.stopping.is_set():
+                raise
+            log.error("coordinator.restarting", partition=member.partition, error=str(exc) or repr(exc))
+            await backoff.wait(member.stopping)
 
 
 @asynccontextmanager

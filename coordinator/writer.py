@@ -149,6 +149,10 @@ class StateCoordinator:
         """Stop fetching; the batch in hand is finished (appended, projected, acked) first."""
         self._stopping.set()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
     async def run(self, *, until_idle: bool = False) -> CoordinatorStats:
         """Stand by until this process holds the writer lease, consume while it does, and stand by again
         when it is lost (another process was elected). Without a lease: consume straight away."""
@@ -180,6 +184,12 @@ class StateCoordinator:
                 break
             log.warning("coordinator.leadership_lost", partition=fence.partition, epoch=fence.epoch)
         return self.stats
+
+    async def _consumer_exists(self) -> bool:
+        try:
+            return await self.bus.consumer_exists(self.durable)
+        except InfrastructureError:
+            return True  # NATS cannot say right now: the fetch errors will tell
 
     async def _consume(self, until_idle: bool, lost: asyncio.Event) -> bool:
         """The batch loop; False when leadership was lost (then nothing uncommitted is acked).
@@ -232,6 +242,13 @@ class StateCoordinator:
                 if time.monotonic() - checked > IDLE_CHECK_S:
                     checked = time.monotonic()
                     await self.heal()
+                    if not await self._consumer_exists():
+                        # Deleted: NATS 2.9 answers a pull from it with nothing at all. Re-create it (the
+                        # coordinator may; SetupMissing ends the process when the stream itself is gone).
+                        log.warning("coordinator.consumer_gone", durable=self.durable)
+                        await _quiet_unsubscribe(sub)
+                        sub = None
+                        continue
                 if until_idle:
                     break
                 continue
@@ -373,7 +390,11 @@ class StateCoordinator:
             return
         # Only this partition's events: positions are in commit order per partition, not across them.
         own = self.partition if self.bus.subjects.partitioning.partitioned else None
-        behind = [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq, partition=own)]
+
+        async def read_behind() -> list[tuple[RunEvent, int]]:
+            return [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq, partition=own)]
+
+        behind = await self._retry("catch_up", read_behind)
         for i in range(0, len(behind), CATCH_UP_CHUNK):
             projected = await self._project(behind[i : i + CATCH_UP_CHUNK])
             await self._announce_certifying(projected.runs, {})

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--dir", type=Path, help="migrations directory (default: db/migrations)")
 
+    sub.add_parser("setup", help="create or update the NATS stream and consumers (as the setup role)")
+
     replay = sub.add_parser("replay", help="rebuild read models from the event log")
     replay.add_argument("--verify", action="store_true", help="compare a rebuild with the live models; no switch")
     replay.add_argument(
@@ -181,11 +183,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             settings = settings.model_copy(update={"data_dir": args.data_dir})
         from echelon import commands  # each command imports what it needs (see commands.py)
 
-        if args.command not in QUIET_COMMANDS:
+        # A quiet command's stdout is its result alone; one that starts the servers (rederive) logs on
+        # stderr, warnings only, so `--json` output still parses.
+        reaches_servers = (args.command, getattr(args, "action", None)) == ("certificates", "rederive")
+        if args.command not in QUIET_COMMANDS or reaches_servers:
             from echelon_platform.log_config import configure_logging
 
             # JSON lines for machines; readable lines in a terminal.
-            configure_logging(settings.log_level, json=not sys.stderr.isatty())
+            configure_logging("WARNING" if reaches_servers else settings.log_level, json=not sys.stderr.isatty())
 
         handler: Command = getattr(commands, f"cmd_{args.command}")
         # The API server runs on uvloop (as `uvicorn` itself would pick): its event loop and transports are

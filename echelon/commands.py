@@ -16,36 +16,48 @@ from echelon_platform.recursion import check_recursion_limit
 
 async def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.local_roots import dev_stack_roots
-    from echelon.stack import serve
+    from echelon.stack import stack_up
 
-    check_recursion_limit()  # after the roles' imports, before serving anything
-    return await serve(dev_stack_roots(settings), with_api=not args.no_api)
+    check_recursion_limit()  # before serving anything (each role process checks again after its imports)
+    return await stack_up(dev_stack_roots(settings), with_api=not args.no_api)
 
 
 async def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import create_app
     from echelon.http_server import api_server_config
-    from echelon.stack import AnnouncingServer, freeze_startup_heap, infrastructure
+    from echelon.lifecycle import STOP_GRACE_S, run_until_stopped, stop_signals
+    from echelon.stack import RoleServer, freeze_startup_heap, infrastructure
 
     check_recursion_limit()
     settings.check_api_exposure()  # before starting anything: one line, exit 1
-    async with infrastructure(settings) as resolved:
-        config = api_server_config(create_app(resolved), resolved)
-        freeze_startup_heap()
-        await AnnouncingServer(config, resolved).serve()
-    return 0
+    with stop_signals() as stop:
+        async with infrastructure(settings) as resolved:
+            config = api_server_config(
+                create_app(resolved),
+                resolved,
+                # Open connections (a WebSocket stream) never hold a stop up for longer than this.
+                timeout_graceful_shutdown=int(STOP_GRACE_S) - 1,
+            )
+            server = RoleServer(config, resolved)
+            freeze_startup_heap()
+
+            def request_stop() -> None:
+                server.should_exit = True
+
+            return await run_until_stopped("api", [server.serve()], request_stop, stop)
 
 
 async def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
-    from echelon.stack import serve
+    from echelon.coordinator_role import serve_coordinator
 
     check_recursion_limit()
     # A standby until it holds the writer lease (ECHELON_WRITER_PARTITION); exits 1 if the loop ends
     # without a signal, so a supervisor restarts it.
-    return await serve(settings, with_api=False, stages=False)
+    return await serve_coordinator(settings)
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.lifecycle import run_until_stopped, stop_signals
     from echelon.stack import freeze_startup_heap, infrastructure
     from echelon_platform.adapters.services import Services
     from echelon_platform.domain.roles import stage_groups
@@ -59,15 +71,21 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    async with infrastructure(settings) as resolved, contextlib.AsyncExitStack() as stack:
-        pipelines: list[Pipeline] = []
-        # Each group its own NATS user: the certify stage never shares a connection with another stage.
-        for role, stages in stage_groups(args.stages):
-            services = await stack.enter_async_context(Services(resolved, name=f"echelon-worker-{role}", role=role))
-            pipelines.append(await stack.enter_async_context(Pipeline(services, resolved, stages=stages)))
-        freeze_startup_heap()
-        await asyncio.gather(*(p.run(watchdog=i == 0) for i, p in enumerate(pipelines)))
-    return 0
+    with stop_signals() as stop:
+        async with infrastructure(settings) as resolved, contextlib.AsyncExitStack() as stack:
+            pipelines: list[Pipeline] = []
+            # Each group its own NATS user: the certify stage never shares a connection with another stage.
+            for role, stages in stage_groups(args.stages):
+                services = await stack.enter_async_context(Services(resolved, name=f"echelon-worker-{role}", role=role))
+                pipelines.append(await stack.enter_async_context(Pipeline(services, resolved, stages=stages)))
+            freeze_startup_heap()
+
+            def request_stop() -> None:
+                for pipeline in pipelines:
+                    pipeline.stop()
+
+            runs = [p.run(watchdog=i == 0) for i, p in enumerate(pipelines)]  # one watchdog is enough
+            return await run_until_stopped("worker", runs, request_stop, stop)
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -77,6 +95,16 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     async with infrastructure(settings) as resolved:
         applied = await migrate(str(resolved.database_url), args.dir or DEFAULT_DIR)
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+async def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    from echelon.setup import set_up
+    from echelon.stack import infrastructure
+
+    async with infrastructure(settings) as resolved:
+        consumers = await set_up(resolved)
+    print(f"stream {resolved.stream_name} and consumers {', '.join(consumers)} are set up")
     return 0
 
 
@@ -265,11 +293,8 @@ async def _rederive(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import infrastructure
     from echelon_platform.adapters.event_store import EventStore
     from echelon_platform.adapters.migrations import migrate
-    from echelon_platform.log_config import configure_logging
     from pipeline_workers.rederive import RederiveError, rederive_from_store
 
-    # stdout is the result alone (`--json` must parse): the servers' start-up lines go to stderr, warnings only.
-    configure_logging("WARNING", json=not sys.stderr.isatty())
     cert_id = args.certificate_id if args.certificate_id.startswith("cert-") else f"cert-{args.certificate_id}"
     async with infrastructure(settings) as resolved:
         if not settings.infra_configured():

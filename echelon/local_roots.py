@@ -1,6 +1,6 @@
 """Which local repositories a loopback dev stack may read, so `echelon verify .` works out of the box.
 
-`echelon stack up` runs the API and the ingest worker in one process, as the invoking user. When it
+`echelon stack up` runs the API and the ingest worker as the invoking user. When it
 listens only on loopback and the operator set no ECHELON_LOCAL_REPO_ROOTS, it also allows that user's
 home directory and the directory it was started in (besides its data directory): the clone a newcomer
 stands in. Anything else keeps the allowlist (only the data directory unless configured), so a server

@@ -1,31 +1,35 @@
-"""`echelon stack up`: infrastructure (configured or embedded), migrations, then API + coordinator + stages."""
+"""`echelon stack up`: infrastructure (configured or embedded), migrations, then the API, the coordinator and the
+stage workers, each a supervised child process. Also what every role process shares (infrastructure, the API
+server). This process imports none of the roles' code: it only starts and watches them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-import signal
+import json
+import os
 import socket
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Mapping
 from contextlib import asynccontextmanager
 
 import structlog
 import uvicorn
 
-from api.app import create_app
-from coordinator.factory import coordinators_for
 from echelon.embedded import EmbeddedStack
 from echelon.endpoint import remove_endpoint, write_endpoint
-from echelon.http_server import api_server_config
+from echelon.lifecycle import stop_signals
+from echelon.setup import set_up_if_allowed
+from echelon.supervisor import RoleSpec, Supervisor
 from echelon_platform.adapters.migrations import migrate
-from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.domain.roles import Role
 from echelon_platform.redact import redact_url
-from pipeline_workers.pipeline import Pipeline
 
-NON_CERTIFY_STAGES = ("ingest", "invoke", "score")
+# An embedded server gets this long to stop cleanly before it is killed: with the roles' own deadline
+# (echelon/supervisor.py), `stack up` stops in order within about 9 s of SIGTERM; if not, it ends anyway at
+# STOP_DEADLINE_S (children killed), so a stop never takes longer than 10 s.
+SERVER_STOP_S = 3.0
+STOP_DEADLINE_S = 9.5
 
 log = structlog.get_logger(__name__)
 
@@ -38,16 +42,13 @@ async def infrastructure(settings: Settings) -> AsyncIterator[Settings]:
         return
     data_dir = settings.data_dir.resolve()
     # Only an embedded NATS we start ourselves gets authentication; a configured one has its own users.
-    auth_root = settings.subject_root if settings.nats_auth and not settings.nats_url else None
-    async with EmbeddedStack(
-        data_dir,
-        nats_sync_always=settings.nats_sync_always,
-        nats_auth_subject_root=auth_root,
-        partitions=settings.partitions,
-    ) as stack:
+    auth = settings.bus_layout() if settings.nats_auth and not settings.nats_url else None
+    async with EmbeddedStack(data_dir, nats_sync_always=settings.nats_sync_always, nats_auth=auth) as stack:
+        for server in stack.servers:
+            server.stop_timeout = SERVER_STOP_S
         urls = stack.urls
         credentials: dict[str, object] = {}
-        if auth_root is not None and not (settings.nats_role_passwords or settings.nats_credentials_file):
+        if auth is not None and not (settings.nats_role_passwords or settings.nats_credentials_file):
             stack.nats.credentials()  # an adopted server's file is already there; make sure of it
             credentials["nats_credentials_file"] = stack.nats.credentials_path
         log.info(
@@ -94,8 +95,9 @@ class AnnouncingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class _Server(AnnouncingServer):
-    """uvicorn without its own signal handling: the stack owns SIGINT/SIGTERM and stops every part."""
+class RoleServer(AnnouncingServer):
+    """uvicorn without its own signal handling, which would re-raise the signal after its shutdown (exit
+    143): the role owns SIGINT/SIGTERM (echelon/lifecycle.py), stops the server and exits 0."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -110,82 +112,62 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def serve(
-    settings: Settings, *, with_api: bool = True, stages: bool = True, with_coordinator: bool = True
-) -> int:
-    """Run everything in one process until SIGINT/SIGTERM, then stop fetching, finish in-flight work and
-    shut the embedded servers down (one process suits our 2-core machines).
+def stack_roles(*, with_api: bool = True, with_stages: bool = True) -> list[RoleSpec]:
+    """The role processes `stack up` runs: the API, the coordinator, and every stage (with the watchdog) in
+    one worker process, each stage group on its own NATS user (certify apart)."""
+    roles = [RoleSpec("coordinator", ("coordinator",))]
+    if with_stages:
+        roles.append(RoleSpec("worker", ("worker",)))  # every stage
+    return [RoleSpec("api", ("api",)), *roles] if with_api else roles
 
-    The coordinator waits as a standby until it holds the writer lease, so several processes may run it.
-    Returns the exit code: 0 after a signal, 1 when a component ended on its own (a supervisor restarts)."""
+
+def role_env(resolved: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of `stack up`'s role processes: ours, pointed at the resolved servers (which an
+    embedded stack chose at start), its credentials and the data directory and roots `stack up` settled on."""
+    env = dict(environ)
+    env.update(
+        {
+            "ECHELON_NATS_URL": str(resolved.nats_url),
+            "ECHELON_DATABASE_URL": str(resolved.database_url),
+            "ECHELON_REDIS_URL": str(resolved.redis_url),
+            "ECHELON_DATA_DIR": str(resolved.data_dir.resolve()),
+            "ECHELON_LOCAL_REPO_ROOTS": json.dumps([str(p) for p in resolved.local_repo_roots]),
+        }
+    )
+    if resolved.nats_credentials_file is not None:
+        env["ECHELON_NATS_CREDENTIALS_FILE"] = str(resolved.nats_credentials_file)
+    return env
+
+
+async def prepare(resolved: Settings) -> None:
+    """What must be in place before any role starts: the database schema, then the stream and the durable
+    consumers (created as the only role allowed to create them)."""
+    applied = await migrate(str(resolved.database_url))
+    if applied:
+        log.info("stack.migrated", applied=applied)
+    await set_up_if_allowed(resolved)
+
+
+async def stack_up(settings: Settings, *, with_api: bool = True, with_stages: bool = True) -> int:
+    """Run the infrastructure (configured, or embedded servers in this process) and every role as its own
+    supervised child process (echelon/supervisor.py) until SIGINT/SIGTERM, then stop the roles (killed at
+    a deadline) and the embedded servers: always within 10 s, exit 0."""
     if with_api:
         settings.check_api_exposure()  # before starting anything: one line, exit 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with infrastructure(settings) as resolved:
-        applied = await migrate(str(resolved.database_url))
-        if applied:
-            log.info("stack.migrated", applied=applied)
-        # One connection per role, each logged in as its own NATS user (echelon_platform/domain/roles.py):
-        # the server lets only the certify connection publish certificates.
-        async with (
-            Services(
-                resolved,
-                name="echelon-coordinator",
-                pool_size=max(4, len(resolved.writer_partition_ids) + 2),  # an append in flight per partition
-                role=Role.COORDINATOR,
-            ) as services,
-            Services(
-                resolved, name="echelon-stages", metrics=services.metrics, pool_size=4, role=Role.STAGES
-            ) as stage_services,
-            Services(
-                resolved, name="echelon-certify", metrics=services.metrics, pool_size=2, role=Role.CERTIFY
-            ) as certify_services,
-            # The API's own connections: a publish that failed (503) must never be sent later from a
-            # reconnect buffer, which the writer's and stages' connections rightly keep.
-            Services(
-                resolved,
-                name="echelon-api",
-                metrics=services.metrics,
-                pool_size=2,
-                buffer_while_reconnecting=False,
-                role=Role.API,
-            ) as api_services,
-            coordinators_for(services, resolved) as coordinator,
-            Pipeline(stage_services, resolved, stages=NON_CERTIFY_STAGES) as pipeline,
-            Pipeline(certify_services, resolved, stages=("certify",)) as certifier,
-        ):
-            freeze_startup_heap()
-            tasks: list[asyncio.Task[object]] = []
-            if with_coordinator:
-                tasks.append(asyncio.create_task(coordinator.run()))
-            if stages:
-                tasks.append(asyncio.create_task(pipeline.run()))
-                tasks.append(asyncio.create_task(certifier.run(watchdog=False)))  # one watchdog is enough
-            server: _Server | None = None
-            if with_api:
-                app = create_app(resolved, api_services)
-                config = api_server_config(app, resolved, lifespan="on")
-                server = _Server(config, resolved)
-                tasks.append(asyncio.create_task(server.serve()))
-            stopped = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            by_signal = stopped in done
-            log.info("stack.stopping", reason="signal" if by_signal else "a component exited")
-            coordinator.stop()
-            pipeline.stop()
-            certifier.stop()
-            if server is not None:
-                server.should_exit = True
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            stopped.cancel()
-            failures = [
-                r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
-            ]
-            for failure in failures:
-                log.error("stack.component_failed", error=repr(failure))
+    with stop_signals(hard_deadline_s=STOP_DEADLINE_S) as stop:
+        async with infrastructure(settings) as resolved:
+            await prepare(resolved)
+            if not stop.is_set():  # a signal while the servers started: stop them without starting roles
+                supervisor = Supervisor(
+                    stack_roles(with_api=with_api, with_stages=with_stages),
+                    role_env(resolved, os.environ),
+                    before_restart=lambda: set_up_if_allowed(resolved),
+                )
+                running = asyncio.create_task(supervisor.run())
+                freeze_startup_heap()
+                await asyncio.wait([running, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+                log.info("stack.stopping")
+                supervisor.stop()
+                await running
     log.info("stack.stopped")
-    # A role that dies must tell its supervisor: exit non-zero, never 0.
-    return 0 if by_signal and not failures else 1
+    return 0

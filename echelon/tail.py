@@ -1,4 +1,4 @@
-"""`echelon tail`: follow events live through an ephemeral ordered consumer (never a durable one)."""
+"""`echelon tail`: follow events live by direct gets (bus_follower.py): no consumer, none to create."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import sys
 from typing import TextIO
 
 import orjson
-from nats.js.api import DeliverPolicy
 
 from echelon_platform.adapters.bus import Bus
+from echelon_platform.adapters.bus_follower import StreamFollower
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.errors import EnvelopeError
 
@@ -40,22 +40,15 @@ async def tail(
     idle_timeout: float | None = None,
 ) -> int:
     """Print events until interrupted (or `limit` events / `idle_timeout` seconds without one)."""
-    sub = await bus.js.subscribe(
-        subject,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
-        stream=bus.stream,
-    )
+    after = 0 if from_start else await bus.last_sequence()
+    follower = await StreamFollower(bus, subject, after=after).start()
     printed = 0
     try:
         while limit is None or printed < limit:
-            try:
-                msg = await sub.next_msg(timeout=idle_timeout if idle_timeout is not None else 3600)
-            except TimeoutError:
-                if idle_timeout is not None:
-                    break
-                continue
-            seq = int(msg.metadata.sequence.stream)
+            msg = await follower.next(idle_timeout)
+            if msg is None:
+                break
+            seq = msg.seq
             if as_json:
                 out.write(
                     orjson.dumps({"seq": seq, "subject": msg.subject, "envelope": orjson.loads(msg.data)}).decode()
@@ -69,5 +62,5 @@ async def tail(
             out.flush()
             printed += 1
     finally:
-        await sub.unsubscribe()
+        await follower.close()
     return printed

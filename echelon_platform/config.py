@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from echelon_platform.domain.bus_access import BusLayout, writer_durable
 from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
 from echelon_platform.errors import ConfigError
 from echelon_platform.redact import redact_url
@@ -188,7 +189,11 @@ class Settings(BaseSettings):
 
     def writer_durable(self, partition: int) -> str:
         """The durable consumer a partition's writer consumes through."""
-        return f"{self.consumer_prefix}-coordinator{self.partitioning.suffix(partition)}"
+        return writer_durable(self.consumer_prefix, self.partitioning, partition)
+
+    def bus_layout(self) -> BusLayout:
+        """The stream and consumer names NATS permissions are written for (bus_access.py)."""
+        return BusLayout(self.stream_name, self.subject_root, self.consumer_prefix, self.partitions)
 
     def lease_name(self, partition: int) -> str:
         """The writer lease of one partition (`writer_partition` itself with a single partition)."""

@@ -10,9 +10,12 @@
     ├── InfrastructureError    NATS / Postgres / Redis unreachable or failing
     │   ├── BusError
     │   ├── StoreError
+    │   │   └── StoreUnavailable  transient: connection lost, statement cancelled (503 + Retry-After, retried)
     │   └── ReadModelError
     │       └── ReadModelsStale  read models lost or outdated: the writer rebuilds them from the log
     ├── MigrationError         a migration that cannot be applied (edited after applying, SQL error)
+    ├── SetupMissing           the stream or a durable consumer is gone and this role may not create it:
+    │                          the process exits non-zero until `echelon setup` (or `stack up`) re-creates it
     ├── WriterFenced           this writer's lease epoch is stale: another writer took over (never retried)
     └── StageError             a pipeline stage could not do its work for one run or replay
         ├── IngestError        ground truth could not be fetched (message says what to fix)
@@ -66,12 +69,21 @@ class InfrastructureError(EchelonError):
     pass
 
 
+class SetupMissing(EchelonError):
+    """Not an InfrastructureError on purpose: retrying cannot help, so the role exits instead."""
+
+
 class BusError(InfrastructureError):
     pass
 
 
 class StoreError(InfrastructureError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """Postgres is unreachable, dropped the connection or cancelled the statement (a statement timeout behind a
+    lock): transient. The one list of such database errors is `event_store.TRANSIENT_ERRORS`."""
 
 
 class ReadModelError(InfrastructureError):

@@ -25,6 +25,7 @@ from cachetools import LRUCache
 from nats.aio.msg import Msg
 
 from echelon_platform.adapters.bus import Bus
+from echelon_platform.domain.bus_access import stage_durable
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, parse_payload
 from echelon_platform.errors import EnvelopeError, InfrastructureError, NotYetInLog
@@ -32,6 +33,9 @@ from echelon_platform.metrics import Metrics
 from echelon_platform.retry import Backoff
 
 log = structlog.get_logger(__name__)
+# How often an idle stage checks that its durable consumer still exists (a fetch from a deleted one only
+# times out, which is also what an empty queue does).
+CONSUMER_CHECK_S = 10.0
 
 
 class Handler(Protocol):
@@ -76,7 +80,7 @@ class StageWorker:
         self.handler = handler
         self.bus = bus
         self.metrics = metrics
-        self.durable = f"{durable_prefix}-{handler.stage}"
+        self.durable = stage_durable(durable_prefix, handler.stage)
         self.concurrency = concurrency
         self.per_run = max(1, per_run)
         self.ack_wait_s = ack_wait_s
@@ -109,6 +113,7 @@ class StageWorker:
     async def _loop(self, *, until_idle: bool) -> None:
         sub: Any = None
         backoff = Backoff()
+        checked = time.monotonic()
         try:
             while not self._stopping.is_set():
                 if sub is None:
@@ -136,6 +141,13 @@ class StageWorker:
                 except (nats.errors.TimeoutError, TimeoutError):
                     if until_idle and not self._in_flight:
                         break
+                    # A fetch from a deleted consumer only times out: look now and then (re-binding
+                    # re-creates it on a provisioning bus, and raises SetupMissing on any other).
+                    if time.monotonic() - checked > CONSUMER_CHECK_S:
+                        checked = time.monotonic()
+                        if not await self._consumer_exists():
+                            log.warning("stage.consumer_gone", stage=self.handler.stage, durable=self.durable)
+                            sub = None
                     continue
                 except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                     log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
@@ -149,6 +161,12 @@ class StageWorker:
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error, OSError):
                     await sub.unsubscribe()
+
+    async def _consumer_exists(self) -> bool:
+        try:
+            return await self.bus.consumer_exists(self.durable)
+        except InfrastructureError:
+            return True  # NATS cannot say right now: the fetch errors will tell
 
     async def _drain(self) -> None:
         """Let in-flight handlers finish for a while; cancel the rest (JetStream redelivers them)."""
@@ -164,6 +182,10 @@ class StageWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _dispatch(self, msg: Msg) -> None:
+        if not (msg.reply or "").startswith("$JS.ACK."):
+            # An API answer sent to our inbox by someone else's request (see bus_puller.py): not an event.
+            log.warning("stage.not_a_delivery", stage=self.handler.stage, subject=msg.subject)
+            return
         try:
             envelope = Envelope.from_wire(msg.data)
             payload = parse_payload(envelope)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from echelon.endpoint import endpoint_file
 from echelon.fake_flow import FlowConfig, publish_flows
-from echelon.stack import infrastructure, serve
+from echelon.stack import infrastructure, stack_up
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
@@ -66,9 +66,16 @@ async def _wait_for_api(data_dir: Path, server: asyncio.Task[int] | None, deadli
 
 
 async def main(args: argparse.Namespace) -> int:
-    # No stage workers here: readiness must not wait for their consumers.
-    update = {"data_dir": args.data_dir.resolve(), "api_port": args.api_port, "ready_stages": []}
-    settings = Settings().model_copy(update=update)
+    # The stack's role processes read their settings from the environment. No stage workers here: readiness
+    # must not wait for their consumers.
+    os.environ.update(
+        {
+            "ECHELON_DATA_DIR": str(args.data_dir.resolve()),
+            "ECHELON_API_PORT": str(args.api_port),
+            "ECHELON_READY_STAGES": "[]",
+        }
+    )
+    settings = Settings()
     configure_logging(settings.log_level, json=not sys.stderr.isatty())  # logs on stderr, the report on stdout
     config = FlowConfig(
         runs=args.runs,
@@ -81,7 +88,7 @@ async def main(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     # No stage workers: they would act on the fake replays and call the oracle.
-    stack = None if args.into_running else asyncio.create_task(serve(settings, stages=False))
+    stack = None if args.into_running else asyncio.create_task(stack_up(settings, with_stages=False))
     url = await _wait_for_api(settings.data_dir, stack)
     print(f"dashboard: {url}/  (runs of user {config.user!r}: `echelon token {config.user}` to sign in)", flush=True)
     async with (

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echelon.embedded._process import LOCALHOST, EmbeddedServer, EmbeddedServerError
-from echelon_platform.domain.roles import Role, publish_subjects
+from echelon_platform.domain.bus_access import BusLayout, allowed_publish
+from echelon_platform.domain.roles import Role
 
 _PROBE_TIMEOUT = 2.0
 
@@ -65,18 +66,16 @@ class EmbeddedNats(EmbeddedServer):
         startup_timeout: float = 30.0,
         stop_timeout: float = 30.0,
         cluster: ClusterRoute | None = None,
-        auth_subject_root: str | None = None,
-        auth_partitions: int = 1,
+        auth: BusLayout | None = None,
     ) -> None:
-        """`auth_subject_root` set: clients must log in as one of the roles (roles.py), each allowed to
-        publish only its topics under that subject root; passwords are generated once and kept in
-        `credentials_path` (0600)."""
+        """`auth` set: clients must log in as one of the roles (roles.py), each allowed to publish only its
+        topics and use only its part of the JetStream API (bus_access.py) for that stream, subject root and
+        consumer names; passwords are generated once and kept in `credentials_path` (0600)."""
         super().__init__(data_dir, port, startup_timeout=startup_timeout, stop_timeout=stop_timeout)
         self.sync_always = sync_always
         self._executable = executable
         self.cluster = cluster
-        self.auth_subject_root = auth_subject_root
-        self.auth_partitions = auth_partitions
+        self.auth = auth
 
     @property
     def config_path(self) -> Path:
@@ -133,9 +132,9 @@ class EmbeddedNats(EmbeddedServer):
                 f"  routes: [{routes}]",
                 "}",
             ]
-        if self.auth_subject_root is not None:
+        if self.auth is not None:
             quoted = {Role(role): json.dumps(password) for role, password in self.credentials().items()}
-            lines.append(authorization_block(self.auth_subject_root, quoted, self.auth_partitions))
+            lines.append(authorization_block(self.auth, quoted))
         lines.append("")
         return "\n".join(lines)
 
@@ -164,13 +163,14 @@ class EmbeddedNats(EmbeddedServer):
             raise EmbeddedServerError("NATS answered but JetStream is not enabled")
 
 
-def authorization_block(subject_root: str, passwords: dict[Role, str], partitions: int = 1) -> str:
-    """A nats-server `authorization` block: one user per role, publishing only its subjects (roles.py).
+def authorization_block(layout: BusLayout, passwords: dict[Role, str]) -> str:
+    """A nats-server `authorization` block: one user per role, publishing only its subjects (roles.py,
+    bus_access.py); every other publish, `_INBOX.>` included, is refused.
 
     `passwords` holds config tokens: a quoted literal, or `$VARIABLE` to take it from the environment."""
     lines = ["authorization {", "  users: ["]
     for role in Role:
-        allow = ", ".join(json.dumps(subject) for subject in publish_subjects(role, subject_root, partitions))
+        allow = ", ".join(json.dumps(subject) for subject in allowed_publish(role, layout))
         lines.append(
             f"    {{user: {json.dumps(role.value)}, password: {passwords[role]}, "
             f"permissions: {{publish: {{allow: [{allow}]}}}}}}"

@@ -15,6 +15,7 @@ from echelon.embedded._nats import EmbeddedNats
 from echelon.embedded._postgres import EmbeddedPostgres
 from echelon.embedded._process import EmbeddedServer, EmbeddedServerError
 from echelon.embedded._redis import EmbeddedRedis
+from echelon_platform.domain.bus_access import BusLayout
 from echelon_platform.redact import redact_url
 
 _MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated by postgres
@@ -47,16 +48,14 @@ class EmbeddedStack:
         data_dir: Path,
         *,
         nats_sync_always: bool = False,
-        nats_auth_subject_root: str | None = None,
-        partitions: int = 1,
+        nats_auth: BusLayout | None = None,
     ) -> None:
-        """`nats_auth_subject_root`: NATS requires a user per role (see :class:`EmbeddedNats`)."""
+        """`nats_auth`: NATS requires a user per role (see :class:`EmbeddedNats`)."""
         self.data_dir = Path(data_dir).absolute()
         self.nats = EmbeddedNats(
             self.data_dir / "nats",
             sync_always=nats_sync_always,
-            auth_subject_root=nats_auth_subject_root,
-            auth_partitions=partitions,
+            auth=nats_auth,
         )
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         self.redis = EmbeddedRedis(self.data_dir / "redis")

@@ -1,4 +1,10 @@
-"""The JetStream adapter: one stream over `<root>.>`, publish with dedup, durable pull consumers."""
+"""The JetStream adapter: one stream over `<root>.>`, publish with dedup, durable pull consumers.
+
+Who creates the stream and the consumers: a bus that `provisions` (the SETUP role, or a server without
+authentication, where nothing is enforced anyway) creates or updates them on demand. Any other role only
+binds to what `echelon setup` created, and raises `SetupMissing` when it is gone: the role's process then
+exits non-zero (its supervisor restarts it once setup has run again), instead of idling on a consumer that
+no longer exists. The coordinator alone re-creates its own durable consumers (bus_access.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +24,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 
 from echelon_platform.domain.admission import check_event
+from echelon_platform.domain.bus_access import may_provision
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Subjects, parse_payload
-from echelon_platform.errors import BusError, EnvelopeError
+from echelon_platform.errors import BusError, EnvelopeError, SetupMissing
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +55,9 @@ class Bus:
         buffer_while_reconnecting: bool = True,
         user: str | None = None,
         password: str | None = None,
+        provisions: bool | None = None,
     ) -> None:
+        """`provisions`: may create/update the stream and consumers (default: `bus_access.may_provision`)."""
         self.url = url
         self.stream = stream
         self.subjects = subjects
@@ -62,6 +71,7 @@ class Bus:
         # This process's NATS user: the server allows it to publish only its role's topics (see roles.py).
         self.user = user
         self._password = password
+        self.provisions = may_provision(user) if provisions is None else provisions
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
 
@@ -78,6 +88,9 @@ class Bus:
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 connect_timeout=5,
+                # A stop drains for at most this long (not nats-py's 30 s): with the stream or a consumer
+                # deleted under it, a drain never completes.
+                drain_timeout=2,
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect,
@@ -87,7 +100,14 @@ class Bus:
         except (OSError, nats.errors.Error) as exc:
             raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
         self._js = self._nc.jetstream(timeout=10)
-        await self.ensure_stream()
+        try:
+            if self.provisions:
+                await self.ensure_stream()
+            else:
+                await self.require_stream()
+        except BaseException:
+            await self._nc.close()
+            raise
         return self
 
     async def __aexit__(
@@ -179,6 +199,39 @@ class Bus:
                     raise BusError(f"cannot create stream {self.stream}: {refused.description}") from refused
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create stream {self.stream}: {exc}") from exc
+
+    def _missing(self, what: str) -> SetupMissing:
+        log.error("bus.setup_missing", missing=what, user=self.user, stream=self.stream)
+        return SetupMissing(
+            f"{what} does not exist and the {self.user or 'current'} NATS user may not create it: "
+            "run `echelon setup` (or restart `echelon stack up`, which runs it)"
+        )
+
+    async def require_stream(self) -> None:
+        """SetupMissing unless the stream exists (a role that may not create it)."""
+        try:
+            await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError as exc:
+            raise self._missing(f"stream {self.stream}") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot read stream {self.stream}: {exc or type(exc).__name__}") from exc
+
+    async def require_consumer(self, durable: str) -> None:
+        """SetupMissing unless `durable` (and its stream) exists; a role checks its consumer with this."""
+        try:
+            await self.js.consumer_info(self.stream, durable)
+        except nats.js.errors.NotFoundError as exc:
+            raise SetupMissing(f"consumer {durable} of stream {self.stream} does not exist") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot read consumer {durable}: {exc or type(exc).__name__}") from exc
+
+    async def consumer_exists(self, durable: str) -> bool:
+        """Whether `durable` exists (False also when the stream is gone); BusError when NATS cannot say."""
+        try:
+            await self.require_consumer(durable)
+        except SetupMissing:
+            return False
+        return True
 
     async def publish(self, envelope: Envelope, *, timeout: float = 5.0) -> int:
         """Publish and wait for JetStream's ack; returns the stream sequence (also for a duplicate)."""
@@ -272,22 +325,43 @@ class Bus:
         max_deliver: int = -1,
         max_ack_pending: int = 20_000,
     ) -> Any:
-        """A durable pull consumer, created or bound idempotently (also after a server restart). The
-        settings are applied to an existing consumer too: binding alone would keep its old ones."""
+        """A durable pull consumer. A provisioning bus creates it or applies the settings to it (binding
+        alone would keep its old ones); any other binds to the one setup created, or raises SetupMissing."""
+        if self.provisions:
+            await self.apply_consumer(
+                durable, filter_subject, ack_wait_s=ack_wait_s, max_deliver=max_deliver, max_ack_pending=max_ack_pending
+            )
+        elif not await self.consumer_exists(durable):
+            raise self._missing(f"consumer {durable} of stream {self.stream}")
+        try:
+            return await self.js.pull_subscribe_bind(durable=durable, stream=self.stream)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot create consumer {durable}: {exc}") from exc
+
+    async def apply_consumer(
+        self,
+        durable: str,
+        filter_subject: str,
+        *,
+        ack_wait_s: float = 60.0,
+        max_deliver: int = -1,
+        max_ack_pending: int = 20_000,
+    ) -> None:
+        """Create the durable pull consumer, or apply these settings to it (setup's job)."""
         config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, max_ack_pending)
         try:
             try:
                 await self.js.add_consumer(self.stream, config)  # create, or update the editable fields
             except nats.js.errors.BadRequestError as exc:
                 log.warning("bus.consumer_not_updated", durable=durable, reason=str(exc))
-            return await self.js.pull_subscribe(filter_subject, durable=durable, stream=self.stream, config=config)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"cannot create consumer {durable}: {exc}") from exc
+            raise BusError(f"cannot create consumer {durable}: {exc or type(exc).__name__}") from exc
 
     async def ensure_consumer(
         self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1
     ) -> None:
-        """Create the durable pull consumer unless it exists (it may have been rewound: see below)."""
+        """Create the durable pull consumer unless it exists (it may have been rewound: see below). Only
+        for consumers this user may create (setup; the coordinator its own); SetupMissing without a stream."""
         config = _consumer_config(durable, filter_subject, ack_wait_s, max_deliver, 20_000)
         try:
             try:
@@ -295,7 +369,11 @@ class Bus:
                 return
             except nats.js.errors.NotFoundError:
                 pass
-            await self.js.add_consumer(self.stream, config)
+            try:
+                await self.js.add_consumer(self.stream, config)
+            except nats.js.errors.NotFoundError as exc:  # the stream itself is gone
+                raise self._missing(f"stream {self.stream}") from exc
+            log.info("bus.consumer_created", durable=durable, stream=self.stream)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot create consumer {durable}: {exc or type(exc).__name__}") from exc
 

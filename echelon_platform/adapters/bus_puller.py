@@ -24,7 +24,8 @@ from nats.aio.subscription import Subscription
 from echelon_platform.errors import BusError
 
 _DONE = {"404", "408"}  # no messages / request expired: this request is over
-_CONSUMER_GONE = "409"  # consumer deleted, leadership change, too many waiting pulls
+# Consumer deleted, leadership change, too many waiting pulls; 503: no responders (no such consumer).
+_CONSUMER_GONE = {"409", "503"}
 
 
 class BatchPuller:
@@ -33,6 +34,7 @@ class BatchPuller:
     def __init__(self, nc: NATS, *, stream: str, durable: str, api_prefix: str = "$JS.API") -> None:
         self._nc = nc
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._ack_prefix = f"$JS.ACK.{stream}.{durable}."
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._buffer: list[Msg] = []
@@ -64,6 +66,10 @@ class BatchPuller:
     async def _on_message(self, msg: Msg) -> None:
         status = (msg.headers or {}).get("Status") if not msg.data else None
         if status is None:
+            if not (msg.reply or "").startswith(self._ack_prefix):
+                # Not a delivery of our consumer: a JetStream API answer someone had sent to our inbox
+                # (any user may name any reply subject on a request it may make). Never treat it as an event.
+                return
             # A delivery, whichever request asked for it: keep it (it is ours until acked or redelivered).
             self._buffer.append(msg)
             self._wake.set()
@@ -72,7 +78,7 @@ class BatchPuller:
             return  # the end of an earlier request we already gave up on
         if status in _DONE:
             self._request_over = True
-        elif status == _CONSUMER_GONE:
+        elif status in _CONSUMER_GONE:
             self._request_over = True
             self._error = (msg.headers or {}).get("Description", "consumer unavailable")
         self._wake.set()

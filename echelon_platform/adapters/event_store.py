@@ -17,19 +17,34 @@ import asyncpg
 import orjson
 
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.errors import StoreError
+from echelon_platform.errors import StoreError, StoreUnavailable
 
-# Postgres-side connection errors worth a retry (server restarting, connection dropped).
+# The one definition of a transient database failure: the server restarting or refusing connections for a
+# while, a connection dropped (or terminated) mid-query, a statement cancelled (statement timeout behind a
+# table lock), a deadlock or serialization conflict, exhausted resources. Worth a retry with backoff; the
+# adapters translate them into StoreUnavailable (the API answers 503 with Retry-After, the writer retries).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
-    asyncpg.PostgresConnectionError,
+    ConnectionError,
+    asyncpg.PostgresConnectionError,  # class 08, e.g. ConnectionDoesNotExistError
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # e.g. a connection terminated by the server mid-query
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    ConnectionError,
+    asyncpg.OperatorInterventionError,  # class 57: QueryCanceledError, AdminShutdownError, CrashShutdownError
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.TransactionRollbackError,  # class 40: deadlock, serialization failure
+    asyncpg.LockNotAvailableError,
 )
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def store_error(what: str, exc: BaseException) -> StoreError:
+    """`exc` (a database library error) in our hierarchy: StoreUnavailable when transient."""
+    return (StoreUnavailable if is_transient(exc) else StoreError)(f"{what}: {exc or type(exc).__name__}")
+
 
 _APPEND = """
 WITH input AS (
@@ -159,7 +174,7 @@ class EventStore:
                 server_settings={"statement_timeout": self._statement_timeout_ms},
             )
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot connect to Postgres: {exc}") from exc
+            raise store_error("cannot connect to Postgres", exc) from exc
         return self
 
     async def __aexit__(
@@ -217,8 +232,8 @@ class EventStore:
                         "UPDATE parked_events SET retried_at = now() WHERE id = ANY($1::bigint[])",
                         list(retried),
                     )
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"append failed: {exc}") from exc
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("append failed", exc) from exc
         return AppendResult(
             winners={r["event_id"]: r["seq"] for r in rows},
             inserted=sum(1 for r in rows if r["inserted"]),
@@ -232,7 +247,10 @@ class EventStore:
         if topics:
             query += " AND topic = ANY($2::text[])"
             args.append(list(topics))
-        rows = await self.pool.fetch(query + " ORDER BY seq", *args)
+        try:
+            rows = await self.pool.fetch(query + " ORDER BY seq", *args)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("event log unavailable", exc) from exc
         return [_row_to_envelope(r) for r in rows]
 
     async def stream(
@@ -279,43 +297,54 @@ class EventStore:
             f"SELECT seq, event_id, time, topic, correlation_id, {payload} AS payload, partition "
             f"FROM events WHERE {where} ORDER BY seq"
         )
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-            cursor = await conn.cursor(query, *args)
-            pending = asyncio.ensure_future(cursor.fetch(batch))
-            try:
-                while rows := await pending:
-                    # Ask for the next batch before handing this one out: Postgres reads it (on the other
-                    # core) while the caller folds this one, instead of each side waiting for the other.
-                    pending = asyncio.ensure_future(cursor.fetch(batch))
-                    await asyncio.sleep(0)  # lets the request go out now
-                    yield rows
-            finally:
-                if not pending.done():
-                    pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS, asyncpg.PostgresError):
-                    await pending
+        try:
+            async with self.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+                cursor = await conn.cursor(query, *args)
+                pending = asyncio.ensure_future(cursor.fetch(batch))
+                try:
+                    while rows := await pending:
+                        # Ask for the next batch before handing this one out: Postgres reads it (on the other
+                        # core) while the caller folds this one, instead of each side waiting for the other.
+                        pending = asyncio.ensure_future(cursor.fetch(batch))
+                        await asyncio.sleep(0)  # lets the request go out now
+                        yield rows
+                finally:
+                    if not pending.done():
+                        pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS, asyncpg.PostgresError):
+                        await pending
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("event log read failed", exc) from exc
 
     async def max_seq(self) -> int:
-        value = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM events")
-        return int(value)
+        return int(await self._value("SELECT coalesce(max(seq), 0) FROM events"))
 
     async def count(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM events"))
+        return int(await self._value("SELECT count(*) FROM events"))
+
+    async def _value(self, query: str) -> Any:
+        try:
+            return await self.pool.fetchval(query)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("event log unavailable", exc) from exc
 
     async def parked(self, *, include_retried: bool = False, limit: int = 100) -> list[ParkedEvent]:
         where = "" if include_retried else "WHERE retried_at IS NULL"
-        rows = await self.pool.fetch(
-            f"SELECT id, stream_seq, subject, raw, reason, parked_at, retried_at FROM parked_events {where} "
-            "ORDER BY id LIMIT $1",
-            limit,
-        )
+        try:
+            rows = await self.pool.fetch(
+                f"SELECT id, stream_seq, subject, raw, reason, parked_at, retried_at FROM parked_events {where} "
+                "ORDER BY id LIMIT $1",
+                limit,
+            )
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("parked events unavailable", exc) from exc
         return [ParkedEvent(**dict(r)) for r in rows]
 
     async def ping(self) -> None:
         try:
             await self.pool.fetchval("SELECT 1")
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"Postgres unreachable: {exc}") from exc
+            raise store_error("Postgres unreachable", exc) from exc
 
     async def stalled_runs(self, older_than_s: float) -> list[StalledRun]:
         """Runs the log holds as still going (requested, neither certified nor failed) whose last event
@@ -334,7 +363,7 @@ class EventStore:
         try:
             rows = await self.pool.fetch(query, older_than_s)
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"stalled-run query failed: {exc}") from exc
+            raise store_error("stalled-run query failed", exc) from exc
         return [StalledRun(r["correlation_id"].removeprefix("run-"), r["last"], int(r["last_seq"])) for r in rows]
 
     async def last_positions(self, run_ids: Sequence[str]) -> dict[str, int]:
@@ -348,7 +377,7 @@ class EventStore:
                 [f"run-{r}" for r in run_ids],
             )
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"log position query failed: {exc}") from exc
+            raise store_error("log position query failed", exc) from exc
         return {r["correlation_id"].removeprefix("run-"): int(r["last"]) for r in rows}
 
     async def judge_usage(self, run_ids: Sequence[str]) -> dict[str, JudgeTotals]:
@@ -367,7 +396,7 @@ class EventStore:
         try:
             rows = await self.pool.fetch(query, [f"run-{r}" for r in run_ids])
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"judge usage query failed: {exc}") from exc
+            raise store_error("judge usage query failed", exc) from exc
         return {
             r["correlation_id"].removeprefix("run-"): JudgeTotals(
                 int(r["calls"]), int(r["input_tokens"]), int(r["output_tokens"]), float(r["cost_usd"])
@@ -382,7 +411,7 @@ class EventStore:
         try:
             rows = await self.pool.fetch("SELECT dedup_key FROM events WHERE dedup_key = ANY($1::text[])", list(keys))
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"dedup lookup failed: {exc}") from exc
+            raise store_error("dedup lookup failed", exc) from exc
         return {r["dedup_key"] for r in rows}
 
     async def run_events_page(self, run_id: str, *, after: int = 0, limit: int = 100) -> list[tuple[int, Envelope]]:
@@ -396,7 +425,7 @@ class EventStore:
                 limit,
             )
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"event log unavailable: {exc}") from exc
+            raise store_error("event log unavailable", exc) from exc
         return [(int(r["seq"]), _row_to_envelope(r)) for r in rows]
 
     async def run_log(self, run_id: str, *, timeout: float) -> list[tuple[int, LogEvent]]:
@@ -412,9 +441,9 @@ class EventStore:
             async with self.pool.acquire(timeout=timeout) as conn:
                 rows = await conn.fetch(query, f"run-{run_id}", timeout=timeout)
         except TimeoutError as exc:
-            raise StoreError(f"event log did not answer within {timeout}s") from exc
+            raise StoreUnavailable(f"event log did not answer within {timeout}s") from exc
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"event log unavailable: {exc}") from exc
+            raise store_error("event log unavailable", exc) from exc
         return [
             (
                 int(r["seq"]),

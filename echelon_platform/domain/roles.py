@@ -3,8 +3,9 @@
 The NATS server enforces it (per-user publish permissions), so a role cannot put another role's events on
 the stream at all: the API cannot publish `verify.certificate.issued`, only the certify stage can, and the
 writer therefore never sees a certificate that did not come from the certifier. Subscribing is not
-restricted (every role reads the stream). Pure: the embedded server and deploy/ render their
-`authorization` blocks from this table, and tests check it against the topic registry.
+restricted (every role reads the stream). The JetStream API each role may use (its own consumers; only
+SETUP creates streams and consumers) is derived in bus_access.py. Pure: the embedded server and deploy/
+render their `authorization` blocks from these tables, and tests check them against the topic registry.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Role(StrEnum):
     READER = "reader"
     # `echelon parked retry` re-publishes stored bytes on their original subject, whatever the topic.
     OPERATOR = "operator"
+    # Creates and updates the stream and the durable consumers (`echelon setup`, `stack up`); no events.
+    SETUP = "setup"
 
 
 _WATCHDOG = frozenset({"verify.run.failed"})
@@ -50,13 +53,10 @@ PUBLISHES: dict[Role, frozenset[str]] = {
     ),
     Role.COORDINATOR: frozenset({"verify.run.certifying"}),
     Role.READER: frozenset(),
+    Role.SETUP: frozenset(),
     Role.OPERATOR: frozenset(TOPICS),
 }
 PUBLISHES[Role.STAGES] = PUBLISHES[Role.INGEST] | PUBLISHES[Role.INVOKE] | PUBLISHES[Role.SCORE]
-
-# What every client needs besides its topics: the JetStream API (stream/consumer management, pull
-# requests, direct gets), acks and flow-control replies to the server, and replies to its own inboxes.
-INFRASTRUCTURE_SUBJECTS = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>")
 
 STAGE_ROLES: dict[str, Role] = {"ingest": Role.INGEST, "invoke": Role.INVOKE, "score": Role.SCORE}
 
@@ -85,10 +85,12 @@ def role_for_stages(stages: tuple[str, ...] | list[str]) -> Role:
 
 
 def publish_subjects(role: Role, subject_root: str = "verify", partitions: int = 1) -> list[str]:
-    """The NATS subjects `role` may publish to, under `subject_root` (sorted, infrastructure first)."""
+    """The event subjects `role` may publish to, under `subject_root` (sorted). The JetStream API subjects
+    it may use besides are `bus_access.jetstream_subjects`; no role may publish to `_INBOX.>`: a reply
+    forged into another client's inbox (a pull consumer's deliveries) could pass for the server's."""
     subjects = Subjects(subject_root, Partitioning(partitions))
     if role is Role.OPERATOR:
         topics = [subjects.everything]
     else:
         topics = sorted(f for topic in PUBLISHES[role] for f in subjects.publish_filters(topic))
-    return [*INFRASTRUCTURE_SUBJECTS, *topics]
+    return topics

@@ -12,6 +12,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.values import canonical_construct_id, construct_key
 from tests.factories import T0
+from tests.helpers import certifier_keyring
 from tests.integration.test_api_support import API, app, auth, certified_run, client, drain, options, publish, services
 
 __all__ = ["app", "client", "options", "services"]  # fixtures
@@ -46,7 +47,9 @@ async def test_other_spellings_of_an_owned_construct_id_are_refused(
     client: httpx.AsyncClient, services: Services, settings: Settings
 ) -> None:
     """The bug: `ALICE-ORACLE`, `alice-oracle.` and `alice-oracle/` passed the ownership check of alice's id."""
-    events, _ = certified_run("OWN1", user="alice", construct="alice-oracle")
+    events, _ = certified_run(
+        "OWN1", user="alice", construct="alice-oracle", keyring=await certifier_keyring(services.store, settings)
+    )
     await publish(services, events)
     await drain(services, settings)
     mallory = auth(settings, "mallory")
@@ -74,7 +77,10 @@ async def test_spellings_logged_before_the_rule_are_one_construct(
     for n, (user, spelling) in enumerate(
         [("alice", "alice-oracle"), ("mallory", "ALICE-ORACLE"), ("mallory", "alice-oracle.")]
     ):
-        events, _ = certified_run(f"LEG{n}", user=user, construct=spelling, issued=T0 + timedelta(minutes=n))
+        keyring = await certifier_keyring(services.store, settings)
+        events, _ = certified_run(
+            f"LEG{n}", user=user, construct=spelling, issued=T0 + timedelta(minutes=n), keyring=keyring
+        )
         await publish(services, events)
     await drain(services, settings)
     rows = (await client.get(f"{API}/stats")).json()["rows"]

@@ -22,7 +22,7 @@ from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.errors import ReadModelsStale
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 from tests.integration.test_api_support import API, auth, certified_run, drain, http_client, publish
 
 
@@ -51,7 +51,7 @@ async def client(own_settings: Settings, services: Services) -> AsyncIterator[ht
 
 async def completed(services: Services, settings: Settings, run_id: str) -> str:
     """A run logged and projected to COMPLETED; returns its certificate id."""
-    events, cert = certified_run(run_id)
+    events, cert = certified_run(run_id, keyring=await certifier_keyring(services.store, settings))
     await publish(services, events)
     await drain(services, settings)
     return cert.certificate_id

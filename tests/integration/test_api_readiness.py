@@ -27,7 +27,7 @@ from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.factories import requested
-from tests.helpers import wait_for
+from tests.helpers import certifier_keyring, wait_for
 from tests.integration.test_api_support import API, auth, certified_run, drain, http_client, publish
 
 STAGE = "ingest"
@@ -95,7 +95,7 @@ async def test_not_ready_while_a_rebuild_runs_even_on_a_small_log(
     client: httpx.AsyncClient, services: Services, ready_settings: Settings
 ) -> None:
     await make_ready(services, ready_settings)
-    events, _ = certified_run("REBUILT")
+    events, _ = certified_run("REBUILT", keyring=await certifier_keyring(services.store, ready_settings))
     await publish(services, events)
     await drain(services, ready_settings)
     assert (await readyz(client))[0] == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import stat
 import sys
@@ -18,6 +19,7 @@ from echelon.embedded import EmbeddedNats
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.services import nats_credentials
 from echelon_platform.config import Settings
+from echelon_platform.domain.bus_access import BusLayout
 from echelon_platform.domain.events import CertificateIssued, Subjects, make_event
 from echelon_platform.domain.roles import Role
 from echelon_platform.errors import BusError
@@ -26,11 +28,12 @@ from tests.factories import certificate
 from tests.helpers import wait_for
 
 ROOT_SUBJECT = "authz"
+LAYOUT = BusLayout(stream="AUTHZ", subject_root=ROOT_SUBJECT, consumer_prefix="authz")
 
 
 @pytest.fixture
 async def auth_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    async with EmbeddedNats(tmp_path / "nats", auth_subject_root=ROOT_SUBJECT) as server:
+    async with EmbeddedNats(tmp_path / "nats", auth=LAYOUT) as server:
         yield server
 
 
@@ -41,6 +44,7 @@ def _bus(server: EmbeddedNats, role: Role, stream: str) -> Bus:
         subjects=Subjects(ROOT_SUBJECT),
         user=role.value,
         password=server.credentials()[role.value],
+        provisions=role is Role.SETUP,
     )
 
 
@@ -51,7 +55,7 @@ async def test_only_the_certify_role_can_publish_a_certificate(auth_nats: Embedd
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    async with _bus(auth_nats, Role.CERTIFY, "AUTHZ") as certify_bus:
+    async with _bus(auth_nats, Role.SETUP, "AUTHZ"), _bus(auth_nats, Role.CERTIFY, "AUTHZ") as certify_bus:
         # The API role: the server drops the publish and says why; JetStream never acks it.
         api = await nats.connect(auth_nats.url, user="api", password=auth_nats.credentials()["api"], error_cb=on_error)
         try:
@@ -76,7 +80,7 @@ async def test_only_the_certify_role_can_publish_a_certificate(auth_nats: Embedd
 
 
 async def test_credentials_are_private_and_survive_a_restart(tmp_path: Path) -> None:
-    server = EmbeddedNats(tmp_path / "nats", auth_subject_root=ROOT_SUBJECT)
+    server = EmbeddedNats(tmp_path / "nats", auth=LAYOUT)
     async with server:
         first = server.credentials()
     assert set(first) == {role.value for role in Role}
@@ -118,6 +122,9 @@ async def test_stack_up_on_embedded_servers_with_auth_certifies_a_run(tmp_path: 
         assert result.code == 0, result.stdout + result.stderr
         assert "completed" in result.stdout.splitlines()
         assert any(line.startswith("content hash ") for line in result.stdout.splitlines())
+        # Every role did its work without touching anything its user may not (the server logs each refusal).
+        assert "Violation" not in (data_dir / "nats" / "nats.log").read_text()
+        await _attack_with_the_api_password(data_dir / "nats")
     finally:
         if stack.returncode is None:
             stack.send_signal(signal.SIGINT)
@@ -129,3 +136,33 @@ async def test_stack_up_on_embedded_servers_with_auth_certifies_a_run(tmp_path: 
     text = log_path.read_text()
     assert "Permissions Violation" not in text and "Authorization Violation" not in text, text[-4000:]
     assert stack.returncode == 0, text[-4000:]
+
+
+async def _attack_with_the_api_password(nats_dir: Path) -> None:
+    """What an attacker holding the stack's `api` password tried (#18): all refused, the log stays whole."""
+    port = re.search(r'listen: "127\.0\.0\.1:(\d+)"', (nats_dir / "nats.conf").read_text())
+    assert port is not None
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    password = json.loads((nats_dir / "credentials.json").read_text())["api"]
+    api = await nats.connect(f"nats://127.0.0.1:{port[1]}", user="api", password=password, error_cb=on_error)
+    try:
+        before = (await api.jetstream().stream_info("VERIFY")).state.last_seq
+        evil = {"name": "EVIL", "subjects": ["_INBOX.evil.*"], "republish": {"src": ">", "dest": "verify.x"}}
+        for subject, body in (
+            ("$JS.API.STREAM.CREATE.EVIL", evil),
+            ("$JS.API.STREAM.PURGE.VERIFY", {}),
+            ("$JS.API.STREAM.DELETE.VERIFY", {}),
+            ("$JS.API.CONSUMER.DELETE.VERIFY.echelon-ingest", {}),
+            ("$JS.API.CONSUMER.MSG.NEXT.VERIFY.echelon-coordinator", {"batch": 10}),
+        ):
+            with pytest.raises(nats.errors.TimeoutError):
+                await api.request(subject, json.dumps(body).encode(), timeout=0.3)
+            await wait_for(lambda s=subject: any(s.lower() in e for e in errors), timeout=5, what=f"{subject} refused")
+        assert (await api.jetstream().stream_info("VERIFY")).state.last_seq == before > 0
+        assert (await api.jetstream().consumer_info("VERIFY", "echelon-ingest")).num_pending == 0
+    finally:
+        await api.close()

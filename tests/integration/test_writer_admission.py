@@ -14,7 +14,7 @@ from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder, verify
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
-from echelon_platform.adapters.signing_keys import Keyring
+from echelon_platform.adapters.signing_keys import GENERATED_KEY, Keyring
 from echelon_platform.config import Settings
 from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope
@@ -229,7 +229,13 @@ async def test_a_key_published_after_the_writer_read_the_keys_is_found(services:
     """A certify stage restarted with a new key publishes it, then signs with it: the writer, holding the
     old key set in its cache, reads the keys again for the unknown key id instead of parking the genuine."""
     old = await certifier_keyring(services.store, settings)
-    new_settings = settings.model_copy(update={"data_dir": settings.data_dir / "rotated"})
+    # A rotation: the old key (listed as retired, with its private half) endorses the new one.
+    rotated = {
+        "data_dir": settings.data_dir / "rotated",
+        "signing_retired_key_files": [settings.data_dir / GENERATED_KEY],
+        "signing_root_key_id": old.key_id,
+    }
+    new_settings = settings.model_copy(update=rotated)
     async with coordinator_for(services, settings) as coordinator:
         for run_id in ("BEFORE", "AFTER"):
             for event in run_events(run_id, n=2, failed=0):
