@@ -12,13 +12,16 @@ from contextlib import asynccontextmanager
 
 import orjson
 import pytest
+import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from api.app import create_app
+from echelon.http_server import api_server_config
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from tests.integration.test_api_support import serve, services, token
+from tests.helpers import wait_for
+from tests.integration.test_api_support import free_port, services, token
 
 __all__ = ["services"]  # fixtures
 
@@ -27,9 +30,17 @@ DEADLINE_S = 15.0
 
 @asynccontextmanager
 async def limited_server(settings: Settings, services: Services, **limits: int) -> AsyncIterator[str]:
-    tuned = settings.model_copy(update=limits)
-    async with serve(create_app(tuned, services), ws_max_size=tuned.ws_max_message_bytes) as host:
-        yield host
+    """The app under uvicorn as `echelon api` and `stack up` configure it (api_server_config)."""
+    tuned = settings.model_copy(update={**limits, "api_port": free_port()})
+    server = uvicorn.Server(api_server_config(create_app(tuned, services), tuned, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started or task.done(), timeout=10, what="uvicorn to start")
+        assert not task.done(), "uvicorn exited at start-up"
+        yield f"127.0.0.1:{tuned.api_port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
 
 
 @asynccontextmanager

@@ -9,7 +9,6 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
@@ -84,13 +83,11 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(app: FastAPI, port: int | None = None, **config: Any) -> AsyncIterator[str]:
+async def serve(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
     """A real uvicorn server for the app on `port` (default: a free one), in this event loop; yields its
-    address (host:port). `config`: more uvicorn settings (e.g. `ws_max_size`)."""
+    address (host:port)."""
     port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config)
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.started or task.done(), timeout=10, what="uvicorn to start")
