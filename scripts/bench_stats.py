@@ -36,6 +36,7 @@ import nats.js.errors
 
 from api.stats_scan import leaderboard
 from echelon.embedded import StackUrls
+from echelon.setup import set_up
 from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, BulkReader, ReadModels
 from echelon_platform.adapters.readmodel_writer import Checkpoint, Projector, checkpoint_key
 from echelon_platform.config import Settings
@@ -52,6 +53,7 @@ from echelon_platform.domain.events import (
     make_event,
 )
 from echelon_platform.domain.projections import READ_MODEL_GENERATION
+from echelon_platform.log_config import configure_logging
 from scripts.benchlib import isolated, server_env, servers, uvicorn_process, wrk
 from tests.factories import T0, requested, score
 from tests.integration.test_api_support import free_port
@@ -186,6 +188,8 @@ async def discard(settings: Settings, urls: StackUrls) -> None:
 async def measure(args: argparse.Namespace, large: Settings, small: Settings) -> dict[str, Any]:
     seeded = {"large": await seed(large, args.runs), "small": await seed(small, args.small)}
     scans = {"large": await scan_ms(large), "small": await scan_ms(small)}
+    for settings in (large, small):
+        await set_up(settings)  # the stream the API publishes to (roles no longer create it)
     ports = {"large": free_port(), "small": free_port()}
     envs = {"large": server_env(large), "small": server_env(small)}
     results: dict[str, dict[str, list[dict[str, float]]]] = {"large": {}, "small": {}}
@@ -221,6 +225,7 @@ async def main() -> None:
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
+    configure_logging("WARNING", stream=sys.stderr)  # stdout is the report
     base = Settings(stats_per_minute=10**9)
     with tempfile.TemporaryDirectory() as tmp:
         async with servers(base, Path(tmp)) as (urls, _):
