@@ -21,6 +21,7 @@ from api.cors import install_cors
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
+from api.fanout import PendingSockets
 from api.json_body import JsonBodyGuard
 from api.limits import RateLimiter, RecentRuns
 from api.middleware import RequestContext
@@ -106,6 +107,10 @@ def _attach(app: FastAPI, services: Services) -> RedisLane:
         OwnerReader(services.read_models),
     )
     app.state.ws_connections = stream.ConnectionCounter(app.state.settings.ws_max_connections_per_user)
+    app.state.ws_pending = PendingSockets(
+        limit=app.state.settings.ws_max_unauthenticated,
+        per_address=app.state.settings.ws_max_unauthenticated_per_address,
+    )
     return lane
 
 

@@ -1,6 +1,8 @@
 """ASGI entry point for running the API under a process manager:
 
-uvicorn --factory api.asgi:build_app --host 0.0.0.0 --port 8000 --no-access-log --no-proxy-headers
+uvicorn --factory api.asgi:build_app --host 0.0.0.0 --port 8000 --no-access-log --no-proxy-headers --ws-max-size 65536
+
+(`--ws-max-size`: as ECHELON_WS_MAX_MESSAGE_BYTES, which `echelon api` and `stack up` pass to uvicorn.)
 
 (The app writes its own JSON access log line per request, with the request id.) Behind a reverse proxy,
 replace `--no-proxy-headers` by `--forwarded-allow-ips` with the proxies' addresses (what

@@ -4,9 +4,10 @@ selects, the NATS filter that covers them, who may see which event, and the boun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -187,3 +188,34 @@ class OwnerCache:
         if owner is not None:
             self.learn(run_id, owner)
         return owner
+
+
+class PendingSockets:
+    """Sockets accepted but not yet authenticated, in all and per client address (per API process, so a
+    crash leaves nothing to clean up). Unauthenticated sockets cost a task and buffers each: without a cap,
+    anyone could open thousands."""
+
+    def __init__(self, *, limit: int, per_address: int) -> None:
+        self.limit = limit
+        self.per_address = per_address
+        self._open: Counter[str] = Counter()
+        self.total = 0
+
+    @contextlib.contextmanager
+    def hold(self, address: str) -> Iterator[str | None]:
+        """None (and counted until the block ends) when under both caps; else why the socket is refused."""
+        if self.total >= self.limit:
+            yield f"too many unauthenticated connections (at most {self.limit}); retry later"
+            return
+        if self._open[address] >= self.per_address:
+            yield f"too many unauthenticated connections from your address (at most {self.per_address}); retry later"
+            return
+        self._open[address] += 1
+        self.total += 1
+        try:
+            yield None
+        finally:
+            self.total -= 1
+            self._open[address] -= 1
+            if not self._open[address]:
+                del self._open[address]

@@ -9,6 +9,10 @@ Protocol (JSON text frames):
    `{"type": "authenticated", ...}`. When the credential expires (a token's `exp`, a wallet message's
    `Expiration Time`) the connection is closed with 4401; reconnect with a fresh one. A user has at most
    `ws_max_connections_per_user` connections per API process; one more is closed with 4409.
+   Until it authenticates, a socket counts against `ws_max_unauthenticated` (per API process) and
+   `ws_max_unauthenticated_per_address`; over either it is closed with 1013 (try again later). The first
+   message is at most `ws_first_message_bytes` (else 1009, message too big); uvicorn closes any message over
+   `ws_max_message_bytes` with 1009 before buffering it whole.
 2. Subscribe: `{"subscribe": {"topics": ["verify.run.*", ...], "correlationId": "run-…", "since": <seq>}}`.
    Answer: `{"type": "subscribed", "since": S, ...}` (events after stream sequence S follow) or
    `{"type": "refused", "reason": ...}`. Without `since`, a run's subscription starts at its first event
@@ -46,6 +50,7 @@ from api.fanout import (
     ClientQueue,
     Frame,
     OwnerCache,
+    PendingSockets,
     Refused,
     Subscribe,
     nats_filter,
@@ -65,6 +70,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_MANY = 4409
 CLOSE_SLOW_CONSUMER = 4429
 CLOSE_INTERNAL = 1011
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_LATER = 1013
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["stream"])
@@ -92,11 +99,18 @@ async def _close(ws: WebSocket, code: int, reason: str, timeout_s: float) -> Non
         pass
 
 
-async def _receive_json(ws: WebSocket) -> Any:
+class MessageTooBig(Exception):
+    """A message over the size allowed at this point of the protocol."""
+
+
+async def _receive_json(ws: WebSocket, max_bytes: int | None = None) -> Any:
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     raw = message.get("text") or message.get("bytes") or b""
+    # A text frame's length in characters bounds its UTF-8 bytes from below: checked before encoding.
+    if max_bytes is not None and (len(raw) > max_bytes or (isinstance(raw, str) and len(raw.encode()) > max_bytes)):
+        raise MessageTooBig(f"the first message is at most {max_bytes} bytes (credentials only)")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -111,7 +125,7 @@ async def _credentials(ws: WebSocket, settings: Settings, services: Services) ->
     redis = services.read_models.redis
     if bearer:
         return await authenticate(settings, redis, bearer=bearer, wallet=None)
-    first = await _receive_json(ws)
+    first = await _receive_json(ws, settings.ws_first_message_bytes)
     if isinstance(first, dict) and isinstance(first.get("token"), str):
         return await authenticate(settings, redis, bearer=first["token"], wallet=None)
     wallet = first.get("wallet") if isinstance(first, dict) else None
@@ -326,20 +340,17 @@ async def stream(websocket: WebSocket) -> None:
     settings: Settings = app.state.settings
     services: Services = app.state.services
     options: ApiOptions = app.state.options
+    pending: PendingSockets = app.state.ws_pending
+    address = websocket.client.host if websocket.client else "unknown"
     await websocket.accept()
     with structlog.contextvars.bound_contextvars(connection_id=str(ULID())):
-        try:
-            async with asyncio.timeout(options.ws_auth_timeout_s):
-                user = await _credentials(websocket, settings, services)
-        except WebSocketDisconnect:
-            return
-        except (AuthError, TimeoutError) as exc:
-            reason = str(exc) if isinstance(exc, AuthError) else "authentication timed out"
-            await _close(websocket, CLOSE_UNAUTHORIZED, reason, options.ws_close_timeout_s)
-            return
-        except EchelonError as exc:
-            log.error("stream.auth_failed", error=str(exc))
-            await _close(websocket, CLOSE_INTERNAL, "authentication unavailable; retry", options.ws_close_timeout_s)
+        with pending.hold(address) as refused:
+            if refused is not None:
+                log.debug("stream.refused", reason=refused)  # not per attempt at warning: a flood would flood the log
+                await _close(websocket, CLOSE_TRY_LATER, refused, options.ws_close_timeout_s)
+                return
+            user = await _authenticate(websocket, settings, services, options)
+        if user is None:
             return
         counter: ConnectionCounter = app.state.ws_connections
         with counter.hold(user.user_id) as admitted:
@@ -348,6 +359,24 @@ async def stream(websocket: WebSocket) -> None:
                 await _close(websocket, CLOSE_TOO_MANY, reason, options.ws_close_timeout_s)
                 return
             await _serve(websocket, user, services, options, app.state.owners)
+
+
+async def _authenticate(ws: WebSocket, settings: Settings, services: Services, options: ApiOptions) -> Principal | None:
+    """The client's principal, or None when the socket was closed (the reason sent with its close code)."""
+    try:
+        async with asyncio.timeout(options.ws_auth_timeout_s):
+            return await _credentials(ws, settings, services)
+    except WebSocketDisconnect:
+        return None
+    except MessageTooBig as exc:
+        await _close(ws, CLOSE_TOO_BIG, str(exc), options.ws_close_timeout_s)
+    except (AuthError, TimeoutError) as exc:
+        reason = str(exc) if isinstance(exc, AuthError) else "authentication timed out"
+        await _close(ws, CLOSE_UNAUTHORIZED, reason, options.ws_close_timeout_s)
+    except EchelonError as exc:
+        log.error("stream.auth_failed", error=str(exc))
+        await _close(ws, CLOSE_INTERNAL, "authentication unavailable; retry", options.ws_close_timeout_s)
+    return None
 
 
 async def _serve(ws: WebSocket, user: Principal, services: Services, options: ApiOptions, owners: OwnerCache) -> None:

@@ -28,12 +28,16 @@ from echelon_platform.adapters.event_store import EventStore, LogEvent
 from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
 from echelon_platform.adapters.readmodel_writer import (
     CERT_TOPIC,
+    JUDGE_TOPIC,
     RATING_TOPIC,
     Checkpoint,
     Projector,
+    judge_call,
     queue_rating,
     queue_writes,
+    rating_record,
 )
+from echelon_platform.adapters.stats_store import keep_latest, queue_stats, read_records
 from echelon_platform.config import Settings
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
@@ -42,6 +46,7 @@ from echelon_platform.domain.projections import (
     public_certificate,
     to_record,
 )
+from echelon_platform.domain.stats import contribution, judge_totals
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import ReadModelsStale
 
@@ -58,7 +63,7 @@ return 1
 """
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
-_READ = (*PAYLOAD_TOPICS, RATING_TOPIC)  # the topics whose payload replay reads
+_READ = (*PAYLOAD_TOPICS, RATING_TOPIC, JUDGE_TOPIC)  # the topics whose payload replay reads
 PROGRESS_EVERY = 10_000
 PROGRESS_TTL_MS = 30_000
 
@@ -110,6 +115,12 @@ class Rebuilder:
         self._dirty: set[str] = set()
         self._new_certs: list[dict[str, Any]] = []
         self._new_ratings: list[LogEvent] = []
+        # The leaderboard's inputs besides states and certificates (see domain/stats.py): latest ratings per
+        # certificate, judge calls per run, and the runs whose record may have changed since the last write.
+        self._ratings: dict[str, dict[str, Any]] = {}
+        self._judge: dict[str, dict[str, list[float]]] = {}
+        self._new_judge: list[tuple[str, str, list[float]]] = []
+        self._stats_dirty: set[str] = set()
         self.progress_total = 0  # the log's size, for the marker's `n/m` progress
         self._marking = False  # a switching rebuild is under way: its marker is kept up to date
 
@@ -130,7 +141,10 @@ class Rebuilder:
                 positions[partition] = seq
                 payload = loads(raw) if raw is not None else None
                 if topic == RATING_TOPIC:
-                    self._new_ratings.append(LogEvent(event_id, at, topic, correlation_id, payload or {}))
+                    rating = LogEvent(event_id, at, topic, correlation_id, payload or {})
+                    self._new_ratings.append(rating)
+                    keep_latest(self._ratings.setdefault(rating.payload["certificate_id"], {}), rating_record(rating))
+                    self._stats_dirty.add(rating.run_id)
                     continue
                 if topic in NOT_RUN_EVENTS:  # a registry's event, not a run's: no phantom run
                     continue
@@ -142,7 +156,11 @@ class Rebuilder:
                     run = runs[run_id] = RunFold(run_id)
                 run.add(topic, at, payload, seq)
                 dirty.add(run_id)
-                if topic == CERT_TOPIC and payload is not None:
+                if topic == JUDGE_TOPIC and payload is not None:
+                    call = judge_call(payload)
+                    self._judge.setdefault(run_id, {})[str(seq)] = call
+                    self._new_judge.append((run_id, str(seq), call))
+                elif topic == CERT_TOPIC and payload is not None:
                     cert = payload["certificate"]
                     certs[cert["certificate_id"]] = cert
                     self._new_certs.append(cert)
@@ -213,7 +231,33 @@ class Rebuilder:
             for event in ratings[i : i + WRITE_CHUNK]:
                 queue_rating(pipe, keys, event)
             await pipe.execute()
+        await self._write_stats(keys, built)
         self._dirty, self._new_certs, self._new_ratings = set(), [], []
+
+    async def _write_stats(self, keys: Keys, built: dict[str, RunState]) -> None:
+        """Judge calls, then every changed run's leaderboard record, moving the aggregates by (new − old)
+        against what `keys` holds: nothing in a fresh namespace, the live records in a partition's repair."""
+        redis = self.projector.redis
+        for i in range(0, len(self._new_judge), WRITE_CHUNK):
+            pipe = redis.pipeline(transaction=False)
+            for run_id, seq, call in self._new_judge[i : i + WRITE_CHUNK]:
+                pipe.hset(keys.judge_calls(run_id), seq, orjson.dumps(call))
+            await pipe.execute()
+        touched = sorted((self._dirty | self._stats_dirty) & self._runs.keys())
+        for i in range(0, len(touched), WRITE_CHUNK):
+            chunk = touched[i : i + WRITE_CHUNK]
+            old = await read_records(redis, keys, chunk)
+            changes = []
+            for run_id in chunk:
+                state = built[run_id] if run_id in built else self._runs[run_id].state()
+                cert = self.certs.get(state.certificate_id) if state.certificate_id is not None else None
+                ratings = self._ratings.get(state.certificate_id, {}) if state.certificate_id is not None else {}
+                usage = judge_totals(self._judge.get(run_id, {}).values())
+                changes.append((run_id, old[run_id], contribution(state, cert, ratings.values(), usage)))
+            pipe = redis.pipeline(transaction=False)
+            queue_stats(pipe, keys, changes)
+            await pipe.execute()
+        self._new_judge, self._stats_dirty = [], set()
 
     async def rebuild(self, *, switch: bool = True) -> ReplayReport:
         """Fold the log into a fresh namespace; with `switch`, make it current (pointer and every

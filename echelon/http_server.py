@@ -22,11 +22,13 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
 
 
 def api_server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    # ws_max_size: no WebSocket message is read whole past ECHELON_WS_MAX_MESSAGE_BYTES (uvicorn closes 1009).
     return uvicorn.Config(
         app,
         host=settings.api_host,
         port=settings.api_port,
         log_level="warning",
+        ws_max_size=settings.ws_max_message_bytes,
         **proxy_options(settings),
         **options,
     )

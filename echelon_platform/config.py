@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     # separated). Empty (the default): none, not even loopback, so per-address limits see the real peer.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ws_max_connections_per_user: int = Field(default=5, ge=1)  # per API process
+    # Sockets not yet authenticated, per API process: at most this many in all and per client address; one
+    # more is closed with 1013. Their first message (the credentials) is at most ws_first_message_bytes
+    # (else 1009); uvicorn refuses any message over ws_max_message_bytes (1009) before it is buffered whole.
+    ws_max_unauthenticated: int = Field(default=128, ge=1)
+    ws_max_unauthenticated_per_address: int = Field(default=8, ge=1)
+    ws_first_message_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    stats_per_minute: int = Field(default=60, ge=1)  # GET /stats per client address per minute
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # larger request bodies get 413
     # Origins whose browser pages may call the API (and open its WebSocket): comma-separated or a JSON list,
     # `*` for any. Unset: http://localhost:* and http://127.0.0.1:* on a loopback API, none otherwise.

@@ -57,7 +57,8 @@ async def isolated(base: Settings, urls: StackUrls) -> Settings:
 def server_env(settings: Settings) -> dict[str, str]:
     """Settings as ECHELON_* variables for a server started in another process."""
     env = {**os.environ, "ECHELON_LOG_LEVEL": "INFO"}
-    for key, value in settings.model_dump().items():
+    # Only what differs from the defaults: a list's str() is not every list field's env form.
+    for key, value in settings.model_dump(exclude_defaults=True).items():
         if value is not None and key not in ("jwt_secret", "oracle_allowlist", "secret_key", "api_token"):
             env[f"ECHELON_{key.upper()}"] = str(value)
     env["ECHELON_JWT_SECRET"] = settings.jwt_secret.get_secret_value()

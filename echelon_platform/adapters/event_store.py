@@ -106,6 +106,7 @@ _PROJECTED_PAYLOAD = (
 # deleting the big fields from the whole payload.
 _FOLDED_PAYLOAD = (
     "CASE WHEN topic LIKE 'verify.replay.%' THEN jsonb_build_object('replay_id', payload->'replay_id')::text "
+    "WHEN topic = 'verify.judge.called' THEN (payload - 'raw_text')::text "
     "ELSE payload::text END"
 )
 

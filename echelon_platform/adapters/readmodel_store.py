@@ -67,6 +67,42 @@ class Keys:
         """Hash `<cert_id>|<replay_id>` → latest rating JSON."""
         return self._k(f"user:{user_id}:ratings")
 
+    def judge_calls(self, run_id: str) -> str:
+        """Hash `<log position>` → `[input tokens, output tokens, cost]` of the run's logged judge calls."""
+        return self._k(f"judge:{run_id}")
+
+    @property
+    def stats_records(self) -> str:
+        """Hash run id → the run's leaderboard record (`domain.stats.contribution`)."""
+        return self._k("stats:records")
+
+    def stats_group(self, scope: str, group_by: str, key: str | None) -> str:
+        """Hash of one leaderboard group's summed counts (`domain.stats.FIELDS`)."""
+        return self._k(f"stats:{scope}:{group_by}:null" if key is None else f"stats:{scope}:{group_by}:g:{key}")
+
+    def stats_ranked(self, scope: str, group_by: str) -> str:
+        """Groups with a certificate, scored −(mean composite in millionths): ZRANGE is the leaderboard order."""
+        return self._k(f"stats:{scope}:{group_by}:ranked")
+
+    def stats_unranked(self, scope: str, group_by: str) -> str:
+        """Groups (not the null key) without a certificate, all scored 0: ordered by key."""
+        return self._k(f"stats:{scope}:{group_by}:unranked")
+
+    def stats_brier(self, group_by: str, key: str) -> str:
+        """Sorted set run id → Brier of the run's public certificate (the group's best is the first)."""
+        return self._k(f"stats:{group_by}:brier:{key}")
+
+    def stats_agreement(self, group_by: str, key: str, judge: tuple[str, str] | None = None) -> str:
+        """Hash of one agreement set's sums (`domain.stats.agreement_of`): a group's rating pairs, or those
+        of one (judge model, methodology version) in it. `<this>:z<v>`: the pairs rated v by composite."""
+        if judge is None:
+            return self._k(f"stats:{group_by}:agree:{key}")
+        return self._k(f"stats:{group_by}:agree-by-judge:{orjson.dumps([key, *judge]).decode()}")
+
+    def stats_judges(self, group_by: str, key: str) -> str:
+        """Hash `[judge model, methodology version]` → the group's pairs of that judge."""
+        return self._k(f"stats:{group_by}:judges:{key}")
+
     @property
     def pattern(self) -> str:
         return self._k("*")

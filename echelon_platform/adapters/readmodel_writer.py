@@ -35,6 +35,7 @@ from echelon_platform.adapters.readmodel_store import (
     pointer_key,
     text,
 )
+from echelon_platform.adapters.stats_store import RunInputs, keep_latest, queue_stats, read_inputs
 from echelon_platform.domain.partitions import Partitioning
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
@@ -50,6 +51,7 @@ from echelon_platform.errors import ReadModelsStale, WriterFenced
 
 CERT_TOPIC = "verify.certificate.issued"
 RATING_TOPIC = "verify.rating.submitted"
+JUDGE_TOPIC = "verify.judge.called"
 # Compare-and-delete: release the lease only if it is still ours.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 # Take the lease if free or ours, or steal it from an older epoch of the same partition: a writer killed
@@ -146,18 +148,32 @@ return 0
 """
 
 
+def rating_record(event: Event) -> dict[str, Any]:
+    """What the ratings hashes hold of a rating event."""
+    p = event.payload
+    return {
+        "certificate_id": p["certificate_id"],
+        "replay_id": p["replay_id"],
+        "user_id": p["user_id"],
+        "rating": p["rating"],
+        "rated_at": p["rated_at"],
+        "event_id": event.event_id,
+    }
+
+
+def judge_call(payload: Any) -> list[float]:
+    """What the judge-call hash holds of a `verify.judge.called` (keyed by log position: a redelivered call,
+    whatever its event id, has its first copy's position)."""
+    return [
+        int(payload.get("input_tokens", 0)),
+        int(payload.get("output_tokens", 0)),
+        float(payload.get("cost_usd", 0.0)),
+    ]
+
+
 def queue_rating(pipe: aioredis.client.Pipeline, keys: Keys, event: Event) -> None:
     p = event.payload
-    value = orjson.dumps(
-        {
-            "certificate_id": p["certificate_id"],
-            "replay_id": p["replay_id"],
-            "user_id": p["user_id"],
-            "rating": p["rating"],
-            "rated_at": p["rated_at"],
-            "event_id": event.event_id,
-        }
-    )
+    value = orjson.dumps(rating_record(event))
     pipe.eval(
         _KEEP_LATEST,
         2,
@@ -280,8 +296,10 @@ class Projector(RedisClient):
                     if event.topic == CERT_TOPIC:
                         certs.append((event.run_id, event.payload["certificate"]))
                 public = [c for r, c in certs if public_certificate(states[r], c)]
+                changes = await self._stats_changes(keys, events, states, public)
                 pipe.multi()  # type: ignore[no-untyped-call]
                 self._queue_batch(pipe, keys, checkpoint, events, states, public)
+                queue_stats(pipe, keys, changes)
                 try:
                     await pipe.execute()
                 except redis.exceptions.WatchError as exc:
@@ -290,6 +308,40 @@ class Projector(RedisClient):
             await self.release()
             raise
         return Projected(runs=states)
+
+    async def _stats_changes(
+        self,
+        keys: Keys,
+        events: Sequence[tuple[RunEvent, int]],
+        states: dict[str, RunState],
+        public: list[dict[str, Any]],
+    ) -> list[tuple[str, Any, Any]]:
+        """Every touched run's leaderboard record before and after the batch. The inputs are read outside the
+        MULTI: this partition's lock makes this writer the only one touching its runs' records."""
+        ratings = [(e, seq) for e, seq in events if e.topic == RATING_TOPIC]
+        others = [e.run_id for e, _ in ratings if e.run_id not in states]
+        if others:  # runs only rated in this batch: their state as stored (unknown ones count nowhere)
+            raws = await self.redis.mget([keys.run(r) for r in others])
+            rated = {r: from_record(orjson.loads(raw)) for r, raw in zip(others, raws, strict=True) if raw}
+        else:
+            rated = {}
+        touched = {**states, **rated}
+        inputs: dict[str, RunInputs] = await read_inputs(self.redis, keys, touched)
+        by_id = {c["certificate_id"]: c for c in public}
+        for run_id, state in touched.items():
+            if state.certificate_id in by_id:
+                inputs[run_id].certificate = by_id[state.certificate_id]
+        for event, seq in events:
+            run_input = inputs.get(event.run_id)
+            if run_input is None:
+                continue
+            if event.topic == JUDGE_TOPIC:
+                run_input.judge[str(seq)] = judge_call(event.payload)
+            elif (
+                event.topic == RATING_TOPIC and event.payload["certificate_id"] == touched[event.run_id].certificate_id
+            ):
+                keep_latest(run_input.ratings, rating_record(event))
+        return [(r, i.record, i.contribution(touched[r])) for r, i in inputs.items()]
 
     def _queue_batch(
         self,
@@ -302,9 +354,11 @@ class Projector(RedisClient):
     ) -> None:
         """Queue every write of one batch, the checkpoint advance and the lease release (one MULTI)."""
         queue_writes(pipe, keys, states.values(), certs)
-        for event, _ in events:
+        for event, seq in events:
             if event.topic == RATING_TOPIC:
                 queue_rating(pipe, keys, event)
+            elif event.topic == JUDGE_TOPIC:
+                pipe.hset(keys.judge_calls(event.run_id), str(seq), orjson.dumps(judge_call(event.payload)))
         last = max([checkpoint.seq, *(seq for _, seq in events)])
         advanced = Checkpoint(READ_MODEL_GENERATION, last, checkpoint.namespace)
         pipe.set(self._checkpoint, advanced.encode(), xx=True)

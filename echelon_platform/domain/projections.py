@@ -32,7 +32,7 @@ __all__ = ["Event", "RunState", "Status", "apply", "fold", "from_record", "publi
 # they never make a run appear, not even as an "active" one the watchdog would judge.
 NOT_RUN_EVENTS = frozenset({"verify.methodology.registered"})
 # Bumped whenever the stored shape or a rule changes: read models of another generation are rebuilt.
-READ_MODEL_GENERATION = 3  # 3: certificates no published key signed are left out
+READ_MODEL_GENERATION = 4  # 3: certificates no published key signed are left out; 4: leaderboard aggregates
 MAX_ERROR_CHARS = 2000
 
 

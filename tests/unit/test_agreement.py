@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from api.stats import leaderboard
+from api.stats_scan import leaderboard
 from echelon_platform.domain.agreement import agreement, average_ranks, judge_step, spearman
 
 
