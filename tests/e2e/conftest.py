@@ -19,6 +19,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.pipeline import STAGES, Pipeline
+from tests.e2e.browser import chromium_path
 from tests.helpers import wait_for
 
 
@@ -82,3 +83,12 @@ async def running(settings: Settings, request: pytest.FixtureRequest) -> AsyncIt
             for pipeline in world.pipelines.values():
                 pipeline.stop()
             await asyncio.wait_for(asyncio.gather(*world.tasks.values(), return_exceptions=True), 30)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium for the browser tests (Playwright downloads no browser here)."""
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no chromium found (scripts/_env.sh installs Debian's `chromium` with apt-get when it can)")
+    return path

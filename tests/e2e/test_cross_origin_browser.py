@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from api.app import create_app
 from api.options import ApiOptions
-from tests.e2e.browser import CHROMIUM_FLAGS, chromium_path
+from tests.e2e.browser import CHROMIUM_FLAGS
 from tests.e2e.conftest import Running
 from tests.integration.test_api_support import serve
 
@@ -50,14 +50,6 @@ try {
 } catch (error) { window.result = {error: String(error)}; }
 document.getElementById("out").textContent = JSON.stringify(window.result);
 </script>"""
-
-
-@pytest.fixture
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("no chromium found (scripts/_env.sh installs Debian's `chromium` with apt-get when it can)")
-    return path
 
 
 async def test_a_page_on_another_origin_lists_submits_and_reads_the_certificate(

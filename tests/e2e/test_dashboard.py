@@ -11,7 +11,7 @@ import pytest
 
 from api.app import create_app
 from api.options import ApiOptions
-from tests.e2e.browser import CHROMIUM_FLAGS, chromium_path
+from tests.e2e.browser import CHROMIUM_FLAGS
 from tests.e2e.conftest import Running
 from tests.integration.test_api_support import serve
 
@@ -20,14 +20,6 @@ playwright_api = pytest.importorskip(
 )
 
 TIMEOUT_MS = 90_000
-
-
-@pytest.fixture
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("no chromium found (scripts/_env.sh installs Debian's `chromium` with apt-get when it can)")
-    return path
 
 
 async def test_sign_in_submit_watch_live_and_verify_the_certificate(

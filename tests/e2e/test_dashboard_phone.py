@@ -7,9 +7,7 @@ from pathlib import Path
 
 from echelon.fake_flow import FlowConfig
 from echelon_platform.config import Settings
-from tests.e2e.test_dashboard_support import PHONE, browser, chromium, dashboard_stack, fits, sign_in
-
-__all__ = ["chromium"]  # fixtures
+from tests.e2e.test_dashboard_support import PHONE, browser, dashboard_stack, fits, sign_in
 
 
 async def test_every_page_fits_a_420_px_screen(settings: Settings, chromium: str, tmp_path: Path) -> None:

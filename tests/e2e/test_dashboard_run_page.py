@@ -11,10 +11,8 @@ from typing import Any
 
 from echelon.fake_flow import FlowConfig, plan_run
 from echelon_platform.config import Settings
-from tests.e2e.test_dashboard_support import browser, chromium, dashboard_stack, sign_in
+from tests.e2e.test_dashboard_support import browser, dashboard_stack, sign_in
 from tests.integration.test_api_support import API
-
-__all__ = ["chromium"]  # fixtures
 
 CLOCK = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}$")
 

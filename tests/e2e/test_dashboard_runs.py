@@ -8,9 +8,7 @@ from pathlib import Path
 
 from echelon.fake_flow import FlowConfig
 from echelon_platform.config import Settings
-from tests.e2e.test_dashboard_support import browser, chromium, dashboard_stack, sign_in
-
-__all__ = ["chromium"]  # fixtures
+from tests.e2e.test_dashboard_support import browser, dashboard_stack, sign_in
 
 OLD_DAY = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 

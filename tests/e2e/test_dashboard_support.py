@@ -22,7 +22,7 @@ from echelon.fake_flow import FlowConfig, plan_run, publish_flows
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import Keyring, load_keyring, publish_keys
 from echelon_platform.config import Settings
-from tests.e2e.browser import CHROMIUM_FLAGS, chromium_path
+from tests.e2e.browser import CHROMIUM_FLAGS
 from tests.helpers import wait_for
 from tests.integration.test_api_support import API, auth, serve, token
 
@@ -32,14 +32,6 @@ playwright_api = pytest.importorskip(
 
 TIMEOUT_MS = 30_000
 PHONE = {"width": 420, "height": 860}
-
-
-@pytest.fixture
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("no chromium found (scripts/_env.sh installs Debian's `chromium` with apt-get when it can)")
-    return path
 
 
 @dataclass
