@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
+from ulid import ULID
 
 from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.bus_access import may_provision
@@ -250,7 +251,41 @@ class Bus:
             )
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"publish of {envelope.topic} failed: {exc or type(exc).__name__}") from exc
+        if ack.duplicate and await self._id_taken_by_another(envelope, int(ack.seq)):
+            return PublishAck(await self._publish_under_own_id(envelope, timeout), False)
         return PublishAck(int(ack.seq), bool(ack.duplicate))
+
+    async def _id_taken_by_another(self, envelope: Envelope, seq: int) -> bool:
+        """JetStream answered "duplicate": is what it holds under this id an earlier copy of this event (same
+        subject, topic and dedup key), or a message someone published first under our id to make JetStream
+        drop ours (a certificate, say) for its whole duplicate window?"""
+        try:
+            stored = await self.js.get_msg(self.stream, seq=seq)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot read stream message {seq}: {exc or type(exc).__name__}") from exc
+        if stored.subject != self.subjects.for_event(envelope):
+            return True
+        try:
+            earlier = Envelope.from_wire(stored.data or b"")
+        except EnvelopeError:
+            return True
+        return (earlier.topic, earlier.dedup_key) != (envelope.topic, envelope.dedup_key)
+
+    async def _publish_under_own_id(self, envelope: Envelope, timeout: float) -> int:
+        """Publish again under a one-off message id. Effects stay once: the writer appends by the event's
+        own dedup key, whatever the message id."""
+        log.warning("bus.message_id_taken", topic=envelope.topic, dedup_key=envelope.dedup_key)
+        try:
+            ack = await self.js.publish(
+                self.subjects.for_event(envelope),
+                envelope.to_wire(),
+                timeout=timeout,
+                stream=self.stream,
+                headers={NATS_MSG_ID: f"{envelope.dedup_key}@{ULID()}"},
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"publish of {envelope.topic} failed: {exc or type(exc).__name__}") from exc
+        return int(ack.seq)
 
     async def publish_many(self, envelopes: Sequence[Envelope], *, timeout: float = 10.0) -> list[int]:
         """Pipelined publish: all in flight at once, then wait for every ack."""
@@ -268,7 +303,11 @@ class Bus:
             acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"publish of {len(envelopes)} events failed: {exc or type(exc).__name__}") from exc
-        return [int(a.seq) for a in acks]
+        seqs = [int(a.seq) for a in acks]
+        for i, (envelope, ack) in enumerate(zip(envelopes, acks, strict=True)):
+            if ack.duplicate and await self._id_taken_by_another(envelope, seqs[i]):
+                seqs[i] = await self._publish_under_own_id(envelope, timeout)
+        return seqs
 
     async def publish_raw(
         self, subject: str, data: bytes, msg_id: str | None = None, headers: dict[str, str] | None = None

@@ -7,6 +7,7 @@ from nats.js.api import StorageType
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
+from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Subjects
 
 
@@ -35,3 +36,33 @@ async def test_consumer_settings_reach_an_existing_consumer(settings: Settings) 
         await sub.unsubscribe()
         info = await bus.js.consumer_info(bus.stream, "upd")
         assert (info.config.max_deliver, info.config.max_ack_pending) == (-1, 20_000)
+
+
+async def test_an_event_whose_message_id_was_taken_by_another_message_is_still_stored(settings: Settings) -> None:
+    """Someone publishes first, elsewhere in the stream, under the message id a certificate will use:
+    JetStream would drop the genuine certificate as a duplicate for its whole window. The bus sees that the
+    stored message is not an earlier copy of the event and publishes it again under a one-off id."""
+    from tests.factories import requested
+
+    async with Services(settings, name="test-taken-id") as services:
+        bus = services.bus
+        victim = requested("TAKEN1")
+        decoy = requested("DECOY1")
+        await bus.publish_raw(bus.subjects.for_event(decoy), decoy.to_wire(), msg_id=victim.dedup_key)
+
+        first = await bus.publish_acked(victim)
+        assert not first.duplicate
+        stored = await bus.js.get_msg(bus.stream, seq=first.seq)
+        assert stored.subject == bus.subjects.for_event(victim)
+        assert Envelope.from_wire(stored.data or b"").event_id == victim.event_id
+
+        # A plain redelivery (no id taken) stays a duplicate: nothing is stored twice. (A redelivery of an event
+        # whose id was taken is stored again; the writer appends by the event's own dedup key, once.)
+        plain = requested("TAKEN2")
+        [seq] = await bus.publish_many([plain])
+        again = await bus.publish_acked(plain)
+        assert again.duplicate and again.seq == seq
+        taken = requested("TAKEN3")
+        await bus.publish_raw(bus.subjects.for_event(decoy), decoy.to_wire(), msg_id=taken.dedup_key)
+        [stored_seq] = await bus.publish_many([taken])
+        assert (await bus.js.get_msg(bus.stream, seq=stored_seq)).subject == bus.subjects.for_event(taken)
