@@ -41,7 +41,8 @@ async def test_runs_list_empty_states_live_count_paging_date_filter_and_search(
         await stack.seed(FlowConfig(runs=53, replays=(1, 2), rate=4000, concurrent=8, seed=5))
         await page.wait_for_selector("#runs-total[data-total='53']")
         assert await page.is_hidden("#runs-empty")
-        assert await page.locator("#runs tbody tr").count() == 50  # one page: the newest 50
+        # One page, the newest 50: rows keep arriving over the stream after the count is re-read.
+        await page.wait_for_function("document.querySelectorAll('#runs tbody tr').length === 50")
         await b.shot(page, "2-runs-arrived-live")
 
         # ---- paging past the newest 50 ----
@@ -49,6 +50,7 @@ async def test_runs_list_empty_states_live_count_paging_date_filter_and_search(
         assert await page.is_disabled("#page-newer")
         await page.click("#page-older")
         await page.wait_for_selector("#runs-total:has-text('runs 51–53 of 53')")
+        await page.wait_for_function("document.querySelectorAll('#runs tbody tr').length === 3")
         older = await page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)")
         listed = await stack.runs(limit=100)
         assert newest + older == [r["run_id"] for r in listed["runs"]]  # newest first, nothing lost or repeated
