@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
+import nats.errors
 import pytest
 
 from api.app import create_app
@@ -168,6 +169,21 @@ async def test_stage_workers_share_the_work_and_runs_complete_through_a_node_kil
             "limit": 6,
             "min_replays": 2,
         }
+        # Both workers pull on every stage before any work exists (a busy cluster may take a while to create
+        # a consumer): "both did part of the work" then depends on sharing, not on who subscribed first.
+        durables = {w.durable for p in pipelines for w in p.workers}
+
+        async def both_pulling() -> bool:
+            for durable in durables:
+                try:
+                    info = await services.bus.js.consumer_info(settings.stream_name, durable)
+                except (nats.errors.Error, TimeoutError):  # not created yet, or the cluster is busy
+                    return False
+                if (info.num_waiting or 0) < 2:
+                    return False
+            return True
+
+        await wait_for(both_pulling, timeout=90, what="both workers pulling on every stage")
         try:
             run_ids = []
             for _ in range(6):
