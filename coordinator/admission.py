@@ -80,6 +80,9 @@ class TrustedKeys:
 class Refusal:
     stream_seq: int
     reason: str
+    # The reason may pass by itself (the run's request arrives later, after a redelivery overtook it): the
+    # writer hands the event back for a while before it parks it.
+    may_pass_later: bool = False
 
 
 class Admission:
@@ -102,9 +105,11 @@ class Admission:
         for envelope, seq in events:
             run_id, topic = envelope.run_id, envelope.topic
             reason: str | None = None
+            unknown_run = False
             if topic == REQUESTED:
                 requested.add(run_id)
             elif topic not in NOT_RUN_EVENTS and run_id not in requested:
+                unknown_run = True
                 reason = f"{topic} for run {run_id}, which was never requested (no verify.run.requested in the log)"
             elif topic == CERTIFICATE_TOPIC:
                 cert = parse_payload(envelope)
@@ -115,7 +120,7 @@ class Admission:
             elif topic == RUN_FAILED:
                 reason = _stale_decision(envelope, positions.get(run_id), run_id in in_batch)
             if reason is not None:
-                refused.append(Refusal(seq, reason))
+                refused.append(Refusal(seq, reason, may_pass_later=unknown_run))
             else:
                 in_batch.add(run_id)
         return refused

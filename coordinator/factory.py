@@ -46,6 +46,7 @@ async def coordinator_for(
             lease=lease,
             partition=chosen,
             admission=Admission(services.store, TrustedKeys.published(services.store, settings)),
+            unknown_run_grace_s=settings.unknown_run_grace_s,
         )
 
 

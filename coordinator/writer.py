@@ -7,7 +7,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
@@ -26,7 +26,7 @@ from echelon_platform.adapters.readmodel_writer import Projected, Projector, Run
 from echelon_platform.adapters.secret_store import SecretStore
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.domain.admission import check_event
-from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import RunCertifying, Subjects, make_event, parse_payload
 from echelon_platform.domain.lifecycle import CERTIFY_TRIGGERS
 from echelon_platform.domain.projections import RunState
@@ -61,6 +61,7 @@ class CoordinatorStats:
 
 
 RETRY_HEADER = "Echelon-Retry-Of"
+DEFERRED_RETRY_S = 1.0  # an event handed back (its run's request not logged yet) comes again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class _Decoded:
     events: list[tuple[Envelope, int]]
     parked: list[tuple[int, str, bytes, str]]
     retried: list[int]  # parked rows an operator re-drove (marked in the same transaction)
+    deferred: list[int] = field(default_factory=list)  # handed back to the stream (see _park_refused)
 
 
 def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> _Decoded:
@@ -127,6 +129,7 @@ class StateCoordinator:
         lease: WriterLease | None = None,
         partition: int = 0,
         admission: Admission,
+        unknown_run_grace_s: float = 30.0,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -142,6 +145,7 @@ class StateCoordinator:
         self.partition = partition  # the log partition this writer appends (its events' subjects)
         self.filter_subject = bus.subjects.partition_filter(partition)
         self.admission = admission
+        self.unknown_run_grace_s = unknown_run_grace_s
         self.stats = CoordinatorStats()
         self._stopping = asyncio.Event()
 
@@ -287,7 +291,7 @@ class StateCoordinator:
         started = time.perf_counter()
         decoded = decode_batch(msgs, self.bus.subjects)
         refused = await self._retry("check", lambda: self.admission.check(decoded.events))
-        _park_refused(decoded, msgs, refused)
+        _park_refused(decoded, msgs, refused, self.unknown_run_grace_s)
         result = await self._retry("append", lambda: self._append(decoded))
         self.admission.logged(decoded.events)
         return _Committed(msgs, decoded, result, started)
@@ -315,9 +319,17 @@ class StateCoordinator:
             log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
             await msg.term()
         accepted = msgs
-        if decoded.parked:
-            parked_seqs = {p[0] for p in decoded.parked}
-            accepted = [m for m in msgs if message_sequence(m) not in parked_seqs]
+        if decoded.parked or decoded.deferred:
+            held = {p[0] for p in decoded.parked} | set(decoded.deferred)
+            accepted = [m for m in msgs if message_sequence(m) not in held]
+        for msg in msgs:
+            if message_sequence(msg) in decoded.deferred:
+                log.info(
+                    "coordinator.deferred",
+                    stream_seq=message_sequence(msg),
+                    reason="its run's request is not logged yet",
+                )
+                await msg.nak(delay=DEFERRED_RETRY_S)
         for msg in accepted:
             await msg.ack()
         s = self.stats
@@ -473,14 +485,21 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
-def _park_refused(decoded: _Decoded, msgs: Sequence[Msg], refused: Sequence[Refusal]) -> None:
-    """Move the events the admission checks refused from the batch's events to its parked rows."""
+def _park_refused(decoded: _Decoded, msgs: Sequence[Msg], refused: Sequence[Refusal], grace_s: float) -> None:
+    """Move the events the admission checks refused from the batch's events to its parked rows; one whose
+    refusal may pass by itself (its run's request not logged yet: a redelivery can overtake the request
+    after a fault) is handed back to the stream instead while it is younger than `grace_s`."""
     if not refused:
         return
     reasons = {r.stream_seq: r.reason for r in refused}
+    now = utcnow()
+    may_pass = {r.stream_seq for r in refused if r.may_pass_later}
+    young = {seq for env, seq in decoded.events if seq in may_pass and (now - env.timestamp).total_seconds() < grace_s}
     for msg in msgs:
         seq = message_sequence(msg)
-        if seq in reasons:
+        if seq in young:
+            decoded.deferred.append(seq)
+        elif seq in reasons:
             decoded.parked.append((seq, msg.subject, bytes(msg.data), reasons[seq]))
     decoded.events[:] = [(env, seq) for env, seq in decoded.events if seq not in reasons]
 

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     ready_max_lag: int = Field(default=10_000, ge=0)
     # ... or when an event has waited this long to be logged (the writer is stalled: a lock, a dead writer).
     ready_max_behind_s: float = Field(default=5.0, gt=0)
+    # An event whose run's request is not in the log yet (a redelivery can overtake it after a fault) is
+    # handed back to the stream this long, measured from the event's own time, before it is parked.
+    unknown_run_grace_s: float = Field(default=30.0, ge=0)
     # /readyz answers within this time, whatever hangs (a probe that does not answer in time fails).
     ready_timeout_s: float = Field(default=1.0, gt=0, le=30)
     # The stages whose durable consumers /readyz requires (besides every partition's writer).

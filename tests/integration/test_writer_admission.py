@@ -29,7 +29,7 @@ from echelon_platform.domain.events import (
 from echelon_platform.domain.values import CalibrationCertificate, ReplayScore
 from pipeline_workers.handlers.certify import CertifyHandler
 from tests.factories import T0, certificate, requested, run_events
-from tests.helpers import certifier_keyring
+from tests.helpers import certifier_keyring, wait_for
 from tests.integration.test_api_support import API, app, client, drain, options, services
 
 __all__ = ["app", "client", "options", "services"]  # fixtures
@@ -182,7 +182,7 @@ async def test_events_of_a_run_never_requested_are_parked_and_replay_counts_no_p
 ) -> None:
     await services.bus.publish(requested("REAL"))
     await services.bus.publish(make_event(RunFailed(run_id="GHOST", reason="made up", stage="invoke")))
-    await drain(services, settings)
+    await drain(services, settings.model_copy(update={"unknown_run_grace_s": 0}))  # no wait for a request
 
     [reason] = await parked_reasons(services)
     assert "run GHOST, which was never requested" in reason
@@ -251,3 +251,29 @@ async def test_a_key_published_after_the_writer_read_the_keys_is_found(services:
     assert await parked_reasons(services) == []
     for run_id in ("BEFORE", "AFTER"):
         assert await services.read_models.get_certificate(f"cert-{run_id}") is not None
+
+
+async def test_an_event_that_overtook_its_runs_request_waits_for_it_and_is_never_parked(
+    services: Services, settings: Settings
+) -> None:
+    """Seen under chaos: after a fault, a run's `run.ingesting` reached the writer 5 s before its own
+    `run.requested` (a redelivery overtook it), was parked as "never requested", and the watchdog failed the
+    healthy run. Such an event is handed back to the stream while young, and logged once the request is."""
+    events = run_events("OVERTAKEN", n=2, failed=0)
+    request, later = events[0], events[1:]
+    for event in later:
+        await services.bus.publish(event)
+    await drain(services, settings)  # the request is not there yet: everything is handed back
+    assert await parked_reasons(services) == []
+    assert await services.store.run_events("OVERTAKEN") == []
+    await services.bus.publish(request)
+
+    async def logged_whole() -> bool:
+        await drain(services, settings)
+        logged = {e.event_id for e in await services.store.run_events("OVERTAKEN")}
+        return {e.event_id for e in events} <= logged  # (the writer adds its own run.certifying)
+
+    await wait_for(logged_whole, timeout=30, what="the overtaken events to be logged after their request")
+    assert await parked_reasons(services) == []
+    state = await services.read_models.get_run("OVERTAKEN")
+    assert state is not None and (state.progress, state.total) == (2, 2)
