@@ -196,16 +196,26 @@ async def test_sigterm_ends_the_stack_within_10s_after_its_stream_was_deleted(tm
 
 async def test_a_role_that_keeps_failing_is_restarted_with_capped_backoff_until_the_stop() -> None:
     # A role command that fails at once (a usage error: exit 2), started again and again.
+    prepared: list[int] = []
+
+    async def before_restart() -> None:
+        # What `stack up` passes: put back what a role needs (the stream, its consumers) before it starts again.
+        prepared.append(len(prepared))
+        if len(prepared) == 2:
+            raise RuntimeError("setup cannot reach NATS right now")  # logged; the role is restarted anyway
+
     supervisor = Supervisor(
         [RoleSpec("broken", ("migrate", "--no-such-option"))],
         cli_env(),
         backoff_base_s=0.05,
         backoff_cap_s=0.2,
+        before_restart=before_restart,
     )
     running = asyncio.create_task(supervisor.run())
     try:
         await wait_for(lambda: supervisor.restarts("broken") >= 3, timeout=60, what="three restarts")
         assert set(supervisor.crashes("broken")) == {2}
+        assert len(prepared) >= 3  # before every restart, even after a failed preparation
     finally:
         supervisor.stop()
         await asyncio.wait_for(running, 10)
