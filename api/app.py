@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api import certificates, history, methodology, readiness, runs, signin, stats, stream
+from api import certificates, history, methodology, readiness, rescore, runs, signin, stats, stream
 from api.admission import RunAdmission
 from api.auth import TokenCache
 from api.body_limit import BodySizeLimit
@@ -151,6 +151,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.state.options = options or ApiOptions.from_settings(settings)
     app.state.tokens = TokenCache(settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
     app.include_router(runs.router)
+    app.include_router(rescore.router)
     app.include_router(certificates.router)
     app.include_router(certificates.well_known)
     app.include_router(stats.router)

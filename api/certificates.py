@@ -31,6 +31,7 @@ from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.certificate import signature_ok, verify_certificate
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, make_event
+from echelon_platform.domain.repeats import spread_ok
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import Forbidden, NotFound, ReadModelError, StoreError
 
@@ -104,6 +105,7 @@ async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> Ve
     certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
     hash_ok, aggregates_ok = verify_certificate(cert)
+    aggregates_ok = aggregates_ok and spread_ok(cert)  # a repeat spread follows from the scores too
     keys: PublishedKeys = request.app.state.signing_keys
     signed = signature_ok(cert.model_dump(mode="json"), await keys.public_keys())
     return VerifyResult(

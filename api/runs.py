@@ -61,6 +61,8 @@ IdempotencyKey = Annotated[
 def fingerprint(body: RunCreate) -> str:
     """What makes two requests 'the same'; secret values are left out (only header names count)."""
     data = body.model_dump(mode="json", exclude={"github_token", "oracle_headers"})
+    if data.get("repeats") == 1:
+        del data["repeats"]  # the default: requests from before repeats existed keep their fingerprint
     data["oracle_header_names"] = sorted(body.oracle_headers or {})
     data["has_github_token"] = body.github_token is not None
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -201,6 +203,7 @@ async def _publish_request(
         secret_ref=secret_ref,
         created_at=created_at,
         request_fingerprint=fp,
+        repeats=body.repeats,
     )
     event = make_event(payload)
     ack = await services.bus.publish_acked(event)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from echelon.known_issuers import KnownIssuers, TrustedKey, default_path, endorsements_of, resolve
 from echelon_platform.domain.certificate import content_hash, document_hash, signature_ok, verify_certificate
+from echelon_platform.domain.repeats import spread_ok
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import EchelonError
 
@@ -100,6 +101,7 @@ def check(document: dict[str, Any], keys: Mapping[str, bytes | TrustedKey]) -> t
     recomputed = document_hash(document) if cert.schema_version >= 2 else content_hash(cert)
     hash_ok = hmac.compare_digest(stored, recomputed)
     _, aggregates_ok = verify_certificate(cert)
+    aggregates_ok = aggregates_ok and spread_ok(cert)  # a repeat spread follows from the scores too
     raw = {key_id: k.raw if isinstance(k, TrustedKey) else k for key_id, k in keys.items()}
     signed = signature_ok(document, raw)
     key_id = cert.signature.key_id if cert.signature else None

@@ -21,6 +21,7 @@ from pipeline_workers.handlers.score import ScoreHandler
 from pipeline_workers.methodology import register_if_missing
 from pipeline_workers.oracles.python import OracleProcessPool
 from pipeline_workers.scoring.base import Scorer
+from pipeline_workers.scoring.choice import ScorerChoice
 from pipeline_workers.scoring.factory import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
 from pipeline_workers.watchdog import Watchdog
@@ -62,10 +63,12 @@ class Pipeline:
             scorer = await self._resources.enter_async_context(scorer_for(self.settings))
         pool = await self._resources.enter_async_context(OracleProcessPool(max_idle=self.settings.stage_concurrency))
         ctx = StageContext(self.services, self.settings, http, oracle_pool=pool)
+        choice = ScorerChoice(scorer, self.settings)  # rescore runs may name another methodology or judge
+        self._resources.push_async_callback(choice.aclose)
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
-            "score": ScoreHandler(self.services, scorer, self.services.metrics),
+            "score": ScoreHandler(self.services, scorer, self.services.metrics, choice=choice),
         }
         if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
             keyring = load_keyring(self.settings)

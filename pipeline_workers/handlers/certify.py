@@ -26,6 +26,7 @@ from echelon_platform.domain.events import (
     payload_as,
 )
 from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_COMPLETED, RUN_FAILED
+from echelon_platform.domain.repeats import with_provenance
 from echelon_platform.domain.values import FailedReplay, ReplayScore
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
 from pipeline_workers.oracles.identity import oracle_identity
@@ -113,8 +114,13 @@ class CertifyHandler:
                 oracle=oracle_identity(request.oracle),
                 selection_policy=ingested.selection_policy,
                 requested=ingested.requested,
-                found=ingested.total,
+                found=ingested.total // (ingested.repeats or 1),
                 shortfall=ingested.shortfall,
+            )
+            certificate = with_provenance(
+                certificate,
+                repeats=ingested.repeats,
+                rescored_from=request.rescore.source_certificate_id if request.rescore else None,
             )
         except StageError as exc:
             return self.give_up(envelope, payload, str(exc))

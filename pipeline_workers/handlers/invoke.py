@@ -18,6 +18,7 @@ from echelon_platform.errors import OracleError, OracleRefused, RequestRejected,
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import log_skip, skip_reason
 from pipeline_workers.handlers.judge_log import judge_events
+from pipeline_workers.handlers.rescore import invoke_from_log
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
@@ -64,6 +65,9 @@ class InvokeHandler:
             log_skip(self.stage, payload.run_id, skip)
             return []
         request = await self.ctx.run_request(payload.run_id)
+        if request.rescore is not None:  # the source run's logged reply: no oracle, no question asked
+            source = request.rescore.source_run_id
+            return await invoke_from_log(self.ctx.services.store, source, payload, causation_id=envelope.event_id)
         record = payload.record
         calls: CallLog = []
         try:
@@ -91,6 +95,7 @@ class InvokeHandler:
                     question_output_tokens=usage.output_tokens,
                     question_cost_usd=usage.cost_usd,
                     question_calls=keys,
+                    repeat=payload.repeat,
                 ),
                 causation_id=envelope.event_id,
             )

@@ -6,22 +6,41 @@ from collections.abc import Sequence
 
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import Payload, ReplayFailed, ReplayInvoked, ReplayScored, make_event
-from echelon_platform.errors import ScoringError
+from echelon_platform.domain.events import (
+    Payload,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayScored,
+    RunRequested,
+    make_event,
+    payload_as,
+)
+from echelon_platform.errors import ConfigError, ScoringError
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.guards import log_skip, skip_reason
 from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_of
+from pipeline_workers.scoring.choice import ScorerChoice
 
 
 class ScoreHandler:
     stage = "score"
     topic = "verify.replay.invoked"
 
-    def __init__(self, services: Services, scorer: Scorer, metrics: Metrics) -> None:
+    def __init__(
+        self, services: Services, scorer: Scorer, metrics: Metrics, *, choice: ScorerChoice | None = None
+    ) -> None:
         self.services = services
         self.scorer = scorer
         self.metrics = metrics
+        self.choice = choice or ScorerChoice(scorer)
+
+    async def _scorer(self, payload: ReplayInvoked) -> Scorer:
+        if payload.rescore_of is None:  # only a rescore run may name another methodology or judge
+            return self.scorer
+        logged = await self.services.store.run_events(payload.run_id, ["verify.run.requested"])
+        request = payload_as(logged[0], RunRequested) if logged else None
+        return await self.choice.for_rescore(request.rescore if request is not None else None)
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayInvoked)
@@ -32,7 +51,11 @@ class ScoreHandler:
             return []
         calls: CallLog = []
         try:
-            score = await self.scorer.score(
+            scorer = await self._scorer(payload)
+        except ConfigError as exc:
+            return self.give_up(envelope, payload, f"scoring failed: {exc}")
+        try:
+            score = await scorer.score(
                 payload.replay_id, payload.record, payload.reply, question=payload.question, calls=calls
             )
         except ScoringError as exc:
@@ -41,7 +64,7 @@ class ScoreHandler:
         logged, keys = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
         # Every judge call for this replay counts (a fallback judge's failed attempts too), summed in call
         # order: `certificates rederive` recomputes the same figures from the logged calls.
-        score = score.model_copy(update=replay_usage(usage_of(calls), payload))
+        score = score.model_copy(update={**replay_usage(usage_of(calls), payload), "repeat": payload.repeat})
         self.metrics.judge_tokens.labels(score.scoring_model, "input").inc(score.input_tokens)
         self.metrics.judge_tokens.labels(score.scoring_model, "output").inc(score.output_tokens)
         self.metrics.judge_cost.labels(score.scoring_model).inc(score.cost_usd)

@@ -1,0 +1,45 @@
+"""Which judge scores a replay: the stage's own, or the methodology and judge a rescore run asked for.
+
+Scorers for other (methodology, judge) pairs are built on first use from the stage's settings and kept for
+the process's life (a handful at most: each pair is a released methodology and a configured judge kind).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from echelon_platform.config import Settings
+from echelon_platform.domain.events import RescoreSpec
+from pipeline_workers.scoring.base import Scorer
+from pipeline_workers.scoring.factory import scorer_for
+
+
+class ScorerChoice:
+    def __init__(self, default: Scorer, settings: Settings | None = None) -> None:
+        self.default = default
+        self.settings = settings
+        self._built: dict[tuple[str, str | None], Scorer] = {}
+        self._resources = AsyncExitStack()
+
+    async def for_rescore(self, spec: RescoreSpec | None) -> Scorer:
+        """The scorer for a run: the default, unless a rescore names another methodology or judge.
+        ConfigError when the methodology is not released with this stage or the judge is unknown."""
+        if spec is None or self.settings is None:
+            return self.default
+        if spec.methodology_version == self.settings.methodology_version and spec.judge is None:
+            return self.default
+        key = (spec.methodology_version, spec.judge)
+        built = self._built.get(key)
+        if built is None:
+            chosen = self.settings.model_copy(
+                update={
+                    "methodology_version": spec.methodology_version,
+                    "judges": [spec.judge] if spec.judge is not None else self.settings.judges,
+                }
+            )
+            built = await self._resources.enter_async_context(scorer_for(chosen))
+            self._built[key] = built
+        return built
+
+    async def aclose(self) -> None:
+        await self._resources.aclose()
