@@ -29,7 +29,7 @@ function gist(event) {
     case "verify.run.requested":
       return `${p.construct_id ?? ""} · ${p.oracle?.type ?? ""} ${p.oracle?.url ?? [p.oracle?.module, p.oracle?.callable].filter(Boolean).join(":")}`;
     case "verify.run.ingested":
-      return `${p.total} change(s) · ${p.ground_truth_source ?? ""} ${p.commit_range ?? ""}`;
+      return `${p.repeats > 1 ? `${p.total / p.repeats} change(s) × ${p.repeats} repeats` : `${p.total} change(s)`} · ${p.ground_truth_source ?? ""} ${p.commit_range ?? ""}`;
     case "verify.replay.requested":
       return p.record ? `${p.record.id} · ${p.record.title}` : "";
     case "verify.replay.invoked":
