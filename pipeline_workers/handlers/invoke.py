@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
+    OracleSpec,
     Payload,
     ReplayFailed,
     ReplayInvoked,
     ReplayRequested,
-    RunRequested,
     make_event,
 )
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
@@ -34,8 +34,7 @@ class InvokeHandler:
         self.ctx = ctx
         self.scorer = scorer
 
-    async def _oracle(self, request: RunRequested) -> Oracle:
-        spec = request.oracle
+    async def _oracle(self, spec: OracleSpec, secret_ref: str | None) -> Oracle:
         if spec.type == "python":
             return PythonOracle(
                 str(spec.module),
@@ -44,7 +43,7 @@ class InvokeHandler:
                 timeout_s=spec.timeout_s,
                 pool=self.ctx.oracle_pool,
             )
-        secrets = await self.ctx.services.secrets.get(request.secret_ref)
+        secrets = await self.ctx.services.secrets.get(secret_ref)
         headers = {k: v.get_secret_value() for k, v in secrets.oracle_headers.items()}
         return HttpOracle(
             str(spec.url),
@@ -63,12 +62,15 @@ class InvokeHandler:
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []
-        request = await self.ctx.run_request(payload.run_id)
+        spec, secret_ref = payload.oracle, payload.secret_ref
+        if spec is None:  # logged before replay requests carried the oracle
+            request = await self.ctx.run_request(payload.run_id)
+            spec, secret_ref = request.oracle, request.secret_ref
         record = payload.record
         calls: CallLog = []
         try:
             question, _ = await self.scorer.follow_up_question(record, calls=calls)
-            oracle = await self._oracle(request)
+            oracle = await self._oracle(spec, secret_ref)
             started = time.perf_counter()
             reply = await oracle.invoke(record, question)
             latency_ms = (time.perf_counter() - started) * 1000
