@@ -9,7 +9,6 @@ from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
     OracleSpec,
     Payload,
-    ReplayFailed,
     ReplayInvoked,
     ReplayRequested,
     make_event,
@@ -18,6 +17,7 @@ from echelon_platform.errors import OracleError, OracleRefused, RequestRejected,
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import log_skip, skip_reason
 from pipeline_workers.handlers.judge_log import judge_events
+from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
@@ -26,7 +26,7 @@ from pipeline_workers.scoring.base import CallLog, Scorer, usage_of
 PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_payload
 
 
-class InvokeHandler:
+class InvokeHandler(GivesUpOnTheReplay):
     stage = "invoke"
     topic = "verify.replay.requested"
 
@@ -109,14 +109,3 @@ class InvokeHandler:
                 ),
             ]
         return [*logged, *invoked]
-
-    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
-        assert isinstance(payload, ReplayRequested)
-        failed = ReplayFailed(
-            run_id=payload.run_id,
-            replay_id=payload.replay_id,
-            ground_truth_id=payload.record.id,
-            stage="invoke",
-            reason=reason[:2000],
-        )
-        return [make_event(failed, causation_id=envelope.event_id)]
