@@ -39,7 +39,6 @@ from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestR
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
-REQUESTED = "verify.run.requested"
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["runs"])
@@ -75,10 +74,10 @@ def idempotent_run_id(user_id: str, key: str) -> str:
 
 async def stored_request(services: Services, run_id: str) -> RunRequested | None:
     """The run's stored request event: from the stream (recent), else from the log (kept for good)."""
-    envelope = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
+    envelope = await services.bus.first_valid_on_subject(services.subjects.subject(RunRequested.TOPIC, run_id))
     if envelope is None:
         # The store raises StoreError for every database failure (StoreUnavailable when transient): a 503.
-        events = await services.store.run_events(run_id, [REQUESTED])
+        events = await services.store.run_events(run_id, [RunRequested.TOPIC])
         envelope = events[0] if events else None
     return payload_as(envelope, RunRequested) if envelope is not None else None
 
@@ -239,7 +238,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
             return logged
         state = None
     # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
-    requested = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
+    requested = await services.bus.first_valid_on_subject(services.subjects.subject(RunRequested.TOPIC, run_id))
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from echelon_platform.domain.events import ReplayInvoked, ReplayRequested, RunCertifying, RunRequested
 from echelon_platform.domain.partitions import Partitioning
 from echelon_platform.domain.roles import Role, publish_subjects
 
@@ -31,10 +32,10 @@ JS_API = "$JS.API"
 
 # The stages with a durable consumer each (pipeline_workers/handlers), and the topic each consumes.
 STAGE_TOPICS: dict[str, str] = {
-    "ingest": "verify.run.requested",
-    "invoke": "verify.replay.requested",
-    "score": "verify.replay.invoked",
-    "certify": "verify.run.certifying",
+    "ingest": RunRequested.TOPIC,
+    "invoke": ReplayRequested.TOPIC,
+    "score": ReplayInvoked.TOPIC,
+    "certify": RunCertifying.TOPIC,
 }
 
 # The stages whose durable consumers each role fetches from.

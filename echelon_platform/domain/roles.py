@@ -12,7 +12,24 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from echelon_platform.domain.events import TOPICS, Subjects
+from echelon_platform.domain.events import (
+    TOPICS,
+    CertificateIssued,
+    JudgeCalled,
+    MethodologyRegistered,
+    RatingSubmitted,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayRequested,
+    ReplayScored,
+    RunCertifying,
+    RunCompleted,
+    RunFailed,
+    RunIngested,
+    RunIngesting,
+    RunRequested,
+    Subjects,
+)
 from echelon_platform.domain.partitions import Partitioning
 
 
@@ -35,23 +52,21 @@ class Role(StrEnum):
     SETUP = "setup"
 
 
-_WATCHDOG = frozenset({"verify.run.failed"})
+_WATCHDOG = frozenset({RunFailed.TOPIC})
 
 PUBLISHES: dict[Role, frozenset[str]] = {
     # An admin registers a new methodology version through the API.
-    Role.API: frozenset({"verify.run.requested", "verify.rating.submitted", "verify.methodology.registered"}),
-    Role.INGEST: frozenset(
-        {"verify.run.ingesting", "verify.run.ingested", "verify.replay.requested", "verify.run.failed"}
-    ),
+    Role.API: frozenset({RunRequested.TOPIC, RatingSubmitted.TOPIC, MethodologyRegistered.TOPIC}),
+    Role.INGEST: frozenset({RunIngesting.TOPIC, RunIngested.TOPIC, ReplayRequested.TOPIC, RunFailed.TOPIC}),
     # The watchdog runs in every worker process and ends stalled runs: every stage role may fail a run.
     # Invoke (the follow-up question) and score call the judge, and log each call.
-    Role.INVOKE: frozenset({"verify.replay.invoked", "verify.replay.failed", "verify.judge.called"}) | _WATCHDOG,
-    Role.SCORE: frozenset({"verify.replay.scored", "verify.replay.failed", "verify.judge.called"}) | _WATCHDOG,
+    Role.INVOKE: frozenset({ReplayInvoked.TOPIC, ReplayFailed.TOPIC, JudgeCalled.TOPIC}) | _WATCHDOG,
+    Role.SCORE: frozenset({ReplayScored.TOPIC, ReplayFailed.TOPIC, JudgeCalled.TOPIC}) | _WATCHDOG,
     # The certifier also registers the methodology version it certifies with, at start.
     Role.CERTIFY: frozenset(
-        {"verify.certificate.issued", "verify.run.completed", "verify.run.failed", "verify.methodology.registered"}
+        {CertificateIssued.TOPIC, RunCompleted.TOPIC, RunFailed.TOPIC, MethodologyRegistered.TOPIC}
     ),
-    Role.COORDINATOR: frozenset({"verify.run.certifying"}),
+    Role.COORDINATOR: frozenset({RunCertifying.TOPIC}),
     Role.READER: frozenset(),
     Role.SETUP: frozenset(),
     Role.OPERATOR: frozenset(TOPICS),

@@ -29,10 +29,10 @@ class StageContext:
         cached = self._requests.get(run_id)
         if cached is not None:
             return cached
-        logged = await self.services.store.run_events(run_id, ["verify.run.requested"])
+        logged = await self.services.store.run_events(run_id, [RunRequested.TOPIC])
         envelope = logged[0] if logged else None
         if envelope is None:
-            subject = self.services.subjects.subject("verify.run.requested", run_id)
+            subject = self.services.subjects.subject(RunRequested.TOPIC, run_id)
             envelope = await self.services.bus.first_valid_on_subject(subject)
         if envelope is None:
             raise BusError(f"request event of run {run_id} not found in the log or the stream")

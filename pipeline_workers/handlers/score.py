@@ -16,7 +16,7 @@ from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_o
 
 class ScoreHandler:
     stage = "score"
-    topic = "verify.replay.invoked"
+    topic = ReplayInvoked.TOPIC
 
     def __init__(self, services: Services, scorer: Scorer, metrics: Metrics) -> None:
         self.services = services
