@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import orjson
 import structlog
@@ -25,7 +25,7 @@ from api.certificates import check_construct_owner
 from api.deps import SECURITY_REQUIREMENT, ServicesDep, SettingsDep, UserDep, get_user_or_wallet
 from api.limits import RecentRuns
 from api.log_reads import NOT_LEVEL, not_level, run_from_log
-from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
+from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView, StatusName
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
 from echelon_platform.adapters.readmodel_store import Freshness, RunReader
@@ -37,7 +37,6 @@ from echelon_platform.domain.projections import RunState, Status, apply, public_
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
 
-StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
 
 log = structlog.get_logger(__name__)
