@@ -40,7 +40,7 @@ from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestR
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
-REQUESTED = "verify.run.requested"
+
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["runs"])
@@ -230,7 +230,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
             return logged
         state = None
     # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
-    requested = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
+    requested = await services.bus.first_valid_on_subject(services.subjects.subject(RunRequested.TOPIC, run_id))
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position
