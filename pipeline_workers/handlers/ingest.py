@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 
 class IngestHandler:
     stage = "ingest"
-    topic = "verify.run.requested"
+    topic = RunRequested.TOPIC
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -92,6 +92,8 @@ class IngestHandler:
                     index=index,
                     record=record,
                     repeat=repeat,
+                    oracle=payload.oracle,
+                    secret_ref=payload.secret_ref,
                 )
                 events.append(make_event(replay, causation_id=envelope.event_id))
         events.append(

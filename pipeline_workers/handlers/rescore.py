@@ -25,19 +25,19 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.domain.repeats import replay_id_for
 
-SOURCE_TOPICS = ("verify.run.ingested", "verify.replay.requested")
-REPLY_TOPICS = ("verify.replay.invoked", "verify.replay.failed")
+SOURCE_TOPICS = (RunIngested.TOPIC, ReplayRequested.TOPIC)
+REPLY_TOPICS = (ReplayInvoked.TOPIC, ReplayFailed.TOPIC)
 
 
 async def ingest_from_log(store: EventStore, run_id: str, spec: RescoreSpec, *, causation_id: str) -> list[Envelope]:
     """The rescore's replays: one per replay of the source run, over the same changes and repeats."""
     events = await store.run_events(spec.source_run_id, SOURCE_TOPICS)
-    ingested = next((payload_as(e, RunIngested) for e in events if e.topic == "verify.run.ingested"), None)
+    ingested = next((payload_as(e, RunIngested) for e in events if e.topic == RunIngested.TOPIC), None)
     if ingested is None:
         return [_failed(run_id, f"rescore: run {spec.source_run_id} has no ground truth in the log", causation_id)]
     out: list[Envelope] = []
     for event in events:
-        if event.topic != "verify.replay.requested":
+        if event.topic != ReplayRequested.TOPIC:
             continue
         source = payload_as(event, ReplayRequested)
         replay = ReplayRequested(
@@ -61,7 +61,7 @@ async def invoke_from_log(
 ) -> Sequence[Envelope]:
     """The source replay's logged reply as this replay's `replay.invoked`, or its logged failure."""
     events = await store.run_events(source_run, REPLY_TOPICS)
-    invoked = [payload_as(e, ReplayInvoked) for e in events if e.topic == "verify.replay.invoked"]
+    invoked = [payload_as(e, ReplayInvoked) for e in events if e.topic == ReplayInvoked.TOPIC]
     reply = next((i for i in invoked if i.replay_id == payload.rescore_of), None)
     if reply is not None:
         copied = ReplayInvoked(
@@ -76,7 +76,7 @@ async def invoke_from_log(
             rescore_of=payload.rescore_of,
         )
         return [make_event(copied, causation_id=causation_id)]
-    failures = [payload_as(e, ReplayFailed) for e in events if e.topic == "verify.replay.failed"]
+    failures = [payload_as(e, ReplayFailed) for e in events if e.topic == ReplayFailed.TOPIC]
     failure = next((f for f in failures if f.replay_id == payload.rescore_of), None)
     reason = (
         f"the oracle failed in run {source_run}: {failure.reason}"

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import (
-    Payload,
-    ReplayFailed,
-    ReplayInvoked,
-    ReplayScored,
-    RunRequested,
-    make_event,
-    payload_as,
-)
+from echelon_platform.domain.events import Payload, ReplayInvoked, ReplayScored, make_event
 from echelon_platform.errors import ConfigError, ScoringError
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.guards import log_skip, skip_reason
 from pipeline_workers.handlers.judge_log import judge_events
+from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_of
 from pipeline_workers.scoring.choice import ScorerChoice
 
 
-class ScoreHandler:
+class ScoreHandler(GivesUpOnTheReplay):
     stage = "score"
-    topic = "verify.replay.invoked"
+    topic = ReplayInvoked.TOPIC
 
     def __init__(
         self, services: Services, scorer: Scorer, metrics: Metrics, *, choice: ScorerChoice | None = None
@@ -38,8 +32,7 @@ class ScoreHandler:
     async def _scorer(self, payload: ReplayInvoked) -> Scorer:
         if payload.rescore_of is None:  # only a rescore run may name another methodology or judge
             return self.scorer
-        logged = await self.services.store.run_events(payload.run_id, ["verify.run.requested"])
-        request = payload_as(logged[0], RunRequested) if logged else None
+        request = await request_of(self.services.bus, self.services.store, payload.run_id)
         return await self.choice.for_rescore(request.rescore if request is not None else None)
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
@@ -82,14 +75,3 @@ class ScoreHandler:
                 causation_id=envelope.event_id,
             ),
         ]
-
-    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
-        assert isinstance(payload, ReplayInvoked)
-        failed = ReplayFailed(
-            run_id=payload.run_id,
-            replay_id=payload.replay_id,
-            ground_truth_id=payload.record.id,
-            stage="score",
-            reason=reason[:2000],
-        )
-        return [make_event(failed, causation_id=envelope.event_id)]
