@@ -21,6 +21,7 @@ from echelon_platform.domain.admission import CERTIFICATE_TOPIC, certificate_key
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import CertificateIssued, RunFailed, parse_payload
 from echelon_platform.domain.projections import NOT_RUN_EVENTS
+from echelon_platform.ports.log import LogQueries
 
 REQUESTED = "verify.run.requested"
 RUN_FAILED = "verify.run.failed"
@@ -88,7 +89,7 @@ class Refusal:
 class Admission:
     """Checks one decoded batch against the log (in batch order) and the published keys."""
 
-    def __init__(self, store: EventStore, keys: TrustedKeys, *, remembered_runs: int = 100_000) -> None:
+    def __init__(self, store: LogQueries, keys: TrustedKeys, *, remembered_runs: int = 100_000) -> None:
         self.store = store
         self.keys = keys
         # Runs whose request is in the log (it never leaves): most batches need no query at all.
