@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
@@ -31,6 +30,7 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, JudgeUsage, ReplayScore
 from echelon_platform.errors import EchelonError
+from echelon_platform.ports.log import LogReader
 from pipeline_workers.scoring.base import make_score, replay_usage, usage_of
 from pipeline_workers.scoring.parsing import parse_judge_output
 
@@ -182,7 +182,7 @@ def _registered_hash(registry: Sequence[Envelope], version: str) -> str:
     raise RederiveError(f"methodology {version} is not registered in the log")
 
 
-async def rederive_from_store(store: EventStore, certificate_id: str) -> Rederived:
+async def rederive_from_store(store: LogReader, certificate_id: str) -> Rederived:
     run_id = certificate_id.removeprefix("cert-")
     events = await store.run_events(run_id)
     registry = await store.run_events(METHODOLOGY_RUN_ID, [MethodologyRegistered.TOPIC])

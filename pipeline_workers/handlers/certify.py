@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.domain.certificate import JudgeMixing, build_certificate
 from echelon_platform.domain.envelope import Envelope, utcnow
@@ -27,6 +26,7 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.domain.values import FailedReplay, ReplayScore
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
+from echelon_platform.ports.log import LogReader
 from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, Methodology, load_methodology
 
@@ -47,7 +47,7 @@ class CertifyHandler:
 
     def __init__(
         self,
-        store: EventStore,
+        store: LogReader,
         keyring: Keyring,
         *,
         methodology_version: str = METHODOLOGY_VERSION,
