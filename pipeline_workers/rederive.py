@@ -44,6 +44,7 @@ CERTIFICATE_FIELDS = (
     "methodology_hash",
     "mixed_judges",
     "calibration",
+    "uncertainty",
     "warning",
     "content_hash",
 )
@@ -122,6 +123,7 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
         methodology_hash=_registered_hash(registry, version),
         # A refused mix never became a certificate: any certificate in the log was issued under "flag".
         judge_mixing="flag",
+        intervals=stored.uncertainty is not None,  # a certificate issued before intervals is rebuilt without
     )
     differences = [
         f"{name}: stored {getattr(stored, name)!r}, rederived {getattr(rebuilt, name)!r}"

@@ -175,6 +175,7 @@ async def test_rederive_reproduces_the_certificate_certify_issued_bit_for_bit() 
     ]
 
     again = rederive([*log, issued], _registry())
+    assert certificate.uncertainty is not None and certificate.uncertainty.brier_score is not None
     assert again.same, again.differences
     assert again.rebuilt.content_hash == certificate.content_hash
     assert again.rebuilt.model_dump(exclude={"signature"}) == certificate.model_dump(exclude={"signature"})
