@@ -1,11 +1,12 @@
 """Adaptive concurrency per provider endpoint (the judge, HTTP oracles), shared by every process that uses it.
 
 AIMD, the way TCP finds a path's capacity: each call that succeeds while latency holds (at most
-``LATENCY_TOLERANCE`` x the endpoint's baseline) adds 1/limit, so the limit grows by about one per round
-trip; an overload (429, 529, 503, an ``overloaded_error``) halves it, at most once per round trip, and a
-``retry-after`` or an exhausted ``anthropic-ratelimit-*-remaining`` pauses every new call until then. The
-configured concurrency is the ceiling, and the first calls start at it (``initial``): a provider's limit is
-found from above in one or two round trips, where growing from below would cost several on every run.
+``LATENCY_TOLERANCE`` x the endpoint's baseline) and the limit is in use (at least half of it in flight)
+adds 1/limit, so the limit grows by about one per round trip; an overload (429, 529, 503, an
+``overloaded_error``) halves it, at most once per round trip, and a ``retry-after`` or an exhausted
+``anthropic-ratelimit-*-remaining`` pauses every new call until then. The configured concurrency is the
+ceiling, and the first calls start at it (``initial``): a provider's limit is found from above in one or
+two round trips, where growing from below would cost several on every run.
 
 No well-kept Python library does adaptive concurrency (Netflix's concurrency-limits is Java; aiolimiter
 and pyrate-limiter are fixed rate limiters), and none shares the limit between processes, so it is here.
@@ -65,6 +66,7 @@ return {0, -1}
 _RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local in_flight = redis.call('ZCARD', KEYS[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local st = redis.call('HMGET', KEYS[1], 'limit', 'base_ms', 'last_cut', 'pause_until')
 local cap = tonumber(ARGV[5])
@@ -75,7 +77,7 @@ local pause = tonumber(st[4]) or 0
 local latency = tonumber(ARGV[3])
 if ARGV[2] == 'ok' then
   if base == nil or latency < base then base = latency else base = base * 1.01 end
-  if latency <= base * tonumber(ARGV[7]) then limit = math.min(cap, limit + 1 / limit) end
+  if latency <= base * tonumber(ARGV[7]) and in_flight * 2 >= limit then limit = math.min(cap, limit + 1 / limit) end
 elseif ARGV[2] == 'overload' then
   if now - last_cut > math.max(1000, base or 0) then
     limit = math.max(1, limit / 2)
@@ -254,8 +256,8 @@ class AdaptiveLimiter:
     async def _release(self, lease: str | None, kind: Kind, latency_ms: float, pause_s: float) -> None:
         self._released.set()
         if lease is None:
-            self._in_flight -= 1
             self._feedback_locally(kind, latency_ms, pause_s)
+            self._in_flight -= 1
             return
         self._held.discard(lease)
         assert self._redis is not None
@@ -286,7 +288,7 @@ class AdaptiveLimiter:
         if kind == "ok":
             base = self._base_ms
             self._base_ms = latency_ms if base is None or latency_ms < base else base * 1.01
-            if latency_ms <= self._base_ms * LATENCY_TOLERANCE:
+            if latency_ms <= self._base_ms * LATENCY_TOLERANCE and self._in_flight * 2 >= self.limit:
                 self.limit = min(self.cap, self.limit + 1 / self.limit)
         elif kind == "overload" and (now - self._last_cut) * 1000 > max(1000.0, self._base_ms or 0.0):
             self.limit = max(1.0, self.limit / 2)
