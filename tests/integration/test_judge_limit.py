@@ -121,9 +121,7 @@ async def run_against_judge(
     async with AsyncExitStack() as stack:
         services = await stack.enter_async_context(Services(settings, name="test"))
         coordinator = await stack.enter_async_context(coordinator_for(services, settings))
-        pipeline = await stack.enter_async_context(
-            Pipeline(services, settings, stages=("ingest", "invoke", "certify"))
-        )
+        pipeline = await stack.enter_async_context(Pipeline(services, settings, stages=("ingest", "invoke", "certify")))
         await stack.enter_async_context(score_processes(settings, base, tmp_path, cap))
         tasks = [asyncio.create_task(coordinator.run()), asyncio.create_task(pipeline.run(watchdog=False))]
         try:
