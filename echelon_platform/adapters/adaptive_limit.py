@@ -3,10 +3,10 @@
 AIMD, the way TCP finds a path's capacity: each call that succeeds while latency holds (at most
 ``LATENCY_TOLERANCE`` x the endpoint's baseline) and the limit is in use (at least half of it in flight)
 adds 1/limit, so the limit grows by about one per round trip; an overload (429, 529, 503, an
-``overloaded_error``) halves it, at most once per round trip, and a ``retry-after`` or an exhausted
-``anthropic-ratelimit-*-remaining`` pauses every new call until then. The configured concurrency is the
-ceiling, and the first calls start at it (``initial``): a provider's limit is found from above in one or
-two round trips, where growing from below would cost several on every run.
+``overloaded_error``) halves it (or the calls in flight, when fewer), at most once per round trip, and a
+``retry-after`` or an exhausted ``anthropic-ratelimit-*-remaining`` pauses every new call until then.
+The configured concurrency is the ceiling, and the first calls start at it (``initial``): a provider's
+limit is found from above in a few round trips, where growing from below would cost several on every run.
 
 No well-kept Python library does adaptive concurrency (Netflix's concurrency-limits is Java; aiolimiter
 and pyrate-limiter are fixed rate limiters), and none shares the limit between processes, so it is here.
@@ -80,7 +80,7 @@ if ARGV[2] == 'ok' then
   if latency <= base * tonumber(ARGV[7]) and in_flight * 2 >= limit then limit = math.min(cap, limit + 1 / limit) end
 elseif ARGV[2] == 'overload' then
   if now - last_cut > math.max(1000, base or 0) then
-    limit = math.max(1, limit / 2)
+    limit = math.max(1, math.min(limit, in_flight) / 2)
     last_cut = now
   end
 end
@@ -291,7 +291,8 @@ class AdaptiveLimiter:
             if latency_ms <= self._base_ms * LATENCY_TOLERANCE and self._in_flight * 2 >= self.limit:
                 self.limit = min(self.cap, self.limit + 1 / self.limit)
         elif kind == "overload" and (now - self._last_cut) * 1000 > max(1000.0, self._base_ms or 0.0):
-            self.limit = max(1.0, self.limit / 2)
+            # Halve what was in use when the provider refused (the limit may be far above it).
+            self.limit = max(1.0, min(self.limit, self._in_flight) / 2)
             self._last_cut = now
             log.info("limit.decreased", endpoint=self.endpoint, limit=round(self.limit, 2), pause_s=pause_s)
         if pause_s > 0:

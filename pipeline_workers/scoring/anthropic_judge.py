@@ -45,6 +45,9 @@ PRICES: dict[str, tuple[float, float]] = {
     "opus": (15.0, 75.0),
 }
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
+# limit can refuse a call several times while the adaptive limit comes down to the provider's.
+MAX_RATE_LIMITED_WAITS = 20
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 log = structlog.stdlib.get_logger(__name__)
@@ -219,7 +222,9 @@ class AnthropicScorer:
 
     async def _call(self, messages: Iterable[MessageParam], max_tokens: int) -> tuple[str, JudgeUsage]:
         problem = ""
-        for attempt in range(1, self._max_attempts + 1):
+        attempt = waits = 0
+        while attempt < self._max_attempts:
+            attempt += 1
             retry_after: float | None = None
             try:
                 async with self._limiter.slot() as slot:
@@ -237,6 +242,10 @@ class AnthropicScorer:
                 if exc.status_code not in _RETRYABLE_STATUS and exc.status_code < 500:
                     raise ScoringError(f"Anthropic API error: {problem}") from exc
                 retry_after = _seconds(exc.response.headers.get("retry-after"))
+                if exc.status_code == 429 and retry_after is not None and waits < MAX_RATE_LIMITED_WAITS:
+                    # Refused unserved, with a time to come back: waiting as asked is not a failed attempt.
+                    waits += 1
+                    attempt -= 1
             except anthropic.APIConnectionError as exc:  # includes timeouts
                 problem = type(exc).__name__
             else:
