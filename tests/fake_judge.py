@@ -10,7 +10,8 @@ payloads, and a provider's limits, with counters.
   continuously); a call without a token gets 429 + ``retry-after`` (whole seconds, rounded up) and
   ``anthropic-ratelimit-requests-remaining: 0`` / ``-reset``; successful answers carry the headers too;
 - ``GET /stats``: calls served, refused, the peak in flight (served) and the peak arriving (all);
-  ``POST /limits`` {"concurrency": n, "rpm": r} changes the limits mid-run (the provider lowering them).
+  ``POST /limits`` {"concurrency": n, "rpm": r, "burst": b, "latency": s, "reset": true} changes the limits
+  mid-run (the provider lowering them); ``reset`` starts over with a full bucket and zero counters.
 
 A follow-up-question prompt is answered with a question, a judge prompt with a verdict for up to 50 claims.
 """
@@ -137,11 +138,20 @@ class Provider:
 
     async def change(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
+        if "latency" in body:
+            self.latency_s = body["latency"]
+        if "burst" in body:
+            self.burst = body["burst"]
         if "concurrency" in body:
             self.concurrency = body["concurrency"]
         if "rpm" in body:
             self.rpm = body["rpm"]
             self.tokens = min(self.tokens, self._capacity())
+        if body.get("reset"):  # a fresh provider: a full bucket, counters at zero
+            self.tokens = self._capacity()
+            self.served = self.refused = 0
+            self.by_model = {}
+            self.first_at = self.last_at = None
         # Peaks from here on: what the callers do under the new limits.
         self.peak_in_flight, self.peak_arriving = self.in_flight, self.arriving
         return Response(orjson.dumps(self.stats()), media_type="application/json")
