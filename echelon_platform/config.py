@@ -139,7 +139,13 @@ class Settings(BaseSettings):
     )
     anthropic_base_url: str | None = None
     judge_model: str = "claude-sonnet-4-6"
-    judge_concurrency: int = 4
+    # The ceiling of concurrent judge calls per endpoint and key, shared by every process using it; the
+    # operating point adapts below it (AIMD on 429/529/overload, retry-after and rate-limit headers).
+    judge_concurrency: int = Field(default=128, ge=1)
+    # Where the adaptive limit starts before it has learned anything (unset: the ceiling).
+    judge_initial_concurrency: int | None = Field(default=None, ge=1)
+    # The same for HTTP oracles, per oracle endpoint.
+    oracle_concurrency: int = Field(default=64, ge=1)
     # Ordered judges, e.g. ["anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "offline"]; each has a
     # circuit breaker and the next one answers when it fails. Unset: Anthropic with a key, else offline.
     judges: list[str] | None = None
@@ -152,9 +158,13 @@ class Settings(BaseSettings):
     github_api_url: str = "https://api.github.com"
     # Pages of GitHub's closed-PR list one ingest reads at most; a run short of its limit says so.
     github_max_pages: int = Field(default=100, ge=1)
-    stage_concurrency: int = 8
-    # At most this many messages of one run in flight per stage worker, so one run cannot take every slot.
-    stage_per_run_concurrency: int = 4
+    # Messages in flight per stage worker (the judge and oracles limit themselves below this).
+    stage_concurrency: int = Field(default=128, ge=1)
+    # Slots are shared fairly: each active user gets an equal share (round-robin over users, then over
+    # that user's runs), and no user holds more than this many (unset: 3/4 of the slots), so a user whose
+    # oracles hang leaves the rest to others. Per run likewise (unset: the user's share).
+    stage_per_user_concurrency: int | None = Field(default=None, ge=1)
+    stage_per_run_concurrency: int | None = Field(default=None, ge=1)
     run_timeout_s: float = 900.0
     watchdog_interval_s: float = 5.0
     ack_wait_s: float = 60.0
