@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     """The embedded NATS fsyncs every JetStream write (see docs/durability.md)."""
     nats_auth: bool = True
     """The embedded NATS of `echelon stack up` requires a user per role, with generated passwords
-    (see "Who may publish what on the bus" in docs/certificates.md and
+    (see "Who may publish what on the bus" in docs/security.md and
     `echelon_platform/domain/roles.py`)."""
     nats_user: str | None = None
     """A single-role process's NATS user (e.g. `echelon worker certify` as `certify`)."""
