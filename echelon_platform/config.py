@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echelon_platform.domain.bus_access import BusLayout, writer_durable
 from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
+from echelon_platform.domain.stages import STAGE_NAMES
 from echelon_platform.errors import ConfigError
 from echelon_platform.redact import redact_url
 
@@ -114,7 +115,7 @@ class Settings(BaseSettings):
     handed back to the stream this long, measured from the event's own time, before it is parked."""
     ready_timeout_s: float = Field(default=1.0, gt=0, le=30)
     """`/readyz` answers within this time, whatever hangs (a check that does not answer in time fails)."""
-    ready_stages: list[str] = Field(default_factory=lambda: ["ingest", "invoke", "score", "certify"])
+    ready_stages: list[str] = Field(default_factory=lambda: list(STAGE_NAMES))
     """The stages whose durable consumers `/readyz` requires (each partition's writer's always)."""
     wallet_max_age_s: int = 300
     """A signed wallet message is fresh this long."""
