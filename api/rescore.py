@@ -82,13 +82,13 @@ async def rescore_run(
     if body.judge is not None and not JUDGE.match(body.judge):
         raise RequestRejected(f"unknown judge {body.judge!r}: use 'offline' or 'anthropic:<model>'")
     new_id = rescore_run_id(run_id, body, idempotency_key)
-    known = await request_of(services.bus, services.store, new_id)
+    known = await request_of(services.bus, services.store, services.subjects, new_id)
     if known is not None:
         state = await services.read_models.get_run(new_id)
         current = state.status.name if state is not None and state.visible else Status.PENDING.name
         return _created(new_id, current, known.created_at, status.HTTP_200_OK)
     source_state = await load_run(services, run_id)
-    source = await request_of(services.bus, services.store, run_id)
+    source = await request_of(services.bus, services.store, services.subjects, run_id)
     if source_state is None or source is None:
         raise NotFound(f"run {run_id} not found")
     if source_state.certificate_id is None:

@@ -40,14 +40,12 @@ class IngestHandler:
         assert isinstance(payload, RunRequested)
         run_id = payload.run_id
         source = payload.repo_url if payload.rescore is None else f"run {payload.rescore.source_run_id}"
-        await self.ctx.services.bus.publish(
+        await self.ctx.publisher.publish(
             make_event(RunIngesting(run_id=run_id, source=source), causation_id=envelope.event_id)
         )
         if payload.rescore is not None:  # the source run's changes, from the log
-            return await ingest_from_log(
-                self.ctx.services.store, run_id, payload.rescore, causation_id=envelope.event_id
-            )
-        secrets = await self.ctx.services.secrets.get(payload.secret_ref)
+            return await ingest_from_log(self.ctx.log, run_id, payload.rescore, causation_id=envelope.event_id)
+        secrets = await self.ctx.secrets.get(payload.secret_ref)
         spec = SourceSpec(
             repo_url=payload.repo_url,
             limit=payload.limit,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
     ReplayFailed,
@@ -24,12 +23,13 @@ from echelon_platform.domain.events import (
     payload_as,
 )
 from echelon_platform.domain.repeats import replay_id_for
+from echelon_platform.ports.log import LogReader
 
 SOURCE_TOPICS = (RunIngested.TOPIC, ReplayRequested.TOPIC)
 REPLY_TOPICS = (ReplayInvoked.TOPIC, ReplayFailed.TOPIC)
 
 
-async def ingest_from_log(store: EventStore, run_id: str, spec: RescoreSpec, *, causation_id: str) -> list[Envelope]:
+async def ingest_from_log(store: LogReader, run_id: str, spec: RescoreSpec, *, causation_id: str) -> list[Envelope]:
     """The rescore's replays: one per replay of the source run, over the same changes and repeats."""
     events = await store.run_events(spec.source_run_id, SOURCE_TOPICS)
     ingested = next((payload_as(e, RunIngested) for e in events if e.topic == RunIngested.TOPIC), None)
@@ -57,7 +57,7 @@ async def ingest_from_log(store: EventStore, run_id: str, spec: RescoreSpec, *, 
 
 
 async def invoke_from_log(
-    store: EventStore, source_run: str, payload: ReplayRequested, *, causation_id: str
+    store: LogReader, source_run: str, payload: ReplayRequested, *, causation_id: str
 ) -> Sequence[Envelope]:
     """The source replay's logged reply as this replay's `replay.invoked`, or its logged failure."""
     events = await store.run_events(source_run, REPLY_TOPICS)

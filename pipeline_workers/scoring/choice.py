@@ -6,24 +6,41 @@ the process's life (a handful at most: each pair is a released methodology and a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
+from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import RescoreSpec
+from echelon_platform.domain.events import RescoreSpec, RunRequested
 from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.factory import scorer_for
 
 
 class ScorerChoice:
-    def __init__(self, default: Scorer, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        default: Scorer,
+        settings: Settings | None = None,
+        *,
+        run_request: Callable[[str], Awaitable[RunRequested]] | None = None,
+        limits: LimiterRegistry | None = None,
+    ) -> None:
         self.default = default
         self.settings = settings
+        self.run_request = run_request
+        self.limits = limits
         self._built: dict[tuple[str, str | None], Scorer] = {}
         self._resources = AsyncExitStack()
 
+    async def for_run(self, run_id: str) -> Scorer:
+        """The scorer for one run's replays (its request says whether it is a rescore, and of what)."""
+        if self.run_request is None:
+            return self.default
+        return await self.for_rescore((await self.run_request(run_id)).rescore)
+
     async def for_rescore(self, spec: RescoreSpec | None) -> Scorer:
-        """The scorer for a run: the default, unless a rescore names another methodology or judge.
-        ConfigError when the methodology is not released with this stage or the judge is unknown."""
+        """The default scorer, unless a rescore names another methodology or judge. ConfigError when the
+        methodology is not released with this stage or the judge is unknown or not configured."""
         if spec is None or self.settings is None:
             return self.default
         if spec.methodology_version == self.settings.methodology_version and spec.judge is None:
@@ -37,7 +54,7 @@ class ScorerChoice:
                     "judges": [spec.judge] if spec.judge is not None else self.settings.judges,
                 }
             )
-            built = await self._resources.enter_async_context(scorer_for(chosen))
+            built = await self._resources.enter_async_context(scorer_for(chosen, self.limits))
             self._built[key] = built
         return built
 
