@@ -25,6 +25,7 @@ from api.certificates import check_construct_owner
 from api.deps import SECURITY_REQUIREMENT, ServicesDep, SettingsDep, UserDep, get_user_or_wallet
 from api.limits import RecentRuns
 from api.log_reads import NOT_LEVEL, not_level, run_from_log
+from api.publishing import publish
 from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
@@ -33,7 +34,7 @@ from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
+from echelon_platform.domain.events import OracleSpec, RunRequested
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
@@ -193,19 +194,7 @@ async def _publish_request(
         created_at=created_at,
         request_fingerprint=fp,
     )
-    event = make_event(payload)
-    ack = await services.bus.publish_acked(event)
-    if not ack.duplicate:
-        services.metrics.events_published.labels(event.topic).inc()
-    log.info(
-        "api.published",
-        topic=event.topic,
-        correlationId=event.correlation_id,
-        eventId=event.event_id,
-        seq=ack.seq,
-        duplicate=ack.duplicate,
-    )
-    return ack
+    return await publish(services.bus, services.metrics, payload)
 
 
 async def load_run(services: Services, run_id: str, reader: RunReader | None = None) -> RunState | None:
