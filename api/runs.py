@@ -30,7 +30,7 @@ from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
 from echelon_platform.adapters.readmodel_store import Freshness, RunReader
-from echelon_platform.adapters.run_requests import request_of
+from echelon_platform.adapters.run_requests import request_of, requested_on_stream
 from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
@@ -41,7 +41,6 @@ from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestR
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
-REQUESTED = "verify.run.requested"
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["runs"])
@@ -219,7 +218,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
             return logged
         state = None
     # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
-    requested = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
+    requested = await requested_on_stream(services.bus, run_id)
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position

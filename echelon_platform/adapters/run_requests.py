@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import RunRequested, Subjects, payload_as
+from echelon_platform.domain.events import TOPIC_OF_MODEL, RunRequested, Subjects, payload_as
 
-REQUESTED = "verify.run.requested"
+REQUESTED = TOPIC_OF_MODEL[RunRequested].topic
 
 
 class _Stream(Protocol):
@@ -26,8 +26,13 @@ async def request_of(stream: _Stream, log: _Log, run_id: str) -> RunRequested | 
     """The run's request: from the stream (recent, and there before the writer logs it), else from the log
     (kept for good). Only a valid event: a malformed message on the run's subject never stands in for it.
     BusError / StoreError when the server does not answer."""
-    envelope = await stream.first_valid_on_subject(stream.subjects.subject(REQUESTED, run_id))
+    envelope = await requested_on_stream(stream, run_id)
     if envelope is None:
         events = await log.run_events(run_id, [REQUESTED])
         envelope = events[0] if events else None
     return payload_as(envelope, RunRequested) if envelope is not None else None
+
+
+async def requested_on_stream(stream: _Stream, run_id: str) -> Envelope | None:
+    """The run's first valid request event in the stream (there before the writer logs it)."""
+    return await stream.first_valid_on_subject(stream.subjects.subject(REQUESTED, run_id))
