@@ -6,9 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import TOPIC_OF_MODEL, RunRequested, Subjects, payload_as
-
-REQUESTED = TOPIC_OF_MODEL[RunRequested].topic
+from echelon_platform.domain.events import RunRequested, Subjects, payload_as
 
 
 class _Stream(Protocol):
@@ -28,11 +26,11 @@ async def request_of(stream: _Stream, log: _Log, run_id: str) -> RunRequested | 
     BusError / StoreError when the server does not answer."""
     envelope = await requested_on_stream(stream, run_id)
     if envelope is None:
-        events = await log.run_events(run_id, [REQUESTED])
+        events = await log.run_events(run_id, [RunRequested.TOPIC])
         envelope = events[0] if events else None
     return payload_as(envelope, RunRequested) if envelope is not None else None
 
 
 async def requested_on_stream(stream: _Stream, run_id: str) -> Envelope | None:
     """The run's first valid request event in the stream (there before the writer logs it)."""
-    return await stream.first_valid_on_subject(stream.subjects.subject(REQUESTED, run_id))
+    return await stream.first_valid_on_subject(stream.subjects.subject(RunRequested.TOPIC, run_id))

@@ -34,7 +34,7 @@ def replay_id_for(run_id: str, index: int) -> str:
 
 class IngestHandler:
     stage = "ingest"
-    topic = "verify.run.requested"
+    topic = RunRequested.TOPIC
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx

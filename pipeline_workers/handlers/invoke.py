@@ -28,7 +28,7 @@ PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_paylo
 
 class InvokeHandler(GivesUpOnTheReplay):
     stage = "invoke"
-    topic = "verify.replay.requested"
+    topic = ReplayRequested.TOPIC
 
     def __init__(self, ctx: StageContext, scorer: Scorer) -> None:
         self.ctx = ctx

@@ -17,7 +17,7 @@ from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_o
 
 class ScoreHandler(GivesUpOnTheReplay):
     stage = "score"
-    topic = "verify.replay.invoked"
+    topic = ReplayInvoked.TOPIC
 
     def __init__(self, services: Services, scorer: Scorer, metrics: Metrics) -> None:
         self.services = services
