@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from api import responses as r
 from api.deps import ServicesDep, UserDep
 from api.methodology import registered
+from api.publishing import publish
 from api.runs import _created, load_run
 from api.schemas import ErrorBody, RunCreated
 from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import RescoreSpec, RunRequested, make_event
+from echelon_platform.domain.events import RescoreSpec, RunRequested
 from echelon_platform.domain.projections import Status
 from echelon_platform.errors import Forbidden, NotFound, RequestRejected
 
@@ -113,9 +114,7 @@ async def rescore_run(
             ),
         }
     )
-    event = make_event(RunRequested.model_validate(request.model_dump()))
-    ack = await services.bus.publish_acked(event)
-    services.metrics.events_published.labels(event.topic).inc()
+    ack = await publish(services.bus, services.metrics, RunRequested.model_validate(request.model_dump()))
     log.info("api.rescore", runId=new_id, source=run_id, methodology=body.methodology_version, judge=body.judge)
     code = status.HTTP_200_OK if ack.duplicate else status.HTTP_201_CREATED
     return _created(new_id, Status.PENDING.name, created_at, code)
