@@ -18,7 +18,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from coordinator.admission import Admission, Refusal
-from coordinator.replay import Rebuilder
+from coordinator.rebuild import Rebuilder
 from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, AppendResult, EventStore, Fence
