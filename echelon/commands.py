@@ -171,7 +171,7 @@ async def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
-    from coordinator.writer import RETRY_HEADER
+    from coordinator.decode import RETRY_HEADER
     from echelon.stack import infrastructure
     from echelon_platform.adapters.services import Services
     from echelon_platform.domain.roles import Role

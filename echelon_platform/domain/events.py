@@ -98,6 +98,10 @@ class ReplayRequested(Payload):
     replay_id: str
     index: int
     record: GroundTruthRecord
+    # What invoke needs of the run's request, so it reads nothing back (header names only; values stay in
+    # the secret store under `secret_ref`). None on events logged before they were carried.
+    oracle: OracleSpec | None = None
+    secret_ref: str | None = None
 
 
 class ReplayInvoked(Payload):

@@ -1,4 +1,4 @@
-"""What handlers share: services, settings, the oracle process pool, a cache of run requests from the stream."""
+"""What handlers share: services, settings, the oracle process pool, a cache of run requests."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import httpx
 from cachetools import LRUCache
 
+from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import RunRequested, payload_as
+from echelon_platform.domain.events import RunRequested
 from echelon_platform.errors import BusError
 from pipeline_workers.oracles.python import OracleProcessPool
 
@@ -23,19 +24,13 @@ class StageContext:
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
 
     async def run_request(self, run_id: str) -> RunRequested:
-        """The run's request event: from the log (valid events only), else the first valid one in the
-        stream — never a malformed message someone published on the run's subject. Cached: a request
-        never changes."""
+        """The run's request (`request_of`), cached: a request never changes. Only for events that do not
+        carry what they need of it (logged before they did)."""
         cached = self._requests.get(run_id)
         if cached is not None:
             return cached
-        logged = await self.services.store.run_events(run_id, [RunRequested.TOPIC])
-        envelope = logged[0] if logged else None
-        if envelope is None:
-            subject = self.services.subjects.subject(RunRequested.TOPIC, run_id)
-            envelope = await self.services.bus.first_valid_on_subject(subject)
-        if envelope is None:
-            raise BusError(f"request event of run {run_id} not found in the log or the stream")
-        request = payload_as(envelope, RunRequested)
+        request = await request_of(self.services.bus, self.services.store, run_id)
+        if request is None:
+            raise BusError(f"request event of run {run_id} not found in the stream or the log")
         self._requests[run_id] = request
         return request
