@@ -31,13 +31,13 @@ from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
 from echelon_platform.adapters.readmodel_store import Freshness, RunReader
 from echelon_platform.adapters.run_requests import request_of, requested_on_stream
-from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import OracleSpec, RunRequested
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
+from echelon_platform.ports.run_secrets import RunSecrets
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
@@ -121,7 +121,7 @@ async def create_run(
     if idempotency_key is not None:
         fp = fingerprint(body)
         run_id = idempotent_run_id(user.user_id, idempotency_key)
-        known = await request_of(services.bus, services.store, run_id)
+        known = await request_of(services.bus, services.store, services.subjects, run_id)
         if known is not None:  # a replay: no validation, no rate limit, no publish
             return await _repeat(services, known, fp)
     else:
@@ -141,7 +141,7 @@ async def create_run(
         raise
     if ack.duplicate:
         # A concurrent request with this key, or an earlier attempt whose answer was lost, stored it first.
-        known = await request_of(services.bus, services.store, run_id)
+        known = await request_of(services.bus, services.store, services.subjects, run_id)
         if known is None:
             raise BusError("the run's request is stored but not readable yet; retry with the same Idempotency-Key")
         return await _repeat(services, known, fingerprint(body) if fp is None else fp)
@@ -218,7 +218,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
             return logged
         state = None
     # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
-    requested = await requested_on_stream(services.bus, run_id)
+    requested = await requested_on_stream(services.bus, services.subjects, run_id)
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position

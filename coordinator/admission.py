@@ -21,6 +21,7 @@ from echelon_platform.domain.admission import certificate_key_id, certificate_re
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import CertificateIssued, RunFailed, RunRequested, parse_payload
 from echelon_platform.domain.projections import NOT_RUN_EVENTS
+from echelon_platform.ports.log import LogQueries
 
 KEYS_TTL_S = 60.0  # a key withdrawn from the published set stops verifying within this long
 UNKNOWN_KEY_RETRY_S = 5.0  # a key id still unknown after a fresh read is not looked up again sooner
@@ -86,7 +87,7 @@ class Refusal:
 class Admission:
     """Checks one decoded batch against the log (in batch order) and the published keys."""
 
-    def __init__(self, store: EventStore, keys: TrustedKeys, *, remembered_runs: int = 100_000) -> None:
+    def __init__(self, store: LogQueries, keys: TrustedKeys, *, remembered_runs: int = 100_000) -> None:
         self.store = store
         self.keys = keys
         # Runs whose request is in the log (it never leaves): most batches need no query at all.

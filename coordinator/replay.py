@@ -24,7 +24,7 @@ from ulid import ULID
 
 from coordinator.admission import TrustedKeys
 from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
-from echelon_platform.adapters.event_store import EventStore, LogEvent
+from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
 from echelon_platform.adapters.readmodel_writer import (
     Checkpoint,
@@ -47,6 +47,7 @@ from echelon_platform.domain.projections import (
 from echelon_platform.domain.stats import contribution, judge_totals
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import ReadModelsStale
+from echelon_platform.ports.log import LogEvent, LogReader
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +97,7 @@ def _collector_paused() -> Iterator[None]:
 class Rebuilder:
     """`only`: fold one partition's events (a partition's repair); else the whole log."""
 
-    def __init__(self, store: EventStore, projector: Projector, keys: TrustedKeys, *, only: int | None = None) -> None:
+    def __init__(self, store: LogReader, projector: Projector, keys: TrustedKeys, *, only: int | None = None) -> None:
         self.store = store
         self.projector = projector
         self.only = only

@@ -24,6 +24,7 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.domain.lifecycle import IMPLIED, Decision, Status, earlier
 from echelon_platform.domain.projections import MAX_ERROR_CHARS, NOT_RUN_EVENTS, RunState, apply
+from echelon_platform.ports.log import LogEvent
 
 # Topics whose payload the fold reads; every other topic only counts through its topic and timestamp.
 PAYLOAD_TOPICS = (
@@ -71,16 +72,6 @@ _KINDS = {
 _RULES: dict[str, tuple[Status, str]] = {
     topic: (IMPLIED.get(topic, Status.PENDING), kind) for topic, kind in _KINDS.items() if topic not in NOT_RUN_EVENTS
 }
-
-
-class _LogRow:
-    """The Event protocol over one log row, for the rare topic handed to `apply`."""
-
-    __slots__ = ("event_id", "payload", "timestamp", "topic")
-
-    def __init__(self, timestamp: datetime, topic: str, payload: dict[str, Any]) -> None:
-        self.event_id = ""
-        self.timestamp, self.topic, self.payload = timestamp, topic, payload
 
 
 class RunFold:
@@ -159,7 +150,7 @@ class RunFold:
         implied = IMPLIED.get(topic)
         if implied is not None and implied > self.rank:
             self.rank = implied
-        self._absorb(apply(self.state(), _LogRow(timestamp, topic, payload), seq))
+        self._absorb(apply(self.state(), LogEvent("", timestamp, topic, "", payload), seq))
 
     def state(self) -> RunState:
         user_id = construct_id = repo_url = created_at = secret_ref = None
