@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import responses as r
 from api.deps import ServicesDep, UserDep
-from api.methodology import registered
+from api.methodology_registry import registered
 from api.publishing import publish
 from api.runs import _created, load_run
 from api.schemas import ErrorBody, RunCreated

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from echelon.client import _raise_for, _watch, api_base, certificate_table, unreachable
-from echelon.history import runs_token
+from echelon.run_history import runs_token
 from echelon_platform.config import Settings
 
 RUNS = "/api/v1/verification/runs"

@@ -12,7 +12,7 @@ from pipeline_workers.handlers.guards import PaidWorkGuard, log_skip
 from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_of
-from pipeline_workers.scoring.choice import ScorerChoice
+from pipeline_workers.scoring.rescore_judges import ScorerChoice
 
 
 class ScoreHandler(GivesUpOnTheReplay):

@@ -13,7 +13,7 @@ from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import RescoreSpec, RunRequested
 from pipeline_workers.scoring.base import Scorer
-from pipeline_workers.scoring.factory import scorer_for
+from pipeline_workers.scoring.judge_choice import scorer_for
 
 
 class ScorerChoice:
