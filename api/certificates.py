@@ -22,8 +22,7 @@ from api.cert_schemas import (
     RatingView,
     VerifyResult,
 )
-from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
-from api.limits import RateLimiter
+from api.deps import ApiKeysDep, OptionsDep, ServicesDep, UserDep
 from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
 from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
 from echelon_platform.adapters.services import Services
@@ -145,7 +144,7 @@ async def rate_replay(
     body: RatingCreate,
     user: UserDep,
     services: ServicesDep,
-    settings: SettingsDep,
+    api_keys: ApiKeysDep,
     options: OptionsDep,
 ) -> RatingAccepted:
     """Rate how well the judge scored one replay (1–5). One rating per person per replay: a new one replaces
@@ -153,9 +152,7 @@ async def rate_replay(
     cert = await load_certificate(services, cert_id)
     if all(s.replay_id != replay_id for s in cert.individual_scores):
         raise NotFound(f"certificate {cert_id} has no scored replay {replay_id}")
-    limiter = RateLimiter(
-        services.read_models.redis, settings.redis_prefix, limit=options.ratings_per_minute, window_s=60
-    )
+    limiter = api_keys.rate_limiter(limit=options.ratings_per_minute, window_s=60)
     await limiter.hit("ratings", user.user_id)
     payload = RatingSubmitted(
         run_id=cert.run_id,

@@ -294,6 +294,20 @@ class EventStore:
             raise store_error("parked events unavailable", exc) from exc
         return [ParkedEvent(**dict(r)) for r in rows]
 
+    async def probe(self, timeout: float) -> None:
+        """`SELECT 1` on a connection of its own, never the pool's (requests blocked on a lock may hold all
+        of those): StoreUnavailable unless Postgres answers within `timeout`."""
+        try:
+            conn = await asyncpg.connect(self.database_url, timeout=timeout)
+        except (*TRANSIENT_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"unreachable: {exc or type(exc).__name__}") from exc
+        try:
+            await conn.fetchval("SELECT 1", timeout=timeout)
+        except (*TRANSIENT_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"unreachable: {exc or type(exc).__name__}") from exc
+        finally:
+            conn.terminate()  # never waits on the server
+
     async def ping(self) -> None:
         try:
             await self.pool.fetchval("SELECT 1")
