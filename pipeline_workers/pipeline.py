@@ -13,6 +13,7 @@ import httpx
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
+from echelon_platform.domain.stages import STAGE_NAMES
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import PaidWorkGuard
@@ -26,7 +27,7 @@ from pipeline_workers.scoring.factory import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
 from pipeline_workers.watchdog import Watchdog
 
-STAGES = ("ingest", "invoke", "score", "certify")
+STAGES = STAGE_NAMES  # the stage table (echelon_platform/domain/stages.py), in pipeline order
 
 
 def outbound_client() -> httpx.AsyncClient:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import httpx
 from cachetools import LRUCache
 
+from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import RunRequested, Subjects, payload_as
+from echelon_platform.domain.events import RunRequested, Subjects
 from echelon_platform.errors import BusError
 from echelon_platform.ports.bus import Publisher, StreamLookup
 from echelon_platform.ports.log import LogReader
@@ -32,18 +33,13 @@ class StageContext:
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
 
     async def run_request(self, run_id: str) -> RunRequested:
-        """The run's request event: from the log (valid events only), else the first valid one in the
-        stream — never a malformed message someone published on the run's subject. Cached: a request
-        never changes."""
+        """The run's request (`request_of`), cached: a request never changes. Only for events that do not
+        carry what they need of it (logged before they did)."""
         cached = self._requests.get(run_id)
         if cached is not None:
             return cached
-        logged = await self.log.run_events(run_id, ["verify.run.requested"])
-        envelope = logged[0] if logged else None
-        if envelope is None:
-            envelope = await self.stream.first_valid_on_subject(self.subjects.subject("verify.run.requested", run_id))
-        if envelope is None:
-            raise BusError(f"request event of run {run_id} not found in the log or the stream")
-        request = payload_as(envelope, RunRequested)
+        request = await request_of(self.stream, self.log, self.subjects, run_id)
+        if request is None:
+            raise BusError(f"request event of run {run_id} not found in the stream or the log")
         self._requests[run_id] = request
         return request

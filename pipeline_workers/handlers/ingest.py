@@ -34,7 +34,7 @@ def replay_id_for(run_id: str, index: int) -> str:
 
 class IngestHandler:
     stage = "ingest"
-    topic = "verify.run.requested"
+    topic = RunRequested.TOPIC
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -83,7 +83,14 @@ class IngestHandler:
             record = record.model_copy(update={"diff_content": truncate_diff(record.diff_content)})
             events.append(
                 make_event(
-                    ReplayRequested(run_id=run_id, replay_id=replay_id_for(run_id, index), index=index, record=record),
+                    ReplayRequested(
+                        run_id=run_id,
+                        replay_id=replay_id_for(run_id, index),
+                        index=index,
+                        record=record,
+                        oracle=payload.oracle,
+                        secret_ref=payload.secret_ref,
+                    ),
                     causation_id=envelope.event_id,
                 )
             )

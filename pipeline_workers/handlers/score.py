@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import Payload, ReplayFailed, ReplayInvoked, ReplayScored, make_event
+from echelon_platform.domain.events import Payload, ReplayInvoked, ReplayScored, make_event
 from echelon_platform.errors import ScoringError
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.guards import PaidWorkGuard, log_skip
 from pipeline_workers.handlers.judge_log import judge_events
+from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_of
 
 
-class ScoreHandler:
+class ScoreHandler(GivesUpOnTheReplay):
     stage = "score"
-    topic = "verify.replay.invoked"
+    topic = ReplayInvoked.TOPIC
 
     def __init__(self, guard: PaidWorkGuard, scorer: Scorer, metrics: Metrics) -> None:
         self.guard = guard
@@ -58,14 +59,3 @@ class ScoreHandler:
                 causation_id=envelope.event_id,
             ),
         ]
-
-    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
-        assert isinstance(payload, ReplayInvoked)
-        failed = ReplayFailed(
-            run_id=payload.run_id,
-            replay_id=payload.replay_id,
-            ground_truth_id=payload.record.id,
-            stage="score",
-            reason=reason[:2000],
-        )
-        return [make_event(failed, causation_id=envelope.event_id)]

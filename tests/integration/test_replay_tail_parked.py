@@ -106,7 +106,7 @@ async def _durables(services: Services) -> AsyncIterator[str]:
 
 
 async def test_parked_event_can_be_fixed_and_redriven(services: Services, settings: Settings) -> None:
-    from coordinator.writer import RETRY_HEADER
+    from coordinator.decode import RETRY_HEADER
 
     good = run_events("PARK", n=1, failed=0)[0]
     subject = services.subjects.for_event(good)
