@@ -50,7 +50,7 @@ async def load_certificate(services: Services, cert_id: str) -> CalibrationCerti
     raw, fresh = await reader.checked(cert_id)
     if raw is None and not fresh:
         try:
-            raw = await certificate_from_log(services, cert_id)  # a public certificate never changes once issued
+            raw = await certificate_from_log(services.store, cert_id)  # a public certificate never changes once issued
         except StoreError as exc:
             raise not_level(exc) from exc
     if raw is None:

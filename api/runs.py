@@ -225,7 +225,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
     if not fresh:
         # A missing or older model says nothing about the log: the log answers (a logged run is never PENDING
         # or 404 because Redis lost it or a rebuild is under way).
-        logged = await run_from_log(services, run_id)
+        logged = await run_from_log(services.store, run_id)
         if logged is not None:
             return logged
         state = None

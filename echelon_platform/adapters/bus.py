@@ -25,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 from ulid import ULID
 
+from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.bus_access import may_provision
 from echelon_platform.domain.envelope import Envelope
@@ -463,6 +464,10 @@ class Bus:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot rewind consumer {durable}: {exc or type(exc).__name__}") from exc
         return floor
+
+    def batch_puller(self, durable: str) -> BatchPuller:
+        """A pull subscription on `durable` that fetches batches (the writer's; call `start()` on it)."""
+        return BatchPuller(self.nc, stream=self.stream, durable=durable)
 
     async def stream_exists(self) -> bool:
         """Whether the stream exists (quietly: a readiness probe asks often); BusError when NATS cannot say."""

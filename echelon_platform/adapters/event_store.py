@@ -15,10 +15,8 @@ import asyncpg
 import orjson
 
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.errors import StoreError, StoreUnavailable
+from echelon_platform.errors import StoreError, StoreRefused, StoreUnavailable
 from echelon_platform.ports.log import AppendResult, Fence, JudgeTotals, LogEvent, LogRow, ParkedEvent, StalledRun
-
-__all__ = ["TRANSIENT_ERRORS", "AppendResult", "EventStore", "Fence", "is_transient", "store_error"]
 
 # The one definition of a transient database failure: the server restarting or refusing connections for a
 # while, a connection dropped (or terminated) mid-query, a statement cancelled (statement timeout behind a
@@ -43,8 +41,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def store_error(what: str, exc: BaseException) -> StoreError:
-    """`exc` (a database library error) in our hierarchy: StoreUnavailable when transient."""
-    return (StoreUnavailable if is_transient(exc) else StoreError)(f"{what}: {exc or type(exc).__name__}")
+    """`exc` (a database library error) in our hierarchy: StoreUnavailable when transient, StoreRefused for a
+    value or constraint Postgres refuses."""
+    kind = StoreError
+    if is_transient(exc):
+        kind = StoreUnavailable
+    elif isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
+        kind = StoreRefused
+    return kind(f"{what}: {exc or type(exc).__name__}")
 
 
 _APPEND = """
@@ -84,12 +88,6 @@ _FOLDED_PAYLOAD = (
     "WHEN topic = 'verify.judge.called' THEN (payload - 'raw_text')::text "
     "ELSE payload::text END"
 )
-
-
-def _park_row(parked: ParkedEvent | tuple[int, str, bytes, str]) -> tuple[int, str, bytes, str]:
-    if isinstance(parked, ParkedEvent):
-        return parked.stream_seq, parked.subject, parked.raw, parked.reason
-    return parked
 
 
 def _row_to_envelope(row: asyncpg.Record) -> Envelope:
@@ -148,7 +146,7 @@ class EventStore:
     async def append_batch(
         self,
         events: Sequence[tuple[Envelope, int]],
-        parked: Sequence[ParkedEvent | tuple[int, str, bytes, str]] = (),
+        parked: Sequence[ParkedEvent] = (),
         retried: Sequence[int] = (),
         *,
         fence: Fence | None = None,
@@ -179,7 +177,7 @@ class EventStore:
                     await conn.executemany(
                         "INSERT INTO parked_events (stream_seq, subject, raw, reason) VALUES ($1, $2, $3, $4) "
                         "ON CONFLICT (stream_seq) DO NOTHING",
-                        [_park_row(p) for p in parked],
+                        [(p.stream_seq, p.subject, p.raw, p.reason) for p in parked],
                     )
                 if retried:
                     await conn.execute(
