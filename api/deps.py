@@ -22,8 +22,6 @@ from echelon_platform.adapters.api_keys import ApiKeys
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError
-from echelon_platform.metrics import Metrics
-from echelon_platform.ports.bus import Publisher
 from echelon_platform.ports.log import LogReader
 
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
@@ -73,16 +71,6 @@ async def get_services(request: Request) -> Services:
 async def get_log_reader(request: Request) -> LogReader:
     services: Services = request.app.state.services
     return services.store
-
-
-async def get_publisher(request: Request) -> Publisher:
-    services: Services = request.app.state.services
-    return services.bus
-
-
-async def get_metrics(request: Request) -> Metrics:
-    services: Services = request.app.state.services
-    return services.metrics
 
 
 async def get_api_keys(request: Request) -> ApiKeys:
@@ -176,10 +164,8 @@ async def get_optional_user(request: Request) -> Principal | None:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 ApiKeysDep = Annotated[ApiKeys, Depends(get_api_keys)]
-# The narrow ones: a route that only reads the log, or only publishes, asks for just that.
+# The narrow one: a route that only reads the log asks for just that.
 LogReaderDep = Annotated[LogReader, Depends(get_log_reader)]
-PublisherDep = Annotated[Publisher, Depends(get_publisher)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OptionsDep = Annotated[ApiOptions, Depends(get_options)]
 UserDep = Annotated[Principal, Depends(get_user_or_wallet)]

@@ -3,22 +3,20 @@ invoke reads nothing back. Requests logged before they carried it still work (th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import OracleSpec, ReplayInvoked, ReplayRequested, RunRequested, make_event
+from echelon_platform.ports.run_secrets import RunSecrets
 from pipeline_workers.fixtures import materialise_sample_repo
-from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.ingest import IngestHandler
-from pipeline_workers.pipeline import Pipeline
+from pipeline_workers.pipeline import Pipeline, stage_context
 from pipeline_workers.scoring.offline import OfflineLexicalScorer
 from tests.factories import T0, record
 from tests.integration import oracle_targets
@@ -28,11 +26,9 @@ ORACLE = OracleSpec(type="python", module=TARGET, callable="counting")
 
 
 @pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    settings = settings.model_copy(update={"oracle_allowlist": [f"{TARGET}:*"]})
-    async with Services(settings, name="test") as services:
-        oracle_targets.calls = 0
-        yield services
+def service_settings(settings: Settings) -> Settings:
+    oracle_targets.calls = 0
+    return settings.model_copy(update={"oracle_allowlist": [f"{TARGET}:*"]})
 
 
 def run_requested(run_id: str) -> Envelope:
@@ -106,7 +102,7 @@ async def test_ingest_hands_each_replay_the_oracle_by_header_names_only(settings
     )
     async with Services(settings, name="test") as services, httpx.AsyncClient() as http:
         await services.secrets.put("HEADS", RunSecrets(oracle_headers={"Authorization": SecretStr(f"Bearer {key}")}))
-        events = await IngestHandler(StageContext(services, settings, http)).handle(make_event(request), request)
+        events = await IngestHandler(stage_context(services, settings, http)).handle(make_event(request), request)
     replays = [e for e in events if e.topic == "verify.replay.requested"]
     assert replays
     for event in replays:
