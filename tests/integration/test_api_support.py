@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.auth import issue_jwt
 from api.options import ApiOptions
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.api_keys import ApiKeys
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import Keyring

@@ -16,7 +16,7 @@ from api.publishing import publish
 from api.schemas import ErrorBody
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import METHODOLOGY_RUN_ID, MethodologyRegistered, payload_as
-from echelon_platform.domain.methodology import MAX_FILES, check_file_name, file_digest, methodology_hash
+from echelon_platform.domain.methodology_hash import MAX_FILES, check_file_name, file_digest, methodology_hash
 from echelon_platform.errors import Forbidden, NotFound, RequestRejected
 from echelon_platform.ports.log import LogReader
 
