@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
@@ -29,6 +28,7 @@ from echelon_platform.domain.events import (
 from echelon_platform.domain.run_inputs import run_inputs
 from echelon_platform.domain.values import CalibrationCertificate, JudgeUsage, ReplayScore
 from echelon_platform.errors import EchelonError
+from echelon_platform.ports.log import LogReader
 from pipeline_workers.scoring.base import make_score, replay_usage, usage_of
 from pipeline_workers.scoring.parsing import parse_judge_output
 
@@ -84,16 +84,14 @@ def _payloads(events: Sequence[Envelope], topic: str, model: type[P]) -> list[P]
 
 def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederived:
     """Rebuild the certificate of one run from its events (in log order) and the methodology registry."""
-    issued = _by_topic(events, "verify.certificate.issued")
+    issued = _by_topic(events, CertificateIssued.TOPIC)
     inputs = run_inputs(events)  # the same fold certify made
     request, ingest = inputs.request, inputs.ingested
     if not issued or request is None or ingest is None:
         raise RederiveError("the log holds no certificate (or no request or ingest) for this run")
     stored = payload_as(issued[0], CertificateIssued).certificate
-    calls = {e.dedup_key: payload_as(e, JudgeCalled) for e in _by_topic(events, "verify.judge.called")}
-    invoked = {
-        p.replay_id: p for p in (payload_as(e, ReplayInvoked) for e in _by_topic(events, "verify.replay.invoked"))
-    }
+    calls = {e.dedup_key: payload_as(e, JudgeCalled) for e in _by_topic(events, JudgeCalled.TOPIC)}
+    invoked = {p.replay_id: p for p in (payload_as(e, ReplayInvoked) for e in _by_topic(events, ReplayInvoked.TOPIC))}
     scores: list[ReplayScore] = []
     used = 0
     for replay_id, logged in sorted(inputs.scored.items()):
@@ -170,15 +168,15 @@ def _rescore(logged: ReplayScored, invoked: ReplayInvoked | None, calls: dict[st
 
 def _registered_hash(registry: Sequence[Envelope], version: str) -> str:
     for event in registry:
-        if event.topic == "verify.methodology.registered":
+        if event.topic == MethodologyRegistered.TOPIC:
             registered = payload_as(event, MethodologyRegistered)
             if registered.version == version:
                 return registered.sha256
     raise RederiveError(f"methodology {version} is not registered in the log")
 
 
-async def rederive_from_store(store: EventStore, certificate_id: str) -> Rederived:
+async def rederive_from_store(store: LogReader, certificate_id: str) -> Rederived:
     run_id = certificate_id.removeprefix("cert-")
     events = await store.run_events(run_id)
-    registry = await store.run_events(METHODOLOGY_RUN_ID, ["verify.methodology.registered"])
+    registry = await store.run_events(METHODOLOGY_RUN_ID, [MethodologyRegistered.TOPIC])
     return rederive(events, registry)

@@ -22,10 +22,10 @@ from echelon_platform.domain.values import FailedReplay
 
 # The topics run_inputs reads (a store can be asked for just these).
 INPUT_TOPICS = (
-    "verify.run.requested",
-    "verify.run.ingested",
-    "verify.replay.scored",
-    "verify.replay.failed",
+    RunRequested.TOPIC,
+    RunIngested.TOPIC,
+    ReplayScored.TOPIC,
+    ReplayFailed.TOPIC,
 )
 
 
@@ -59,14 +59,14 @@ def run_inputs(events: Sequence[Envelope]) -> RunInputs:
     scored: dict[str, ReplayScored] = {}
     failed: dict[str, FailedReplay] = {}
     for event in events:
-        if event.topic == "verify.run.requested" and request is None:
+        if event.topic == RunRequested.TOPIC and request is None:
             request = payload_as(event, RunRequested)
-        elif event.topic == "verify.run.ingested" and ingested is None:
+        elif event.topic == RunIngested.TOPIC and ingested is None:
             ingested = payload_as(event, RunIngested)
-        elif event.topic == "verify.replay.scored":
+        elif event.topic == ReplayScored.TOPIC:
             s = payload_as(event, ReplayScored)
             scored[s.replay_id] = s
-        elif event.topic == "verify.replay.failed":
+        elif event.topic == ReplayFailed.TOPIC:
             f = payload_as(event, ReplayFailed)
             failed[f.replay_id] = FailedReplay(
                 replay_id=f.replay_id, ground_truth_id=f.ground_truth_id, stage=f.stage, reason=f.reason

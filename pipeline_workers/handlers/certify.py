@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.domain.certificate import JudgeMixing, build_certificate
 from echelon_platform.domain.envelope import Envelope, utcnow
@@ -21,27 +20,27 @@ from echelon_platform.domain.events import (
     make_event,
     payload_as,
 )
-from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_COMPLETED, RUN_FAILED
 from echelon_platform.domain.run_inputs import INPUT_TOPICS, run_inputs
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
+from echelon_platform.ports.log import LogReader
 from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, Methodology, load_methodology
 
 _TOPICS = (
     *INPUT_TOPICS,
-    "verify.certificate.issued",
-    "verify.run.completed",
-    "verify.run.failed",
+    CertificateIssued.TOPIC,
+    RunCompleted.TOPIC,
+    RunFailed.TOPIC,
 )
 
 
 class CertifyHandler:
     stage = "certify"
-    topic = "verify.run.certifying"
+    topic = RunCertifying.TOPIC
 
     def __init__(
         self,
-        store: EventStore,
+        store: LogReader,
         keyring: Keyring,
         *,
         methodology_version: str = METHODOLOGY_VERSION,
@@ -59,9 +58,9 @@ class CertifyHandler:
         # see it before a restarted coordinator caught up: whatever is missing, wait for it (NotYetInLog).
         events = await self.store.run_events(payload.run_id, _TOPICS)
         # How the run ended is the lifecycle's rule, in log order (`run_events` is in log order).
-        decider = next((e for e in events if e.topic in (CERTIFICATE_ISSUED, RUN_FAILED)), None)
+        decider = next((e for e in events if e.topic in (CertificateIssued.TOPIC, RunFailed.TOPIC)), None)
         if decider is not None:
-            if decider.topic == RUN_FAILED or any(e.topic == RUN_COMPLETED for e in events):
+            if decider.topic == RunFailed.TOPIC or any(e.topic == RunCompleted.TOPIC for e in events):
                 return []  # the run already ended
             # Issued, but `run.completed` was lost (a crash between the two publishes): the same event again.
             return self._reissue(decider)
