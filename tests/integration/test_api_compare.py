@@ -13,9 +13,9 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.events import RunRequested, make_event, payload_as
 from tests.factories import T0
 from tests.integration.test_api_certificates import Certs, seeded
-from tests.integration.test_api_support import API, app, certified_run, client, drain, options, publish, services
+from tests.integration.test_api_support import API, app, certified_run, client, drain, options, publish
 
-__all__ = ["app", "client", "options", "seeded", "services"]  # fixtures
+__all__ = ["app", "client", "options", "seeded"]  # fixtures
 COMPARE = f"{API}/certificates/compare"
 
 
