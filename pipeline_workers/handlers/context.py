@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 from cachetools import LRUCache
 
+from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import RunRequested, Subjects
@@ -30,6 +31,7 @@ class StageContext:
     settings: Settings
     http: httpx.AsyncClient
     oracle_pool: OracleProcessPool | None = None  # warm processes for sync Python oracles
+    oracle_limits: LimiterRegistry | None = None  # adaptive concurrency per HTTP oracle endpoint
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
 
     async def run_request(self, run_id: str) -> RunRequested:

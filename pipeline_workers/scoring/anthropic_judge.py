@@ -7,7 +7,8 @@ and a coarse 5-step rubric for reply accuracy.
 
 Retries are ours, not the SDK's (the client is cloned with ``max_retries=0``) so they are bounded,
 honour ``retry-after`` and use an injectable sleep. One repair round-trip is made when the judge's
-output is not usable JSON. An ``asyncio.Semaphore`` bounds concurrent calls per scorer instance.
+output is not usable JSON. Concurrent calls adapt to the provider (``adaptive_limit``): ``max_concurrency``
+is their ceiling, shared with every process on the same endpoint and key when a limiter with Redis is given.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import anthropic
 import structlog
 from anthropic.types import MessageParam, TextBlock
 
+from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, endpoint_id
 from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
 from echelon_platform.errors import ConfigError, ScoringError
 from echelon_platform.retry import backoff_delay
 from pipeline_workers.scoring.base import CallLog, add_usage, judge_call, make_score, prompt_digest
+from pipeline_workers.scoring.judge_limit import classify_judge_failure
 from pipeline_workers.scoring.parsing import MAX_CHANGES, MAX_CLAIMS, parse_judge_output, parse_question
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, PromptSet, load_prompts
 
@@ -42,6 +45,9 @@ PRICES: dict[str, tuple[float, float]] = {
     "opus": (15.0, 75.0),
 }
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
+# limit can refuse a call several times while the adaptive limit comes down to the provider's.
+MAX_RATE_LIMITED_WAITS = 20
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 log = structlog.stdlib.get_logger(__name__)
@@ -80,6 +86,7 @@ class AnthropicScorer:
         prompts: PromptSet | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        limiter: AdaptiveLimiter | None = None,
     ) -> None:
         if max_attempts < 1 or max_concurrency < 1:
             raise ValueError("max_attempts and max_concurrency must be at least 1")
@@ -87,7 +94,9 @@ class AnthropicScorer:
         self._secrets = [s for s in (client.api_key, client.auth_token) if s]
         self._model = model
         self._prices = price_for(model, PRICES if price_table is None else price_table)
-        self._gate = asyncio.Semaphore(max_concurrency)
+        self._limiter = limiter or AdaptiveLimiter(
+            endpoint_id(str(client.base_url), client.api_key), cap=max_concurrency, classify=classify_judge_failure
+        )
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
@@ -213,13 +222,17 @@ class AnthropicScorer:
 
     async def _call(self, messages: Iterable[MessageParam], max_tokens: int) -> tuple[str, JudgeUsage]:
         problem = ""
-        for attempt in range(1, self._max_attempts + 1):
+        attempt = waits = 0
+        while attempt < self._max_attempts:
+            attempt += 1
             retry_after: float | None = None
             try:
-                async with self._gate:
-                    response = await self._client.messages.create(
+                async with self._limiter.slot() as slot:
+                    raw = await self._client.messages.with_raw_response.create(
                         model=self._model, max_tokens=max_tokens, system=self._system, messages=messages
                     )
+                    slot.headers(raw.headers)
+                    response = await raw.parse()
             except anthropic.AuthenticationError as exc:
                 raise ScoringError(
                     "Anthropic rejected the API key (401): set a valid ECHELON_ANTHROPIC_API_KEY"
@@ -229,6 +242,10 @@ class AnthropicScorer:
                 if exc.status_code not in _RETRYABLE_STATUS and exc.status_code < 500:
                     raise ScoringError(f"Anthropic API error: {problem}") from exc
                 retry_after = _seconds(exc.response.headers.get("retry-after"))
+                if exc.status_code == 429 and retry_after is not None and waits < MAX_RATE_LIMITED_WAITS:
+                    # Refused unserved, with a time to come back: waiting as asked is not a failed attempt.
+                    waits += 1
+                    attempt -= 1
             except anthropic.APIConnectionError as exc:  # includes timeouts
                 problem = type(exc).__name__
             else:
