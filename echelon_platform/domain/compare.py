@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from echelon_platform.domain.intervals import CONFIDENCE, RESAMPLES, Composite, figures_of, percentile
+from echelon_platform.domain.intervals import CONFIDENCE, RESAMPLES, Composite, Replay, figures_of, percentile, prepare
 from echelon_platform.domain.values import CalibrationCertificate, ReplayScore
 
-PERMUTATIONS = 2000
+PERMUTATIONS = 1000
 EXACT_UP_TO = 12  # 2^12 = 4096 swaps: enumerate them all
 DECIMALS = 6
 FIGURES = ("composite_score", "precision", "recall", "reply_accuracy", "brier_score", "expected_calibration_error")
@@ -75,7 +75,7 @@ def comparison_seed(a_id: str, b_id: str) -> str:
     return hashlib.sha256(f"echelon-compare:{a_id}:{b_id}".encode()).hexdigest()[:16]
 
 
-def _difference(a: Sequence[ReplayScore], b: Sequence[ReplayScore], ca: Composite, cb: Composite) -> dict[str, float]:
+def _difference(a: Sequence[Replay], b: Sequence[Replay], ca: Composite, cb: Composite) -> dict[str, float]:
     fa, fb = figures_of(a, ca), figures_of(b, cb)
     return {k: fb[k] - fa[k] for k in FIGURES if k in fa and k in fb}
 
@@ -104,8 +104,8 @@ def compare(
     samples: dict[str, list[float]] = {}
     extreme: dict[str, int] = {}
     if shared:
-        xs = [by_change_a[k] for k in shared]
-        ys = [by_change_b[k] for k in shared]
+        xs = [prepare(by_change_a[k]) for k in shared]
+        ys = [prepare(by_change_b[k]) for k in shared]
         observed = _difference(xs, ys, composite_a, composite_b)
         m = len(shared)
         for _ in range(RESAMPLES):
@@ -127,7 +127,8 @@ def compare(
         count = len(swaps)
         fa, fb = figures_of(xs, composite_a), figures_of(ys, composite_b)
     else:
-        xs, ys = list(a.individual_scores), list(b.individual_scores)
+        xs = [prepare(s) for s in sorted(a.individual_scores, key=lambda s: s.replay_id)]
+        ys = [prepare(s) for s in sorted(b.individual_scores, key=lambda s: s.replay_id)]
         observed = _difference(xs, ys, composite_a, composite_b)
         na, nb = len(xs), len(ys)
         for _ in range(RESAMPLES):
