@@ -14,7 +14,7 @@ import pytest
 
 from api.app import create_app
 from api.options import ApiOptions
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from pipeline_workers.pipeline import Pipeline
