@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
@@ -28,10 +29,12 @@ from echelon_platform.adapters.readmodel_store import CertificateReader, Freshne
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.cert_validity import verify as verify_document
+from echelon_platform.domain.certificate import composite_with
+from echelon_platform.domain.compare import Comparison, compare
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import RatingSubmitted
+from echelon_platform.domain.events import RatingSubmitted, RunRequested, payload_as
 from echelon_platform.domain.values import CalibrationCertificate
-from echelon_platform.errors import Forbidden, NotFound, ReadModelError, StoreError
+from echelon_platform.errors import Forbidden, NotFound, ReadModelError, RequestRejected, StoreError
 
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
 well_known = APIRouter(tags=["certificates"])
@@ -77,6 +80,41 @@ async def list_certificates(
     return CertificateList(
         certificates=[CertificateSummary.of(c) for c in certs], total=total, limit=limit, offset=offset
     )
+
+
+@router.get(
+    "/certificates/compare",
+    response_model=Comparison,
+    responses=r.merge(r.PUBLIC, r.NOT_FOUND, r.INVALID, NOT_LEVEL),
+)
+async def compare_certificates(
+    services: ServicesDep,
+    a: Annotated[str, Query(min_length=1, max_length=128, description="Certificate A (the baseline)")],
+    b: Annotated[str, Query(min_length=1, max_length=128, description="Certificate B (compared with A)")],
+) -> Comparison:
+    """Public: is B better than A? Per figure, B − A over the ground-truth changes both runs scored (same
+    repository), with a 95% paired bootstrap interval and a paired permutation test; when the runs share no
+    change, an unpaired comparison that says so (`paired: false`, `note`). See `method`."""
+    if a == b:
+        raise RequestRejected("a and b name the same certificate: compare two different certificates")
+    cert_a, cert_b = await load_certificate(services, a), await load_certificate(services, b)
+    repo_a, repo_b = await _repository(services, cert_a.run_id), await _repository(services, cert_b.run_id)
+    same = repo_a is not None and repo_a == repo_b and cert_a.ground_truth_source == cert_b.ground_truth_source
+    composite_a, composite_b = composite_with(cert_a.weights), composite_with(cert_b.weights)
+    # A few thousand resamples: seconds of CPU for large runs, kept off the event loop.
+    return await asyncio.to_thread(compare, cert_a, cert_b, composite_a, composite_b, same_repository=same)
+
+
+async def _repository(services: Services, run_id: str) -> str | None:
+    """The repository a run's changes came from (its request), normalised; None when the log lacks it."""
+    try:
+        events = await services.store.run_events(run_id, ["verify.run.requested"])
+    except StoreError as exc:
+        raise not_level(exc) from exc
+    if not events:
+        return None
+    url = payload_as(events[0], RunRequested).repo_url.strip().lower().rstrip("/")
+    return url.removesuffix(".git")
 
 
 @router.get(
