@@ -96,7 +96,7 @@ async def rescore_run(
         raise RequestRejected(
             f"run {run_id} is {source_state.status.name}: only a completed run's replies can be rescored"
         )
-    if body.methodology_version not in {m.version for m in await registered(services)}:
+    if body.methodology_version not in {m.version for m in await registered(services.store)}:
         raise RequestRejected(f"methodology {body.methodology_version} is not registered (GET /api/v1/methodology)")
     created_at = utcnow()
     request = source.model_copy(
