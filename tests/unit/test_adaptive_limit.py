@@ -11,6 +11,7 @@ import pytest
 
 from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, Slot, pause_from_headers
 from pipeline_workers.scoring.judge_limit import classify_judge_failure
+from tests.helpers import wait_for
 
 
 async def test_never_more_in_flight_than_the_ceiling() -> None:
@@ -27,9 +28,8 @@ async def test_never_more_in_flight_than_the_ceiling() -> None:
             in_flight -= 1
 
     tasks = [asyncio.create_task(call()) for _ in range(10)]
-    while in_flight < 3:
-        await asyncio.sleep(0)
-    for _ in range(20):
+    await wait_for(lambda: in_flight == 3, what="three calls in flight")
+    for _ in range(20):  # give the others every chance to start too
         await asyncio.sleep(0)
     assert in_flight == 3  # the other seven wait
     release.set()
@@ -46,8 +46,11 @@ async def test_an_overload_halves_what_was_in_flight_and_successes_in_use_grow_i
             await gate.wait()
 
     holders = [asyncio.create_task(busy()) for _ in range(3)]
-    while (await limiter.shared_state())[1] < 3:
-        await asyncio.sleep(0)
+
+    async def three_in_flight() -> bool:
+        return (await limiter.shared_state())[1] == 3
+
+    await wait_for(three_in_flight, what="three calls in flight")
     with pytest.raises(RuntimeError):
         async with limiter.slot() as slot:
             slot.overloaded(None)
