@@ -28,7 +28,7 @@ from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
 from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
-from echelon_platform.domain.certificate import signature_ok, verify_certificate
+from echelon_platform.domain.cert_validity import verify as verify_document
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, make_event
 from echelon_platform.domain.values import CalibrationCertificate
@@ -103,17 +103,16 @@ async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> Ve
     check the Ed25519 signature against the published keys whose chain reaches the pinned root key (only the
     certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
-    hash_ok, aggregates_ok = verify_certificate(cert)
     keys: PublishedKeys = request.app.state.signing_keys
-    signed = signature_ok(cert.model_dump(mode="json"), await keys.public_keys())
+    validity = verify_document(cert.model_dump(mode="json"), await keys.public_keys())
     return VerifyResult(
         certificate_id=cert.certificate_id,
         content_hash=cert.content_hash,
-        hash_ok=hash_ok,
-        aggregates_ok=aggregates_ok,
-        signature_ok=signed,
-        key_id=cert.signature.key_id if cert.signature else None,
-        valid=hash_ok and aggregates_ok and signed,
+        hash_ok=validity.hash_ok,
+        aggregates_ok=validity.aggregates_ok,
+        signature_ok=validity.signature_ok,
+        key_id=validity.key_id,
+        valid=validity.valid,
     )
 
 

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
-
-from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import RunRequested, Subjects, payload_as
-
-REQUESTED = "verify.run.requested"
-
-
-class _Stream(Protocol):
-    @property
-    def subjects(self) -> Subjects: ...
-
-    async def first_valid_on_subject(self, subject: str) -> Envelope | None: ...
+from echelon_platform.ports.bus import StreamLookup
+from echelon_platform.ports.log import LogReader
 
 
-class _Log(Protocol):
-    async def run_events(self, run_id: str, topics: Sequence[str]) -> list[Envelope]: ...
-
-
-async def request_of(stream: _Stream, log: _Log, run_id: str) -> RunRequested | None:
+async def request_of(stream: StreamLookup, log: LogReader, subjects: Subjects, run_id: str) -> RunRequested | None:
     """The run's request: from the stream (recent, and there before the writer logs it), else from the log
     (kept for good). Only a valid event: a malformed message on the run's subject never stands in for it.
     BusError / StoreError when the server does not answer."""
-    envelope = await stream.first_valid_on_subject(stream.subjects.subject(REQUESTED, run_id))
+    envelope = await stream.first_valid_on_subject(subjects.subject(RunRequested.TOPIC, run_id))
     if envelope is None:
-        events = await log.run_events(run_id, [REQUESTED])
+        events = await log.run_events(run_id, [RunRequested.TOPIC])
         envelope = events[0] if events else None
     return payload_as(envelope, RunRequested) if envelope is not None else None

@@ -1,4 +1,5 @@
-"""What handlers share: services, settings, the oracle process pool, a cache of run requests."""
+"""What the ingest and invoke handlers share: the ports they use (never a whole Services), settings, the
+outbound HTTP client, the oracle process pool and a cache of run requests."""
 
 from __future__ import annotations
 
@@ -9,16 +10,24 @@ from cachetools import LRUCache
 
 from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.adapters.run_requests import request_of
-from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import RunRequested
+from echelon_platform.domain.events import RunRequested, Subjects
 from echelon_platform.errors import BusError
+from echelon_platform.ports.bus import Publisher, StreamLookup
+from echelon_platform.ports.log import LogReader
+from echelon_platform.ports.run_secrets import SecretReader
+from pipeline_workers.handlers.guards import PaidWorkGuard
 from pipeline_workers.oracles.python import OracleProcessPool
 
 
 @dataclass
 class StageContext:
-    services: Services
+    log: LogReader  # the run's request
+    guard: PaidWorkGuard  # no paid work twice, nor for a run that is over
+    publisher: Publisher  # an event published before the handler returns (ingest's `run.ingesting`)
+    stream: StreamLookup  # the run's request before the writer logged it
+    secrets: SecretReader
+    subjects: Subjects
     settings: Settings
     http: httpx.AsyncClient
     oracle_pool: OracleProcessPool | None = None  # warm processes for sync Python oracles
@@ -31,7 +40,7 @@ class StageContext:
         cached = self._requests.get(run_id)
         if cached is not None:
             return cached
-        request = await request_of(self.services.bus, self.services.store, run_id)
+        request = await request_of(self.stream, self.log, self.subjects, run_id)
         if request is None:
             raise BusError(f"request event of run {run_id} not found in the stream or the log")
         self._requests[run_id] = request

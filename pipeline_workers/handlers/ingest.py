@@ -34,7 +34,7 @@ def replay_id_for(run_id: str, index: int) -> str:
 
 class IngestHandler:
     stage = "ingest"
-    topic = "verify.run.requested"
+    topic = RunRequested.TOPIC
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -42,10 +42,10 @@ class IngestHandler:
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, RunRequested)
         run_id = payload.run_id
-        await self.ctx.services.bus.publish(
+        await self.ctx.publisher.publish(
             make_event(RunIngesting(run_id=run_id, source=payload.repo_url), causation_id=envelope.event_id)
         )
-        secrets = await self.ctx.services.secrets.get(payload.secret_ref)
+        secrets = await self.ctx.secrets.get(payload.secret_ref)
         spec = SourceSpec(
             repo_url=payload.repo_url,
             limit=payload.limit,

@@ -15,7 +15,7 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
 from pipeline_workers.handlers.context import StageContext
-from pipeline_workers.handlers.guards import log_skip, skip_reason
+from pipeline_workers.handlers.guards import log_skip
 from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.oracles.base import Oracle
@@ -28,7 +28,7 @@ PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_paylo
 
 class InvokeHandler(GivesUpOnTheReplay):
     stage = "invoke"
-    topic = "verify.replay.requested"
+    topic = ReplayRequested.TOPIC
 
     def __init__(self, ctx: StageContext, scorer: Scorer) -> None:
         self.ctx = ctx
@@ -43,7 +43,7 @@ class InvokeHandler(GivesUpOnTheReplay):
                 timeout_s=spec.timeout_s,
                 pool=self.ctx.oracle_pool,
             )
-        secrets = await self.ctx.services.secrets.get(secret_ref)
+        secrets = await self.ctx.secrets.get(secret_ref)
         headers = {k: v.get_secret_value() for k, v in secrets.oracle_headers.items()}
         return HttpOracle(
             str(spec.url),
@@ -59,7 +59,7 @@ class InvokeHandler(GivesUpOnTheReplay):
         # The judge's question and the oracle call cost money and time: never for a run that is over,
         # nor again for a replay whose outcome the log already holds (a redelivery after a lost ack).
         outcome_keys = [f"verify.replay.invoked:{payload.replay_id}", f"verify.replay.failed:{payload.replay_id}"]
-        skip = await skip_reason(self.ctx.services, payload.run_id, outcome_keys)
+        skip = await self.ctx.guard.skip_reason(payload.run_id, outcome_keys)
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []
@@ -101,7 +101,7 @@ class InvokeHandler(GivesUpOnTheReplay):
         # A reply that cannot travel (above the server's max_payload) fails now, once: retrying would only
         # pay for the oracle and the judge again and fail the same way.
         size = len(invoked[0].to_wire())
-        limit = self.ctx.services.bus.max_payload - PAYLOAD_HEADROOM
+        limit = self.ctx.publisher.max_payload - PAYLOAD_HEADROOM
         if size > limit:
             return [
                 *logged,

@@ -14,8 +14,6 @@ from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import JudgeCalled, make_event
 from echelon_platform.domain.values import JudgeCall
 
-TOPIC = "verify.judge.called"
-
 
 def call_key(replay_id: str, call: JudgeCall) -> str:
     digest = hashlib.sha256(call.raw_text.encode("utf-8")).hexdigest()[:16]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, ReplayInvoked, ReplayScored, make_event
 from echelon_platform.errors import ScoringError
 from echelon_platform.metrics import Metrics
-from pipeline_workers.handlers.guards import log_skip, skip_reason
+from pipeline_workers.handlers.guards import PaidWorkGuard, log_skip
 from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_of
@@ -17,17 +16,17 @@ from pipeline_workers.scoring.base import CallLog, Scorer, replay_usage, usage_o
 
 class ScoreHandler(GivesUpOnTheReplay):
     stage = "score"
-    topic = "verify.replay.invoked"
+    topic = ReplayInvoked.TOPIC
 
-    def __init__(self, services: Services, scorer: Scorer, metrics: Metrics) -> None:
-        self.services = services
+    def __init__(self, guard: PaidWorkGuard, scorer: Scorer, metrics: Metrics) -> None:
+        self.guard = guard
         self.scorer = scorer
         self.metrics = metrics
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayInvoked)
         # A judge call is paid: not for a run that is over, nor again for a score already in the log.
-        skip = await skip_reason(self.services, payload.run_id, [f"verify.replay.scored:{payload.replay_id}"])
+        skip = await self.guard.skip_reason(payload.run_id, [f"verify.replay.scored:{payload.replay_id}"])
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []

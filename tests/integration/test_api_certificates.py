@@ -29,20 +29,10 @@ from echelon_platform.domain.key_chain import endorsement_message
 from echelon_platform.errors import ConfigError
 from tests.factories import T0
 from tests.helpers import wait_for
-from tests.integration.test_api_support import (
-    API,
-    app,
-    auth,
-    certified_run,
-    client,
-    drain,
-    options,
-    publish,
-    services,
-)
+from tests.integration.test_api_support import API, app, auth, certified_run, client, drain, options, publish
 from tests.unit.pipeline.test_certificate_trust import write_key
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 Certs = dict[str, dict[str, Any]]
 
@@ -92,6 +82,11 @@ async def test_certificate_is_public_and_complete(client: httpx.AsyncClient, see
     }  # fmt: skip
     assert [s["id"] for s in body["replay_scores"]] == ["C2-0000", "C2-0001"]
     assert first["claims_supported"] == 1 and first["precision"] == 0.25
+    # n and a 95% interval per figure, as stored (and signed) in the certificate.
+    assert body["uncertainty"] == stored["uncertainty"]
+    assert body["uncertainty"]["composite_score"]["n"] == 2
+    assert body["uncertainty"]["composite_score"]["low"] <= body["composite_score"]
+    assert body["composite_score"] <= body["uncertainty"]["composite_score"]["high"]
 
 
 async def test_unknown_certificate_is_404(client: httpx.AsyncClient) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 
-import pytest
-
 from coordinator.admission import TrustedKeys
 from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder, snapshot, verify
@@ -18,12 +16,6 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, RunCompleted, RunFailed, make_event
 from tests.factories import run_events
-
-
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services(settings, name="test") as svc:
-        yield svc
 
 
 async def drain(services: Services, settings: Settings) -> None:
