@@ -130,13 +130,15 @@ async def fake_judge(port: int) -> AsyncIterator[str]:
 
 
 class Bench:
-    def __init__(self, services: Services, settings: Settings, judge: str, repo: Path) -> None:
+    def __init__(self, services: Services, settings: Settings, judge: str, repo: Path, *, tracing: bool) -> None:
+        self.tracing = tracing
         self.services = services
         self.settings = settings
         self.judge = judge
         self.repo = repo
         self.http = httpx.AsyncClient(timeout=30)
         self.seq = 0
+        self.last_ids: list[str] = []
 
     async def provider(self, **limits: Any) -> dict[str, Any]:
         stats: dict[str, Any] = (await self.http.post(f"{self.judge}/limits", json=limits)).json()
@@ -186,19 +188,35 @@ class Bench:
     async def timed(self, runs: int, replays: int) -> float:
         started = time.monotonic()
         ids = [await self.submit(f"user{i}", replays) for i in range(runs)]
+        self.last_ids = ids
         return max((await self.wait(ids, started)).values())
+
+    async def trace(self) -> dict[str, list[float]]:
+        """For the last runs timed: per topic, seconds from the request to its first and last event."""
+        spans: dict[str, list[float]] = {}
+        for run_id in self.last_ids:
+            events = await self.services.store.run_events(run_id)
+            t0 = min(e.timestamp for e in events)
+            for e in events:
+                at = (e.timestamp - t0).total_seconds()
+                first, last = spans.get(e.topic, [at, at])
+                spans[e.topic] = [round(min(first, at), 2), round(max(last, at), 2)]
+        return dict(sorted(spans.items(), key=lambda kv: kv[1]))
 
     async def case(self, case: Case) -> dict[str, Any]:
         await self.forget_limits()
         await self.provider(latency=0.0, concurrency=None, rpm=None, burst=None, reset=True)
         await self.timed(1, min(16, case.replays))  # warm: oracle processes, connections, caches
         floor = await self.timed(case.runs, case.replays)
+        floor_trace = await self.trace() if self.tracing else None
         await self.forget_limits()
         await self.provider(latency=case.latency_s, rpm=case.rpm, burst=case.burst, reset=True)
         measured = await self.timed(case.runs, case.replays)
         judge: dict[str, Any] = (await self.http.get(f"{self.judge}/stats")).json()
         bound = case.bound()
+        traces = {"floor_trace": floor_trace, "trace": await self.trace()} if self.tracing else {}
         return {
+            **traces,
             "case": case.name,
             "runs": case.runs,
             "replays": case.replays,
@@ -256,7 +274,7 @@ async def main(args: argparse.Namespace) -> None:
                 Pipeline(services, settings) as pipeline,
             ):
                 tasks = [asyncio.create_task(coordinator.run()), asyncio.create_task(pipeline.run(watchdog=False))]
-                bench = Bench(services, settings, judge, repo)
+                bench = Bench(services, settings, judge, repo, tracing=args.trace)
                 try:
                     for case in cases:
                         print(json.dumps(await bench.case(case)), flush=True)
@@ -274,4 +292,5 @@ if __name__ == "__main__":
     parser.add_argument("--cases", default="1x40@1,4x20@1,1x40@0.2/30,1x200@5/1000")
     parser.add_argument("--fair", type=int, default=0, help="replays of user A's big run (0: skip)")
     parser.add_argument("--port", type=int, default=8931)
+    parser.add_argument("--trace", action="store_true", help="per topic: first and last event of the runs")
     asyncio.run(main(parser.parse_args()))
