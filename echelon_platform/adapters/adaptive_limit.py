@@ -336,6 +336,10 @@ class LimiterRegistry:
         self.prefix = prefix
         self._limiters: dict[str, AdaptiveLimiter] = {}
 
+    @property
+    def limiters(self) -> list[AdaptiveLimiter]:
+        return list(self._limiters.values())
+
     def for_endpoint(
         self, url: str, credential: str | None = None, *, classify: Callable[[BaseException, Slot], None] | None = None
     ) -> AdaptiveLimiter:
