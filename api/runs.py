@@ -29,14 +29,15 @@ from api.deps import SECURITY_REQUIREMENT, ServicesDep, SettingsDep, UserDep, ge
 from api.edge import PARSED_JSON
 from api.limits import RecentRuns
 from api.log_reads import NOT_LEVEL, not_level, run_from_log
+from api.publishing import publish
 from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
 from echelon_platform.adapters.readmodel_store import Freshness, RunReader
-from echelon_platform.adapters.run_requests import request_of
+from echelon_platform.adapters.run_requests import request_of, requested_on_stream
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
+from echelon_platform.domain.events import OracleSpec, RunRequested
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
@@ -44,7 +45,6 @@ from echelon_platform.ports.run_secrets import RunSecrets
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
-
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["runs"])
@@ -265,19 +265,7 @@ async def _publish_request(
         created_at=created_at,
         request_fingerprint=fp,
     )
-    event = make_event(payload)
-    ack = await services.bus.publish_acked(event)
-    if not ack.duplicate:
-        services.metrics.events_published.labels(event.topic).inc()
-    log.info(
-        "api.published",
-        topic=event.topic,
-        correlationId=event.correlation_id,
-        eventId=event.event_id,
-        seq=ack.seq,
-        duplicate=ack.duplicate,
-    )
-    return ack
+    return await publish(services.bus, services.metrics, payload)
 
 
 async def load_run(services: Services, run_id: str, reader: RunReader | None = None) -> RunState | None:
@@ -302,7 +290,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
             return logged
         state = None
     # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
-    requested = await services.bus.first_valid_on_subject(services.subjects.subject(RunRequested.TOPIC, run_id))
+    requested = await requested_on_stream(services.bus, services.subjects, run_id)
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position
