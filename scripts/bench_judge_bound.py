@@ -241,8 +241,11 @@ class Bench:
         big_id = await self.submit("alice", big)
         small_id = await self.submit("bob", small)
         small_done = (await self.wait([small_id], started))[small_id]
+        self.last_ids = [small_id]
+        small_trace = await self.trace() if self.tracing else None
         big_done = (await self.wait([big_id], started))[big_id]
         return {
+            **({"small_trace": small_trace} if small_trace else {}),
             "case": f"fair: {small} replays of user B behind {big} of user A",
             "small_alone_s": round(alone, 2),
             "small_behind_big_s": round(small_done, 2),
