@@ -6,9 +6,9 @@ import structlog
 from fastapi import FastAPI
 
 from echelon_platform.config import Settings
-from tests.integration.test_api_support import app, auth, http_client, options, services
+from tests.integration.test_api_support import app, auth, http_client, options
 
-__all__ = ["app", "options", "services"]  # fixtures
+__all__ = ["app", "options"]  # fixtures
 
 METHODOLOGY = {"version": "v9.1", "description": "rubric", "files": {"rubric.md": "Score what the change did.\n"}}
 

@@ -15,9 +15,9 @@ from api.deps import UserDep
 from api.runs import IdempotencyKey, read_submission
 from api.schemas import RunCreate
 from echelon_platform.config import Settings
-from tests.integration.test_api_support import app, http_client, options, services, token
+from tests.integration.test_api_support import app, http_client, options, token
 
-__all__ = ["app", "options", "services"]  # fixtures
+__all__ = ["app", "options"]  # fixtures
 GOOD = {
     "repo_url": "https://github.com/acme/widgets",
     "construct_id": "bench",
