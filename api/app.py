@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api import certificates, history, methodology, readiness, runs, signin, stats, stream
+from api import certificates, methodology_registry, readiness, run_events, runs, signin, stats, stream
 from api.admission import RunAdmission
 from api.auth import TokenCache
 from api.cors import OriginPolicy
@@ -152,10 +152,10 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(certificates.router)
     app.include_router(certificates.well_known)
     app.include_router(stats.router)
-    app.include_router(methodology.router)
+    app.include_router(methodology_registry.router)
     app.include_router(stream.router)
     app.include_router(signin.router)
-    app.include_router(history.router)
+    app.include_router(run_events.router)
     install_dashboard(app)
     # One layer: request id and access log, origin checks and CORS, the body limit, strict shallow JSON.
     app.add_middleware(Edge, policy=OriginPolicy.from_settings(settings), max_bytes=settings.max_body_bytes)

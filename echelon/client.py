@@ -17,9 +17,10 @@ from echelon.endpoint import newest_stack, read_endpoint
 from echelon.repo_arg import repo_ref
 from echelon.watch import Progress, StreamUnavailable, follow
 from echelon_platform.config import Settings
+from echelon_platform.domain.lifecycle import Status
 from echelon_platform.errors import EchelonError
 
-TERMINAL = {"COMPLETED", "FAILED"}
+TERMINAL = frozenset(s.name for s in Status if s.terminal)  # the run statuses that end a wait
 ENDED_REPLAY_S = 10.0  # --resume of an ended run: how long its stages may take to come back from the stream
 
 

@@ -21,10 +21,10 @@ from pipeline_workers.handlers.guards import PaidWorkGuard
 from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.handlers.invoke import InvokeHandler
 from pipeline_workers.handlers.score import ScoreHandler
-from pipeline_workers.methodology import register_if_missing
+from pipeline_workers.methodology_registration import register_if_missing
 from pipeline_workers.oracles.python import OracleProcessPool
 from pipeline_workers.scoring.base import Scorer
-from pipeline_workers.scoring.factory import scorer_for
+from pipeline_workers.scoring.judge_choice import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
 from pipeline_workers.watchdog import Watchdog
 

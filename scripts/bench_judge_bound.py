@@ -44,7 +44,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fake judge lives with the tests
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import utcnow

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nats.errors
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope

@@ -18,7 +18,7 @@ import httpx
 import nats.errors
 from pydantic import SecretStr
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import OracleSpec, RunRequested, make_event

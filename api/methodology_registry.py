@@ -17,7 +17,7 @@ from api.schemas import ErrorBody
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import METHODOLOGY_RUN_ID, MethodologyRegistered, payload_as
-from echelon_platform.domain.methodology import MAX_FILES, check_file_name, file_digest, methodology_hash
+from echelon_platform.domain.methodology_hash import MAX_FILES, check_file_name, file_digest, methodology_hash
 from echelon_platform.errors import Forbidden, NotFound, RequestRejected
 
 router = APIRouter(prefix="/api/v1/methodology", tags=["methodology"])
