@@ -66,7 +66,8 @@ class InvokeHandler(GivesUpOnTheReplay):
             return []
         if payload.rescore_of is not None:  # a rescore: the source run's logged reply, no oracle, no question
             source = (await self.ctx.run_request(payload.run_id)).rescore
-            assert source is not None, "a rescore replay of a run that is not a rescore"
+            if source is None:  # only the ingest of a rescore run names a source replay
+                return self.give_up(envelope, payload, "the replay names a source replay but its run is no rescore")
             return await invoke_from_log(self.ctx.log, source.source_run_id, payload, causation_id=envelope.event_id)
         spec, secret_ref = payload.oracle, payload.secret_ref
         if spec is None:  # logged before replay requests carried the oracle
