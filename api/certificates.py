@@ -22,8 +22,7 @@ from api.cert_schemas import (
     RatingView,
     VerifyResult,
 )
-from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
-from api.limits import RateLimiter
+from api.deps import ApiKeysDep, OptionsDep, ServicesDep, UserDep
 from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
 from api.publishing import publish
 from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
@@ -53,7 +52,7 @@ async def load_certificate(services: Services, cert_id: str) -> CalibrationCerti
     raw, fresh = await reader.checked(cert_id)
     if raw is None and not fresh:
         try:
-            raw = await certificate_from_log(services, cert_id)  # a public certificate never changes once issued
+            raw = await certificate_from_log(services.store, cert_id)  # a public certificate never changes once issued
         except StoreError as exc:
             raise not_level(exc) from exc
     if raw is None:
@@ -181,7 +180,7 @@ async def rate_replay(
     body: RatingCreate,
     user: UserDep,
     services: ServicesDep,
-    settings: SettingsDep,
+    api_keys: ApiKeysDep,
     options: OptionsDep,
 ) -> RatingAccepted:
     """Rate how well the judge scored one replay (1–5). One rating per person per replay: a new one replaces
@@ -189,9 +188,7 @@ async def rate_replay(
     cert = await load_certificate(services, cert_id)
     if all(s.replay_id != replay_id for s in cert.individual_scores):
         raise NotFound(f"certificate {cert_id} has no scored replay {replay_id}")
-    limiter = RateLimiter(
-        services.read_models.redis, settings.redis_prefix, limit=options.ratings_per_minute, window_s=60
-    )
+    limiter = api_keys.rate_limiter(limit=options.ratings_per_minute, window_s=60)
     await limiter.hit("ratings", user.user_id)
     payload = RatingSubmitted(
         run_id=cert.run_id,

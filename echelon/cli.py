@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 # Commands that only print for a person: they skip logging set-up (and its imports) to start quickly.
 QUIET_COMMANDS = frozenset({"token", "verify", "certificates", "runs"})
+# Long-running roles write each event-loop turn's log lines at once (log_config.TickBatchedStream).
+BATCHED_LOG_COMMANDS = frozenset({"stack", "api", "coordinator", "worker"})
 
 Command = Callable[[argparse.Namespace, "Settings"], Coroutine[Any, Any, int]]
 # Former command names still accepted, and the command each now runs.
@@ -230,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             from echelon_platform.log_config import configure_logging
 
             # JSON lines for machines; readable lines in a terminal.
-            configure_logging("WARNING" if reaches_servers else settings.log_level, json=not sys.stderr.isatty())
+            configure_logging(
+                "WARNING" if reaches_servers else settings.log_level,
+                json=not sys.stderr.isatty(),
+                batched=args.command in BATCHED_LOG_COMMANDS,
+            )
 
         handler: Command = getattr(commands, f"cmd_{args.command}")
         # The API server runs on uvloop (as `uvicorn` itself would pick): its event loop and transports are
