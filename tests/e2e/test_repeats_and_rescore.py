@@ -64,7 +64,14 @@ async def oracles() -> AsyncIterator[Oracles]:
         reply["key_claims"] = [*reply["key_claims"], *[f"{BOGUS} #{i}" for i in range(extra)]]
         return JSONResponse(reply)
 
-    app = Starlette(routes=[Route("/steady", steady, methods=["POST"]), Route("/shaky", shaky, methods=["POST"])])
+    async def first_fails(request: Request) -> Response:
+        world.calls["first_fails"] += 1
+        if world.calls["first_fails"] == 1:
+            return JSONResponse({"error": "overloaded"}, status_code=500)
+        return JSONResponse(summarise(await request.json()))
+
+    routes = [("/steady", steady), ("/shaky", shaky), ("/first_fails", first_fails)]
+    app = Starlette(routes=[Route(path, handler, methods=["POST"]) for path, handler in routes])
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     task = asyncio.create_task(server.serve())
@@ -224,3 +231,21 @@ async def test_rescore_of_a_run_without_a_certificate_is_refused(running: Runnin
         f"{RUNS}/{run_id}/rescore", json={"methodology_version": "v1"}, headers=admin(running)
     )
     assert refused.status_code == 422 and "only a completed run" in refused.json()["detail"]
+
+
+async def test_rescore_carries_the_source_runs_oracle_failures(
+    running: Running, sample_repo: Path, oracles: Oracles
+) -> None:
+    body = http_body(sample_repo, f"{oracles.base}/first_fails", limit=3)
+    source_run = (await running.api.post(RUNS, json=body, headers=running.auth())).json()["run_id"]
+    first = await certificate_of(running, source_run)
+    assert first.replay_count == 2 and len(first.failed_replays) == 1 and oracles.calls["first_fails"] == 3
+    created = await running.api.post(
+        f"{RUNS}/{source_run}/rescore", json={"methodology_version": "v1"}, headers=admin(running)
+    )
+    second = await certificate_of(running, created.json()["run_id"])
+    assert oracles.calls["first_fails"] == 3  # no oracle call, not even for the replay that failed
+    (failed,) = second.failed_replays
+    assert failed.ground_truth_id == first.failed_replays[0].ground_truth_id and failed.stage == "invoke"
+    assert failed.reason.startswith(f"the oracle failed in run {source_run}: oracle returned HTTP 500"), failed.reason
+    assert second.replay_count == 2 and second.composite_score == first.composite_score
