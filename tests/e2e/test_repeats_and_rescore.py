@@ -249,3 +249,29 @@ async def test_rescore_carries_the_source_runs_oracle_failures(
     assert failed.ground_truth_id == first.failed_replays[0].ground_truth_id and failed.stage == "invoke"
     assert failed.reason.startswith(f"the oracle failed in run {source_run}: oracle returned HTTP 500"), failed.reason
     assert second.replay_count == 2 and second.composite_score == first.composite_score
+
+
+async def test_rescore_under_a_methodology_the_stages_do_not_have_fails_with_its_reason(
+    running: Running, sample_repo: Path, oracles: Oracles
+) -> None:
+    body = http_body(sample_repo, f"{oracles.base}/steady", limit=2)
+    source_run = (await running.api.post(RUNS, json=body, headers=running.auth())).json()["run_id"]
+    await certificate_of(running, source_run)
+    # Registered in the log by an admin (so the API accepts it), but no stage has its prompts.
+    files = {"judge.txt": "Judge strictly.\n"}
+    registered = await running.api.post(
+        "/api/v1/methodology", json={"version": "v2", "files": files}, headers=admin(running)
+    )
+    assert registered.status_code == 201, registered.text
+    await wait_for(lambda: _registered(running, "v2"), what="v2 in the log")
+    created = await running.api.post(
+        f"{RUNS}/{source_run}/rescore", json={"methodology_version": "v2"}, headers=admin(running)
+    )
+    assert created.status_code == 201, created.text
+    view = await running.wait_status(created.json()["run_id"], "COMPLETED", "FAILED")
+    assert view["status"] == "FAILED" and "methodology v2" in str(view["error"]), view
+    assert oracles.calls["steady"] == 2
+
+
+async def _registered(running: Running, version: str) -> bool:
+    return (await running.api.get(f"/api/v1/methodology/{version}")).status_code == 200
