@@ -160,12 +160,7 @@ class Pipeline:
 
     def _limits(self, cap: int, initial: int | None) -> LimiterRegistry:
         """Adaptive limits shared through Redis by every process calling the same endpoint."""
-        return LimiterRegistry(
-            cap=cap,
-            initial=initial,
-            redis=self.services.read_models.redis,
-            prefix=self.settings.redis_prefix,
-        )
+        return self.services.limiters(cap, initial)
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
