@@ -119,7 +119,7 @@ class Pipeline:
             self.settings,
             http,
             oracle_pool=pool,
-            oracle_limits=self._limits(self.settings.oracle_concurrency, None),
+            oracle_limits=self._limits(self.settings.oracle_concurrency, self.settings.oracle_initial_concurrency),
         )
 
         async def owner(run_id: str) -> str:
