@@ -227,6 +227,9 @@ class Settings(BaseSettings):
     oracle_initial_concurrency: int = Field(default=4, ge=1)
     """Where an HTTP oracle endpoint's adaptive limit starts: low, since an oracle's capacity is unknown; it
     grows while calls succeed and latency holds."""
+    oracle_processes: int = Field(default=32, ge=1)
+    """Child processes for sync Python oracles at once per invoke worker, at most 3/4 of them for one user
+    (a call waits for one within its timeout)."""
     judges: list[str] | None = None
     """JSON list of judges in fallback order, e.g.
     `["anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "offline"]`: each has a circuit breaker

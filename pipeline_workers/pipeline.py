@@ -112,7 +112,10 @@ class Pipeline:
             judge_limits = self._limits(self.settings.judge_concurrency, self.settings.judge_initial_concurrency)
             scorer = await self._resources.enter_async_context(scorer_for(self.settings, judge_limits))
         pool = await self._resources.enter_async_context(
-            OracleProcessPool(max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES))
+            OracleProcessPool(
+                max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES),
+                max_processes=self.settings.oracle_processes,
+            )
         )
         ctx = stage_context(
             self.services,

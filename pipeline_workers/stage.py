@@ -35,6 +35,7 @@ from echelon_platform.domain.events import Payload, parse_payload
 from echelon_platform.errors import EnvelopeError, InfrastructureError, NotYetInLog
 from echelon_platform.metrics import Metrics
 from echelon_platform.retry import Backoff, backoff_delay
+from pipeline_workers.owner import current_owner
 
 log = structlog.get_logger(__name__)
 # How often an idle stage checks that its durable consumer still exists (a fetch from a deleted one only
@@ -251,7 +252,9 @@ class StageWorker:
         run_id, user = held.run_id, held.user
         self._per_run[run_id] += 1
         self._per_user[user] += 1
+        token = current_owner.set(user)  # the task copies the context: its calls know whose they are
         task = asyncio.create_task(self._one(held.msg, held.envelope, held.payload))
+        current_owner.reset(token)
         self._in_flight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
