@@ -224,6 +224,12 @@ class Settings(BaseSettings):
     """Where the adaptive judge limit starts before it has learned anything (unset: the ceiling)."""
     oracle_concurrency: int = Field(default=64, ge=1)
     """The ceiling of concurrent calls per HTTP oracle endpoint (adaptive below it, like the judge's)."""
+    oracle_initial_concurrency: int = Field(default=4, ge=1)
+    """Where an HTTP oracle endpoint's adaptive limit starts: low, since an oracle's capacity is unknown; it
+    grows while calls succeed and latency holds."""
+    oracle_processes: int = Field(default=32, ge=1)
+    """Child processes for sync Python oracles at once per invoke worker, at most 3/4 of them for one user
+    (a call waits for one within its timeout)."""
     judges: list[str] | None = None
     """JSON list of judges in fallback order, e.g.
     `["anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "offline"]`: each has a circuit breaker

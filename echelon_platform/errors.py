@@ -132,3 +132,8 @@ class NotYetInLog(StageError):
     The stage worker retries it with a delay and never dead-letters it: the watchdog ends a run that
     really is stuck.
     """
+
+
+class EndpointBusy(NotYetInLog):
+    """A provider endpoint's adaptive limit had no free slot for a long while: put the work back for later,
+    without counting it as a failed attempt (nothing was sent)."""

@@ -112,14 +112,17 @@ class Pipeline:
             judge_limits = self._limits(self.settings.judge_concurrency, self.settings.judge_initial_concurrency)
             scorer = await self._resources.enter_async_context(scorer_for(self.settings, judge_limits))
         pool = await self._resources.enter_async_context(
-            OracleProcessPool(max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES))
+            OracleProcessPool(
+                max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES),
+                max_processes=self.settings.oracle_processes,
+            )
         )
         ctx = stage_context(
             self.services,
             self.settings,
             http,
             oracle_pool=pool,
-            oracle_limits=self._limits(self.settings.oracle_concurrency, None),
+            oracle_limits=self._limits(self.settings.oracle_concurrency, self.settings.oracle_initial_concurrency),
         )
 
         async def owner(run_id: str) -> str:

@@ -60,7 +60,7 @@ async def _judge(spec: str, settings: Settings, stack: AsyncExitStack, limits: L
     stack.push_async_callback(client.close)
     limiter = None
     if limits is not None:
-        limiter = limits.for_endpoint(str(client.base_url), client.api_key, classify=classify_judge_failure)
+        limiter = limits.for_endpoint(str(client.base_url), classify=classify_judge_failure)
     return AnthropicScorer(
         client, model=model, max_concurrency=settings.judge_concurrency, prompts=prompts, limiter=limiter
     )
