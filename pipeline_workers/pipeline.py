@@ -65,7 +65,7 @@ class Pipeline:
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
-            "score": ScoreHandler(self.services, scorer, self.services.metrics),
+            "score": ScoreHandler(ctx, scorer, self.services.metrics),
         }
         if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
             keyring = load_keyring(self.settings)

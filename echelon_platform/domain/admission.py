@@ -46,6 +46,7 @@ MAX_EVENT_BYTES: dict[str, int] = {
     "verify.run.failed": 64 * KIB,
     "verify.rating.submitted": 16 * KIB,
     "verify.judge.called": 1 * MIB,
+    "verify.judge.started": 16 * KIB,
     "verify.methodology.registered": 16 * MIB,
 }
 CERTIFICATE_TOPIC = "verify.certificate.issued"

@@ -18,6 +18,7 @@ from echelon_platform.domain.partitions import Partitioning
 from echelon_platform.domain.values import (
     CalibrationCertificate,
     GroundTruthRecord,
+    JudgeAttempt,
     JudgeCall,
     OracleReply,
     ReplayScore,
@@ -53,6 +54,9 @@ class RunRequested(Payload):
     since: datetime | None = None
     labels: list[str] = Field(default_factory=list)
     include_unmerged: bool = False
+    # Judge spending: a ceiling in USD (None: none), and whether answers the log holds may be reused.
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    judge_cache: bool = True
     secret_ref: str | None = None
     created_at: AwareDatetime
     # What made the request (secrets excluded), so a repeated Idempotency-Key with another body is refused.
@@ -106,6 +110,13 @@ class JudgeCalled(Payload, JudgeCall):
 
     replay_id: str
     call_key: str = Field(description="`<replay_id>:<purpose>:<judge>:<round_trip>:<sha256(raw_text)[:16]>`")
+
+
+class JudgeStarted(Payload, JudgeAttempt):
+    """A judge request about to be sent (logged before it is): with no `verify.judge.called` of the same
+    `attempt_id`, the request may have been billed without its answer reaching the log."""
+
+    replay_id: str
 
 
 METHODOLOGY_RUN_ID = "methodology"  # the correlation id `run-methodology` groups registry events
@@ -194,6 +205,13 @@ TOPICS: dict[str, TopicSpec] = {
             1,
             "call_key",
             "One judge round trip (follow-up question or scoring, repairs included): raw text, tokens, cost.",
+        ),
+        TopicSpec(
+            "verify.judge.started",
+            JudgeStarted,
+            1,
+            "attempt_id",
+            "A judge request about to be sent (logged before it is sent; its outcome is a `verify.judge.called`).",
         ),
         TopicSpec(
             "verify.methodology.registered",

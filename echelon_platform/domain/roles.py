@@ -36,6 +36,8 @@ class Role(StrEnum):
 
 
 _WATCHDOG = frozenset({"verify.run.failed"})
+# A judge request is logged before it is sent (started) and when it ends (called).
+_JUDGE = frozenset({"verify.judge.started", "verify.judge.called"})
 
 PUBLISHES: dict[Role, frozenset[str]] = {
     # An admin registers a new methodology version through the API.
@@ -45,8 +47,8 @@ PUBLISHES: dict[Role, frozenset[str]] = {
     ),
     # The watchdog runs in every worker process and ends stalled runs: every stage role may fail a run.
     # Invoke (the follow-up question) and score call the judge, and log each call.
-    Role.INVOKE: frozenset({"verify.replay.invoked", "verify.replay.failed", "verify.judge.called"}) | _WATCHDOG,
-    Role.SCORE: frozenset({"verify.replay.scored", "verify.replay.failed", "verify.judge.called"}) | _WATCHDOG,
+    Role.INVOKE: frozenset({"verify.replay.invoked", "verify.replay.failed", *_JUDGE}) | _WATCHDOG,
+    Role.SCORE: frozenset({"verify.replay.scored", "verify.replay.failed", *_JUDGE}) | _WATCHDOG,
     # The certifier also registers the methodology version it certifies with, at start.
     Role.CERTIFY: frozenset(
         {"verify.certificate.issued", "verify.run.completed", "verify.run.failed", "verify.methodology.registered"}

@@ -28,6 +28,7 @@ from echelon_platform.domain.events import (
 from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_COMPLETED, RUN_FAILED
 from echelon_platform.domain.values import FailedReplay, ReplayScore
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
+from pipeline_workers.handlers.judge_log import reused_replays
 from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, Methodology, load_methodology
 
@@ -39,6 +40,7 @@ _TOPICS = (
     "verify.certificate.issued",
     "verify.run.completed",
     "verify.run.failed",
+    "verify.judge.called",  # which answers were reused
 )
 
 
@@ -115,6 +117,8 @@ class CertifyHandler:
                 requested=ingested.requested,
                 found=ingested.total,
                 shortfall=ingested.shortfall,
+                reused=reused_replays(events),
+                budget_usd=request.max_cost_usd,
             )
         except StageError as exc:
             return self.give_up(envelope, payload, str(exc))

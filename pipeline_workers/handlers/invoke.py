@@ -17,11 +17,11 @@ from echelon_platform.domain.events import (
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import log_skip, skip_reason
-from pipeline_workers.handlers.judge_log import judge_events
+from pipeline_workers.handlers.judge_ledger import JudgeLedger
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
-from pipeline_workers.scoring.base import CallLog, Scorer, usage_of
+from pipeline_workers.scoring.base import Scorer, usage_of
 
 PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_payload
 
@@ -65,7 +65,14 @@ class InvokeHandler:
             return []
         request = await self.ctx.run_request(payload.run_id)
         record = payload.record
-        calls: CallLog = []
+        calls = JudgeLedger(
+            self.ctx.services,
+            payload.run_id,
+            payload.replay_id,
+            causation_id=envelope.event_id,
+            max_cost_usd=request.max_cost_usd,
+            reuse=request.judge_cache,
+        )
         try:
             question, _ = await self.scorer.follow_up_question(record, calls=calls)
             oracle = await self._oracle(request)
@@ -73,10 +80,10 @@ class InvokeHandler:
             reply = await oracle.invoke(record, question)
             latency_ms = (time.perf_counter() - started) * 1000
         except (OracleError, OracleRefused, RequestRejected, ScoringError) as exc:
-            # The judge calls were made (and paid for) even though the replay failed: log them too.
-            logged, _ = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+            # The judge calls were made (and paid for) even though the replay failed: all of them are logged.
+            logged, _ = calls.remaining()
             return [*logged, *self.give_up(envelope, payload, str(exc))]
-        logged, keys = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+        logged, keys = calls.remaining()
         usage = usage_of(calls)
         invoked = [
             make_event(

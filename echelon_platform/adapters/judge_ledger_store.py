@@ -1,0 +1,74 @@
+"""Reads of the judge ledger in the event log: a run's judge spending so far, and logged judge answers.
+
+Both are derived from `verify.judge.started` / `verify.judge.called` events only: the log is the truth,
+and the answer cache needs no store of its own (`db/migrations/0008_judge_answer_cache.sql` indexes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, store_error
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpending:
+    """What a run's judge requests cost or may cost: answered calls at their billed cost, requests logged as
+    started with no outcome at their bound (they may have been billed)."""
+
+    billed_usd: float
+    open_attempts: dict[str, float]  # attempt id → its cost bound
+
+    def total(self, also_open: dict[str, float] | None = None) -> float:
+        bounds = dict(self.open_attempts) | (also_open or {})
+        return self.billed_usd + sum(bounds.values())
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedAnswer:
+    call_key: str
+    raw_text: str
+
+
+async def run_spending(store: EventStore, run_id: str) -> RunSpending:
+    query = """
+        SELECT topic, payload->>'attempt_id' AS attempt_id,
+               coalesce((payload->>'cost_usd')::float8, 0) AS cost,
+               coalesce((payload->>'max_cost_usd')::float8, 0) AS bound
+        FROM events
+        WHERE correlation_id = $1 AND topic IN ('verify.judge.started', 'verify.judge.called')
+    """
+    try:
+        rows = await store.pool.fetch(query, f"run-{run_id}")
+    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+        raise store_error("judge ledger query failed", exc) from exc
+    billed = 0.0
+    started: dict[str, float] = {}
+    ended: set[str] = set()
+    for row in rows:
+        if row["topic"] == "verify.judge.called":
+            billed += float(row["cost"])
+            if row["attempt_id"] is not None:
+                ended.add(row["attempt_id"])
+        elif row["attempt_id"] is not None:
+            started[row["attempt_id"]] = float(row["bound"])
+    return RunSpending(billed, {a: b for a, b in started.items() if a not in ended})
+
+
+async def logged_answer(store: EventStore, cache_key: str) -> LoggedAnswer | None:
+    """The first usable judge answer logged under `cache_key` that was itself asked (not reused), or None."""
+    query = """
+        SELECT payload->>'call_key' AS call_key, payload->>'raw_text' AS raw_text
+        FROM events
+        WHERE topic = 'verify.judge.called' AND payload->>'cache_key' = $1
+          AND (payload->>'usable')::boolean AND NOT coalesce((payload->>'raw_truncated')::boolean, false)
+          AND payload->>'reused_from' IS NULL
+        ORDER BY seq LIMIT 1
+    """
+    try:
+        row = await store.pool.fetchrow(query, cache_key)
+    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+        raise store_error("judge answer lookup failed", exc) from exc
+    return None if row is None else LoggedAnswer(str(row["call_key"]), str(row["raw_text"]))

@@ -1,0 +1,111 @@
+"""The judge ledger of one replay: every request is logged before it is sent, every outcome as it comes.
+
+`verify.judge.started` is published (and acknowledged by JetStream) before the request leaves, so a process
+killed mid-call leaves a started attempt with no outcome: the log never shows fewer requests than the
+provider could bill. The run's budget is checked there too (`max_cost_usd`: the request is not sent when its
+cost bound would pass it), and answers the log already holds for exactly the same request are reused
+instead of paid for again (unless the run opted out with `judge_cache: false`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import defaultdict
+
+from echelon_platform.adapters.judge_ledger_store import logged_answer, run_spending
+from echelon_platform.adapters.services import Services
+from echelon_platform.domain.certificate import BUDGET_REASON
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import JudgeStarted, make_event
+from echelon_platform.domain.values import JudgeAttempt, JudgeCall
+from echelon_platform.errors import BudgetExceeded
+from pipeline_workers.handlers.judge_log import judge_events
+from pipeline_workers.scoring.base import CallLog, Reusable
+
+# Requests of a run sent from this process and not ended yet (attempt id → cost bound), and a lock per run
+# so two replays of one run cannot both take the budget's last room.
+_OPEN: defaultdict[str, dict[str, float]] = defaultdict(dict)
+_LOCKS: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _lock(run_id: str) -> asyncio.Lock:
+    lock = _LOCKS.get(run_id)
+    if lock is None:
+        lock = _LOCKS[run_id] = asyncio.Lock()
+    return lock
+
+
+class JudgeLedger(CallLog):
+    def __init__(
+        self,
+        services: Services,
+        run_id: str,
+        replay_id: str,
+        *,
+        causation_id: str,
+        max_cost_usd: float | None = None,
+        reuse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.services = services
+        self.run_id = run_id
+        self.replay_id = replay_id
+        self.causation_id = causation_id
+        self.max_cost_usd = max_cost_usd
+        self.reuse = reuse
+        self.keys: list[str] = []  # dedup keys of every call, in call order
+        self._published: set[int] = set()
+
+    async def started(self, attempt: JudgeAttempt) -> None:
+        async with _lock(self.run_id):
+            if self.max_cost_usd is not None:
+                spending = await run_spending(self.services.store, self.run_id)
+                committed = spending.total(_OPEN[self.run_id])
+                if committed + attempt.max_cost_usd > self.max_cost_usd:
+                    raise BudgetExceeded(
+                        f"{BUDGET_REASON}: the run's max_cost_usd of {self.max_cost_usd:g} USD would be passed "
+                        f"({committed:.6f} USD spent or in flight, the next judge request may cost up to "
+                        f"{attempt.max_cost_usd:.6f})"
+                    )
+            _OPEN[self.run_id][attempt.attempt_id] = attempt.max_cost_usd
+        event = make_event(
+            JudgeStarted(run_id=self.run_id, replay_id=self.replay_id, **attempt.model_dump()),
+            causation_id=self.causation_id,
+        )
+        try:
+            await self.services.bus.publish_many([event])
+        except BaseException:
+            self._close(attempt.attempt_id)
+            raise
+
+    async def finished(self, call: JudgeCall) -> None:
+        self.append(call)
+        events, keys = judge_events(self.run_id, self.replay_id, [call], causation_id=self.causation_id)
+        self.keys += keys
+        try:
+            await self.services.bus.publish_many(events)
+            self._published.add(id(call))
+        finally:
+            if call.attempt_id is not None:
+                self._close(call.attempt_id)
+
+    async def reusable(self, cache_key: str) -> Reusable | None:
+        if not self.reuse:
+            return None
+        answer = await logged_answer(self.services.store, cache_key)
+        return None if answer is None else Reusable(answer.call_key, answer.raw_text)
+
+    def remaining(self) -> tuple[list[Envelope], list[str]]:
+        """Events of the calls not published yet (a judge that sends nothing only appends its calls), and
+        the dedup keys of every call in call order."""
+        events, keys = judge_events(self.run_id, self.replay_id, list(self), causation_id=self.causation_id)
+        unpublished = [e for call, e in zip(self, events, strict=True) if id(call) not in self._published]
+        return unpublished, keys
+
+    def _close(self, attempt_id: str) -> None:
+        open_attempts = _OPEN.get(self.run_id)
+        if open_attempts is not None:
+            open_attempts.pop(attempt_id, None)
+            if not open_attempts:
+                del _OPEN[self.run_id]
