@@ -13,18 +13,27 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field
 
-from echelon_platform.domain.events import TOPICS, Subjects
+from echelon_platform.domain.events import (
+    TOPICS,
+    CertificateIssued,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayRequested,
+    ReplayScored,
+    RunIngesting,
+    Subjects,
+)
 
-PUBLIC_TOPICS = frozenset({"verify.certificate.issued"})
+PUBLIC_TOPICS = frozenset({CertificateIssued.TOPIC})
 # Events that only move a run's progress forward: the first to go when a client falls behind, because the
 # run's state (GET /runs/{id}) and a later event carry the same information.
 PROGRESS_TOPICS = frozenset(
     {
-        "verify.run.ingesting",
-        "verify.replay.requested",
-        "verify.replay.invoked",
-        "verify.replay.scored",
-        "verify.replay.failed",
+        RunIngesting.TOPIC,
+        ReplayRequested.TOPIC,
+        ReplayInvoked.TOPIC,
+        ReplayScored.TOPIC,
+        ReplayFailed.TOPIC,
     }
 )
 _TOKEN = re.compile(r"^[a-z_]+$")

@@ -12,12 +12,12 @@ from fastapi import HTTPException
 
 from api.schemas import ErrorBody
 from echelon_platform.adapters.services import Services
+from echelon_platform.domain.events import CertificateIssued
 from echelon_platform.domain.projections import RunState, apply, public_certificate
 from echelon_platform.errors import StoreError
 
 log = structlog.get_logger(__name__)
 
-CERT_TOPIC = "verify.certificate.issued"
 CERT_PREFIX = "cert-"  # a certificate's id names its run (echelon_platform/domain/certificate.py)
 LOG_READ_TIMEOUT_S = 2.0  # per step (pool wait, query): then 503 with Retry-After
 RETRY_AFTER_S = 1
@@ -46,7 +46,7 @@ async def _fold(services: Services, run_id: str) -> tuple[RunState, dict[str, di
         return state, certificates  # not an id the API issues: nothing to look up
     for seq, event in await services.store.run_log(run_id, timeout=LOG_READ_TIMEOUT_S):
         state = apply(state, event, seq)
-        if event.topic == CERT_TOPIC:
+        if event.topic == CertificateIssued.TOPIC:
             cert = event.payload["certificate"]
             certificates[cert["certificate_id"]] = cert
     return state, certificates

@@ -22,7 +22,6 @@ from echelon_platform.errors import Forbidden, NotFound, RequestRejected
 
 router = APIRouter(prefix="/api/v1/methodology", tags=["methodology"])
 log = structlog.get_logger(__name__)
-TOPIC = "verify.methodology.registered"
 Version = Annotated[str, Path(pattern=r"^v[0-9]+(\.[0-9]+)*$", max_length=32)]
 FORBIDDEN: r.Responses = {403: {"model": ErrorBody, "description": "Only admins register methodologies"}}
 
@@ -58,7 +57,7 @@ class MethodologyCreate(BaseModel):
 
 async def registered(services: Services) -> list[MethodologyRegistered]:
     """Registrations in log order (the log keeps one per version: the first)."""
-    events = await services.store.run_events(METHODOLOGY_RUN_ID, [TOPIC])
+    events = await services.store.run_events(METHODOLOGY_RUN_ID, [MethodologyRegistered.TOPIC])
     return [payload_as(e, MethodologyRegistered) for e in events]
 
 

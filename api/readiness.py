@@ -31,6 +31,7 @@ from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, Freshne
 from echelon_platform.adapters.readmodel_writer import Checkpoint
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
+from echelon_platform.domain.bus_access import stage_durable
 from echelon_platform.domain.projections import READ_MODEL_GENERATION
 from echelon_platform.errors import EchelonError
 
@@ -60,7 +61,7 @@ class Report:
 def required_consumers(settings: Settings) -> list[str]:
     """The durable consumers the service cannot work without: each partition's writer, then the stages."""
     writers = [settings.writer_durable(k) for k in settings.partitioning.indices]
-    return [*writers, *(f"{settings.consumer_prefix}-{stage}" for stage in settings.ready_stages)]
+    return [*writers, *(stage_durable(settings.consumer_prefix, stage) for stage in settings.ready_stages)]
 
 
 Probe = Callable[[Services, Settings, Report], Coroutine[Any, Any, None]]

@@ -29,17 +29,18 @@ from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
 from echelon_platform.adapters.readmodel_store import Freshness, RunReader
-from echelon_platform.adapters.secret_store import RunSecrets
+from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import OracleSpec, RunRequested, make_event, payload_as
+from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
 from echelon_platform.domain.projections import RunState, Status, apply, public_view
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
+from echelon_platform.ports.run_secrets import RunSecrets
 
 StatusName = Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
 MAX_OFFSET = 1_000_000
-REQUESTED = "verify.run.requested"
+
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["runs"])
@@ -75,16 +76,6 @@ def idempotent_run_id(user_id: str, key: str) -> str:
     alphanumeric and 26 long like a ULID, and never equal to one (ULIDs are upper case)."""
     digest = hashlib.sha256(f"{user_id}\0{key}".encode()).digest()
     return "k" + base64.b32encode(digest).decode().lower()[:25]
-
-
-async def stored_request(services: Services, run_id: str) -> RunRequested | None:
-    """The run's stored request event: from the stream (recent), else from the log (kept for good)."""
-    envelope = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
-    if envelope is None:
-        # The store raises StoreError for every database failure (StoreUnavailable when transient): a 503.
-        events = await services.store.run_events(run_id, [REQUESTED])
-        envelope = events[0] if events else None
-    return payload_as(envelope, RunRequested) if envelope is not None else None
 
 
 async def _repeat(services: Services, request: RunRequested, fp: str) -> Response:
@@ -134,7 +125,7 @@ async def create_run(
     if idempotency_key is not None:
         fp = fingerprint(body)
         run_id = idempotent_run_id(user.user_id, idempotency_key)
-        known = await stored_request(services, run_id)
+        known = await request_of(services.bus, services.store, services.subjects, run_id)
         if known is not None:  # a replay: no validation, no rate limit, no publish
             return await _repeat(services, known, fp)
     else:
@@ -154,7 +145,7 @@ async def create_run(
         raise
     if ack.duplicate:
         # A concurrent request with this key, or an earlier attempt whose answer was lost, stored it first.
-        known = await stored_request(services, run_id)
+        known = await request_of(services.bus, services.store, services.subjects, run_id)
         if known is None:
             raise BusError("the run's request is stored but not readable yet; retry with the same Idempotency-Key")
         return await _repeat(services, known, fingerprint(body) if fp is None else fp)
@@ -245,7 +236,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
             return logged
         state = None
     # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
-    requested = await services.bus.first_valid_on_subject(services.subjects.subject(REQUESTED, run_id))
+    requested = await services.bus.first_valid_on_subject(services.subjects.subject(RunRequested.TOPIC, run_id))
     if requested is None:
         return None
     return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position

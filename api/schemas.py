@@ -6,9 +6,21 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from echelon_platform.domain.certificate import MAX_WEIGHT, WEIGHT_KEYS
+from echelon_platform.domain.lifecycle import Status
 from echelon_platform.domain.values import ConstructId
 
 MAX_ORACLE_HEADERS = 20
@@ -19,6 +31,18 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT)]
 # No control characters but tab (no CR/LF injection); matched whole (`$` would let a final newline through).
 _HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+_STATUS_NAMES = [s.name for s in Status]
+_STATUSES_EXPECTED = ", ".join(repr(n) for n in _STATUS_NAMES[:-1]) + f" or {_STATUS_NAMES[-1]!r}"
+
+
+def _status_name(value: str) -> str:
+    if value not in Status.__members__:  # the message a Literal of the names gives
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": _STATUSES_EXPECTED})
+    return value
+
+
+# A run status's name, from the lifecycle's enum (the schema lists them as a Literal would).
+StatusName = Annotated[str, AfterValidator(_status_name), WithJsonSchema({"type": "string", "enum": _STATUS_NAMES})]
 
 
 class RunCreate(BaseModel):
@@ -96,7 +120,7 @@ class RunCreated(BaseModel):
 
 class RunView(BaseModel):
     run_id: str
-    status: Literal["PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"]
+    status: StatusName
     progress: int
     total: int | None
     construct_id: str | None

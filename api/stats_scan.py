@@ -14,11 +14,11 @@ from typing import Any
 
 from api.auth import Principal
 from api.cert_schemas import GroupBy, HumanAgreement, StatsRow
-from echelon_platform.adapters.event_store import JudgeTotals
 from echelon_platform.domain.agreement import agreement
 from echelon_platform.domain.certificate import weighted_composite
 from echelon_platform.domain.projections import RunState, Status
 from echelon_platform.domain.values import construct_key
+from echelon_platform.ports.log import JudgeTotals
 
 
 @dataclass

@@ -64,6 +64,7 @@ from echelon_platform.adapters.bus_follower import StoredMsg, follow
 from echelon_platform.adapters.readmodel_store import RunReader
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
+from echelon_platform.domain.events import RunRequested
 from echelon_platform.errors import AuthError, EchelonError
 
 CLOSE_UNAUTHORIZED = 4401
@@ -266,7 +267,7 @@ class StreamSession:
     async def _may_see(self, topic: str, run_id: str, envelope: dict[str, Any]) -> bool:
         if self.user.is_admin or topic in PUBLIC_TOPICS:
             return True
-        if topic == "verify.run.requested":
+        if topic == RunRequested.TOPIC:
             payload = envelope.get("payload")
             owner = payload.get("user_id") if isinstance(payload, dict) else None
             if isinstance(owner, str):

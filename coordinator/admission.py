@@ -17,13 +17,12 @@ from cachetools import LRUCache
 from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.config import Settings
-from echelon_platform.domain.admission import CERTIFICATE_TOPIC, certificate_key_id, certificate_refusal
+from echelon_platform.domain.admission import certificate_key_id, certificate_refusal
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import CertificateIssued, RunFailed, parse_payload
+from echelon_platform.domain.events import CertificateIssued, RunFailed, RunRequested, parse_payload
 from echelon_platform.domain.projections import NOT_RUN_EVENTS
+from echelon_platform.ports.log import LogQueries
 
-REQUESTED = "verify.run.requested"
-RUN_FAILED = "verify.run.failed"
 KEYS_TTL_S = 60.0  # a key withdrawn from the published set stops verifying within this long
 UNKNOWN_KEY_RETRY_S = 5.0  # a key id still unknown after a fresh read is not looked up again sooner
 
@@ -88,7 +87,7 @@ class Refusal:
 class Admission:
     """Checks one decoded batch against the log (in batch order) and the published keys."""
 
-    def __init__(self, store: EventStore, keys: TrustedKeys, *, remembered_runs: int = 100_000) -> None:
+    def __init__(self, store: LogQueries, keys: TrustedKeys, *, remembered_runs: int = 100_000) -> None:
         self.store = store
         self.keys = keys
         # Runs whose request is in the log (it never leaves): most batches need no query at all.
@@ -106,18 +105,18 @@ class Admission:
             run_id, topic = envelope.run_id, envelope.topic
             reason: str | None = None
             unknown_run = False
-            if topic == REQUESTED:
+            if topic == RunRequested.TOPIC:
                 requested.add(run_id)
             elif topic not in NOT_RUN_EVENTS and run_id not in requested:
                 unknown_run = True
                 reason = f"{topic} for run {run_id}, which was never requested (no verify.run.requested in the log)"
-            elif topic == CERTIFICATE_TOPIC:
+            elif topic == CertificateIssued.TOPIC:
                 cert = parse_payload(envelope)
                 assert isinstance(cert, CertificateIssued)
                 reason = certificate_refusal(cert.certificate.model_dump(mode="json"), keys)
                 if reason is None:
                     self.keys.vouch(envelope.event_id)
-            elif topic == RUN_FAILED:
+            elif topic == RunFailed.TOPIC:
                 reason = _stale_decision(envelope, positions.get(run_id), run_id in in_batch)
             if reason is not None:
                 refused.append(Refusal(seq, reason, may_pass_later=unknown_run))
@@ -128,7 +127,7 @@ class Admission:
     def logged(self, events: Sequence[tuple[Envelope, int]]) -> None:
         """Remember the runs whose request is now in the log (call after the append committed)."""
         for envelope, _ in events:
-            if envelope.topic == REQUESTED:
+            if envelope.topic == RunRequested.TOPIC:
                 self._requested[envelope.run_id] = True
 
     async def _requested_runs(self, events: Sequence[tuple[Envelope, int]]) -> set[str]:
@@ -139,21 +138,21 @@ class Admission:
         unknown = runs - known
         if unknown:
             # The natural dedup key of a run's request names the run: one unique-index lookup per run.
-            stored = await self.store.has_dedup_keys([f"{REQUESTED}:{r}" for r in sorted(unknown)])
-            found = {k.removeprefix(f"{REQUESTED}:") for k in stored}
+            stored = await self.store.has_dedup_keys([f"{RunRequested.TOPIC}:{r}" for r in sorted(unknown)])
+            found = {k.removeprefix(f"{RunRequested.TOPIC}:") for k in stored}
             for run_id in found:
                 self._requested[run_id] = True
             known |= found
         return known
 
     async def _positions_for_watchdog(self, events: Sequence[tuple[Envelope, int]]) -> dict[str, int]:
-        fenced = {e.run_id for e, _ in events if e.topic == RUN_FAILED and e.payload.get("as_of_seq") is not None}
+        fenced = {e.run_id for e, _ in events if e.topic == RunFailed.TOPIC and e.payload.get("as_of_seq") is not None}
         return await self.store.last_positions(sorted(fenced)) if fenced else {}
 
     async def _keys_for(self, events: Sequence[tuple[Envelope, int]]) -> Mapping[str, bytes]:
         ids = set()
         for envelope, _ in events:
-            if envelope.topic == CERTIFICATE_TOPIC:
+            if envelope.topic == CertificateIssued.TOPIC:
                 document = envelope.payload.get("certificate")
                 key_id = certificate_key_id(document) if isinstance(document, Mapping) else None
                 if key_id is not None:

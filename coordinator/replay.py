@@ -24,12 +24,9 @@ from ulid import ULID
 
 from coordinator.admission import TrustedKeys
 from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
-from echelon_platform.adapters.event_store import EventStore, LogEvent
+from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
 from echelon_platform.adapters.readmodel_writer import (
-    CERT_TOPIC,
-    JUDGE_TOPIC,
-    RATING_TOPIC,
     Checkpoint,
     Projector,
     judge_call,
@@ -39,6 +36,7 @@ from echelon_platform.adapters.readmodel_writer import (
 )
 from echelon_platform.adapters.stats_store import keep_latest, queue_stats, read_records
 from echelon_platform.config import Settings
+from echelon_platform.domain.events import CertificateIssued, JudgeCalled, RatingSubmitted
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
     READ_MODEL_GENERATION,
@@ -49,6 +47,7 @@ from echelon_platform.domain.projections import (
 from echelon_platform.domain.stats import contribution, judge_totals
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import ReadModelsStale
+from echelon_platform.ports.log import LogEvent, LogReader
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +62,7 @@ return 1
 """
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
-_READ = (*PAYLOAD_TOPICS, RATING_TOPIC, JUDGE_TOPIC)  # the topics whose payload replay reads
+_READ = (*PAYLOAD_TOPICS, RatingSubmitted.TOPIC, JudgeCalled.TOPIC)  # the topics whose payload replay reads
 PROGRESS_EVERY = 10_000
 PROGRESS_TTL_MS = 30_000
 
@@ -98,7 +97,7 @@ def _collector_paused() -> Iterator[None]:
 class Rebuilder:
     """`only`: fold one partition's events (a partition's repair); else the whole log."""
 
-    def __init__(self, store: EventStore, projector: Projector, keys: TrustedKeys, *, only: int | None = None) -> None:
+    def __init__(self, store: LogReader, projector: Projector, keys: TrustedKeys, *, only: int | None = None) -> None:
         self.store = store
         self.projector = projector
         self.only = only
@@ -140,7 +139,7 @@ class Rebuilder:
             for seq, event_id, at, topic, correlation_id, raw, partition in rows:
                 positions[partition] = seq
                 payload = loads(raw) if raw is not None else None
-                if topic == RATING_TOPIC:
+                if topic == RatingSubmitted.TOPIC:
                     rating = LogEvent(event_id, at, topic, correlation_id, payload or {})
                     self._new_ratings.append(rating)
                     keep_latest(self._ratings.setdefault(rating.payload["certificate_id"], {}), rating_record(rating))
@@ -148,7 +147,11 @@ class Rebuilder:
                     continue
                 if topic in NOT_RUN_EVENTS:  # a registry's event, not a run's: no phantom run
                     continue
-                if topic == CERT_TOPIC and payload is not None and not await self._genuine(payload, seq, event_id):
+                if (
+                    topic == CertificateIssued.TOPIC
+                    and payload is not None
+                    and not await self._genuine(payload, seq, event_id)
+                ):
                     continue
                 run_id = correlation_id.removeprefix("run-")
                 run = runs.get(run_id)
@@ -156,11 +159,11 @@ class Rebuilder:
                     run = runs[run_id] = RunFold(run_id)
                 run.add(topic, at, payload, seq)
                 dirty.add(run_id)
-                if topic == JUDGE_TOPIC and payload is not None:
+                if topic == JudgeCalled.TOPIC and payload is not None:
                     call = judge_call(payload)
                     self._judge.setdefault(run_id, {})[str(seq)] = call
                     self._new_judge.append((run_id, str(seq), call))
-                elif topic == CERT_TOPIC and payload is not None:
+                elif topic == CertificateIssued.TOPIC and payload is not None:
                     cert = payload["certificate"]
                     certs[cert["certificate_id"]] = cert
                     self._new_certs.append(cert)

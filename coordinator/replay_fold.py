@@ -12,21 +12,39 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from echelon_platform.domain.events import TOPICS
+from echelon_platform.domain.events import (
+    TOPICS,
+    CertificateIssued,
+    ReplayFailed,
+    ReplayScored,
+    RunCompleted,
+    RunFailed,
+    RunIngested,
+    RunRequested,
+)
 from echelon_platform.domain.lifecycle import IMPLIED, Decision, Status, earlier
 from echelon_platform.domain.projections import MAX_ERROR_CHARS, NOT_RUN_EVENTS, RunState, apply
+from echelon_platform.ports.log import LogEvent
 
-REQUESTED = "verify.run.requested"
-INGESTED = "verify.run.ingested"
-SCORED = "verify.replay.scored"
-FAILED = "verify.replay.failed"
-CERTIFICATE = "verify.certificate.issued"
-RUN_FAILED = "verify.run.failed"
-COMPLETED = "verify.run.completed"
 # Topics whose payload the fold reads; every other topic only counts through its topic and timestamp.
-PAYLOAD_TOPICS = (REQUESTED, INGESTED, SCORED, FAILED, CERTIFICATE, RUN_FAILED)
+PAYLOAD_TOPICS = (
+    RunRequested.TOPIC,
+    RunIngested.TOPIC,
+    ReplayScored.TOPIC,
+    ReplayFailed.TOPIC,
+    CertificateIssued.TOPIC,
+    RunFailed.TOPIC,
+)
 # Topics `apply` gives no payload-specific rule (only updated_at and the implied rank); the test holds this.
-PLAIN = frozenset(TOPICS) - {REQUESTED, INGESTED, SCORED, FAILED, CERTIFICATE, RUN_FAILED, COMPLETED}
+PLAIN = frozenset(TOPICS) - {
+    RunRequested.TOPIC,
+    RunIngested.TOPIC,
+    ReplayScored.TOPIC,
+    ReplayFailed.TOPIC,
+    CertificateIssued.TOPIC,
+    RunFailed.TOPIC,
+    RunCompleted.TOPIC,
+}
 
 
 # One dict lookup per event: the status a topic implies (at least PENDING, which every rank meets) and its
@@ -42,28 +60,18 @@ _PLAIN, _SCORED, _FAILED, _REQUESTED, _INGESTED, _CERTIFICATE, _RUN_FAILED, _COM
     "completed",
 )
 _KINDS = {
-    SCORED: _SCORED,
-    FAILED: _FAILED,
-    REQUESTED: _REQUESTED,
-    INGESTED: _INGESTED,
-    CERTIFICATE: _CERTIFICATE,
-    RUN_FAILED: _RUN_FAILED,
-    COMPLETED: _COMPLETED,
+    ReplayScored.TOPIC: _SCORED,
+    ReplayFailed.TOPIC: _FAILED,
+    RunRequested.TOPIC: _REQUESTED,
+    RunIngested.TOPIC: _INGESTED,
+    CertificateIssued.TOPIC: _CERTIFICATE,
+    RunFailed.TOPIC: _RUN_FAILED,
+    RunCompleted.TOPIC: _COMPLETED,
     **dict.fromkeys(PLAIN, _PLAIN),
 }
 _RULES: dict[str, tuple[Status, str]] = {
     topic: (IMPLIED.get(topic, Status.PENDING), kind) for topic, kind in _KINDS.items() if topic not in NOT_RUN_EVENTS
 }
-
-
-class _LogRow:
-    """The Event protocol over one log row, for the rare topic handed to `apply`."""
-
-    __slots__ = ("event_id", "payload", "timestamp", "topic")
-
-    def __init__(self, timestamp: datetime, topic: str, payload: dict[str, Any]) -> None:
-        self.event_id = ""
-        self.timestamp, self.topic, self.payload = timestamp, topic, payload
 
 
 class RunFold:
@@ -142,7 +150,7 @@ class RunFold:
         implied = IMPLIED.get(topic)
         if implied is not None and implied > self.rank:
             self.rank = implied
-        self._absorb(apply(self.state(), _LogRow(timestamp, topic, payload), seq))
+        self._absorb(apply(self.state(), LogEvent("", timestamp, topic, "", payload), seq))
 
     def state(self) -> RunState:
         user_id = construct_id = repo_url = created_at = secret_ref = None

@@ -1,4 +1,7 @@
-"""The single-writer StateCoordinator: fetch a batch → append (one tx) → project (one pipeline) → ack."""
+"""The single-writer StateCoordinator: fetch a batch → decode → append (one tx) → project (one pipeline) → ack.
+
+The certify trigger (`certify_trigger.py`) and the healing of lost read models (`healing.py`) are its
+collaborators; decoding a batch is `decode.py`, the retried steps `retrying.py`."""
 
 from __future__ import annotations
 
@@ -6,47 +9,37 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import asyncpg
 import nats.errors
 import nats.js.errors
-import redis.exceptions
 import structlog
 from nats.aio.msg import Msg
 
-from coordinator.admission import Admission, Refusal
-from coordinator.replay import Rebuilder
+from coordinator.admission import Admission
+from coordinator.certify_trigger import CertifyTrigger, trigger_causes
+from coordinator.decode import Decoded, decode_batch, park_refused, poison_msgs
+from coordinator.healing import Healing
+from coordinator.retrying import Retrying
 from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
-from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, AppendResult, EventStore, Fence
-from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent
+from echelon_platform.adapters.event_store import AppendResult, EventStore, Fence
+from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.secret_store import SecretStore
 from echelon_platform.adapters.writer_lease import WriterLease
-from echelon_platform.domain.admission import check_event
-from echelon_platform.domain.envelope import Envelope, utcnow
-from echelon_platform.domain.events import RunCertifying, Subjects, make_event, parse_payload
-from echelon_platform.domain.lifecycle import CERTIFY_TRIGGERS
+from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.projections import RunState
-from echelon_platform.errors import (
-    BusError,
-    EnvelopeError,
-    InfrastructureError,
-    ReadModelsStale,
-    StoreError,
-    WriterFenced,
-)
+from echelon_platform.errors import BusError, InfrastructureError, StoreError, WriterFenced
 from echelon_platform.metrics import Metrics
-from echelon_platform.retry import Backoff, retry_forever
+from echelon_platform.retry import Backoff
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
-CATCH_UP_CHUNK = 1000
 IDLE_CHECK_S = 1.0
-STALL_S = 5.0
+DEFERRED_RETRY_S = 1.0  # an event handed back (its run's request not logged yet) comes again after this
 
 
 @dataclass
@@ -58,56 +51,6 @@ class CoordinatorStats:
     projected: int = 0
     parked: int = 0
     lag: int = 0
-
-
-RETRY_HEADER = "Echelon-Retry-Of"
-DEFERRED_RETRY_S = 1.0  # an event handed back (its run's request not logged yet) comes again after this
-
-
-@dataclass(frozen=True, slots=True)
-class _Decoded:
-    events: list[tuple[Envelope, int]]
-    parked: list[tuple[int, str, bytes, str]]
-    retried: list[int]  # parked rows an operator re-drove (marked in the same transaction)
-    deferred: list[int] = field(default_factory=list)  # handed back to the stream (see _park_refused)
-
-
-def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> _Decoded:
-    """Split a batch into valid events and poison (with the reason it was refused). With `subjects` of a
-    partitioned log, an event published on another partition than its run's is poison too: logging it here
-    would put one run's events under two writers, out of order. With `subjects`, an event must also travel
-    on exactly its own subject, carry its natural dedup key and fit its topic's size (`check_event`)."""
-    partitioned = subjects if subjects is not None and subjects.partitioning.partitioned else None
-    events: list[tuple[Envelope, int]] = []
-    parked: list[tuple[int, str, bytes, str]] = []
-    retried: list[int] = []
-    for msg in msgs:
-        seq = message_sequence(msg)
-        retry_of = (msg.headers or {}).get(RETRY_HEADER)
-        if retry_of and retry_of.isdigit():
-            retried.append(int(retry_of))
-        try:
-            envelope = Envelope.from_wire(msg.data)
-            payload = parse_payload(envelope)
-            if partitioned is not None:
-                _check_partition(partitioned, msg.subject, envelope)
-            if subjects is not None:
-                check_event(msg.subject, len(msg.data), envelope, payload, subjects)
-        except EnvelopeError as exc:
-            parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
-            continue
-        events.append((envelope, seq))
-    return _Decoded(events, parked, retried)
-
-
-def _check_partition(subjects: Subjects, subject: str, envelope: Envelope) -> None:
-    published = subjects.partition_of_subject(subject)
-    owner = subjects.partitioning.of_run(envelope.run_id)
-    if published != owner:
-        raise EnvelopeError(
-            f"published on partition {published} but run {envelope.run_id} belongs to partition {owner} "
-            f"(publish on {subjects.for_event(envelope)})"
-        )
 
 
 class StateCoordinator:
@@ -147,6 +90,19 @@ class StateCoordinator:
         self.admission = admission
         self.unknown_run_grace_s = unknown_run_grace_s
         self.stats = CoordinatorStats()
+        self._retry = Retrying(metrics)
+        self.trigger = CertifyTrigger(bus, self._retry)
+        # Only this partition's events on a catch-up: positions are in commit order per partition.
+        own = partition if bus.subjects.partitioning.partitioned else None
+        self.healing = Healing(
+            store=store,
+            projector=projector,
+            keys=admission.keys,
+            metrics=metrics,
+            retrying=self._retry,
+            trigger=self.trigger,
+            own_partition=own,
+        )
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -291,7 +247,7 @@ class StateCoordinator:
         started = time.perf_counter()
         decoded = decode_batch(msgs, self.bus.subjects)
         refused = await self._retry("check", lambda: self.admission.check(decoded.events))
-        _park_refused(decoded, msgs, refused, self.unknown_run_grace_s)
+        park_refused(decoded, msgs, refused, self.unknown_run_grace_s)
         result = await self._retry("append", lambda: self._append(decoded))
         self.admission.logged(decoded.events)
         return _Committed(msgs, decoded, result, started)
@@ -309,13 +265,11 @@ class StateCoordinator:
         msgs, decoded, result, started = committed
         winners = [(env, result.winners[env.event_id]) for env, _ in decoded.events if env.event_id in result.winners]
         if winners:
-            projected = await self._project(winners)
-            await self._announce_certifying(
-                projected.runs, {e.run_id: e.event_id for e, _ in winners if e.topic in CERTIFY_TRIGGERS}
-            )
+            projected = await self.healing.project(winners)
+            await self.trigger.announce(projected.runs, trigger_causes(winners))
             await self._forget_secrets(projected.runs)
         # Ack only now: the events are committed in Postgres and visible in Redis.
-        for msg, (seq, subject, _, reason) in _poison_msgs(msgs, decoded):
+        for msg, (seq, subject, _, reason) in poison_msgs(msgs, decoded):
             log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
             await msg.term()
         accepted = msgs
@@ -346,7 +300,7 @@ class StateCoordinator:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self._set_lag(message_pending(msgs[-1]))
 
-    async def _append(self, decoded: _Decoded) -> Any:
+    async def _append(self, decoded: Decoded) -> Any:
         try:
             return await self.store.append_batch(
                 decoded.events, decoded.parked, decoded.retried, fence=self.fence, partition=self.partition
@@ -367,51 +321,9 @@ class StateCoordinator:
         decoded.events[:] = ok
         return await self.store.append_batch(ok, parked, decoded.retried, fence=self.fence, partition=self.partition)
 
-    async def _project(self, events: Sequence[tuple[RunEvent, int]]) -> Projected:
-        """Project; when the read models are lost or outdated, rebuild them from the log first."""
-        while True:
-            try:
-                return await self._retry("project", lambda: self.projector.project(events))
-            except ReadModelsStale as exc:
-                log.warning("coordinator.read_models_stale", reason=str(exc))
-                await self.heal(force_rebuild=True)
-
     async def heal(self, *, force_rebuild: bool = False) -> None:
-        """Bring the read models level with the log: rebuild them when their checkpoint is missing or of
-        another generation, else apply what the log holds beyond the checkpoint. Runs at start-up and
-        whenever a batch finds the models lost; nothing an operator has to do."""
-        checkpoint = await self._retry("checkpoint", self.projector.checkpoint)
-        if force_rebuild or checkpoint is None or not checkpoint.current:
-            started = time.perf_counter()
-            while True:
-                rebuilder = Rebuilder(self.store, self.projector, self.admission.keys)
-                rebuilder.progress_total = await self._retry("count", self.store.max_seq)
-                try:
-                    report = await self._retry("rebuild", rebuilder.rebuild)
-                    break
-                except ReadModelsStale as exc:  # Redis lost the rebuild's work before its switch: start over
-                    log.warning("coordinator.rebuild_lost", reason=str(exc))
-            log.info(
-                "coordinator.rebuilt",
-                events=report.events,
-                runs=report.runs,
-                seconds=round(time.perf_counter() - started, 3),
-            )
-            self.metrics.read_model_rebuilds.inc()
-            await self._announce_certifying(rebuilder.states, {})
-            return
-        # Only this partition's events: positions are in commit order per partition, not across them.
-        own = self.partition if self.bus.subjects.partitioning.partitioned else None
-
-        async def read_behind() -> list[tuple[RunEvent, int]]:
-            return [(event, seq) async for seq, event in self.store.stream(after_seq=checkpoint.seq, partition=own)]
-
-        behind = await self._retry("catch_up", read_behind)
-        for i in range(0, len(behind), CATCH_UP_CHUNK):
-            projected = await self._project(behind[i : i + CATCH_UP_CHUNK])
-            await self._announce_certifying(projected.runs, {})
-        if behind:
-            log.info("coordinator.caught_up", events=len(behind), from_seq=checkpoint.seq)
+        """Bring the read models level with the log (see `Healing.heal`)."""
+        await self.healing.heal(force_rebuild=force_rebuild)
 
     async def _forget_secrets(self, runs: Mapping[str, RunState]) -> None:
         """Secrets live only as long as their run needs them."""
@@ -420,35 +332,6 @@ class StateCoordinator:
             secrets = self.secrets
             await self._retry("secrets", lambda: secrets.delete(refs))
 
-    async def _announce_certifying(self, runs: Mapping[str, RunState], causes: Mapping[str, str]) -> None:
-        """Tell the certifier about runs it has work for (deduplicated per run), pipelined: with `causes`,
-        only the runs this batch's events touched; without, every run (after a rebuild or catch-up, when
-        earlier announcements may be lost)."""
-        candidates = runs.keys() & causes.keys() if causes else runs.keys()
-        announcements = [
-            make_event(RunCertifying(run_id=run_id, total=state.total), causation_id=causes.get(run_id))
-            for run_id, state in ((r, runs[r]) for r in sorted(candidates))
-            if state.awaiting_certificate and state.total is not None
-        ]
-        if announcements:
-            await self._retry("publish", lambda: self.bus.publish_many(announcements))
-
-    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Retry an effect until it succeeds: the batch stays un-acked meanwhile, so nothing is lost."""
-        watch = asyncio.create_task(self._watch_stall(what))
-        try:
-            return await retry_forever(f"coordinator.{what}", op, _transient)
-        finally:
-            watch.cancel()
-
-    async def _watch_stall(self, what: str) -> None:
-        """Say so while a step hangs (a table lock, a server that does not answer): a stall is never silent."""
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(STALL_S)
-            self.metrics.writer_stalls.labels(what).inc()
-            log.warning("coordinator.stalled", step=what, seconds=round(time.monotonic() - started, 1))
-
     def _set_lag(self, lag: int) -> None:
         self.stats.lag = lag
         self.metrics.coordinator_lag.set(lag)
@@ -456,7 +339,7 @@ class StateCoordinator:
 
 class _Committed(NamedTuple):
     msgs: list[Msg]
-    decoded: _Decoded
+    decoded: Decoded
     result: AppendResult
     started: float
 
@@ -471,44 +354,6 @@ async def _settle(finishing: asyncio.Task[None] | None) -> bool:
         log.warning("coordinator.fenced", error=str(exc))
         return False
     return True
-
-
-def _transient(exc: BaseException) -> bool:
-    """An infrastructure failure worth retrying; a value Postgres refuses, or lost read models, are not."""
-    if isinstance(exc, StoreError) and isinstance(exc.__cause__, asyncpg.DataError):
-        return False
-    if isinstance(exc, ReadModelsStale):
-        return False
-    return isinstance(
-        exc,
-        (InfrastructureError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *TRANSIENT_ERRORS),
-    )
-
-
-def _park_refused(decoded: _Decoded, msgs: Sequence[Msg], refused: Sequence[Refusal], grace_s: float) -> None:
-    """Move the events the admission checks refused from the batch's events to its parked rows; one whose
-    refusal may pass by itself (its run's request not logged yet: a redelivery can overtake the request
-    after a fault) is handed back to the stream instead while it is younger than `grace_s`."""
-    if not refused:
-        return
-    reasons = {r.stream_seq: r.reason for r in refused}
-    now = utcnow()
-    may_pass = {r.stream_seq for r in refused if r.may_pass_later}
-    young = {seq for env, seq in decoded.events if seq in may_pass and (now - env.timestamp).total_seconds() < grace_s}
-    for msg in msgs:
-        seq = message_sequence(msg)
-        if seq in young:
-            decoded.deferred.append(seq)
-        elif seq in reasons:
-            decoded.parked.append((seq, msg.subject, bytes(msg.data), reasons[seq]))
-    decoded.events[:] = [(env, seq) for env, seq in decoded.events if seq not in reasons]
-
-
-def _poison_msgs(msgs: list[Msg], decoded: _Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:
-    if not decoded.parked:
-        return []  # the usual case: no reply subject to parse
-    by_seq = {p[0]: p for p in decoded.parked}
-    return [(m, by_seq[message_sequence(m)]) for m in msgs if message_sequence(m) in by_seq]
 
 
 async def _nak_all(msgs: list[Msg]) -> None:

@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run only the HTTP API")
     sub.add_parser("coordinator", help="run only the StateCoordinator")
     worker = sub.add_parser("worker", help="run stage workers")
-    worker.add_argument("stages", nargs="*", default=["ingest", "invoke", "score", "certify"])
+    worker.add_argument("stages", nargs="*", default=[], help="the stages to run (default: all; docs/stages.md)")
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--dir", type=Path, help="migrations directory (default: db/migrations)")

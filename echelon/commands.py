@@ -61,13 +61,15 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from echelon.stack import freeze_startup_heap, infrastructure
     from echelon_platform.adapters.services import Services
     from echelon_platform.domain.roles import stage_groups
-    from pipeline_workers.pipeline import STAGES, Pipeline
+    from echelon_platform.domain.stages import STAGE_NAMES
+    from pipeline_workers.pipeline import Pipeline
 
     check_recursion_limit()
-    unknown = set(args.stages) - set(STAGES)
+    chosen = tuple(args.stages) or STAGE_NAMES
+    unknown = set(chosen) - set(STAGE_NAMES)
     if unknown:
         print(
-            f"echelon: unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}",
+            f"echelon: unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGE_NAMES)}",
             file=sys.stderr,
         )
         return 2
@@ -75,7 +77,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         async with infrastructure(settings) as resolved, contextlib.AsyncExitStack() as stack:
             pipelines: list[Pipeline] = []
             # Each group its own NATS user: the certify stage never shares a connection with another stage.
-            for role, stages in stage_groups(args.stages):
+            for role, stages in stage_groups(chosen):
                 services = await stack.enter_async_context(Services(resolved, name=f"echelon-worker-{role}", role=role))
                 pipelines.append(await stack.enter_async_context(Pipeline(services, resolved, stages=stages)))
             freeze_startup_heap()
@@ -169,7 +171,7 @@ async def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
-    from coordinator.writer import RETRY_HEADER
+    from coordinator.decode import RETRY_HEADER
     from echelon.stack import infrastructure
     from echelon_platform.adapters.services import Services
     from echelon_platform.domain.roles import Role

@@ -198,7 +198,7 @@ def plan_run(rng: random.Random, config: FlowConfig, sign: Signer, now: datetime
     )
     issued = then(CertificateIssued(run_id=run_id, certificate=sign(certificate)))
     then(RunCompleted(run_id=run_id, certificate_id=certificate.certificate_id))
-    assert issued.topic == "verify.certificate.issued"
+    assert issued.topic == CertificateIssued.TOPIC
     return events
 
 

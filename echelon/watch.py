@@ -13,11 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from echelon_platform.domain.events import (
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayScored,
+    RunCertifying,
+    RunCompleted,
+    RunFailed,
+    RunIngested,
+    RunIngesting,
+)
 from echelon_platform.errors import EchelonError
 
 # replay.requested is left out: it carries each change's whole diff and says nothing ingested does not.
-TOPICS = ["verify.run.*", "verify.replay.invoked", "verify.replay.scored", "verify.replay.failed"]
-ENDED = frozenset({"verify.run.completed", "verify.run.failed"})
+TOPICS = ["verify.run.*", ReplayInvoked.TOPIC, ReplayScored.TOPIC, ReplayFailed.TOPIC]
+ENDED = frozenset({RunCompleted.TOPIC, RunFailed.TOPIC})
 STREAM_PATH = "/api/v1/stream"
 
 
@@ -38,25 +48,25 @@ class Progress:
         """Fold one event in; return the line announcing a new stage, or None if the stage is unchanged."""
         before = self.stage
         replay = str(payload.get("replay_id", ""))
-        if topic == "verify.run.ingesting":
+        if topic == RunIngesting.TOPIC:
             self.stage = "ingesting"
-        elif topic == "verify.run.ingested":
+        elif topic == RunIngested.TOPIC:
             self.total = int(payload.get("total", 0))
             self.stage = "ingested"
             return f"ingested {self.total} change(s) from {payload.get('commit_range', '?')}"
-        elif topic == "verify.replay.invoked":
+        elif topic == ReplayInvoked.TOPIC:
             self.invoked.add(replay)
             self.stage = "replaying" if self.stage in ("queued", "ingesting", "ingested") else self.stage
-        elif topic in ("verify.replay.scored", "verify.replay.failed"):
+        elif topic in (ReplayScored.TOPIC, ReplayFailed.TOPIC):
             if topic.endswith("failed") and replay not in self.done:
                 self.failed += 1
             self.done.add(replay)
             self.stage = "replaying" if self.stage in ("queued", "ingesting", "ingested") else self.stage
-        elif topic == "verify.run.certifying":
+        elif topic == RunCertifying.TOPIC:
             self.stage = "certifying"
-        elif topic == "verify.run.completed":
+        elif topic == RunCompleted.TOPIC:
             self.stage, self.ended = "completed", "completed"
-        elif topic == "verify.run.failed":
+        elif topic == RunFailed.TOPIC:
             self.stage, self.ended = "failed", f"failed: {payload.get('reason', '?')}"
         if self.stage == before:
             return None

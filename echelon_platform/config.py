@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echelon_platform.domain.bus_access import BusLayout, writer_durable
 from echelon_platform.domain.partitions import MAX_PARTITIONS, Partitioning
+from echelon_platform.domain.stages import STAGE_NAMES
 from echelon_platform.errors import ConfigError
 from echelon_platform.redact import redact_url
 
@@ -80,7 +81,7 @@ class Settings(BaseSettings):
     # /readyz answers within this time, whatever hangs (a probe that does not answer in time fails).
     ready_timeout_s: float = Field(default=1.0, gt=0, le=30)
     # The stages whose durable consumers /readyz requires (besides every partition's writer).
-    ready_stages: list[str] = Field(default_factory=lambda: ["ingest", "invoke", "score", "certify"])
+    ready_stages: list[str] = Field(default_factory=lambda: list(STAGE_NAMES))
     wallet_max_age_s: int = 300  # a signed wallet message is fresh this long
     admin_wallets: list[str] = Field(default_factory=list)
     # Sign-In with Ethereum (EIP-4361): the message must name this service. Unset → derived from api_url().

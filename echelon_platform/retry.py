@@ -2,8 +2,9 @@
 
 Equal jitter: the n-th retry waits between half and all of `min(cap, base * 2**(n-1))`, so concurrent
 retries spread out but every one still backs off. Coordinator effects retry through tenacity with this
-wait; reconnect loops use `Backoff`; the GitHub and Anthropic adapters call `backoff_delay` directly so
-their tests can inject the sleep.
+wait; reconnect loops use `Backoff`; stage workers put a failed or waiting message back after
+`backoff_delay`; the GitHub and Anthropic adapters call `backoff_delay` directly so their tests can inject
+the sleep.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _RNG = random.Random()  # jitter needs no reproducibility; tests pass their own
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Seconds to wait before retry number `attempt` (1-based)."""
-    ceiling = min(cap, base * 2 ** (attempt - 1))
+    ceiling = min(cap, base * 2 ** (min(attempt, 64) - 1))  # past the cap long before; no float overflow
     jitter = (rng or _RNG).uniform(0, ceiling / 2)
     return float(ceiling / 2 + jitter)
 

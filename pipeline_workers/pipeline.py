@@ -10,11 +10,14 @@ from typing import Any, Self
 
 import httpx
 
+from echelon_platform.adapters.judge_ledger_store import PgJudgeLedger
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
+from echelon_platform.domain.stages import STAGE_NAMES
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.handlers.context import StageContext
+from pipeline_workers.handlers.guards import PaidWorkGuard
 from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.handlers.invoke import InvokeHandler
 from pipeline_workers.handlers.score import ScoreHandler
@@ -25,7 +28,7 @@ from pipeline_workers.scoring.factory import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
 from pipeline_workers.watchdog import Watchdog
 
-STAGES = ("ingest", "invoke", "score", "certify")
+STAGES = STAGE_NAMES  # the stage table (echelon_platform/domain/stages.py), in pipeline order
 
 
 def outbound_client() -> httpx.AsyncClient:
@@ -34,6 +37,24 @@ def outbound_client() -> httpx.AsyncClient:
     and what a stage reaches does not depend on the environment it was started in. GitHub calls share it:
     point ECHELON_GITHUB_API_URL at a reachable endpoint instead of relying on a proxy."""
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=False, trust_env=False)
+
+
+def stage_context(
+    services: Services, settings: Settings, http: httpx.AsyncClient, *, oracle_pool: OracleProcessPool | None = None
+) -> StageContext:
+    """The ports the ingest and invoke handlers use, taken from the process's connections."""
+    return StageContext(
+        log=services.store,
+        guard=PaidWorkGuard(services.read_models, services.store),
+        publisher=services.bus,
+        stream=services.bus,
+        secrets=services.secrets,
+        subjects=services.subjects,
+        settings=settings,
+        http=http,
+        oracle_pool=oracle_pool,
+        judge_ledger=PgJudgeLedger(services.store),
+    )
 
 
 class Pipeline:
@@ -61,7 +82,7 @@ class Pipeline:
         if scorer is None:
             scorer = await self._resources.enter_async_context(scorer_for(self.settings))
         pool = await self._resources.enter_async_context(OracleProcessPool(max_idle=self.settings.stage_concurrency))
-        ctx = StageContext(self.services, self.settings, http, oracle_pool=pool)
+        ctx = stage_context(self.services, self.settings, http, oracle_pool=pool)
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
@@ -70,7 +91,7 @@ class Pipeline:
         if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
             keyring = load_keyring(self.settings)
             await publish_keys(self.services.store, keyring)
-            await register_if_missing(self.services, self.settings.methodology_version)
+            await register_if_missing(self.services.store, self.services.bus, self.settings.methodology_version)
             handlers["certify"] = CertifyHandler(
                 self.services.store,
                 keyring,

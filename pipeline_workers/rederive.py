@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.domain.certificate import build_certificate
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
@@ -31,6 +30,7 @@ from echelon_platform.domain.events import (
 )
 from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, JudgeUsage, ReplayScore
 from echelon_platform.errors import EchelonError
+from echelon_platform.ports.log import LogReader
 from pipeline_workers.handlers.judge_log import reused_replays
 from pipeline_workers.scoring.base import make_score, replay_usage, usage_of
 from pipeline_workers.scoring.parsing import parse_judge_output
@@ -86,20 +86,18 @@ def _payloads(events: Sequence[Envelope], topic: str, model: type[P]) -> list[P]
 
 def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederived:
     """Rebuild the certificate of one run from its events (in log order) and the methodology registry."""
-    issued = _by_topic(events, "verify.certificate.issued")
-    requested = _by_topic(events, "verify.run.requested")
-    ingested = _by_topic(events, "verify.run.ingested")
+    issued = _by_topic(events, CertificateIssued.TOPIC)
+    requested = _by_topic(events, RunRequested.TOPIC)
+    ingested = _by_topic(events, RunIngested.TOPIC)
     if not issued or not requested or not ingested:
         raise RederiveError("the log holds no certificate (or no request or ingest) for this run")
     stored = payload_as(issued[0], CertificateIssued).certificate
     request = payload_as(requested[0], RunRequested)
     ingest = payload_as(ingested[0], RunIngested)
-    calls = {e.dedup_key: payload_as(e, JudgeCalled) for e in _by_topic(events, "verify.judge.called")}
-    invoked = {
-        p.replay_id: p for p in (payload_as(e, ReplayInvoked) for e in _by_topic(events, "verify.replay.invoked"))
-    }
+    calls = {e.dedup_key: payload_as(e, JudgeCalled) for e in _by_topic(events, JudgeCalled.TOPIC)}
+    invoked = {p.replay_id: p for p in (payload_as(e, ReplayInvoked) for e in _by_topic(events, ReplayInvoked.TOPIC))}
     logged_scores = {
-        s.score.replay_id: s for s in (payload_as(e, ReplayScored) for e in _by_topic(events, "verify.replay.scored"))
+        s.score.replay_id: s for s in (payload_as(e, ReplayScored) for e in _by_topic(events, ReplayScored.TOPIC))
     }
     scores: list[ReplayScore] = []
     used = 0
@@ -110,7 +108,7 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
         versions.add(logged.methodology_version or stored.methodology_version)
     failed = [
         FailedReplay(replay_id=f.replay_id, ground_truth_id=f.ground_truth_id, stage=f.stage, reason=f.reason)
-        for f in (payload_as(e, ReplayFailed) for e in _by_topic(events, "verify.replay.failed"))
+        for f in (payload_as(e, ReplayFailed) for e in _by_topic(events, ReplayFailed.TOPIC))
     ]
     if len(versions) != 1:
         raise RederiveError(f"replays name {len(versions)} methodology versions: {sorted(versions)}")
@@ -180,15 +178,15 @@ def _rescore(logged: ReplayScored, invoked: ReplayInvoked | None, calls: dict[st
 
 def _registered_hash(registry: Sequence[Envelope], version: str) -> str:
     for event in registry:
-        if event.topic == "verify.methodology.registered":
+        if event.topic == MethodologyRegistered.TOPIC:
             registered = payload_as(event, MethodologyRegistered)
             if registered.version == version:
                 return registered.sha256
     raise RederiveError(f"methodology {version} is not registered in the log")
 
 
-async def rederive_from_store(store: EventStore, certificate_id: str) -> Rederived:
+async def rederive_from_store(store: LogReader, certificate_id: str) -> Rederived:
     run_id = certificate_id.removeprefix("cert-")
     events = await store.run_events(run_id)
-    registry = await store.run_events(METHODOLOGY_RUN_ID, ["verify.methodology.registered"])
+    registry = await store.run_events(METHODOLOGY_RUN_ID, [MethodologyRegistered.TOPIC])
     return rederive(events, registry)

@@ -30,12 +30,13 @@ from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, parse_payload
 from echelon_platform.errors import EnvelopeError, InfrastructureError, NotYetInLog
 from echelon_platform.metrics import Metrics
-from echelon_platform.retry import Backoff
+from echelon_platform.retry import Backoff, backoff_delay
 
 log = structlog.get_logger(__name__)
 # How often an idle stage checks that its durable consumer still exists (a fetch from a deleted one only
 # times out, which is also what an empty queue does).
 CONSUMER_CHECK_S = 10.0
+RETRY_CAP_S = 30.0  # the longest a failed message waits before its next attempt
 
 
 class Handler(Protocol):
@@ -253,7 +254,7 @@ class StageWorker:
     async def _wait(self, msg: Msg, exc: NotYetInLog) -> None:
         """Not a failure: what the handler needs is still on its way to the log. Never dead-lettered."""
         waits = self._put_back.get(int(msg.metadata.sequence.stream), 0)
-        delay = min(self.max_wait_delay_s, 0.25 * 2 ** min(waits, 10))
+        delay = backoff_delay(waits + 1, base=0.25, cap=self.max_wait_delay_s)
         log.info("stage.wait", reason=str(exc), waits=waits + 1, delay_s=delay)
         self.stats.waited += 1
         self.metrics.stage_processed.labels(self.handler.stage, "wait").inc()
@@ -268,7 +269,7 @@ class StageWorker:
             log.warning("stage.retry", attempts=delivered, reason=reason, exc_info=not expected)
             self.stats.retried += 1
             self.metrics.stage_processed.labels(stage, "retry").inc()
-            await msg.nak(delay=min(30.0, 0.5 * 2**delivered))
+            await msg.nak(delay=backoff_delay(delivered + 1, base=0.5, cap=RETRY_CAP_S))
             return
         log.error("stage.dead_letter", attempts=delivered, reason=reason, exc_info=not expected)
         try:
@@ -277,7 +278,7 @@ class StageWorker:
             )
         except Exception as publish_exc:  # the bus is down too: the watchdog will end the run
             log.error("stage.dead_letter_failed", reason=str(publish_exc))
-            await msg.nak(delay=30.0)
+            await msg.nak(delay=RETRY_CAP_S)
             return
         self.stats.dead_lettered += 1
         self.metrics.stage_processed.labels(stage, "dead_letter").inc()

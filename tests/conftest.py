@@ -21,6 +21,7 @@ from ulid import ULID
 
 from echelon.embedded import EmbeddedStack, StackUrls
 from echelon_platform.adapters.migrations import migrate
+from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.helpers import wait_for
 
@@ -120,6 +121,19 @@ async def _clean_up(settings: Settings, db_name: str, infra: StackUrls) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+def service_settings(settings: Settings) -> Settings:
+    """The settings `services` connects with: a module that needs others overrides this fixture."""
+    return settings
+
+
+@pytest.fixture
+async def services(service_settings: Settings) -> AsyncIterator[Services]:
+    """NATS, Postgres and Redis connections on this test's stream, database and key prefix."""
+    async with Services(service_settings, name="test") as svc:
+        yield svc
 
 
 WaitFor = Callable[..., Awaitable[object]]

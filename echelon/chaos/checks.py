@@ -14,24 +14,35 @@ import orjson
 
 from echelon.chaos.cluster import Cluster
 from echelon.chaos.load import Request
-from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_FAILED
+from echelon_platform.domain.events import (
+    CertificateIssued,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayRequested,
+    ReplayScored,
+    RunCertifying,
+    RunCompleted,
+    RunFailed,
+    RunIngested,
+    RunIngesting,
+    RunRequested,
+)
 
 API = "/api/v1/verification"
-REQUESTED = "verify.run.requested"
 # What a certificate states that must not depend on faults (the sample oracle and offline scorer are
 # deterministic); ids, timestamps and the content hash (which covers the construct id) differ per run.
 FIGURES = ("precision", "recall", "reply_accuracy", "composite_score", "brier", "replay_count", "sample_size")
 # Topics keyed by the run, and by the replay: a logical event appears at most once per key.
 RUN_TOPICS = (
-    "verify.run.requested",
-    "verify.run.ingesting",
-    "verify.run.ingested",
-    "verify.run.certifying",
-    CERTIFICATE_ISSUED,
-    "verify.run.completed",
-    RUN_FAILED,
+    RunRequested.TOPIC,
+    RunIngesting.TOPIC,
+    RunIngested.TOPIC,
+    RunCertifying.TOPIC,
+    CertificateIssued.TOPIC,
+    RunCompleted.TOPIC,
+    RunFailed.TOPIC,
 )
-REPLAY_TOPICS = ("verify.replay.requested", "verify.replay.invoked", "verify.replay.scored", "verify.replay.failed")
+REPLAY_TOPICS = (ReplayRequested.TOPIC, ReplayInvoked.TOPIC, ReplayScored.TOPIC, ReplayFailed.TOPIC)
 MAX_LISTED = 20  # examples listed per violation
 
 
@@ -63,12 +74,12 @@ async def logged_runs(conn: asyncpg.Connection) -> dict[str, LoggedRun]:
     runs: dict[str, LoggedRun] = {}
     for row in await conn.fetch(
         "SELECT payload->>'run_id' AS run_id, payload->>'construct_id' AS construct_id FROM events WHERE topic = $1",
-        REQUESTED,
+        RunRequested.TOPIC,
     ):
         runs[row["run_id"]] = LoggedRun(row["run_id"], row["construct_id"])
     rows = await conn.fetch(
         "SELECT payload->>'run_id' AS run_id, topic, payload FROM events WHERE topic = ANY($1::text[]) ORDER BY seq",
-        [CERTIFICATE_ISSUED, RUN_FAILED],
+        [CertificateIssued.TOPIC, RunFailed.TOPIC],
     )
     for row in rows:
         run = runs.setdefault(row["run_id"], LoggedRun(row["run_id"], "?"))
@@ -76,7 +87,7 @@ async def logged_runs(conn: asyncpg.Connection) -> dict[str, LoggedRun]:
             run.ended_by = row["topic"]
         payload = row["payload"]
         payload = payload if isinstance(payload, dict) else orjson.loads(payload)
-        if row["topic"] == CERTIFICATE_ISSUED:
+        if row["topic"] == CertificateIssued.TOPIC:
             run.certificates.append(str(payload["certificate"]["certificate_id"]))
         else:
             run.failures.append((str(payload.get("stage")), str(payload.get("reason"))))
@@ -172,8 +183,9 @@ async def check_duplicates(findings: Findings, conn: asyncpg.Connection) -> None
         findings.violate("duplicate_logical_events", {"topic": row["topic"], "key": row["k"], "count": row["n"]})
     # A replay ends once: scored or failed, never both.
     for row in await conn.fetch(
-        "SELECT payload->>'replay_id' AS k FROM events WHERE topic IN ('verify.replay.scored', 'verify.replay.failed') "
-        "GROUP BY 1 HAVING count(DISTINCT topic) > 1"
+        "SELECT payload->>'replay_id' AS k FROM events WHERE topic = ANY($1::text[]) "
+        "GROUP BY 1 HAVING count(DISTINCT topic) > 1",
+        [ReplayScored.TOPIC, ReplayFailed.TOPIC],
     ):
         findings.violate("replay_scored_and_failed", row["k"])
     findings.facts["events_in_log"] = await conn.fetchval("SELECT count(*) FROM events")
@@ -196,7 +208,7 @@ async def check_runs(
         if run.ended_by is None:
             findings.violate("run_not_terminal_in_log", run.run_id)
         for stage, reason in run.failures:
-            if run.ended_by == RUN_FAILED and stage == "watchdog":
+            if run.ended_by == RunFailed.TOPIC and stage == "watchdog":
                 watchdog.append({"run_id": run.run_id, "reason": reason})
         view = await _get(http, f"{API}/runs/{run.run_id}")
         if view.status_code != 200:
@@ -205,7 +217,9 @@ async def check_runs(
         data = view.json()
         status = data["status"]
         statuses[status] = statuses.get(status, 0) + 1
-        expected = {CERTIFICATE_ISSUED: "COMPLETED", RUN_FAILED: "FAILED"}.get(run.ended_by or "", "a terminal status")
+        expected = {CertificateIssued.TOPIC: "COMPLETED", RunFailed.TOPIC: "FAILED"}.get(
+            run.ended_by or "", "a terminal status"
+        )
         if status != expected:
             findings.violate("read_model_disagrees_with_log", {"run_id": run.run_id, "api": status, "log": expected})
         if status == "FAILED" and not any(s == "watchdog" for s, _ in run.failures):
@@ -220,7 +234,7 @@ async def check_runs(
 async def _check_certificates(
     findings: Findings, http: httpx.AsyncClient, run: LoggedRun, view: dict[str, Any], reference: dict[str, Any]
 ) -> None:
-    if run.ended_by == CERTIFICATE_ISSUED:
+    if run.ended_by == CertificateIssued.TOPIC:
         if len(run.certificates) != 1 or view.get("certificate_id") != run.certificates[0]:
             findings.violate(
                 "completed_without_exactly_one_certificate",

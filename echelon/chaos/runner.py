@@ -25,6 +25,7 @@ from echelon.chaos.faults import Fault, Injector, available_kinds
 from echelon.chaos.load import Load, run_body
 from echelon.chaos.report import build
 from echelon_platform.config import Settings
+from echelon_platform.domain.stages import STAGE_NAMES
 from echelon_platform.errors import InfrastructureError
 
 log = structlog.get_logger(__name__)
@@ -66,7 +67,7 @@ async def _wait_ready(world: Cluster, http: httpx.AsyncClient) -> None:
         "api": probes.api_healthy(world, http),
         "writer": probes.writer_elected(world, 0),
         "standby": probes.standbys_ready(world),
-        **{f"worker-{s}": probes.stage_consuming(world, s, 0.0) for s in ("ingest", "invoke", "score", "certify")},
+        **{f"worker-{s}": probes.stage_consuming(world, s, 0.0) for s in STAGE_NAMES},
     }
     for name, probe in checks.items():
         if await probes.until(probe, READY_DEADLINE_S, interval_s=0.2) is None:

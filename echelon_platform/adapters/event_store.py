@@ -1,6 +1,6 @@
-"""The Postgres event store. Writes (append, park) are the StateCoordinator's alone; reads are shared.
-
-Stage workers read it too (read-only): to skip paid work whose outcome is already stored, and to certify.
+"""The Postgres event log: the recorder (append, park: the StateCoordinator's alone), the readers and the
+queries of `ports.log`. Its in-memory twin is `adapters.memory.MemoryLog`; tests/integration/test_log_ports.py
+holds both to one contract.
 """
 
 from __future__ import annotations
@@ -8,16 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import asyncpg
 import orjson
 
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.errors import StoreError, StoreUnavailable
+from echelon_platform.ports.log import AppendResult, Fence, JudgeTotals, LogEvent, LogRow, ParkedEvent, StalledRun
+
+__all__ = ["TRANSIENT_ERRORS", "AppendResult", "EventStore", "Fence", "is_transient", "store_error"]
 
 # The one definition of a transient database failure: the server restarting or refusing connections for a
 # while, a connection dropped (or terminated) mid-query, a statement cancelled (statement timeout behind a
@@ -68,32 +69,6 @@ SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[]
 _COLUMNS = "seq, event_id, dedup_key, time, topic, correlation_id, causation_id, payload::text AS payload, version"
 
 
-@dataclass(frozen=True, slots=True)
-class ParkedEvent:
-    id: int
-    stream_seq: int
-    subject: str
-    raw: bytes
-    reason: str
-    parked_at: datetime
-    retried_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class LogEvent:
-    """A stored event as replay reads it: only what projections use (cheaper than an Envelope)."""
-
-    event_id: str
-    timestamp: datetime
-    topic: str
-    correlation_id: str
-    payload: dict[str, Any]
-
-    @property
-    def run_id(self) -> str:
-        return self.correlation_id.removeprefix("run-")
-
-
 # Projections never read an oracle's reply or a change's record; replay leaves those big fields in
 # Postgres instead of shipping and parsing them.
 _PROJECTED_PAYLOAD = (
@@ -111,31 +86,10 @@ _FOLDED_PAYLOAD = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class StalledRun:
-    run_id: str
-    last_appended: datetime
-    last_seq: int  # the log position of the run's last event: the watchdog's decision is fenced on it
-
-
-@dataclass(frozen=True, slots=True)
-class JudgeTotals:
-    calls: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    winners: dict[str, int]  # event id → log position, for the batch's dedup keys (new or already there)
-    inserted: int
-
-
-class Fence(Protocol):
-    """Checked first in every append transaction: raises when this writer may no longer append."""
-
-    async def check(self, conn: asyncpg.Connection) -> None: ...
+def _park_row(parked: ParkedEvent | tuple[int, str, bytes, str]) -> tuple[int, str, bytes, str]:
+    if isinstance(parked, ParkedEvent):
+        return parked.stream_seq, parked.subject, parked.raw, parked.reason
+    return parked
 
 
 def _row_to_envelope(row: asyncpg.Record) -> Envelope:
@@ -153,7 +107,7 @@ def _row_to_envelope(row: asyncpg.Record) -> Envelope:
 
 
 class EventStore:
-    """asyncpg pool with the queries the product needs."""
+    """An asyncpg pool implementing EventRecorder, LogReader and LogQueries (`ports.log.EventLog`)."""
 
     def __init__(
         self, database_url: str, *, min_size: int = 1, max_size: int = 4, statement_timeout_s: float = 30.0
@@ -194,7 +148,7 @@ class EventStore:
     async def append_batch(
         self,
         events: Sequence[tuple[Envelope, int]],
-        parked: Sequence[tuple[int, str, bytes, str]] = (),
+        parked: Sequence[ParkedEvent | tuple[int, str, bytes, str]] = (),
         retried: Sequence[int] = (),
         *,
         fence: Fence | None = None,
@@ -225,7 +179,7 @@ class EventStore:
                     await conn.executemany(
                         "INSERT INTO parked_events (stream_seq, subject, raw, reason) VALUES ($1, $2, $3, $4) "
                         "ON CONFLICT (stream_seq) DO NOTHING",
-                        list(parked),
+                        [_park_row(p) for p in parked],
                     )
                 if retried:
                     await conn.execute(
@@ -261,7 +215,7 @@ class EventStore:
         positions = None if partition is None else {partition: after_seq}
         async for rows in self.stream_rows(after_seq=after_seq, positions=positions, batch=prefetch):
             for seq, event_id, at, topic, correlation_id, payload, _ in rows:
-                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload))
+                yield seq, LogEvent(event_id, at, topic, correlation_id, orjson.loads(payload or b"{}"))
 
     async def stream_rows(
         self,
@@ -270,7 +224,7 @@ class EventStore:
         positions: Mapping[int, int] | None = None,
         batch: int = 5000,
         payload_topics: Sequence[str] | None = None,
-    ) -> AsyncIterator[list[asyncpg.Record]]:
+    ) -> AsyncIterator[Sequence[LogRow]]:
         """Every event in writer order as raw rows `(seq, event_id, time, topic, correlation_id, payload,
         partition)`, `batch` rows per server round trip, the payload as JSON text (without replay records and
         oracle replies). With `payload_topics` (replay), other topics' payloads are NULL and replay scores are

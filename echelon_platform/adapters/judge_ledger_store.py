@@ -6,30 +6,23 @@ and the answer cache needs no store of its own (`db/migrations/0008_judge_answer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import asyncpg
 
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, store_error
+from echelon_platform.ports.judge_ledger import LoggedAnswer, RunSpending
 
 
-@dataclass(frozen=True, slots=True)
-class RunSpending:
-    """What a run's judge requests cost or may cost: answered calls at their billed cost, requests logged as
-    started with no outcome at their bound (they may have been billed)."""
+class PgJudgeLedger:
+    """`JudgeLedgerReads` over the Postgres log."""
 
-    billed_usd: float
-    open_attempts: dict[str, float]  # attempt id → its cost bound
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
 
-    def total(self, also_open: dict[str, float] | None = None) -> float:
-        bounds = dict(self.open_attempts) | (also_open or {})
-        return self.billed_usd + sum(bounds.values())
+    async def run_spending(self, run_id: str) -> RunSpending:
+        return await run_spending(self.store, run_id)
 
-
-@dataclass(frozen=True, slots=True)
-class LoggedAnswer:
-    call_key: str
-    raw_text: str
+    async def logged_answer(self, cache_key: str) -> LoggedAnswer | None:
+        return await logged_answer(self.store, cache_key)
 
 
 async def run_spending(store: EventStore, run_id: str) -> RunSpending:

@@ -36,6 +36,7 @@ from echelon_platform.adapters.readmodel_store import (
     text,
 )
 from echelon_platform.adapters.stats_store import RunInputs, keep_latest, queue_stats, read_inputs
+from echelon_platform.domain.events import CertificateIssued, JudgeCalled, RatingSubmitted
 from echelon_platform.domain.partitions import Partitioning
 from echelon_platform.domain.projections import (
     NOT_RUN_EVENTS,
@@ -49,9 +50,6 @@ from echelon_platform.domain.projections import (
 )
 from echelon_platform.errors import ReadModelsStale, WriterFenced
 
-CERT_TOPIC = "verify.certificate.issued"
-RATING_TOPIC = "verify.rating.submitted"
-JUDGE_TOPIC = "verify.judge.called"
 # Compare-and-delete: release the lease only if it is still ours.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 # Take the lease if free or ours, or steal it from an older epoch of the same partition: a writer killed
@@ -278,7 +276,9 @@ class Projector(RedisClient):
             if checkpoint is None or not checkpoint.current or checkpoint.namespace != ns:
                 raise ReadModelsStale("read models have no current checkpoint: rebuilding them from the log")
             keys = Keys(self.prefix, ns)
-            run_events = [(e, seq) for e, seq in events if e.topic != RATING_TOPIC and e.topic not in NOT_RUN_EVENTS]
+            run_events = [
+                (e, seq) for e, seq in events if e.topic != RatingSubmitted.TOPIC and e.topic not in NOT_RUN_EVENTS
+            ]
             run_ids = list(dict.fromkeys(e.run_id for e, _ in run_events))
             async with self.redis.pipeline(transaction=True) as pipe:
                 # WATCH the writer epoch: if a newer writer claims it before EXEC, nothing is written.
@@ -293,7 +293,7 @@ class Projector(RedisClient):
                 certs = []
                 for event, seq in run_events:
                     states[event.run_id] = apply(states[event.run_id], event, seq)
-                    if event.topic == CERT_TOPIC:
+                    if event.topic == CertificateIssued.TOPIC:
                         certs.append((event.run_id, event.payload["certificate"]))
                 public = [c for r, c in certs if public_certificate(states[r], c)]
                 changes = await self._stats_changes(keys, events, states, public)
@@ -318,7 +318,7 @@ class Projector(RedisClient):
     ) -> list[tuple[str, Any, Any]]:
         """Every touched run's leaderboard record before and after the batch. The inputs are read outside the
         MULTI: this partition's lock makes this writer the only one touching its runs' records."""
-        ratings = [(e, seq) for e, seq in events if e.topic == RATING_TOPIC]
+        ratings = [(e, seq) for e, seq in events if e.topic == RatingSubmitted.TOPIC]
         others = [e.run_id for e, _ in ratings if e.run_id not in states]
         if others:  # runs only rated in this batch: their state as stored (unknown ones count nowhere)
             raws = await self.redis.mget([keys.run(r) for r in others])
@@ -335,10 +335,11 @@ class Projector(RedisClient):
             run_input = inputs.get(event.run_id)
             if run_input is None:
                 continue
-            if event.topic == JUDGE_TOPIC:
+            if event.topic == JudgeCalled.TOPIC:
                 run_input.judge[str(seq)] = judge_call(event.payload)
             elif (
-                event.topic == RATING_TOPIC and event.payload["certificate_id"] == touched[event.run_id].certificate_id
+                event.topic == RatingSubmitted.TOPIC
+                and event.payload["certificate_id"] == touched[event.run_id].certificate_id
             ):
                 keep_latest(run_input.ratings, rating_record(event))
         return [(r, i.record, i.contribution(touched[r])) for r, i in inputs.items()]
@@ -355,9 +356,9 @@ class Projector(RedisClient):
         """Queue every write of one batch, the checkpoint advance and the lease release (one MULTI)."""
         queue_writes(pipe, keys, states.values(), certs)
         for event, seq in events:
-            if event.topic == RATING_TOPIC:
+            if event.topic == RatingSubmitted.TOPIC:
                 queue_rating(pipe, keys, event)
-            elif event.topic == JUDGE_TOPIC:
+            elif event.topic == JudgeCalled.TOPIC:
                 pipe.hset(keys.judge_calls(event.run_id), str(seq), orjson.dumps(judge_call(event.payload)))
         last = max([checkpoint.seq, *(seq for _, seq in events)])
         advanced = Checkpoint(READ_MODEL_GENERATION, last, checkpoint.namespace)

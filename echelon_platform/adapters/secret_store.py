@@ -14,25 +14,15 @@ import asyncpg
 import orjson
 import structlog
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from pydantic import BaseModel, ConfigDict, SecretStr
 
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore
 from echelon_platform.adapters.key_files import publish_once
 from echelon_platform.config import Settings
 from echelon_platform.errors import ConfigError, StoreError
+from echelon_platform.ports.run_secrets import RunSecrets
 
 log = structlog.get_logger(__name__)
 GENERATED_KEY = Path("secrets") / "fernet.key"
-
-
-class RunSecrets(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    github_token: SecretStr | None = None
-    oracle_headers: dict[str, SecretStr] = {}
-
-    def is_empty(self) -> bool:
-        return self.github_token is None and not self.oracle_headers
 
 
 def fernet_for(settings: Settings) -> MultiFernet:

@@ -24,7 +24,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from echelon_platform.domain.certificate import signature_ok, signed_content
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import TOPICS, Payload, Subjects
+from echelon_platform.domain.events import (
+    TOPICS,
+    CertificateIssued,
+    JudgeCalled,
+    JudgeStarted,
+    MethodologyRegistered,
+    Payload,
+    RatingSubmitted,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayRequested,
+    ReplayScored,
+    RunCertifying,
+    RunCompleted,
+    RunFailed,
+    RunIngested,
+    RunIngesting,
+    RunRequested,
+    Subjects,
+)
 from echelon_platform.errors import EnvelopeError
 
 KIB = 1024
@@ -33,23 +52,22 @@ MIB = 1024 * KIB
 # (diffs, oracle replies, judge answers, methodology texts, a certificate's per-replay scores: those are
 # bounded by NATS's max_payload and by their stages); tight where a payload is a few fields.
 MAX_EVENT_BYTES: dict[str, int] = {
-    "verify.run.requested": 64 * KIB,
-    "verify.run.ingesting": 16 * KIB,
-    "verify.run.ingested": 64 * KIB,
-    "verify.replay.requested": 16 * MIB,
-    "verify.replay.invoked": 16 * MIB,
-    "verify.replay.scored": 256 * KIB,
-    "verify.replay.failed": 64 * KIB,
-    "verify.run.certifying": 16 * KIB,
-    "verify.certificate.issued": 16 * MIB,
-    "verify.run.completed": 16 * KIB,
-    "verify.run.failed": 64 * KIB,
-    "verify.rating.submitted": 16 * KIB,
-    "verify.judge.called": 1 * MIB,
-    "verify.judge.started": 16 * KIB,
-    "verify.methodology.registered": 16 * MIB,
+    RunRequested.TOPIC: 64 * KIB,
+    RunIngesting.TOPIC: 16 * KIB,
+    RunIngested.TOPIC: 64 * KIB,
+    ReplayRequested.TOPIC: 16 * MIB,
+    ReplayInvoked.TOPIC: 16 * MIB,
+    ReplayScored.TOPIC: 256 * KIB,
+    ReplayFailed.TOPIC: 64 * KIB,
+    RunCertifying.TOPIC: 16 * KIB,
+    CertificateIssued.TOPIC: 16 * MIB,
+    RunCompleted.TOPIC: 16 * KIB,
+    RunFailed.TOPIC: 64 * KIB,
+    RatingSubmitted.TOPIC: 16 * KIB,
+    JudgeCalled.TOPIC: 1 * MIB,
+    JudgeStarted.TOPIC: 16 * KIB,
+    MethodologyRegistered.TOPIC: 16 * MIB,
 }
-CERTIFICATE_TOPIC = "verify.certificate.issued"
 
 
 def natural_dedup_key(envelope: Envelope, payload: Payload) -> str:

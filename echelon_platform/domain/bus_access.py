@@ -25,25 +25,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from echelon_platform.domain.partitions import Partitioning
-from echelon_platform.domain.roles import Role, publish_subjects
+from echelon_platform.domain.roles import STAGE_ROLES, Role, publish_subjects
+from echelon_platform.domain.stages import STAGES
 
 JS_API = "$JS.API"
 
 # The stages with a durable consumer each (pipeline_workers/handlers), and the topic each consumes.
-STAGE_TOPICS: dict[str, str] = {
-    "ingest": "verify.run.requested",
-    "invoke": "verify.replay.requested",
-    "score": "verify.replay.invoked",
-    "certify": "verify.run.certifying",
-}
+STAGE_TOPICS: dict[str, str] = {s.name: s.consumes.TOPIC for s in STAGES}
 
-# The stages whose durable consumers each role fetches from.
+# The stages whose durable consumers each role fetches from: a stage's own user, and the shared user of
+# the stages that may share a process.
 ROLE_STAGES: dict[Role, tuple[str, ...]] = {
-    Role.INGEST: ("ingest",),
-    Role.INVOKE: ("invoke",),
-    Role.SCORE: ("score",),
-    Role.STAGES: ("ingest", "invoke", "score"),
-    Role.CERTIFY: ("certify",),
+    **{STAGE_ROLES[s.name]: (s.name,) for s in STAGES},
+    Role.STAGES: tuple(s.name for s in STAGES if not s.alone),
 }
 
 

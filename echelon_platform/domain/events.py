@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,7 +27,15 @@ from echelon_platform.errors import EnvelopeError
 
 
 class Payload(BaseModel):
+    """An event's payload. Each subclass names its topic, schema version, dedup-key field and a one-line doc;
+    `TOPICS` below is built from them, so code names a topic as `RunRequested.TOPIC`, never as a string."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TOPIC: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    KEY_FIELD: ClassVar[str] = "run_id"  # payload field that makes the dedup key
+    DOC: ClassVar[str]
 
     run_id: str
 
@@ -44,6 +52,9 @@ class OracleSpec(BaseModel):
 
 
 class RunRequested(Payload):
+    TOPIC = "verify.run.requested"
+    DOC = "A client asked for a verification run."
+
     user_id: str
     construct_id: str
     repo_url: str
@@ -64,10 +75,16 @@ class RunRequested(Payload):
 
 
 class RunIngesting(Payload):
+    TOPIC = "verify.run.ingesting"
+    DOC = "Ingest started fetching ground truth."
+
     source: str
 
 
 class RunIngested(Payload):
+    TOPIC = "verify.run.ingested"
+    DOC = "Ground truth fetched; `total` replays follow."
+
     total: int = Field(ge=0)
     ground_truth_source: str
     commit_range: str
@@ -77,13 +94,35 @@ class RunIngested(Payload):
     shortfall: str | None = None
 
 
+class JudgeTerms(BaseModel):
+    """What the run's request says of paying the judge, carried with each replay so no stage reads it back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    cache: bool = True
+
+
 class ReplayRequested(Payload):
+    TOPIC = "verify.replay.requested"
+    KEY_FIELD = "replay_id"
+    DOC = "One change to replay."
+
     replay_id: str
     index: int
     record: GroundTruthRecord
+    # What invoke needs of the run's request, so it reads nothing back (header names only; values stay in
+    # the secret store under `secret_ref`). None on events logged before they were carried.
+    oracle: OracleSpec | None = None
+    secret_ref: str | None = None
+    judge_terms: JudgeTerms | None = None  # None: no budget, answers reused (as before they existed)
 
 
 class ReplayInvoked(Payload):
+    TOPIC = "verify.replay.invoked"
+    KEY_FIELD = "replay_id"
+    DOC = "The oracle answered for one change."
+
     replay_id: str
     record: GroundTruthRecord  # carried along so the judge needs no other read
     question: str
@@ -94,9 +133,14 @@ class ReplayInvoked(Payload):
     question_cost_usd: float = 0.0
     # Dedup keys of the `verify.judge.called` events that produced the question, in call order.
     question_calls: list[str] = Field(default_factory=list)
+    judge_terms: JudgeTerms | None = None  # the run's, from the replay request
 
 
 class ReplayScored(Payload):
+    TOPIC = "verify.replay.scored"
+    KEY_FIELD = "replay_id"
+    DOC = "The judge scored one replay."
+
     replay_id: str
     score: ReplayScore
     # Dedup keys of the `verify.judge.called` events behind this score, in call order (the last one's raw
@@ -108,6 +152,10 @@ class ReplayScored(Payload):
 class JudgeCalled(Payload, JudgeCall):
     """One judge round trip for one replay (the payload is flat so readers can drop `raw_text` cheaply)."""
 
+    TOPIC = "verify.judge.called"
+    KEY_FIELD = "call_key"
+    DOC = "One judge round trip (follow-up question or scoring, repairs included): raw text, tokens, cost."
+
     replay_id: str
     call_key: str = Field(description="`<replay_id>:<purpose>:<judge>:<round_trip>:<sha256(raw_text)[:16]>`")
 
@@ -115,6 +163,10 @@ class JudgeCalled(Payload, JudgeCall):
 class JudgeStarted(Payload, JudgeAttempt):
     """A judge request about to be sent (logged before it is): with no `verify.judge.called` of the same
     `attempt_id`, the request may have been billed without its answer reaching the log."""
+
+    TOPIC = "verify.judge.started"
+    KEY_FIELD = "attempt_id"
+    DOC = "A judge request about to be sent (logged before it is sent; its outcome is a `verify.judge.called`)."
 
     replay_id: str
 
@@ -128,6 +180,10 @@ class MethodologyRegistered(Payload):
     Not a run's event: its run_id is always `methodology`. A version is registered once; the first
     registration wins (the dedup key is the version)."""
 
+    TOPIC = "verify.methodology.registered"
+    KEY_FIELD = "version"
+    DOC = "A methodology version (prompt set, rubric, parsing) and its hash; run_id `methodology`."
+
     version: str = Field(pattern=r"^v[0-9]+(\.[0-9]+)*$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     files: dict[str, str] = Field(description="file name → SHA-256 of its bytes")
@@ -138,6 +194,10 @@ class MethodologyRegistered(Payload):
 
 
 class ReplayFailed(Payload):
+    TOPIC = "verify.replay.failed"
+    KEY_FIELD = "replay_id"
+    DOC = "A replay failed (oracle or judge)."
+
     replay_id: str
     ground_truth_id: str
     stage: Literal["invoke", "score"]
@@ -145,18 +205,30 @@ class ReplayFailed(Payload):
 
 
 class RunCertifying(Payload):
+    TOPIC = "verify.run.certifying"
+    DOC = "Every replay is scored or failed."
+
     total: int
 
 
 class CertificateIssued(Payload):
+    TOPIC = "verify.certificate.issued"
+    DOC = "The run's one certificate."
+
     certificate: CalibrationCertificate
 
 
 class RunCompleted(Payload):
+    TOPIC = "verify.run.completed"
+    DOC = "The run ended with a certificate."
+
     certificate_id: str
 
 
 class RunFailed(Payload):
+    TOPIC = "verify.run.failed"
+    DOC = "The run ended without a certificate."
+
     reason: str
     stage: str
     # The watchdog's: the log position of the run's last event when it decided. The writer refuses the
@@ -166,6 +238,10 @@ class RunFailed(Payload):
 
 class RatingSubmitted(Payload):
     """A person's 1–5 rating of one replay of a certificate; a user's newer rating replaces the older."""
+
+    TOPIC = "verify.rating.submitted"
+    KEY_FIELD = "rating_id"
+    DOC = "A person rated one replay."
 
     rating_id: str
     certificate_id: str
@@ -183,45 +259,29 @@ class TopicSpec:
     key_field: str  # payload field that makes the dedup key
     doc: str
 
+    @classmethod
+    def of(cls, model: type[Payload]) -> TopicSpec:
+        return cls(model.TOPIC, model, model.VERSION, model.KEY_FIELD, model.DOC)
 
-TOPICS: dict[str, TopicSpec] = {
-    spec.topic: spec
-    for spec in (
-        TopicSpec("verify.run.requested", RunRequested, 1, "run_id", "A client asked for a verification run."),
-        TopicSpec("verify.run.ingesting", RunIngesting, 1, "run_id", "Ingest started fetching ground truth."),
-        TopicSpec("verify.run.ingested", RunIngested, 1, "run_id", "Ground truth fetched; `total` replays follow."),
-        TopicSpec("verify.replay.requested", ReplayRequested, 1, "replay_id", "One change to replay."),
-        TopicSpec("verify.replay.invoked", ReplayInvoked, 1, "replay_id", "The oracle answered for one change."),
-        TopicSpec("verify.replay.scored", ReplayScored, 1, "replay_id", "The judge scored one replay."),
-        TopicSpec("verify.replay.failed", ReplayFailed, 1, "replay_id", "A replay failed (oracle or judge)."),
-        TopicSpec("verify.run.certifying", RunCertifying, 1, "run_id", "Every replay is scored or failed."),
-        TopicSpec("verify.certificate.issued", CertificateIssued, 1, "run_id", "The run's one certificate."),
-        TopicSpec("verify.run.completed", RunCompleted, 1, "run_id", "The run ended with a certificate."),
-        TopicSpec("verify.run.failed", RunFailed, 1, "run_id", "The run ended without a certificate."),
-        TopicSpec("verify.rating.submitted", RatingSubmitted, 1, "rating_id", "A person rated one replay."),
-        TopicSpec(
-            "verify.judge.called",
-            JudgeCalled,
-            1,
-            "call_key",
-            "One judge round trip (follow-up question or scoring, repairs included): raw text, tokens, cost.",
-        ),
-        TopicSpec(
-            "verify.judge.started",
-            JudgeStarted,
-            1,
-            "attempt_id",
-            "A judge request about to be sent (logged before it is sent; its outcome is a `verify.judge.called`).",
-        ),
-        TopicSpec(
-            "verify.methodology.registered",
-            MethodologyRegistered,
-            1,
-            "version",
-            "A methodology version (prompt set, rubric, parsing) and its hash; run_id `methodology`.",
-        ),
-    )
-}
+
+PAYLOADS: tuple[type[Payload], ...] = (
+    RunRequested,
+    RunIngesting,
+    RunIngested,
+    ReplayRequested,
+    ReplayInvoked,
+    ReplayScored,
+    ReplayFailed,
+    RunCertifying,
+    CertificateIssued,
+    RunCompleted,
+    RunFailed,
+    RatingSubmitted,
+    JudgeCalled,
+    JudgeStarted,
+    MethodologyRegistered,
+)
+TOPICS: dict[str, TopicSpec] = {model.TOPIC: TopicSpec.of(model) for model in PAYLOADS}
 
 P = TypeVar("P", bound="Payload")
 

@@ -12,11 +12,21 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import NamedTuple
 
-CERTIFICATE_ISSUED = "verify.certificate.issued"
-RUN_FAILED = "verify.run.failed"
-RUN_COMPLETED = "verify.run.completed"
+from echelon_platform.domain.events import (
+    CertificateIssued,
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayRequested,
+    ReplayScored,
+    RunCertifying,
+    RunFailed,
+    RunIngested,
+    RunIngesting,
+    RunRequested,
+)
+
 # Events after which a run may be ready for its certificate.
-CERTIFY_TRIGGERS = frozenset({"verify.run.ingested", "verify.replay.scored", "verify.replay.failed"})
+CERTIFY_TRIGGERS = frozenset({RunIngested.TOPIC, ReplayScored.TOPIC, ReplayFailed.TOPIC})
 
 
 class Status(IntEnum):
@@ -35,15 +45,15 @@ class Status(IntEnum):
 
 # The least status each event proves a run has reached (statuses only move forward).
 IMPLIED: dict[str, Status] = {
-    "verify.run.requested": Status.PENDING,
-    "verify.run.ingesting": Status.INGESTING,
-    "verify.run.ingested": Status.INVOKING,
-    "verify.replay.requested": Status.INVOKING,
-    "verify.replay.invoked": Status.SCORING,
-    "verify.replay.scored": Status.SCORING,
-    "verify.replay.failed": Status.SCORING,
-    "verify.run.certifying": Status.CERTIFYING,
-    CERTIFICATE_ISSUED: Status.CERTIFYING,
+    RunRequested.TOPIC: Status.PENDING,
+    RunIngesting.TOPIC: Status.INGESTING,
+    RunIngested.TOPIC: Status.INVOKING,
+    ReplayRequested.TOPIC: Status.INVOKING,
+    ReplayInvoked.TOPIC: Status.SCORING,
+    ReplayScored.TOPIC: Status.SCORING,
+    ReplayFailed.TOPIC: Status.SCORING,
+    RunCertifying.TOPIC: Status.CERTIFYING,
+    CertificateIssued.TOPIC: Status.CERTIFYING,
 }
 
 
@@ -60,19 +70,19 @@ def earlier(current: Decision | None, candidate: Decision) -> Decision:
 
 
 def ending(certificate: Decision | None, failure: Decision | None) -> str | None:
-    """Which event ended the run: CERTIFICATE_ISSUED, RUN_FAILED, or None while it is still running."""
+    """Which event ended the run: CertificateIssued.TOPIC, RunFailed.TOPIC, or None while it is still running."""
     if certificate is not None and (failure is None or certificate.seq < failure.seq):
-        return CERTIFICATE_ISSUED
+        return CertificateIssued.TOPIC
     if failure is not None:
-        return RUN_FAILED
+        return RunFailed.TOPIC
     return None
 
 
 def status_of(rank: Status, total: int | None, done: int, ended_by: str | None, completion_announced: bool) -> Status:
     """A run's status from what the log holds about it."""
-    if ended_by == RUN_FAILED:
+    if ended_by == RunFailed.TOPIC:
         return Status.FAILED
-    if ended_by == CERTIFICATE_ISSUED:
+    if ended_by == CertificateIssued.TOPIC:
         return Status.COMPLETED if completion_announced else Status.CERTIFYING
     if total is not None and done >= total and rank >= Status.INVOKING:
         return max(rank, Status.CERTIFYING)
@@ -86,4 +96,4 @@ def ready_to_certify(status: Status, ended_by: str | None) -> bool:
 
 def needs_completion(ended_by: str | None, completion_announced: bool) -> bool:
     """A certificate decided the run but `run.completed` is not logged (a partial publish): certify again."""
-    return ended_by == CERTIFICATE_ISSUED and not completion_announced
+    return ended_by == CertificateIssued.TOPIC and not completion_announced

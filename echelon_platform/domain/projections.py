@@ -10,10 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from echelon_platform.domain.events import (
+    CertificateIssued,
+    MethodologyRegistered,
+    ReplayFailed,
+    ReplayScored,
+    RunCompleted,
+    RunFailed,
+    RunIngested,
+    RunRequested,
+)
 from echelon_platform.domain.lifecycle import (
-    CERTIFICATE_ISSUED,
     IMPLIED,
-    RUN_FAILED,
     Decision,
     Status,
     earlier,
@@ -30,7 +38,7 @@ __all__ = ["Event", "RunState", "Status", "apply", "fold", "from_record", "publi
 
 # Events not about a run (their correlation id is a registry's, e.g. `run-methodology`): ignored here, so
 # they never make a run appear, not even as an "active" one the watchdog would judge.
-NOT_RUN_EVENTS = frozenset({"verify.methodology.registered"})
+NOT_RUN_EVENTS = frozenset({MethodologyRegistered.TOPIC})
 # Bumped whenever the stored shape or a rule changes: read models of another generation are rebuilt.
 READ_MODEL_GENERATION = 4  # 3: certificates no published key signed are left out; 4: leaderboard aggregates
 MAX_ERROR_CHARS = 2000
@@ -82,11 +90,11 @@ class RunState(NamedTuple):
     @property
     def certificate_id(self) -> str | None:
         """The run's public certificate: only one that decided the run."""
-        return self.certificate.value if self.certificate and self.ended_by == CERTIFICATE_ISSUED else None
+        return self.certificate.value if self.certificate and self.ended_by == CertificateIssued.TOPIC else None
 
     @property
     def error(self) -> str | None:
-        return self.failure.value if self.failure and self.ended_by == RUN_FAILED else None
+        return self.failure.value if self.failure and self.ended_by == RunFailed.TOPIC else None
 
     @property
     def progress(self) -> int:
@@ -125,7 +133,7 @@ def apply(state: RunState, event: Event, seq: int) -> RunState:
     if implied is not None and implied > state.rank:
         changes["rank"] = implied
     match event.topic:
-        case "verify.run.requested":
+        case RunRequested.TOPIC:
             changes.update(
                 user_id=p["user_id"],
                 construct_id=p["construct_id"],
@@ -133,18 +141,18 @@ def apply(state: RunState, event: Event, seq: int) -> RunState:
                 created_at=_dt(p["created_at"]),
                 secret_ref=p.get("secret_ref"),
             )
-        case "verify.run.ingested":
+        case RunIngested.TOPIC:
             changes["total"] = p["total"]
-        case "verify.replay.scored":
+        case ReplayScored.TOPIC:
             changes["done"] = state.done | {p["replay_id"]}
             changes["scored"] = state.scored | {p["replay_id"]}
-        case "verify.replay.failed":
+        case ReplayFailed.TOPIC:
             changes["done"] = state.done | {p["replay_id"]}
-        case "verify.certificate.issued":
+        case CertificateIssued.TOPIC:
             changes["certificate"] = earlier(state.certificate, Decision(seq, p["certificate"]["certificate_id"]))
-        case "verify.run.failed":
+        case RunFailed.TOPIC:
             changes["failure"] = earlier(state.failure, Decision(seq, str(p["reason"])[:MAX_ERROR_CHARS]))
-        case "verify.run.completed":
+        case RunCompleted.TOPIC:
             changes["completion_announced"] = True
         case _:
             pass

@@ -4,7 +4,8 @@ The NATS server enforces it (per-user publish permissions), so a role cannot put
 the stream at all: the API cannot publish `verify.certificate.issued`, only the certify stage can, and the
 writer therefore never sees a certificate that did not come from the certifier. Subscribing is not
 restricted (every role reads the stream). The JetStream API each role may use (its own consumers; only
-SETUP creates streams and consumers) is derived in bus_access.py. Pure: the embedded server and deploy/
+SETUP creates streams and consumers) is derived in bus_access.py. A stage's row comes from the stage table
+(stages.py). Pure: the embedded server and deploy/
 render their `authorization` blocks from these tables, and tests check them against the topic registry.
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from echelon_platform.domain.events import TOPICS, Subjects
+from echelon_platform.domain.events import TOPICS, Payload, Subjects
 from echelon_platform.domain.partitions import Partitioning
+from echelon_platform.domain.stages import BY_NAME, PRODUCERS, STAGES, WATCHDOG_EMITS
 
 
 class Role(StrEnum):
@@ -35,40 +37,32 @@ class Role(StrEnum):
     SETUP = "setup"
 
 
-_WATCHDOG = frozenset({"verify.run.failed"})
-# A judge request is logged before it is sent (started) and when it ends (called).
-_JUDGE = frozenset({"verify.judge.started", "verify.judge.called"})
+def _topics(models: tuple[type[Payload], ...]) -> frozenset[str]:
+    return frozenset(m.TOPIC for m in models)
+
 
 PUBLISHES: dict[Role, frozenset[str]] = {
-    # An admin registers a new methodology version through the API.
-    Role.API: frozenset({"verify.run.requested", "verify.rating.submitted", "verify.methodology.registered"}),
-    Role.INGEST: frozenset(
-        {"verify.run.ingesting", "verify.run.ingested", "verify.replay.requested", "verify.run.failed"}
-    ),
-    # The watchdog runs in every worker process and ends stalled runs: every stage role may fail a run.
-    # Invoke (the follow-up question) and score call the judge, and log each call.
-    Role.INVOKE: frozenset({"verify.replay.invoked", "verify.replay.failed", *_JUDGE}) | _WATCHDOG,
-    Role.SCORE: frozenset({"verify.replay.scored", "verify.replay.failed", *_JUDGE}) | _WATCHDOG,
-    # The certifier also registers the methodology version it certifies with, at start.
-    Role.CERTIFY: frozenset(
-        {"verify.certificate.issued", "verify.run.completed", "verify.run.failed", "verify.methodology.registered"}
-    ),
-    Role.COORDINATOR: frozenset({"verify.run.certifying"}),
+    # An admin registers a new methodology version through the API; the writer announces certify work.
+    **{Role(p.role): _topics(p.emits) for p in PRODUCERS if p.role is not None},
+    # A stage's user publishes what the stage emits, and what the watchdog emits: the watchdog runs in every
+    # worker process and ends stalled runs, so every stage role may fail a run.
+    **{Role(s.role): _topics(s.emits + WATCHDOG_EMITS) for s in STAGES},
     Role.READER: frozenset(),
     Role.SETUP: frozenset(),
     Role.OPERATOR: frozenset(TOPICS),
 }
-PUBLISHES[Role.STAGES] = PUBLISHES[Role.INGEST] | PUBLISHES[Role.INVOKE] | PUBLISHES[Role.SCORE]
+# The stages that may share a process connect as one user holding the union of their rights.
+PUBLISHES[Role.STAGES] = frozenset().union(*(PUBLISHES[Role(s.role)] for s in STAGES if not s.alone))
 
-STAGE_ROLES: dict[str, Role] = {"ingest": Role.INGEST, "invoke": Role.INVOKE, "score": Role.SCORE}
+STAGE_ROLES: dict[str, Role] = {s.name: Role(s.role) for s in STAGES}
 
 
 def stage_groups(stages: tuple[str, ...] | list[str]) -> list[tuple[Role, tuple[str, ...]]]:
     """Split a worker process's stages into connections: the certifier alone, the others together."""
-    others = tuple(s for s in dict.fromkeys(stages) if s != "certify")
+    chosen = tuple(dict.fromkeys(stages))
+    others = tuple(s for s in chosen if not BY_NAME[s].alone)
     groups = [(role_for_stages(others), others)] if others else []
-    if "certify" in stages:
-        groups.append((Role.CERTIFY, ("certify",)))
+    groups += [(STAGE_ROLES[s], (s,)) for s in chosen if BY_NAME[s].alone]
     return groups
 
 
@@ -77,10 +71,9 @@ def role_for_stages(stages: tuple[str, ...] | list[str]) -> Role:
 
     Certify shares a process with no other stage: that would give the others the certifier's rights."""
     chosen = set(stages)
-    if "certify" in chosen:
-        if chosen != {"certify"}:
-            raise ValueError("the certify stage runs in a process of its own (its own NATS user)")
-        return Role.CERTIFY
+    for name in chosen:
+        if BY_NAME[name].alone and chosen != {name}:
+            raise ValueError(f"the {name} stage runs in a process of its own (its own NATS user)")
     if len(chosen) == 1:
         return STAGE_ROLES[next(iter(chosen))]
     return Role.STAGES

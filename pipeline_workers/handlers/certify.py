@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.domain.certificate import JudgeMixing, build_certificate
 from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import (
     CertificateIssued,
+    JudgeCalled,
     Payload,
     ReplayFailed,
     ReplayScored,
@@ -25,32 +25,32 @@ from echelon_platform.domain.events import (
     make_event,
     payload_as,
 )
-from echelon_platform.domain.lifecycle import CERTIFICATE_ISSUED, RUN_COMPLETED, RUN_FAILED
 from echelon_platform.domain.values import FailedReplay, ReplayScore
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
+from echelon_platform.ports.log import LogReader
 from pipeline_workers.handlers.judge_log import reused_replays
 from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, Methodology, load_methodology
 
 _TOPICS = (
-    "verify.run.requested",
-    "verify.run.ingested",
-    "verify.replay.scored",
-    "verify.replay.failed",
-    "verify.certificate.issued",
-    "verify.run.completed",
-    "verify.run.failed",
-    "verify.judge.called",  # which answers were reused
+    RunRequested.TOPIC,
+    RunIngested.TOPIC,
+    ReplayScored.TOPIC,
+    ReplayFailed.TOPIC,
+    CertificateIssued.TOPIC,
+    RunCompleted.TOPIC,
+    RunFailed.TOPIC,
+    JudgeCalled.TOPIC,  # which answers were reused
 )
 
 
 class CertifyHandler:
     stage = "certify"
-    topic = "verify.run.certifying"
+    topic = RunCertifying.TOPIC
 
     def __init__(
         self,
-        store: EventStore,
+        store: LogReader,
         keyring: Keyring,
         *,
         methodology_version: str = METHODOLOGY_VERSION,
@@ -68,25 +68,25 @@ class CertifyHandler:
         # see it before a restarted coordinator caught up: whatever is missing, wait for it (NotYetInLog).
         events = await self.store.run_events(payload.run_id, _TOPICS)
         # How the run ended is the lifecycle's rule, in log order (`run_events` is in log order).
-        decider = next((e for e in events if e.topic in (CERTIFICATE_ISSUED, RUN_FAILED)), None)
+        decider = next((e for e in events if e.topic in (CertificateIssued.TOPIC, RunFailed.TOPIC)), None)
         if decider is not None:
-            if decider.topic == RUN_FAILED or any(e.topic == RUN_COMPLETED for e in events):
+            if decider.topic == RunFailed.TOPIC or any(e.topic == RunCompleted.TOPIC for e in events):
                 return []  # the run already ended
             # Issued, but `run.completed` was lost (a crash between the two publishes): the same event again.
             return self._reissue(decider)
-        request = next((payload_as(e, RunRequested) for e in events if e.topic == "verify.run.requested"), None)
-        ingested = next((payload_as(e, RunIngested) for e in events if e.topic == "verify.run.ingested"), None)
+        request = next((payload_as(e, RunRequested) for e in events if e.topic == RunRequested.TOPIC), None)
+        ingested = next((payload_as(e, RunIngested) for e in events if e.topic == RunIngested.TOPIC), None)
         if request is None or ingested is None:
             raise NotYetInLog(f"run {payload.run_id}: request or ingest not in the log yet")
         scores: dict[str, ReplayScore] = {}
         failed: dict[str, FailedReplay] = {}
         methodologies: set[str] = set()
         for event in events:
-            if event.topic == "verify.replay.scored":
+            if event.topic == ReplayScored.TOPIC:
                 s = payload_as(event, ReplayScored)
                 scores[s.replay_id] = s.score
                 methodologies.add(s.methodology_version or self.methodology_version)
-            elif event.topic == "verify.replay.failed":
+            elif event.topic == ReplayFailed.TOPIC:
                 f = payload_as(event, ReplayFailed)
                 failed[f.replay_id] = FailedReplay(
                     replay_id=f.replay_id, ground_truth_id=f.ground_truth_id, stage=f.stage, reason=f.reason

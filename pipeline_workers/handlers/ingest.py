@@ -8,6 +8,7 @@ import structlog
 
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
+    JudgeTerms,
     Payload,
     ReplayRequested,
     RunFailed,
@@ -34,7 +35,7 @@ def replay_id_for(run_id: str, index: int) -> str:
 
 class IngestHandler:
     stage = "ingest"
-    topic = "verify.run.requested"
+    topic = RunRequested.TOPIC
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -42,10 +43,10 @@ class IngestHandler:
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, RunRequested)
         run_id = payload.run_id
-        await self.ctx.services.bus.publish(
+        await self.ctx.publisher.publish(
             make_event(RunIngesting(run_id=run_id, source=payload.repo_url), causation_id=envelope.event_id)
         )
-        secrets = await self.ctx.services.secrets.get(payload.secret_ref)
+        secrets = await self.ctx.secrets.get(payload.secret_ref)
         spec = SourceSpec(
             repo_url=payload.repo_url,
             limit=payload.limit,
@@ -79,11 +80,25 @@ class IngestHandler:
         if not result.records:
             return [self._failed(envelope, f"no merged changes found in {payload.repo_url}")]
         events: list[Envelope] = []
+        # The run's judge terms travel with each replay (only when set: other requests' events are unchanged).
+        terms = (
+            JudgeTerms(max_cost_usd=payload.max_cost_usd, cache=payload.judge_cache)
+            if payload.max_cost_usd is not None or not payload.judge_cache
+            else None
+        )
         for index, record in enumerate(result.records):
             record = record.model_copy(update={"diff_content": truncate_diff(record.diff_content)})
             events.append(
                 make_event(
-                    ReplayRequested(run_id=run_id, replay_id=replay_id_for(run_id, index), index=index, record=record),
+                    ReplayRequested(
+                        run_id=run_id,
+                        replay_id=replay_id_for(run_id, index),
+                        index=index,
+                        record=record,
+                        oracle=payload.oracle,
+                        secret_ref=payload.secret_ref,
+                        judge_terms=terms,
+                    ),
                     causation_id=envelope.event_id,
                 )
             )

@@ -7,17 +7,16 @@ from collections.abc import Sequence
 
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
+    OracleSpec,
     Payload,
-    ReplayFailed,
     ReplayInvoked,
     ReplayRequested,
-    RunRequested,
     make_event,
 )
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
 from pipeline_workers.handlers.context import StageContext
-from pipeline_workers.handlers.guards import log_skip, skip_reason
-from pipeline_workers.handlers.judge_ledger import JudgeLedger
+from pipeline_workers.handlers.guards import log_skip
+from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
@@ -26,16 +25,15 @@ from pipeline_workers.scoring.base import Scorer, usage_of
 PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_payload
 
 
-class InvokeHandler:
+class InvokeHandler(GivesUpOnTheReplay):
     stage = "invoke"
-    topic = "verify.replay.requested"
+    topic = ReplayRequested.TOPIC
 
     def __init__(self, ctx: StageContext, scorer: Scorer) -> None:
         self.ctx = ctx
         self.scorer = scorer
 
-    async def _oracle(self, request: RunRequested) -> Oracle:
-        spec = request.oracle
+    async def _oracle(self, spec: OracleSpec, secret_ref: str | None) -> Oracle:
         if spec.type == "python":
             return PythonOracle(
                 str(spec.module),
@@ -44,7 +42,7 @@ class InvokeHandler:
                 timeout_s=spec.timeout_s,
                 pool=self.ctx.oracle_pool,
             )
-        secrets = await self.ctx.services.secrets.get(request.secret_ref)
+        secrets = await self.ctx.secrets.get(secret_ref)
         headers = {k: v.get_secret_value() for k, v in secrets.oracle_headers.items()}
         return HttpOracle(
             str(spec.url),
@@ -59,23 +57,19 @@ class InvokeHandler:
         # The judge's question and the oracle call cost money and time: never for a run that is over,
         # nor again for a replay whose outcome the log already holds (a redelivery after a lost ack).
         outcome_keys = [f"verify.replay.invoked:{payload.replay_id}", f"verify.replay.failed:{payload.replay_id}"]
-        skip = await skip_reason(self.ctx.services, payload.run_id, outcome_keys)
+        skip = await self.ctx.guard.skip_reason(payload.run_id, outcome_keys)
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []
-        request = await self.ctx.run_request(payload.run_id)
+        spec, secret_ref = payload.oracle, payload.secret_ref
+        if spec is None:  # logged before replay requests carried the oracle
+            request = await self.ctx.run_request(payload.run_id)
+            spec, secret_ref = request.oracle, request.secret_ref
         record = payload.record
-        calls = JudgeLedger(
-            self.ctx.services,
-            payload.run_id,
-            payload.replay_id,
-            causation_id=envelope.event_id,
-            max_cost_usd=request.max_cost_usd,
-            reuse=request.judge_cache,
-        )
+        calls = self.ctx.judge_ledger_for(payload, causation_id=envelope.event_id)
         try:
             question, _ = await self.scorer.follow_up_question(record, calls=calls)
-            oracle = await self._oracle(request)
+            oracle = await self._oracle(spec, secret_ref)
             started = time.perf_counter()
             reply = await oracle.invoke(record, question)
             latency_ms = (time.perf_counter() - started) * 1000
@@ -98,6 +92,7 @@ class InvokeHandler:
                     question_output_tokens=usage.output_tokens,
                     question_cost_usd=usage.cost_usd,
                     question_calls=keys,
+                    judge_terms=payload.judge_terms,
                 ),
                 causation_id=envelope.event_id,
             )
@@ -105,7 +100,7 @@ class InvokeHandler:
         # A reply that cannot travel (above the server's max_payload) fails now, once: retrying would only
         # pay for the oracle and the judge again and fail the same way.
         size = len(invoked[0].to_wire())
-        limit = self.ctx.services.bus.max_payload - PAYLOAD_HEADROOM
+        limit = self.ctx.publisher.max_payload - PAYLOAD_HEADROOM
         if size > limit:
             return [
                 *logged,
@@ -114,14 +109,3 @@ class InvokeHandler:
                 ),
             ]
         return [*logged, *invoked]
-
-    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
-        assert isinstance(payload, ReplayRequested)
-        failed = ReplayFailed(
-            run_id=payload.run_id,
-            replay_id=payload.replay_id,
-            ground_truth_id=payload.record.id,
-            stage="invoke",
-            reason=reason[:2000],
-        )
-        return [make_event(failed, causation_id=envelope.event_id)]

@@ -13,13 +13,14 @@ import asyncio
 import weakref
 from collections import defaultdict
 
-from echelon_platform.adapters.judge_ledger_store import logged_answer, run_spending
-from echelon_platform.adapters.services import Services
 from echelon_platform.domain.certificate import BUDGET_REASON
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import JudgeStarted, make_event
+from echelon_platform.domain.events import JudgeCalled, JudgeStarted, make_event
 from echelon_platform.domain.values import JudgeAttempt, JudgeCall
 from echelon_platform.errors import BudgetExceeded
+from echelon_platform.ports.bus import Publisher
+from echelon_platform.ports.judge_ledger import JudgeLedgerReads, RunSpending
+from echelon_platform.ports.log import LogReader
 from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.scoring.base import CallLog, Reusable
 
@@ -39,7 +40,9 @@ def _lock(run_id: str) -> asyncio.Lock:
 class JudgeLedger(CallLog):
     def __init__(
         self,
-        services: Services,
+        publisher: Publisher,
+        log: LogReader,
+        reads: JudgeLedgerReads | None,
         run_id: str,
         replay_id: str,
         *,
@@ -48,7 +51,9 @@ class JudgeLedger(CallLog):
         reuse: bool = True,
     ) -> None:
         super().__init__()
-        self.services = services
+        self.publisher = publisher
+        self.log = log
+        self.reads = reads
         self.run_id = run_id
         self.replay_id = replay_id
         self.causation_id = causation_id
@@ -60,7 +65,7 @@ class JudgeLedger(CallLog):
     async def started(self, attempt: JudgeAttempt) -> None:
         async with _lock(self.run_id):
             if self.max_cost_usd is not None:
-                spending = await run_spending(self.services.store, self.run_id)
+                spending = await self._spending()
                 committed = spending.total(_OPEN[self.run_id])
                 if committed + attempt.max_cost_usd > self.max_cost_usd:
                     raise BudgetExceeded(
@@ -74,7 +79,7 @@ class JudgeLedger(CallLog):
             causation_id=self.causation_id,
         )
         try:
-            await self.services.bus.publish_many([event])
+            await self.publisher.publish_many([event])
         except BaseException:
             self._close(attempt.attempt_id)
             raise
@@ -84,16 +89,16 @@ class JudgeLedger(CallLog):
         events, keys = judge_events(self.run_id, self.replay_id, [call], causation_id=self.causation_id)
         self.keys += keys
         try:
-            await self.services.bus.publish_many(events)
+            await self.publisher.publish_many(events)
             self._published.add(id(call))
         finally:
             if call.attempt_id is not None:
                 self._close(call.attempt_id)
 
     async def reusable(self, cache_key: str) -> Reusable | None:
-        if not self.reuse:
+        if not self.reuse or self.reads is None:
             return None
-        answer = await logged_answer(self.services.store, cache_key)
+        answer = await self.reads.logged_answer(cache_key)
         return None if answer is None else Reusable(answer.call_key, answer.raw_text)
 
     def remaining(self) -> tuple[list[Envelope], list[str]]:
@@ -102,6 +107,20 @@ class JudgeLedger(CallLog):
         events, keys = judge_events(self.run_id, self.replay_id, list(self), causation_id=self.causation_id)
         unpublished = [e for call, e in zip(self, events, strict=True) if id(call) not in self._published]
         return unpublished, keys
+
+    async def _spending(self) -> RunSpending:
+        if self.reads is not None:
+            return await self.reads.run_spending(self.run_id)
+        # No ledger query (in-memory ports): the same sums from the run's judge events.
+        events = await self.log.run_events(self.run_id, [JudgeStarted.TOPIC, JudgeCalled.TOPIC])
+        billed = sum(float(e.payload.get("cost_usd", 0.0)) for e in events if e.topic == JudgeCalled.TOPIC)
+        ended = {e.payload.get("attempt_id") for e in events if e.topic == JudgeCalled.TOPIC}
+        started = {
+            str(e.payload["attempt_id"]): float(e.payload.get("max_cost_usd", 0.0))
+            for e in events
+            if e.topic == JudgeStarted.TOPIC and e.payload["attempt_id"] not in ended
+        }
+        return RunSpending(billed, started)
 
     def _close(self, attempt_id: str) -> None:
         open_attempts = _OPEN.get(self.run_id)

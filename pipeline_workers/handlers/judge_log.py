@@ -14,8 +14,6 @@ from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import JudgeCalled, make_event
 from echelon_platform.domain.values import JudgeCall
 
-TOPIC = "verify.judge.called"
-
 
 def call_key(replay_id: str, call: JudgeCall) -> str:
     """A sent request is keyed by its attempt id (each one may be billed: each is its own event); a reused
@@ -46,4 +44,5 @@ def judge_events(
 
 def reused_replays(events: Sequence[Envelope]) -> list[str]:
     """Replays with a judge answer reused from the log (`reused_from` set), from a run's events."""
-    return sorted({str(e.payload["replay_id"]) for e in events if e.topic == TOPIC and e.payload.get("reused_from")})
+    reused = (e for e in events if e.topic == JudgeCalled.TOPIC and e.payload.get("reused_from"))
+    return sorted({str(e.payload["replay_id"]) for e in reused})

@@ -7,55 +7,38 @@ from collections.abc import Sequence
 from cachetools import LRUCache
 
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import (
-    Payload,
-    ReplayFailed,
-    ReplayInvoked,
-    ReplayScored,
-    RunFailed,
-    make_event,
-    payload_as,
-)
+from echelon_platform.domain.events import Payload, ReplayInvoked, ReplayScored, RunFailed, make_event, payload_as
 from echelon_platform.errors import ScoringError
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.context import StageContext
-from pipeline_workers.handlers.guards import log_skip, skip_reason
-from pipeline_workers.handlers.judge_ledger import JudgeLedger
+from pipeline_workers.handlers.guards import log_skip
+from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.scoring.base import Scorer, replay_usage, usage_of
 
 
-class ScoreHandler:
+class ScoreHandler(GivesUpOnTheReplay):
     stage = "score"
-    topic = "verify.replay.invoked"
+    topic = ReplayInvoked.TOPIC
 
     def __init__(self, ctx: StageContext, scorer: Scorer, metrics: Metrics) -> None:
         self.ctx = ctx
-        self.services = ctx.services
+        self.guard = ctx.guard
         self.scorer = scorer
         self.metrics = metrics
-        # Runs this process ended for mixing judges: their other replays are not judged, even before the
-        # run's failure reaches the read model.
-        # (run → the replay that stopped it: that one is handled again after a failed publish.)
+        # Runs this process ended for mixing judges (run → the replay that stopped it, which is handled again
+        # after a failed publish): their other replays are not judged, even before the read model knows.
         self._refused: LRUCache[str, str] = LRUCache(4096)
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayInvoked)
         # A judge call is paid: not for a run that is over, nor again for a score already in the log.
-        skip = await skip_reason(self.services, payload.run_id, [f"verify.replay.scored:{payload.replay_id}"])
+        skip = await self.guard.skip_reason(payload.run_id, [f"verify.replay.scored:{payload.replay_id}"])
         if skip is None and self._refused.get(payload.run_id, payload.replay_id) != payload.replay_id:
             skip = "run stopped: its judges mixed"
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []
-        request = await self.ctx.run_request(payload.run_id)
-        calls = JudgeLedger(
-            self.services,
-            payload.run_id,
-            payload.replay_id,
-            causation_id=envelope.event_id,
-            max_cost_usd=request.max_cost_usd,
-            reuse=request.judge_cache,
-        )
+        calls = self.ctx.judge_ledger_for(payload, causation_id=envelope.event_id)
         try:
             score = await self.scorer.score(
                 payload.replay_id, payload.record, payload.reply, question=payload.question, calls=calls
@@ -89,7 +72,7 @@ class ScoreHandler:
         if self.ctx.settings.judge_mixing != "refuse":
             return []
         run_id = scored.run_id
-        logged = await self.services.store.run_events(run_id, ["verify.replay.scored"])
+        logged = await self.ctx.log.run_events(run_id, [ReplayScored.TOPIC])
         judges = {payload_as(e, ReplayScored).score.scoring_model for e in logged} | {judge}
         if len(judges) < 2:
             return []
@@ -99,14 +82,3 @@ class ScoreHandler:
         )
         self._refused[run_id] = replay_id
         return [make_event(RunFailed(run_id=run_id, reason=reason, stage=self.stage), causation_id=scored.event_id)]
-
-    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
-        assert isinstance(payload, ReplayInvoked)
-        failed = ReplayFailed(
-            run_id=payload.run_id,
-            replay_id=payload.replay_id,
-            ground_truth_id=payload.record.id,
-            stage="score",
-            reason=reason[:2000],
-        )
-        return [make_event(failed, causation_id=envelope.event_id)]

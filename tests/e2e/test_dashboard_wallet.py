@@ -13,9 +13,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.e2e.browser import CHROMIUM_FLAGS
 from tests.e2e.test_dashboard import TIMEOUT_MS, playwright_api
-from tests.integration.test_api_support import free_port, new_account, serve, services, sign
-
-__all__ = ["services"]  # fixtures
+from tests.integration.test_api_support import free_port, new_account, serve, sign
 
 # What a wallet extension injects, reduced to the calls the page makes. `personal_sign` gets the message as
 # 0x hex of its UTF-8 bytes (as MetaMask takes it) and hands it to Python to sign.

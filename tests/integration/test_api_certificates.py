@@ -29,20 +29,10 @@ from echelon_platform.domain.key_chain import endorsement_message
 from echelon_platform.errors import ConfigError
 from tests.factories import T0
 from tests.helpers import wait_for
-from tests.integration.test_api_support import (
-    API,
-    app,
-    auth,
-    certified_run,
-    client,
-    drain,
-    options,
-    publish,
-    services,
-)
+from tests.integration.test_api_support import API, app, auth, certified_run, client, drain, options, publish
 from tests.unit.pipeline.test_certificate_trust import write_key
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 Certs = dict[str, dict[str, Any]]
 

@@ -13,9 +13,9 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.values import canonical_construct_id, construct_key
 from tests.factories import T0
 from tests.helpers import certifier_keyring
-from tests.integration.test_api_support import API, app, auth, certified_run, client, drain, options, publish, services
+from tests.integration.test_api_support import API, app, auth, certified_run, client, drain, options, publish
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 RUN = {
     "repo_url": "https://github.com/acme/widgets",

@@ -11,9 +11,7 @@ from websockets.exceptions import InvalidStatus
 from api.app import create_app
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
-from tests.integration.test_api_support import API, http_client, serve, services
-
-__all__ = ["services"]  # fixtures
+from tests.integration.test_api_support import API, http_client, serve
 
 PAGE = "http://localhost:5173"
 PREFLIGHT_HEADERS = "authorization, content-type, idempotency-key"

@@ -13,9 +13,9 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.integration.test_api_idempotency import requested_in_stream
 from tests.integration.test_api_runs import RUN
-from tests.integration.test_api_support import API, app, auth, client, options, services
+from tests.integration.test_api_support import API, app, auth, client, options
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 TERMINATE = (
     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "

@@ -22,12 +22,11 @@ from tests.integration.test_api_support import (
     http_client,
     new_account,
     options,
-    services,
     wallet_headers,
     wallet_message,
 )
 
-__all__ = ["options", "services"]  # fixtures
+__all__ = ["options"]  # fixtures
 
 
 @asynccontextmanager

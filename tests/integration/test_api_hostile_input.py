@@ -16,9 +16,9 @@ import pytest
 
 from api.json_body import MAX_JSON_DEPTH
 from echelon_platform.config import Settings
-from tests.integration.test_api_support import API, app, auth, client, options, serve, services
+from tests.integration.test_api_support import API, app, auth, client, options, serve
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 RUN = {
     "repo_url": "https://github.com/acme/widgets",

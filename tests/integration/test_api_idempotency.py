@@ -11,9 +11,9 @@ from api.options import ApiOptions
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.integration.test_api_runs import RUN
-from tests.integration.test_api_support import API, app, auth, client, drain, http_client, options, services
+from tests.integration.test_api_support import API, app, auth, client, drain, http_client, options
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 
 async def requested_in_stream(services: Services) -> int:

@@ -38,9 +38,8 @@ def own_settings(settings: Settings, own_redis: EmbeddedRedis) -> Settings:
 
 
 @pytest.fixture
-async def services(own_settings: Settings) -> AsyncIterator[Services]:
-    async with Services(own_settings, name="test-log-reads") as svc:
-        yield svc
+def service_settings(own_settings: Settings) -> Settings:
+    return own_settings
 
 
 @pytest.fixture

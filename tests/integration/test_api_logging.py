@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from echelon_platform.config import Settings
 from echelon_platform.log_config import configure_logging
 from tests.integration.test_api_runs import RUN
-from tests.integration.test_api_support import API, app, auth, http_client, options, services
+from tests.integration.test_api_support import API, app, auth, http_client, options
 
-__all__ = ["app", "options", "services"]  # fixtures
+__all__ = ["app", "options"]  # fixtures
 
 
 @pytest.fixture

@@ -24,10 +24,9 @@ from tests.integration.test_api_support import (
     http_client,
     options,
     publish,
-    services,
 )
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 RUN: dict[str, Any] = {
     "repo_url": "https://github.com/acme/widgets",

@@ -49,9 +49,8 @@ def ready_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def services(ready_settings: Settings) -> AsyncIterator[Services]:
-    async with Services(ready_settings, name="test-readiness") as svc:
-        yield svc
+def service_settings(ready_settings: Settings) -> Settings:
+    return ready_settings
 
 
 @pytest.fixture

@@ -26,13 +26,12 @@ from tests.integration.test_api_support import (
     new_account,
     options,
     publish,
-    services,
     signed_in,
     wallet_headers,
     wallet_message,
 )
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 RUN = {
     "repo_url": "https://github.com/acme/widgets",

@@ -37,9 +37,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.factories import T0
 from tests.helpers import certifier_keyring
-from tests.integration.test_api_support import auth, certified_run, drain, publish, serve, services
-
-__all__ = ["services"]  # fixtures
+from tests.integration.test_api_support import auth, certified_run, drain, publish, serve
 
 EXAMPLES_PER_OPERATION = 60
 # Headers that frame the HTTP message belong to the client library, not to the API's input: a generated

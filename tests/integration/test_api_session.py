@@ -20,12 +20,11 @@ from tests.integration.test_api_support import (
     http_client,
     new_account,
     options,
-    services,
     sign,
     wallet_message,
 )
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 SESSION = "/api/v1/auth/session"
 

@@ -17,13 +17,12 @@ from tests.integration.test_api_support import (
     fresh_message,
     new_account,
     options,
-    services,
     wallet_headers,
     wallet_message,
 )
 from tests.unit.test_auth import high_s, wrong_checksum
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 
 async def nonce_of(client: httpx.AsyncClient) -> str:

@@ -31,13 +31,10 @@ from tests.integration.test_api_support import (
     publish,
     serve,
     server_nonce,
-    services,
     sign,
     token,
     wallet_message,
 )
-
-__all__ = ["services"]  # fixtures
 
 Frame_ = dict[str, Any]
 DEADLINE_S = 15.0

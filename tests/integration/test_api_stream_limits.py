@@ -21,9 +21,7 @@ from echelon.http_server import api_server_config
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.helpers import wait_for
-from tests.integration.test_api_support import free_port, services, token
-
-__all__ = ["services"]  # fixtures
+from tests.integration.test_api_support import free_port, token
 
 DEADLINE_S = 15.0
 

@@ -42,12 +42,6 @@ from tests.helpers import wait_for
 API = "/api/v1/verification"
 
 
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services(settings, name="test-api") as svc:
-        yield svc
-
-
 @asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[FastAPI]:
     async with app.router.lifespan_context(app):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
@@ -18,12 +17,6 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from tests.factories import certificate, requested, run_events
 from tests.helpers import certifier_keyring, wait_for
-
-
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services(settings, name="test") as svc:
-        yield svc
 
 
 async def rows(settings: Settings, query: str) -> list[asyncpg.Record]:

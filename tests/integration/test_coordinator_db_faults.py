@@ -15,10 +15,7 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from tests.factories import run_events
 from tests.helpers import wait_for
-from tests.integration.test_api_support import services
 from tests.integration.test_role_exit_codes import start_role
-
-__all__ = ["services"]  # fixture
 
 STATEMENT_TIMEOUT_S = 0.5
 

@@ -19,9 +19,7 @@ from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
 from tests.cli import ROOT, cli_env
 from tests.helpers import wait_for
-from tests.integration.test_api_support import API, auth, http_client, services
-
-__all__ = ["services"]  # fixtures
+from tests.integration.test_api_support import API, auth, http_client
 
 
 def test_each_run_keeps_its_order_while_runs_interleave() -> None:

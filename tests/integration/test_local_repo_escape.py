@@ -21,16 +21,16 @@ from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import ReplayRequested, RunFailed, make_event
 from echelon_platform.errors import IngestError
 from pipeline_workers.fixtures import materialise_sample_repo
-from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.ingest import local_git
 from pipeline_workers.ingest.base import SourceSpec
 from pipeline_workers.ingest.git_dirs import check_confined
 from pipeline_workers.ingest.local_git import LocalGitIngester
-from tests.integration.test_api_support import API, app, auth, client, options, services
+from pipeline_workers.pipeline import stage_context
+from tests.integration.test_api_support import API, app, auth, client, options
 from tests.integration.test_local_repo_swap import SECRET_TITLE, git, request_for, secret_repo
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 
 def git_out(repo: Path, *args: str) -> str:
@@ -102,7 +102,7 @@ ESCAPES: dict[str, Callable[[Path, Path], Path]] = {
 async def ingest(settings: Settings, repo_url: str) -> list[Envelope]:
     payload = request_for(repo_url)
     async with Services(settings, name="test-escape") as svc, httpx.AsyncClient() as http:
-        return list(await IngestHandler(StageContext(svc, settings, http)).handle(make_event(payload), payload))
+        return list(await IngestHandler(stage_context(svc, settings, http)).handle(make_event(payload), payload))
 
 
 @pytest.mark.parametrize("escape", ESCAPES)

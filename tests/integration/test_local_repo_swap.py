@@ -15,8 +15,8 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.events import OracleSpec, ReplayRequested, RunFailed, RunRequested, make_event
 from echelon_platform.domain.repo_refs import check_local_repo_allowed
 from pipeline_workers.fixtures import materialise_sample_repo
-from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.ingest import IngestHandler
+from pipeline_workers.pipeline import stage_context
 from tests.factories import T0
 
 SECRET_TITLE = "Secret plans (#9)"
@@ -79,7 +79,7 @@ async def test_a_symlink_swapped_after_the_check_is_not_followed(
     monkeypatch.setattr(ingest_module, "check_local_repo_allowed", check_then_swap)
     payload = request_for(str(link))
     async with Services(settings, name="test-swap") as services, httpx.AsyncClient() as http:
-        events = await IngestHandler(StageContext(services, settings, http)).handle(make_event(payload), payload)
+        events = await IngestHandler(stage_context(services, settings, http)).handle(make_event(payload), payload)
 
     assert not [e for e in events if e.topic == "verify.run.failed"], [
         RunFailed.model_validate(e.payload).reason for e in events if e.topic == "verify.run.failed"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -32,9 +31,8 @@ def psettings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def services(psettings: Settings) -> AsyncIterator[Services]:
-    async with Services(psettings, name="test") as svc:
-        yield svc
+def service_settings(psettings: Settings) -> Settings:
+    return psettings
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 
-import pytest
-
 from coordinator.admission import TrustedKeys
 from coordinator.factory import coordinator_for
 from coordinator.replay import Rebuilder, snapshot, verify
@@ -18,12 +16,6 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, RunCompleted, RunFailed, make_event
 from tests.factories import run_events
-
-
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services(settings, name="test") as svc:
-        yield svc
 
 
 async def drain(services: Services, settings: Settings) -> None:
@@ -114,7 +106,7 @@ async def _durables(services: Services) -> AsyncIterator[str]:
 
 
 async def test_parked_event_can_be_fixed_and_redriven(services: Services, settings: Settings) -> None:
-    from coordinator.writer import RETRY_HEADER
+    from coordinator.decode import RETRY_HEADER
 
     good = run_events("PARK", n=1, failed=0)[0]
     subject = services.subjects.for_event(good)

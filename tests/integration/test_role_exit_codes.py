@@ -16,9 +16,6 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.cli import ROOT, cli_env
 from tests.helpers import wait_for
-from tests.integration.test_api_support import services
-
-__all__ = ["services"]  # fixture
 
 
 def role_env(settings: Settings) -> dict[str, str]:

@@ -13,20 +13,9 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from tests.cli import cli_env, run_cli
 from tests.factories import run_events
-from tests.integration.test_api_support import (
-    API,
-    app,
-    auth,
-    client,
-    drain,
-    options,
-    publish,
-    serve,
-    services,
-    token,
-)
+from tests.integration.test_api_support import API, app, auth, client, drain, options, publish, serve, token
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 
 async def _logged_run(services: Services, settings: Settings, run_id: str) -> list[str]:

@@ -10,10 +10,10 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.errors import ConfigError
+from echelon_platform.ports.run_secrets import RunSecrets
 
 SECRETS = RunSecrets(github_token=SecretStr("ghp_x"), oracle_headers={"Authorization": SecretStr("Bearer y")})
 

@@ -4,7 +4,6 @@ writer start, they are rebuilt or caught up from the log with no operator step, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,12 +16,6 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, make_event
 from tests.factories import certificate, run_events
 from tests.helpers import certifier_keyring, wait_for
-
-
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services(settings, name="test") as svc:
-        yield svc
 
 
 async def lose_read_models(services: Services) -> int:

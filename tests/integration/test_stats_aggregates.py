@@ -6,11 +6,9 @@ groupings, and pages. The rate limit answers 429 with Retry-After."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from ulid import ULID
 
 from api.app import create_app
@@ -36,12 +34,6 @@ from tests.integration.test_api_support import API, auth, certified_run, drain, 
 USERS = ("alice", "bob", "carol")
 CONSTRUCTS = ("oracle-a", "oracle-b", "oracle-c", "oracle-d")
 VIEWERS: tuple[Principal | None, ...] = (None, Principal("alice"), Principal("bob"), Principal("root", is_admin=True))
-
-
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services(settings, name="test-stats") as svc:
-        yield svc
 
 
 def judge_call(run_id: str, replay_id: str, n: int, rng: random.Random) -> Envelope:

@@ -30,9 +30,9 @@ from echelon_platform.domain.values import CalibrationCertificate, ReplayScore
 from pipeline_workers.handlers.certify import CertifyHandler
 from tests.factories import T0, certificate, requested, run_events
 from tests.helpers import certifier_keyring, wait_for
-from tests.integration.test_api_support import API, app, client, drain, options, services
+from tests.integration.test_api_support import API, app, client, drain, options
 
-__all__ = ["app", "client", "options", "services"]  # fixtures
+__all__ = ["app", "client", "options"]  # fixtures
 
 
 def perfect_certificate(run_id: str) -> CalibrationCertificate:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -24,12 +23,6 @@ from tests.factories import requested, run_events
 from tests.helpers import stop_processes, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services(settings, name="test") as svc:
-        yield svc
 
 
 async def fetch(settings: Settings, query: str, *args: object) -> list[asyncpg.Record]:

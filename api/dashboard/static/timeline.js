@@ -3,14 +3,15 @@
 // each replay's total, a payload view on demand (secrets never shown) and a filter by replay state or topic.
 
 import { fmtClock, fmtDuration, fmtNum, h, redact } from "./lib.js";
+import { TOPIC } from "./vocabulary.js";
 
 const LONG = 1500; // characters of a string shown in a payload before it is cut (diffs can be large)
 const STATES = [["", "all replays"], ["failed", "failed replays"], ["scored", "scored replays"], ["open", "unfinished replays"]];
 const STATE_OF = {
-  "verify.replay.requested": "open",
-  "verify.replay.invoked": "open",
-  "verify.replay.scored": "scored",
-  "verify.replay.failed": "failed",
+  [TOPIC.ReplayRequested]: "open",
+  [TOPIC.ReplayInvoked]: "open",
+  [TOPIC.ReplayScored]: "scored",
+  [TOPIC.ReplayFailed]: "failed",
 };
 
 const ms = (event) => Date.parse(event.timestamp);
@@ -26,22 +27,22 @@ function cut(value) {
 function gist(event) {
   const p = redact(event.payload || {});
   switch (event.topic) {
-    case "verify.run.requested":
+    case TOPIC.RunRequested:
       return `${p.construct_id ?? ""} · ${p.oracle?.type ?? ""} ${p.oracle?.url ?? [p.oracle?.module, p.oracle?.callable].filter(Boolean).join(":")}`;
-    case "verify.run.ingested":
+    case TOPIC.RunIngested:
       return `${p.total} change(s) · ${p.ground_truth_source ?? ""} ${p.commit_range ?? ""}`;
-    case "verify.replay.requested":
+    case TOPIC.ReplayRequested:
       return p.record ? `${p.record.id} · ${p.record.title}` : "";
-    case "verify.replay.invoked":
+    case TOPIC.ReplayInvoked:
       return `oracle replied in ${fmtDuration(p.latency_ms)}: ${(p.reply?.summary ?? "").slice(0, 140)}`;
-    case "verify.replay.scored": {
+    case TOPIC.ReplayScored: {
       const s = p.score || {};
       return `judge ${s.scoring_model ?? ""}: precision ${fmtNum(s.precision, 2)}, recall ${fmtNum(s.recall, 2)}, reply ${fmtNum(s.reply_accuracy, 2)} · ${fmtDuration(s.scoring_latency_ms)}`;
     }
-    case "verify.replay.failed":
-    case "verify.run.failed":
+    case TOPIC.ReplayFailed:
+    case TOPIC.RunFailed:
       return `${p.stage ?? ""}: ${p.reason ?? ""}`;
-    case "verify.certificate.issued":
+    case TOPIC.CertificateIssued:
       return p.certificate ? `certificate ${p.certificate.certificate_id} · composite ${fmtNum(p.certificate.composite_score)}` : "";
     default:
       return "";
@@ -95,7 +96,7 @@ export class Timeline {
     group.events.push(event);
     const state = STATE_OF[event.topic];
     if (state && group.state !== "failed" && group.state !== "scored") group.state = state;
-    if (event.topic === "verify.replay.requested" && event.payload.record) group.record = event.payload.record;
+    if (event.topic === TOPIC.ReplayRequested && event.payload.record) group.record = event.payload.record;
     this.dirty.add(group);
   }
 

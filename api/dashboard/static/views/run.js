@@ -2,6 +2,7 @@ import { api, badge, errorBox, fmtTime, h, noteShown, progressBar, scroller } fr
 import { applyEvent, fromView, isTerminal } from "../runstate.js";
 import { LiveStream } from "../stream.js";
 import { Timeline } from "../timeline.js";
+import { TOPIC } from "../vocabulary.js";
 
 const HISTORY_MS = 250; // batch the timeline's log reads while events pour in
 const LAG_MS = 500; // ask the log again while it lags what the stream showed…
@@ -59,7 +60,7 @@ export async function runPage(main, runId) {
             const page = await api(`runs/${enc}/events?after=${next}&limit=500`);
             for (const { seq, event } of page.events) {
               timeline.add(seq, event);
-              if (event.topic === "verify.replay.failed") failed.push(event.payload);
+              if (event.topic === TOPIC.ReplayFailed) failed.push(event.payload);
               after = seq;
             }
             next = page.next_after;

@@ -1,8 +1,9 @@
 import { ApiError, api, badge, claims, errorBox, fmtTime, h, noteShown, progressBar, query, scroller, token } from "../lib.js";
 import { applyEvent, fromView, isBehind } from "../runstate.js";
 import { LiveStream } from "../stream.js";
+import { STATUSES as ORDER, TOPIC } from "../vocabulary.js";
 
-const STATUSES = ["", "PENDING", "INGESTING", "INVOKING", "SCORING", "CERTIFYING", "COMPLETED", "FAILED"];
+const STATUSES = ["", ...ORDER]; // "": any status
 const RECONCILE_MS = 300;
 const COUNT_MS = 400; // batch the count's refresh while runs pour in
 // …and count again once things are quiet: the list is read from the read model, which the writer updates a
@@ -198,7 +199,7 @@ export async function runsPage(main) {
       show(applyEvent(entry.run, event));
       noteShown(event);
     }
-    if (entry || event.topic === "verify.run.requested") later(runId);
+    if (entry || event.topic === TOPIC.RunRequested) later(runId);
     // A new run, or one changing status (a status filter counts it in or out): the count may change.
     if (event.topic.startsWith("verify.run.")) {
       if (!countTimer) countTimer = setTimeout(() => { countTimer = null; recount(); }, COUNT_MS);
@@ -263,7 +264,7 @@ export async function runsPage(main) {
 
   await load();
   const stream = new LiveStream(
-    { topics: ["verify.run.*", "verify.replay.*", "verify.certificate.issued"] },
+    { topics: ["verify.run.*", "verify.replay.*", TOPIC.CertificateIssued] },
     onEvent,
     { onGap: () => { runs.forEach((_, id) => later(id)); recount(); } }, // coalesced progress: ask the read model
   );

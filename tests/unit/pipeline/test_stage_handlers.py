@@ -1,0 +1,156 @@
+"""The invoke and score handlers on the in-memory ports: what they emit, and the paid work they skip.
+
+The oracle is the bundled sample (a real Python oracle) and the judge the offline lexical scorer: nothing
+is faked but the log, the bus, the read model and the secrets, by their in-memory twins (held to the same
+contract as the servers in tests/integration/test_log_ports.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from echelon_platform.adapters.memory import MemoryLog, MemoryPublisher, MemoryRunStates, MemorySecrets
+from echelon_platform.config import Settings
+from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
+    ReplayFailed,
+    ReplayInvoked,
+    ReplayRequested,
+    ReplayScored,
+    RunFailed,
+    Subjects,
+    make_event,
+    parse_payload,
+    payload_as,
+)
+from echelon_platform.domain.projections import RunState, apply
+from echelon_platform.metrics import Metrics
+from pipeline_workers.handlers.context import StageContext
+from pipeline_workers.handlers.guards import PaidWorkGuard
+from pipeline_workers.handlers.invoke import InvokeHandler
+from pipeline_workers.handlers.score import ScoreHandler
+from pipeline_workers.scoring.offline import OfflineLexicalScorer
+from tests.factories import record, requested
+
+RUN = "r1"
+REPLAY = f"{RUN}-0000"
+
+
+class Ports:
+    def __init__(self, *, max_payload: int = 1024 * 1024) -> None:
+        self.settings = Settings(oracle_allowlist=["pipeline_workers.oracles.sample:summarise"])
+        self.log = MemoryLog()
+        self.runs = MemoryRunStates()
+        self.bus = MemoryPublisher(
+            Subjects(self.settings.subject_root, self.settings.partitioning), max_payload=max_payload
+        )
+        self.guard = PaidWorkGuard(self.runs, self.log)
+
+    def context(self, http: httpx.AsyncClient) -> StageContext:
+        return StageContext(
+            log=self.log,
+            guard=self.guard,
+            publisher=self.bus,
+            stream=self.bus,
+            secrets=MemorySecrets(),
+            subjects=self.bus.subjects,
+            settings=self.settings,
+            http=http,
+        )
+
+    async def logged(self, *events: Envelope) -> None:
+        await self.log.append_batch([(e, i) for i, e in enumerate(events, start=await self.log.max_seq() + 1)])
+
+    def ended(self, *events: Envelope) -> None:
+        state = RunState(RUN)
+        for seq, event in enumerate(events, start=1):
+            state = apply(state, event, seq)
+        self.runs.runs[RUN] = state
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def replay_requested() -> Envelope:
+    return make_event(ReplayRequested(run_id=RUN, replay_id=REPLAY, index=0, record=record(0)))
+
+
+async def invoke(ports: Ports, http: httpx.AsyncClient, event: Envelope) -> list[Envelope]:
+    handler = InvokeHandler(ports.context(http), OfflineLexicalScorer())
+    return list(await handler.handle(event, parse_payload(event)))
+
+
+async def test_invoke_calls_the_oracle_for_a_logged_request(http: httpx.AsyncClient) -> None:
+    ports = Ports()
+    await ports.logged(requested(RUN))
+    event = replay_requested()
+    caused = await invoke(ports, http, event)
+    invoked = [payload_as(e, ReplayInvoked) for e in caused if e.topic == "verify.replay.invoked"]
+    assert len(invoked) == 1
+    assert invoked[0].replay_id == REPLAY and invoked[0].reply.summary
+    assert invoked[0].question
+    assert all(e.causation_id == event.event_id for e in caused)
+
+
+async def test_invoke_reads_a_request_the_log_does_not_hold_yet_from_the_stream(http: httpx.AsyncClient) -> None:
+    ports = Ports()
+    await ports.bus.publish(requested(RUN))
+    caused = await invoke(ports, http, replay_requested())
+    assert [e.topic for e in caused if e.topic.startswith("verify.replay.")] == ["verify.replay.invoked"]
+
+
+async def test_invoke_fails_a_reply_too_large_for_the_bus_once(http: httpx.AsyncClient) -> None:
+    ports = Ports(max_payload=9 * 1024)  # 1 KiB left after the headroom for headers and subject
+    await ports.logged(requested(RUN))
+    caused = await invoke(ports, http, replay_requested())
+    failed = [payload_as(e, ReplayFailed) for e in caused if e.topic == "verify.replay.failed"]
+    assert len(failed) == 1 and "oracle reply too large" in failed[0].reason
+    assert not [e for e in caused if e.topic == "verify.replay.invoked"]
+
+
+async def test_invoke_skips_a_replay_whose_outcome_the_log_holds(http: httpx.AsyncClient) -> None:
+    ports = Ports()
+    await ports.logged(requested(RUN))
+    outcome = make_event(ReplayFailed(run_id=RUN, replay_id=REPLAY, ground_truth_id="pr-0", stage="invoke", reason="x"))
+    await ports.logged(outcome)
+    assert await invoke(ports, http, replay_requested()) == []
+
+
+async def test_invoke_skips_a_run_that_is_over(http: httpx.AsyncClient) -> None:
+    ports = Ports()
+    request = requested(RUN)
+    await ports.logged(request)
+    ports.ended(request, make_event(RunFailed(run_id=RUN, reason="gave up", stage="watchdog")))
+    assert await invoke(ports, http, replay_requested()) == []
+
+
+async def invoked_event(ports: Ports, http: httpx.AsyncClient) -> Envelope:
+    await ports.logged(requested(RUN))
+    (event,) = [e for e in await invoke(ports, http, replay_requested()) if e.topic == "verify.replay.invoked"]
+    return event
+
+
+async def test_score_grades_the_reply_and_logs_each_judge_call(http: httpx.AsyncClient) -> None:
+    ports = Ports()
+    event = await invoked_event(ports, http)
+    handler = ScoreHandler(ports.context(http), OfflineLexicalScorer(), Metrics())
+    caused = list(await handler.handle(event, parse_payload(event)))
+    (scored,) = [payload_as(e, ReplayScored) for e in caused if e.topic == "verify.replay.scored"]
+    calls = [e for e in caused if e.topic == "verify.judge.called"]
+    assert scored.replay_id == REPLAY
+    assert 0.0 <= scored.score.precision <= 1.0 and 0.0 <= scored.score.recall <= 1.0
+    assert scored.judge_calls == [e.dedup_key for e in calls]
+
+
+async def test_score_is_not_paid_for_twice(http: httpx.AsyncClient) -> None:
+    ports = Ports()
+    event = await invoked_event(ports, http)
+    handler = ScoreHandler(ports.context(http), OfflineLexicalScorer(), Metrics())
+    first = list(await handler.handle(event, parse_payload(event)))
+    await ports.logged(*first)  # the writer logged the outcome; the message is redelivered
+    assert list(await handler.handle(event, parse_payload(event))) == []
