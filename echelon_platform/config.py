@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echelon_platform.domain.bus_access import BusLayout, writer_durable
@@ -21,6 +21,25 @@ DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
 MIN_JWT_SECRET_BYTES = 32
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
 _URL_FIELDS = frozenset({"nats_url", "database_url", "redis_url"})
+
+
+class JudgeEndpoint(BaseModel):
+    """One judge of `ECHELON_JUDGES` with its own endpoint and key: the key is named (an environment variable
+    holding it), never written into the list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    judge: str = Field(description="`anthropic:<model>` or `offline`")
+    base_url: str | None = Field(default=None, description="default: ECHELON_ANTHROPIC_BASE_URL, else Anthropic's")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the environment variable holding this judge's key (default: ECHELON_ANTHROPIC_API_KEY)",
+    )
+
+
+def judge_name(spec: str | JudgeEndpoint) -> str:
+    return spec if isinstance(spec, str) else spec.judge
 
 
 class Settings(BaseSettings):
@@ -142,7 +161,9 @@ class Settings(BaseSettings):
     judge_concurrency: int = 4
     # Ordered judges, e.g. ["anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "offline"]; each has a
     # circuit breaker and the next one answers when it fails. Unset: Anthropic with a key, else offline.
-    judges: list[str] | None = None
+    # An entry may also be an object naming its own endpoint and key variable (see JudgeEndpoint), e.g.
+    # {"judge": "anthropic:claude-haiku-4-5", "base_url": "https://…", "api_key_env": "FALLBACK_ANTHROPIC_KEY"}.
+    judges: list[str | JudgeEndpoint] | None = None
     judge_breaker_failures: int = Field(default=3, ge=1)  # consecutive failures that open a judge's breaker
     judge_breaker_cooldown_s: float = Field(default=30.0, ge=0)  # then one trial call after this long
     # Replays of one certificate scored by different judges: flag (warning + mixed_judges) or refuse.

@@ -46,6 +46,7 @@ class FakeAnthropic:
     cache_ttl_s: float = 300.0
     plan: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # answered first, in order
     requests: list[dict[str, Any]] = field(default_factory=list)  # every request received (billed or not)
+    keys: list[str] = field(default_factory=list)  # the API key each request carried
     answered: int = 0
     held: int = 0  # requests waiting on `release`
     release: asyncio.Event | None = None  # when set to an unset Event, requests `hold` picks wait for it
@@ -59,6 +60,8 @@ class FakeAnthropic:
     async def messages(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        self.keys.append(request.headers.get("x-api-key", bearer))
         if self.release is not None and not self.release.is_set() and self.hold(body):
             self.held += 1
             await self.release.wait()

@@ -11,6 +11,22 @@ import asyncpg
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, store_error
 from echelon_platform.ports.judge_ledger import LoggedAnswer, RunSpending
 
+_SPENDING = """
+    SELECT topic, payload->>'attempt_id' AS attempt_id,
+           coalesce((payload->>'cost_usd')::float8, 0) AS cost,
+           coalesce((payload->>'max_cost_usd')::float8, 0) AS bound
+    FROM events
+    WHERE correlation_id = $1 AND topic IN ('verify.judge.started', 'verify.judge.called')
+"""
+_ANSWER = """
+    SELECT payload->>'call_key' AS call_key, payload->>'raw_text' AS raw_text
+    FROM events
+    WHERE topic = 'verify.judge.called' AND payload->>'cache_key' = $1
+      AND (payload->>'usable')::boolean AND NOT coalesce((payload->>'raw_truncated')::boolean, false)
+      AND payload->>'reused_from' IS NULL
+    ORDER BY seq LIMIT 1
+"""
+
 
 class PgJudgeLedger:
     """`JudgeLedgerReads` over the Postgres log."""
@@ -19,49 +35,26 @@ class PgJudgeLedger:
         self.store = store
 
     async def run_spending(self, run_id: str) -> RunSpending:
-        return await run_spending(self.store, run_id)
+        try:
+            rows = await self.store.pool.fetch(_SPENDING, f"run-{run_id}")
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("judge ledger query failed", exc) from exc
+        billed: dict[str, float] = {}
+        other = 0.0
+        started: dict[str, float] = {}
+        for row in rows:
+            if row["topic"] == "verify.judge.called":
+                if row["attempt_id"] is None:
+                    other += float(row["cost"])
+                else:
+                    billed[row["attempt_id"]] = float(row["cost"])
+            elif row["attempt_id"] is not None:
+                started[row["attempt_id"]] = float(row["bound"])
+        return RunSpending(billed, other, {a: b for a, b in started.items() if a not in billed})
 
     async def logged_answer(self, cache_key: str) -> LoggedAnswer | None:
-        return await logged_answer(self.store, cache_key)
-
-
-async def run_spending(store: EventStore, run_id: str) -> RunSpending:
-    query = """
-        SELECT topic, payload->>'attempt_id' AS attempt_id,
-               coalesce((payload->>'cost_usd')::float8, 0) AS cost,
-               coalesce((payload->>'max_cost_usd')::float8, 0) AS bound
-        FROM events
-        WHERE correlation_id = $1 AND topic IN ('verify.judge.started', 'verify.judge.called')
-    """
-    try:
-        rows = await store.pool.fetch(query, f"run-{run_id}")
-    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-        raise store_error("judge ledger query failed", exc) from exc
-    billed = 0.0
-    started: dict[str, float] = {}
-    ended: set[str] = set()
-    for row in rows:
-        if row["topic"] == "verify.judge.called":
-            billed += float(row["cost"])
-            if row["attempt_id"] is not None:
-                ended.add(row["attempt_id"])
-        elif row["attempt_id"] is not None:
-            started[row["attempt_id"]] = float(row["bound"])
-    return RunSpending(billed, {a: b for a, b in started.items() if a not in ended})
-
-
-async def logged_answer(store: EventStore, cache_key: str) -> LoggedAnswer | None:
-    """The first usable judge answer logged under `cache_key` that was itself asked (not reused), or None."""
-    query = """
-        SELECT payload->>'call_key' AS call_key, payload->>'raw_text' AS raw_text
-        FROM events
-        WHERE topic = 'verify.judge.called' AND payload->>'cache_key' = $1
-          AND (payload->>'usable')::boolean AND NOT coalesce((payload->>'raw_truncated')::boolean, false)
-          AND payload->>'reused_from' IS NULL
-        ORDER BY seq LIMIT 1
-    """
-    try:
-        row = await store.pool.fetchrow(query, cache_key)
-    except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-        raise store_error("judge answer lookup failed", exc) from exc
-    return None if row is None else LoggedAnswer(str(row["call_key"]), str(row["raw_text"]))
+        try:
+            row = await self.store.pool.fetchrow(_ANSWER, cache_key)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("judge answer lookup failed", exc) from exc
+        return None if row is None else LoggedAnswer(str(row["call_key"]), str(row["raw_text"]))

@@ -12,15 +12,20 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class RunSpending:
-    """What a run's judge requests cost or may cost: answered calls at their billed cost, requests logged as
-    started with no outcome at their bound (they may have been billed)."""
+    """What a run's judge requests cost or may cost, as the log has them: answered calls at their billed
+    cost, requests logged as started with no outcome at their bound (they may have been billed)."""
 
-    billed_usd: float
+    billed: dict[str, float]  # attempt id → billed cost, of the calls logged with their attempt
+    billed_other: float  # calls logged without an attempt id (a judge that sends nothing, older calls)
     open_attempts: dict[str, float]  # attempt id → its cost bound
 
-    def total(self, also_open: dict[str, float] | None = None) -> float:
-        bounds = dict(self.open_attempts) | (also_open or {})
-        return self.billed_usd + sum(bounds.values())
+    def total(self, local: dict[str, float] | None = None) -> float:
+        """The run's spending with what this process knows and the log may not show yet (`local`: attempt
+        id → its cost when it ended here, else its bound)."""
+        pending = self.open_attempts | {a: c for a, c in (local or {}).items()}
+        return (
+            self.billed_other + sum(self.billed.values()) + sum(c for a, c in pending.items() if a not in self.billed)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,10 @@ from echelon_platform.ports.log import LogReader
 from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.scoring.base import CallLog, Reusable
 
-# Requests of a run sent from this process and not ended yet (attempt id → cost bound), and a lock per run
-# so two replays of one run cannot both take the budget's last room.
-_OPEN: defaultdict[str, dict[str, float]] = defaultdict(dict)
+# Requests of a run sent from this process (attempt id → its bound, then its cost once it ended) until the log
+# shows their outcome (the writer logs them a moment later), and a lock per run so two replays of one run
+# cannot both take the budget's last room.
+_LOCAL: defaultdict[str, dict[str, float]] = defaultdict(dict)
 _LOCKS: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
@@ -66,14 +67,17 @@ class JudgeLedger(CallLog):
         async with _lock(self.run_id):
             if self.max_cost_usd is not None:
                 spending = await self._spending()
-                committed = spending.total(_OPEN[self.run_id])
+                local = _LOCAL[self.run_id]
+                for logged in spending.billed.keys() & local.keys():
+                    del local[logged]  # the log has its outcome now
+                committed = spending.total(local)
                 if committed + attempt.max_cost_usd > self.max_cost_usd:
                     raise BudgetExceeded(
                         f"{BUDGET_REASON}: the run's max_cost_usd of {self.max_cost_usd:g} USD would be passed "
                         f"({committed:.6f} USD spent or in flight, the next judge request may cost up to "
                         f"{attempt.max_cost_usd:.6f})"
                     )
-            _OPEN[self.run_id][attempt.attempt_id] = attempt.max_cost_usd
+            _LOCAL[self.run_id][attempt.attempt_id] = attempt.max_cost_usd
         event = make_event(
             JudgeStarted(run_id=self.run_id, replay_id=self.replay_id, **attempt.model_dump()),
             causation_id=self.causation_id,
@@ -81,19 +85,17 @@ class JudgeLedger(CallLog):
         try:
             await self.publisher.publish_many([event])
         except BaseException:
-            self._close(attempt.attempt_id)
+            _LOCAL[self.run_id].pop(attempt.attempt_id, None)  # not sent
             raise
 
     async def finished(self, call: JudgeCall) -> None:
         self.append(call)
         events, keys = judge_events(self.run_id, self.replay_id, [call], causation_id=self.causation_id)
         self.keys += keys
-        try:
-            await self.publisher.publish_many(events)
-            self._published.add(id(call))
-        finally:
-            if call.attempt_id is not None:
-                self._close(call.attempt_id)
+        if call.attempt_id is not None and call.attempt_id in _LOCAL.get(self.run_id, {}):
+            _LOCAL[self.run_id][call.attempt_id] = call.cost_usd  # billed: counted until the log has it
+        await self.publisher.publish_many(events)
+        self._published.add(id(call))
 
     async def reusable(self, cache_key: str) -> Reusable | None:
         if not self.reuse or self.reads is None:
@@ -113,18 +115,12 @@ class JudgeLedger(CallLog):
             return await self.reads.run_spending(self.run_id)
         # No ledger query (in-memory ports): the same sums from the run's judge events.
         events = await self.log.run_events(self.run_id, [JudgeStarted.TOPIC, JudgeCalled.TOPIC])
-        billed = sum(float(e.payload.get("cost_usd", 0.0)) for e in events if e.topic == JudgeCalled.TOPIC)
-        ended = {e.payload.get("attempt_id") for e in events if e.topic == JudgeCalled.TOPIC}
+        called = [e.payload for e in events if e.topic == JudgeCalled.TOPIC]
+        billed = {str(p["attempt_id"]): float(p.get("cost_usd", 0.0)) for p in called if p.get("attempt_id")}
+        other = sum(float(p.get("cost_usd", 0.0)) for p in called if not p.get("attempt_id"))
         started = {
             str(e.payload["attempt_id"]): float(e.payload.get("max_cost_usd", 0.0))
             for e in events
-            if e.topic == JudgeStarted.TOPIC and e.payload["attempt_id"] not in ended
+            if e.topic == JudgeStarted.TOPIC and e.payload["attempt_id"] not in billed
         }
-        return RunSpending(billed, started)
-
-    def _close(self, attempt_id: str) -> None:
-        open_attempts = _OPEN.get(self.run_id)
-        if open_attempts is not None:
-            open_attempts.pop(attempt_id, None)
-            if not open_attempts:
-                del _OPEN[self.run_id]
+        return RunSpending(billed, other, started)

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from api.app import create_app
 from coordinator.factory import coordinators_for
 from echelon_platform.adapters.services import Services
-from echelon_platform.config import Settings
+from echelon_platform.config import JudgeEndpoint, Settings
 from echelon_platform.domain.certificate import BUDGET_REASON
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.values import CalibrationCertificate
@@ -228,3 +228,30 @@ async def test_refused_mixing_stops_at_the_first_mixed_judgement(
         view = await world.wait_status(run_id, "COMPLETED", "FAILED")
     assert len(scored) == 2  # one score by each judge, then no more paid scoring
     assert view["status"] == "FAILED" and "ECHELON_JUDGE_MIXING" in str(view["error"])
+
+
+async def test_each_judge_has_its_own_endpoint_and_key_and_its_own_cost(
+    settings: Settings, fake: FakeAnthropic, sample_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRIMARY_JUDGE_KEY", "sk-ant-primary-0123456789")
+    monkeypatch.setenv("FALLBACK_JUDGE_KEY", "sk-ant-fallback-0123456789")
+    fake.decide = lambda body: (404, {"type": "error", "error": {"type": "not_found_error", "message": "model: x"}})
+    judges = [
+        JudgeEndpoint(judge="anthropic:claude-sonnet-4-6", base_url=fake.url, api_key_env="PRIMARY_JUDGE_KEY"),
+        JudgeEndpoint(judge="anthropic:claude-haiku-4-5", base_url="", api_key_env="FALLBACK_JUDGE_KEY"),
+    ]
+    async with serving(FakeAnthropic()) as fallback:
+        judges[1] = judges[1].model_copy(update={"base_url": fallback.url})
+        async with service(settings, fake, judges=judges) as world:
+            run_id = await submit(world, sample_repo, limit=2, min_replays=1)
+            cert = await certificate(world, run_id)
+            _, called = await judge_events(world, run_id)
+    assert cert.scoring_model == "anthropic:claude-haiku-4-5"
+    assert fake.requests and set(fake.keys) == {"sk-ant-primary-0123456789"}
+    assert len(fallback.requests) == 2 * cert.replay_count and set(fallback.keys) == {"sk-ant-fallback-0123456789"}
+    # Cost per judge, from the judge events: the refused judge billed nothing, the fallback everything.
+    cost: dict[str, float] = {}
+    for event in called:
+        cost[event.payload["judge"]] = cost.get(event.payload["judge"], 0.0) + event.payload["cost_usd"]
+    assert cost["anthropic:claude-sonnet-4-6"] == 0
+    assert cost["anthropic:claude-haiku-4-5"] == pytest.approx(sum(s.cost_usd for s in cert.individual_scores))
