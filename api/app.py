@@ -13,18 +13,16 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api import certificates, history, methodology, readiness, runs, signin, stats, stream
+from api import certificates, methodology_registry, readiness, run_events, runs, signin, stats, stream
 from api.admission import RunAdmission
 from api.auth import TokenCache
-from api.body_limit import BodySizeLimit
-from api.cors import install_cors
+from api.cors import OriginPolicy
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
+from api.edge import Edge
 from api.fanout import PendingSockets
-from api.json_body import JsonBodyGuard
 from api.limits import RateLimiter, RecentRuns
-from api.middleware import RequestContext
 from api.options import ApiOptions
 from api.schemas import Readiness
 from api.validation_errors import validation_error_answer
@@ -154,15 +152,13 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(certificates.router)
     app.include_router(certificates.well_known)
     app.include_router(stats.router)
-    app.include_router(methodology.router)
+    app.include_router(methodology_registry.router)
     app.include_router(stream.router)
     app.include_router(signin.router)
-    app.include_router(history.router)
+    app.include_router(run_events.router)
     install_dashboard(app)
-    app.add_middleware(JsonBodyGuard)  # strict, shallow JSON before any route decodes a body
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_cors(app, settings)  # outside the body limit: a preflight is answered before anything is read
-    app.add_middleware(RequestContext)  # outermost: a 413 is logged and measured like any response
+    # One layer: request id and access log, origin checks and CORS, the body limit, strict shallow JSON.
+    app.add_middleware(Edge, policy=OriginPolicy.from_settings(settings), max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(EchelonError)
     async def _domain_error(request: Request, exc: EchelonError) -> JSONResponse:

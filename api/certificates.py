@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import structlog
 from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import ValidationError
 from ulid import ULID
@@ -25,16 +24,16 @@ from api.cert_schemas import (
 from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
 from api.limits import RateLimiter
 from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
+from api.publishing import publish
 from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
-from echelon_platform.domain.certificate import signature_ok, verify_certificate
+from echelon_platform.domain.cert_validity import verify as verify_document
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import RatingSubmitted, make_event
+from echelon_platform.domain.events import RatingSubmitted
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import Forbidden, NotFound, ReadModelError, StoreError
 
-log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
 well_known = APIRouter(tags=["certificates"])
 
@@ -103,17 +102,16 @@ async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> Ve
     check the Ed25519 signature against the published keys whose chain reaches the pinned root key (only the
     certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
-    hash_ok, aggregates_ok = verify_certificate(cert)
     keys: PublishedKeys = request.app.state.signing_keys
-    signed = signature_ok(cert.model_dump(mode="json"), await keys.public_keys())
+    validity = verify_document(cert.model_dump(mode="json"), await keys.public_keys())
     return VerifyResult(
         certificate_id=cert.certificate_id,
         content_hash=cert.content_hash,
-        hash_ok=hash_ok,
-        aggregates_ok=aggregates_ok,
-        signature_ok=signed,
-        key_id=cert.signature.key_id if cert.signature else None,
-        valid=hash_ok and aggregates_ok and signed,
+        hash_ok=validity.hash_ok,
+        aggregates_ok=validity.aggregates_ok,
+        signature_ok=validity.signature_ok,
+        key_id=validity.key_id,
+        valid=validity.valid,
     )
 
 
@@ -166,10 +164,7 @@ async def rate_replay(
         rating=body.rating,
         rated_at=utcnow(),
     )
-    event = make_event(payload)
-    await services.bus.publish(event)
-    services.metrics.events_published.labels(event.topic).inc()
-    log.info("api.published", topic=event.topic, correlationId=event.correlation_id, eventId=event.event_id)
+    await publish(services.bus, services.metrics, payload)
     return RatingAccepted(**payload.model_dump(exclude={"run_id"}))
 
 

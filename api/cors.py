@@ -1,4 +1,5 @@
-"""Browser apps on other origins: one origin policy for HTTP (CORS, preflight included) and WebSockets.
+"""Browser apps on other origins: one origin policy for HTTP (CORS, preflight included) and WebSockets,
+applied by the API's edge layer (api/edge.py).
 
 `ECHELON_CORS_ORIGINS` lists the allowed origins (`*` for any). Unset, a loopback API (the dev stack) allows
 `http://localhost:*` and `http://127.0.0.1:*`, and any other API allows none: a browser page on another
@@ -11,9 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from echelon_platform.config import Settings
 
@@ -55,25 +54,6 @@ class OriginPolicy:
         return self.pattern is not None and re.fullmatch(self.pattern, origin) is not None
 
 
-class WebSocketOrigin:
-    """Refuse (HTTP 403 before the handshake completes) a WebSocket opened by a page of a foreign origin.
-
-    Browsers do not apply CORS to WebSockets, so without this a page anywhere could open the stream with a
-    token it holds; the same list as HTTP decides. Same-origin pages (the dashboard) are always allowed."""
-
-    def __init__(self, app: ASGIApp, policy: OriginPolicy) -> None:
-        self.app = app
-        self.policy = policy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            origin = _header(scope, b"origin")
-            if origin is not None and not _same_origin(scope, origin) and not self.policy.allows(origin):
-                await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
-                return
-        await self.app(scope, receive, send)
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -81,23 +61,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _same_origin(scope: Scope, origin: str) -> bool:
+def same_origin(scope: Scope, origin: str) -> bool:
     host = _header(scope, b"host")
     scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
     return host is not None and origin == f"{scheme}://{host}"
-
-
-def install_cors(app: FastAPI, settings: Settings) -> OriginPolicy:
-    policy = OriginPolicy.from_settings(settings)
-    app.add_middleware(WebSocketOrigin, policy=policy)
-    if policy.origins or policy.pattern:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=["*"] if policy.any_origin else sorted(policy.origins),
-            allow_origin_regex=policy.pattern,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=list(ALLOWED_HEADERS),
-            expose_headers=list(EXPOSED_HEADERS),
-            max_age=PREFLIGHT_MAX_AGE_S,
-        )
-    return policy

@@ -6,7 +6,8 @@ POST/PUT/PATCH/DELETE body declared as JSON (or sent without a content type) is 
 orjson: strict RFC 8259, and it stops by itself at 1024 levels. A body is refused with 422 and a reason
 when it is not JSON, carries a non-finite number, a string that is not UTF-8 (a lone surrogate), or nests
 arrays/objects deeper than `MAX_JSON_DEPTH` levels. Only bodies that pass reach the route, so FastAPI's
-own decode stays shallow and never sees a value it cannot send back in an error answer.
+own decode stays shallow and never sees a value it cannot send back in an error answer. The check runs in
+the API's edge layer (api/edge.py), which also hands the decoded value to routes that take it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import re
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.body_limit import send_detail
 from echelon_platform.errors import RequestRejected
 
 # Deeper than any body this API takes (a run request nests 2 levels), shallow enough for any decoder.
 MAX_JSON_DEPTH = 32
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NON_FINITE = re.compile(r"-?(?:NaN|Infinity)")
 
 
@@ -30,14 +28,16 @@ class BodyRejected(RequestRejected):
     """A request body that is not the strict, shallow JSON the API takes (→ 422)."""
 
 
-def check_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """BodyRejected, saying what to change, unless `raw` is strict JSON nesting at most `max_depth` levels."""
+def check_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`raw` decoded; BodyRejected, saying what to change, unless it is strict JSON nesting at most
+    `max_depth` levels."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BodyRejected(_reason(exc, max_depth)) from exc
     if _deeper_than(value, max_depth):
         raise BodyRejected(_too_deep(max_depth))
+    return value
 
 
 def _too_deep(max_depth: int) -> str:
@@ -69,50 +69,10 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def _declares_json(scope: Scope) -> bool:
+def declares_json(content_type: bytes | None) -> bool:
     """The body is JSON to FastAPI: `application/json` or `application/*+json`; no content type counts too."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-type":
-            media: str = value.decode("latin-1").split(";", 1)[0].strip().lower()
-            maintype, _, subtype = media.partition("/")
-            return maintype == "application" and (subtype == "json" or subtype.endswith("+json"))
-    return True
-
-
-class JsonBodyGuard:
-    """ASGI middleware: reads a JSON body whole (BodySizeLimit, outside it, bounds it), checks it with
-    `check_json_body`, then hands the same bytes to the app, or answers 422 `{"detail": reason}`."""
-
-    def __init__(self, app: ASGIApp, max_depth: int = MAX_JSON_DEPTH) -> None:
-        self.app = app
-        self.max_depth = max_depth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or not _declares_json(scope):
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left before sending the whole body: nobody to answer
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if body:
-            try:
-                check_json_body(body, self.max_depth)
-            except BodyRejected as exc:
-                await send_detail(send, 422, str(exc))
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # e.g. http.disconnect, for a streaming response
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+    if content_type is None:
+        return True
+    media = content_type.decode("latin-1").split(";", 1)[0].strip().lower()
+    maintype, _, subtype = media.partition("/")
+    return maintype == "application" and (subtype == "json" or subtype.endswith("+json"))

@@ -11,7 +11,7 @@ import structlog
 
 from coordinator.admission import TrustedKeys
 from coordinator.certify_trigger import CertifyTrigger
-from coordinator.replay import Rebuilder
+from coordinator.rebuild import Rebuilder
 from coordinator.retrying import Retrying
 from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -21,11 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import ValidationError
 
 from echelon.known_issuers import KnownIssuers, TrustedKey, default_path, endorsements_of, resolve
-from echelon_platform.domain.certificate import content_hash, document_hash, signature_ok, verify_certificate
-from echelon_platform.domain.values import CalibrationCertificate
+from echelon_platform.domain.cert_validity import verify
 from echelon_platform.errors import EchelonError
 
 WELL_KNOWN = "/.well-known/echelon-keys.json"
@@ -92,16 +89,12 @@ def issuer_of(where: str, api_url: str) -> str:
 
 def check(document: dict[str, Any], keys: Mapping[str, bytes | TrustedKey]) -> tuple[bool, str]:
     """(valid, one line saying what was checked, naming the key and where its trust came from)."""
-    try:
-        cert = CalibrationCertificate.model_validate(document)
-    except ValidationError as exc:
-        return False, f"INVALID: not a certificate ({exc.errors()[0]['msg']})"
-    stored = str(document.get("content_hash", ""))
-    recomputed = document_hash(document) if cert.schema_version >= 2 else content_hash(cert)
-    hash_ok = hmac.compare_digest(stored, recomputed)
-    _, aggregates_ok = verify_certificate(cert)
     raw = {key_id: k.raw if isinstance(k, TrustedKey) else k for key_id, k in keys.items()}
-    signed = signature_ok(document, raw)
+    validity = verify(document, raw)
+    cert = validity.certificate
+    if cert is None:
+        return False, f"INVALID: {validity.problem}"
+    hash_ok, aggregates_ok, signed = validity.hash_ok, validity.aggregates_ok, validity.signature_ok
     key_id = cert.signature.key_id if cert.signature else None
     trusted = keys.get(key_id) if key_id else None
     source = trusted.source if isinstance(trusted, TrustedKey) else "given" if trusted else "not a trusted key"
@@ -111,7 +104,7 @@ def check(document: dict[str, Any], keys: Mapping[str, bytes | TrustedKey]) -> t
         (f"signature ok ({key})" if signed else f"signature INVALID ({key})") if key else "UNSIGNED",
         "aggregates ok" if aggregates_ok else "aggregates MISMATCH",
     ]
-    valid = hash_ok and signed and aggregates_ok
+    valid = validity.valid
     return valid, f"{'VALID' if valid else 'INVALID'} {cert.certificate_id} ({cert.construct_id}): {', '.join(parts)}"
 
 

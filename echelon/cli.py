@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 QUIET_COMMANDS = frozenset({"token", "verify", "certificates", "runs"})
 
 Command = Callable[[argparse.Namespace, "Settings"], Coroutine[Any, Any, int]]
+# Former command names still accepted, and the command each now runs.
+ALIASES = {"replay": "rebuild"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,9 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("setup", help="create or update the NATS stream and consumers (as the setup role)")
 
-    replay = sub.add_parser("replay", help="rebuild read models from the event log")
-    replay.add_argument("--verify", action="store_true", help="compare a rebuild with the live models; no switch")
-    replay.add_argument(
+    # `replay` is the command's former name, kept so scripts using it go on working.
+    rebuild = sub.add_parser("rebuild", aliases=["replay"], help="rebuild read models from the event log")
+    rebuild.add_argument("--verify", action="store_true", help="compare a rebuild with the live models; no switch")
+    rebuild.add_argument(
         "--partition",
         type=int,
         metavar="K",
@@ -167,6 +170,7 @@ def _event_loop_factory(command: str) -> Callable[[], Any] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    args.command = ALIASES.get(args.command, args.command)
     if args.command == "verify" and (problem := verify_usage_error(args)):
         print(f"echelon verify: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -17,9 +17,10 @@ from echelon.endpoint import newest_stack, read_endpoint
 from echelon.repo_arg import repo_ref
 from echelon.watch import Progress, StreamUnavailable, follow
 from echelon_platform.config import Settings
+from echelon_platform.domain.lifecycle import Status
 from echelon_platform.errors import EchelonError
 
-TERMINAL = {"COMPLETED", "FAILED"}
+TERMINAL = frozenset(s.name for s in Status if s.terminal)  # the run statuses that end a wait
 ENDED_REPLAY_S = 10.0  # --resume of an ended run: how long its stages may take to come back from the stream
 
 
@@ -66,20 +67,42 @@ def progress_bar(view: dict[str, Any], width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {count:>9} {view['status']}"
 
 
+def figure(cert: dict[str, Any], key: str, value: float | None = None) -> str:
+    """A figure with its 95% interval and n when the certificate carries them: `0.512 [0.470, 0.555] n=100`."""
+    shown = f"{cert[key] if value is None else value:.6f}"
+    bounds = (cert.get("uncertainty") or {}).get(key)
+    return f"{shown} [{bounds['low']:.6f}, {bounds['high']:.6f}] n={bounds['n']}" if bounds else shown
+
+
 def certificate_table(cert: dict[str, Any]) -> str:
     rows = [
         ("certificate", cert["id"]),
         ("construct", cert["construct_id"]),
-        ("composite", f"{cert['composite_score']:.6f}"),
+        ("composite", figure(cert, "composite_score")),
         ("brier", f"{cert['brier']:.6f}"),
-        ("precision", f"{cert['precision']:.6f}"),
-        ("recall", f"{cert['recall']:.6f}"),
-        ("reply accuracy", f"{cert['reply_accuracy']:.6f}"),
+        ("precision", figure(cert, "precision")),
+        ("recall", figure(cert, "recall")),
+        ("reply accuracy", figure(cert, "reply_accuracy")),
+    ]
+    calibration = cert.get("calibration")
+    if calibration:
+        rows.append(("calibration brier", figure(cert, "brier_score", calibration["brier_score"])))
+        rows.append(
+            ("calibration ECE", figure(cert, "expected_calibration_error", calibration["expected_calibration_error"]))
+        )
+    rows += [
         ("replays", f"{cert['replay_count']} scored, {len(cert.get('failed_replays', []))} failed"),
         ("scoring model", cert["scoring_model"]),
         ("ground truth", f"{cert['ground_truth_source']} {cert['commit_range']}"),
         ("content hash", cert["content_hash"]),
     ]
+    uncertainty = cert.get("uncertainty")
+    if uncertainty:
+        rows.append(("intervals", f"95% bootstrap over replays, {uncertainty['resamples']} resamples"))
+        if uncertainty.get("replays_to_narrow"):
+            rows.append(
+                ("to narrow", f"about {uncertainty['replays_to_narrow']} more replays for a composite within ±0.1")
+            )
     if cert.get("warning"):
         rows.append(("warning", cert["warning"]))
     width = max(len(k) for k, _ in rows)

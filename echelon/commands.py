@@ -110,9 +110,9 @@ async def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+async def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from coordinator.admission import TrustedKeys
-    from coordinator.replay import Rebuilder, repair_partition, verify
+    from coordinator.rebuild import Rebuilder, repair_partition, verify
     from echelon.stack import infrastructure
     from echelon_platform.adapters.readmodel_writer import Projector
     from echelon_platform.adapters.services import Services
@@ -121,7 +121,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     async with (
         infrastructure(settings) as resolved,
-        Services(resolved, name="echelon-replay", role=Role.READER) as services,
+        Services(resolved, name="echelon-rebuild", role=Role.READER) as services,
         Projector(str(resolved.redis_url), resolved.redis_prefix, partitioning=resolved.partitioning) as projector,
     ):
         if args.partition is not None:
@@ -283,7 +283,7 @@ async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
-    from echelon.history import show_history
+    from echelon.run_history import show_history
     from echelon.runs_cli import get_run, list_runs
 
     return await {"list": list_runs, "get": get_run, "history": show_history}[args.action](args, settings)

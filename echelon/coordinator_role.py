@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from coordinator.factory import coordinators_for
+from coordinator.assembly import coordinators_for
 from echelon.lifecycle import run_until_stopped, stop_signals
 from echelon.stack import freeze_startup_heap, infrastructure, prepare
 from echelon_platform.adapters.services import Services

@@ -10,7 +10,7 @@ import httpx
 import orjson
 
 from echelon.client import _raise_for, api_base, progress_bar, unreachable
-from echelon.history import runs_token
+from echelon.run_history import runs_token
 from echelon_platform.config import Settings
 
 RUNS = "/api/v1/verification/runs"

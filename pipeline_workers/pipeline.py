@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import httpx
 
+from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.adapters.judge_ledger_store import PgJudgeLedger
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
@@ -21,14 +22,16 @@ from pipeline_workers.handlers.guards import PaidWorkGuard
 from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.handlers.invoke import InvokeHandler
 from pipeline_workers.handlers.score import ScoreHandler
-from pipeline_workers.methodology import register_if_missing
+from pipeline_workers.methodology_registration import register_if_missing
 from pipeline_workers.oracles.python import OracleProcessPool
 from pipeline_workers.scoring.base import Scorer
-from pipeline_workers.scoring.factory import scorer_for
+from pipeline_workers.scoring.judge_choice import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
 from pipeline_workers.watchdog import Watchdog
 
 STAGES = STAGE_NAMES  # the stage table (echelon_platform/domain/stages.py), in pipeline order
+# Warm child processes kept for sync Python oracles between calls (one runs per call in flight).
+MAX_IDLE_ORACLE_PROCESSES = 16
 
 
 def outbound_client() -> httpx.AsyncClient:
@@ -40,7 +43,12 @@ def outbound_client() -> httpx.AsyncClient:
 
 
 def stage_context(
-    services: Services, settings: Settings, http: httpx.AsyncClient, *, oracle_pool: OracleProcessPool | None = None
+    services: Services,
+    settings: Settings,
+    http: httpx.AsyncClient,
+    *,
+    oracle_pool: OracleProcessPool | None = None,
+    oracle_limits: LimiterRegistry | None = None,
 ) -> StageContext:
     """The ports the ingest and invoke handlers use, taken from the process's connections."""
     return StageContext(
@@ -54,6 +62,7 @@ def stage_context(
         http=http,
         oracle_pool=oracle_pool,
         judge_ledger=PgJudgeLedger(services.store),
+        oracle_limits=oracle_limits,
     )
 
 
@@ -80,9 +89,22 @@ class Pipeline:
         http = await self._resources.enter_async_context(outbound_client())
         scorer = self._scorer
         if scorer is None:
-            scorer = await self._resources.enter_async_context(scorer_for(self.settings))
-        pool = await self._resources.enter_async_context(OracleProcessPool(max_idle=self.settings.stage_concurrency))
-        ctx = stage_context(self.services, self.settings, http, oracle_pool=pool)
+            judge_limits = self._limits(self.settings.judge_concurrency, self.settings.judge_initial_concurrency)
+            scorer = await self._resources.enter_async_context(scorer_for(self.settings, judge_limits))
+        pool = await self._resources.enter_async_context(
+            OracleProcessPool(max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES))
+        )
+        ctx = stage_context(
+            self.services,
+            self.settings,
+            http,
+            oracle_pool=pool,
+            oracle_limits=self._limits(self.settings.oracle_concurrency, None),
+        )
+
+        async def owner(run_id: str) -> str:
+            return (await ctx.run_request(run_id)).user_id
+
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
@@ -106,6 +128,8 @@ class Pipeline:
                 durable_prefix=self.settings.consumer_prefix,
                 concurrency=self.settings.stage_concurrency,
                 per_run=self.settings.stage_per_run_concurrency,
+                per_user=self.settings.stage_per_user_concurrency,
+                owner=owner,
                 ack_wait_s=self.settings.ack_wait_s,
                 max_deliver=self.settings.max_deliver,
                 fetch_timeout_s=self.settings.fetch_timeout_s,
@@ -113,6 +137,15 @@ class Pipeline:
             for name in self.stages
         ]
         return self
+
+    def _limits(self, cap: int, initial: int | None) -> LimiterRegistry:
+        """Adaptive limits shared through Redis by every process calling the same endpoint."""
+        return LimiterRegistry(
+            cap=cap,
+            initial=initial,
+            redis=self.services.read_models.redis,
+            prefix=self.settings.redis_prefix,
+        )
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None

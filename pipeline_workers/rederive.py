@@ -21,14 +21,12 @@ from echelon_platform.domain.events import (
     JudgeCalled,
     MethodologyRegistered,
     Payload,
-    ReplayFailed,
     ReplayInvoked,
     ReplayScored,
-    RunIngested,
-    RunRequested,
     payload_as,
 )
-from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, JudgeUsage, ReplayScore
+from echelon_platform.domain.run_inputs import run_inputs
+from echelon_platform.domain.values import CalibrationCertificate, JudgeUsage, ReplayScore
 from echelon_platform.errors import EchelonError
 from echelon_platform.ports.log import LogReader
 from pipeline_workers.handlers.judge_log import reused_replays
@@ -47,6 +45,7 @@ CERTIFICATE_FIELDS = (
     "methodology_hash",
     "mixed_judges",
     "calibration",
+    "uncertainty",
     "warning",
     "content_hash",
 )
@@ -87,29 +86,20 @@ def _payloads(events: Sequence[Envelope], topic: str, model: type[P]) -> list[P]
 def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederived:
     """Rebuild the certificate of one run from its events (in log order) and the methodology registry."""
     issued = _by_topic(events, CertificateIssued.TOPIC)
-    requested = _by_topic(events, RunRequested.TOPIC)
-    ingested = _by_topic(events, RunIngested.TOPIC)
-    if not issued or not requested or not ingested:
+    inputs = run_inputs(events)  # the same fold certify made
+    request, ingest = inputs.request, inputs.ingested
+    if not issued or request is None or ingest is None:
         raise RederiveError("the log holds no certificate (or no request or ingest) for this run")
     stored = payload_as(issued[0], CertificateIssued).certificate
-    request = payload_as(requested[0], RunRequested)
-    ingest = payload_as(ingested[0], RunIngested)
     calls = {e.dedup_key: payload_as(e, JudgeCalled) for e in _by_topic(events, JudgeCalled.TOPIC)}
     invoked = {p.replay_id: p for p in (payload_as(e, ReplayInvoked) for e in _by_topic(events, ReplayInvoked.TOPIC))}
-    logged_scores = {
-        s.score.replay_id: s for s in (payload_as(e, ReplayScored) for e in _by_topic(events, ReplayScored.TOPIC))
-    }
     scores: list[ReplayScore] = []
     used = 0
-    versions: set[str] = set()
-    for replay_id, logged in sorted(logged_scores.items()):
+    for replay_id, logged in sorted(inputs.scored.items()):
         scores.append(_rescore(logged, invoked.get(replay_id), calls))
         used += len(logged.judge_calls) + len(invoked[replay_id].question_calls)
-        versions.add(logged.methodology_version or stored.methodology_version)
-    failed = [
-        FailedReplay(replay_id=f.replay_id, ground_truth_id=f.ground_truth_id, stage=f.stage, reason=f.reason)
-        for f in (payload_as(e, ReplayFailed) for e in _by_topic(events, ReplayFailed.TOPIC))
-    ]
+    failed = list(inputs.failed.values())
+    versions = inputs.methodology_versions(stored.methodology_version)
     if len(versions) != 1:
         raise RederiveError(f"replays name {len(versions)} methodology versions: {sorted(versions)}")
     (version,) = versions
@@ -134,6 +124,7 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
         methodology_hash=_registered_hash(registry, version),
         # A refused mix never became a certificate: any certificate in the log was issued under "flag".
         judge_mixing="flag",
+        intervals=stored.uncertainty is not None,  # a certificate issued before intervals is rebuilt without
     )
     differences = [
         f"{name}: stored {getattr(stored, name)!r}, rederived {getattr(rebuilt, name)!r}"
@@ -142,6 +133,8 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
     ]
     if stored.individual_scores != rebuilt.individual_scores:
         differences.append("individual_scores differ")
+    if stored.failed_replays != rebuilt.failed_replays:
+        differences.append("failed_replays differ")
     return Rederived(stored=stored, rebuilt=rebuilt, judge_calls=used, differences=differences)
 
 

@@ -3,8 +3,11 @@
 A handler turns one event into the events it causes. Effects are publishes with deterministic dedup keys,
 so a redelivered message that is handled twice still yields each event once in the log.
 
-Messages are handled one task each: up to `concurrency` in flight, more fetched as slots free up, and at
-most `per_run` of one run at a time, so a run whose oracle hangs cannot hold the slots other runs need.
+Messages are handled one task each: up to `concurrency` in flight, more fetched as slots free up. Slots
+are shared fairly, not first come: every user active lately gets an equal share (and never more than
+`per_user`), and within it every run of that user an equal share (at most `per_run`); a message over its
+share is put back for later. A user alone gets (nearly) every slot; a user whose oracles hang holds only
+its share, so the others' runs go on.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +39,10 @@ log = structlog.get_logger(__name__)
 # How often an idle stage checks that its durable consumer still exists (a fetch from a deleted one only
 # times out, which is also what an empty queue does).
 CONSUMER_CHECK_S = 10.0
+# A user (or run) counts as active for this long after its last message, so its share is kept for it
+# while its next messages are on their way.
+ACTIVE_S = 5.0
+Owner = Callable[[str], Awaitable[str]]
 RETRY_CAP_S = 30.0  # the longest a failed message waits before its next attempt
 
 
@@ -71,7 +78,9 @@ class StageWorker:
         metrics: Metrics,
         durable_prefix: str,
         concurrency: int = 8,
-        per_run: int = 4,
+        per_run: int | None = None,
+        per_user: int | None = None,
+        owner: Owner | None = None,
         ack_wait_s: float = 60.0,
         max_deliver: int = 5,
         fetch_timeout_s: float = 0.5,
@@ -83,7 +92,9 @@ class StageWorker:
         self.metrics = metrics
         self.durable = stage_durable(durable_prefix, handler.stage)
         self.concurrency = concurrency
-        self.per_run = max(1, per_run)
+        self.per_user = max(1, per_user or (concurrency * 3 // 4))
+        self.per_run = max(1, per_run or self.per_user)
+        self._owner = owner
         self.ack_wait_s = ack_wait_s
         self.max_deliver = max_deliver
         self.fetch_timeout_s = fetch_timeout_s
@@ -93,6 +104,9 @@ class StageWorker:
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._per_run: Counter[str] = Counter()
+        self._per_user: Counter[str] = Counter()
+        self._user_seen: dict[str, float] = {}
+        self._run_seen: dict[str, tuple[str, float]] = {}  # run -> (user, last seen)
         # Deliveries that were put back without a failure (waiting, per-run cap), by stream sequence, so
         # they do not use up a message's attempts. Per process and bounded: losing an entry only makes
         # the count stricter.
@@ -198,12 +212,14 @@ class StageWorker:
             await msg.term()
             return
         run_id = envelope.run_id
-        if self._per_run[run_id] >= self.per_run:
-            # Put it back for later rather than hold a slot other runs could use.
+        user = await self._user_of(run_id)
+        if not self._within_share(user, run_id):
+            # Put it back for later rather than hold a slot other users and runs could use.
             self.stats.deferred += 1
             await self._put_back_later(msg, 0.5 + random.random())
             return
         self._per_run[run_id] += 1
+        self._per_user[user] += 1
         task = asyncio.create_task(self._one(msg, envelope, payload))
         self._in_flight.add(task)
 
@@ -212,8 +228,41 @@ class StageWorker:
             self._per_run[run_id] -= 1
             if self._per_run[run_id] <= 0:
                 del self._per_run[run_id]
+            self._per_user[user] -= 1
+            if self._per_user[user] <= 0:
+                del self._per_user[user]
 
         task.add_done_callback(done)
+
+    async def _user_of(self, run_id: str) -> str:
+        if self._owner is None:
+            return run_id  # no owner known: every run is its own user
+        try:
+            return await self._owner(run_id)
+        except Exception as exc:  # the handler will meet the same problem and report it
+            log.info("stage.owner_unknown", stage=self.handler.stage, run_id=run_id, error=str(exc))
+            return run_id
+
+    def _within_share(self, user: str, run_id: str) -> bool:
+        """Round-robin by shares: users active lately split the slots equally, then a user's runs split its
+        share. Counting users with work in flight too, so a user whose calls hang keeps being counted."""
+        now = time.monotonic()
+        self._user_seen[user] = now
+        self._run_seen[run_id] = (user, now)
+        if len(self._user_seen) > 64 or len(self._run_seen) > 256:
+            self._forget(now)
+        users = {u for u, seen in self._user_seen.items() if now - seen < ACTIVE_S} | set(self._per_user)
+        user_share = min(self.per_user, max(1, self.concurrency // len(users)))
+        if self._per_user[user] >= user_share:
+            return False
+        runs = {r for r, (u, seen) in self._run_seen.items() if u == user and now - seen < ACTIVE_S}
+        runs |= {r for r in self._per_run if self._run_seen.get(r, ("", 0.0))[0] == user}
+        run_share = min(self.per_run, max(1, user_share // len(runs)))
+        return self._per_run[run_id] < run_share
+
+    def _forget(self, now: float) -> None:
+        self._user_seen = {u: t for u, t in self._user_seen.items() if now - t < ACTIVE_S or u in self._per_user}
+        self._run_seen = {r: v for r, v in self._run_seen.items() if now - v[1] < ACTIVE_S or r in self._per_run}
 
     async def _put_back_later(self, msg: Msg, delay: float) -> None:
         seq = int(msg.metadata.sequence.stream)

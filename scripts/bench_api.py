@@ -40,7 +40,7 @@ from ulid import ULID
 from websockets.asyncio.client import connect
 
 from api.auth import issue_jwt
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import ReplayRequested, make_event

@@ -4,7 +4,7 @@
 
 Measures: POST /runs latency (p50/p99) at concurrency 1 and 32 with `wrk` (Debian package `wrk`; a Python
 load generator would saturate a core first), the coordinator draining a pre-filled stream (events/s, lag
-samples down to zero), replay of the events table (events/s), and JetStream publish cost with and without
+samples down to zero), a rebuild from the events table (events/s), and JetStream publish cost with and without
 fsync-per-write. Uses the configured NATS_URL/DATABASE_URL/REDIS_URL, else embedded servers.
 """
 
@@ -26,8 +26,8 @@ from ulid import ULID
 
 from api.auth import issue_jwt
 from coordinator.admission import TrustedKeys
-from coordinator.factory import coordinator_for
-from coordinator.replay import Rebuilder
+from coordinator.assembly import coordinator_for
+from coordinator.rebuild import Rebuilder
 from echelon.embedded import EmbeddedNats
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.readmodel_writer import Projector
@@ -89,7 +89,7 @@ def synthetic_events(n: int) -> list[Envelope]:
     return events[:n]
 
 
-async def bench_coordinator_and_replay(settings: Settings, n: int) -> dict[str, Any]:
+async def bench_coordinator_and_rebuild(settings: Settings, n: int) -> dict[str, Any]:
     async with Services(settings, name="bench") as services:
         events = synthetic_events(n)
         started = time.perf_counter()
@@ -124,7 +124,7 @@ async def bench_coordinator_and_replay(settings: Settings, n: int) -> dict[str, 
             "lag_samples_s_lag": lag_samples,
             "stored_rows": stored,
         },
-        "replay": {"events": report.events, "runs": report.runs, "events_per_s": round(report.events_per_s)},
+        "rebuild": {"events": report.events, "runs": report.runs, "events_per_s": round(report.events_per_s)},
     }
 
 
@@ -162,7 +162,7 @@ async def main() -> None:
             result: dict[str, Any] = {"events": args.events, "nats_sync_always": embedded}
             if not args.skip_post:
                 result["post_runs"] = await bench_post(await isolated(base, urls), args.seconds)
-            result.update(await bench_coordinator_and_replay(await isolated(base, urls), args.events))
+            result.update(await bench_coordinator_and_rebuild(await isolated(base, urls), args.events))
             result["jetstream_fsync_cost"] = await bench_sync_cost(Path(tmp))
     print(json.dumps(result, indent=2))
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the tes
 from playwright.async_api import Page, async_playwright
 
 from api.auth import issue_jwt
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import ReplayScored, RunIngested, make_event

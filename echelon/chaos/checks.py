@@ -257,8 +257,8 @@ async def _check_certificates(
 
 
 async def check_replay(findings: Findings, world: Cluster) -> None:
-    """`echelon replay --verify`: a rebuild from the log equals the live read models."""
-    from coordinator.replay import verify
+    """`echelon rebuild --verify`: a rebuild from the log equals the live read models."""
+    from coordinator.rebuild import verify
     from echelon_platform.adapters.readmodel_writer import Projector
     from echelon_platform.adapters.services import Services
 

@@ -15,6 +15,15 @@ import asyncpg
 import orjson
 
 from echelon_platform.domain.envelope import Envelope
+from echelon_platform.domain.events import (
+    CertificateIssued,
+    JudgeCalled,
+    Payload,
+    ReplayInvoked,
+    ReplayRequested,
+    RunFailed,
+    RunRequested,
+)
 from echelon_platform.errors import StoreError, StoreUnavailable
 from echelon_platform.ports.log import AppendResult, Fence, JudgeTotals, LogEvent, LogRow, ParkedEvent, StalledRun
 
@@ -69,19 +78,24 @@ SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[]
 _COLUMNS = "seq, event_id, dedup_key, time, topic, correlation_id, causation_id, payload::text AS payload, version"
 
 
-# Projections never read an oracle's reply or a change's record; replay leaves those big fields in
+def _sql(model: type[Payload]) -> str:
+    """A payload class's topic as an SQL string literal (topics are `[a-z_.]` only: nothing to escape)."""
+    return f"'{model.TOPIC}'"
+
+
+# Projections never read an oracle's reply or a change's record; a rebuild leaves those big fields in
 # Postgres instead of shipping and parsing them.
 _PROJECTED_PAYLOAD = (
-    "CASE WHEN topic IN ('verify.replay.requested', 'verify.replay.invoked') "
+    f"CASE WHEN topic IN ({_sql(ReplayRequested)}, {_sql(ReplayInvoked)}) "
     "THEN (payload - 'record' - 'reply')::text "
-    "WHEN topic = 'verify.judge.called' THEN (payload - 'raw_text')::text ELSE payload::text END"
+    f"WHEN topic = {_sql(JudgeCalled)} THEN (payload - 'raw_text')::text ELSE payload::text END"
 )
 
 # A replay's event is folded by its id alone: building that one-field object costs Postgres a fraction of
 # deleting the big fields from the whole payload.
 _FOLDED_PAYLOAD = (
     "CASE WHEN topic LIKE 'verify.replay.%' THEN jsonb_build_object('replay_id', payload->'replay_id')::text "
-    "WHEN topic = 'verify.judge.called' THEN (payload - 'raw_text')::text "
+    f"WHEN topic = {_sql(JudgeCalled)} THEN (payload - 'raw_text')::text "
     "ELSE payload::text END"
 )
 
@@ -304,13 +318,13 @@ class EventStore:
         """Runs the log holds as still going (requested, neither certified nor failed) whose last event
         was appended more than `older_than_s` ago, with that time and that event's log position. Measured
         on the log, in the writer's own clock, never on a read model that may lag."""
-        query = """
+        query = f"""
             SELECT r.correlation_id, max(e.appended_at) AS last, max(e.seq) AS last_seq
             FROM events r JOIN events e ON e.correlation_id = r.correlation_id
-            WHERE r.topic = 'verify.run.requested'
+            WHERE r.topic = {_sql(RunRequested)}
               AND NOT EXISTS (
                   SELECT 1 FROM events t WHERE t.correlation_id = r.correlation_id
-                  AND t.topic IN ('verify.certificate.issued', 'verify.run.failed'))
+                  AND t.topic IN ({_sql(CertificateIssued)}, {_sql(RunFailed)}))
             GROUP BY r.correlation_id
             HAVING max(e.appended_at) < now() - make_interval(secs => $1)
         """
@@ -339,12 +353,12 @@ class EventStore:
         redelivered call is counted once; runs without logged calls are absent."""
         if not run_ids:
             return {}
-        query = """
+        query = f"""
             SELECT correlation_id, count(*) AS calls,
                    coalesce(sum((payload->>'input_tokens')::bigint), 0) AS input_tokens,
                    coalesce(sum((payload->>'output_tokens')::bigint), 0) AS output_tokens,
                    coalesce(sum((payload->>'cost_usd')::float8), 0) AS cost_usd
-            FROM events WHERE topic = 'verify.judge.called' AND correlation_id = ANY($1::text[])
+            FROM events WHERE topic = {_sql(JudgeCalled)} AND correlation_id = ANY($1::text[])
             GROUP BY correlation_id
         """
         try:

@@ -1,7 +1,7 @@
 """Redis read models: key layout, the namespace pointer, and the readers the API uses.
 
 All domain keys live under a namespace (`<prefix><ns>:...`); `<prefix>ns` names the current one, so the
-replay script can rebuild into a fresh namespace and switch every reader over with one SET.
+rebuild (`echelon rebuild`) can write a fresh namespace and switch every reader over with one SET.
 """
 
 from __future__ import annotations

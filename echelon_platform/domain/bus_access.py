@@ -6,7 +6,7 @@ no role but SETUP can create, change, purge or delete a stream, and none at all 
 (republish or mirror/source into `<root>.>` is therefore impossible). Per role:
 
 - every role: stream info, and reading stored messages by sequence (`STREAM.MSG.GET`, `DIRECT.GET`):
-  readers (`echelon tail`, the API's WebSocket stream, replay) follow the stream with direct gets instead
+  readers (`echelon tail`, the API's WebSocket stream, rebuild) follow the stream with direct gets instead
   of ephemeral consumers, because the create-consumer API takes a consumer *name* in its body and would
   let any reader re-configure another role's durable consumer;
 - a consuming role: fetch (`CONSUMER.MSG.NEXT`) from and ack (`$JS.ACK`) its own durable consumers only;

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from echelon_platform.domain.calibration import calibration_of
 from echelon_platform.domain.canonical import CanonicalJSONError, canonicalize
+from echelon_platform.domain.intervals import Composite, uncertainty_of
 from echelon_platform.domain.scoring_rules import RUBRIC, precision_of, recall_of
 from echelon_platform.domain.values import CalibrationCertificate, FailedReplay, OracleIdentity, ReplayScore
 from echelon_platform.errors import RequestRejected, StageError
@@ -124,6 +125,7 @@ def build_certificate(
     shortfall: str | None = None,
     reused: Sequence[str] = (),
     budget_usd: float | None = None,
+    intervals: bool = True,
 ) -> CalibrationCertificate:
     """Aggregate one run into a hashed certificate; StageError when no replay succeeded.
 
@@ -135,6 +137,9 @@ def build_certificate(
 
     Ground truth shorter than asked for (``found`` < ``requested`` changes at ingest) is partial too: a
     certificate over 10 changes for a request of 20 must not look complete.
+
+    ``intervals``: add n and a 95% bootstrap interval per figure (intervals.py); False rebuilds a certificate
+    issued before intervals existed exactly as it was.
     """
     try:
         checked = validate_weights(weights)
@@ -204,8 +209,13 @@ def build_certificate(
         mixed_judges=mixed,
         reused_judge_answers=sorted(set(reused) & scored_ids) or None,
         budget_usd=budget_usd if unbudgeted else None,
+        uncertainty=uncertainty_of(unique, _composite_with(checked), run_id) if intervals else None,
     )
     return cert.model_copy(update={"content_hash": content_hash(cert)})
+
+
+def _composite_with(weights: Mapping[str, float]) -> Composite:
+    return lambda means: weighted_composite(means, weights)
 
 
 def _dedupe_scores(scores: Sequence[ReplayScore]) -> list[ReplayScore]:
@@ -301,6 +311,10 @@ def _aggregates_ok(cert: CalibrationCertificate) -> bool:
     expected = _aggregates(scores, weights)
     stored = {key: getattr(cert, key) for key in expected}
     if cert.schema_version >= 2 and cert.calibration != calibration_of(scores):
+        return False
+    if cert.uncertainty is not None and cert.uncertainty != uncertainty_of(
+        scores, _composite_with(weights), cert.run_id
+    ):
         return False
     return (
         stored == expected

@@ -61,7 +61,7 @@ class RunState(NamedTuple):
     """The run read model. `status` is derived; the stored fields are all joins.
 
     A NamedTuple rather than a frozen dataclass: `_replace` is several times cheaper than
-    `dataclasses.replace`, and replay applies it once per event.
+    `dataclasses.replace`, and a rebuild applies it once per event.
     """
 
     run_id: str
@@ -123,7 +123,7 @@ def apply(state: RunState, event: Event, seq: int) -> RunState:
     associative over (event, position) pairs.
 
     Reads the payload dict directly: events reach a projection only after the coordinator validated
-    them (or from the event table, which holds validated events only), and replay speed matters.
+    them (or from the event table, which holds validated events only), and rebuild speed matters.
     """
     if event.topic in NOT_RUN_EVENTS:
         return state

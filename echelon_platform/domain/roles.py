@@ -29,7 +29,7 @@ class Role(StrEnum):
     COORDINATOR = "coordinator"
     # Ingest, invoke and score in one process, plus the watchdog: everything but the certifier's topics.
     STAGES = "stages"
-    # Reads only (tail, replay): publishes no event.
+    # Reads only (tail, rebuild): publishes no event.
     READER = "reader"
     # `echelon parked retry` re-publishes stored bytes on their original subject, whatever the topic.
     OPERATOR = "operator"

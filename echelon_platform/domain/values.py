@@ -220,6 +220,34 @@ def _is_none(value: object) -> bool:
     return value is None
 
 
+class FigureInterval(_Frozen):
+    n: int = Field(description="Replays the figure is a mean over (calibration figures: judged claims)")
+    low: float = Field(description="2.5th percentile of the bootstrap distribution")
+    high: float = Field(description="97.5th percentile of the bootstrap distribution")
+
+
+class Uncertainty(_Frozen):
+    """95% bootstrap intervals over the replays; re-computable from the certificate (see `method`)."""
+
+    method: str
+    confidence: float
+    resamples: int
+    seed: str = Field(description="16 hex digits, SHA-256 of `echelon-bootstrap:<run_id>`")
+    precision: FigureInterval
+    recall: FigureInterval
+    reply_accuracy: FigureInterval
+    composite_score: FigureInterval
+    brier_score: FigureInterval | None = Field(default=None, description="Of `calibration.brier_score`")
+    expected_calibration_error: FigureInterval | None = Field(
+        default=None, description="Of `calibration.expected_calibration_error`"
+    )
+    replays_to_narrow: int | None = Field(
+        default=None,
+        description="When the composite interval is wider than ±0.1: how many more replays would narrow it to "
+        "±0.1 (the half-width shrinks as 1/√n: ⌈n·(half-width/0.1)²⌉ − n)",
+    )
+
+
 class CertificateFigures(_Frozen):
     """What a certificate states, declared once: the stored certificate and the API's view share it."""
 
@@ -271,6 +299,11 @@ class CertificateFigures(_Frozen):
         default=None,
         exclude_if=_is_none,
         description="The run's max_cost_usd when its budget stopped judging (the certificate is partial then)",
+    )
+    uncertainty: Uncertainty | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="n and a 95% bootstrap interval per figure (absent on certificates issued before them)",
     )
     content_hash: str = ""
     signature: CertificateSignature | None = None

@@ -15,17 +15,13 @@ from echelon_platform.domain.events import (
     CertificateIssued,
     JudgeCalled,
     Payload,
-    ReplayFailed,
-    ReplayScored,
     RunCertifying,
     RunCompleted,
     RunFailed,
-    RunIngested,
-    RunRequested,
     make_event,
     payload_as,
 )
-from echelon_platform.domain.values import FailedReplay, ReplayScore
+from echelon_platform.domain.run_inputs import INPUT_TOPICS, run_inputs
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
 from echelon_platform.ports.log import LogReader
 from pipeline_workers.handlers.judge_log import reused_replays
@@ -33,10 +29,7 @@ from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, Methodology, load_methodology
 
 _TOPICS = (
-    RunRequested.TOPIC,
-    RunIngested.TOPIC,
-    ReplayScored.TOPIC,
-    ReplayFailed.TOPIC,
+    *INPUT_TOPICS,
     CertificateIssued.TOPIC,
     RunCompleted.TOPIC,
     RunFailed.TOPIC,
@@ -74,36 +67,21 @@ class CertifyHandler:
                 return []  # the run already ended
             # Issued, but `run.completed` was lost (a crash between the two publishes): the same event again.
             return self._reissue(decider)
-        request = next((payload_as(e, RunRequested) for e in events if e.topic == RunRequested.TOPIC), None)
-        ingested = next((payload_as(e, RunIngested) for e in events if e.topic == RunIngested.TOPIC), None)
+        inputs = run_inputs(events)
+        request, ingested = inputs.request, inputs.ingested
         if request is None or ingested is None:
             raise NotYetInLog(f"run {payload.run_id}: request or ingest not in the log yet")
-        scores: dict[str, ReplayScore] = {}
-        failed: dict[str, FailedReplay] = {}
-        methodologies: set[str] = set()
-        for event in events:
-            if event.topic == ReplayScored.TOPIC:
-                s = payload_as(event, ReplayScored)
-                scores[s.replay_id] = s.score
-                methodologies.add(s.methodology_version or self.methodology_version)
-            elif event.topic == ReplayFailed.TOPIC:
-                f = payload_as(event, ReplayFailed)
-                failed[f.replay_id] = FailedReplay(
-                    replay_id=f.replay_id, ground_truth_id=f.ground_truth_id, stage=f.stage, reason=f.reason
-                )
-        for replay_id in scores:
-            failed.pop(replay_id, None)  # a score wins over a failure recorded by an earlier attempt
-        if len(scores) + len(failed) < ingested.total:
-            raise NotYetInLog(
-                f"run {payload.run_id}: {len(scores) + len(failed)} of {ingested.total} replay outcomes in the log"
-            )
+        if not inputs.complete:
+            raise NotYetInLog(f"run {payload.run_id}: {inputs.outcomes} of {ingested.total} replay outcomes in the log")
         try:
-            methodology = _one_methodology(methodologies or {self.methodology_version})
+            methodology = _one_methodology(
+                inputs.methodology_versions(self.methodology_version) or {self.methodology_version}
+            )
             certificate = build_certificate(
                 run_id=payload.run_id,
                 construct_id=request.construct_id,
-                scores=list(scores.values()),
-                failed=list(failed.values()),
+                scores=[s.score for s in inputs.scored.values()],
+                failed=list(inputs.failed.values()),
                 weights=request.weights,
                 min_replays=request.min_replays,
                 ground_truth_source=ingested.ground_truth_source,

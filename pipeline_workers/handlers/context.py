@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 from cachetools import LRUCache
 
+from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import JudgeTerms, ReplayInvoked, ReplayRequested, RunRequested, Subjects
@@ -33,6 +34,7 @@ class StageContext:
     http: httpx.AsyncClient
     oracle_pool: OracleProcessPool | None = None  # warm processes for sync Python oracles
     judge_ledger: JudgeLedgerReads | None = None  # the run's judge spending, logged answers (None: no reuse)
+    oracle_limits: LimiterRegistry | None = None  # adaptive concurrency per HTTP oracle endpoint
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
 
     def judge_ledger_for(self, replay: ReplayRequested | ReplayInvoked, *, causation_id: str) -> JudgeLedger:

@@ -23,7 +23,7 @@ from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.ingest.base import SourceSpec
 from pipeline_workers.ingest.diffs import truncate_diff
-from pipeline_workers.ingest.factory import ingester_for
+from pipeline_workers.ingest.ingester_choice import ingester_for
 
 log = structlog.get_logger(__name__)
 

@@ -50,6 +50,7 @@ class InvokeHandler(GivesUpOnTheReplay):
             timeout_s=spec.timeout_s,
             client=self.ctx.http,
             allow_private=self.ctx.settings.allow_private_oracles,
+            limits=self.ctx.oracle_limits,
         )
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:

@@ -10,6 +10,9 @@ the client pools connections by IP and one verified for another host name must n
 Addresses are tried in the resolver's order while the connection fails (nothing was sent yet).
 Redirects are never followed. The client must not use proxies from the environment (see
 ``pipeline_workers.pipeline.outbound_client``): a proxy would connect wherever its own DNS says.
+
+Calls to one oracle endpoint adapt their concurrency (``adaptive_limit``): 429/503/529 and ``retry-after``
+lower it; such an answer means the call was not served, so it is made again while the timeout allows.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
+from echelon_platform.adapters.adaptive_limit import MAX_PAUSE_S, LimiterRegistry, retry_after_seconds
 from echelon_platform.adapters.url_guard import (
     Resolver,
     checked_addresses,
@@ -33,6 +37,8 @@ from echelon_platform.errors import OracleError, RequestRejected
 from pipeline_workers.oracles.base import build_request, parse_reply_bytes
 
 DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
+OVERLOAD_STATUS = frozenset({429, 503, 529})
+MAX_OVERLOAD_ATTEMPTS = 3
 # Headers the transport owns; a construct's configuration must not be able to override them.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
 
@@ -55,6 +61,7 @@ class HttpOracle:
         *,
         resolver: Resolver | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        limits: LimiterRegistry | None = None,
     ) -> None:
         self._parts = split_url(url)  # static part of the guard now; DNS is checked per invocation
         self._url = url
@@ -65,6 +72,10 @@ class HttpOracle:
         self._allow_private = allow_private
         self._resolver = resolver or system_resolver
         self._max_bytes = max_response_bytes
+        self._limiter = None
+        if limits is not None:
+            origin = f"{self._parts.scheme}://{self._parts.netloc}"
+            self._limiter = limits.for_endpoint(origin, "\n".join(sorted(self._secrets)))
 
     def __repr__(self) -> str:  # never show headers: they usually carry credentials
         return f"HttpOracle(url={self._url!r}, timeout_s={self._timeout:g})"
@@ -74,7 +85,7 @@ class HttpOracle:
         body = orjson.dumps(build_request(record, follow_up_question))
         try:
             async with asyncio.timeout(self._timeout):
-                data, status = await self._post(targets, body)
+                data, status = await self._limited_post(targets, body)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise OracleError(f"oracle timed out after {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
@@ -84,7 +95,25 @@ class HttpOracle:
             raise OracleError(f"oracle returned HTTP {status}{note}: {self._excerpt(data)}")
         return parse_reply_bytes(data)
 
-    async def _post(self, targets: list[_Target], body: bytes) -> tuple[bytes, int]:
+    async def _limited_post(self, targets: list[_Target], body: bytes) -> tuple[bytes, int]:
+        if self._limiter is None:
+            data, status, _ = await self._post(targets, body)
+            return data, status
+        for attempt in range(1, MAX_OVERLOAD_ATTEMPTS + 1):
+            async with self._limiter.slot() as slot:
+                data, status, headers = await self._post(targets, body)
+                slot.headers(headers)
+                if status in OVERLOAD_STATUS:
+                    slot.overloaded(retry_after_seconds(headers.get("retry-after")))
+                elif status >= 500:
+                    slot.failed()
+            if status not in OVERLOAD_STATUS or attempt == MAX_OVERLOAD_ATTEMPTS:
+                break
+            # Not served: wait as asked (the timeout around the call bounds it) and ask again.
+            await asyncio.sleep(min(MAX_PAUSE_S, retry_after_seconds(headers.get("retry-after")) or 0.5 * attempt))
+        return data, status
+
+    async def _post(self, targets: list[_Target], body: bytes) -> tuple[bytes, int, httpx.Headers]:
         for attempt, target in enumerate(targets, start=1):
             try:
                 async with self._client.stream(
@@ -96,7 +125,7 @@ class HttpOracle:
                     follow_redirects=False,
                     extensions=target.extensions,
                 ) as resp:
-                    return await self._read(resp), resp.status_code
+                    return await self._read(resp), resp.status_code, resp.headers
             except httpx.ConnectError:
                 # Not connected, so nothing was sent: the next checked address may answer.
                 if attempt == len(targets):

@@ -7,7 +7,8 @@ and a coarse 5-step rubric for reply accuracy.
 
 Retries are ours, not the SDK's (the client is cloned with ``max_retries=0``) so they are bounded,
 honour ``retry-after`` and use an injectable sleep. One repair round-trip is made when the judge's
-output is not usable JSON. An ``asyncio.Semaphore`` bounds concurrent calls per scorer instance.
+output is not usable JSON. Concurrent calls adapt to the provider (``adaptive_limit``): ``max_concurrency``
+is their ceiling, shared with every process on the same endpoint and key when a limiter with Redis is given.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import structlog
 from anthropic.types import MessageParam, TextBlock, TextBlockParam
 from ulid import ULID
 
+from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, endpoint_id
 from echelon_platform.domain.values import (
     GroundTruthRecord,
     JudgeAttempt,
@@ -45,6 +47,7 @@ from pipeline_workers.scoring.base import (
     report_started,
     reusable_answer,
 )
+from pipeline_workers.scoring.judge_limit import classify_judge_failure
 from pipeline_workers.scoring.parsing import MAX_CHANGES, MAX_CLAIMS, parse_judge_output, parse_question
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, PromptSet, load_methodology, load_prompts
 
@@ -60,6 +63,12 @@ PRICES: dict[str, tuple[float, float]] = {
     "opus": (15.0, 75.0),
 }
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
+# limit can refuse a call several times while the adaptive limit comes down to the provider's.
+MAX_RATE_LIMITED_WAITS = 20
+# 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
+# limit can refuse a call several times while the adaptive limit comes down to the provider's.
+MAX_RATE_LIMITED_WAITS = 20
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 log = structlog.stdlib.get_logger(__name__)
@@ -110,6 +119,7 @@ class AnthropicScorer:
         prompts: PromptSet | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        limiter: AdaptiveLimiter | None = None,
         prompt_caching: bool = True,
     ) -> None:
         if max_attempts < 1 or max_concurrency < 1:
@@ -118,7 +128,9 @@ class AnthropicScorer:
         self._secrets = [s for s in (client.api_key, client.auth_token) if s]
         self._model = model
         self._prices = price_for(model, PRICES if price_table is None else price_table)
-        self._gate = asyncio.Semaphore(max_concurrency)
+        self._limiter = limiter or AdaptiveLimiter(
+            endpoint_id(str(client.base_url), client.api_key), cap=max_concurrency, classify=classify_judge_failure
+        )
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
@@ -264,7 +276,10 @@ class AnthropicScorer:
             return reused.raw_text, JudgeUsage()
         bound = self._cost_bound(sent, max_tokens)
         problem = ""
-        for attempt in range(1, self._max_attempts + 1):
+        attempt = waits = requests = 0
+        while attempt < self._max_attempts:
+            attempt += 1
+            requests += 1
             attempt_id = str(ULID())
             await report_started(
                 calls,
@@ -274,7 +289,7 @@ class AnthropicScorer:
                     model=self._model,
                     purpose=purpose,
                     round_trip=round_trip,
-                    attempt=attempt,
+                    attempt=requests,
                     prompt_sha256=digest,
                     methodology_version=self._prompts.version,
                     max_cost_usd=bound,
@@ -286,7 +301,7 @@ class AnthropicScorer:
             if isinstance(outcome, _Answer):
                 await report_finished(
                     calls,
-                    call(outcome.text, outcome.usage, elapsed, attempt_id=attempt_id, attempt=attempt, status=200),
+                    call(outcome.text, outcome.usage, elapsed, attempt_id=attempt_id, attempt=requests, status=200),
                 )
                 return outcome.text, outcome.usage
             # A failed attempt is logged too (nothing billed for it, but it was sent and counts as a request).
@@ -297,7 +312,7 @@ class AnthropicScorer:
                     JudgeUsage(),
                     elapsed,
                     attempt_id=attempt_id,
-                    attempt=attempt,
+                    attempt=requests,
                     status=outcome.status,
                     error=outcome.problem[:500],
                 ),
@@ -305,6 +320,11 @@ class AnthropicScorer:
             problem = outcome.problem
             if outcome.final:
                 raise ScoringError(f"Anthropic API error: {problem}")
+            if outcome.status == 429 and outcome.retry_after is not None and waits < MAX_RATE_LIMITED_WAITS:
+                # Refused unserved, with a time to come back: waiting as asked is not a failed attempt (the
+                # request is logged all the same: every request sent is).
+                waits += 1
+                attempt -= 1
             if attempt < self._max_attempts:
                 await self._backoff(attempt, problem, outcome.retry_after)
         raise ScoringError(f"Anthropic API still failing after {self._max_attempts} attempts: {problem}")
@@ -318,10 +338,12 @@ class AnthropicScorer:
     async def _call(self, messages: Iterable[MessageParam], max_tokens: int) -> _Answer | _Failure:
         """One HTTP request (the only place one is sent)."""
         try:
-            async with self._gate:
-                response = await self._client.messages.create(
+            async with self._limiter.slot() as slot:
+                raw = await self._client.messages.with_raw_response.create(
                     model=self._model, max_tokens=max_tokens, system=self._system_blocks, messages=messages
                 )
+                slot.headers(raw.headers)
+                response = await raw.parse()
         except anthropic.AuthenticationError as exc:
             raise ScoringError("Anthropic rejected the API key (401): set a valid ECHELON_ANTHROPIC_API_KEY") from exc
         except anthropic.APIStatusError as exc:

@@ -17,7 +17,7 @@ from importlib.resources.abc import Traversable
 from types import MappingProxyType
 from typing import Any
 
-from echelon_platform.domain.methodology import file_digest, methodology_hash
+from echelon_platform.domain.methodology_hash import file_digest, methodology_hash
 from echelon_platform.errors import ConfigError
 
 METHODOLOGY_VERSION = "v1"

@@ -13,7 +13,7 @@ import pytest
 
 from api.app import create_app
 from api.auth import issue_jwt
-from coordinator.factory import coordinators_for
+from coordinator.assembly import coordinators_for
 from coordinator.writer import StateCoordinator
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings

@@ -85,6 +85,9 @@ async def test_sign_in_submit_watch_live_and_verify_the_certificate(
             await page.click("#verify")
             await page.wait_for_selector("#verify-result [data-valid=true]")
             assert await page.locator("#replays tbody tr").count() == 3
+            # Each figure shows its 95% interval and n (3 replays: the composite says how many more would narrow it).
+            interval = await page.text_content("#metrics [data-interval=composite_score]") or ""
+            assert interval.startswith("95% [") and interval.endswith("n 3"), interval
             first_replay = page.locator("#replays select").first
             await first_replay.select_option("4")
             await page.locator("#replays", has_text="saved").wait_for()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from coordinator.factory import coordinators_for
+from coordinator.assembly import coordinators_for
 from echelon.fake_flow import FlowConfig, plan_run, publish_flows
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import Keyring, load_keyring, publish_keys

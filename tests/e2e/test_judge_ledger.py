@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
-from coordinator.factory import coordinators_for
+from coordinator.assembly import coordinators_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import JudgeEndpoint, Settings
 from echelon_platform.domain.certificate import BUDGET_REASON

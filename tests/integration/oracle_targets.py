@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,4 +19,9 @@ async def counting(request: dict[str, Any]) -> dict[str, Any]:
 
 def hang(request: dict[str, Any]) -> dict[str, Any]:
     time.sleep(3600)
+    return summarise(request)
+
+
+async def hang_async(request: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(3600)
     return summarise(request)

@@ -82,6 +82,11 @@ async def test_certificate_is_public_and_complete(client: httpx.AsyncClient, see
     }  # fmt: skip
     assert [s["id"] for s in body["replay_scores"]] == ["C2-0000", "C2-0001"]
     assert first["claims_supported"] == 1 and first["precision"] == 0.25
+    # n and a 95% interval per figure, as stored (and signed) in the certificate.
+    assert body["uncertainty"] == stored["uncertainty"]
+    assert body["uncertainty"]["composite_score"]["n"] == 2
+    assert body["uncertainty"]["composite_score"]["low"] <= body["composite_score"]
+    assert body["composite_score"] <= body["uncertainty"]["composite_score"]["high"]
 
 
 async def test_unknown_certificate_is_404(client: httpx.AsyncClient) -> None:

@@ -15,7 +15,7 @@ import pytest
 from api.app import create_app
 from api.options import ApiOptions
 from coordinator.admission import TrustedKeys
-from coordinator.replay import Rebuilder
+from coordinator.rebuild import Rebuilder
 from echelon.embedded import EmbeddedNats, EmbeddedRedis
 from echelon.embedded._process import free_port
 from echelon_platform.adapters.readmodel_writer import Projector

@@ -20,8 +20,8 @@ import pytest
 from api.app import create_app
 from api.options import ApiOptions
 from coordinator.admission import TrustedKeys
-from coordinator.factory import coordinator_for
-from coordinator.replay import Rebuilder
+from coordinator.assembly import coordinator_for
+from coordinator.rebuild import Rebuilder
 from echelon.embedded import EmbeddedRedis
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services

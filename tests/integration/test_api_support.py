@@ -21,7 +21,7 @@ from api.app import create_app
 from api.auth import issue_jwt
 from api.nonces import NonceStore
 from api.options import ApiOptions
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.config import Settings

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pipeline_workers.stage as stage_module
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon.embedded import EmbeddedNats
 from echelon.setup import set_up, setup_bus
 from echelon_platform.adapters.services import Services

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring
 from echelon_platform.config import Settings

@@ -11,7 +11,7 @@ import uvicorn
 
 from api.app import create_app
 from api.options import ApiOptions
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon.endpoint import endpoint_file
 from echelon.local_roots import dev_stack_roots
 from echelon.stack import AnnouncingServer

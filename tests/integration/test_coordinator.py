@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from coordinator.admission import Admission, TrustedKeys
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from coordinator.writer import StateCoordinator
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from api.app import create_app
-from coordinator.factory import coordinators_for
+from coordinator.assembly import coordinators_for
 from echelon.fake_flow import FlowConfig, interleave, publish_flows
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys

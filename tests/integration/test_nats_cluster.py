@@ -20,7 +20,7 @@ import pytest
 
 from api.app import create_app
 from api.auth import issue_jwt
-from coordinator.factory import coordinator_for, coordinators_for
+from coordinator.assembly import coordinator_for, coordinators_for
 from echelon.embedded import ClusterRoute, EmbeddedNats
 from echelon.embedded._process import free_port
 from echelon_platform.adapters.services import Services

@@ -10,8 +10,8 @@ import signal
 import asyncpg
 import pytest
 
-from coordinator.factory import coordinator_for, coordinators_for
-from coordinator.replay import repair_partition, verify
+from coordinator.assembly import coordinator_for, coordinators_for
+from coordinator.rebuild import repair_partition, verify
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import Keyring

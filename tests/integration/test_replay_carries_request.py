@@ -16,9 +16,8 @@ from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import OracleSpec, ReplayInvoked, ReplayRequested, RunRequested, make_event
 from pipeline_workers.fixtures import materialise_sample_repo
-from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.ingest import IngestHandler
-from pipeline_workers.pipeline import Pipeline
+from pipeline_workers.pipeline import Pipeline, stage_context
 from pipeline_workers.scoring.offline import OfflineLexicalScorer
 from tests.factories import T0, record
 from tests.integration import oracle_targets
@@ -106,7 +105,7 @@ async def test_ingest_hands_each_replay_the_oracle_by_header_names_only(settings
     )
     async with Services(settings, name="test") as services, httpx.AsyncClient() as http:
         await services.secrets.put("HEADS", RunSecrets(oracle_headers={"Authorization": SecretStr(f"Bearer {key}")}))
-        events = await IngestHandler(StageContext(services, settings, http)).handle(make_event(request), request)
+        events = await IngestHandler(stage_context(services, settings, http)).handle(make_event(request), request)
     replays = [e for e in events if e.topic == "verify.replay.requested"]
     assert replays
     for event in replays:

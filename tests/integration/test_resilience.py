@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon.embedded import EmbeddedNats, EmbeddedPostgres, create_database
 from echelon_platform.adapters.migrations import migrate
 from echelon_platform.adapters.services import Services

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from coordinator.factory import coordinator_for
-from coordinator.replay import verify
+from coordinator.assembly import coordinator_for
+from coordinator.rebuild import verify
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import Keyring

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from coordinator.writer import StateCoordinator
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings

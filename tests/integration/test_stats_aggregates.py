@@ -17,7 +17,7 @@ from api.options import ApiOptions
 from api.stats import stats_row
 from api.stats_scan import countable_runs, leaderboard
 from coordinator.admission import TrustedKeys
-from coordinator.replay import Rebuilder, repair_partition, snapshot, verify
+from coordinator.rebuild import Rebuilder, repair_partition, snapshot, verify
 from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, BulkReader, Keys, ReadModels
 from echelon_platform.adapters.readmodel_writer import Checkpoint, Projector, checkpoint_key
 from echelon_platform.adapters.services import Services

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon.embedded._process import free_port
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings

@@ -15,7 +15,7 @@ import time
 import asyncpg
 import pytest
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import ReplayRequested, make_event

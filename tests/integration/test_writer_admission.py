@@ -10,8 +10,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.admission import TrustedKeys
-from coordinator.factory import coordinator_for
-from coordinator.replay import Rebuilder, verify
+from coordinator.assembly import coordinator_for
+from coordinator.rebuild import Rebuilder, verify
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import GENERATED_KEY, Keyring

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from coordinator.factory import coordinator_for
+from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.config import Settings

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 from pathlib import Path
+
+import pytest
 
 from echelon_platform.config import Settings
 from tests.cli import cli_env, run_cli
@@ -42,3 +45,22 @@ async def test_token_prints_one_jwt(tmp_path: Path) -> None:
     result = await run_cli("token", "alice", cwd=tmp_path, env=cli_env())
     assert result.code == 0, result.stderr
     assert result.stdout.count(".") == 2 and len(result.stdout.splitlines()) == 1
+
+
+def test_replay_still_runs_the_rebuild_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from echelon import commands
+    from echelon.cli import main
+
+    seen: list[tuple[str, bool]] = []
+
+    async def fake_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+        seen.append((args.command, args.verify))
+        return 0
+
+    monkeypatch.setattr(commands, "cmd_rebuild", fake_rebuild)
+    monkeypatch.delattr(commands, "cmd_replay", raising=False)
+    for name in ("rebuild", "replay"):
+        with pytest.raises(SystemExit) as exited:
+            main([name, "--verify"])
+        assert exited.value.code == 0
+    assert seen == [("rebuild", True), ("rebuild", True)]

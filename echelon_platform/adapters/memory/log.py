@@ -11,6 +11,14 @@ from typing import Any
 import orjson
 
 from echelon_platform.domain.envelope import Envelope, correlation_for, utcnow
+from echelon_platform.domain.events import (
+    CertificateIssued,
+    JudgeCalled,
+    ReplayInvoked,
+    ReplayRequested,
+    RunFailed,
+    RunRequested,
+)
 from echelon_platform.ports.log import (
     AppendResult,
     Fence,
@@ -21,7 +29,7 @@ from echelon_platform.ports.log import (
     StalledRun,
 )
 
-_TERMINAL = ("verify.certificate.issued", "verify.run.failed")
+_TERMINAL = (CertificateIssued.TOPIC, RunFailed.TOPIC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +44,9 @@ class _Stored:
 
 def _projected(topic: str, payload: dict[str, Any]) -> dict[str, Any]:
     """What projections read of a payload (EventStore's `_PROJECTED_PAYLOAD`)."""
-    if topic in ("verify.replay.requested", "verify.replay.invoked"):
+    if topic in (ReplayRequested.TOPIC, ReplayInvoked.TOPIC):
         return {k: v for k, v in payload.items() if k not in ("record", "reply")}
-    if topic == "verify.judge.called":
+    if topic == JudgeCalled.TOPIC:
         return {k: v for k, v in payload.items() if k != "raw_text"}
     return payload
 
@@ -180,7 +188,7 @@ class MemoryLog:
         stalled = []
         for correlation, events in runs.items():
             topics = {s.envelope.topic for s in events}
-            if "verify.run.requested" not in topics or topics.intersection(_TERMINAL):
+            if RunRequested.TOPIC not in topics or topics.intersection(_TERMINAL):
                 continue
             last = max(s.appended_at for s in events)
             if (now - last).total_seconds() > older_than_s:
@@ -193,7 +201,7 @@ class MemoryLog:
     async def judge_usage(self, run_ids: Sequence[str]) -> dict[str, JudgeTotals]:
         usage: dict[str, JudgeTotals] = {}
         for run_id in run_ids:
-            calls = [orjson.loads(s.payload) for s in self._of_run(run_id) if s.envelope.topic == "verify.judge.called"]
+            calls = [orjson.loads(s.payload) for s in self._of_run(run_id) if s.envelope.topic == JudgeCalled.TOPIC]
             if calls:
                 usage[run_id] = JudgeTotals(
                     len(calls),

@@ -13,8 +13,8 @@ from echelon_platform.domain.repo_refs import validate_repo_url
 from echelon_platform.errors import IngestError, RequestRejected
 from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.ingest.base import SourceSpec
-from pipeline_workers.ingest.factory import ingester_for
 from pipeline_workers.ingest.github import GitHubIngester
+from pipeline_workers.ingest.ingester_choice import ingester_for
 from pipeline_workers.ingest.local_git import LocalGitIngester
 
 MERGE_TITLES = [

@@ -91,6 +91,24 @@ const METRICS = [
   ["reply_accuracy", "Reply accuracy"], ["replay_count", "Replays scored"], ["sample_size", "Sample size"],
 ];
 
+/** "95% [low, high] · n" under a figure, when the certificate carries intervals. */
+function intervalOf(cert, key) {
+  const b = cert.uncertainty?.[key];
+  return b ? h("small.interval", { "data-interval": key }, `95% [${fmtNum(b.low, 4)}, ${fmtNum(b.high, 4)}] · n ${b.n}`) : null;
+}
+
+function uncertaintyNote(cert) {
+  const u = cert.uncertainty;
+  if (!u) return h("p.muted#uncertainty", {}, "No intervals: issued before certificates carried them.");
+  const calibration = cert.calibration
+    ? [" Calibration Brier ", h("b", {}, fmtNum(cert.calibration.brier_score, 4)), " ", intervalOf(cert, "brier_score"),
+      ", ECE ", h("b", {}, fmtNum(cert.calibration.expected_calibration_error, 4)), " ", intervalOf(cert, "expected_calibration_error"), "."]
+    : [];
+  return h("p#uncertainty", {}, `Intervals: 95% percentile bootstrap over replays (${u.resamples} resamples, seed ${u.seed}).`,
+    ...calibration,
+    u.replays_to_narrow ? h("span#replays-to-narrow", {}, ` The composite is known to within more than ±0.1: about ${u.replays_to_narrow} more replays would narrow it to ±0.1.`) : null);
+}
+
 export async function certificatePage(main, certId) {
   const enc = encodeURIComponent(certId);
   const cert = await api(`certificates/${enc}`, { auth: false });
@@ -149,7 +167,9 @@ export async function certificatePage(main, certId) {
       cert.partial ? [" · ", badge("partial")] : null),
     cert.warning ? h("p.error", {}, cert.warning) : null,
     h("div.cards#metrics", {}, METRICS.map(([key, label]) =>
-      h("div.card", { "data-metric": key }, h("span.muted", {}, label), h("b", {}, key.endsWith("_count") || key === "sample_size" ? String(cert[key]) : fmtNum(cert[key], 4))))),
+      h("div.card", { "data-metric": key }, h("span.muted", {}, label), h("b", {}, key.endsWith("_count") || key === "sample_size" ? String(cert[key]) : fmtNum(cert[key], 4)),
+        intervalOf(cert, key)))),
+    uncertaintyNote(cert),
     h("p", {}, "Judge ", h("b", {}, cert.scoring_model), " · ground truth ", cert.ground_truth_source, " ",
       h("span.mono", {}, cert.commit_range), " · methodology ", cert.methodology_version,
       " · weights ", h("span.mono", {}, JSON.stringify(cert.weights))),

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from ulid import ULID
 
 from coordinator.admission import TrustedKeys
-from coordinator.replay_fold import PAYLOAD_TOPICS, RunFold
+from coordinator.rebuild_fold import PAYLOAD_TOPICS, RunFold
 from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
 from echelon_platform.adapters.readmodel_writer import (
@@ -62,13 +62,13 @@ return 1
 """
 WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
-_READ = (*PAYLOAD_TOPICS, RatingSubmitted.TOPIC, JudgeCalled.TOPIC)  # the topics whose payload replay reads
+_READ = (*PAYLOAD_TOPICS, RatingSubmitted.TOPIC, JudgeCalled.TOPIC)  # the topics whose payload a rebuild reads
 PROGRESS_EVERY = 10_000
 PROGRESS_TTL_MS = 30_000
 
 
 @dataclass
-class ReplayReport:
+class RebuildReport:
     namespace: str
     events: int
     runs: int
@@ -83,7 +83,7 @@ class ReplayReport:
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Replay allocates millions of objects and frees none that form cycles: the cycle collector would
+    """A rebuild allocates millions of objects and frees none that form cycles: the cycle collector would
     only re-scan the growing fold, again and again (a third of the fold's time at a million events)."""
     enabled = gc.isenabled()
     gc.disable()
@@ -184,7 +184,7 @@ class Rebuilder:
         if refusal is None:
             return True
         self.skipped_certificates += 1
-        log.warning("replay.certificate_skipped", seq=seq, reason=refusal)
+        log.warning("rebuild.certificate_skipped", seq=seq, reason=refusal)
         return False
 
     @property
@@ -262,7 +262,7 @@ class Rebuilder:
             await pipe.execute()
         self._new_judge, self._stats_dirty = [], set()
 
-    async def rebuild(self, *, switch: bool = True) -> ReplayReport:
+    async def rebuild(self, *, switch: bool = True) -> RebuildReport:
         """Fold the log into a fresh namespace; with `switch`, make it current (pointer and every
         partition's checkpoint)."""
         started = time.perf_counter()
@@ -288,7 +288,7 @@ class Rebuilder:
                     await keeper
         # Timed up to the switch: readers use the rebuilt models from here on; dropping the old
         # namespace is clean-up.
-        report = ReplayReport(
+        report = RebuildReport(
             namespace, self.events, len(self._runs), len(self.certs), time.perf_counter() - started, []
         )
         if old is not None:
@@ -325,7 +325,9 @@ class Rebuilder:
         return old
 
 
-async def repair_partition(store: EventStore, projector: Projector, partition: int, settings: Settings) -> ReplayReport:
+async def repair_partition(
+    store: EventStore, projector: Projector, partition: int, settings: Settings
+) -> RebuildReport:
     """Refold one partition's events and rewrite its runs, certificates and ratings in the live namespace,
     then its checkpoint. Its writer pauses meanwhile (its lock is held); the other partitions go on. Keys the
     log does not determine (a stray key) are left as they are: a full rebuild drops those."""
@@ -337,7 +339,7 @@ async def repair_partition(store: EventStore, projector: Projector, partition: i
         await rebuilder.write(keys)
         checkpoint = Checkpoint(READ_MODEL_GENERATION, rebuilder.positions.get(partition, 0), keys.ns)
         await projector.redis.set(projector.checkpoint_keys()[partition], checkpoint.encode())
-    return ReplayReport(
+    return RebuildReport(
         keys.ns, rebuilder.events, len(rebuilder.states), len(rebuilder.certs), time.perf_counter() - started, []
     )
 
@@ -456,7 +458,7 @@ async def delete_namespace(projector: Projector, keys: Keys) -> int:
     return deleted
 
 
-async def verify(store: EventStore, projector: Projector, settings: Settings) -> ReplayReport:
+async def verify(store: EventStore, projector: Projector, settings: Settings) -> RebuildReport:
     """Rebuild into a scratch namespace and compare with the live one; the scratch copy is dropped."""
     rebuilder = Rebuilder(store, projector, TrustedKeys.published(store, settings))
     async with projector.holding():  # a consistent cut: every writer pauses while we fold and compare

@@ -7,21 +7,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-import structlog
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import responses as r
 from api.deps import ServicesDep, SettingsDep, UserDep
+from api.publishing import publish
 from api.schemas import ErrorBody
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import METHODOLOGY_RUN_ID, MethodologyRegistered, make_event, payload_as
-from echelon_platform.domain.methodology import MAX_FILES, check_file_name, file_digest, methodology_hash
+from echelon_platform.domain.events import METHODOLOGY_RUN_ID, MethodologyRegistered, payload_as
+from echelon_platform.domain.methodology_hash import MAX_FILES, check_file_name, file_digest, methodology_hash
 from echelon_platform.errors import Forbidden, NotFound, RequestRejected
 
 router = APIRouter(prefix="/api/v1/methodology", tags=["methodology"])
-log = structlog.get_logger(__name__)
 Version = Annotated[str, Path(pattern=r"^v[0-9]+(\.[0-9]+)*$", max_length=32)]
 FORBIDDEN: r.Responses = {403: {"model": ErrorBody, "description": "Only admins register methodologies"}}
 
@@ -118,8 +117,5 @@ async def register(body: MethodologyCreate, user: UserDep, services: ServicesDep
         registered_by=user.user_id,
         registered_at=utcnow(),
     )
-    event = make_event(payload)
-    await services.bus.publish(event)
-    services.metrics.events_published.labels(event.topic).inc()
-    log.info("api.published", topic=event.topic, correlationId=event.correlation_id, eventId=event.event_id)
+    await publish(services.bus, services.metrics, payload)
     return MethodologyDetail(**payload.model_dump(exclude={"run_id"}))

@@ -9,24 +9,27 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import anthropic
 
+from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.config import JudgeEndpoint, Settings, judge_name
 from echelon_platform.errors import ConfigError
 from pipeline_workers.scoring.anthropic_judge import AnthropicScorer
 from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.breaker import CircuitBreaker
 from pipeline_workers.scoring.chain import JudgeChain
+from pipeline_workers.scoring.judge_limit import classify_judge_failure
 from pipeline_workers.scoring.offline import OfflineLexicalScorer
 from pipeline_workers.scoring.prompts import load_prompts
 
 
 @asynccontextmanager
-async def scorer_for(settings: Settings) -> AsyncIterator[Scorer]:
-    """Yield the configured scorer; Anthropic clients are closed on exit."""
+async def scorer_for(settings: Settings, limits: LimiterRegistry | None = None) -> AsyncIterator[Scorer]:
+    """Yield the configured scorer; Anthropic clients are closed on exit. With `limits` (Redis-backed), every
+    process on one endpoint and key shares one adaptive limit."""
     specs = settings.judges or (
         [f"anthropic:{settings.judge_model}"] if settings.anthropic_api_key is not None else ["offline"]
     )
     async with AsyncExitStack() as stack:
-        judges = [await _judge(spec, settings, stack) for spec in specs]
+        judges = [await _judge(spec, settings, stack, limits) for spec in specs]
         if settings.judges is None:  # the single configured judge, as before: no breaker in the way
             yield judges[0]
             return
@@ -43,7 +46,9 @@ async def scorer_for(settings: Settings) -> AsyncIterator[Scorer]:
         )
 
 
-async def _judge(entry: str | JudgeEndpoint, settings: Settings, stack: AsyncExitStack) -> Scorer:
+async def _judge(
+    entry: str | JudgeEndpoint, settings: Settings, stack: AsyncExitStack, limits: LimiterRegistry | None
+) -> Scorer:
     prompts = load_prompts(settings.methodology_version)
     spec = judge_name(entry)
     if spec == "offline":
@@ -54,7 +59,12 @@ async def _judge(entry: str | JudgeEndpoint, settings: Settings, stack: AsyncExi
     key, base_url = _endpoint(entry, settings)
     client = anthropic.AsyncAnthropic(api_key=key, base_url=base_url)
     stack.push_async_callback(client.close)
-    return AnthropicScorer(client, model=model, max_concurrency=settings.judge_concurrency, prompts=prompts)
+    limiter = None
+    if limits is not None:
+        limiter = limits.for_endpoint(str(client.base_url), client.api_key, classify=classify_judge_failure)
+    return AnthropicScorer(
+        client, model=model, max_concurrency=settings.judge_concurrency, prompts=prompts, limiter=limiter
+    )
 
 
 def _endpoint(entry: str | JudgeEndpoint, settings: Settings) -> tuple[str, str | None]:

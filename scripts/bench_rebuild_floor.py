@@ -1,14 +1,14 @@
-"""Replay side by side with its floor, in one run, on the same Postgres and Redis; prints JSON.
+"""A rebuild side by side with its floor, in one run, on the same Postgres and Redis; prints JSON.
 
-    python scripts/bench_replay.py [--events 100000 1000000] [--no-verify]
+    python scripts/bench_rebuild_floor.py [--events 100000 1000000] [--no-verify]
 
 For each N: seeds N realistic events into the log (as bench_rebuild.py), then times
   floor    read every row (server cursor: seq, time, topic, run, and only the payload fields a fold uses),
            fold in memory (a dict per run), write each run's key once (pipelined SET): the least any
            rebuild does
-  rebuild  `Rebuilder.rebuild()`, what `echelon replay` and the writer's automatic rebuild run, up to the
+  rebuild  `Rebuilder.rebuild()`, what `echelon rebuild` and the writer's automatic rebuild run, up to the
            namespace switch
-  verify   `echelon replay --verify`: a rebuild into a scratch namespace compared key by key with the live one
+  verify   `echelon rebuild --verify`: a rebuild into a scratch namespace compared key by key with the live one
 and reports events/s and the ratio to the floor. Uses the configured NATS_URL/DATABASE_URL/REDIS_URL, else
 embedded servers.
 """
@@ -29,8 +29,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # reuse the test factories
 
 from coordinator.admission import TrustedKeys
-from coordinator.replay import READ_BATCH, Rebuilder, delete_namespace, verify
-from coordinator.replay_fold import PAYLOAD_TOPICS
+from coordinator.rebuild import READ_BATCH, Rebuilder, delete_namespace, verify
+from coordinator.rebuild_fold import PAYLOAD_TOPICS
 from echelon_platform.adapters.readmodel_store import Keys
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.services import Services
@@ -97,7 +97,7 @@ async def floor(services: Services, prefix: str) -> tuple[int, float]:
 
 async def bench(settings: Settings, n: int, with_verify: bool) -> dict[str, Any]:
     async with (
-        Services(settings, name="bench-replay", pool_size=4) as services,
+        Services(settings, name="bench-rebuild", pool_size=4) as services,
         Projector(str(settings.redis_url), settings.redis_prefix) as projector,
     ):
         await seed(services, n)

@@ -1,4 +1,4 @@
-"""Replay equals live; tail follows with an ephemeral consumer; parked events can be re-driven."""
+"""A rebuild equals live; tail follows with an ephemeral consumer; parked events can be re-driven."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import io
 from collections.abc import AsyncIterator
 
 from coordinator.admission import TrustedKeys
-from coordinator.factory import coordinator_for
-from coordinator.replay import Rebuilder, snapshot, verify
+from coordinator.assembly import coordinator_for
+from coordinator.rebuild import Rebuilder, snapshot, verify
 from echelon.tail import tail
 from echelon_platform.adapters.readmodel_store import Keys
 from echelon_platform.adapters.readmodel_writer import Projector
@@ -49,7 +49,7 @@ async def _history(services: Services) -> None:
         )
 
 
-async def test_flush_replay_and_compare_with_live(services: Services, settings: Settings) -> None:
+async def test_flush_rebuild_and_compare_with_live(services: Services, settings: Settings) -> None:
     await _history(services)
     await drain(services, settings)
     async with Projector(str(settings.redis_url), settings.redis_prefix) as projector:

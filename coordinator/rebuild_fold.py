@@ -1,9 +1,9 @@
-"""Replay's fold: `projections.apply`'s rules on one mutable accumulator per run.
+"""The rebuild's fold: `projections.apply`'s rules on one mutable accumulator per run.
 
 `apply` returns a new RunState per event (a `_replace`, and a frozenset copy per finished replay, so a run
-with n replays costs O(n²)). Replay folds millions of events, so it keeps each run's joins in place and
+with n replays costs O(n²)). A rebuild folds millions of events, so it keeps each run's joins in place and
 builds the RunState once, when it is written. `apply` stays the one statement of the rules: a hypothesis
-test (tests/unit/test_replay_fold.py) holds `RunFold` equal to `fold` on any sequence of events, and any
+test (tests/unit/test_rebuild_fold.py) holds `RunFold` equal to `fold` on any sequence of events, and any
 topic this module does not know is folded by `apply` itself.
 """
 

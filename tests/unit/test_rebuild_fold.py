@@ -1,5 +1,5 @@
-"""Replay's fast fold (`RunFold`) must be `projections.apply` exactly: any events, any order, duplicates,
-any log positions and timestamps, folded as replay reads them (payload JSON text, NULL where not read)."""
+"""The rebuild's fast fold (`RunFold`) must be `projections.apply` exactly: any events, any order, duplicates,
+any log positions and timestamps, folded as a rebuild reads them (payload JSON text, NULL where not read)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.replay_fold import PAYLOAD_TOPICS, PLAIN, RunFold
+from coordinator.rebuild_fold import PAYLOAD_TOPICS, PLAIN, RunFold
 from echelon_platform.domain.envelope import Envelope, correlation_for, new_event_id
 from echelon_platform.domain.events import TOPICS, CertificateIssued, RunCompleted, RunFailed, make_event
 from echelon_platform.domain.projections import MAX_ERROR_CHARS, fold
@@ -39,7 +39,7 @@ BASE = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def as_read(event: Envelope) -> dict[str, Any] | None:
-    """The payload as replay gets it from the store: JSON text for PAYLOAD_TOPICS, else NULL."""
+    """The payload as a rebuild gets it from the store: JSON text for PAYLOAD_TOPICS, else NULL."""
     return orjson.loads(orjson.dumps(event.payload)) if event.topic in PAYLOAD_TOPICS else None
 
 

@@ -1,0 +1,28 @@
+"""How the API puts an event on the bus: make it, publish it (acked), count it, log it."""
+
+from __future__ import annotations
+
+import structlog
+
+from echelon_platform.adapters.bus import Bus, PublishAck
+from echelon_platform.domain.events import Payload, make_event
+from echelon_platform.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+
+async def publish(bus: Bus, metrics: Metrics, payload: Payload) -> PublishAck:
+    """Publish one event the API makes; a duplicate (the same dedup key, already stored) is not counted."""
+    event = make_event(payload)
+    ack = await bus.publish_acked(event)
+    if not ack.duplicate:
+        metrics.events_published.labels(event.topic).inc()
+    log.info(
+        "api.published",
+        topic=event.topic,
+        correlationId=event.correlation_id,
+        eventId=event.event_id,
+        seq=ack.seq,
+        duplicate=ack.duplicate,
+    )
+    return ack

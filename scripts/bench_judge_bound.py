@@ -1,0 +1,277 @@
+"""Time to the last certificate next to the judge's own bound, in one run, against a scripted judge.
+
+    python scripts/bench_judge_bound.py [--cases 1x40@1,4x20@1,1x40@0.2/30,1x200@5/1000] [--fair 500]
+
+The judge is Anthropic-compatible over HTTP (tests/fake_judge.py, its own process): every call takes the
+case's latency; a case with `/R` allows R requests per minute (a token bucket of 10 s worth, refilled
+continuously; 429 + retry-after and `anthropic-ratelimit-requests-*` headers, as the API does). Runs use the
+bundled sample oracle on a generated repository with enough squash-merged PRs, and the whole pipeline
+(coordinator and every stage, default settings) in this process; they are published at once and timed to
+the last COMPLETED run.
+
+The judge's bound: each replay needs two sequential judge calls (the question, then the score), so at
+best 2 x latency; with a rate limit, the calls past the bucket arrive at the refill rate, the last one
+then takes one latency: max(2L, (calls - burst) / rate + L). Printed next to it, in the same run: the
+pipeline's own floor (the same runs against a judge answering at once and without limits).
+
+`--fair N`: user A's N-replay run, and user B's 5-replay run published just behind it; B's time to its
+certificate next to its time alone (the same judge, 1 s per call, no provider limit).
+
+Uses the configured NATS_URL/DATABASE_URL/REDIS_URL, else embedded servers. The adaptive judge limit is
+forgotten between cases (each case is a fresh provider key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fake judge lives with the tests
+
+from coordinator.assembly import coordinator_for
+from echelon_platform.adapters.services import Services
+from echelon_platform.config import Settings
+from echelon_platform.domain.envelope import utcnow
+from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
+from echelon_platform.log_config import configure_logging
+from pipeline_workers.pipeline import Pipeline
+from scripts.benchlib import ROOT, isolated, servers
+
+SAMPLE = OracleSpec(type="python", module="pipeline_workers.oracles.sample", callable="summarise")
+API_KEY = "sk-ant-api03-bench-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    runs: int
+    replays: int
+    latency_s: float
+    rpm: float | None
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        shape, _, rest = text.partition("@")
+        runs, _, replays = shape.partition("x")
+        latency, _, rpm = rest.partition("/")
+        return cls(text, int(runs), int(replays), float(latency), float(rpm) if rpm else None)
+
+    @property
+    def calls(self) -> int:
+        return 2 * self.runs * self.replays
+
+    @property
+    def burst(self) -> float | None:
+        return None if self.rpm is None else max(1.0, self.rpm / 6)
+
+    def bound(self) -> float:
+        if self.rpm is None or self.burst is None:
+            return 2 * self.latency_s
+        return max(2 * self.latency_s, max(0.0, self.calls - self.burst) / (self.rpm / 60) + self.latency_s)
+
+
+def generated_repo(path: Path, changes: int) -> Path:
+    """A repository of `changes` squash-merged PRs ("... (#N)"), each adding a small module, via fast-import."""
+    if path.exists():
+        return path
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    stream: list[bytes] = []
+    for n in range(1, changes + 1):
+        body = (
+            f'"""Helper number {n}."""\n\n\ndef helper_{n}(values: list[int]) -> int:\n'
+            f'    """Sum of the values times {n}."""\n    return sum(values) * {n}\n'
+        ).encode()
+        message = f"Add helper_{n} to the toolkit (#{n})\n\nhelper_{n} multiplies the sum by {n}.\n".encode()
+        stamp = 1_700_000_000 + n * 3600
+        stream += [
+            b"commit refs/heads/main\n",
+            f"committer Ada <ada@example.com> {stamp} +0000\n".encode(),
+            f"data {len(message)}\n".encode() + message,
+            f"M 100644 inline toolkit/helper_{n}.py\n".encode(),
+            f"data {len(body)}\n".encode() + body + b"\n",
+        ]
+    subprocess.run(["git", "-C", str(path), "fast-import", "--quiet"], input=b"".join(stream), check=True)
+    subprocess.run(["git", "-C", str(path), "reset", "-q", "--hard", "main"], check=True)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def fake_judge(port: int) -> AsyncIterator[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fake_judge", "--port", str(port), cwd=ROOT, env=env
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"{base}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+class Bench:
+    def __init__(self, services: Services, settings: Settings, judge: str, repo: Path) -> None:
+        self.services = services
+        self.settings = settings
+        self.judge = judge
+        self.repo = repo
+        self.http = httpx.AsyncClient(timeout=30)
+        self.seq = 0
+
+    async def provider(self, **limits: Any) -> dict[str, Any]:
+        stats: dict[str, Any] = (await self.http.post(f"{self.judge}/limits", json=limits)).json()
+        return stats
+
+    async def forget_limits(self) -> None:
+        redis = self.services.read_models.redis
+        keys = [k async for k in redis.scan_iter(f"{self.settings.redis_prefix}limit:*")]
+        if keys:
+            await redis.delete(*keys)
+
+    async def submit(self, user: str, replays: int) -> str:
+        self.seq += 1
+        run_id = f"bench{self.seq:04d}"
+        request = RunRequested(
+            run_id=run_id,
+            user_id=user,
+            construct_id=f"bench-{user}",
+            repo_url=str(self.repo),
+            oracle=SAMPLE,
+            limit=replays,
+            min_replays=1,
+            weights={"precision": 1.0, "recall": 1.0, "reply_accuracy": 1.0},
+            created_at=utcnow(),
+        )
+        await self.services.bus.publish(make_event(request))
+        return run_id
+
+    async def wait(self, run_ids: list[str], started: float, timeout_s: float = 3600) -> dict[str, float]:
+        """Seconds from `started` to each run's COMPLETED (polled every 20 ms)."""
+        done: dict[str, float] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(run_ids):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runs not done: {sorted(set(run_ids) - set(done))}")
+            for run_id in run_ids:
+                if run_id in done:
+                    continue
+                state = await self.services.read_models.get_run(run_id)
+                if state is not None and state.status.terminal:
+                    if state.status.name != "COMPLETED":
+                        raise RuntimeError(f"run {run_id} ended {state.status.name}")
+                    done[run_id] = time.monotonic() - started
+            await asyncio.sleep(0.02)
+        return done
+
+    async def timed(self, runs: int, replays: int) -> float:
+        started = time.monotonic()
+        ids = [await self.submit(f"user{i}", replays) for i in range(runs)]
+        return max((await self.wait(ids, started)).values())
+
+    async def case(self, case: Case) -> dict[str, Any]:
+        await self.forget_limits()
+        await self.provider(latency=0.0, concurrency=None, rpm=None, burst=None, reset=True)
+        await self.timed(1, min(16, case.replays))  # warm: oracle processes, connections, caches
+        floor = await self.timed(case.runs, case.replays)
+        await self.forget_limits()
+        await self.provider(latency=case.latency_s, rpm=case.rpm, burst=case.burst, reset=True)
+        measured = await self.timed(case.runs, case.replays)
+        judge: dict[str, Any] = (await self.http.get(f"{self.judge}/stats")).json()
+        bound = case.bound()
+        return {
+            "case": case.name,
+            "runs": case.runs,
+            "replays": case.replays,
+            "latency_s": case.latency_s,
+            "rpm": case.rpm,
+            "to_last_certificate_s": round(measured, 2),
+            "judge_bound_s": round(bound, 2),
+            "ratio": round(measured / bound, 2),
+            "pipeline_floor_s": round(floor, 2),
+            "ratio_to_bound_plus_floor": round(measured / (bound + floor), 2),
+            "judge_calls": judge["served"],
+            "judge_429": judge["refused"],
+            "judge_peak_in_flight": judge["peak_in_flight"],
+        }
+
+    async def fairness(self, big: int, small: int = 5) -> dict[str, Any]:
+        await self.forget_limits()
+        await self.provider(latency=1.0, concurrency=None, rpm=None, burst=None, reset=True)
+        await self.timed(1, small)  # warm
+        alone = await self.timed(1, small)
+        started = time.monotonic()
+        big_id = await self.submit("alice", big)
+        small_id = await self.submit("bob", small)
+        small_done = (await self.wait([small_id], started))[small_id]
+        big_done = (await self.wait([big_id], started))[big_id]
+        return {
+            "case": f"fair: {small} replays of user B behind {big} of user A",
+            "small_alone_s": round(alone, 2),
+            "small_behind_big_s": round(small_done, 2),
+            "ratio": round(small_done / alone, 2),
+            "big_s": round(big_done, 2),
+        }
+
+
+async def main(args: argparse.Namespace) -> None:
+    configure_logging("WARNING")  # to stderr; the numbers go to stdout
+    cases = [Case.parse(c) for c in args.cases.split(",") if c]
+    base = Settings()
+    most = max([c.replays for c in cases] + [args.fair or 0, 16])
+    with tempfile.TemporaryDirectory(prefix="bench-judge-") as tmp:
+        data = Path(tmp)
+        async with servers(base, data) as (urls, _), fake_judge(args.port) as judge:
+            settings = (await isolated(base, urls)).model_copy(
+                update={
+                    "data_dir": data,
+                    "anthropic_api_key": SecretStr(API_KEY),
+                    "anthropic_base_url": judge,
+                    "ack_wait_s": 120.0,
+                }
+            )
+            repo = generated_repo(data / "bench-repo", most)
+            async with (
+                Services(settings, name="bench") as services,
+                coordinator_for(services, settings) as coordinator,
+                Pipeline(services, settings) as pipeline,
+            ):
+                tasks = [asyncio.create_task(coordinator.run()), asyncio.create_task(pipeline.run(watchdog=False))]
+                bench = Bench(services, settings, judge, repo)
+                try:
+                    for case in cases:
+                        print(json.dumps(await bench.case(case)), flush=True)
+                    if args.fair:
+                        print(json.dumps(await bench.fairness(args.fair)), flush=True)
+                finally:
+                    await bench.http.aclose()
+                    coordinator.stop()
+                    pipeline.stop()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="1x40@1,4x20@1,1x40@0.2/30,1x200@5/1000")
+    parser.add_argument("--fair", type=int, default=0, help="replays of user A's big run (0: skip)")
+    parser.add_argument("--port", type=int, default=8931)
+    asyncio.run(main(parser.parse_args()))

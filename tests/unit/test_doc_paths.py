@@ -1,0 +1,93 @@
+"""Every repository path the README and docs/ name exists, so a moved or renamed module fails CI instead of
+leaving a stale pointer for a reader to trip over."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from fnmatch import fnmatch
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# Bare names of these kinds are runtime files (`api.json`, `pg_hba.conf`), not the repository's.
+SOURCE_EXTENSIONS = ("py", "md", "sh", "sql", "toml", "js", "css", "html", "lua")
+# A token that names a file or folder: no spaces or placeholders, and a slash or a file extension.
+CANDIDATE = re.compile(r"^[\w.*-]+(/[\w.*-]+)*/?$")
+LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
+
+
+def _tracked() -> list[str]:
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    files = out.split()
+    folders = {str(Path(f).parents[i]) for f in files for i in range(len(Path(f).parents) - 1)}
+    return files + sorted(folders)
+
+
+TRACKED = _tracked()
+TOP = {p.split("/", 1)[0] for p in TRACKED}
+BASENAMES = {p.rsplit("/", 1)[-1] for p in TRACKED}
+
+
+def _named_paths(text: str) -> set[str]:
+    """Backticked tokens that name a repository path: `dir/file.py`, `dir/`, `pyproject.toml`, `a/*.sql`."""
+    found = set()
+    for token in re.findall(r"`([^`\n]+)`", text):
+        if not CANDIDATE.match(token) or token.startswith("."):
+            continue
+        if "/" in token:
+            if token.split("/", 1)[0] in TOP:  # `local_git/pr-merges@1` and the like are not paths
+                found.add(token.rstrip("/"))
+        elif token.rsplit(".", 1)[-1] in SOURCE_EXTENSIONS and "." in token and not token.startswith("*"):
+            found.add(token)  # a bare file name: some tracked file has it
+    return found
+
+
+def _exists(path: str) -> bool:
+    if "/" not in path:
+        return any(fnmatch(name, path) for name in BASENAMES)
+    if any(ch in path for ch in "*?["):
+        return any(fnmatch(p, path) for p in TRACKED)
+    return path in TRACKED or (ROOT / path).exists()
+
+
+def test_the_docs_name_paths_at_all() -> None:
+    names = set().union(*(_named_paths(page.read_text()) for page in PAGES))
+    assert {"scripts/test.sh", "echelon_platform/config.py", "pyproject.toml"} <= names
+
+
+def test_every_named_path_exists() -> None:
+    stale = [
+        f"{page.relative_to(ROOT)}: `{path}`"
+        for page in PAGES
+        for path in sorted(_named_paths(page.read_text()))
+        if not _exists(path)
+    ]
+    assert not stale, "paths named in the docs that do not exist:\n" + "\n".join(stale)
+
+
+def test_every_relative_link_resolves() -> None:
+    broken = [
+        f"{page.relative_to(ROOT)}: ({target})"
+        for page in PAGES
+        for target, _ in LINK.findall(page.read_text())
+        if "://" not in target and not target.startswith("mailto:") and not (page.parent / target).exists()
+    ]
+    assert not broken, "links in the docs that lead nowhere:\n" + "\n".join(broken)
+
+
+def test_the_code_tour_names_what_its_files_hold() -> None:
+    """Each step of docs/code-tour.md names functions and classes beside the files that hold them: every
+    such name must still occur in one of the Python files its step names."""
+    tour = (ROOT / "docs" / "code-tour.md").read_text()
+    missing = []
+    for step in re.split(r"\n(?=- |#)", tour):
+        tokens = re.findall(r"`([^`\n]+)`", step)
+        files = [t for t in tokens if t.endswith(".py") and "/" in t and (ROOT / t).exists()]
+        source = "".join((ROOT / f).read_text() for f in files)
+        for name in tokens:
+            if not files or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", name) or name.endswith((".py", ".js")):
+                continue
+            if not re.search(rf"\b{re.escape(name.split('.')[-1])}\b", source):
+                missing.append(f"`{name}` (in none of {files})")
+    assert not missing, "docs/code-tour.md names what its files no longer hold:\n" + "\n".join(missing)
