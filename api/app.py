@@ -14,7 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api import certificates, methodology_registry, readiness, run_events, runs, signin, stats, stream
-from api.admission import RunAdmission
 from api.auth import TokenCache
 from api.cors import OriginPolicy
 from api.dashboard import install_dashboard
@@ -22,12 +21,13 @@ from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
 from api.docs_assets import install_docs
 from api.edge import Edge
 from api.fanout import PendingSockets
-from api.limits import RateLimiter, RecentRuns
 from api.options import ApiOptions
 from api.schemas import Readiness
 from api.validation_errors import validation_error_answer
+from echelon_platform.adapters.api_keys import ApiKeys
 from echelon_platform.adapters.readmodel_store import Freshness, OwnerReader, RunReader
 from echelon_platform.adapters.redis_lane import RedisLane
+from echelon_platform.adapters.run_admission import RunAdmission
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.config import Settings
@@ -90,18 +90,17 @@ def _with_security(schema: dict[str, Any]) -> dict[str, Any]:
 def _attach(app: FastAPI, services: Services) -> RedisLane:
     """Per-process helpers that need the connected services; the caller closes the lane it returns."""
     app.state.services = services
-    # The hot routes' Redis round trips share one pipelined connection (api/admission.py, GET /runs/{id}).
-    lane = RedisLane(services.read_models.redis)
+    # The hot routes' Redis round trips share one pipelined connection (adapters/run_admission.py, GET /runs/{id}).
+    api_keys = app.state.api_keys = ApiKeys(services.read_models)
+    lane = api_keys.lane()
     freshness = Freshness.of(app.state.settings.redis_prefix, app.state.settings.partitioning)
     app.state.run_reader = RunReader(services.read_models, lane, freshness=freshness)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
     app.state.signing_keys = PublishedKeys(services.store, app.state.settings)
-    redis = services.read_models.redis
-    prefix = app.state.settings.redis_prefix
     app.state.run_admission = RunAdmission(
         lane,
-        RateLimiter(redis, prefix, limit=app.state.options.runs_per_minute, window_s=60),
-        RecentRuns(redis, prefix),
+        api_keys.rate_limiter(limit=app.state.options.runs_per_minute, window_s=60),
+        api_keys.recent_runs(),
         OwnerReader(services.read_models),
     )
     app.state.ws_connections = stream.ConnectionCounter(app.state.settings.ws_max_connections_per_user)
@@ -143,6 +142,9 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
         lifespan=lifespan,
         docs_url=None,  # install_docs serves /docs and /redoc without a CDN
         redoc_url=None,
+        # No OpenTelemetry here (metrics are Prometheus, /metrics): without this FastAPI looks up the global
+        # OTel providers, environment variables included, on every request (4% of a POST /runs's CPU).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_docs(app)
     app.state.settings = settings

@@ -23,5 +23,5 @@ from echelon_platform.recursion import check_recursion_limit
 def build_app() -> FastAPI:
     check_recursion_limit()  # the app's imports are done: none of them may have raised it
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, batched=True)
     return create_app(settings)

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import jwt
-import redis.asyncio as aioredis
 import structlog
 from cachetools import TLRUCache
 
-from api.nonces import NonceStore
 from api.tokens import issue_jwt as issue_jwt  # re-exported: callers mint and check tokens here
 from api.wallet import SiweBinding, WalletProof, verify_proof, wallet_user_id
+from echelon_platform.adapters.nonce_store import NonceStore
 from echelon_platform.config import Settings
 from echelon_platform.domain.identity import (
     WALLET_SUBJECT_PREFIX,
@@ -99,10 +98,10 @@ class TokenCache:
         return principal
 
 
-async def authenticate_wallet(proof: WalletProof, settings: Settings, client: aioredis.Redis) -> Principal:
+async def authenticate_wallet(proof: WalletProof, settings: Settings, nonces: NonceStore) -> Principal:
     message = verify_proof(proof, datetime.now(UTC), SiweBinding.from_settings(settings), settings.wallet_max_age_s)
     # Consumed only after the signature checked out: a forger cannot burn someone else's nonce.
-    await NonceStore(client, settings.redis_prefix, settings.siwe_nonce_ttl_s).consume(message.nonce)
+    await nonces.consume(message.nonce)
     admins = {a.lower() for a in settings.admin_wallets}
     expires = message.expiration_time.timestamp() if message.expiration_time is not None else None
     return Principal(
@@ -112,7 +111,7 @@ async def authenticate_wallet(proof: WalletProof, settings: Settings, client: ai
 
 async def authenticate(
     settings: Settings,
-    client: aioredis.Redis,
+    nonces: NonceStore,
     *,
     bearer: str | None,
     wallet: WalletProof | None,
@@ -124,7 +123,7 @@ async def authenticate(
             return tokens.principal(bearer)
         return decode_jwt(bearer, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
     if wallet is not None:
-        return await authenticate_wallet(wallet, settings, client)
+        return await authenticate_wallet(wallet, settings, nonces)
     raise AuthError(
         "missing credentials: send `Authorization: Bearer <token>` or the X-Wallet-Address, "
         "X-Wallet-Message and X-Wallet-Signature headers"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
@@ -21,18 +22,19 @@ from api.cert_schemas import (
     RatingView,
     VerifyResult,
 )
-from api.deps import OptionsDep, ServicesDep, SettingsDep, UserDep
-from api.limits import RateLimiter
+from api.deps import ApiKeysDep, OptionsDep, ServicesDep, UserDep
 from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
 from api.publishing import publish
 from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.cert_validity import verify as verify_document
+from echelon_platform.domain.certificate import composite_with
+from echelon_platform.domain.compare import Comparison, compare
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import RatingSubmitted
+from echelon_platform.domain.events import RatingSubmitted, RunRequested, payload_as
 from echelon_platform.domain.values import CalibrationCertificate
-from echelon_platform.errors import Forbidden, NotFound, ReadModelError, StoreError
+from echelon_platform.errors import Forbidden, NotFound, ReadModelError, RequestRejected, StoreError
 
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
 well_known = APIRouter(tags=["certificates"])
@@ -50,7 +52,7 @@ async def load_certificate(services: Services, cert_id: str) -> CalibrationCerti
     raw, fresh = await reader.checked(cert_id)
     if raw is None and not fresh:
         try:
-            raw = await certificate_from_log(services, cert_id)  # a public certificate never changes once issued
+            raw = await certificate_from_log(services.store, cert_id)  # a public certificate never changes once issued
         except StoreError as exc:
             raise not_level(exc) from exc
     if raw is None:
@@ -78,6 +80,41 @@ async def list_certificates(
     return CertificateList(
         certificates=[CertificateSummary.of(c) for c in certs], total=total, limit=limit, offset=offset
     )
+
+
+@router.get(
+    "/certificates/compare",
+    response_model=Comparison,
+    responses=r.merge(r.PUBLIC, r.NOT_FOUND, r.INVALID, NOT_LEVEL),
+)
+async def compare_certificates(
+    services: ServicesDep,
+    a: Annotated[str, Query(min_length=1, max_length=128, description="Certificate A (the baseline)")],
+    b: Annotated[str, Query(min_length=1, max_length=128, description="Certificate B (compared with A)")],
+) -> Comparison:
+    """Public: is B better than A? Per figure, B − A over the ground-truth changes both runs scored (same
+    repository), with a 95% paired bootstrap interval and a paired permutation test; when the runs share no
+    change, an unpaired comparison that says so (`paired: false`, `note`). See `method`."""
+    if a == b:
+        raise RequestRejected("a and b name the same certificate: compare two different certificates")
+    cert_a, cert_b = await load_certificate(services, a), await load_certificate(services, b)
+    repo_a, repo_b = await _repository(services, cert_a.run_id), await _repository(services, cert_b.run_id)
+    same = repo_a is not None and repo_a == repo_b and cert_a.ground_truth_source == cert_b.ground_truth_source
+    composite_a, composite_b = composite_with(cert_a.weights), composite_with(cert_b.weights)
+    # A few thousand resamples: seconds of CPU for large runs, kept off the event loop.
+    return await asyncio.to_thread(compare, cert_a, cert_b, composite_a, composite_b, same_repository=same)
+
+
+async def _repository(services: Services, run_id: str) -> str | None:
+    """The repository a run's changes came from (its request), normalised; None when the log lacks it."""
+    try:
+        events = await services.store.run_events(run_id, ["verify.run.requested"])
+    except StoreError as exc:
+        raise not_level(exc) from exc
+    if not events:
+        return None
+    url = payload_as(events[0], RunRequested).repo_url.strip().lower().rstrip("/")
+    return url.removesuffix(".git")
 
 
 @router.get(
@@ -143,7 +180,7 @@ async def rate_replay(
     body: RatingCreate,
     user: UserDep,
     services: ServicesDep,
-    settings: SettingsDep,
+    api_keys: ApiKeysDep,
     options: OptionsDep,
 ) -> RatingAccepted:
     """Rate how well the judge scored one replay (1–5). One rating per person per replay: a new one replaces
@@ -151,9 +188,7 @@ async def rate_replay(
     cert = await load_certificate(services, cert_id)
     if all(s.replay_id != replay_id for s in cert.individual_scores):
         raise NotFound(f"certificate {cert_id} has no scored replay {replay_id}")
-    limiter = RateLimiter(
-        services.read_models.redis, settings.redis_prefix, limit=options.ratings_per_minute, window_s=60
-    )
+    limiter = api_keys.rate_limiter(limit=options.ratings_per_minute, window_s=60)
     await limiter.hit("ratings", user.user_id)
     payload = RatingSubmitted(
         run_id=cert.run_id,

@@ -18,9 +18,11 @@ from fastapi.security.base import SecurityBase
 from api.auth import Principal, TokenCache, authenticate
 from api.options import ApiOptions
 from api.wallet import WalletProof
+from echelon_platform.adapters.api_keys import ApiKeys
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError
+from echelon_platform.ports.log import LogReader
 
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "HTTPBearer": {
@@ -64,6 +66,16 @@ SECURITY_REQUIREMENT: list[dict[str, list[str]]] = [
 async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def get_log_reader(request: Request) -> LogReader:
+    services: Services = request.app.state.services
+    return services.store
+
+
+async def get_api_keys(request: Request) -> ApiKeys:
+    api_keys: ApiKeys = request.app.state.api_keys
+    return api_keys
 
 
 async def get_settings(request: Request) -> Settings:
@@ -115,7 +127,7 @@ class UserOrWallet(SecurityBase):
 
     async def __call__(self, request: Request) -> Principal:
         state = request.app.state
-        services: Services = state.services
+        api_keys: ApiKeys = state.api_keys
         tokens: TokenCache = state.tokens
         headers = request.headers
         bearer = bearer_token(headers.get("authorization"))
@@ -125,7 +137,11 @@ class UserOrWallet(SecurityBase):
                 headers.get("x-wallet-address"), headers.get("x-wallet-message"), headers.get("x-wallet-signature")
             )
         return await authenticate(
-            state.settings, services.read_models.redis, bearer=bearer, wallet=proof, tokens=tokens
+            state.settings,
+            api_keys.nonces(state.settings.siwe_nonce_ttl_s),
+            bearer=bearer,
+            wallet=proof,
+            tokens=tokens,
         )
 
 
@@ -147,6 +163,9 @@ async def get_optional_user(request: Request) -> Principal | None:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+ApiKeysDep = Annotated[ApiKeys, Depends(get_api_keys)]
+# The narrow one: a route that only reads the log asks for just that.
+LogReaderDep = Annotated[LogReader, Depends(get_log_reader)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OptionsDep = Annotated[ApiOptions, Depends(get_options)]
 UserDep = Annotated[Principal, Depends(get_user_or_wallet)]

@@ -11,10 +11,10 @@ import structlog
 from fastapi import HTTPException
 
 from api.schemas import ErrorBody
-from echelon_platform.adapters.services import Services
 from echelon_platform.domain.events import CertificateIssued
 from echelon_platform.domain.projections import RunState, apply, public_certificate
 from echelon_platform.errors import StoreError
+from echelon_platform.ports.log import LogReader
 
 log = structlog.get_logger(__name__)
 
@@ -23,28 +23,28 @@ LOG_READ_TIMEOUT_S = 2.0  # per step (pool wait, query): then 503 with Retry-Aft
 RETRY_AFTER_S = 1
 
 
-async def run_from_log(services: Services, run_id: str) -> RunState | None:
+async def run_from_log(log: LogReader, run_id: str) -> RunState | None:
     """The run as its logged events say (None: the log has no request for it). StoreError when the log does
     not answer in time."""
-    state, _ = await _fold(services, run_id)
+    state, _ = await _fold(log, run_id)
     return state if state.visible else None
 
 
-async def certificate_from_log(services: Services, cert_id: str) -> dict[str, Any] | None:
+async def certificate_from_log(log: LogReader, cert_id: str) -> dict[str, Any] | None:
     """The certificate that decided its run, from the log (None when the log has no such public one)."""
     if not cert_id.startswith(CERT_PREFIX):
         return None
-    state, certificates = await _fold(services, cert_id.removeprefix(CERT_PREFIX))
+    state, certificates = await _fold(log, cert_id.removeprefix(CERT_PREFIX))
     found = certificates.get(cert_id)
     return found if found is not None and public_certificate(state, found) else None
 
 
-async def _fold(services: Services, run_id: str) -> tuple[RunState, dict[str, dict[str, Any]]]:
+async def _fold(log: LogReader, run_id: str) -> tuple[RunState, dict[str, dict[str, Any]]]:
     state = RunState(run_id=run_id)
     certificates: dict[str, dict[str, Any]] = {}
     if not run_id.isascii() or not run_id.isalnum() or len(run_id) > 64:
         return state, certificates  # not an id the API issues: nothing to look up
-    for seq, event in await services.store.run_log(run_id, timeout=LOG_READ_TIMEOUT_S):
+    for seq, event in await log.run_log(run_id, timeout=LOG_READ_TIMEOUT_S):
         state = apply(state, event, seq)
         if event.topic == CertificateIssued.TOPIC:
             cert = event.payload["certificate"]

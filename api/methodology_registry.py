@@ -11,14 +11,14 @@ from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import responses as r
-from api.deps import ServicesDep, SettingsDep, UserDep
+from api.deps import LogReaderDep, ServicesDep, SettingsDep, UserDep
 from api.publishing import publish
 from api.schemas import ErrorBody
-from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import METHODOLOGY_RUN_ID, MethodologyRegistered, payload_as
 from echelon_platform.domain.methodology_hash import MAX_FILES, check_file_name, file_digest, methodology_hash
 from echelon_platform.errors import Forbidden, NotFound, RequestRejected
+from echelon_platform.ports.log import LogReader
 
 router = APIRouter(prefix="/api/v1/methodology", tags=["methodology"])
 Version = Annotated[str, Path(pattern=r"^v[0-9]+(\.[0-9]+)*$", max_length=32)]
@@ -54,9 +54,9 @@ class MethodologyCreate(BaseModel):
     files: dict[str, str] = Field(min_length=1, max_length=MAX_FILES, description="file name → text")
 
 
-async def registered(services: Services) -> list[MethodologyRegistered]:
+async def registered(log_reader: LogReader) -> list[MethodologyRegistered]:
     """Registrations in log order (the log keeps one per version: the first)."""
-    events = await services.store.run_events(METHODOLOGY_RUN_ID, [MethodologyRegistered.TOPIC])
+    events = await log_reader.run_events(METHODOLOGY_RUN_ID, [MethodologyRegistered.TOPIC])
     return [payload_as(e, MethodologyRegistered) for e in events]
 
 
@@ -65,9 +65,9 @@ def _summary(m: MethodologyRegistered) -> MethodologySummary:
 
 
 @router.get("", response_model=MethodologyIndex, responses=r.PUBLIC)
-async def index(services: ServicesDep, settings: SettingsDep) -> MethodologyIndex:
+async def index(log_reader: LogReaderDep, settings: SettingsDep) -> MethodologyIndex:
     """The current methodology and every registered one."""
-    history = await registered(services)
+    history = await registered(log_reader)
     current = next((m for m in history if m.version == settings.methodology_version), None)
     return MethodologyIndex(
         current=settings.methodology_version,
@@ -77,9 +77,9 @@ async def index(services: ServicesDep, settings: SettingsDep) -> MethodologyInde
 
 
 @router.get("/{version}", response_model=MethodologyDetail, responses=r.merge(r.PUBLIC, r.NOT_FOUND))
-async def detail(version: Version, services: ServicesDep) -> MethodologyDetail:
+async def detail(version: Version, log_reader: LogReaderDep) -> MethodologyDetail:
     """One registered version with its files' hashes and text."""
-    for m in await registered(services):
+    for m in await registered(log_reader):
         if m.version == version:
             return MethodologyDetail(**m.model_dump(exclude={"run_id"}))
     raise NotFound(f"methodology {version} is not registered")
@@ -91,14 +91,20 @@ async def detail(version: Version, services: ServicesDep) -> MethodologyDetail:
     response_model=MethodologyDetail,
     responses=r.merge(r.PROTECTED, r.MALFORMED_BODY, FORBIDDEN),
 )
-async def register(body: MethodologyCreate, user: UserDep, services: ServicesDep, response: Response) -> Any:
+async def register(
+    body: MethodologyCreate,
+    user: UserDep,
+    log_reader: LogReaderDep,
+    services: ServicesDep,
+    response: Response,
+) -> Any:
     """Register a methodology version (admins only). The hash is computed here from the files sent. A
     version is registered once: the same files again answer 200, other files for it 422."""
     if not user.is_admin:
         raise Forbidden("only admins register methodologies")
     files = {check_file_name(name): file_digest(text.encode("utf-8")) for name, text in body.files.items()}
     digest = methodology_hash(files)
-    for m in await registered(services):
+    for m in await registered(log_reader):
         if m.version == body.version:
             if m.sha256 != digest:
                 raise RequestRejected(

@@ -18,16 +18,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-import nats.errors
-import nats.js.errors
-import redis.exceptions
-from nats.js.api import ConsumerInfo
-
-from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, Freshness, pointer_key, text
+from echelon_platform.adapters.bus import ConsumerBacklog
+from echelon_platform.adapters.readmodel_store import DEFAULT_NAMESPACE, Freshness, text
 from echelon_platform.adapters.readmodel_writer import Checkpoint
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
@@ -95,72 +89,62 @@ async def check(services: Services, settings: Settings) -> Report:
 
 
 async def _postgres(services: Services, settings: Settings, report: Report) -> None:
-    """`SELECT 1` on a connection of its own: the pool's may all be taken by requests waiting on a lock."""
     try:
-        conn = await asyncpg.connect(services.store.database_url, timeout=settings.ready_timeout_s)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        report.fail("postgres", f"unreachable: {exc or type(exc).__name__}")
+        await services.store.probe(settings.ready_timeout_s)
+    except EchelonError as exc:
+        report.fail("postgres", str(exc))
         return
-    try:
-        await conn.fetchval("SELECT 1", timeout=settings.ready_timeout_s)
-        report.ok("postgres")
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        report.fail("postgres", f"unreachable: {exc or type(exc).__name__}")
-    finally:
-        conn.terminate()  # never waits on the server
+    report.ok("postgres")
 
 
 async def _bus(services: Services, settings: Settings, report: Report) -> None:
+    bus = services.bus
     try:
-        await services.bus.ping()
+        await bus.ping()
     except EchelonError as exc:
         report.fail("nats", f"unreachable: {exc}")
         for name in ("stream", "consumers", "writer"):
             report.checks[name] = "unknown: NATS unreachable"
         return
     report.ok("nats")
-    js, stream = services.bus.js, services.bus.stream
     try:
-        await js.stream_info(stream)
-    except nats.js.errors.NotFoundError:
-        report.fail("stream", f"stream {stream} is missing")
-        report.checks["consumers"] = report.checks["writer"] = "unknown: no stream"
-        return
-    except (nats.errors.Error, TimeoutError) as exc:
-        report.fail("stream", f"unknown: {exc or type(exc).__name__}")
+        exists = await bus.stream_exists()
+    except EchelonError as exc:
+        report.fail("stream", f"unknown: {exc}")
         report.checks["consumers"] = report.checks["writer"] = "unknown: stream unreadable"
+        return
+    if not exists:
+        report.fail("stream", f"stream {bus.stream} is missing")
+        report.checks["consumers"] = report.checks["writer"] = "unknown: no stream"
         return
     report.ok("stream")
     names = required_consumers(settings)
-    infos = await asyncio.gather(*(js.consumer_info(stream, n) for n in names), return_exceptions=True)
-    missing = [n for n, info in zip(names, infos, strict=True) if isinstance(info, nats.js.errors.NotFoundError)]
-    broken = [
-        info for info in infos if isinstance(info, BaseException) and not isinstance(info, nats.js.errors.NotFoundError)
-    ]
+    backlogs = await bus.consumer_backlogs(names)
+    missing = [n for n, b in zip(names, backlogs, strict=True) if b is None]
+    broken = [b for b in backlogs if isinstance(b, EchelonError)]
     if missing:
         report.fail("consumers", f"durable consumers missing: {', '.join(missing)}")
     elif broken:
-        report.fail("consumers", f"unknown: {broken[0] or type(broken[0]).__name__}")
+        report.fail("consumers", f"unknown: {broken[0]}")
     else:
         report.ok("consumers")
-    writers = [info for info in infos[: settings.partitioning.count] if isinstance(info, ConsumerInfo)]
+    writers = [b for b in backlogs[: settings.partitioning.count] if isinstance(b, ConsumerBacklog)]
     if len(writers) < settings.partitioning.count:
         report.fail("writer", "unknown: a writer's consumer is missing")
         return
     await _writer(services, settings, writers, report)
 
 
-async def _writer(services: Services, settings: Settings, infos: list[ConsumerInfo], report: Report) -> None:
+async def _writer(services: Services, settings: Settings, backlogs: list[ConsumerBacklog], report: Report) -> None:
     """How far the writers are behind: events not acked (logged and projected) yet, summed over the
     partitions, and how long the oldest of them has been waiting (the time the writer is behind by)."""
     lag = 0
     behind = 0.0
-    for k, info in enumerate(infos):
-        pending = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        lag += pending
-        if pending:
-            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
-            behind = max(behind, await _oldest_age(services, services.subjects.partition_filter(k), floor))
+    for k, backlog in enumerate(backlogs):
+        lag += backlog.pending
+        if backlog.pending:
+            oldest = await services.bus.first_age_s(services.subjects.partition_filter(k), backlog.ack_floor)
+            behind = max(behind, oldest)
     if behind > settings.ready_max_behind_s:
         report.fail(
             "writer",
@@ -172,29 +156,13 @@ async def _writer(services: Services, settings: Settings, infos: list[ConsumerIn
         report.ok("writer")
 
 
-async def _oldest_age(services: Services, subject: str, floor: int) -> float:
-    """Seconds since the first message of `subject` after the ack floor was stored (0 if there is none)."""
-    try:
-        msg = await services.bus.js.get_msg(services.bus.stream, seq=floor + 1, subject=subject, next=True)
-    except nats.js.errors.NotFoundError:
-        return 0.0
-    if msg.time is None:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - msg.time).total_seconds())
-
-
 async def _read_models(services: Services, settings: Settings, report: Report) -> None:
     """One pipeline: the readers' namespace, the rebuild marker and every partition's checkpoint."""
     freshness = Freshness.of(settings.redis_prefix, settings.partitioning)
-    pipe = services.read_models.redis.pipeline(transaction=False)
-    pipe.get(pointer_key(settings.redis_prefix))
-    pipe.get(freshness.rebuilding)
-    for key in freshness.checkpoints:
-        pipe.get(key)
     try:
-        namespace, marker, *checkpoints = await pipe.execute()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        report.fail("redis", f"unreachable: {exc}")
+        namespace, marker, checkpoints = await services.read_models.freshness_state(freshness)
+    except EchelonError as exc:
+        report.fail("redis", str(exc))
         report.checks["read_models"] = "unknown: Redis unreachable"
         return
     report.ok("redis")

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from api import responses as r
-from api.deps import ServicesDep, UserDep
+from api.deps import LogReaderDep, ServicesDep, UserDep
 from api.runs import load_run
 from echelon_platform.errors import NotFound
 
@@ -43,6 +43,7 @@ async def run_history(
     run_id: Annotated[str, Path(min_length=1, max_length=64)],
     user: UserDep,
     services: ServicesDep,
+    log: LogReaderDep,
     request: Request,
     after: Annotated[int, Query(ge=0, description="Log position already seen: events after it follow")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -52,7 +53,7 @@ async def run_history(
     state = await load_run(services, run_id, request.app.state.run_reader)
     if state is None or not user.can_see(state.user_id):
         raise NotFound(f"run {run_id} not found")
-    rows = await services.store.run_events_page(run_id, after=after, limit=limit + 1)
+    rows = await log.run_events_page(run_id, after=after, limit=limit + 1)
     page = rows[:limit]
     more = len(rows) > limit
     return RunHistory(

@@ -22,18 +22,18 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from ulid import ULID
 
 from api import responses as r
-from api.admission import RunAdmission
 from api.auth import Principal
 from api.certificates import check_construct_owner
-from api.deps import SECURITY_REQUIREMENT, ServicesDep, SettingsDep, UserDep, get_user_or_wallet
+from api.deps import SECURITY_REQUIREMENT, ApiKeysDep, ServicesDep, UserDep, get_user_or_wallet
 from api.edge import PARSED_JSON
-from api.limits import RecentRuns
 from api.log_reads import NOT_LEVEL, not_level, run_from_log
 from api.publishing import publish
 from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
+from echelon_platform.adapters.rate_limits import RecentRuns
 from echelon_platform.adapters.readmodel_store import Freshness, RunReader
+from echelon_platform.adapters.run_admission import RunAdmission
 from echelon_platform.adapters.run_requests import request_of, requested_on_stream
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
@@ -291,7 +291,7 @@ async def load_run(services: Services, run_id: str, reader: RunReader | None = N
     if not fresh:
         # A missing or older model says nothing about the log: the log answers (a logged run is never PENDING
         # or 404 because Redis lost it or a rebuild is under way).
-        logged = await run_from_log(services, run_id)
+        logged = await run_from_log(services.store, run_id)
         if logged is not None:
             return logged
         state = None
@@ -335,7 +335,7 @@ def run_view_json(state: RunState) -> bytes:
 async def list_runs(
     user: UserDep,
     services: ServicesDep,
-    settings: SettingsDep,
+    api_keys: ApiKeysDep,
     status_filter: Annotated[StatusName | None, Query(alias="status")] = None,
     construct_id: Annotated[str | None, Query(max_length=128)] = None,
     created_after: Annotated[
@@ -352,7 +352,7 @@ async def list_runs(
     Runs the caller started moments ago are listed too, before the coordinator projected them."""
     wanted = Status[status_filter] if status_filter else None
     # Before the read model: a run projected in between then shows up there and is dropped from `unseen`.
-    unseen = await _unprojected(services, settings.redis_prefix, user, wanted, construct_id)
+    unseen = await _unprojected(services, api_keys.recent_runs(), user, wanted, construct_id)
     states, total = await services.read_models.list_runs(
         user_id=None if user.is_admin else user.user_id,
         status=wanted,
@@ -384,10 +384,9 @@ def _newest_first(state: RunState) -> float:
 
 
 async def _unprojected(
-    services: Services, prefix: str, user: Principal, wanted: Status | None, construct_id: str | None
+    services: Services, recent: RecentRuns, user: Principal, wanted: Status | None, construct_id: str | None
 ) -> list[RunState]:
     """The caller's recently accepted runs the read model does not show yet (read from the stream)."""
-    recent = RecentRuns(services.read_models.redis, prefix)
     run_ids = await recent.run_ids(user.user_id)
     unseen: list[RunState] = []
     projected: list[str] = []

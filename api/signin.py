@@ -18,9 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import responses as r
 from api.auth import authenticate_wallet
-from api.deps import ServicesDep, SettingsDep
-from api.limits import RateLimiter
-from api.nonces import NonceStore
+from api.deps import ApiKeysDep, SettingsDep
 from api.schemas import NonceIssued
 from api.tokens import issue_jwt
 from api.wallet import MAX_MESSAGE_CHARS, WalletProof
@@ -58,15 +56,12 @@ def _client(request: Request) -> str:
 
 
 @router.get("/nonce", response_model=NonceIssued, responses=r.merge(r.PUBLIC, r.RATE_LIMITED))
-async def nonce(request: Request, response: Response, services: ServicesDep, settings: SettingsDep) -> NonceIssued:
+async def nonce(request: Request, response: Response, api_keys: ApiKeysDep, settings: SettingsDep) -> NonceIssued:
     """Public: a fresh single-use nonce for an EIP-4361 message, valid `siwe_nonce_ttl_s` seconds, plus the
     domain, URI and chain ids the message must name. Rate limited per client address: each nonce is state."""
-    redis = services.read_models.redis
-    limiter = RateLimiter(redis, settings.redis_prefix, limit=settings.siwe_nonces_per_minute, window_s=60)
+    limiter = api_keys.rate_limiter(limit=settings.siwe_nonces_per_minute, window_s=60)
     await limiter.hit("nonces", _client(request))
-    store = NonceStore(
-        redis, settings.redis_prefix, settings.siwe_nonce_ttl_s, max_outstanding=settings.siwe_max_outstanding_nonces
-    )
+    store = api_keys.nonces(settings.siwe_nonce_ttl_s, max_outstanding=settings.siwe_max_outstanding_nonces)
     value = await store.issue()
     response.headers["Cache-Control"] = "no-store"
     return NonceIssued(
@@ -84,16 +79,15 @@ async def nonce(request: Request, response: Response, services: ServicesDep, set
     responses=r.merge(r.UNAUTHORIZED, r.PUBLIC, r.RATE_LIMITED, r.MALFORMED_BODY),
 )
 async def session(
-    body: WalletSignIn, request: Request, response: Response, services: ServicesDep, settings: SettingsDep
+    body: WalletSignIn, request: Request, response: Response, api_keys: ApiKeysDep, settings: SettingsDep
 ) -> SessionIssued:
     """Public: exchange a signed Sign-In-with-Ethereum message for a Bearer token valid up to an hour (never
     past the message's `Expiration Time`). Verified like the X-Wallet-* headers, so the nonce is used up:
     the same proof gives 401 the second time. Rate limited per client address, like the nonces."""
-    redis = services.read_models.redis
-    limiter = RateLimiter(redis, settings.redis_prefix, limit=settings.siwe_nonces_per_minute, window_s=60)
+    limiter = api_keys.rate_limiter(limit=settings.siwe_nonces_per_minute, window_s=60)
     await limiter.hit("sessions", _client(request))
     proof = WalletProof(address=body.address, message=body.message, signature=body.signature)
-    principal = await authenticate_wallet(proof, settings, redis)
+    principal = await authenticate_wallet(proof, settings, api_keys.nonces(settings.siwe_nonce_ttl_s))
     ttl_s = SESSION_TTL_S
     if principal.expires_at is not None:  # verify_proof refused a message that has expired already
         ttl_s = max(1, min(ttl_s, math.floor(principal.expires_at - time.time())))

@@ -15,8 +15,7 @@ from fastapi import APIRouter, Query, Request
 
 from api import responses as r
 from api.cert_schemas import GroupBy, HumanAgreement, StatsResponse, StatsRow
-from api.deps import OptionalUserDep, ServicesDep, SettingsDep
-from api.limits import RateLimiter
+from api.deps import ApiKeysDep, OptionalUserDep, ServicesDep, SettingsDep
 from echelon_platform.adapters.stats_store import Group, StatsReader
 from echelon_platform.domain.stats import (
     ALL,
@@ -70,6 +69,7 @@ def stats_row(group: Group) -> StatsRow:
 async def stats(
     request: Request,
     services: ServicesDep,
+    api_keys: ApiKeysDep,
     settings: SettingsDep,
     user: OptionalUserDep,
     group_by: Annotated[GroupBy, Query()] = "construct_id",
@@ -80,9 +80,7 @@ async def stats(
     and how far people's replay ratings are from the judge's scores. Anonymous callers see certified runs
     only; signed in, your own uncertified runs count too (admins: everyone's). Rate limited per client
     address (`ECHELON_STATS_PER_MINUTE`, 429 with Retry-After)."""
-    limiter = RateLimiter(
-        services.read_models.redis, settings.redis_prefix, limit=settings.stats_per_minute, window_s=60
-    )
+    limiter = api_keys.rate_limiter(limit=settings.stats_per_minute, window_s=60)
     await limiter.hit("stats", request.client.host if request.client else "unknown")
     if user is None:
         scope, extra = PUBLIC, None

@@ -123,16 +123,16 @@ async def _credentials(ws: WebSocket, settings: Settings, services: Services) ->
         raise AuthError('a token in the URL is refused (it ends up in logs): send {"token": …} as the first message')
     header = ws.headers.get("authorization", "")
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
-    redis = services.read_models.redis
+    nonces = ws.app.state.api_keys.nonces(settings.siwe_nonce_ttl_s)
     if bearer:
-        return await authenticate(settings, redis, bearer=bearer, wallet=None)
+        return await authenticate(settings, nonces, bearer=bearer, wallet=None)
     first = await _receive_json(ws, settings.ws_first_message_bytes)
     if isinstance(first, dict) and isinstance(first.get("token"), str):
-        return await authenticate(settings, redis, bearer=first["token"], wallet=None)
+        return await authenticate(settings, nonces, bearer=first["token"], wallet=None)
     wallet = first.get("wallet") if isinstance(first, dict) else None
     if isinstance(wallet, dict) and all(isinstance(wallet.get(k), str) for k in ("address", "message", "signature")):
         proof = WalletProof(address=wallet["address"], message=wallet["message"], signature=wallet["signature"])
-        return await authenticate(settings, redis, bearer=None, wallet=proof)
+        return await authenticate(settings, nonces, bearer=None, wallet=proof)
     raise AuthError('authenticate first: a first message {"token": …} or {"wallet": {…}}')
 
 

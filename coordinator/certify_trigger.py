@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from coordinator.retrying import Retrying
-from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.readmodel_writer import RunEvent
 from echelon_platform.domain.events import RunCertifying, make_event
 from echelon_platform.domain.lifecycle import CERTIFY_TRIGGERS
 from echelon_platform.domain.projections import RunState
+from echelon_platform.ports.bus import Publisher
 
 
 def trigger_causes(events: Sequence[tuple[RunEvent, int]]) -> dict[str, str]:
@@ -18,7 +18,7 @@ def trigger_causes(events: Sequence[tuple[RunEvent, int]]) -> dict[str, str]:
 
 
 class CertifyTrigger:
-    def __init__(self, bus: Bus, retrying: Retrying) -> None:
+    def __init__(self, bus: Publisher, retrying: Retrying) -> None:
         self.bus = bus
         self.retrying = retrying
 

@@ -13,6 +13,7 @@ from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import Subjects, parse_payload
 from echelon_platform.errors import EnvelopeError
+from echelon_platform.ports.log import ParkedEvent
 
 RETRY_HEADER = "Echelon-Retry-Of"
 
@@ -20,7 +21,7 @@ RETRY_HEADER = "Echelon-Retry-Of"
 @dataclass(frozen=True, slots=True)
 class Decoded:
     events: list[tuple[Envelope, int]]
-    parked: list[tuple[int, str, bytes, str]]
+    parked: list[ParkedEvent]
     retried: list[int]  # parked rows an operator re-drove (marked in the same transaction)
     deferred: list[int] = field(default_factory=list)  # handed back to the stream (see park_refused)
 
@@ -32,7 +33,7 @@ def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> Decod
     on exactly its own subject, carry its natural dedup key and fit its topic's size (`check_event`)."""
     partitioned = subjects if subjects is not None and subjects.partitioning.partitioned else None
     events: list[tuple[Envelope, int]] = []
-    parked: list[tuple[int, str, bytes, str]] = []
+    parked: list[ParkedEvent] = []
     retried: list[int] = []
     for msg in msgs:
         seq = message_sequence(msg)
@@ -47,7 +48,7 @@ def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> Decod
             if subjects is not None:
                 check_event(msg.subject, len(msg.data), envelope, payload, subjects)
         except EnvelopeError as exc:
-            parked.append((seq, msg.subject, bytes(msg.data), str(exc)))
+            parked.append(ParkedEvent(seq, msg.subject, bytes(msg.data), str(exc)))
             continue
         events.append((envelope, seq))
     return Decoded(events, parked, retried)
@@ -78,12 +79,12 @@ def park_refused(decoded: Decoded, msgs: Sequence[Msg], refused: Sequence[Refusa
         if seq in young:
             decoded.deferred.append(seq)
         elif seq in reasons:
-            decoded.parked.append((seq, msg.subject, bytes(msg.data), reasons[seq]))
+            decoded.parked.append(ParkedEvent(seq, msg.subject, bytes(msg.data), reasons[seq]))
     decoded.events[:] = [(env, seq) for env, seq in decoded.events if seq not in reasons]
 
 
-def poison_msgs(msgs: list[Msg], decoded: Decoded) -> list[tuple[Msg, tuple[int, str, bytes, str]]]:
+def poison_msgs(msgs: list[Msg], decoded: Decoded) -> list[tuple[Msg, ParkedEvent]]:
     if not decoded.parked:
         return []  # the usual case: no reply subject to parse
-    by_seq = {p[0]: p for p in decoded.parked}
+    by_seq = {p.stream_seq: p for p in decoded.parked}
     return [(m, by_seq[message_sequence(m)]) for m in msgs if message_sequence(m) in by_seq]

@@ -13,10 +13,10 @@ from coordinator.admission import TrustedKeys
 from coordinator.certify_trigger import CertifyTrigger
 from coordinator.rebuild import Rebuilder
 from coordinator.retrying import Retrying
-from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.readmodel_writer import Projected, Projector, RunEvent
 from echelon_platform.errors import ReadModelsStale
 from echelon_platform.metrics import Metrics
+from echelon_platform.ports.log import LogReader
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ class Healing:
     def __init__(
         self,
         *,
-        store: EventStore,
+        store: LogReader,
         projector: Projector,
         keys: TrustedKeys,
         metrics: Metrics,

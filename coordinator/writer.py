@@ -11,9 +11,8 @@ import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import asyncpg
 import nats.errors
 import nats.js.errors
 import structlog
@@ -26,14 +25,14 @@ from coordinator.healing import Healing
 from coordinator.retrying import Retrying
 from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
-from echelon_platform.adapters.event_store import AppendResult, EventStore, Fence
 from echelon_platform.adapters.readmodel_writer import Projector
-from echelon_platform.adapters.secret_store import SecretStore
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.projections import RunState
-from echelon_platform.errors import BusError, InfrastructureError, StoreError, WriterFenced
+from echelon_platform.errors import BusError, InfrastructureError, StoreRefused, WriterFenced
 from echelon_platform.metrics import Metrics
+from echelon_platform.ports.log import AppendResult, Fence, ParkedEvent, RecordingLog
+from echelon_platform.ports.run_secrets import SecretKeeper
 from echelon_platform.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -60,14 +59,14 @@ class StateCoordinator:
         self,
         *,
         bus: Bus,
-        store: EventStore,
+        store: RecordingLog,
         projector: Projector,
         metrics: Metrics,
         durable: str,
         batch_size: int = 256,
         fetch_timeout_s: float = 0.5,
         ack_wait_s: float = 60.0,
-        secrets: SecretStore | None = None,
+        secrets: SecretKeeper | None = None,
         fence: Fence | None = None,
         lease: WriterLease | None = None,
         partition: int = 0,
@@ -173,7 +172,7 @@ class StateCoordinator:
                     await self.bus.ensure_consumer(
                         self.durable, self.filter_subject, ack_wait_s=self.ack_wait_s, max_deliver=-1
                     )
-                    sub = await BatchPuller(self.bus.nc, stream=self.bus.stream, durable=self.durable).start()
+                    sub = await self.bus.batch_puller(self.durable).start()
                     backoff.reset()
                 except InfrastructureError as exc:
                     log.warning("coordinator.subscribe_failed", error=str(exc))
@@ -221,7 +220,7 @@ class StateCoordinator:
                 # Batches are still applied strictly one after another, in stream order.
                 prefetched = asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout_s))
             try:
-                committed = await self._commit(msgs)
+                committed = await self.commit(msgs)
             except WriterFenced as exc:
                 # Another writer took over: nothing of this batch was committed, so none of it is acked.
                 log.warning("coordinator.fenced", error=str(exc))
@@ -242,7 +241,7 @@ class StateCoordinator:
         await _quiet_unsubscribe(sub)
         return leading
 
-    async def _commit(self, msgs: list[Msg]) -> _Committed:
+    async def commit(self, msgs: list[Msg]) -> Committed:
         """Decode a batch, check it against the log and the signing keys, and append it (one transaction)."""
         started = time.perf_counter()
         decoded = decode_batch(msgs, self.bus.subjects)
@@ -250,9 +249,9 @@ class StateCoordinator:
         park_refused(decoded, msgs, refused, self.unknown_run_grace_s)
         result = await self._retry("append", lambda: self._append(decoded))
         self.admission.logged(decoded.events)
-        return _Committed(msgs, decoded, result, started)
+        return Committed(msgs, decoded, result, started)
 
-    async def _finish(self, committed: _Committed) -> None:
+    async def _finish(self, committed: Committed) -> None:
         """Project an appended batch, announce certify work, then ack it. WriterFenced: a newer writer took
         over before the projection; nothing is acked (the messages come back to it)."""
         try:
@@ -261,7 +260,7 @@ class StateCoordinator:
             await _nak_all(committed.msgs)
             raise
 
-    async def _project_and_ack(self, committed: _Committed) -> None:
+    async def _project_and_ack(self, committed: Committed) -> None:
         msgs, decoded, result, started = committed
         winners = [(env, result.winners[env.event_id]) for env, _ in decoded.events if env.event_id in result.winners]
         if winners:
@@ -269,12 +268,12 @@ class StateCoordinator:
             await self.trigger.announce(projected.runs, trigger_causes(winners))
             await self._forget_secrets(projected.runs)
         # Ack only now: the events are committed in Postgres and visible in Redis.
-        for msg, (seq, subject, _, reason) in poison_msgs(msgs, decoded):
-            log.error("coordinator.parked", stream_seq=seq, subject=subject, reason=reason)
+        for msg, parked in poison_msgs(msgs, decoded):
+            log.error("coordinator.parked", stream_seq=parked.stream_seq, subject=parked.subject, reason=parked.reason)
             await msg.term()
         accepted = msgs
         if decoded.parked or decoded.deferred:
-            held = {p[0] for p in decoded.parked} | set(decoded.deferred)
+            held = {p.stream_seq for p in decoded.parked} | set(decoded.deferred)
             accepted = [m for m in msgs if message_sequence(m) not in held]
         for msg in msgs:
             if message_sequence(msg) in decoded.deferred:
@@ -300,14 +299,13 @@ class StateCoordinator:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self._set_lag(message_pending(msgs[-1]))
 
-    async def _append(self, decoded: Decoded) -> Any:
+    async def _append(self, decoded: Decoded) -> AppendResult:
         try:
             return await self.store.append_batch(
                 decoded.events, decoded.parked, decoded.retried, fence=self.fence, partition=self.partition
             )
-        except StoreError as exc:
-            if not isinstance(exc.__cause__, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
-                raise
+        except StoreRefused:
+            pass
         # A value Postgres refuses (e.g. a NUL character in JSON): find and park the culprits one by one.
         ok: list[tuple[Envelope, int]] = []
         parked = list(decoded.parked)
@@ -315,8 +313,10 @@ class StateCoordinator:
             try:
                 await self.store.append_batch([(env, seq)], fence=self.fence, partition=self.partition)
                 ok.append((env, seq))
-            except StoreError as exc:
-                parked.append((seq, self.bus.subjects.for_event(env), env.to_wire(), f"refused by Postgres: {exc}"))
+            except StoreRefused as exc:
+                parked.append(
+                    ParkedEvent(seq, self.bus.subjects.for_event(env), env.to_wire(), f"refused by Postgres: {exc}")
+                )
         decoded.parked[:] = parked
         decoded.events[:] = ok
         return await self.store.append_batch(ok, parked, decoded.retried, fence=self.fence, partition=self.partition)
@@ -337,7 +337,9 @@ class StateCoordinator:
         self.metrics.coordinator_lag.set(lag)
 
 
-class _Committed(NamedTuple):
+class Committed(NamedTuple):
+    """A batch appended (its events, parked poison and re-driven rows in one transaction), not yet acked."""
+
     msgs: list[Msg]
     decoded: Decoded
     result: AppendResult

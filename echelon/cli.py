@@ -8,6 +8,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from echelon.gates import fail_under, max_drop  # argparse types: standard library only
+
 if TYPE_CHECKING:
     from echelon_platform.config import Settings
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
 
 # Commands that only print for a person: they skip logging set-up (and its imports) to start quickly.
 QUIET_COMMANDS = frozenset({"token", "verify", "certificates", "runs"})
+# Long-running roles write each event-loop turn's log lines at once (log_config.TickBatchedStream).
+BATCHED_LOG_COMMANDS = frozenset({"stack", "api", "coordinator", "worker"})
 
 Command = Callable[[argparse.Namespace, "Settings"], Coroutine[Any, Any, int]]
 # Former command names still accepted, and the command each now runs.
@@ -110,6 +114,25 @@ def _parser() -> argparse.ArgumentParser:
         "--api", help="API base URL (default: ECHELON_API_BASE_URL, else http://ECHELON_API_HOST:ECHELON_API_PORT)"
     )
     verify.add_argument("--token", help="Bearer token (default: ECHELON_API_TOKEN, else a local dev token)")
+    verify.add_argument(
+        "--fail-under",
+        type=fail_under,
+        metavar="FIGURE=MIN[,…]",
+        help="exit 3 when a figure of the certificate is below its minimum, e.g. composite=0.75,recall=0.6 "
+        "(figures: composite, precision, recall, reply_accuracy); implies --watch",
+    )
+    verify.add_argument(
+        "--baseline",
+        metavar="CERT_ID",
+        help="compare the new certificate with this one (paired over the changes both scored); implies --watch",
+    )
+    verify.add_argument(
+        "--max-drop",
+        type=max_drop,
+        metavar="DROP|FIGURE=DROP[,…]",
+        help="with --baseline: exit 3 when a figure fell by more than this (a bare number: the composite; "
+        "default 0: any drop of the composite)",
+    )
 
     certs = sub.add_parser("certificates", help="work with issued certificates")
     certs_sub = certs.add_subparsers(dest="action", required=True)
@@ -121,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the issuer's public keys, a file in /.well-known/echelon-keys.json form (default: the keys pinned "
         "for the certificate's issuer, recorded on first use in ~/.config/echelon/known_issuers.json)",
     )
+    versus = certs_sub.add_parser(
+        "compare", help="B against A: paired differences per figure with 95% intervals and a permutation test"
+    )
+    versus.add_argument("a", help="certificate A (the baseline)")
+    versus.add_argument("b", help="certificate B")
+    versus.add_argument("--json", action="store_true", help="the comparison as JSON")
+    versus.add_argument("--api", help="API base URL (as for `verify`)")
     again = certs_sub.add_parser(
         "rederive", help="rebuild a certificate from the event log (logged judge answers, no judge call)"
     )
@@ -152,11 +182,19 @@ def verify_usage_error(args: argparse.Namespace) -> str | None:
             return "--resume RUN_ID watches an existing run: give no repository and no --dry-run"
         if args.oracle_url or args.oracle_callable:
             return "--resume RUN_ID watches an existing run: its oracle was chosen when it was submitted"
-        return None
+        return _gate_usage_error(args)
     if args.repo is None:
         return "verify needs a repository (a GitHub URL, a local path or 'sample'), or --resume RUN_ID"
     if not args.dry_run and not (args.oracle_url or args.oracle_callable):
         return "verify needs --oracle-url or --oracle-callable (or --dry-run to only list the changes)"
+    if args.dry_run and (args.fail_under or args.baseline):
+        return "--dry-run issues no certificate: --fail-under and --baseline need a run"
+    return _gate_usage_error(args)
+
+
+def _gate_usage_error(args: argparse.Namespace) -> str | None:
+    if args.max_drop is not None and args.baseline is None:
+        return "--max-drop needs --baseline CERT_ID (the certificate to compare with)"
     return None
 
 
@@ -194,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             from echelon_platform.log_config import configure_logging
 
             # JSON lines for machines; readable lines in a terminal.
-            configure_logging("WARNING" if reaches_servers else settings.log_level, json=not sys.stderr.isatty())
+            configure_logging(
+                "WARNING" if reaches_servers else settings.log_level,
+                json=not sys.stderr.isatty(),
+                batched=args.command in BATCHED_LOG_COMMANDS,
+            )
 
         handler: Command = getattr(commands, f"cmd_{args.command}")
         # The API server runs on uvloop (as `uvicorn` itself would pick): its event loop and transports are

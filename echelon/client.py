@@ -14,6 +14,8 @@ import httpx
 
 from echelon.devtoken import mint_hs256
 from echelon.endpoint import newest_stack, read_endpoint
+from echelon.gates import GATE_FAILED, check_fail_under, check_max_drop
+from echelon.gates import as_json as gates_json
 from echelon.repo_arg import repo_ref
 from echelon.watch import Progress, StreamUnavailable, follow
 from echelon_platform.config import Settings
@@ -175,11 +177,13 @@ async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: 
                 # of the stream, the outcome is shown without them rather than waiting forever.
                 replay_within = ENDED_REPLAY_S
         else:
+            if getattr(args, "baseline", None):  # a baseline that does not exist fails before any run is paid for
+                _raise_for(await client.get(f"/api/v1/verification/certificates/{args.baseline}"))
             response = await client.post("/api/v1/verification/runs", json=run_body(args))
             _raise_for(response)
             run_id = response.json()["run_id"]
             _say(args.json, {"type": "submitted", "run_id": run_id}, f"run {run_id} submitted")
-            if not args.watch:
+            if not args.watch and not _gates_asked(args):  # a gate needs the certificate: it watches
                 return 0
         view = await _watch(client, base, token, run_id, as_json=args.json, stream_timeout=replay_within)
         if view["status"] == "FAILED":
@@ -189,11 +193,37 @@ async def _submit_and_watch(args: argparse.Namespace, settings: Settings, base: 
             return 1
         response = await client.get(f"/api/v1/verification/certificates/{view['certificate_id']}")
         _raise_for(response)
+        cert = response.json()
         if args.json:
-            print(json.dumps({"type": "result", "run": view, "certificate": response.json(), "error": None}))
+            print(json.dumps({"type": "result", "run": view, "certificate": cert, "error": None}))
         else:
-            print(certificate_table(response.json()))
-    return 0
+            print(certificate_table(cert))
+        return await _gate(client, args, cert)
+
+
+def _gates_asked(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "fail_under", None) or getattr(args, "baseline", None))
+
+
+async def _gate(client: httpx.AsyncClient, args: argparse.Namespace, cert: dict[str, Any]) -> int:
+    """0 when every gate asked for passes (or none was), else GATE_FAILED with one line per failed figure."""
+    if not _gates_asked(args):
+        return 0
+    checks = check_fail_under(cert, args.fail_under or {})
+    if args.baseline:
+        response = await client.get(
+            "/api/v1/verification/certificates/compare", params={"a": args.baseline, "b": cert["id"]}
+        )
+        _raise_for(response)
+        checks += check_max_drop(response.json(), args.max_drop or {"composite_score": 0.0})
+    if args.json:
+        print(json.dumps(gates_json(checks)))
+    for check in checks:
+        if not check.passed:
+            print(check.line, file=sys.stderr)
+        elif not args.json:
+            print(check.line)
+    return 0 if all(c.passed for c in checks) else GATE_FAILED
 
 
 def _say(as_json: bool, obj: dict[str, Any], text: str) -> None:

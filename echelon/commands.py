@@ -277,6 +277,10 @@ async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.action == "rederive":
         return await _rederive(args, settings)
+    if args.action == "compare":
+        from echelon.cert_compare import compare_command
+
+        return await compare_command(args, settings)
     valid, line = await asyncio.to_thread(verify_command, args.certificate, args.keys, api_base(None, settings))
     print(line)
     return 0 if valid else 1

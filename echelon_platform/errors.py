@@ -81,6 +81,10 @@ class StoreError(InfrastructureError):
     pass
 
 
+class StoreRefused(StoreError):
+    """Postgres refused a value (a NUL character in JSON, say) or a constraint: the same write fails again."""
+
+
 class StoreUnavailable(StoreError):
     """Postgres is unreachable, dropped the connection or cancelled the statement (a statement timeout behind a
     lock): transient. The one list of such database errors is `event_store.TRANSIENT_ERRORS`."""

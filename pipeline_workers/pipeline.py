@@ -1,4 +1,5 @@
-"""Builds every stage worker and the watchdog from Services; runs them until stopped (or idle)."""
+"""Builds every stage worker and the watchdog from Services (each handed only the ports it uses); runs them
+until stopped (or idle)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pipeline_workers.oracles.python import OracleProcessPool
 from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.judge_choice import scorer_for
 from pipeline_workers.stage import Handler, StageStats, StageWorker
-from pipeline_workers.watchdog import Watchdog
+from pipeline_workers.watchdog import WRITER_BEHIND_S, Watchdog
 
 STAGES = STAGE_NAMES  # the stage table (echelon_platform/domain/stages.py), in pipeline order
 # Warm child processes kept for sync Python oracles between calls (one runs per call in flight).
@@ -66,6 +67,25 @@ def stage_context(
     )
 
 
+def watchdog_for(
+    services: Services, *, timeout_s: float, interval_s: float, writer_behind_s: float = WRITER_BEHIND_S
+) -> Watchdog:
+    """The watchdog on the process's connections: it queries the log, reads run states (to say where a run
+    stopped), watches the writers' backlogs and publishes its decisions."""
+    settings = services.settings
+    return Watchdog(
+        log_queries=services.store,
+        runs=services.read_models,
+        publisher=services.bus,
+        backlog=services.bus,
+        subjects=services.subjects,
+        writer_durables=[settings.writer_durable(k) for k in settings.partitioning.indices],
+        timeout_s=timeout_s,
+        interval_s=interval_s,
+        writer_behind_s=writer_behind_s,
+    )
+
+
 class Pipeline:
     """The four stages (optionally a subset) plus the watchdog, sharing one HTTP client."""
 
@@ -83,7 +103,9 @@ class Pipeline:
         self._scorer = scorer
         self._resources = AsyncExitStack()
         self.workers: list[StageWorker] = []
-        self.watchdog = Watchdog(services, timeout_s=settings.run_timeout_s, interval_s=settings.watchdog_interval_s)
+        self.watchdog = watchdog_for(
+            services, timeout_s=settings.run_timeout_s, interval_s=settings.watchdog_interval_s
+        )
 
     async def __aenter__(self) -> Self:
         http = await self._resources.enter_async_context(outbound_client())

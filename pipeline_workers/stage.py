@@ -212,7 +212,8 @@ class StageWorker:
             await msg.term()
             return
         run_id = envelope.run_id
-        user = await self._user_of(run_id)
+        carried = getattr(payload, "user_id", None)  # a run's request names its user: no lookup
+        user = carried if isinstance(carried, str) else await self._user_of(run_id)
         if not self._within_share(user, run_id):
             # Put it back for later rather than hold a slot other users and runs could use.
             self.stats.deferred += 1

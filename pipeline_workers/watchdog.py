@@ -12,13 +12,16 @@ already logged. Together with the stages' dead-lettering this makes every run en
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 
 import structlog
 
-from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import RunFailed, make_event
+from echelon_platform.domain.events import RunFailed, Subjects, make_event
+from echelon_platform.ports.bus import RawPublisher, WriterBacklog
+from echelon_platform.ports.log import LogQueries
+from echelon_platform.ports.runs import RunStates
 from echelon_platform.retry import sleep_unless
 
 log = structlog.get_logger(__name__)
@@ -30,9 +33,25 @@ WRITER_BEHIND_S = 10.0
 
 class Watchdog:
     def __init__(
-        self, services: Services, *, timeout_s: float, interval_s: float, writer_behind_s: float = WRITER_BEHIND_S
+        self,
+        *,
+        log_queries: LogQueries,
+        runs: RunStates,
+        publisher: RawPublisher,
+        backlog: WriterBacklog,
+        subjects: Subjects,
+        writer_durables: Sequence[str],
+        timeout_s: float,
+        interval_s: float,
+        writer_behind_s: float = WRITER_BEHIND_S,
     ) -> None:
-        self.services = services
+        """`writer_durables`: every partition's writer consumer (while one is behind, nobody is judged)."""
+        self.log_queries = log_queries
+        self.runs = runs
+        self.publisher = publisher
+        self.backlog = backlog
+        self.subjects = subjects
+        self.writer_durables = list(writer_durables)
         self.writer_behind_s = writer_behind_s
         self.timeout_s = timeout_s
         self.interval_s = interval_s
@@ -45,7 +64,7 @@ class Watchdog:
         """Fail every stalled run once; returns their ids."""
         if await self._writer_behind("before the query"):
             return []
-        stalled = await self.services.store.stalled_runs(self.timeout_s)
+        stalled = await self.log_queries.stalled_runs(self.timeout_s)
         # The query may have waited (a table lock) while the writer's backlog grew, and return before the
         # writer commits it: judge only if the writer is level *after* the query too. That still leaves a
         # race (the writer commits and acks between the two), so each failure is also fenced on the run's
@@ -53,14 +72,13 @@ class Watchdog:
         if not stalled or await self._writer_behind("after the query"):
             return []
         failed: list[str] = []
-        bus = self.services.bus
         for run in stalled:
             reason = await self._reason(run.run_id, run.last_appended)
             event = make_event(RunFailed(run_id=run.run_id, reason=reason, stage="watchdog", as_of_seq=run.last_seq))
             # One message id per decision (the run and its position): a decision the writer refused as stale
             # must not hide a later one, or a stage's failure, inside JetStream's duplicate window.
-            await bus.publish_raw(
-                bus.subjects.for_event(event), event.to_wire(), msg_id=f"{event.dedup_key}@{run.last_seq}"
+            await self.publisher.publish_raw(
+                self.subjects.for_event(event), event.to_wire(), msg_id=f"{event.dedup_key}@{run.last_seq}"
             )
             log.warning("watchdog.failed_run", run_id=run.run_id, reason=reason, as_of_seq=run.last_seq)
             failed.append(run.run_id)
@@ -68,10 +86,7 @@ class Watchdog:
 
     async def _writer_behind(self, when: str) -> bool:
         """Is any partition's writer behind: its oldest unlogged event older than `writer_behind_s`?"""
-        settings = self.services.settings
-        behind = max(
-            [await self.services.bus.backlog_age_s(settings.writer_durable(k)) for k in settings.partitioning.indices]
-        )
+        behind = max([await self.backlog.backlog_age_s(durable) for durable in self.writer_durables], default=0.0)
         if behind > self.writer_behind_s:
             log.warning("watchdog.writer_behind", oldest_unlogged_s=round(behind, 1), seen=when)
             return True
@@ -81,7 +96,7 @@ class Watchdog:
         idle = (utcnow() - last).total_seconds()
         where = ""
         try:
-            state = await self.services.read_models.get_run(run_id)  # only to say where it stopped
+            state = await self.runs.get_run(run_id)  # only to say where it stopped
         except Exception:
             state = None
         if state is not None:

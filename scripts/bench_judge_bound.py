@@ -14,6 +14,8 @@ best 2 x latency; with a rate limit, the calls past the bucket arrive at the ref
 then takes one latency: max(2L, (calls - burst) / rate + L). Printed next to it, in the same run: the
 pipeline's own floor (the same runs against a judge answering at once and without limits).
 
+`--lowered`: the shared limit over time while the provider lowers its concurrency limit mid-run.
+
 `--fair N`: user A's N-replay run, and user B's 5-replay run published just behind it; B's time to its
 certificate next to its time alone (the same judge, 1 s per call, no provider limit).
 
@@ -130,13 +132,15 @@ async def fake_judge(port: int) -> AsyncIterator[str]:
 
 
 class Bench:
-    def __init__(self, services: Services, settings: Settings, judge: str, repo: Path) -> None:
+    def __init__(self, services: Services, settings: Settings, judge: str, repo: Path, *, tracing: bool) -> None:
+        self.tracing = tracing
         self.services = services
         self.settings = settings
         self.judge = judge
         self.repo = repo
         self.http = httpx.AsyncClient(timeout=30)
         self.seq = 0
+        self.last_ids: list[str] = []
 
     async def provider(self, **limits: Any) -> dict[str, Any]:
         stats: dict[str, Any] = (await self.http.post(f"{self.judge}/limits", json=limits)).json()
@@ -186,19 +190,35 @@ class Bench:
     async def timed(self, runs: int, replays: int) -> float:
         started = time.monotonic()
         ids = [await self.submit(f"user{i}", replays) for i in range(runs)]
+        self.last_ids = ids
         return max((await self.wait(ids, started)).values())
+
+    async def trace(self) -> dict[str, list[float]]:
+        """For the last runs timed: per topic, seconds from the request to its first and last event."""
+        spans: dict[str, list[float]] = {}
+        for run_id in self.last_ids:
+            events = await self.services.store.run_events(run_id)
+            t0 = min(e.timestamp for e in events)
+            for e in events:
+                at = (e.timestamp - t0).total_seconds()
+                first, last = spans.get(e.topic, [at, at])
+                spans[e.topic] = [round(min(first, at), 2), round(max(last, at), 2)]
+        return dict(sorted(spans.items(), key=lambda kv: kv[1]))
 
     async def case(self, case: Case) -> dict[str, Any]:
         await self.forget_limits()
         await self.provider(latency=0.0, concurrency=None, rpm=None, burst=None, reset=True)
         await self.timed(1, min(16, case.replays))  # warm: oracle processes, connections, caches
         floor = await self.timed(case.runs, case.replays)
+        floor_trace = await self.trace() if self.tracing else None
         await self.forget_limits()
         await self.provider(latency=case.latency_s, rpm=case.rpm, burst=case.burst, reset=True)
         measured = await self.timed(case.runs, case.replays)
         judge: dict[str, Any] = (await self.http.get(f"{self.judge}/stats")).json()
         bound = case.bound()
+        traces = {"floor_trace": floor_trace, "trace": await self.trace()} if self.tracing else {}
         return {
+            **traces,
             "case": case.name,
             "runs": case.runs,
             "replays": case.replays,
@@ -214,6 +234,41 @@ class Bench:
             "judge_peak_in_flight": judge["peak_in_flight"],
         }
 
+    async def lowered(self, replays: int = 60, high: int = 16, low: int = 4, after: int = 20) -> dict[str, Any]:
+        """A provider allowing `high` calls at once (0.5 s each) lowers it to `low` after `after` calls:
+        the shared limit, the calls in flight at the judge and its refusals, sampled every 0.5 s."""
+        await self.forget_limits()
+        await self.provider(latency=0.5, concurrency=high, rpm=None, burst=None, reset=True)
+        started = time.monotonic()
+        run_id = await self.submit("user0", replays)
+        done = asyncio.create_task(self.wait([run_id], started))
+        redis = self.services.read_models.redis
+        timeline: list[tuple[float, float | None, int, int]] = []
+        lowered_at = None
+        while not done.done():
+            stats: dict[str, Any] = (await self.http.get(f"{self.judge}/stats")).json()
+            if lowered_at is None and stats["served"] >= after:
+                await self.provider(concurrency=low)
+                lowered_at = round(time.monotonic() - started, 2)
+            limits = [
+                float(v)
+                async for key in redis.scan_iter(f"{self.settings.redis_prefix}limit:*")
+                if not key.endswith(b":leases") and (v := await redis.hget(key, "limit")) is not None
+            ]
+            limit = round(limits[0], 2) if limits else None
+            timeline.append((round(time.monotonic() - started, 1), limit, stats["in_flight"], stats["refused"]))
+            await asyncio.sleep(0.5)
+        total = (await done)[run_id]
+        stats = (await self.http.get(f"{self.judge}/stats")).json()
+        return {
+            "case": f"provider lowers its concurrency limit {high} -> {low} after {after} calls (0.5 s each)",
+            "lowered_at_s": lowered_at,
+            "to_certificate_s": round(total, 2),
+            "served": stats["served"],
+            "refused": stats["refused"],
+            "timeline [t_s, shared_limit, judge_in_flight, refused_so_far]": timeline,
+        }
+
     async def fairness(self, big: int, small: int = 5) -> dict[str, Any]:
         await self.forget_limits()
         await self.provider(latency=1.0, concurrency=None, rpm=None, burst=None, reset=True)
@@ -223,8 +278,11 @@ class Bench:
         big_id = await self.submit("alice", big)
         small_id = await self.submit("bob", small)
         small_done = (await self.wait([small_id], started))[small_id]
+        self.last_ids = [small_id]
+        small_trace = await self.trace() if self.tracing else None
         big_done = (await self.wait([big_id], started))[big_id]
         return {
+            **({"small_trace": small_trace} if small_trace else {}),
             "case": f"fair: {small} replays of user B behind {big} of user A",
             "small_alone_s": round(alone, 2),
             "small_behind_big_s": round(small_done, 2),
@@ -237,7 +295,7 @@ async def main(args: argparse.Namespace) -> None:
     configure_logging("WARNING")  # to stderr; the numbers go to stdout
     cases = [Case.parse(c) for c in args.cases.split(",") if c]
     base = Settings()
-    most = max([c.replays for c in cases] + [args.fair or 0, 16])
+    most = max([c.replays for c in cases] + [args.fair or 0, 60 if args.lowered else 16])
     with tempfile.TemporaryDirectory(prefix="bench-judge-") as tmp:
         data = Path(tmp)
         async with servers(base, data) as (urls, _), fake_judge(args.port) as judge:
@@ -256,10 +314,12 @@ async def main(args: argparse.Namespace) -> None:
                 Pipeline(services, settings) as pipeline,
             ):
                 tasks = [asyncio.create_task(coordinator.run()), asyncio.create_task(pipeline.run(watchdog=False))]
-                bench = Bench(services, settings, judge, repo)
+                bench = Bench(services, settings, judge, repo, tracing=args.trace)
                 try:
                     for case in cases:
                         print(json.dumps(await bench.case(case)), flush=True)
+                    if args.lowered:
+                        print(json.dumps(await bench.lowered()), flush=True)
                     if args.fair:
                         print(json.dumps(await bench.fairness(args.fair)), flush=True)
                 finally:
@@ -274,4 +334,6 @@ if __name__ == "__main__":
     parser.add_argument("--cases", default="1x40@1,4x20@1,1x40@0.2/30,1x200@5/1000")
     parser.add_argument("--fair", type=int, default=0, help="replays of user A's big run (0: skip)")
     parser.add_argument("--port", type=int, default=8931)
+    parser.add_argument("--lowered", action="store_true", help="a provider that lowers its limit mid-run")
+    parser.add_argument("--trace", action="store_true", help="per topic: first and last event of the runs")
     asyncio.run(main(parser.parse_args()))

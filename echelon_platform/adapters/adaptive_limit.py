@@ -1,10 +1,11 @@
 """Adaptive concurrency per provider endpoint (the judge, HTTP oracles), shared by every process that uses it.
 
 AIMD, the way TCP finds a path's capacity: each call that succeeds while latency holds (at most
-``LATENCY_TOLERANCE`` x the endpoint's baseline) and the limit is in use (at least half of it in flight)
-adds 1/limit, so the limit grows by about one per round trip; an overload (429, 529, 503, an
-``overloaded_error``) halves it (or the calls in flight, when fewer), at most once per round trip, and a
-``retry-after`` or an exhausted ``anthropic-ratelimit-*-remaining`` pauses every new call until then.
+``LATENCY_TOLERANCE`` x the endpoint's baseline), the limit is in use (at least half of it in flight) and
+the provider's rate budget is not spent adds 1/limit, so the limit grows by about one per round trip; an
+overload (429, 529, 503, an ``overloaded_error``) halves it (or the calls in flight, when fewer), at most
+once per round trip, and a ``retry-after`` or an exhausted ``anthropic-ratelimit-*-remaining`` pauses
+every new call until then.
 The configured concurrency is the ceiling, and the first calls start at it (``initial``): a provider's
 limit is found from above in a few round trips, where growing from below would cost several on every run.
 
@@ -77,7 +78,10 @@ local pause = tonumber(st[4]) or 0
 local latency = tonumber(ARGV[3])
 if ARGV[2] == 'ok' then
   if base == nil or latency < base then base = latency else base = base * 1.01 end
-  if latency <= base * tonumber(ARGV[7]) and in_flight * 2 >= limit then limit = math.min(cap, limit + 1 / limit) end
+  local exhausted = tonumber(ARGV[4]) > 0  -- the answer said the provider's budget is spent: no room to grow
+  if not exhausted and latency <= base * tonumber(ARGV[7]) and in_flight * 2 >= limit then
+    limit = math.min(cap, limit + 1 / limit)
+  end
 elseif ARGV[2] == 'overload' then
   if now - last_cut > math.max(1000, base or 0) then
     limit = math.max(1, math.min(limit, in_flight) / 2)
@@ -288,7 +292,8 @@ class AdaptiveLimiter:
         if kind == "ok":
             base = self._base_ms
             self._base_ms = latency_ms if base is None or latency_ms < base else base * 1.01
-            if latency_ms <= self._base_ms * LATENCY_TOLERANCE and self._in_flight * 2 >= self.limit:
+            in_use = self._in_flight * 2 >= self.limit
+            if pause_s == 0 and latency_ms <= self._base_ms * LATENCY_TOLERANCE and in_use:
                 self.limit = min(self.cap, self.limit + 1 / self.limit)
         elif kind == "overload" and (now - self._last_cut) * 1000 > max(1000.0, self._base_ms or 0.0):
             # Halve what was in use when the provider refused (the limit may be far above it).
@@ -335,6 +340,10 @@ class LimiterRegistry:
         self.redis = redis
         self.prefix = prefix
         self._limiters: dict[str, AdaptiveLimiter] = {}
+
+    @property
+    def limiters(self) -> list[AdaptiveLimiter]:
+        return list(self._limiters.values())
 
     def for_endpoint(
         self, url: str, credential: str | None = None, *, classify: Callable[[BaseException, Slot], None] | None = None

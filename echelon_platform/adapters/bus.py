@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -24,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 from ulid import ULID
 
+from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.bus_access import may_provision
 from echelon_platform.domain.envelope import Envelope
@@ -38,6 +40,13 @@ NATS_MSG_ID = "Nats-Msg-Id"
 class PublishAck(NamedTuple):
     seq: int
     duplicate: bool  # JetStream already held an event with this dedup key (within its duplicate window)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerBacklog:
+    durable: str
+    pending: int  # messages not delivered yet, plus delivered and not acked
+    ack_floor: int  # the stream sequence everything up to which is acked
 
 
 class Bus:
@@ -455,6 +464,48 @@ class Bus:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot rewind consumer {durable}: {exc or type(exc).__name__}") from exc
         return floor
+
+    def batch_puller(self, durable: str) -> BatchPuller:
+        """A pull subscription on `durable` that fetches batches (the writer's; call `start()` on it)."""
+        return BatchPuller(self.nc, stream=self.stream, durable=durable)
+
+    async def stream_exists(self) -> bool:
+        """Whether the stream exists (quietly: a readiness probe asks often); BusError when NATS cannot say."""
+        try:
+            await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            return False
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot read stream {self.stream}: {exc or type(exc).__name__}") from exc
+        return True
+
+    async def consumer_backlogs(self, durables: Sequence[str]) -> list[ConsumerBacklog | BusError | None]:
+        """Per durable, read at once: its backlog, None when it does not exist, or the BusError that hid it."""
+
+        async def one(durable: str) -> ConsumerBacklog | BusError | None:
+            try:
+                info = await self.js.consumer_info(self.stream, durable)
+            except nats.js.errors.NotFoundError:
+                return None
+            except (nats.errors.Error, TimeoutError) as exc:
+                return BusError(f"cannot read consumer {durable}: {exc or type(exc).__name__}")
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+            return ConsumerBacklog(durable, int(info.num_pending or 0) + int(info.num_ack_pending or 0), floor)
+
+        return list(await asyncio.gather(*(one(d) for d in durables)))
+
+    async def first_age_s(self, subject: str, after_seq: int) -> float:
+        """Seconds since the first message of `subject` after stream sequence `after_seq` was stored (0 when
+        there is none)."""
+        try:
+            msg = await self.js.get_msg(self.stream, seq=after_seq + 1, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return 0.0
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot read {subject} from the stream: {exc or type(exc).__name__}") from exc
+        if msg.time is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - msg.time).total_seconds())
 
     async def ping(self) -> None:
         # While reconnecting, flush() returns at once without a round trip: ask the connection instead.

@@ -24,10 +24,8 @@ from echelon_platform.domain.events import (
     RunFailed,
     RunRequested,
 )
-from echelon_platform.errors import StoreError, StoreUnavailable
+from echelon_platform.errors import StoreError, StoreRefused, StoreUnavailable
 from echelon_platform.ports.log import AppendResult, Fence, JudgeTotals, LogEvent, LogRow, ParkedEvent, StalledRun
-
-__all__ = ["TRANSIENT_ERRORS", "AppendResult", "EventStore", "Fence", "is_transient", "store_error"]
 
 # The one definition of a transient database failure: the server restarting or refusing connections for a
 # while, a connection dropped (or terminated) mid-query, a statement cancelled (statement timeout behind a
@@ -52,8 +50,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def store_error(what: str, exc: BaseException) -> StoreError:
-    """`exc` (a database library error) in our hierarchy: StoreUnavailable when transient."""
-    return (StoreUnavailable if is_transient(exc) else StoreError)(f"{what}: {exc or type(exc).__name__}")
+    """`exc` (a database library error) in our hierarchy: StoreUnavailable when transient, StoreRefused for a
+    value or constraint Postgres refuses."""
+    kind = StoreError
+    if is_transient(exc):
+        kind = StoreUnavailable
+    elif isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
+        kind = StoreRefused
+    return kind(f"{what}: {exc or type(exc).__name__}")
 
 
 _APPEND = """
@@ -98,12 +102,6 @@ _FOLDED_PAYLOAD = (
     f"WHEN topic = {_sql(JudgeCalled)} THEN (payload - 'raw_text')::text "
     "ELSE payload::text END"
 )
-
-
-def _park_row(parked: ParkedEvent | tuple[int, str, bytes, str]) -> tuple[int, str, bytes, str]:
-    if isinstance(parked, ParkedEvent):
-        return parked.stream_seq, parked.subject, parked.raw, parked.reason
-    return parked
 
 
 def _row_to_envelope(row: asyncpg.Record) -> Envelope:
@@ -162,7 +160,7 @@ class EventStore:
     async def append_batch(
         self,
         events: Sequence[tuple[Envelope, int]],
-        parked: Sequence[ParkedEvent | tuple[int, str, bytes, str]] = (),
+        parked: Sequence[ParkedEvent] = (),
         retried: Sequence[int] = (),
         *,
         fence: Fence | None = None,
@@ -193,7 +191,7 @@ class EventStore:
                     await conn.executemany(
                         "INSERT INTO parked_events (stream_seq, subject, raw, reason) VALUES ($1, $2, $3, $4) "
                         "ON CONFLICT (stream_seq) DO NOTHING",
-                        [_park_row(p) for p in parked],
+                        [(p.stream_seq, p.subject, p.raw, p.reason) for p in parked],
                     )
                 if retried:
                     await conn.execute(
@@ -307,6 +305,20 @@ class EventStore:
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise store_error("parked events unavailable", exc) from exc
         return [ParkedEvent(**dict(r)) for r in rows]
+
+    async def probe(self, timeout: float) -> None:
+        """`SELECT 1` on a connection of its own, never the pool's (requests blocked on a lock may hold all
+        of those): StoreUnavailable unless Postgres answers within `timeout`."""
+        try:
+            conn = await asyncpg.connect(self.database_url, timeout=timeout)
+        except (*TRANSIENT_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"unreachable: {exc or type(exc).__name__}") from exc
+        try:
+            await conn.fetchval("SELECT 1", timeout=timeout)
+        except (*TRANSIENT_ERRORS, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"unreachable: {exc or type(exc).__name__}") from exc
+        finally:
+            conn.terminate()  # never waits on the server
 
     async def ping(self) -> None:
         try:

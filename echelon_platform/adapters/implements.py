@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.event_store import EventStore
-from echelon_platform.adapters.memory import MemoryLog, MemoryPublisher, MemoryRunStates, MemorySecrets
+from echelon_platform.adapters.memory import MemoryBacklog, MemoryLog, MemoryPublisher, MemoryRunStates, MemorySecrets
 from echelon_platform.adapters.readmodel_store import ReadModels
 from echelon_platform.adapters.secret_store import SecretStore
-from echelon_platform.ports.bus import Publisher, StreamLookup
+from echelon_platform.ports.bus import Publisher, RawPublisher, StreamLookup, WriterBacklog
 from echelon_platform.ports.log import EventLog
 from echelon_platform.ports.run_secrets import SecretKeeper
 from echelon_platform.ports.runs import RunStates
@@ -19,6 +19,14 @@ def logs(postgres: EventStore, memory: MemoryLog) -> list[EventLog]:
 
 
 def publishers(nats: Bus, memory: MemoryPublisher) -> list[Publisher]:
+    return [nats, memory]
+
+
+def raw_publishers(nats: Bus, memory: MemoryPublisher) -> list[RawPublisher]:
+    return [nats, memory]
+
+
+def writer_backlogs(nats: Bus, memory: MemoryBacklog) -> list[WriterBacklog]:
     return [nats, memory]
 
 

@@ -220,6 +220,20 @@ class RedisClient:
 class ReadModels(RedisClient):
     """Read-only access for the API, CLI and workers."""
 
+    async def freshness_state(self, freshness: Freshness) -> tuple[bytes | None, bytes | None, list[bytes | None]]:
+        """In one round trip: the namespace readers use (None: the default), the rebuild marker (None: not
+        rebuilding) and every partition's raw checkpoint (None: missing). ReadModelError when unreachable."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(pointer_key(self.prefix))
+        pipe.get(freshness.rebuilding)
+        for key in freshness.checkpoints:
+            pipe.get(key)
+        try:
+            namespace, marker, *checkpoints = await pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ReadModelError(f"unreachable: {exc}") from exc
+        return namespace, marker, checkpoints
+
     async def get_run(self, run_id: str) -> RunState | None:
         keys = await self.keys()
         raw = await self.redis.get(keys.run(run_id))

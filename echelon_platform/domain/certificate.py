@@ -209,12 +209,12 @@ def build_certificate(
         mixed_judges=mixed,
         reused_judge_answers=sorted(set(reused) & scored_ids) or None,
         budget_usd=budget_usd if unbudgeted else None,
-        uncertainty=uncertainty_of(unique, _composite_with(checked), run_id) if intervals else None,
+        uncertainty=uncertainty_of(unique, composite_with(checked), run_id) if intervals else None,
     )
     return cert.model_copy(update={"content_hash": content_hash(cert)})
 
 
-def _composite_with(weights: Mapping[str, float]) -> Composite:
+def composite_with(weights: Mapping[str, float]) -> Composite:
     return lambda means: weighted_composite(means, weights)
 
 
@@ -313,7 +313,7 @@ def _aggregates_ok(cert: CalibrationCertificate) -> bool:
     if cert.schema_version >= 2 and cert.calibration != calibration_of(scores):
         return False
     if cert.uncertainty is not None and cert.uncertainty != uncertainty_of(
-        scores, _composite_with(weights), cert.run_id
+        scores, composite_with(weights), cert.run_id
     ):
         return False
     return (

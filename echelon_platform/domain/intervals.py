@@ -22,6 +22,7 @@ import hashlib
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from echelon_platform.domain.calibration import BINS, bin_of
 from echelon_platform.domain.values import FigureInterval, ReplayScore, Uncertainty
@@ -67,36 +68,61 @@ def interval(values: Sequence[float], n: int) -> FigureInterval:
     )
 
 
+@dataclass(frozen=True)
+class Replay:
+    """One replay's share of every figure, computed once (a resample visits it many times)."""
+
+    precision: float
+    recall: float
+    reply_accuracy: float
+    claims: int  # judged claims that carry a confidence
+    squared_error: float  # Σ (confidence − supported)² over them
+    bins: tuple[tuple[int, float, int], ...]  # (bin, Σ confidence, supported) per non-empty confidence bin
+
+
+def prepare(score: ReplayScore) -> Replay:
+    pairs = _pairs(score)
+    by_bin: dict[int, tuple[float, int]] = {}
+    for c, y in pairs:
+        conf, hits = by_bin.get(bin_of(c), (0.0, 0))
+        by_bin[bin_of(c)] = (conf + c, hits + int(y))
+    return Replay(
+        precision=score.precision,
+        recall=score.recall,
+        reply_accuracy=score.reply_accuracy,
+        claims=len(pairs),
+        squared_error=math.fsum((c - float(y)) ** 2 for c, y in pairs),
+        bins=tuple((b, conf, hits) for b, (conf, hits) in sorted(by_bin.items())),
+    )
+
+
 def _pairs(score: ReplayScore) -> list[tuple[float, bool]]:
     if score.claim_supported is None or score.claim_confidences is None:
         return []
     return list(zip(score.claim_confidences, score.claim_supported, strict=False))
 
 
-def _calibration(pairs: Sequence[tuple[float, bool]]) -> tuple[float, float]:
-    """(Brier, ECE) of some (confidence, supported) pairs, as calibration.calibration_of computes them."""
-    n = len(pairs)
-    brier = math.fsum((c - float(y)) ** 2 for c, y in pairs) / n
-    members: list[list[tuple[float, bool]]] = [[] for _ in range(BINS)]
-    for c, y in pairs:
-        members[bin_of(c)].append((c, y))
-    terms = []
-    for group in members:
-        if group:
-            conf = math.fsum(c for c, _ in group) / len(group)
-            rate = sum(1 for _, y in group if y) / len(group)
-            terms.append(len(group) / n * abs(conf - rate))
-    return brier, math.fsum(terms)
-
-
-def figures_of(scores: Sequence[ReplayScore], composite: Composite) -> dict[str, float]:
-    """The unrounded figures of some replays (a resample may hold one replay several times)."""
-    n = len(scores)
-    means = {k: math.fsum(getattr(s, k) for s in scores) / n for k in _MEANS}
+def figures_of(replays: Sequence[Replay], composite: Composite) -> dict[str, float]:
+    """The unrounded figures of some replays (a resample may hold one replay several times): means, the
+    weighted composite, and over the judged claims with a confidence the Brier score and the ECE
+    (Σ over bins of |Σ confidence − Σ supported| / claims, which is Σ bin share × |mean confidence − rate|)."""
+    n = len(replays)
+    means = {
+        "precision": math.fsum(r.precision for r in replays) / n,
+        "recall": math.fsum(r.recall for r in replays) / n,
+        "reply_accuracy": math.fsum(r.reply_accuracy for r in replays) / n,
+    }
     out = {**means, "composite_score": composite(means)}
-    pairs = [p for s in scores for p in _pairs(s)]
-    if pairs:
-        out["brier_score"], out["expected_calibration_error"] = _calibration(pairs)
+    claims = sum(r.claims for r in replays)
+    if claims:
+        conf = [0.0] * BINS
+        hits = [0] * BINS
+        for r in replays:
+            for b, c, h in r.bins:
+                conf[b] += c
+                hits[b] += h
+        out["brier_score"] = math.fsum(r.squared_error for r in replays) / claims
+        out["expected_calibration_error"] = math.fsum(abs(conf[b] - hits[b]) for b in range(BINS)) / claims
     return out
 
 
@@ -111,14 +137,14 @@ def replays_to_narrow(composite: FigureInterval) -> int | None:
 def uncertainty_of(scores: Sequence[ReplayScore], composite: Composite, run_id: str) -> Uncertainty:
     """n and a 95% bootstrap interval for each figure of a certificate over ``scores`` (in certificate
     order: sorted by replay id)."""
-    ordered = sorted(scores, key=lambda s: s.replay_id)
+    ordered = [prepare(s) for s in sorted(scores, key=lambda s: s.replay_id)]
     n = len(ordered)
     seed = bootstrap_seed(run_id)
     samples: dict[str, list[float]] = {}
     for draw in resample_indices(seed, n):
         for key, value in figures_of([ordered[i] for i in draw], composite).items():
             samples.setdefault(key, []).append(value)
-    claims = sum(len(_pairs(s)) for s in ordered)
+    claims = sum(r.claims for r in ordered)
     calibrated = {
         key: interval(samples[key], claims) if claims and key in samples else None
         for key in ("brier_score", "expected_calibration_error")

@@ -32,3 +32,17 @@ class StreamLookup(Protocol):
     async def first_valid_on_subject(self, subject: str, *, scan: int = 16) -> Envelope | None:
         """The oldest valid event on `subject` (what the writer would park is skipped), or None."""
         ...
+
+
+class RawPublisher(Protocol):
+    """Publishes bytes as they are, under a message id of the caller's (the watchdog's one per decision)."""
+
+    async def publish_raw(
+        self, subject: str, data: bytes, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> int: ...
+
+
+class WriterBacklog(Protocol):
+    async def backlog_age_s(self, durable: str) -> float:
+        """How long the oldest message `durable` has not acked has been waiting (0 when none)."""
+        ...

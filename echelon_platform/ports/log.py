@@ -153,5 +153,9 @@ class LogQueries(Protocol):
     async def ping(self) -> None: ...
 
 
+class RecordingLog(EventRecorder, LogReader, Protocol):
+    """What the writer holds: it appends, and reads the log back to bring lost read models level."""
+
+
 class EventLog(EventRecorder, LogReader, LogQueries, Protocol):
     """All three: what the log's implementations provide (composition roots and tests hold it)."""

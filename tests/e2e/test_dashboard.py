@@ -107,7 +107,25 @@ async def test_sign_in_submit_watch_live_and_verify_the_certificate(
             await stranger.wait_for_selector("#content-hash")
             assert "Sign in" in (await stranger.text_content("#who") or "")
             await stranger.screenshot(path=shots / "5-public-certificate.png")
+
+            # A second run of the same oracle on the same changes, compared side by side with the first.
+            await page.click("[data-nav=submit]")
+            await page.wait_for_selector("#submit-form")
+            await page.fill("#limit", "3")
+            await page.click("#submit-run")
+            await page.wait_for_url("**/#/runs/*")
+            second = page.url.rsplit("/", 1)[1]
+            await page.wait_for_selector("#run-head[data-status=COMPLETED]")
+            await page.goto(f"{base}/#/certificates/cert-{second}")
+            await page.fill("#compare-with", f"cert-{run_id}")
+            await page.click("#compare-form button")
+            await page.wait_for_selector("#compare-figures tr[data-figure=composite_score]")
+            assert await page.get_attribute("#compare-kind", "data-paired") == "true"
+            assert "Paired over the 3 ground-truth changes" in (await page.text_content("#compare-kind") or "")
+            row = await page.text_content("#compare-figures tr[data-figure=composite_score]") or ""
+            assert "+0.0000" in row and "95% [" in row, row  # the same oracle: no difference; each side's interval
+            await page.screenshot(path=shots / "6-compare.png", full_page=True)
         finally:
             await context.close()
     assert not problems, problems
-    assert len(list(shots.glob("*.png"))) == 5
+    assert len(list(shots.glob("*.png"))) == 6

@@ -19,9 +19,9 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.auth import issue_jwt
-from api.nonces import NonceStore
 from api.options import ApiOptions
 from coordinator.assembly import coordinator_for
+from echelon_platform.adapters.api_keys import ApiKeys
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.config import Settings
@@ -122,7 +122,7 @@ def wallet_message(
 
 async def server_nonce(services: Services, settings: Settings) -> str:
     """A nonce issued the way GET /api/v1/auth/nonce issues one (for tests that have no HTTP client)."""
-    return await NonceStore(services.read_models.redis, settings.redis_prefix, settings.siwe_nonce_ttl_s).issue()
+    return await ApiKeys(services.read_models).nonces(settings.siwe_nonce_ttl_s).issue()
 
 
 async def fresh_message(client: httpx.AsyncClient, settings: Settings, account: object) -> str:

@@ -3,18 +3,17 @@ invoke reads nothing back. Requests logged before they carried it still work (th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from echelon_platform.adapters.secret_store import RunSecrets
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import OracleSpec, ReplayInvoked, ReplayRequested, RunRequested, make_event
+from echelon_platform.ports.run_secrets import RunSecrets
 from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.handlers.ingest import IngestHandler
 from pipeline_workers.pipeline import Pipeline, stage_context
@@ -27,11 +26,9 @@ ORACLE = OracleSpec(type="python", module=TARGET, callable="counting")
 
 
 @pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    settings = settings.model_copy(update={"oracle_allowlist": [f"{TARGET}:*"]})
-    async with Services(settings, name="test") as services:
-        oracle_targets.calls = 0
-        yield services
+def service_settings(settings: Settings) -> Settings:
+    oracle_targets.calls = 0
+    return settings.model_copy(update={"oracle_allowlist": [f"{TARGET}:*"]})
 
 
 def run_requested(run_id: str) -> Envelope:

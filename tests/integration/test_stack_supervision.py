@@ -185,10 +185,12 @@ async def test_sigterm_ends_the_stack_within_10s_after_its_stream_was_deleted(tm
                 await js.delete_stream(info.config.name)
         finally:
             await nc.close()
-        # A run submitted now is refused (nothing can store it), and the stack still stops in time.
+        # A run submitted now is refused (503: nothing can store it) or, once a role that lost its consumer
+        # was restarted and the supervisor's setup put the stream back, accepted; a busy machine decides
+        # which. Either way the stack stops in time.
         args = ("verify", "sample", "--oracle-callable", "pipeline_workers.oracles.sample:summarise")
-        refused = await run_cli(*args, cwd=tmp_path, env=stack.env, timeout=60)
-        assert refused.code != 0 and "503" in refused.stdout + refused.stderr, refused
+        answer = await run_cli(*args, cwd=tmp_path, env=stack.env, timeout=60)
+        assert ("503" in answer.stdout + answer.stderr) if answer.code != 0 else "submitted" in answer.stdout, answer
         code, took = await stack.stop()
         assert code == 0, stack.log_path.read_text()[-4000:]
         assert took < 10, f"stack up took {took:.1f}s to stop"

@@ -13,7 +13,7 @@ from echelon.embedded._process import free_port
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, RunCompleted, RunFailed, RunIngesting, make_event
-from pipeline_workers.watchdog import Watchdog
+from pipeline_workers.pipeline import watchdog_for
 from tests.factories import certificate, requested, run_events
 from tests.helpers import certifier_keyring, wait_for
 
@@ -49,7 +49,7 @@ async def test_stalled_run_is_failed_and_finished_run_is_not(settings: Settings)
         await coordinator.run(until_idle=True)
         await age(settings, "STALLED", "DONE", "CERTIFIED")
 
-        watchdog = Watchdog(services, timeout_s=60, interval_s=1)
+        watchdog = watchdog_for(services, timeout_s=60, interval_s=1)
         assert await watchdog.sweep() == ["STALLED"]
         await coordinator.run(until_idle=True)
 
@@ -70,7 +70,7 @@ async def test_nobody_is_judged_while_the_writer_is_behind(settings: Settings) -
         await age(settings, "WAITING")
         # The writer stops; the run's next event waits in the stream, unlogged.
         await services.bus.publish(run_events("WAITING", n=1, failed=0)[1])
-        watchdog = Watchdog(services, timeout_s=60, interval_s=1, writer_behind_s=0.5)
+        watchdog = watchdog_for(services, timeout_s=60, interval_s=1, writer_behind_s=0.5)
 
         async def writer_seen_behind() -> bool:
             return await services.bus.backlog_age_s(f"{settings.consumer_prefix}-coordinator") > 0.5
@@ -89,7 +89,7 @@ async def test_a_redis_outage_does_not_end_the_watchdog(settings: Settings) -> N
         await age(settings, "ORPHAN")
     dead_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     async with Services(dead_redis, name="test") as services:
-        watchdog = Watchdog(services, timeout_s=60, interval_s=0.05)
+        watchdog = watchdog_for(services, timeout_s=60, interval_s=0.05)
         task = asyncio.create_task(watchdog.run())
         try:
 
@@ -112,7 +112,7 @@ async def test_a_failure_decided_before_progress_in_the_writers_batch_is_refused
         await coordinator.run(until_idle=True)
         await age(settings, "MOVING", "IDLE")
         await services.bus.publish(make_event(RunIngesting(run_id="MOVING", source="github")))  # not logged yet
-        watchdog = Watchdog(services, timeout_s=60, interval_s=1, writer_behind_s=3600)
+        watchdog = watchdog_for(services, timeout_s=60, interval_s=1, writer_behind_s=3600)
         assert sorted(await watchdog.sweep()) == ["IDLE", "MOVING"]  # both look idle in the log
         await coordinator.run(until_idle=True)
 

@@ -8,6 +8,8 @@ import subprocess
 from fnmatch import fnmatch
 from pathlib import Path
 
+from echelon_platform.config import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Bare names of these kinds are runtime files (`api.json`, `pg_hba.conf`), not the repository's.
@@ -76,18 +78,45 @@ def test_every_relative_link_resolves() -> None:
     assert not broken, "links in the docs that lead nowhere:\n" + "\n".join(broken)
 
 
-def test_the_code_tour_names_what_its_files_hold() -> None:
-    """Each step of docs/code-tour.md names functions and classes beside the files that hold them: every
-    such name must still occur in one of the Python files its step names."""
-    tour = (ROOT / "docs" / "code-tour.md").read_text()
+def _stale_names(text: str, unit: str) -> list[str]:
+    """Names (functions, classes, constants) a unit of text puts beside Python files that none of them hold."""
+    tokens = re.findall(r"`([^`\n]+)`", text)
+    files = [t for t in tokens if t.endswith(".py") and "/" in t and (ROOT / t).exists()]
+    source = "".join((ROOT / f).read_text() for f in files)
     missing = []
-    for step in re.split(r"\n(?=- |#)", tour):
-        tokens = re.findall(r"`([^`\n]+)`", step)
-        files = [t for t in tokens if t.endswith(".py") and "/" in t and (ROOT / t).exists()]
-        source = "".join((ROOT / f).read_text() for f in files)
-        for name in tokens:
-            if not files or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", name) or name.endswith((".py", ".js")):
-                continue
-            if not re.search(rf"\b{re.escape(name.split('.')[-1])}\b", source):
-                missing.append(f"`{name}` (in none of {files})")
-    assert not missing, "docs/code-tour.md names what its files no longer hold:\n" + "\n".join(missing)
+    for name in tokens:
+        if not files or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", name) or name.endswith((".py", ".js")):
+            continue
+        if name.startswith("ECHELON_"):  # settings: checked against Settings below
+            continue
+        if not re.search(rf"\b{re.escape(name.split('.')[-1])}\b", source):
+            missing.append(f"{unit}: `{name}` (in none of {files})")
+    return missing
+
+
+def test_the_code_tour_and_the_adrs_name_what_their_files_hold() -> None:
+    """Each step of docs/code-tour.md, and each ADR, names functions and classes beside the files that hold
+    them: every such name must still occur in one of the Python files named with it."""
+    tour = (ROOT / "docs" / "code-tour.md").read_text()
+    missing = [m for step in re.split(r"\n(?=- |#)", tour) for m in _stale_names(step, "docs/code-tour.md")]
+    for adr in sorted((ROOT / "docs" / "adr").glob("0*.md")):
+        missing += _stale_names(adr.read_text(), str(adr.relative_to(ROOT)))
+    assert not missing, "the docs name what their files no longer hold:\n" + "\n".join(missing)
+
+
+def test_every_setting_the_docs_name_exists() -> None:
+    """An `ECHELON_*` variable in the docs is a field of Settings, or is read by name somewhere in the code or
+    the deployment files (`ECHELON_KNOWN_ISSUERS_FILE`, the tests' servers, compose's role passwords)."""
+    settings = {f"ECHELON_{name.upper()}" for name in Settings.model_fields}
+    code = "".join(
+        (ROOT / f).read_text(errors="replace")
+        for f in TRACKED
+        if (ROOT / f).is_file() and not f.endswith(".md") and f.rsplit(".", 1)[-1] in ("py", "sh", "yml", "conf")
+    )
+    unknown = sorted(
+        f"{page.relative_to(ROOT)}: {var}"
+        for page in PAGES
+        for var in set(re.findall(r"ECHELON_[A-Z0-9_]+", page.read_text()))
+        if var.rstrip("_") not in settings and var not in code
+    )
+    assert not unknown, "settings named in the docs that nothing reads:\n" + "\n".join(unknown)

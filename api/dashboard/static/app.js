@@ -1,7 +1,7 @@
 // Hash routing: each view renders into <main> and returns a clean-up (closing its live streams).
 
 import { claims, h } from "./lib.js";
-import { certificatePage, certificatesPage } from "./views/certificates.js";
+import { certificatePage, certificatesPage, comparePage } from "./views/certificates.js";
 import { leaderboardPage } from "./views/leaderboard.js";
 import { runPage } from "./views/run.js";
 import { runsPage } from "./views/runs.js";
@@ -14,6 +14,7 @@ const ROUTES = [
   [/^\/submit$/, submitPage, "submit"],
   [/^\/certificates\/([^/]+)$/, certificatePage, "certificates"],
   [/^\/certificates$/, certificatesPage, "certificates"],
+  [/^\/compare\/([^/]+)\/([^/]+)$/, comparePage, "certificates"],
   [/^\/leaderboard$/, leaderboardPage, "leaderboard"],
   [/^\/signin$/, signinPage, "signin"],
 ];

@@ -1,5 +1,6 @@
-"""The bus in memory: a Publisher and StreamLookup (`ports.bus`) over a list, deduplicating as JetStream does
-within its duplicate window (by the dedup key), so tests can read back what a role published."""
+"""The bus in memory: a Publisher, RawPublisher and StreamLookup (`ports.bus`) over a list, deduplicating as
+JetStream does within its duplicate window (by the message id), so tests can read back what a role published;
+and the writers' backlog (`ports.bus.WriterBacklog`) as a test sets it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from echelon_platform.domain.events import Subjects, parse_payload
 from echelon_platform.errors import EnvelopeError
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # NATS's default
+
+
+class MemoryBacklog:
+    """`ports.bus.WriterBacklog`: how long each consumer's oldest unacked message has waited, as set."""
+
+    def __init__(self) -> None:
+        self.ages: dict[str, float] = {}
+
+    async def backlog_age_s(self, durable: str) -> float:
+        return self.ages.get(durable, 0.0)
 
 
 class MemoryPublisher:
@@ -34,6 +45,17 @@ class MemoryPublisher:
         if seq is None:
             self.messages.append((self.subjects.for_event(envelope), envelope.to_wire()))
             seq = self._seqs[envelope.dedup_key] = len(self.messages)
+        return seq
+
+    async def publish_raw(
+        self, subject: str, data: bytes, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> int:
+        seq = self._seqs.get(msg_id) if msg_id else None
+        if seq is None:
+            self.messages.append((subject, data))
+            seq = len(self.messages)
+            if msg_id:
+                self._seqs[msg_id] = seq
         return seq
 
     async def publish_many(self, envelopes: Sequence[Envelope], *, timeout: float = 10.0) -> list[int]:

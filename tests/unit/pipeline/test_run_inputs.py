@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from echelon_platform.adapters.signing_keys import Keyring
 from echelon_platform.domain.cert_validity import verify
+from echelon_platform.domain.certificate import content_hash
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
     METHODOLOGY_RUN_ID,
@@ -194,3 +195,18 @@ async def test_one_verdict_for_the_api_and_the_cli() -> None:
     tampered = verify({**document, "composite_score": 0.99}, keys)
     assert not tampered.hash_ok and not tampered.aggregates_ok and not tampered.signature_ok
     assert verify({"certificate_id": "x"}, keys).problem
+
+
+async def test_a_certificate_issued_before_intervals_is_rederived_without_them() -> None:
+    log = _log()
+    keyring = Keyring(Ed25519PrivateKey.generate(), T0, [])
+    handler = CertifyHandler(LogStore(log), keyring)
+    issued, _ = await handler.handle(make_event(RunCertifying(run_id=RUN, total=5)), RunCertifying(run_id=RUN, total=5))
+    current = payload_as(issued, CertificateIssued).certificate
+    older = current.model_copy(update={"uncertainty": None, "signature": None})
+    older = keyring.sign(older.model_copy(update={"content_hash": content_hash(older)}))
+    again = rederive([*log, make_event(CertificateIssued(run_id=RUN, certificate=older))], _registry())
+    assert again.same, again.differences
+    assert (
+        again.rebuilt.uncertainty is None and again.rebuilt.content_hash == older.content_hash != current.content_hash
+    )

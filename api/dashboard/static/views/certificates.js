@@ -170,6 +170,7 @@ export async function certificatePage(main, certId) {
       h("div.card", { "data-metric": key }, h("span.muted", {}, label), h("b", {}, key.endsWith("_count") || key === "sample_size" ? String(cert[key]) : fmtNum(cert[key], 4)),
         intervalOf(cert, key)))),
     uncertaintyNote(cert),
+    compareForm(cert.id),
     h("p", {}, "Judge ", h("b", {}, cert.scoring_model), " · ground truth ", cert.ground_truth_source, " ",
       h("span.mono", {}, cert.commit_range), " · methodology ", cert.methodology_version,
       " · weights ", h("span.mono", {}, JSON.stringify(cert.weights))),
@@ -190,4 +191,49 @@ export async function certificatePage(main, certId) {
       : null,
   ));
   verifyButton.click(); // say at once whether the API finds it valid; the button checks again
+}
+
+const FIGURE_NAMES = {
+  composite_score: "Composite", precision: "Precision", recall: "Recall", reply_accuracy: "Reply accuracy",
+  brier_score: "Calibration Brier", expected_calibration_error: "Calibration ECE",
+};
+
+/** Two certificates side by side: each one's figures, and B − A with its interval and test. */
+export async function comparePage(main, a, b) {
+  const [certA, certB, cmp] = await Promise.all([
+    api(`certificates/${encodeURIComponent(a)}`, { auth: false }),
+    api(`certificates/${encodeURIComponent(b)}`, { auth: false }),
+    api(`certificates/compare?${query({ a, b })}`, { auth: false }),
+  ]);
+  const side = (cert, label) => h(`div.card.compare-side`, { "data-side": label },
+    h("span.muted", {}, label), h("b", {}, h("a.mono", { href: `#/certificates/${cert.id}` }, cert.id)),
+    h("span", {}, `${cert.construct_id} · ${cert.replay_count} replays · ${cert.scoring_model}`));
+  const stated = (cert, key) => {
+    const value = key === "brier_score" || key === "expected_calibration_error" ? cert.calibration?.[key] : cert[key];
+    return [fmtNum(value, 4), " ", intervalOf(cert, key)];
+  };
+  main.append(h("div#compare", {},
+    h("h1", {}, "Compare certificates"),
+    h("div.cards", {}, side(certA, "A (baseline)"), side(certB, "B")),
+    h("p#compare-kind", { "data-paired": String(cmp.paired) }, cmp.paired
+      ? `Paired over the ${cmp.shared_changes} ground-truth changes both runs scored (${cmp.a_only} only in A, ${cmp.b_only} only in B).`
+      : h("b", {}, `Unpaired: ${cmp.note}.`)),
+    scroller(h("table#compare-figures", {},
+      h("thead", {}, h("tr", {}, ["Figure", "A (certificate)", "B (certificate)", "A", "B", "B − A", "95% interval", "p"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, cmp.figures.map((f) => h("tr", { "data-figure": f.figure },
+        h("td", {}, FIGURE_NAMES[f.figure] || f.figure), h("td", {}, stated(certA, f.figure)), h("td", {}, stated(certB, f.figure)),
+        h("td", {}, fmtNum(f.a, 4)), h("td", {}, fmtNum(f.b, 4)),
+        h("td", { "data-sign": f.difference < 0 ? "down" : f.difference > 0 ? "up" : "same" }, `${f.difference >= 0 ? "+" : ""}${fmtNum(f.difference, 4)}`),
+        h("td", {}, `[${fmtNum(f.low, 4)}, ${fmtNum(f.high, 4)}]`), h("td", {}, fmtNum(f.p_value, 4))))))),
+    h("p.muted", {}, `A and B columns: over the ${cmp.paired ? "shared changes" : "runs' replays"}. Method: ${cmp.method} (${cmp.exact ? "exact" : `${cmp.permutations} permutations`}, seed ${cmp.seed}).`)));
+}
+
+/** "Compare with …" on a certificate's page: goes to #/compare/A/B. */
+function compareForm(certId) {
+  const other = h("input#compare-with", { placeholder: "baseline certificate id (A)" });
+  return h("form.inline#compare-form", { onsubmit: (e) => {
+    e.preventDefault();
+    const a = other.value.trim();
+    if (a) location.hash = `#/compare/${encodeURIComponent(a)}/${encodeURIComponent(certId)}`;
+  } }, h("label", {}, "Compare with", other), h("button", { type: "submit" }, "Compare"));
 }

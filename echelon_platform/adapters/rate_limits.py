@@ -40,7 +40,7 @@ end
 _SLIDING_WINDOW = WINDOW_LUA + "return sliding_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])\n"
 _SLIDING_WINDOW_SHA = hashlib.sha1(_SLIDING_WINDOW.encode()).hexdigest()
 
-# `RecentRuns.add` as a Lua function, for POST /runs's admission script (api/admission.py).
+# `RecentRuns.add` as a Lua function, for POST /runs's admission script (adapters/run_admission.py).
 RECENT_NOTE_LUA = """
 local function note_recent(key, run_id, score, stale_before, keep, ttl)
   redis.call('ZADD', key, score, run_id)

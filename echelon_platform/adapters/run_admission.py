@@ -9,7 +9,7 @@ from datetime import datetime
 import redis.exceptions
 from ulid import ULID
 
-from api.limits import RECENT_NOTE_LUA, WINDOW_LUA, RateLimiter, RecentRuns
+from echelon_platform.adapters.rate_limits import RECENT_NOTE_LUA, WINDOW_LUA, RateLimiter, RecentRuns
 from echelon_platform.adapters.readmodel_store import CONSTRUCT_OWNER_LUA, OwnerReader
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.errors import ReadModelError

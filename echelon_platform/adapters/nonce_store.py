@@ -17,7 +17,7 @@ import secrets
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from api.limits import run_script
+from echelon_platform.adapters.rate_limits import run_script
 from echelon_platform.errors import AuthError, RateLimited, ReadModelError
 
 NONCE_BYTES = 16  # 32 hex characters: EIP-4361 asks for at least 8 alphanumerics

@@ -1,0 +1,63 @@
+"""The shared limit on real Redis: one in-flight count for every process, and a dead process's slots come back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter
+from echelon_platform.config import Settings
+from tests.helpers import wait_for
+
+
+@pytest_asyncio.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(str(settings.redis_url))
+    yield client
+    await client.aclose()
+
+
+def limiter(redis: aioredis.Redis, settings: Settings, *, lease_s: float = 30.0) -> AdaptiveLimiter:
+    return AdaptiveLimiter("judge", cap=3, redis=redis, prefix=settings.redis_prefix, lease_s=lease_s)
+
+
+async def test_two_processes_hold_one_in_flight_count(redis: aioredis.Redis, settings: Settings) -> None:
+    first, second = limiter(redis, settings), limiter(redis, settings)  # as two processes would
+    in_flight = peak = 0
+    release = asyncio.Event()
+
+    async def call(limit: AdaptiveLimiter) -> None:
+        nonlocal in_flight, peak
+        async with limit.slot():
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await release.wait()
+            in_flight -= 1
+
+    tasks = [asyncio.create_task(call(first if i % 2 else second)) for i in range(8)]
+
+    async def three_in_flight() -> bool:
+        return (await first.shared_state())[1] == 3
+
+    await wait_for(three_in_flight, what="three calls in flight across both")
+    assert not any(t.done() for t in tasks)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert peak == 3
+    assert await first.shared_state() == (3.0, 0)  # every lease handed back; the ceiling held
+
+
+async def test_the_slots_of_a_process_that_died_come_back_when_its_leases_expire(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    dead = limiter(redis, settings, lease_s=0.5)
+    for _ in range(3):
+        await dead._acquire()  # calls in flight when the process died: never released
+    assert dead._renewer is not None
+    dead._renewer.cancel()  # and nothing renews them any more
+    alive = limiter(redis, settings)
+    async with asyncio.timeout(20), alive.slot():
+        assert (await alive.shared_state())[1] == 1  # the dead process's three leases expired

@@ -1,0 +1,94 @@
+"""The adaptive limit's policy in one process (no Redis): ceiling, halving on overload, growth in use."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import anthropic
+import httpx
+import pytest
+
+from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, Slot, pause_from_headers
+from pipeline_workers.scoring.judge_limit import classify_judge_failure
+from tests.helpers import wait_for
+
+
+async def test_never_more_in_flight_than_the_ceiling() -> None:
+    limiter = AdaptiveLimiter("judge", cap=3)
+    in_flight = peak = 0
+    release = asyncio.Event()
+
+    async def call() -> None:
+        nonlocal in_flight, peak
+        async with limiter.slot():
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await release.wait()
+            in_flight -= 1
+
+    tasks = [asyncio.create_task(call()) for _ in range(10)]
+    await wait_for(lambda: in_flight == 3, what="three calls in flight")
+    for _ in range(20):  # give the others every chance to start too
+        await asyncio.sleep(0)
+    assert in_flight == 3  # the other seven wait
+    release.set()
+    await asyncio.gather(*tasks)
+    assert peak == 3
+
+
+async def test_an_overload_halves_what_was_in_flight_and_successes_in_use_grow_it() -> None:
+    limiter = AdaptiveLimiter("judge", cap=64, initial=8)
+    gate = asyncio.Event()
+
+    async def busy() -> None:
+        async with limiter.slot():
+            await gate.wait()
+
+    holders = [asyncio.create_task(busy()) for _ in range(3)]
+
+    async def three_in_flight() -> bool:
+        return (await limiter.shared_state())[1] == 3
+
+    await wait_for(three_in_flight, what="three calls in flight")
+    with pytest.raises(RuntimeError):
+        async with limiter.slot() as slot:
+            slot.overloaded(None)
+            raise RuntimeError("429")
+    assert limiter.limit == 2.0  # 4 were in flight when the provider refused: half of that
+    gate.set()
+    await asyncio.gather(*holders)
+    # Successes while at least half the limit was in flight add 1/limit each (3 and 2 in flight); the last
+    # one, alone, does not: the limit was not what held it back.
+    assert limiter.limit == pytest.approx(2.0 + 1 / 2.0 + 1 / 2.5)
+
+
+async def test_a_call_alone_far_below_the_limit_does_not_grow_it() -> None:
+    limiter = AdaptiveLimiter("judge", cap=64, initial=16)
+    for _ in range(5):
+        async with limiter.slot():
+            pass
+    assert limiter.limit == 16.0
+
+
+def test_an_exhausted_rate_limit_pauses_until_its_reset() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    reset = (now + timedelta(seconds=7)).isoformat().replace("+00:00", "Z")
+    headers = {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset}
+    assert pause_from_headers(headers, now) == 7.0
+    headers["anthropic-ratelimit-requests-remaining"] = "12"
+    assert pause_from_headers(headers, now) == 0.0
+
+
+@pytest.mark.parametrize(("status", "kind"), [(429, "overload"), (529, "overload"), (400, "error")])
+def test_judge_failures_that_mean_too_many(status: int, kind: str) -> None:
+    response = httpx.Response(
+        status,
+        headers={"retry-after": "4"},
+        request=httpx.Request("POST", "https://api.anthropic.com/v1/messages"),
+    )
+    error = anthropic.APIStatusError("refused", response=response, body=None)  # type: ignore[arg-type]
+    slot = Slot()
+    classify_judge_failure(error, slot)
+    assert slot.kind == kind
+    assert slot.pause_s == (4.0 if kind == "overload" else 0.0)
