@@ -22,7 +22,7 @@ from api.cert_schemas import (
     RatingView,
     VerifyResult,
 )
-from api.deps import ApiKeysDep, OptionsDep, ServicesDep, UserDep
+from api.deps import ApiKeysDep, OptionsDep, ReadModelsDep, ServicesDep, UserDep
 from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
 from api.publishing import publish
 from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
@@ -35,6 +35,7 @@ from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, RunRequested, payload_as
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import Forbidden, NotFound, ReadModelError, RequestRejected, StoreError
+from echelon_platform.ports.log import LogReader
 
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
 well_known = APIRouter(tags=["certificates"])
@@ -67,16 +68,14 @@ async def load_certificate(services: Services, cert_id: str) -> CalibrationCerti
 
 @router.get("/certificates", response_model=CertificateList, responses=r.PUBLIC)
 async def list_certificates(
-    services: ServicesDep,
+    read_models: ReadModelsDep,
     construct_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     sort: Annotated[CertSort, Query(description="ties are broken by certificate id")] = "created_desc",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CertificateList:
     """Public: certificate summaries, newest first (or by Brier score / composite); `total` is the filtered count."""
-    certs, total = await services.read_models.list_certificates(
-        construct_id=construct_id, sort=sort, limit=limit, offset=offset
-    )
+    certs, total = await read_models.list_certificates(construct_id=construct_id, sort=sort, limit=limit, offset=offset)
     return CertificateList(
         certificates=[CertificateSummary.of(c) for c in certs], total=total, limit=limit, offset=offset
     )
@@ -98,17 +97,17 @@ async def compare_certificates(
     if a == b:
         raise RequestRejected("a and b name the same certificate: compare two different certificates")
     cert_a, cert_b = await load_certificate(services, a), await load_certificate(services, b)
-    repo_a, repo_b = await _repository(services, cert_a.run_id), await _repository(services, cert_b.run_id)
+    repo_a, repo_b = await _repository(services.store, cert_a.run_id), await _repository(services.store, cert_b.run_id)
     same = repo_a is not None and repo_a == repo_b and cert_a.ground_truth_source == cert_b.ground_truth_source
     composite_a, composite_b = composite_with(cert_a.weights), composite_with(cert_b.weights)
     # A few thousand resamples: seconds of CPU for large runs, kept off the event loop.
     return await asyncio.to_thread(compare, cert_a, cert_b, composite_a, composite_b, same_repository=same)
 
 
-async def _repository(services: Services, run_id: str) -> str | None:
+async def _repository(log_reader: LogReader, run_id: str) -> str | None:
     """The repository a run's changes came from (its request), normalised; None when the log lacks it."""
     try:
-        events = await services.store.run_events(run_id, ["verify.run.requested"])
+        events = await log_reader.run_events(run_id, ["verify.run.requested"])
     except StoreError as exc:
         raise not_level(exc) from exc
     if not events:
@@ -140,7 +139,8 @@ async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> Ve
     certify stage holds the private key)."""
     cert = await load_certificate(services, cert_id)
     keys: PublishedKeys = request.app.state.signing_keys
-    validity = verify_document(cert.model_dump(mode="json"), await keys.public_keys())
+    # Recomputing the intervals is a thousand resamples of the replays: CPU kept off the event loop.
+    validity = await asyncio.to_thread(verify_document, cert.model_dump(mode="json"), await keys.public_keys())
     return VerifyResult(
         certificate_id=cert.certificate_id,
         content_hash=cert.content_hash,
@@ -206,7 +206,7 @@ async def rate_replay(
 @router.get("/ratings", response_model=RatingList, responses=r.merge(r.PROTECTED, r.NOT_FOUND))
 async def list_ratings(
     user: UserDep,
-    services: ServicesDep,
+    read_models: ReadModelsDep,
     certificate_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -218,6 +218,6 @@ async def list_ratings(
         if user_id is not None and user_id != user.user_id:
             raise NotFound("ratings of another user are visible to admins only")
         user_id = user.user_id
-    rows = await services.read_models.ratings(certificate_id=certificate_id, user_id=user_id)
+    rows = await read_models.ratings(certificate_id=certificate_id, user_id=user_id)
     page = [RatingView.model_validate(row) for row in rows[offset : offset + limit]]
     return RatingList(ratings=page, total=len(rows), limit=limit, offset=offset)

@@ -19,6 +19,7 @@ from api.auth import Principal, TokenCache, authenticate
 from api.options import ApiOptions
 from api.wallet import WalletProof
 from echelon_platform.adapters.api_keys import ApiKeys
+from echelon_platform.adapters.readmodel_store import ReadModels
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.errors import AuthError
@@ -71,6 +72,11 @@ async def get_services(request: Request) -> Services:
 async def get_log_reader(request: Request) -> LogReader:
     services: Services = request.app.state.services
     return services.store
+
+
+async def get_read_models(request: Request) -> ReadModels:
+    services: Services = request.app.state.services
+    return services.read_models
 
 
 async def get_api_keys(request: Request) -> ApiKeys:
@@ -164,8 +170,9 @@ async def get_optional_user(request: Request) -> Principal | None:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 ApiKeysDep = Annotated[ApiKeys, Depends(get_api_keys)]
-# The narrow one: a route that only reads the log asks for just that.
+# The narrow ones: a route that only reads the log, or only the read models, asks for just that.
 LogReaderDep = Annotated[LogReader, Depends(get_log_reader)]
+ReadModelsDep = Annotated[ReadModels, Depends(get_read_models)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OptionsDep = Annotated[ApiOptions, Depends(get_options)]
 UserDep = Annotated[Principal, Depends(get_user_or_wallet)]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 
 from api import responses as r
 from api.cert_schemas import GroupBy, HumanAgreement, StatsResponse, StatsRow
-from api.deps import ApiKeysDep, OptionalUserDep, ServicesDep, SettingsDep
+from api.deps import ApiKeysDep, OptionalUserDep, ReadModelsDep, SettingsDep
 from echelon_platform.adapters.stats_store import Group, StatsReader
 from echelon_platform.domain.stats import (
     ALL,
@@ -68,7 +68,7 @@ def stats_row(group: Group) -> StatsRow:
 @router.get("/stats", response_model=StatsResponse, responses=r.merge(r.PUBLIC, r.UNAUTHORIZED, r.RATE_LIMITED))
 async def stats(
     request: Request,
-    services: ServicesDep,
+    read_models: ReadModelsDep,
     api_keys: ApiKeysDep,
     settings: SettingsDep,
     user: OptionalUserDep,
@@ -88,7 +88,7 @@ async def stats(
         scope, extra = ALL, None
     else:
         scope, extra = PUBLIC, user_scope(user.user_id)
-    groups, total = await StatsReader(services.read_models).page(
+    groups, total = await StatsReader(read_models).page(
         scope=scope, extra=extra, group_by=group_by, offset=offset, limit=limit
     )
     return StatsResponse(

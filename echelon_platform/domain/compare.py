@@ -11,7 +11,8 @@ the shared changes only, and the difference is B − A.
   changes every one of the 2^m swaps is enumerated and p is exact (no +1).
 Unpaired (no shared change): each side's figure over all its replays; the interval resamples A and B
 independently, and the test permutes the pooled replays between the two sides (two-sample permutation).
-Random draws: ``random.Random`` seeded from SHA-256 of both certificate ids, so a comparison is reproducible.
+Each side's composite uses its own certificate's weights. Random draws: ``random.Random`` seeded from
+SHA-256 of both certificate ids, so a comparison is reproducible.
 """
 
 from __future__ import annotations
