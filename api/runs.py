@@ -73,7 +73,11 @@ IdempotencyKey = Annotated[
 
 def fingerprint(body: RunCreate) -> str:
     """What makes two requests 'the same'; secret values are left out (only header names count)."""
-    data = body.model_dump(mode="json", exclude={"github_token", "oracle_headers"})
+    # Fields added later count only when set, so a request's fingerprint is what it was before they existed.
+    unset = {
+        name for name in ("max_cost_usd", "judge_cache") if getattr(body, name) == RunCreate.model_fields[name].default
+    }
+    data = body.model_dump(mode="json", exclude={"github_token", "oracle_headers", *unset})
     data["oracle_header_names"] = sorted(body.oracle_headers or {})
     data["has_github_token"] = body.github_token is not None
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -269,6 +273,8 @@ async def _publish_request(
         since=body.since,
         labels=body.labels,
         include_unmerged=body.include_unmerged,
+        max_cost_usd=body.max_cost_usd,
+        judge_cache=body.judge_cache,
         secret_ref=secret_ref,
         created_at=created_at,
         request_fingerprint=fp,

@@ -39,7 +39,7 @@ from echelon_platform.domain.projections import (
     RunState,
     public_certificate,
 )
-from echelon_platform.domain.stats import contribution, judge_totals
+from echelon_platform.domain.stats import contribution, judge_split, judge_totals
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import ReadModelsStale
 from echelon_platform.ports.log import LogEvent, LogReader
@@ -103,8 +103,8 @@ class Rebuilder:
         # The leaderboard's inputs besides states and certificates (see domain/stats.py): latest ratings per
         # certificate, judge calls per run, and the runs whose record may have changed since the last write.
         self._ratings: dict[str, dict[str, Any]] = {}
-        self._judge: dict[str, dict[str, list[float]]] = {}
-        self._new_judge: list[tuple[str, str, list[float]]] = []
+        self._judge: dict[str, dict[str, list[Any]]] = {}
+        self._new_judge: list[tuple[str, str, list[Any]]] = []
         self._stats_dirty: set[str] = set()
         self.progress_total = 0  # the log's size, for the marker's `n/m` progress
         self._marking = False  # a switching rebuild is under way: its marker is kept up to date
@@ -215,8 +215,9 @@ class Rebuilder:
                 state = built[run_id] if run_id in built else self._runs[run_id].state()
                 cert = self.certs.get(state.certificate_id) if state.certificate_id is not None else None
                 ratings = self._ratings.get(state.certificate_id, {}) if state.certificate_id is not None else {}
-                usage = judge_totals(self._judge.get(run_id, {}).values())
-                changes.append((run_id, old[run_id], contribution(state, cert, ratings.values(), usage)))
+                calls = list(self._judge.get(run_id, {}).values())
+                record = contribution(state, cert, ratings.values(), judge_totals(calls), judge_split(calls))
+                changes.append((run_id, old[run_id], record))
             await self.writes.write_stats(keys, changes)
         self._new_judge, self._stats_dirty = [], set()
 

@@ -12,6 +12,7 @@ from typing import Any, Self
 import httpx
 
 from echelon_platform.adapters.adaptive_limit import LimiterRegistry
+from echelon_platform.adapters.judge_ledger_store import PgJudgeLedger
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
@@ -61,6 +62,7 @@ def stage_context(
         settings=settings,
         http=http,
         oracle_pool=oracle_pool,
+        judge_ledger=PgJudgeLedger(services.store),
         oracle_limits=oracle_limits,
     )
 
@@ -131,7 +133,7 @@ class Pipeline:
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
-            "score": ScoreHandler(ctx.guard, scorer, self.services.metrics),
+            "score": ScoreHandler(ctx, scorer, self.services.metrics),
         }
         if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
             keyring = load_keyring(self.settings)
