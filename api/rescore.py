@@ -16,16 +16,17 @@ from typing import Annotated
 
 import orjson
 import structlog
-from fastapi import APIRouter, Header, Path, Response, status
+from fastapi import APIRouter, Header, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import responses as r
-from api.deps import ServicesDep, UserDep
+from api.deps import UserDep
 from api.methodology_registry import registered
 from api.publishing import publish
 from api.runs import _created, load_run
 from api.schemas import ErrorBody, RunCreated
 from echelon_platform.adapters.run_requests import request_of
+from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RescoreSpec, RunRequested
 from echelon_platform.domain.projections import Status
@@ -73,13 +74,14 @@ async def rescore_run(
     run_id: RunId,
     body: RescoreCreate,
     user: UserDep,
-    services: ServicesDep,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> Response:
     """Start a run that scores the oracle replies run `run_id` logged, with `methodology_version` and
     `judge`; its certificate names the first in `rescored_from`. The oracle is not called."""
     if not user.is_admin:
         raise Forbidden("only admins rescore runs")
+    services: Services = request.app.state.services
     if body.judge is not None and not JUDGE.match(body.judge):
         raise RequestRejected(f"unknown judge {body.judge!r}: use 'offline' or 'anthropic:<model>'")
     new_id = rescore_run_id(run_id, body, idempotency_key)
@@ -99,7 +101,7 @@ async def rescore_run(
     if body.methodology_version not in {m.version for m in await registered(services.store)}:
         raise RequestRejected(f"methodology {body.methodology_version} is not registered (GET /api/v1/methodology)")
     created_at = utcnow()
-    request = source.model_copy(
+    rescore = source.model_copy(
         update={
             "run_id": new_id,
             "created_at": created_at,
@@ -114,7 +116,7 @@ async def rescore_run(
             ),
         }
     )
-    ack = await publish(services.bus, services.metrics, RunRequested.model_validate(request.model_dump()))
+    ack = await publish(services.bus, services.metrics, RunRequested.model_validate(rescore.model_dump()))
     log.info("api.rescore", runId=new_id, source=run_id, methodology=body.methodology_version, judge=body.judge)
     code = status.HTTP_200_OK if ack.duplicate else status.HTTP_201_CREATED
     return _created(new_id, Status.PENDING.name, created_at, code)

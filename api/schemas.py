@@ -87,6 +87,18 @@ class RunCreate(BaseModel):
         description=f"oracle calls per change (1 to {MAX_REPEATS}): the certificate reports each figure's spread "
         f"over the repeats and uses the mean; `limit` × `repeats` is at most {MAX_REPLAYS}",
     )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="stop paying the judge when its next request could pass this many USD: the run ends with a "
+        "certificate over what was scored (saying so), or FAILED when too little was",
+    )
+    judge_cache: bool = Field(
+        default=True,
+        description="reuse a judge answer the log already holds for exactly the same request (methodology, "
+        "model, prompt) instead of paying for it again; false asks the judge every time",
+    )
 
     @field_validator("oracle_headers")
     @classmethod

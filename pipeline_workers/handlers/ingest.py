@@ -8,6 +8,7 @@ import structlog
 
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
+    JudgeTerms,
     Payload,
     ReplayRequested,
     RunFailed,
@@ -79,6 +80,12 @@ class IngestHandler:
         if not result.records:
             return [self._failed(envelope, f"no merged changes found in {payload.repo_url}")]
         events: list[Envelope] = []
+        # The run's judge terms travel with each replay (only when set: other requests' events are unchanged).
+        terms = (
+            JudgeTerms(max_cost_usd=payload.max_cost_usd, cache=payload.judge_cache)
+            if payload.max_cost_usd is not None or not payload.judge_cache
+            else None
+        )
         repeats = payload.repeats
         for index, record in enumerate(result.records):
             record = record.model_copy(update={"diff_content": truncate_diff(record.diff_content)})
@@ -92,6 +99,7 @@ class IngestHandler:
                     repeat=repeat,
                     oracle=payload.oracle,
                     secret_ref=payload.secret_ref,
+                    judge_terms=terms,
                 )
                 events.append(make_event(replay, causation_id=envelope.event_id))
         events.append(

@@ -47,6 +47,7 @@ async def ingest_from_log(store: LogReader, run_id: str, spec: RescoreSpec, *, c
             record=source.record,
             repeat=source.repeat,
             rescore_of=source.replay_id,
+            judge_terms=source.judge_terms,  # the source run's budget and cache terms hold for its rescore
         )
         out.append(make_event(replay, causation_id=causation_id))
     if len(out) != ingested.total:
@@ -74,6 +75,7 @@ async def invoke_from_log(
             # The question was asked (and paid) by the source run: nothing of it is this run's cost.
             repeat=payload.repeat,
             rescore_of=payload.rescore_of,
+            judge_terms=payload.judge_terms,
         )
         return [make_event(copied, causation_id=causation_id)]
     failures = [payload_as(e, ReplayFailed) for e in events if e.topic == ReplayFailed.TOPIC]
