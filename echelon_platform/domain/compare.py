@@ -10,8 +10,9 @@ is one unit: the mean of its repeats' ratios, its repeats' judged claims pooled.
   so each permutation swaps them per change with probability ½ (for a mean, this is the sign-flip test on the
   per-change differences); two-sided p = (1 + #{|d*| ≥ |d|}) / (1 + permutations). With at most 12 shared
   changes every one of the 2^m swaps is enumerated and p is exact (no +1).
-Unpaired (no shared change): each side's figure over all its replays; the interval resamples A and B
-independently, and the test permutes the pooled replays between the two sides (two-sample permutation).
+Unpaired (no shared change): each side's figure over all its changes (a change's repeats as one unit, as
+above); the interval resamples A's and B's changes independently, and the test permutes the pooled changes
+between the two sides (two-sample permutation).
 Each side's composite uses its own certificate's weights. Random draws: ``random.Random`` seeded from
 SHA-256 of both certificate ids, so a comparison is reproducible.
 """
@@ -39,7 +40,8 @@ PAIRED_METHOD = (
 )
 UNPAIRED_METHOD = (
     "UNPAIRED (the runs share no ground-truth change): percentile bootstrap of B − A resampling each run's "
-    "replays independently (1000 resamples); two-sample permutation test on the pooled replays, two-sided"
+    "changes independently (1000 resamples; a change's repeats as one); two-sample permutation test on the "
+    "pooled changes, two-sided"
 )
 
 
@@ -130,8 +132,10 @@ def compare(
         count = len(swaps)
         fa, fb = figures_of(xs, composite_a), figures_of(ys, composite_b)
     else:
-        xs = [prepare(s) for s in sorted(a.individual_scores, key=lambda s: s.replay_id)]
-        ys = [prepare(s) for s in sorted(b.individual_scores, key=lambda s: s.replay_id)]
+        # Changes, not replays, are the units (a change's repeats are not independent draws), in the order of
+        # their first replay: without repeats that is each replay, as before.
+        xs = list(by_change_a.values())
+        ys = list(by_change_b.values())
         observed = _difference(xs, ys, composite_a, composite_b)
         na, nb = len(xs), len(ys)
         for _ in range(RESAMPLES):

@@ -124,3 +124,23 @@ def test_repeats_pair_on_each_changes_mean_over_all_its_repeats() -> None:
         assert figures[name].low == figures[name].high == figures[name].difference
     # Exact sign-flip test over the five changes: only "no flip" and "all flipped" reach |d|.
     assert math.isclose(figures["precision"].p_value, 2 / 2**5, abs_tol=1e-9)
+
+
+def test_unpaired_resamples_changes_with_their_repeats_as_one() -> None:
+    # A's repeats of each change disagree (0, 2, 4 of 4 claims) but every change averages 2 of 4, as B's
+    # replays all are: resampling changes (not replays) leaves no spread at all.
+    def repeated(run_id: str, supported: list[int]) -> list[ReplayScore]:
+        out = []
+        for change in range(5):
+            for repeat, n in enumerate(supported):
+                s = score(replay_id_for(run_id, change, repeat), supported=n, claims=4)
+                out.append(s.model_copy(update={"ground_truth_id": f"{run_id}-pr-{change}", "repeat": repeat}))
+        return out
+
+    a = cert("RA", repeated("RA", [0, 2, 4]))
+    b = cert("RB", repeated("RB", [2, 2, 2]))
+    result = compare(a, b, EQUAL, EQUAL, same_repository=False)
+    assert not result.paired and result.a_only == result.b_only == 5
+    precision = next(f for f in result.figures if f.figure == "precision")
+    assert precision.a == precision.b == 0.5
+    assert precision.low == precision.high == precision.difference == 0.0
