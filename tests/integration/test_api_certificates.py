@@ -78,8 +78,9 @@ async def test_certificate_is_public_and_complete(client: httpx.AsyncClient, see
     assert set(first) == {
         "id", "ground_truth_id", "precision", "recall", "reply_accuracy", "claims_total", "claims_supported",
         "changes_total", "changes_surfaced", "scoring_model", "scoring_latency_ms", "scored_at",
-        "claim_supported", "claim_confidences",
+        "claim_supported", "claim_confidences", "repeat",
     }  # fmt: skip
+    assert first["repeat"] is None  # a run without repeats
     assert [s["id"] for s in body["replay_scores"]] == ["C2-0000", "C2-0001"]
     assert first["claims_supported"] == 1 and first["precision"] == 0.25
     # n and a 95% interval per figure, as stored (and signed) in the certificate.
