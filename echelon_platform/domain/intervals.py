@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
+from itertools import repeat, starmap
 
 from echelon_platform.domain.calibration import BINS, bin_of
 from echelon_platform.domain.values import FigureInterval, ReplayScore, Uncertainty
@@ -52,10 +55,17 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[low] + (h - low) * (ordered[high] - ordered[low])
 
 
+def draws(seed: str, n: int, resamples: int = RESAMPLES) -> Iterator[list[int]]:
+    """The draws of every resample, one list of n indices in [0, n) at a time: ``int(random() * n)``, in C."""
+    rng = random.Random(int(seed, 16))
+    scale = float(n)  # random() * n multiplies by float(n) too
+    for _ in range(resamples):
+        yield list(map(int, map(scale.__mul__, starmap(rng.random, repeat((), n)))))
+
+
 def resample_indices(seed: str, n: int, resamples: int = RESAMPLES) -> list[list[int]]:
     """The draws of every resample: ``resamples`` lists of n indices in [0, n)."""
-    rng = random.Random(int(seed, 16))
-    return [[int(rng.random() * n) for _ in range(n)] for _ in range(resamples)]
+    return list(draws(seed, n, resamples))
 
 
 def interval(values: Sequence[float], n: int) -> FigureInterval:
@@ -126,6 +136,75 @@ def figures_of(replays: Sequence[Replay], composite: Composite) -> dict[str, flo
     return out
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """The replays' shares as columns, so that a resample is summed by C loops over its indices.
+
+    Bit for bit the arithmetic of ``figures_of``: the same fsums over the same values in the same order;
+    the integer counts (claims, hits per bin) packed as bit fields of one int (exact, so one sum gives all);
+    each bin's confidence summed left to right like ``conf[b] += c``, two bins per complex number (its
+    parts add as two independent doubles), a replay without the bin adding 0.0 (x + 0.0 is x for x ≥ 0).
+    """
+
+    precision: list[float]
+    recall: list[float]
+    reply_accuracy: list[float]
+    squared_error: list[float]
+    counts: list[int]  # field 0: claims, field 1 + b: hits in bin b; each field ``width`` bits
+    width: int
+    confidence: list[list[complex]]  # per pair of bins (2k, 2k + 1): each replay's Σ confidence there
+
+
+def _columns(replays: Sequence[Replay]) -> _Columns:
+    n = len(replays)
+    width = (max((r.claims for r in replays), default=0) * n).bit_length() + 1
+    counts = []
+    lanes = [[0.0] * n for _ in range(BINS + BINS % 2)]
+    for i, r in enumerate(replays):
+        packed = r.claims
+        for b, c, h in r.bins:
+            packed |= h << (width * (1 + b))
+            lanes[b][i] = c
+        counts.append(packed)
+    return _Columns(
+        precision=[r.precision for r in replays],
+        recall=[r.recall for r in replays],
+        reply_accuracy=[r.reply_accuracy for r in replays],
+        squared_error=[r.squared_error for r in replays],
+        counts=counts,
+        width=width,
+        confidence=[list(map(complex, lanes[k], lanes[k + 1])) for k in range(0, len(lanes), 2)],
+    )
+
+
+def bootstrap_samples(replays: Sequence[Replay], composite: Composite, seed: str) -> dict[str, list[float]]:
+    """Every resample's unrounded figures (as ``figures_of`` computes them), per figure, in draw order."""
+    n = len(replays)
+    cols = _columns(replays)
+    mask = (1 << cols.width) - 1
+    samples: dict[str, list[float]] = {}
+    for draw in draws(seed, n):
+        means = {
+            "precision": math.fsum(map(cols.precision.__getitem__, draw)) / n,
+            "recall": math.fsum(map(cols.recall.__getitem__, draw)) / n,
+            "reply_accuracy": math.fsum(map(cols.reply_accuracy.__getitem__, draw)) / n,
+        }
+        out = {**means, "composite_score": composite(means)}
+        counts = sum(map(cols.counts.__getitem__, draw))
+        claims = counts & mask
+        if claims:
+            conf: list[float] = []
+            for lane in cols.confidence:
+                pair = reduce(operator.add, map(lane.__getitem__, draw), 0j)
+                conf += (pair.real, pair.imag)
+            hits = [(counts >> (cols.width * (1 + b))) & mask for b in range(BINS)]
+            out["brier_score"] = math.fsum(map(cols.squared_error.__getitem__, draw)) / claims
+            out["expected_calibration_error"] = math.fsum(abs(conf[b] - hits[b]) for b in range(BINS)) / claims
+        for key, value in out.items():
+            samples.setdefault(key, []).append(value)
+    return samples
+
+
 def replays_to_narrow(composite: FigureInterval) -> int | None:
     """More replays needed for a composite interval of ±TARGET_HALF_WIDTH; None when it is that narrow."""
     half = (composite.high - composite.low) / 2
@@ -140,10 +219,7 @@ def uncertainty_of(scores: Sequence[ReplayScore], composite: Composite, run_id: 
     ordered = [prepare(s) for s in sorted(scores, key=lambda s: s.replay_id)]
     n = len(ordered)
     seed = bootstrap_seed(run_id)
-    samples: dict[str, list[float]] = {}
-    for draw in resample_indices(seed, n):
-        for key, value in figures_of([ordered[i] for i in draw], composite).items():
-            samples.setdefault(key, []).append(value)
+    samples = bootstrap_samples(ordered, composite, seed)
     claims = sum(r.claims for r in ordered)
     calibrated = {
         key: interval(samples[key], claims) if claims and key in samples else None

@@ -1,0 +1,91 @@
+"""The bootstrap is computed fast, and exactly as before: a known certificate's uncertainty is pinned, and the
+fast path's unrounded resampled figures equal a plain per-resample recomputation, bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from echelon_platform.domain.certificate import build_certificate, composite_with
+from echelon_platform.domain.intervals import bootstrap_samples, bootstrap_seed, figures_of, prepare, resample_indices
+from echelon_platform.domain.values import ReplayScore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def scores(n: int, seed: int, *, weird: bool = False) -> list[ReplayScore]:
+    """Replays like a judge produces them: 1-8 claims, some without confidences, confidences in every bin."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        claims = rng.randint(1, 8)
+        supported = rng.randint(0, claims)
+        judged = not weird or rng.random() < 0.6
+        confidences = [rng.choice([0.0, 1.0, 0.1, 0.999]) if weird else round(rng.random(), 3) for _ in range(claims)]
+        out.append(
+            ReplayScore(
+                replay_id=f"r{i:05d}",
+                ground_truth_id=f"pr-{i}",
+                precision=supported / claims,
+                recall=rng.randint(0, 3) / 3,
+                reply_accuracy=rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]),
+                claims_total=claims,
+                claims_supported=supported,
+                changes_total=3,
+                changes_surfaced=1,
+                scoring_model="offline-lexical-v1",
+                scoring_latency_ms=1.0,
+                scored_at=T0,
+                claim_supported=[True] * supported + [False] * (claims - supported) if judged else None,
+                claim_confidences=confidences if judged else None,
+            )
+        )
+    return out
+
+
+def test_a_known_certificates_uncertainty_is_unchanged() -> None:
+    cert = build_certificate(
+        run_id="01JPINNEDUNCERTAINTY00000",
+        construct_id="pinned",
+        scores=scores(300, 7),
+        failed=[],
+        weights={"precision": 2.0, "recall": 1.0, "reply_accuracy": 0.5},
+        min_replays=1,
+        ground_truth_source="github",
+        commit_range="a..b",
+        methodology_version="v1",
+        timestamp=T0,
+    )
+    assert cert.uncertainty is not None
+    document = orjson.dumps(cert.uncertainty.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    assert hashlib.sha256(document).hexdigest() == PINNED, document.decode()
+
+
+PINNED = "d8cee4e1db02fb5f60260a468bbe3f9942280bc3c9f60b9463c8761d90999534"
+
+
+def slow_samples(data: list[ReplayScore], run_id: str) -> dict[str, list[float]]:
+    """The bootstrap as first written: every resample rebuilt as a list of replays and refigured."""
+    ordered = [prepare(s) for s in sorted(data, key=lambda s: s.replay_id)]
+    composite = composite_with({"precision": 1.0, "recall": 3.0, "reply_accuracy": 0.25})
+    samples: dict[str, list[float]] = {}
+    for draw in resample_indices(bootstrap_seed(run_id), len(ordered)):
+        for key, value in figures_of([ordered[i] for i in draw], composite).items():
+            samples.setdefault(key, []).append(value)
+    return samples
+
+
+@pytest.mark.parametrize(("n", "seed", "weird"), [(1, 1, False), (7, 2, True), (40, 3, False), (150, 4, True)])
+def test_the_fast_bootstrap_draws_the_same_figures_bit_for_bit(n: int, seed: int, weird: bool) -> None:
+    data = scores(n, seed, weird=weird)
+    ordered = [prepare(s) for s in sorted(data, key=lambda s: s.replay_id)]
+    composite = composite_with({"precision": 1.0, "recall": 3.0, "reply_accuracy": 0.25})
+    fast = bootstrap_samples(ordered, composite, bootstrap_seed(f"run-{seed}"))
+    slow = slow_samples(data, f"run-{seed}")
+    assert fast.keys() == slow.keys()
+    for key in slow:
+        assert [v.hex() for v in fast[key]] == [v.hex() for v in slow[key]], key
