@@ -210,3 +210,17 @@ async def test_a_certificate_issued_before_intervals_is_rederived_without_them()
     assert (
         again.rebuilt.uncertainty is None and again.rebuilt.content_hash == older.content_hash != current.content_hash
     )
+
+
+async def test_rederive_ignores_replays_logged_after_the_certificate() -> None:
+    # A slow replay, given up on (failed), is invoked and scored after certify issued the certificate; an
+    # already-scored replay is scored again too. Certify never saw either: rederive must not either.
+    log = _log()
+    keyring = Keyring(Ed25519PrivateKey.generate(), T0, [])
+    issued, _ = await CertifyHandler(LogStore(log), keyring).handle(
+        make_event(RunCertifying(run_id=RUN, total=5)), RunCertifying(run_id=RUN, total=5)
+    )
+    late = [*_scored_replay(4, [True], [True], 1.0), *_scored_replay(2, [True, True], [True], 1.0)]
+    again = rederive([*log, issued, *late], _registry())
+    assert again.same, again.differences
+    assert again.rebuilt.content_hash == payload_as(issued, CertificateIssued).certificate.content_hash
