@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from echelon_platform.adapters.signing_keys import Keyring, b64url
 from echelon_platform.domain.cert_validity import verify
-from echelon_platform.domain.certificate import content_hash, document_hash, signed_content
+from echelon_platform.domain.certificate import build_certificate, content_hash, document_hash, signed_content
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
     METHODOLOGY_RUN_ID,
@@ -28,7 +31,8 @@ from echelon_platform.domain.events import (
     payload_as,
 )
 from echelon_platform.domain.run_inputs import run_inputs
-from echelon_platform.domain.values import JudgeUsage, OracleReply
+from echelon_platform.domain.values import CalibrationCertificate, JudgeUsage, OracleReply
+from pipeline_workers.handlers import certify as certify_module
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.rederive import rederive
 from pipeline_workers.scoring.base import make_score
@@ -250,3 +254,19 @@ async def test_a_newer_certificate_with_a_field_this_build_does_not_know_is_judg
     assert not tampered.valid
     # Not a certificate is still not a certificate: a known field of the wrong type.
     assert verify({**newer, "replay_count": "many"}, keys).problem
+
+
+async def test_certify_builds_the_certificate_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = []
+
+    def build(**kwargs: Any) -> CalibrationCertificate:
+        threads.append(threading.current_thread())
+        return build_certificate(**kwargs)
+
+    monkeypatch.setattr(certify_module, "build_certificate", build)
+    keyring = Keyring(Ed25519PrivateKey.generate(), T0, [])
+    issued, _ = await CertifyHandler(LogStore(_log()), keyring).handle(
+        make_event(RunCertifying(run_id=RUN, total=5)), RunCertifying(run_id=RUN, total=5)
+    )
+    assert payload_as(issued, CertificateIssued).certificate.uncertainty is not None
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
