@@ -136,43 +136,77 @@ def figures_of(replays: Sequence[Replay], composite: Composite) -> dict[str, flo
     return out
 
 
+_SUMMED = ("precision", "recall", "reply_accuracy", "squared_error")
+_MAX_FIELD_BITS = 512  # wider exact fields (tiny or huge values) are summed with fsum instead
+
+
+@dataclass(frozen=True)
+class _Field:
+    offset: int
+    width: int
+    denominator: int  # a power of two: the field holds value × denominator, an integer
+
+
 @dataclass(frozen=True)
 class _Columns:
     """The replays' shares as columns, so that a resample is summed by C loops over its indices.
 
-    Bit for bit the arithmetic of ``figures_of``: the same fsums over the same values in the same order;
-    the integer counts (claims, hits per bin) packed as bit fields of one int (exact, so one sum gives all);
-    each bin's confidence summed left to right like ``conf[b] += c``, two bins per complex number (its
-    parts add as two independent doubles), a replay without the bin adding 0.0 (x + 0.0 is x for x ≥ 0).
+    Bit for bit the arithmetic of ``figures_of``:
+    - integer counts (claims, hits per bin) are packed as bit fields of one int per replay, so one ``sum``
+      over a resample's indices gives them all, exactly;
+    - each fsum'd share (precision, recall, reply accuracy, squared error) goes into the same int as an
+      integer over a power-of-two denominator when every value is a finite float ≥ +0.0: the sum of those
+      integers over the denominator is then the exact sum, and ``int / int`` rounds it correctly, which
+      is what ``math.fsum`` returns; otherwise it is fsum'd as a column;
+    - each bin's confidence is summed left to right like ``conf[b] += c`` (that rounding is part of the
+      figure), two bins per complex number (its parts add as two independent doubles), a replay without
+      the bin adding 0.0 (x + 0.0 is x for x ≥ 0).
     """
 
-    precision: list[float]
-    recall: list[float]
-    reply_accuracy: list[float]
-    squared_error: list[float]
-    counts: list[int]  # field 0: claims, field 1 + b: hits in bin b; each field ``width`` bits
-    width: int
+    packed: list[int]
+    count_width: int  # field 0: claims, field 1 + b: hits in bin b
+    exact: dict[str, _Field]
+    loose: dict[str, list[float]]  # shares that are fsum'd
     confidence: list[list[complex]]  # per pair of bins (2k, 2k + 1): each replay's Σ confidence there
+
+
+def _as_integers(values: list[float]) -> tuple[list[int], int] | None:
+    if not all(math.isfinite(v) and math.copysign(1.0, v) > 0 for v in values):
+        return None
+    ratios = [v.as_integer_ratio() for v in values]
+    denominator = max(d for _, d in ratios)
+    return [p * (denominator // d) for p, d in ratios], denominator
 
 
 def _columns(replays: Sequence[Replay]) -> _Columns:
     n = len(replays)
-    width = (max((r.claims for r in replays), default=0) * n).bit_length() + 1
-    counts = []
+    count_width = (max((r.claims for r in replays), default=0) * n).bit_length() + 1
+    packed = []
     lanes = [[0.0] * n for _ in range(BINS + BINS % 2)]
     for i, r in enumerate(replays):
-        packed = r.claims
+        counts = r.claims
         for b, c, h in r.bins:
-            packed |= h << (width * (1 + b))
+            counts |= h << (count_width * (1 + b))
             lanes[b][i] = c
-        counts.append(packed)
+        packed.append(counts)
+    offset = count_width * (1 + BINS)
+    exact: dict[str, _Field] = {}
+    loose: dict[str, list[float]] = {}
+    for name in _SUMMED:
+        column = [getattr(r, name) for r in replays]
+        integers = _as_integers(column)
+        width = (max(integers[0], default=0) * n).bit_length() + 1 if integers is not None else 0
+        if integers is None or width > _MAX_FIELD_BITS:
+            loose[name] = column
+            continue
+        exact[name] = _Field(offset, width, integers[1])
+        packed = [p | (m << offset) for p, m in zip(packed, integers[0], strict=True)]
+        offset += width
     return _Columns(
-        precision=[r.precision for r in replays],
-        recall=[r.recall for r in replays],
-        reply_accuracy=[r.reply_accuracy for r in replays],
-        squared_error=[r.squared_error for r in replays],
-        counts=counts,
-        width=width,
+        packed=packed,
+        count_width=count_width,
+        exact=exact,
+        loose=loose,
         confidence=[list(map(complex, lanes[k], lanes[k + 1])) for k in range(0, len(lanes), 2)],
     )
 
@@ -181,24 +215,25 @@ def bootstrap_samples(replays: Sequence[Replay], composite: Composite, seed: str
     """Every resample's unrounded figures (as ``figures_of`` computes them), per figure, in draw order."""
     n = len(replays)
     cols = _columns(replays)
-    mask = (1 << cols.width) - 1
+    width = cols.count_width
+    mask = (1 << width) - 1
     samples: dict[str, list[float]] = {}
     for draw in draws(seed, n):
-        means = {
-            "precision": math.fsum(map(cols.precision.__getitem__, draw)) / n,
-            "recall": math.fsum(map(cols.recall.__getitem__, draw)) / n,
-            "reply_accuracy": math.fsum(map(cols.reply_accuracy.__getitem__, draw)) / n,
-        }
+        total = sum(map(cols.packed.__getitem__, draw))
+        sums = {name: ((total >> f.offset) & ((1 << f.width) - 1)) / f.denominator for name, f in cols.exact.items()}
+        for name, column in cols.loose.items():
+            sums[name] = math.fsum(map(column.__getitem__, draw))
+        means = {"precision": sums["precision"] / n, "recall": sums["recall"] / n}
+        means["reply_accuracy"] = sums["reply_accuracy"] / n
         out = {**means, "composite_score": composite(means)}
-        counts = sum(map(cols.counts.__getitem__, draw))
-        claims = counts & mask
+        claims = total & mask
         if claims:
             conf: list[float] = []
             for lane in cols.confidence:
                 pair = reduce(operator.add, map(lane.__getitem__, draw), 0j)
                 conf += (pair.real, pair.imag)
-            hits = [(counts >> (cols.width * (1 + b))) & mask for b in range(BINS)]
-            out["brier_score"] = math.fsum(map(cols.squared_error.__getitem__, draw)) / claims
+            hits = [(total >> (width * (1 + b))) & mask for b in range(BINS)]
+            out["brier_score"] = sums["squared_error"] / claims
             out["expected_calibration_error"] = math.fsum(abs(conf[b] - hits[b]) for b in range(BINS)) / claims
         for key, value in out.items():
             samples.setdefault(key, []).append(value)

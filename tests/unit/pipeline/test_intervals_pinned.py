@@ -11,7 +11,14 @@ import orjson
 import pytest
 
 from echelon_platform.domain.certificate import build_certificate, composite_with
-from echelon_platform.domain.intervals import bootstrap_samples, bootstrap_seed, figures_of, prepare, resample_indices
+from echelon_platform.domain.intervals import (
+    _columns,
+    bootstrap_samples,
+    bootstrap_seed,
+    figures_of,
+    prepare,
+    resample_indices,
+)
 from echelon_platform.domain.values import ReplayScore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -25,7 +32,9 @@ def scores(n: int, seed: int, *, weird: bool = False) -> list[ReplayScore]:
         claims = rng.randint(1, 8)
         supported = rng.randint(0, claims)
         judged = not weird or rng.random() < 0.6
-        confidences = [rng.choice([0.0, 1.0, 0.1, 0.999]) if weird else round(rng.random(), 3) for _ in range(claims)]
+        # weird: one edge value per replay; all-unsupported claims at 1e-80 need an fsum'd squared error
+        edge = rng.choice([0.0, 1.0, 0.1, 0.999, 1e-80]) if weird else 0.0
+        confidences = [edge if weird else round(rng.random(), 3) for _ in range(claims)]
         out.append(
             ReplayScore(
                 replay_id=f"r{i:05d}",
@@ -85,6 +94,7 @@ def test_the_fast_bootstrap_draws_the_same_figures_bit_for_bit(n: int, seed: int
     ordered = [prepare(s) for s in sorted(data, key=lambda s: s.replay_id)]
     composite = composite_with({"precision": 1.0, "recall": 3.0, "reply_accuracy": 0.25})
     fast = bootstrap_samples(ordered, composite, bootstrap_seed(f"run-{seed}"))
+    assert not weird or n < 40 or "squared_error" in _columns(ordered).loose  # the fsum path is exercised
     slow = slow_samples(data, f"run-{seed}")
     assert fast.keys() == slow.keys()
     for key in slow:
