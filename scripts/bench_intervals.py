@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from echelon_platform.domain.certificate import build_certificate, composite_with, verify_certificate
 from echelon_platform.domain.compare import compare
+from echelon_platform.domain.intervals import bootstrap_samples, bootstrap_seed, figures_of, prepare, resample_indices
 from echelon_platform.domain.values import CalibrationCertificate, ReplayScore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -64,6 +65,24 @@ def build(run_id: str, n: int, seed: int, *, intervals: bool) -> CalibrationCert
     )
 
 
+def bootstrap_reference(n: int) -> dict[str, list[float]]:
+    """The bootstrap as first written (each resample rebuilt as a list of replays and refigured): the
+    'before' of `bootstrap_ms`, measured under the same load."""
+    ordered = [prepare(s) for s in scores(n, 1)]
+    composite = composite_with({"precision": 1.0, "recall": 1.0, "reply_accuracy": 1.0})
+    samples: dict[str, list[float]] = {}
+    for draw in resample_indices(bootstrap_seed("A"), n):
+        for key, value in figures_of([ordered[i] for i in draw], composite).items():
+            samples.setdefault(key, []).append(value)
+    return samples
+
+
+def bootstrap(n: int) -> dict[str, list[float]]:
+    ordered = [prepare(s) for s in scores(n, 1)]
+    equal = composite_with({"precision": 1.0, "recall": 1.0, "reply_accuracy": 1.0})
+    return bootstrap_samples(ordered, equal, bootstrap_seed("A"))
+
+
 def median_ms(action: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -88,6 +107,8 @@ def main() -> None:
                 "build_without_intervals_ms": median_ms(lambda n=n: build("A", n, 1, intervals=False), args.repeat),
                 "build_with_intervals_ms": median_ms(lambda n=n: build("A", n, 1, intervals=True), args.repeat),
                 "verify_ms": median_ms(lambda a=a: verify_certificate(a), args.repeat),
+                "bootstrap_ms": median_ms(lambda n=n: bootstrap(n), args.repeat),
+                "bootstrap_as_first_written_ms": median_ms(lambda n=n: bootstrap_reference(n), args.repeat),
                 "compare_paired_ms": median_ms(
                     lambda a=a, b=b: compare(a, b, equal, equal, same_repository=True), args.repeat
                 ),
