@@ -22,10 +22,12 @@ from api.docs_assets import install_docs
 from api.edge import Edge
 from api.fanout import PendingSockets
 from api.options import ApiOptions
+from api.publishing import Publisher
 from api.schemas import Readiness
+from api.sources import CertificateSource, RunSource
 from api.validation_errors import validation_error_answer
 from echelon_platform.adapters.api_keys import ApiKeys
-from echelon_platform.adapters.readmodel_store import Freshness, OwnerReader, RunReader
+from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness, OwnerReader, RunReader
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.adapters.run_admission import RunAdmission
 from echelon_platform.adapters.services import Services
@@ -95,6 +97,9 @@ def _attach(app: FastAPI, services: Services) -> RedisLane:
     lane = api_keys.lane()
     freshness = Freshness.of(app.state.settings.redis_prefix, app.state.settings.partitioning)
     app.state.run_reader = RunReader(services.read_models, lane, freshness=freshness)
+    app.state.run_source = RunSource(app.state.run_reader, services.store, services.bus, services.subjects)
+    app.state.certificate_source = CertificateSource(CertificateReader(services.read_models, freshness), services.store)
+    app.state.publisher = Publisher(services.bus, services.metrics)
     app.state.owners = stream.owner_cache(services, app.state.run_reader)
     app.state.signing_keys = PublishedKeys(services.store, app.state.settings)
     app.state.run_admission = RunAdmission(

@@ -7,7 +7,6 @@ import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
-from pydantic import ValidationError
 from ulid import ULID
 
 from api import responses as r
@@ -23,20 +22,16 @@ from api.cert_schemas import (
     RatingView,
     VerifyResult,
 )
-from api.deps import ApiKeysDep, OptionsDep, ReadModelsDep, ServicesDep, UserDep
-from api.log_reads import NOT_LEVEL, certificate_from_log, not_level
-from api.publishing import publish
+from api.deps import ApiKeysDep, CertificateSourceDep, LogReaderDep, OptionsDep, PublisherDep, ReadModelsDep, UserDep
+from api.log_reads import NOT_LEVEL, not_level
 from api.verdict_cache import VerdictCache, verdict_key
-from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness
-from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.cert_validity import verify as verify_document
 from echelon_platform.domain.certificate import composite_with
 from echelon_platform.domain.compare import Comparison, compare
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import RatingSubmitted, RunRequested, payload_as
-from echelon_platform.domain.values import CalibrationCertificate
-from echelon_platform.errors import Forbidden, NotFound, ReadModelError, RequestRejected, StoreError
+from echelon_platform.errors import Forbidden, NotFound, RequestRejected, StoreError
 from echelon_platform.ports.log import LogReader
 
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
@@ -46,27 +41,6 @@ well_known = APIRouter(tags=["certificates"])
 CertId = Annotated[str, Path(min_length=1, max_length=128, description="e.g. `cert-<run id>`")]
 ReplayId = Annotated[str, Path(min_length=1, max_length=128)]
 MAX_OFFSET = 1_000_000
-
-
-async def load_certificate(services: Services, cert_id: str) -> CalibrationCertificate:
-    """The public certificate; while the read models are not level with the log (a rebuild pending or
-    running) and do not hold it, read from the log (StoreError, a 503, when the log does not answer)."""
-    settings = services.settings
-    reader = CertificateReader(services.read_models, Freshness.of(settings.redis_prefix, settings.partitioning))
-    raw, fresh = await reader.checked(cert_id)
-    if raw is None and not fresh:
-        try:
-            raw = await certificate_from_log(services.store, cert_id)  # a public certificate never changes once issued
-        except StoreError as exc:
-            raise not_level(exc) from exc
-    if raw is None:
-        raise NotFound(f"certificate {cert_id} not found")
-    try:
-        return CalibrationCertificate.model_validate(raw)
-    except ValidationError as exc:  # a read model this build cannot read: an operator's problem, not the caller's
-        raise ReadModelError(
-            f"certificate {cert_id} is stored in an unreadable form: {exc.errors()[0]['msg']}"
-        ) from exc
 
 
 @router.get("/certificates", response_model=CertificateList, responses=r.PUBLIC)
@@ -90,7 +64,8 @@ async def list_certificates(
     responses=r.merge(r.PUBLIC, r.NOT_FOUND, r.INVALID, NOT_LEVEL),
 )
 async def compare_certificates(
-    services: ServicesDep,
+    certificates: CertificateSourceDep,
+    log_reader: LogReaderDep,
     a: Annotated[str, Query(min_length=1, max_length=128, description="Certificate A (the baseline)")],
     b: Annotated[str, Query(min_length=1, max_length=128, description="Certificate B (compared with A)")],
 ) -> Comparison:
@@ -99,8 +74,8 @@ async def compare_certificates(
     change, an unpaired comparison that says so (`paired: false`, `note`). See `method`."""
     if a == b:
         raise RequestRejected("a and b name the same certificate: compare two different certificates")
-    cert_a, cert_b = await load_certificate(services, a), await load_certificate(services, b)
-    repo_a, repo_b = await _repository(services.store, cert_a.run_id), await _repository(services.store, cert_b.run_id)
+    cert_a, cert_b = await certificates.load(a), await certificates.load(b)
+    repo_a, repo_b = await _repository(log_reader, cert_a.run_id), await _repository(log_reader, cert_b.run_id)
     same = repo_a is not None and repo_a == repo_b and cert_a.ground_truth_source == cert_b.ground_truth_source
     composite_a, composite_b = composite_with(cert_a.weights), composite_with(cert_b.weights)
     # A few thousand resamples: seconds of CPU for large runs, kept off the event loop.
@@ -122,25 +97,25 @@ async def _repository(log_reader: LogReader, run_id: str) -> str | None:
 @router.get(
     "/certificates/{cert_id}", response_model=CertificateView, responses=r.merge(r.PUBLIC, r.NOT_FOUND, NOT_LEVEL)
 )
-async def get_certificate(cert_id: CertId, services: ServicesDep) -> CertificateView:
+async def get_certificate(cert_id: CertId, certificates: CertificateSourceDep) -> CertificateView:
     """Public: the full certificate with every replay's score, the commit range and the content hash."""
-    return CertificateView.of(await load_certificate(services, cert_id))
+    return CertificateView.of(await certificates.load(cert_id))
 
 
 @router.get("/certificates/{cert_id}/document", responses=r.merge(r.PUBLIC, r.NOT_FOUND, NOT_LEVEL))
-async def get_certificate_document(cert_id: CertId, services: ServicesDep) -> dict[str, object]:
+async def get_certificate_document(cert_id: CertId, certificates: CertificateSourceDep) -> dict[str, object]:
     """Public: the certificate exactly as signed (the JSON `echelon certificates verify` checks offline)."""
-    return (await load_certificate(services, cert_id)).model_dump(mode="json")
+    return (await certificates.load(cert_id)).model_dump(mode="json")
 
 
 @router.get(
     "/certificates/{cert_id}/verify", response_model=VerifyResult, responses=r.merge(r.PUBLIC, r.NOT_FOUND, NOT_LEVEL)
 )
-async def verify(cert_id: CertId, services: ServicesDep, request: Request) -> VerifyResult:
+async def verify(cert_id: CertId, certificates: CertificateSourceDep, request: Request) -> VerifyResult:
     """Public tamper check: recompute the content hash and the aggregates from the stored replay scores, and
     check the Ed25519 signature against the published keys whose chain reaches the pinned root key (only the
     certify stage holds the private key)."""
-    cert = await load_certificate(services, cert_id)
+    cert = await certificates.load(cert_id)
     keys: PublishedKeys = request.app.state.signing_keys
     document, public_keys = cert.model_dump(mode="json"), await keys.public_keys()
     # Recomputing the intervals is a thousand resamples of the replays: once per certificate, off the loop.
@@ -185,13 +160,14 @@ async def rate_replay(
     replay_id: ReplayId,
     body: RatingCreate,
     user: UserDep,
-    services: ServicesDep,
+    certificates: CertificateSourceDep,
+    publish: PublisherDep,
     api_keys: ApiKeysDep,
     options: OptionsDep,
 ) -> RatingAccepted:
     """Rate how well the judge scored one replay (1–5). One rating per person per replay: a new one replaces
     the old. 201 means the rating event is stored; the read model follows within milliseconds."""
-    cert = await load_certificate(services, cert_id)
+    cert = await certificates.load(cert_id)
     if all(s.replay_id != replay_id for s in cert.individual_scores):
         raise NotFound(f"certificate {cert_id} has no scored replay {replay_id}")
     limiter = api_keys.rate_limiter(limit=options.ratings_per_minute, window_s=60)
@@ -205,7 +181,7 @@ async def rate_replay(
         rating=body.rating,
         rated_at=utcnow(),
     )
-    await publish(services.bus, services.metrics, payload)
+    await publish(payload)
     return RatingAccepted(**payload.model_dump(exclude={"run_id"}))
 
 

@@ -17,6 +17,8 @@ from fastapi.security.base import SecurityBase
 
 from api.auth import Principal, TokenCache, authenticate
 from api.options import ApiOptions
+from api.publishing import Publisher
+from api.sources import CertificateSource, RunSource
 from api.wallet import WalletProof
 from echelon_platform.adapters.api_keys import ApiKeys
 from echelon_platform.adapters.readmodel_store import ReadModels
@@ -64,11 +66,6 @@ SECURITY_REQUIREMENT: list[dict[str, list[str]]] = [
 ]
 
 
-async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
 async def get_log_reader(request: Request) -> LogReader:
     services: Services = request.app.state.services
     return services.store
@@ -77,6 +74,21 @@ async def get_log_reader(request: Request) -> LogReader:
 async def get_read_models(request: Request) -> ReadModels:
     services: Services = request.app.state.services
     return services.read_models
+
+
+async def get_run_source(request: Request) -> RunSource:
+    source: RunSource = request.app.state.run_source
+    return source
+
+
+async def get_certificate_source(request: Request) -> CertificateSource:
+    source: CertificateSource = request.app.state.certificate_source
+    return source
+
+
+async def get_publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
 
 
 async def get_api_keys(request: Request) -> ApiKeys:
@@ -168,11 +180,13 @@ async def get_optional_user(request: Request) -> Principal | None:
     return await get_user_or_wallet(request)
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
 ApiKeysDep = Annotated[ApiKeys, Depends(get_api_keys)]
-# The narrow ones: a route that only reads the log, or only the read models, asks for just that.
+# Narrow: a route asks for just what it uses (the log, the read models, a run or certificate source, a publisher).
 LogReaderDep = Annotated[LogReader, Depends(get_log_reader)]
 ReadModelsDep = Annotated[ReadModels, Depends(get_read_models)]
+RunSourceDep = Annotated[RunSource, Depends(get_run_source)]
+CertificateSourceDep = Annotated[CertificateSource, Depends(get_certificate_source)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OptionsDep = Annotated[ApiOptions, Depends(get_options)]
 UserDep = Annotated[Principal, Depends(get_user_or_wallet)]

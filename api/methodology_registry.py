@@ -11,8 +11,7 @@ from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import responses as r
-from api.deps import LogReaderDep, ServicesDep, SettingsDep, UserDep
-from api.publishing import publish
+from api.deps import LogReaderDep, PublisherDep, SettingsDep, UserDep
 from api.schemas import ErrorBody
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import METHODOLOGY_RUN_ID, MethodologyRegistered, payload_as
@@ -95,7 +94,7 @@ async def register(
     body: MethodologyCreate,
     user: UserDep,
     log_reader: LogReaderDep,
-    services: ServicesDep,
+    publish: PublisherDep,
     response: Response,
 ) -> Any:
     """Register a methodology version (admins only). The hash is computed here from the files sent. A
@@ -123,5 +122,5 @@ async def register(
         registered_by=user.user_id,
         registered_at=utcnow(),
     )
-    await publish(services.bus, services.metrics, payload)
+    await publish(payload)
     return MethodologyDetail(**payload.model_dump(exclude={"run_id"}))

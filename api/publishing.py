@@ -26,3 +26,14 @@ async def publish(bus: Bus, metrics: Metrics, payload: Payload) -> PublishAck:
         duplicate=ack.duplicate,
     )
     return ack
+
+
+class Publisher:
+    """`publish` bound to the process's bus and metrics: what a route that emits events is given."""
+
+    def __init__(self, bus: Bus, metrics: Metrics) -> None:
+        self._bus = bus
+        self._metrics = metrics
+
+    async def __call__(self, payload: Payload) -> PublishAck:
+        return await publish(self._bus, self._metrics, payload)

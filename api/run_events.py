@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from api import responses as r
-from api.deps import LogReaderDep, ServicesDep, UserDep
-from api.runs import load_run
+from api.deps import LogReaderDep, RunSourceDep, UserDep
 from echelon_platform.errors import NotFound
 
 MAX_PAGE = 500
@@ -42,15 +41,14 @@ class RunHistory(BaseModel):
 async def run_history(
     run_id: Annotated[str, Path(min_length=1, max_length=64)],
     user: UserDep,
-    services: ServicesDep,
+    runs: RunSourceDep,
     log: LogReaderDep,
-    request: Request,
     after: Annotated[int, Query(ge=0, description="Log position already seen: events after it follow")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> RunHistory:
     """The run's logged events, oldest first, paged by log position. Yours, or anyone's for an admin; another
     user's run is a 404. Events accepted but not logged yet (the writer is behind) follow on a later call."""
-    state = await load_run(services, run_id, request.app.state.run_reader)
+    state = await runs.load(run_id)
     if state is None or not user.can_see(state.user_id):
         raise NotFound(f"run {run_id} not found")
     rows = await log.run_events_page(run_id, after=after, limit=limit + 1)

@@ -24,21 +24,29 @@ from ulid import ULID
 from api import responses as r
 from api.auth import Principal
 from api.certificates import check_construct_owner
-from api.deps import SECURITY_REQUIREMENT, ApiKeysDep, ServicesDep, UserDep, get_user_or_wallet
+from api.deps import (
+    SECURITY_REQUIREMENT,
+    ApiKeysDep,
+    ReadModelsDep,
+    RunSourceDep,
+    UserDep,
+    get_user_or_wallet,
+)
 from api.edge import PARSED_JSON
-from api.log_reads import NOT_LEVEL, not_level, run_from_log
+from api.log_reads import NOT_LEVEL, not_level
 from api.publishing import publish
 from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
+from api.sources import RunSource
 from api.validation import validate_run_request
 from echelon_platform.adapters.bus import PublishAck
 from echelon_platform.adapters.rate_limits import RecentRuns
-from echelon_platform.adapters.readmodel_store import Freshness, RunReader
+from echelon_platform.adapters.readmodel_store import Freshness, ReadModels, RunReader
 from echelon_platform.adapters.run_admission import RunAdmission
-from echelon_platform.adapters.run_requests import request_of, requested_on_stream
+from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.adapters.services import Services
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import OracleSpec, RunRequested
-from echelon_platform.domain.projections import RunState, Status, apply, public_view
+from echelon_platform.domain.projections import RunState, Status, public_view
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
 from echelon_platform.ports.run_secrets import RunSecrets
@@ -65,7 +73,11 @@ IdempotencyKey = Annotated[
 
 def fingerprint(body: RunCreate) -> str:
     """What makes two requests 'the same'; secret values are left out (only header names count)."""
-    data = body.model_dump(mode="json", exclude={"github_token", "oracle_headers"})
+    # Fields added later count only when set, so a request's fingerprint is what it was before they existed.
+    unset = {
+        name for name in ("max_cost_usd", "judge_cache") if getattr(body, name) == RunCreate.model_fields[name].default
+    }
+    data = body.model_dump(mode="json", exclude={"github_token", "oracle_headers", *unset})
     data["oracle_header_names"] = sorted(body.oracle_headers or {})
     data["has_github_token"] = body.github_token is not None
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -261,6 +273,8 @@ async def _publish_request(
         since=body.since,
         labels=body.labels,
         include_unmerged=body.include_unmerged,
+        max_cost_usd=body.max_cost_usd,
+        judge_cache=body.judge_cache,
         secret_ref=secret_ref,
         created_at=created_at,
         request_fingerprint=fp,
@@ -269,31 +283,12 @@ async def _publish_request(
 
 
 async def load_run(services: Services, run_id: str, reader: RunReader | None = None) -> RunState | None:
-    """The projected run; while the read models are not level with the log (a rebuild pending or running),
-    the run folded from the log instead; and, right after a 201, before the coordinator logged it, the request
-    event itself, read straight from the stream, so a GET after a POST never 404s. StoreError when the models
-    are not level and the log does not answer (503)."""
+    """`RunSource.load` for a caller holding the services (the WebSocket stream)."""
     if reader is None:
         reader = RunReader(
             services.read_models, freshness=Freshness.of(services.settings.redis_prefix, services.settings.partitioning)
         )
-    state, fresh = await reader.checked(run_id)
-    if fresh and state is not None and state.visible:
-        return state
-    if not run_id.isascii() or not run_id.isalnum() or len(run_id) > 64:
-        return None
-    if not fresh:
-        # A missing or older model says nothing about the log: the log answers (a logged run is never PENDING
-        # or 404 because Redis lost it or a rebuild is under way).
-        logged = await run_from_log(services.store, run_id)
-        if logged is not None:
-            return logged
-        state = None
-    # The first valid request: malformed bytes on the subject are parked by the writer, never shown.
-    requested = await requested_on_stream(services.bus, services.subjects, run_id)
-    if requested is None:
-        return None
-    return apply(state or RunState(run_id=run_id), requested, 0)  # not logged yet: no position
+    return await RunSource(reader, services.store, services.bus, services.subjects).load(run_id)
 
 
 @router.get(
@@ -311,7 +306,7 @@ async def get_run(run_id: str, request: Request) -> Response:
     user = await get_user_or_wallet(request)
     state = request.app.state
     try:
-        run = await load_run(state.services, run_id, state.run_reader)
+        run = await state.run_source.load(run_id)
     except StoreError as exc:
         raise not_level(exc) from exc
     if run is None or not user.can_see(run.user_id):
@@ -328,7 +323,8 @@ def run_view_json(state: RunState) -> bytes:
 @router.get("/runs", response_model=RunList, responses=r.PROTECTED)
 async def list_runs(
     user: UserDep,
-    services: ServicesDep,
+    read_models: ReadModelsDep,
+    runs: RunSourceDep,
     api_keys: ApiKeysDep,
     status_filter: Annotated[StatusName | None, Query(alias="status")] = None,
     construct_id: Annotated[str | None, Query(max_length=128)] = None,
@@ -346,8 +342,8 @@ async def list_runs(
     Runs the caller started moments ago are listed too, before the coordinator projected them."""
     wanted = Status[status_filter] if status_filter else None
     # Before the read model: a run projected in between then shows up there and is dropped from `unseen`.
-    unseen = await _unprojected(services, api_keys.recent_runs(), user, wanted, construct_id)
-    states, total = await services.read_models.list_runs(
+    unseen = await _unprojected(read_models, runs, api_keys.recent_runs(), user, wanted, construct_id)
+    states, total = await read_models.list_runs(
         user_id=None if user.is_admin else user.user_id,
         status=wanted,
         construct_id=construct_id,
@@ -378,19 +374,24 @@ def _newest_first(state: RunState) -> float:
 
 
 async def _unprojected(
-    services: Services, recent: RecentRuns, user: Principal, wanted: Status | None, construct_id: str | None
+    read_models: ReadModels,
+    runs: RunSource,
+    recent: RecentRuns,
+    user: Principal,
+    wanted: Status | None,
+    construct_id: str | None,
 ) -> list[RunState]:
     """The caller's recently accepted runs the read model does not show yet (read from the stream)."""
     run_ids = await recent.run_ids(user.user_id)
     unseen: list[RunState] = []
     projected: list[str] = []
     for run_id in run_ids:
-        state = await services.read_models.get_run(run_id)
+        state = await read_models.get_run(run_id)
         if state is not None and state.visible:
             projected.append(run_id)
             continue
         try:
-            state = await load_run(services, run_id)
+            state = await runs.load(run_id)
         except (BusError, StoreError):
             continue  # only a hint: without NATS (or the log, while rebuilding) the list shows what the model has
         if state is None or state.user_id != user.user_id:

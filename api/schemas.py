@@ -78,6 +78,18 @@ class RunCreate(BaseModel):
     since: datetime | None = None
     labels: list[Label] = Field(default_factory=list, max_length=20, description="at most 20, each ≤ 100 characters")
     include_unmerged: bool = False
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="stop paying the judge when its next request could pass this many USD: the run ends with a "
+        "certificate over what was scored (saying so), or FAILED when too little was",
+    )
+    judge_cache: bool = Field(
+        default=True,
+        description="reuse a judge answer the log already holds for exactly the same request (methodology, "
+        "model, prompt) instead of paying for it again; false asks the judge every time",
+    )
 
     @field_validator("oracle_headers")
     @classmethod

@@ -81,6 +81,13 @@ def _construct(construct_id: str | None) -> str | None:
     return construct_key(construct_id) if construct_id is not None else None
 
 
+def _judges(totals: JudgeTotals | None, cert: Mapping[str, Any] | None) -> list[str]:
+    """The judges of a run: those with logged calls and those that scored its public certificate."""
+    named = {j for j in (totals.by_judge if totals is not None else {}) if j}
+    scored = {str(s["scoring_model"]) for s in cert["individual_scores"]} if cert is not None else set()
+    return sorted(named | scored)
+
+
 def countable_runs(
     runs: Iterable[RunState], certificates: Iterable[dict[str, Any]], user: Principal | None
 ) -> list[RunState]:
@@ -103,42 +110,65 @@ def leaderboard(
     included; a certificate issued before judge calls were logged counts its replay scores' figures."""
     usage = judge_usage or {}
     certs = list(certificates)
-    model_of_run = {c["run_id"]: c["scoring_model"] for c in certs}
+    cert_of_run = {c["run_id"]: c for c in certs}
+    by_model = group_by == "scoring_model"
     groups: dict[str | None, _Group] = defaultdict(_Group)
     for run in runs:
         if not run.visible:
             continue
-        key = _construct(run.construct_id) if group_by == "construct_id" else model_of_run.get(run.run_id)
-        group = groups[key]
-        group.runs += 1
-        group.completed += run.status is Status.COMPLETED
-        group.failed += run.status is Status.FAILED
         totals = usage.get(run.run_id)
-        if totals is not None:
-            group.input_tokens += totals.input_tokens
-            group.output_tokens += totals.output_tokens
-            group.cost += totals.cost_usd
+        if not by_model:
+            keys: list[str | None] = [_construct(run.construct_id)]
+        else:  # per judge: each judge that made a call for the run or scored its certificate has the run
+            keys = list(_judges(totals, cert_of_run.get(run.run_id))) or [None]
+        for key in keys:
+            group = groups[key]
+            group.runs += 1
+            group.completed += run.status is Status.COMPLETED
+            group.failed += run.status is Status.FAILED
+            if totals is not None:
+                used = (totals.input_tokens, totals.output_tokens, totals.cost_usd)
+                if by_model and key is not None:
+                    used = totals.by_judge.get(key, (0, 0, 0.0))
+                group.input_tokens += used[0]
+                group.output_tokens += used[1]
+                group.cost += used[2]
     for cert in certs:
-        group = groups[_construct(cert["construct_id"]) if group_by == "construct_id" else cert["scoring_model"]]
-        group.composites.append(float(cert["composite_score"]))
-        group.briers.append(float(cert["brier"]))
         scores = {s["replay_id"]: s for s in cert["individual_scores"]}
         legacy = cert["run_id"] not in usage
-        for s in scores.values():
-            group.latencies.append(float(s["scoring_latency_ms"]))
-            if legacy:
-                group.input_tokens += int(s.get("input_tokens", 0))
-                group.output_tokens += int(s.get("output_tokens", 0))
-                group.cost += float(s.get("cost_usd", 0.0))
-        for rating in ratings.get(cert["certificate_id"], []):
-            score = scores.get(rating["replay_id"])
-            if score is not None:
-                value = int(rating["rating"])
-                composite = weighted_composite(score, cert["weights"])
-                group.rating_errors.append(abs((value - 1) / 4 - composite))
-                group.rating_pairs.append((value, composite))
-                judge = (str(score["scoring_model"]), str(cert.get("methodology_version", "")))
-                group.pairs_by_judge[judge].append((value, composite))
+        parts: list[tuple[str | None, list[dict[str, Any]]]] = [
+            (_construct(cert["construct_id"]), list(scores.values()))
+        ]
+        if by_model:
+            parts = [
+                (judge, [s for s in scores.values() if str(s["scoring_model"]) == judge])
+                for judge in sorted({str(s["scoring_model"]) for s in scores.values()})
+            ]
+        single = len(parts) == 1
+        for key, own in parts:
+            group = groups[key]
+            if single:
+                group.composites.append(float(cert["composite_score"]))
+            else:  # a mixed certificate: under each judge, the composite of the replays it scored
+                group.composites.append(math.fsum(weighted_composite(s, cert["weights"]) for s in own) / len(own))
+            for s in own:
+                group.latencies.append(float(s["scoring_latency_ms"]))
+                if legacy:
+                    group.input_tokens += int(s.get("input_tokens", 0))
+                    group.output_tokens += int(s.get("output_tokens", 0))
+                    group.cost += float(s.get("cost_usd", 0.0))
+            if not single:
+                continue  # its Brier and ratings are in no judge's row
+            group.briers.append(float(cert["brier"]))
+            for rating in ratings.get(cert["certificate_id"], []):
+                score = scores.get(rating["replay_id"])
+                if score is not None:
+                    value = int(rating["rating"])
+                    composite = weighted_composite(score, cert["weights"])
+                    group.rating_errors.append(abs((value - 1) / 4 - composite))
+                    group.rating_pairs.append((value, composite))
+                    judge = (str(score["scoring_model"]), str(cert.get("methodology_version", "")))
+                    group.pairs_by_judge[judge].append((value, composite))
     rows = [g.row(k) for k, g in groups.items()]
     return sorted(
         rows,

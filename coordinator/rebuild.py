@@ -25,16 +25,12 @@ from ulid import ULID
 from coordinator.admission import TrustedKeys
 from coordinator.rebuild_fold import PAYLOAD_TOPICS, RunFold
 from echelon_platform.adapters.event_store import EventStore
-from echelon_platform.adapters.readmodel_store import Keys, millis, pointer_key, rebuilding_key, text
-from echelon_platform.adapters.readmodel_writer import (
-    Checkpoint,
-    Projector,
-    judge_call,
-    queue_rating,
-    queue_writes,
-    rating_record,
-)
-from echelon_platform.adapters.stats_store import keep_latest, queue_stats, read_records
+from echelon_platform.adapters.readmodel_rebuild import WRITE_CHUNK, RebuildWrites
+from echelon_platform.adapters.readmodel_rebuild import delete_namespace as delete_namespace  # callers' import path
+from echelon_platform.adapters.readmodel_rebuild import snapshot as snapshot
+from echelon_platform.adapters.readmodel_store import Keys
+from echelon_platform.adapters.readmodel_writer import Checkpoint, Projector, judge_call, rating_record
+from echelon_platform.adapters.stats_store import keep_latest
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import CertificateIssued, JudgeCalled, RatingSubmitted
 from echelon_platform.domain.projections import (
@@ -42,25 +38,14 @@ from echelon_platform.domain.projections import (
     READ_MODEL_GENERATION,
     RunState,
     public_certificate,
-    to_record,
 )
-from echelon_platform.domain.stats import contribution, judge_totals
+from echelon_platform.domain.stats import contribution, judge_split, judge_totals
 from echelon_platform.domain.values import CalibrationCertificate
 from echelon_platform.errors import ReadModelsStale
 from echelon_platform.ports.log import LogEvent, LogReader
 
 log = structlog.get_logger(__name__)
 
-# The switch, only while the rebuild's marker (KEYS[1]) is still there: the pointer (KEYS[2]) and every
-# checkpoint (KEYS[3..]) are set and the marker deleted at once; 0 (nothing written) when it is gone.
-_SWITCH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[1])
-for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i - 1]) end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-WRITE_CHUNK = 1000
 READ_BATCH = 10_000  # rows per cursor round trip
 _READ = (*PAYLOAD_TOPICS, RatingSubmitted.TOPIC, JudgeCalled.TOPIC)  # the topics whose payload a rebuild reads
 PROGRESS_EVERY = 10_000
@@ -100,6 +85,7 @@ class Rebuilder:
     def __init__(self, store: LogReader, projector: Projector, keys: TrustedKeys, *, only: int | None = None) -> None:
         self.store = store
         self.projector = projector
+        self.writes = RebuildWrites(projector)
         self.only = only
         # A log written before the writer checked signatures may hold a certificate no published key signed:
         # it is folded as if absent, so it is never listed, ranked or shown.
@@ -117,8 +103,8 @@ class Rebuilder:
         # The leaderboard's inputs besides states and certificates (see domain/stats.py): latest ratings per
         # certificate, judge calls per run, and the runs whose record may have changed since the last write.
         self._ratings: dict[str, dict[str, Any]] = {}
-        self._judge: dict[str, dict[str, list[float]]] = {}
-        self._new_judge: list[tuple[str, str, list[float]]] = []
+        self._judge: dict[str, dict[str, list[Any]]] = {}
+        self._new_judge: list[tuple[str, str, list[Any]]] = []
         self._stats_dirty: set[str] = set()
         self.progress_total = 0  # the log's size, for the marker's `n/m` progress
         self._marking = False  # a switching rebuild is under way: its marker is kept up to date
@@ -198,8 +184,7 @@ class Rebuilder:
         if self.only is not None:
             return  # a partition's repair writes the live namespace in place: no marker
         shown = f"{self.events}/{max(self.events, self.progress_total)}"
-        key = rebuilding_key(self.projector.prefix)
-        await self.projector.redis.set(key, shown, px=PROGRESS_TTL_MS, xx=not first)
+        await self.writes.mark(shown, ttl_ms=PROGRESS_TTL_MS, first=first)
 
     async def _keep_marked(self) -> None:
         while True:
@@ -212,54 +197,28 @@ class Rebuilder:
         ratings = self._new_ratings
         # Only a certificate that decided its run is public (not one logged after the run failed).
         certs = [c for c in self._new_certs if public_certificate(built[c["run_id"]], c)]
-        redis = self.projector.redis
-        # One pipeline in flight while the next is built and packed: Redis and Python overlap.
-        pending: asyncio.Future[Any] | None = None
-        try:
-            for i in range(0, max(len(states), len(certs)), WRITE_CHUNK):
-                pipe = redis.pipeline(transaction=False)
-                queue_bulk(pipe, keys, states[i : i + WRITE_CHUNK])
-                queue_writes(pipe, keys, [], certs[i : i + WRITE_CHUNK])
-                sent = asyncio.ensure_future(pipe.execute())
-                if pending is not None:
-                    await pending
-                pending = sent
-            if pending is not None:
-                await pending
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-        for i in range(0, len(ratings), WRITE_CHUNK):
-            pipe = redis.pipeline(transaction=False)
-            for event in ratings[i : i + WRITE_CHUNK]:
-                queue_rating(pipe, keys, event)
-            await pipe.execute()
+        await self.writes.write_runs(keys, states, certs)
+        await self.writes.write_ratings(keys, ratings)
         await self._write_stats(keys, built)
         self._dirty, self._new_certs, self._new_ratings = set(), [], []
 
     async def _write_stats(self, keys: Keys, built: dict[str, RunState]) -> None:
         """Judge calls, then every changed run's leaderboard record, moving the aggregates by (new − old)
         against what `keys` holds: nothing in a fresh namespace, the live records in a partition's repair."""
-        redis = self.projector.redis
-        for i in range(0, len(self._new_judge), WRITE_CHUNK):
-            pipe = redis.pipeline(transaction=False)
-            for run_id, seq, call in self._new_judge[i : i + WRITE_CHUNK]:
-                pipe.hset(keys.judge_calls(run_id), seq, orjson.dumps(call))
-            await pipe.execute()
+        await self.writes.write_judge_calls(keys, self._new_judge)
         touched = sorted((self._dirty | self._stats_dirty) & self._runs.keys())
         for i in range(0, len(touched), WRITE_CHUNK):
             chunk = touched[i : i + WRITE_CHUNK]
-            old = await read_records(redis, keys, chunk)
+            old = await self.writes.stats_records(keys, chunk)
             changes = []
             for run_id in chunk:
                 state = built[run_id] if run_id in built else self._runs[run_id].state()
                 cert = self.certs.get(state.certificate_id) if state.certificate_id is not None else None
                 ratings = self._ratings.get(state.certificate_id, {}) if state.certificate_id is not None else {}
-                usage = judge_totals(self._judge.get(run_id, {}).values())
-                changes.append((run_id, old[run_id], contribution(state, cert, ratings.values(), usage)))
-            pipe = redis.pipeline(transaction=False)
-            queue_stats(pipe, keys, changes)
-            await pipe.execute()
+                calls = list(self._judge.get(run_id, {}).values())
+                record = contribution(state, cert, ratings.values(), judge_totals(calls), judge_split(calls))
+                changes.append((run_id, old[run_id], record))
+            await self.writes.write_stats(keys, changes)
         self._new_judge, self._stats_dirty = [], set()
 
     async def rebuild(self, *, switch: bool = True) -> RebuildReport:
@@ -304,20 +263,7 @@ class Rebuilder:
             await self.fold_from_log()
             await self.write(keys)
             old = await self.projector.namespace()
-            prefix = self.projector.prefix
-            checkpoints = self.projector.checkpoint_keys()
-            values = [
-                Checkpoint(READ_MODEL_GENERATION, self.positions.get(k, 0), namespace).encode() for k in checkpoints
-            ]
-            switched = await self.projector.redis.eval(
-                _SWITCH,
-                2 + len(checkpoints),
-                rebuilding_key(prefix),
-                pointer_key(prefix),
-                *checkpoints.values(),
-                namespace,
-                *values,
-            )
+            switched = await self.writes.switch(namespace, self.positions)
         if not switched:
             # The marker set before the fold is gone: Redis lost what this rebuild wrote (a FLUSHALL, a restart)
             # or it stalled past the marker's lifetime. Switching now would make partial models current.
@@ -338,92 +284,10 @@ async def repair_partition(
         await rebuilder.fold_from_log()
         await rebuilder.write(keys)
         checkpoint = Checkpoint(READ_MODEL_GENERATION, rebuilder.positions.get(partition, 0), keys.ns)
-        await projector.redis.set(projector.checkpoint_keys()[partition], checkpoint.encode())
+        await rebuilder.writes.set_checkpoint(partition, checkpoint)
     return RebuildReport(
         keys.ns, rebuilder.events, len(rebuilder.states), len(rebuilder.certs), time.perf_counter() - started, []
     )
-
-
-def queue_bulk(pipe: Any, keys: Keys, states: list[RunState]) -> None:
-    """`queue_writes(pipe, keys, states, [])` in a few multi-key commands (one MSET, one ZADD per index)
-    instead of four commands per run: the client's per-command cost is most of a rebuild's write time.
-    `verify` compares what this writes with what the live writer wrote."""
-    if not states:
-        return
-    records: dict[str, bytes] = {}
-    listed: dict[str, float] = {}
-    by_user: dict[str, dict[str, float]] = {}
-    active: dict[str, float] = {}
-    ended: list[str] = []
-    for state in states:
-        run_id = state.run_id
-        records[keys.run(run_id)] = orjson.dumps(to_record(state))
-        if state.visible:
-            score = millis(state)
-            listed[run_id] = score
-            by_user.setdefault(str(state.user_id), {})[run_id] = score
-        if state.status.terminal:
-            ended.append(run_id)
-        elif state.updated_at is not None:
-            active[run_id] = state.updated_at.timestamp() * 1000
-    pipe.mset(records)
-    if listed:
-        pipe.zadd(keys.runs, listed)
-    for user_id, runs in by_user.items():
-        pipe.zadd(keys.user_runs(user_id), runs)
-    if ended:
-        pipe.zrem(keys.active, *ended)
-    if active:
-        pipe.zadd(keys.active, active)
-
-
-async def snapshot(projector: Projector, keys: Keys) -> dict[str, bytes]:
-    """Every key of a namespace (minus the namespace name) with a canonical dump of its value.
-
-    Strings (nearly every key) are read a thousand per MGET; only the rest need their type asked."""
-    redis = projector.redis
-    result: dict[str, bytes] = {}
-    strip = len(keys.pattern) - 1
-    batch: list[bytes] = []
-    # SCAN visits the whole keyspace (other namespaces too): bigger steps, fewer round trips.
-    async for key in redis.scan_iter(match=keys.pattern, count=5000):
-        batch.append(key)
-        if len(batch) >= WRITE_CHUNK:
-            await _dump(redis, batch, strip, result)
-            batch = []
-    await _dump(redis, batch, strip, result)
-    return result
-
-
-async def _dump(redis: Any, batch: list[bytes], strip: int, into: dict[str, bytes]) -> None:
-    if not batch:
-        return
-    # MGET answers nil for a key of another type (no error): those few are read by type below.
-    others: list[bytes] = []
-    for key, value in zip(batch, await redis.mget(batch), strict=True):
-        if value is None:
-            others.append(key)
-        else:
-            into[text(key)[strip:]] = value
-    if not others:
-        return
-    pipe = redis.pipeline(transaction=False)
-    for key in others:
-        pipe.type(key)
-    kinds = [text(kind) for kind in await pipe.execute()]
-    pipe = redis.pipeline(transaction=False)
-    readers = {"string": pipe.get, "hash": pipe.hgetall, "zset": lambda k: pipe.zrange(k, 0, -1, withscores=True)}
-    kept = [(key, kind) for key, kind in zip(others, kinds, strict=True) if kind in readers]
-    for key, kind in kept:
-        readers[kind](key)
-    for (key, kind), value in zip(kept, await pipe.execute(), strict=True):
-        name = text(key)[strip:]
-        if kind == "string":
-            into[name] = value
-        elif kind == "hash":
-            into[name] = orjson.dumps(sorted((text(k), text(v)) for k, v in value.items()))
-        else:
-            into[name] = orjson.dumps(sorted((text(m), score) for m, score in value))
 
 
 def compare(live: dict[str, bytes], rebuilt: dict[str, bytes]) -> list[str]:
@@ -443,19 +307,6 @@ def _canon(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return raw
-
-
-async def delete_namespace(projector: Projector, keys: Keys) -> int:
-    deleted = 0
-    batch: list[bytes] = []
-    async for key in projector.redis.scan_iter(match=keys.pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += await projector.redis.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += await projector.redis.unlink(*batch)
-    return deleted
 
 
 async def verify(store: EventStore, projector: Projector, settings: Settings) -> RebuildReport:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from echelon.repo_arg import repo_ref
-from echelon_platform.config import Settings
+from echelon_platform.config import Settings, judge_name
 from echelon_platform.domain.repo_refs import SAMPLE_REPO, GitHubRepo, parse_repo_url
 from echelon_platform.domain.values import GroundTruthRecord
 from echelon_platform.errors import EchelonError, IngestError, RequestRejected
@@ -70,7 +70,7 @@ class Plan:
 def first_judge(settings: Settings) -> str:
     """The judge that scores while it answers (later ones in ECHELON_JUDGES only take over on failures)."""
     if settings.judges:
-        return settings.judges[0]
+        return judge_name(settings.judges[0])
     return f"anthropic:{settings.judge_model}" if settings.anthropic_api_key is not None else "offline"
 
 

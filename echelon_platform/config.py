@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from echelon_platform.domain.bus_access import BusLayout, writer_durable
@@ -21,6 +21,25 @@ DEV_JWT_SECRET = "development-only-secret-change-me-in-production"
 MIN_JWT_SECRET_BYTES = 32
 DEFAULT_ORACLE_ALLOWLIST = ("pipeline_workers.oracles.sample:summarise",)
 _URL_FIELDS = frozenset({"nats_url", "database_url", "redis_url"})
+
+
+class JudgeEndpoint(BaseModel):
+    """One judge of `ECHELON_JUDGES` with its own endpoint and key: the key is named (an environment variable
+    holding it), never written into the list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    judge: str = Field(description="`anthropic:<model>` or `offline`")
+    base_url: str | None = Field(default=None, description="default: ECHELON_ANTHROPIC_BASE_URL, else Anthropic's")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the environment variable holding this judge's key (default: ECHELON_ANTHROPIC_API_KEY)",
+    )
+
+
+def judge_name(spec: str | JudgeEndpoint) -> str:
+    return spec if isinstance(spec, str) else spec.judge
 
 
 class Settings(BaseSettings):
@@ -214,7 +233,8 @@ class Settings(BaseSettings):
     )
     """Enables the LLM judge (`ECHELON_JUDGE_MODEL`); unset → the offline scorer."""
     anthropic_base_url: str | None = None
-    """Another endpoint for the Anthropic API (unset: Anthropic's own)."""
+    """Where `anthropic:<model>` judges send requests (unset: Anthropic's own API); an entry of
+    `ECHELON_JUDGES` may name its own."""
     judge_model: str = "claude-sonnet-4-6"
     """The Anthropic model that judges when `ECHELON_JUDGES` is unset."""
     judge_concurrency: int = Field(default=128, ge=1)
@@ -224,10 +244,18 @@ class Settings(BaseSettings):
     """Where the adaptive judge limit starts before it has learned anything (unset: the ceiling)."""
     oracle_concurrency: int = Field(default=64, ge=1)
     """The ceiling of concurrent calls per HTTP oracle endpoint (adaptive below it, like the judge's)."""
-    judges: list[str] | None = None
+    oracle_initial_concurrency: int = Field(default=4, ge=1)
+    """Where an HTTP oracle endpoint's adaptive limit starts: low, since an oracle's capacity is unknown; it
+    grows while calls succeed and latency holds."""
+    oracle_processes: int = Field(default=32, ge=1)
+    """Child processes for sync Python oracles at once per invoke worker, at most 3/4 of them for one user
+    (a call waits for one within its timeout)."""
+    judges: list[str | JudgeEndpoint] | None = None
     """JSON list of judges in fallback order, e.g.
     `["anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "offline"]`: each has a circuit breaker
-    and the next one answers when it fails. Unset: Anthropic with a key, else offline."""
+    and the next one answers when it fails. Unset: Anthropic with a key, else offline. An entry may be an
+    object with its own endpoint and the variable holding its key (never the key itself):
+    `{"judge": "anthropic:claude-haiku-4-5", "base_url": "https://…", "api_key_env": "FALLBACK_ANTHROPIC_KEY"}`."""
     judge_breaker_failures: int = Field(default=3, ge=1)
     """Consecutive failures that open a judge's circuit breaker."""
     judge_breaker_cooldown_s: float = Field(default=30.0, ge=0)

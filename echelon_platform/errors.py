@@ -126,9 +126,23 @@ class ScoringError(StageError):
     pass
 
 
+class BudgetExceeded(ScoringError):
+    """The run's `max_cost_usd` would be passed by the next judge request: it is not sent (no fallback judge
+    is asked either: the budget is the run's, not a judge's)."""
+
+
+class JudgesMixed(ScoringError):
+    """`ECHELON_JUDGE_MIXING=refuse` and this replay would be judged by another judge than the run's others."""
+
+
 class NotYetInLog(StageError):
     """The work depends on events the coordinator has not appended yet (it may be behind after a crash).
 
     The stage worker retries it with a delay and never dead-letters it: the watchdog ends a run that
     really is stuck.
     """
+
+
+class EndpointBusy(NotYetInLog):
+    """A provider endpoint's adaptive limit had no free slot for a long while: put the work back for later,
+    without counting it as a failed attempt (nothing was sent)."""

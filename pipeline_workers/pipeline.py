@@ -12,6 +12,7 @@ from typing import Any, Self
 import httpx
 
 from echelon_platform.adapters.adaptive_limit import LimiterRegistry
+from echelon_platform.adapters.judge_ledger_store import PgJudgeLedger
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.signing_keys import load_keyring, publish_keys
 from echelon_platform.config import Settings
@@ -61,6 +62,7 @@ def stage_context(
         settings=settings,
         http=http,
         oracle_pool=oracle_pool,
+        judge_ledger=PgJudgeLedger(services.store),
         oracle_limits=oracle_limits,
     )
 
@@ -112,14 +114,17 @@ class Pipeline:
             judge_limits = self._limits(self.settings.judge_concurrency, self.settings.judge_initial_concurrency)
             scorer = await self._resources.enter_async_context(scorer_for(self.settings, judge_limits))
         pool = await self._resources.enter_async_context(
-            OracleProcessPool(max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES))
+            OracleProcessPool(
+                max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES),
+                max_processes=self.settings.oracle_processes,
+            )
         )
         ctx = stage_context(
             self.services,
             self.settings,
             http,
             oracle_pool=pool,
-            oracle_limits=self._limits(self.settings.oracle_concurrency, None),
+            oracle_limits=self._limits(self.settings.oracle_concurrency, self.settings.oracle_initial_concurrency),
         )
 
         async def owner(run_id: str) -> str:
@@ -128,7 +133,7 @@ class Pipeline:
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
-            "score": ScoreHandler(ctx.guard, scorer, self.services.metrics),
+            "score": ScoreHandler(ctx, scorer, self.services.metrics),
         }
         if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
             keyring = load_keyring(self.settings)
@@ -160,12 +165,7 @@ class Pipeline:
 
     def _limits(self, cap: int, initial: int | None) -> LimiterRegistry:
         """Adaptive limits shared through Redis by every process calling the same endpoint."""
-        return LimiterRegistry(
-            cap=cap,
-            initial=initial,
-            redis=self.services.read_models.redis,
-            prefix=self.settings.redis_prefix,
-        )
+        return self.services.limiters(cap, initial)
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None

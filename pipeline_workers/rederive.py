@@ -29,6 +29,7 @@ from echelon_platform.domain.run_inputs import run_inputs
 from echelon_platform.domain.values import CalibrationCertificate, JudgeUsage, ReplayScore
 from echelon_platform.errors import EchelonError
 from echelon_platform.ports.log import LogReader
+from pipeline_workers.handlers.judge_log import reused_replays
 from pipeline_workers.scoring.base import make_score, replay_usage, usage_of
 from pipeline_workers.scoring.parsing import parse_judge_output
 
@@ -122,6 +123,8 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
         requested=ingest.requested,
         found=ingest.total,
         shortfall=ingest.shortfall,
+        reused=reused_replays(events),
+        budget_usd=request.max_cost_usd,
         methodology_hash=_registered_hash(registry, version),
         # A refused mix never became a certificate: any certificate in the log was issued under "flag".
         judge_mixing="flag",

@@ -5,9 +5,10 @@ so a redelivered message that is handled twice still yields each event once in t
 
 Messages are handled one task each: up to `concurrency` in flight, more fetched as slots free up. Slots
 are shared fairly, not first come: every user active lately gets an equal share (and never more than
-`per_user`), and within it every run of that user an equal share (at most `per_run`); a message over its
-share is put back for later. A user alone gets (nearly) every slot; a user whose oracles hang holds only
-its share, so the others' runs go on.
+`per_user`), and within it every run of that user an equal share (at most `per_run`). A message over its
+share waits in this process (kept alive, not redelivered: that would count against its attempts) and starts
+when its turn comes, round-robin over users then runs; beyond `max_held` waiting, it is put back for later.
+A user alone gets (nearly) every slot; a user whose oracles hang holds only its share, so others go on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from echelon_platform.domain.events import Payload, parse_payload
 from echelon_platform.errors import EnvelopeError, InfrastructureError, NotYetInLog
 from echelon_platform.metrics import Metrics
 from echelon_platform.retry import Backoff, backoff_delay
+from pipeline_workers.owner import current_owner
 
 log = structlog.get_logger(__name__)
 # How often an idle stage checks that its durable consumer still exists (a fetch from a deleted one only
@@ -67,6 +69,15 @@ class StageStats:
     poison: int = 0
     waited: int = 0  # NotYetInLog: put back without counting as a failed attempt
     deferred: int = 0  # the run was at its per-run cap: put back for later
+
+
+@dataclass(frozen=True)
+class _Held:
+    msg: Msg
+    envelope: Envelope
+    payload: Payload
+    user: str
+    run_id: str
 
 
 class StageWorker:
@@ -107,6 +118,11 @@ class StageWorker:
         self._per_user: Counter[str] = Counter()
         self._user_seen: dict[str, float] = {}
         self._run_seen: dict[str, tuple[str, float]] = {}  # run -> (user, last seen)
+        # Messages over their share, waiting here for their turn: user -> run -> messages (in order).
+        self.max_held = 4 * concurrency
+        self._held: dict[str, dict[str, deque[_Held]]] = {}
+        self._held_count = 0
+        self._held_keeper: asyncio.Task[None] | None = None
         # Deliveries that were put back without a failure (waiting, per-run cap), by stream sequence, so
         # they do not use up a message's attempts. Per process and bounded: losing an entry only makes
         # the count stricter.
@@ -185,11 +201,14 @@ class StageWorker:
 
     async def _drain(self) -> None:
         """Let in-flight handlers finish for a while; cancel the rest (JetStream redelivers them)."""
+        await self._release_held()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=self.drain_s)
         await self._cancel_in_flight()
 
     async def _cancel_in_flight(self) -> None:
+        if self._held_keeper is not None:  # held messages stay unacked: JetStream redelivers them
+            self._held_keeper.cancel()
         tasks = list(self._in_flight)
         for task in tasks:
             task.cancel()
@@ -214,14 +233,28 @@ class StageWorker:
         run_id = envelope.run_id
         carried = getattr(payload, "user_id", None)  # a run's request names its user: no lookup
         user = carried if isinstance(carried, str) else await self._user_of(run_id)
-        if not self._within_share(user, run_id):
-            # Put it back for later rather than hold a slot other users and runs could use.
-            self.stats.deferred += 1
-            await self._put_back_later(msg, 0.5 + random.random())
+        if self._within_share(user, run_id):
+            self._start(_Held(msg, envelope, payload, user, run_id))
             return
+        self.stats.deferred += 1
+        if self._held_count < self.max_held:
+            # Over its share: held here (kept alive) until its turn, not handed back to JetStream, where each
+            # redelivery would count against the message's attempts in every other process.
+            runs = self._held.setdefault(user, {})
+            runs.setdefault(run_id, deque()).append(_Held(msg, envelope, payload, user, run_id))
+            self._held_count += 1
+            if self._held_keeper is None or self._held_keeper.done():
+                self._held_keeper = asyncio.create_task(self._keep_held_alive())
+            return
+        await self._put_back_later(msg, 0.5 + random.random())  # more than we hold: later
+
+    def _start(self, held: _Held) -> None:
+        run_id, user = held.run_id, held.user
         self._per_run[run_id] += 1
         self._per_user[user] += 1
-        task = asyncio.create_task(self._one(msg, envelope, payload))
+        token = current_owner.set(user)  # the task copies the context: its calls know whose they are
+        task = asyncio.create_task(self._one(held.msg, held.envelope, held.payload))
+        current_owner.reset(token)
         self._in_flight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -232,8 +265,55 @@ class StageWorker:
             self._per_user[user] -= 1
             if self._per_user[user] <= 0:
                 del self._per_user[user]
+            if not self._stopping.is_set():
+                self._start_held()
 
         task.add_done_callback(done)
+
+    def _start_held(self) -> None:
+        """Start held messages whose turn it is: round-robin over users, then over each user's runs."""
+        started = True
+        while started and self._held_count and len(self._in_flight) < self.concurrency:
+            started = False
+            for user in list(self._held):
+                runs = self._held[user]
+                for run_id in list(runs):
+                    if len(self._in_flight) >= self.concurrency or not self._within_share(user, run_id):
+                        continue
+                    queue = runs[run_id]
+                    held = queue.popleft()
+                    self._held_count -= 1
+                    if not queue:
+                        del runs[run_id]
+                    self._start(held)
+                    started = True
+                    # Rotate: this run goes behind the user's others, this user behind the other users.
+                    if run_id in runs:
+                        runs[run_id] = runs.pop(run_id)
+                    break
+                if not runs:
+                    del self._held[user]
+                elif started:
+                    self._held[user] = self._held.pop(user)
+
+    async def _keep_held_alive(self) -> None:
+        while self._held_count:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            for runs in list(self._held.values()):
+                for queue in list(runs.values()):
+                    for held in list(queue):
+                        with contextlib.suppress(nats.errors.Error, OSError):
+                            await held.msg.in_progress()
+
+    async def _release_held(self) -> None:
+        """Stopping: hand held messages back at once, so another worker takes them."""
+        held = [h for runs in self._held.values() for queue in runs.values() for h in queue]
+        self._held.clear()
+        self._held_count = 0
+        for h in held:
+            await self._put_back_later(h.msg, 0)
+        if self._held_keeper is not None:
+            self._held_keeper.cancel()
 
     async def _user_of(self, run_id: str) -> str:
         if self._owner is None:

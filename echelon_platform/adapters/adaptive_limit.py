@@ -12,11 +12,12 @@ limit is found from above in a few round trips, where growing from below would c
 No well-kept Python library does adaptive concurrency (Netflix's concurrency-limits is Java; aiolimiter
 and pyrate-limiter are fixed rate limiters), and none shares the limit between processes, so it is here.
 
-Shared through Redis, not split: several score workers on one provider key hold one limit and one
-in-flight count per endpoint. Each call in flight is a lease in a sorted set, scored by its expiry and
-renewed while the call runs, so a process that dies frees its slots within ``lease_s``. The learned limit
-outlives a run (for ``STATE_TTL_S``), so the next run starts where the last one ended. Without Redis the
-same policy runs in the process.
+Shared through Redis, not split: several score workers on one provider endpoint hold one limit and one
+in-flight count (per endpoint, not per key: no credential enters a Redis key or a log line). Each call in
+flight is a lease in a sorted set, scored by its expiry and renewed while the call runs, so a process that
+dies frees its slots within ``lease_s``; a call cancelled while taking its lease hands it back. The learned
+limit outlives a run (for ``STATE_TTL_S``), so the next run starts where the last one ended. Without Redis
+the same policy runs in the process.
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ from typing import Literal
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+from cachetools import LRUCache
 from ulid import ULID
+
+from echelon_platform.errors import EndpointBusy
 
 log = structlog.get_logger(__name__)
 
 LATENCY_TOLERANCE = 2.0  # a call slower than this x the baseline does not grow the limit
 STATE_TTL_S = 3600
 MAX_PAUSE_S = 60.0
+MAX_ENDPOINTS = 1024
 Kind = Literal["ok", "overload", "error"]
 
 # KEYS: state hash, lease zset. ARGV: lease id, lease ms, cap, initial.
@@ -106,10 +111,10 @@ return 1
 """
 
 
-def endpoint_id(url: str, credential: str | None = None) -> str:
-    """A stable, secret-free name for (endpoint, key): the credential only enters a hash."""
-    digest = hashlib.sha256(f"{url}\n{credential or ''}".encode()).hexdigest()
-    return digest[:24]
+def endpoint_id(url: str) -> str:
+    """A stable name for an endpoint. No credential enters it (keys and logs show it): processes on several
+    keys of one endpoint share one limit, the safe side of the provider's per-key limits."""
+    return hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -200,8 +205,13 @@ class AdaptiveLimiter:
         return self._redis is not None
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        lease = await self._acquire()
+    async def slot(self, *, wait_s: float | None = None) -> AsyncIterator[Slot]:
+        """A slot for one call; EndpointBusy when none came free within `wait_s` (nothing was sent)."""
+        try:
+            async with asyncio.timeout(wait_s):
+                lease = await self._acquire()
+        except TimeoutError:
+            raise EndpointBusy(f"no free slot for endpoint {self.endpoint} within {wait_s:g}s") from None
         slot = Slot()
         try:
             yield slot
@@ -243,6 +253,10 @@ class AdaptiveLimiter:
                 )
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("limit.redis_unavailable", endpoint=self.endpoint, error=str(exc))
+            except BaseException:
+                # Cancelled (or worse) while the answer was on its way: the lease may be taken; hand it back.
+                await asyncio.shield(self._drop(lease))
+                raise
             else:
                 if granted:
                     self._held.add(lease)
@@ -303,6 +317,11 @@ class AdaptiveLimiter:
         if pause_s > 0:
             self._pause_until = max(self._pause_until, now + pause_s)
 
+    async def _drop(self, lease: str) -> None:
+        assert self._redis is not None
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            await self._redis.zrem(self._lease_key, lease)
+
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew())
@@ -339,16 +358,17 @@ class LimiterRegistry:
         self.initial = initial
         self.redis = redis
         self.prefix = prefix
-        self._limiters: dict[str, AdaptiveLimiter] = {}
+        # Bounded: one per endpoint seen lately (HTTP oracles are many); a dropped one is rebuilt from Redis.
+        self._limiters: LRUCache[str, AdaptiveLimiter] = LRUCache(MAX_ENDPOINTS)
 
     @property
     def limiters(self) -> list[AdaptiveLimiter]:
         return list(self._limiters.values())
 
     def for_endpoint(
-        self, url: str, credential: str | None = None, *, classify: Callable[[BaseException, Slot], None] | None = None
+        self, url: str, *, classify: Callable[[BaseException, Slot], None] | None = None
     ) -> AdaptiveLimiter:
-        key = endpoint_id(url, credential)
+        key = endpoint_id(url)
         limiter = self._limiters.get(key)
         if limiter is None:
             limiter = AdaptiveLimiter(

@@ -366,22 +366,32 @@ class EventStore:
         if not run_ids:
             return {}
         query = f"""
-            SELECT correlation_id, count(*) AS calls,
+            SELECT correlation_id, payload->>'judge' AS judge, count(*) AS calls,
                    coalesce(sum((payload->>'input_tokens')::bigint), 0) AS input_tokens,
                    coalesce(sum((payload->>'output_tokens')::bigint), 0) AS output_tokens,
                    coalesce(sum((payload->>'cost_usd')::float8), 0) AS cost_usd
             FROM events WHERE topic = {_sql(JudgeCalled)} AND correlation_id = ANY($1::text[])
-            GROUP BY correlation_id
+            GROUP BY correlation_id, payload->>'judge'
         """
         try:
             rows = await self.pool.fetch(query, [f"run-{r}" for r in run_ids])
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise store_error("judge usage query failed", exc) from exc
+        per_run: dict[str, list[Any]] = {}
+        for r in rows:
+            per_run.setdefault(r["correlation_id"].removeprefix("run-"), []).append(r)
         return {
-            r["correlation_id"].removeprefix("run-"): JudgeTotals(
-                int(r["calls"]), int(r["input_tokens"]), int(r["output_tokens"]), float(r["cost_usd"])
+            run: JudgeTotals(
+                sum(int(r["calls"]) for r in judged),
+                sum(int(r["input_tokens"]) for r in judged),
+                sum(int(r["output_tokens"]) for r in judged),
+                sum(float(r["cost_usd"]) for r in judged),
+                {
+                    str(r["judge"] or ""): (int(r["input_tokens"]), int(r["output_tokens"]), float(r["cost_usd"]))
+                    for r in judged
+                },
             )
-            for r in rows
+            for run, judged in per_run.items()
         }
 
     async def has_dedup_keys(self, keys: Sequence[str]) -> set[str]:

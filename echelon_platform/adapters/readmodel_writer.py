@@ -159,13 +159,14 @@ def rating_record(event: Event) -> dict[str, Any]:
     }
 
 
-def judge_call(payload: Any) -> list[float]:
+def judge_call(payload: Any) -> list[Any]:
     """What the judge-call hash holds of a `verify.judge.called` (keyed by log position: a redelivered call,
-    whatever its event id, has its first copy's position)."""
+    whatever its event id, has its first copy's position): tokens, cost and the judge (per-judge sums)."""
     return [
         int(payload.get("input_tokens", 0)),
         int(payload.get("output_tokens", 0)),
         float(payload.get("cost_usd", 0.0)),
+        str(payload.get("judge", "")),
     ]
 
 

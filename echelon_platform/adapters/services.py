@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Self
 
+from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.adapters.bus import Bus
 from echelon_platform.adapters.event_store import EventStore
 from echelon_platform.adapters.readmodel_store import ReadModels
@@ -71,6 +72,10 @@ class Services:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.aclose()
+
+    def limiters(self, cap: int, initial: int | None = None) -> LimiterRegistry:
+        """Adaptive limits shared through the read models' Redis by every process calling the same endpoint."""
+        return LimiterRegistry(cap=cap, initial=initial, redis=self.read_models.redis, prefix=self.read_models.prefix)
 
 
 def nats_credentials(settings: Settings, role: Role | None) -> tuple[str | None, str | None]:

@@ -28,6 +28,7 @@ from echelon_platform.domain.stats import (
     Pair,
     contribution,
     deltas,
+    judge_split,
     judge_totals,
     pair_changes,
     pair_terms,
@@ -263,10 +264,11 @@ class RunInputs:
     record: Record | None
     certificate: dict[str, Any] | None
     ratings: dict[str, Any]  # `<replay>|<user>` → rating
-    judge: dict[str, list[float]]  # log position → [input tokens, output tokens, cost]
+    judge: dict[str, list[Any]]  # log position → [input tokens, output tokens, cost, judge]
 
     def contribution(self, state: RunState) -> Record | None:
-        return contribution(state, self.certificate, self.ratings.values(), judge_totals(self.judge.values()))
+        calls = list(self.judge.values())
+        return contribution(state, self.certificate, self.ratings.values(), judge_totals(calls), judge_split(calls))
 
 
 # Per run (ARGV: run id, 1 when it has a public certificate; KEYS: records hash, then per run its judge calls,

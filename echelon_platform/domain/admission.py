@@ -28,6 +28,7 @@ from echelon_platform.domain.events import (
     TOPICS,
     CertificateIssued,
     JudgeCalled,
+    JudgeStarted,
     MethodologyRegistered,
     Payload,
     RatingSubmitted,
@@ -64,6 +65,7 @@ MAX_EVENT_BYTES: dict[str, int] = {
     RunFailed.TOPIC: 64 * KIB,
     RatingSubmitted.TOPIC: 16 * KIB,
     JudgeCalled.TOPIC: 1 * MIB,
+    JudgeStarted.TOPIC: 16 * KIB,
     MethodologyRegistered.TOPIC: 16 * MIB,
 }
 

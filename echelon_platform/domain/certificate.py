@@ -37,6 +37,8 @@ WEIGHT_KEYS = ("precision", "recall", "reply_accuracy")
 MAX_WEIGHT = 1e6
 DECIMALS = 6
 SCHEMA_VERSION = 2
+# How a replay the run's budget (`max_cost_usd`) left unjudged says so in its failure reason.
+BUDGET_REASON = "judge budget exhausted"
 # Fields schema 2 added: a schema-1 certificate is hashed as it was issued, without them.
 _V2_FIELDS = frozenset({"oracle", "selection_policy", "calibration", "signature", "content_hash"})
 _V2_SCORE_FIELDS = ("claim_supported", "claim_confidences")
@@ -121,6 +123,8 @@ def build_certificate(
     requested: int | None = None,
     found: int | None = None,
     shortfall: str | None = None,
+    reused: Sequence[str] = (),
+    budget_usd: float | None = None,
     intervals: bool = True,
 ) -> CalibrationCertificate:
     """Aggregate one run into a hashed certificate; StageError when no replay succeeded.
@@ -150,7 +154,9 @@ def build_certificate(
     if not unique:
         raise StageError("All replays failed: " + _failure_summary(failures))
     short_ground_truth = requested is not None and found is not None and found < requested
-    partial = len(unique) < min_replays or short_ground_truth
+    # Replays the run's budget left unjudged (their failure says so): the certificate covers the others only.
+    unbudgeted = [f for f in failures if BUDGET_REASON in f.reason] if budget_usd is not None else []
+    partial = len(unique) < min_replays or short_ground_truth or bool(unbudgeted)
     mixed = _judges_mixed(unique)
     if mixed and judge_mixing == "refuse":
         raise StageError(
@@ -163,6 +169,10 @@ def build_certificate(
         warnings.append(
             f"only {len(unique)} of the {min_replays} required replays succeeded "
             f"({len(failures)} failed); the scores rest on a smaller sample than requested"
+        )
+    if unbudgeted:
+        warnings.append(
+            f"the run's budget of {budget_usd:g} USD stopped judging: {len(unbudgeted)} replay(s) were not judged"
         )
     if mixed:
         warnings.append(
@@ -197,6 +207,8 @@ def build_certificate(
         calibration=calibration_of(unique),
         methodology_hash=methodology_hash,
         mixed_judges=mixed,
+        reused_judge_answers=sorted(set(reused) & scored_ids) or None,
+        budget_usd=budget_usd if unbudgeted else None,
         uncertainty=uncertainty_of(unique, composite_with(checked), run_id) if intervals else None,
     )
     return cert.model_copy(update={"content_hash": content_hash(cert)})

@@ -18,6 +18,7 @@ from echelon_platform.domain.partitions import Partitioning
 from echelon_platform.domain.values import (
     CalibrationCertificate,
     GroundTruthRecord,
+    JudgeAttempt,
     JudgeCall,
     OracleReply,
     ReplayScore,
@@ -64,6 +65,9 @@ class RunRequested(Payload):
     since: datetime | None = None
     labels: list[str] = Field(default_factory=list)
     include_unmerged: bool = False
+    # Judge spending: a ceiling in USD (None: none), and whether answers the log holds may be reused.
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    judge_cache: bool = True
     secret_ref: str | None = None
     created_at: AwareDatetime
     # What made the request (secrets excluded), so a repeated Idempotency-Key with another body is refused.
@@ -90,6 +94,15 @@ class RunIngested(Payload):
     shortfall: str | None = None
 
 
+class JudgeTerms(BaseModel):
+    """What the run's request says of paying the judge, carried with each replay so no stage reads it back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    cache: bool = True
+
+
 class ReplayRequested(Payload):
     TOPIC = "verify.replay.requested"
     KEY_FIELD = "replay_id"
@@ -102,6 +115,7 @@ class ReplayRequested(Payload):
     # the secret store under `secret_ref`). None on events logged before they were carried.
     oracle: OracleSpec | None = None
     secret_ref: str | None = None
+    judge_terms: JudgeTerms | None = None  # None: no budget, answers reused (as before they existed)
 
 
 class ReplayInvoked(Payload):
@@ -119,6 +133,7 @@ class ReplayInvoked(Payload):
     question_cost_usd: float = 0.0
     # Dedup keys of the `verify.judge.called` events that produced the question, in call order.
     question_calls: list[str] = Field(default_factory=list)
+    judge_terms: JudgeTerms | None = None  # the run's, from the replay request
 
 
 class ReplayScored(Payload):
@@ -143,6 +158,17 @@ class JudgeCalled(Payload, JudgeCall):
 
     replay_id: str
     call_key: str = Field(description="`<replay_id>:<purpose>:<judge>:<round_trip>:<sha256(raw_text)[:16]>`")
+
+
+class JudgeStarted(Payload, JudgeAttempt):
+    """A judge request about to be sent (logged before it is): with no `verify.judge.called` of the same
+    `attempt_id`, the request may have been billed without its answer reaching the log."""
+
+    TOPIC = "verify.judge.started"
+    KEY_FIELD = "attempt_id"
+    DOC = "A judge request about to be sent (logged before it is sent; its outcome is a `verify.judge.called`)."
+
+    replay_id: str
 
 
 METHODOLOGY_RUN_ID = "methodology"  # the correlation id `run-methodology` groups registry events
@@ -252,6 +278,7 @@ PAYLOADS: tuple[type[Payload], ...] = (
     RunFailed,
     RatingSubmitted,
     JudgeCalled,
+    JudgeStarted,
     MethodologyRegistered,
 )
 TOPICS: dict[str, TopicSpec] = {model.TOPIC: TopicSpec.of(model) for model in PAYLOADS}

@@ -40,7 +40,7 @@ __all__ = ["Event", "RunState", "Status", "apply", "fold", "from_record", "publi
 # they never make a run appear, not even as an "active" one the watchdog would judge.
 NOT_RUN_EVENTS = frozenset({MethodologyRegistered.TOPIC})
 # Bumped whenever the stored shape or a rule changes: read models of another generation are rebuilt.
-READ_MODEL_GENERATION = 4  # 3: certificates no published key signed are left out; 4: leaderboard aggregates
+READ_MODEL_GENERATION = 5  # 3: unsigned certificates left out; 4: leaderboard aggregates; 5: per-judge rows
 MAX_ERROR_CHARS = 2000
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from echelon_platform.domain.events import (
     CertificateIssued,
     JudgeCalled,
+    JudgeStarted,
     MethodologyRegistered,
     Payload,
     RatingSubmitted,
@@ -56,7 +57,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "invoke",
         ReplayRequested,
-        (ReplayInvoked, ReplayFailed, JudgeCalled),
+        (ReplayInvoked, ReplayFailed, JudgeStarted, JudgeCalled),
         "InvokeHandler",
         "invoke",
         False,
@@ -65,7 +66,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "score",
         ReplayInvoked,
-        (ReplayScored, ReplayFailed, JudgeCalled),
+        (ReplayScored, ReplayFailed, JudgeStarted, JudgeCalled),
         "ScoreHandler",
         "score",
         False,

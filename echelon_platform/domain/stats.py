@@ -71,16 +71,29 @@ def judge_totals(calls: Iterable[Sequence[float]]) -> tuple[int, int, int] | Non
     )
 
 
+def judge_split(calls: Iterable[Sequence[Any]]) -> dict[str, tuple[int, int, int]]:
+    """Per judge id, (input tokens, output tokens, cost × COST_SCALE) of a run's logged judge calls (calls
+    projected before the judge was kept count under "")."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for c in calls:
+        judge = str(c[3]) if len(c) > 3 else ""
+        i, o, cost = out.get(judge, (0, 0, 0))
+        out[judge] = (i + int(c[0]), o + int(c[1]), cost + round(float(c[2]) * COST_SCALE))
+    return out
+
+
 def contribution(
     state: RunState,
     certificate: Mapping[str, Any] | None,
     ratings: Iterable[Mapping[str, Any]],
     judge: tuple[int, int, int] | None,
+    by_judge: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> dict[str, Any] | None:
     """The run's record (JSON-ready), or None when it counts nowhere.
 
     `certificate`: the run's certificate when it is the public one (else ignored); `ratings`: the latest
-    rating per (replay, person) of that certificate; `judge`: `judge_totals` of the run's logged calls."""
+    rating per (replay, person) of that certificate; `judge`: `judge_totals` of the run's logged calls;
+    `by_judge`: `judge_split` of them (the `scoring_model` grouping counts per judge, see `judge_rows`)."""
     cert = certificate if certificate is not None and state.certificate_id == certificate["certificate_id"] else None
     if not state.visible and cert is None:
         return None
@@ -123,14 +136,55 @@ def contribution(
                 )
         pairs.sort()
     scopes = [ALL, PUBLIC] if cert is not None else [ALL, user_scope(str(state.user_id))]
+    single = cert is not None and not cert.get("mixed_judges")
     return {
         "scopes": scopes,
         "construct_id": construct_group(cert["construct_id"] if cert is not None else state.construct_id),
-        "scoring_model": cert["scoring_model"] if cert is not None else None,
+        # The Brier and rating sets of a certificate judged by one judge; a mixed one is in no judge's.
+        "scoring_model": cert["scoring_model"] if single and cert is not None else None,
         "counts": [counts[f] for f in FIELDS],
+        "by_judge": judge_rows(counts, cert, by_judge if usage is not None else None),
         "brier": brier,
         "pairs": [list(p) for p in pairs],
     }
+
+
+def judge_rows(
+    counts: Mapping[str, int], cert: Mapping[str, Any] | None, by_judge: Mapping[str, tuple[int, int, int]] | None
+) -> list[list[Any]]:
+    """The run's counts per judge ([judge, counts] pairs), for `group_by=scoring_model`: each judge that made
+    a logged call for the run or scored one of its certificate's replays has the run (its status), the
+    tokens and cost of its own calls, and the replays it scored; a certificate counts under the judges that
+    scored it, with the composite of the replays each scored (all of them when one judge did). A run no
+    judge worked for stays under null."""
+    scores = list(cert["individual_scores"]) if cert is not None else []
+    judges = sorted({j for j in (by_judge or {}) if j} | {str(s["scoring_model"]) for s in scores})
+    if not judges:
+        return [[None, [counts[f] for f in FIELDS]]]
+    rows: list[list[Any]] = []
+    for judge in judges:
+        row = dict.fromkeys(FIELDS, 0)
+        for field in ("n", "runs", "completed", "failed"):
+            row[field] = counts[field]
+        if by_judge is not None:
+            row["input_tokens"], row["output_tokens"], row["cost"] = by_judge.get(judge, (0, 0, 0))
+        own = [s for s in scores if str(s["scoring_model"]) == judge]
+        if own and cert is not None:
+            row["certs"] = 1
+            if len(own) == len(scores):
+                row["composite"] = counts["composite"]
+            else:
+                mean = math.fsum(weighted_composite(s, cert["weights"]) for s in own) / len(own)
+                row["composite"] = round(mean * COMPOSITE_SCALE)
+            for s in own:
+                row["latency"] += round(float(s["scoring_latency_ms"]) * LATENCY_SCALE)
+                row["replays"] += 1
+                if by_judge is None:
+                    row["input_tokens"] += int(s.get("input_tokens", 0))
+                    row["output_tokens"] += int(s.get("output_tokens", 0))
+                    row["cost"] += round(float(s.get("cost_usd", 0.0)) * COST_SCALE)
+        rows.append([judge, [row[f] for f in FIELDS]])
+    return rows
 
 
 def construct_group(construct_id: str | None) -> str | None:
@@ -154,9 +208,13 @@ def deltas(
             continue
         for scope in record["scopes"]:
             for group_by in GROUPINGS:
-                moved = out.setdefault((scope, group_by, record[group_by]), [0] * len(FIELDS))
-                for i, value in enumerate(record["counts"]):
-                    moved[i] += sign * value
+                parts = [[record[group_by], record["counts"]]]
+                if group_by == "scoring_model" and "by_judge" in record:
+                    parts = record["by_judge"]
+                for key, counts in parts:
+                    moved = out.setdefault((scope, group_by, key), [0] * len(FIELDS))
+                    for i, value in enumerate(counts):
+                        moved[i] += sign * value
     return {group: moved for group, moved in out.items() if any(moved)}
 
 

@@ -85,9 +85,12 @@ class OracleReply(_Frozen):
 
 
 class JudgeUsage(_Frozen):
-    input_tokens: int = 0
+    input_tokens: int = 0  # every input token, cached ones included
     output_tokens: int = 0
     cost_usd: float = 0.0
+    # Of the input tokens, those read from / written to the provider's prompt cache (priced differently).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 MAX_JUDGE_TEXT_CHARS = 64_000  # a judge's raw answer kept in the log; longer answers are cut and flagged
@@ -111,9 +114,37 @@ class JudgeCall(_Frozen):
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0.0)
     latency_ms: float = Field(default=0.0, ge=0.0)
+    cache_read_tokens: int = Field(default=0, ge=0, description="Of input_tokens, read from the prompt cache")
+    cache_write_tokens: int = Field(default=0, ge=0, description="Of input_tokens, written to the prompt cache")
     raw_text: str = Field(max_length=MAX_JUDGE_TEXT_CHARS)
     raw_truncated: bool = False
     usable: bool = Field(description="The methodology's parser accepted the raw text")
+    # The HTTP attempt this call was (its `verify.judge.started` names the same id), absent for a judge that
+    # sends nothing (offline) and on calls logged before attempts were. `status`: the HTTP status answered,
+    # None when no answer came (a timeout, a dropped connection: `error` says which).
+    attempt_id: str | None = None
+    attempt: int = Field(default=1, ge=1, description="HTTP attempt within the round trip (retries count up)")
+    status: int | None = None
+    error: str | None = None
+    # The answer-cache key (methodology hash, model, exact prompt) and, for an answer taken from the log
+    # instead of asked again, the call key it was first logged under (such a call costs nothing).
+    cache_key: str | None = None
+    reused_from: str | None = None
+
+
+class JudgeAttempt(_Frozen):
+    """One HTTP request about to be sent to a judge, logged (`verify.judge.started`) before it is sent: the
+    log never shows fewer requests than a provider could bill, even when the process dies mid-call."""
+
+    attempt_id: str
+    judge: str
+    model: str
+    purpose: Literal["question", "score"]
+    round_trip: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    prompt_sha256: str
+    methodology_version: str
+    max_cost_usd: float = Field(default=0.0, ge=0.0, description="What the call can cost at most (its bound)")
 
 
 class ReplayScore(_Frozen):
@@ -258,6 +289,16 @@ class CertificateFigures(_Frozen):
         default=None,
         exclude_if=_is_none,
         description="True when replays of this certificate were scored by different judges",
+    )
+    reused_judge_answers: list[str] | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Replays whose judge answers (question or score) were reused from the log, not asked again",
+    )
+    budget_usd: float | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="The run's max_cost_usd when its budget stopped judging (the certificate is partial then)",
     )
     uncertainty: Uncertainty | None = Field(
         default=None,

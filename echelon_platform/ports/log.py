@@ -57,6 +57,8 @@ class JudgeTotals:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    # The same per judge id (input tokens, output tokens, cost), for the leaderboard's per-judge rows.
+    by_judge: dict[str, tuple[int, int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

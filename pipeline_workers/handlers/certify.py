@@ -14,6 +14,7 @@ from echelon_platform.domain.certificate import JudgeMixing, build_certificate
 from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import (
     CertificateIssued,
+    JudgeCalled,
     Payload,
     RunCertifying,
     RunCompleted,
@@ -24,6 +25,7 @@ from echelon_platform.domain.events import (
 from echelon_platform.domain.run_inputs import INPUT_TOPICS, run_inputs
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
 from echelon_platform.ports.log import LogReader
+from pipeline_workers.handlers.judge_log import reused_replays
 from pipeline_workers.oracles.identity import oracle_identity
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, Methodology, load_methodology
 
@@ -32,6 +34,7 @@ _TOPICS = (
     CertificateIssued.TOPIC,
     RunCompleted.TOPIC,
     RunFailed.TOPIC,
+    JudgeCalled.TOPIC,  # which answers were reused
 )
 
 
@@ -95,6 +98,8 @@ class CertifyHandler:
                 requested=ingested.requested,
                 found=ingested.total,
                 shortfall=ingested.shortfall,
+                reused=reused_replays(events),
+                budget_usd=request.max_cost_usd,
             )
         except StageError as exc:
             return self.give_up(envelope, payload, str(exc))

@@ -11,12 +11,14 @@ from cachetools import LRUCache
 from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.config import Settings
-from echelon_platform.domain.events import RunRequested, Subjects
+from echelon_platform.domain.events import JudgeTerms, ReplayInvoked, ReplayRequested, RunRequested, Subjects
 from echelon_platform.errors import BusError
 from echelon_platform.ports.bus import Publisher, StreamLookup
+from echelon_platform.ports.judge_ledger import JudgeLedgerReads
 from echelon_platform.ports.log import LogReader
 from echelon_platform.ports.run_secrets import SecretReader
 from pipeline_workers.handlers.guards import PaidWorkGuard
+from pipeline_workers.handlers.judge_ledger import JudgeLedger
 from pipeline_workers.oracles.python import OracleProcessPool
 
 
@@ -31,8 +33,24 @@ class StageContext:
     settings: Settings
     http: httpx.AsyncClient
     oracle_pool: OracleProcessPool | None = None  # warm processes for sync Python oracles
+    judge_ledger: JudgeLedgerReads | None = None  # the run's judge spending, logged answers (None: no reuse)
     oracle_limits: LimiterRegistry | None = None  # adaptive concurrency per HTTP oracle endpoint
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
+
+    def judge_ledger_for(self, replay: ReplayRequested | ReplayInvoked, *, causation_id: str) -> JudgeLedger:
+        """Where this replay's judge calls go: logged before and after each request, under the run's budget,
+        reusing logged answers unless the run opted out (its terms travel with the replay)."""
+        terms = replay.judge_terms or JudgeTerms()
+        return JudgeLedger(
+            self.publisher,
+            self.log,
+            self.judge_ledger,
+            replay.run_id,
+            replay.replay_id,
+            causation_id=causation_id,
+            max_cost_usd=terms.max_cost_usd,
+            reuse=terms.cache,
+        )
 
     async def run_request(self, run_id: str) -> RunRequested:
         """The run's request (`request_of`), cached: a request never changes. Only for events that do not

@@ -8,6 +8,7 @@ import structlog
 
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
+    JudgeTerms,
     Payload,
     ReplayRequested,
     RunFailed,
@@ -79,6 +80,12 @@ class IngestHandler:
         if not result.records:
             return [self._failed(envelope, f"no merged changes found in {payload.repo_url}")]
         events: list[Envelope] = []
+        # The run's judge terms travel with each replay (only when set: other requests' events are unchanged).
+        terms = (
+            JudgeTerms(max_cost_usd=payload.max_cost_usd, cache=payload.judge_cache)
+            if payload.max_cost_usd is not None or not payload.judge_cache
+            else None
+        )
         for index, record in enumerate(result.records):
             record = record.model_copy(update={"diff_content": truncate_diff(record.diff_content)})
             events.append(
@@ -90,6 +97,7 @@ class IngestHandler:
                         record=record,
                         oracle=payload.oracle,
                         secret_ref=payload.secret_ref,
+                        judge_terms=terms,
                     ),
                     causation_id=envelope.event_id,
                 )

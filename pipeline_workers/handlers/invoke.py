@@ -16,12 +16,11 @@ from echelon_platform.domain.events import (
 from echelon_platform.errors import OracleError, OracleRefused, RequestRejected, ScoringError
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import log_skip
-from pipeline_workers.handlers.judge_log import judge_events
 from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
-from pipeline_workers.scoring.base import CallLog, Scorer, usage_of
+from pipeline_workers.scoring.base import Scorer, usage_of
 
 PAYLOAD_HEADROOM = 8 * 1024  # room for headers and the subject within max_payload
 
@@ -68,7 +67,7 @@ class InvokeHandler(GivesUpOnTheReplay):
             request = await self.ctx.run_request(payload.run_id)
             spec, secret_ref = request.oracle, request.secret_ref
         record = payload.record
-        calls: CallLog = []
+        calls = self.ctx.judge_ledger_for(payload, causation_id=envelope.event_id)
         try:
             question, _ = await self.scorer.follow_up_question(record, calls=calls)
             oracle = await self._oracle(spec, secret_ref)
@@ -76,10 +75,10 @@ class InvokeHandler(GivesUpOnTheReplay):
             reply = await oracle.invoke(record, question)
             latency_ms = (time.perf_counter() - started) * 1000
         except (OracleError, OracleRefused, RequestRejected, ScoringError) as exc:
-            # The judge calls were made (and paid for) even though the replay failed: log them too.
-            logged, _ = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+            # The judge calls were made (and paid for) even though the replay failed: all of them are logged.
+            logged, _ = calls.remaining()
             return [*logged, *self.give_up(envelope, payload, str(exc))]
-        logged, keys = judge_events(payload.run_id, payload.replay_id, calls, causation_id=envelope.event_id)
+        logged, keys = calls.remaining()
         usage = usage_of(calls)
         invoked = [
             make_event(
@@ -94,6 +93,7 @@ class InvokeHandler(GivesUpOnTheReplay):
                     question_output_tokens=usage.output_tokens,
                     question_cost_usd=usage.cost_usd,
                     question_calls=keys,
+                    judge_terms=payload.judge_terms,
                 ),
                 causation_id=envelope.event_id,
             )

@@ -16,8 +16,16 @@ from echelon_platform.domain.values import JudgeCall
 
 
 def call_key(replay_id: str, call: JudgeCall) -> str:
-    digest = hashlib.sha256(call.raw_text.encode("utf-8")).hexdigest()[:16]
-    return f"{replay_id}:{call.purpose}:{call.judge}:{call.round_trip}:{digest}"
+    """A sent request is keyed by its attempt id (each one may be billed: each is its own event); a reused
+    answer by its cache key (reusing it again after a redelivery is the same event); a call that sends
+    nothing (offline) by its answer."""
+    if call.attempt_id is not None:
+        last = call.attempt_id
+    elif call.reused_from is not None and call.cache_key is not None:
+        last = f"reused-{call.cache_key[:16]}"
+    else:
+        last = hashlib.sha256(call.raw_text.encode("utf-8")).hexdigest()[:16]
+    return f"{replay_id}:{call.purpose}:{call.judge}:{call.round_trip}:{last}"
 
 
 def judge_events(
@@ -32,3 +40,9 @@ def judge_events(
         for call in calls
     ]
     return events, [e.dedup_key for e in events]
+
+
+def reused_replays(events: Sequence[Envelope]) -> list[str]:
+    """Replays with a judge answer reused from the log (`reused_from` set), from a run's events."""
+    reused = (e for e in events if e.topic == JudgeCalled.TOPIC and e.payload.get("reused_from"))
+    return sorted({str(e.payload["replay_id"]) for e in reused})

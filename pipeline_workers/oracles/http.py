@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
-from echelon_platform.adapters.adaptive_limit import MAX_PAUSE_S, LimiterRegistry, retry_after_seconds
+from echelon_platform.adapters.adaptive_limit import MAX_PAUSE_S, LimiterRegistry, Slot, retry_after_seconds
 from echelon_platform.adapters.url_guard import (
     Resolver,
     checked_addresses,
@@ -39,6 +39,9 @@ from pipeline_workers.oracles.base import build_request, parse_reply_bytes
 DEFAULT_MAX_RESPONSE_BYTES = 1_000_000
 OVERLOAD_STATUS = frozenset({429, 503, 529})
 MAX_OVERLOAD_ATTEMPTS = 3
+# How long a call may queue for a slot of its endpoint (at least; 4x its timeout when longer) before the
+# replay is put back for later: nothing was sent, so it is not a failed attempt.
+MIN_QUEUE_WAIT_S = 60.0
 # Headers the transport owns; a construct's configuration must not be able to override them.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
 
@@ -75,7 +78,7 @@ class HttpOracle:
         self._limiter = None
         if limits is not None:
             origin = f"{self._parts.scheme}://{self._parts.netloc}"
-            self._limiter = limits.for_endpoint(origin, "\n".join(sorted(self._secrets)))
+            self._limiter = limits.for_endpoint(origin, classify=_overloaded_when_slow)
 
     def __repr__(self) -> str:  # never show headers: they usually carry credentials
         return f"HttpOracle(url={self._url!r}, timeout_s={self._timeout:g})"
@@ -84,8 +87,7 @@ class HttpOracle:
         targets = await self._targets()
         body = orjson.dumps(build_request(record, follow_up_question))
         try:
-            async with asyncio.timeout(self._timeout):
-                data, status = await self._limited_post(targets, body)
+            data, status = await self._limited_post(targets, body)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise OracleError(f"oracle timed out after {self._timeout:g}s") from exc
         except httpx.HTTPError as exc:
@@ -95,18 +97,22 @@ class HttpOracle:
             raise OracleError(f"oracle returned HTTP {status}{note}: {self._excerpt(data)}")
         return parse_reply_bytes(data)
 
+    async def _timed_post(self, targets: list[_Target], body: bytes) -> tuple[bytes, int, httpx.Headers]:
+        async with asyncio.timeout(self._timeout):
+            return await self._post(targets, body)
+
     async def _limited_post(self, targets: list[_Target], body: bytes) -> tuple[bytes, int]:
+        """The call, in a slot of the endpoint's limit; the timeout counts from the slot, not the queue."""
         if self._limiter is None:
-            data, status, _ = await self._post(targets, body)
+            data, status, _ = await self._timed_post(targets, body)
             return data, status
+        queue_s = max(MIN_QUEUE_WAIT_S, 4 * self._timeout)
         for attempt in range(1, MAX_OVERLOAD_ATTEMPTS + 1):
-            async with self._limiter.slot() as slot:
-                data, status, headers = await self._post(targets, body)
+            async with self._limiter.slot(wait_s=queue_s) as slot:
+                data, status, headers = await self._timed_post(targets, body)
                 slot.headers(headers)
-                if status in OVERLOAD_STATUS:
+                if status in OVERLOAD_STATUS or status >= 500:  # too many, or failing under load
                     slot.overloaded(retry_after_seconds(headers.get("retry-after")))
-                elif status >= 500:
-                    slot.failed()
             if status not in OVERLOAD_STATUS or attempt == MAX_OVERLOAD_ATTEMPTS:
                 break
             # Not served: wait as asked (the timeout around the call bounds it) and ask again.
@@ -170,6 +176,14 @@ class HttpOracle:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _overloaded_when_slow(exc: BaseException, slot: Slot) -> None:
+    """An oracle that times out is past what it can serve: fewer calls at once, as for a 429."""
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        slot.overloaded(None)
+    else:
+        slot.failed()
 
 
 def _clean_headers(headers: Mapping[str, str]) -> dict[str, str]:

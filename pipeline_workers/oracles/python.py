@@ -17,6 +17,7 @@ import importlib
 import inspect
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any, Self
@@ -27,6 +28,7 @@ from echelon_platform.domain.oracle_targets import check_callable_allowed, parse
 from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError
 from pipeline_workers.oracles.base import build_request, parse_reply
+from pipeline_workers.owner import current_owner
 
 _LINE_LIMIT = 64 * 1024 * 1024  # a reply line; diffs in requests are truncated well below this
 
@@ -83,12 +85,19 @@ class _Child:
 
 
 class OracleProcessPool:
-    """Warm child processes for sync oracles: one per call in flight, up to `max_idle` kept between calls."""
+    """Warm child processes for sync oracles: one per call in flight, up to `max_idle` kept between calls.
 
-    def __init__(self, *, max_idle: int = 8) -> None:
+    At most `max_processes` at once, and at most 3/4 of them for one user (the stage's task says whose
+    call it is), so a user whose sync oracles hang keeps processes for everyone else."""
+
+    def __init__(self, *, max_idle: int = 8, max_processes: int = 32) -> None:
         self.max_idle = max_idle
+        self.max_processes = max(1, max_processes)
+        self.per_owner = max(1, self.max_processes * 3 // 4)
         self._idle: list[_Child] = []
         self._busy: set[_Child] = set()
+        self._owners: Counter[str] = Counter()
+        self._freed = asyncio.Condition()
         self.spawned = 0
 
     async def __aenter__(self) -> Self:
@@ -105,8 +114,19 @@ class OracleProcessPool:
         await asyncio.gather(*(c.close() for c in idle), *(c.kill() for c in busy), return_exceptions=True)
 
     async def call(self, target: str, request: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
-        """The child's reply, or OracleError on timeout (the child is killed, never reused)."""
-        child = await self._take()
+        """The child's reply, or OracleError on timeout (the child is killed, never reused). Waiting for a
+        process counts toward the timeout: a call that cannot get one in time has timed out."""
+        owner = current_owner.get() or ""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._turn(owner)
+        except TimeoutError as exc:
+            raise OracleError(f"oracle {target} timed out after {timeout_s:g}s waiting for a process") from exc
+        try:
+            child = await self._take()
+        except BaseException:
+            await self._done(owner)
+            raise
         ok = False
         try:
             async with asyncio.timeout(timeout_s) as deadline:
@@ -124,6 +144,21 @@ class OracleProcessPool:
             else:
                 # Timed out, cancelled (the worker is stopping) or broken: its state is unknown.
                 await asyncio.shield(child.kill())
+            await asyncio.shield(self._done(owner))
+
+    async def _turn(self, owner: str) -> None:
+        async with self._freed:
+            await self._freed.wait_for(
+                lambda: sum(self._owners.values()) < self.max_processes and self._owners[owner] < self.per_owner
+            )
+            self._owners[owner] += 1
+
+    async def _done(self, owner: str) -> None:
+        async with self._freed:
+            self._owners[owner] -= 1
+            if self._owners[owner] <= 0:
+                del self._owners[owner]
+            self._freed.notify_all()
 
     async def _take(self) -> _Child:
         while self._idle:

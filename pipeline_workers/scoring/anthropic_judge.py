@@ -18,20 +18,38 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import anthropic
 import structlog
-from anthropic.types import MessageParam, TextBlock
+from anthropic.types import MessageParam, TextBlock, TextBlockParam
+from ulid import ULID
 
 from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, endpoint_id
-from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
+from echelon_platform.domain.values import (
+    GroundTruthRecord,
+    JudgeAttempt,
+    JudgeCall,
+    JudgeUsage,
+    OracleReply,
+    ReplayScore,
+)
 from echelon_platform.errors import ConfigError, ScoringError
 from echelon_platform.retry import backoff_delay
-from pipeline_workers.scoring.base import CallLog, add_usage, judge_call, make_score, prompt_digest
+from pipeline_workers.scoring.base import (
+    add_usage,
+    cache_key,
+    judge_call,
+    make_score,
+    prompt_digest,
+    report_finished,
+    report_started,
+    reusable_answer,
+)
 from pipeline_workers.scoring.judge_limit import classify_judge_failure
 from pipeline_workers.scoring.parsing import MAX_CHANGES, MAX_CLAIMS, parse_judge_output, parse_question
-from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, PromptSet, load_prompts
+from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, PromptSet, load_methodology, load_prompts
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 # USD per million (input, output) tokens. Exact model ids first; a family name ("sonnet") is the
@@ -45,6 +63,9 @@ PRICES: dict[str, tuple[float, float]] = {
     "opus": (15.0, 75.0),
 }
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
+# limit can refuse a call several times while the adaptive limit comes down to the provider's.
+MAX_RATE_LIMITED_WAITS = 20
 # 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
 # limit can refuse a call several times while the adaptive limit comes down to the provider's.
 MAX_RATE_LIMITED_WAITS = 20
@@ -63,11 +84,23 @@ def price_for(model: str, table: Mapping[str, tuple[float, float]] = PRICES) -> 
     raise ConfigError(f"no price known for judge model {model!r}: pass a price_table entry for it")
 
 
+# Anthropic's prompt-cache prices, as multiples of the input price: a 5-minute cache write, a cache read.
+CACHE_WRITE_PRICE = 1.25
+CACHE_READ_PRICE = 0.1
+
+
 def usage_cost(usage: anthropic.types.Usage, prices: tuple[float, float]) -> JudgeUsage:
-    # Cache reads/writes are billed as input here: we never enable prompt caching, so they stay 0.
-    inputs = usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
-    cost = (inputs * prices[0] + usage.output_tokens * prices[1]) / 1_000_000
-    return JudgeUsage(input_tokens=inputs, output_tokens=usage.output_tokens, cost_usd=cost)
+    written = usage.cache_creation_input_tokens or 0
+    read = usage.cache_read_input_tokens or 0
+    billed_input = usage.input_tokens + written * CACHE_WRITE_PRICE + read * CACHE_READ_PRICE
+    cost = (billed_input * prices[0] + usage.output_tokens * prices[1]) / 1_000_000
+    return JudgeUsage(
+        input_tokens=usage.input_tokens + written + read,
+        output_tokens=usage.output_tokens,
+        cost_usd=cost,
+        cache_read_tokens=read,
+        cache_write_tokens=written,
+    )
 
 
 class AnthropicScorer:
@@ -87,6 +120,7 @@ class AnthropicScorer:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         limiter: AdaptiveLimiter | None = None,
+        prompt_caching: bool = True,
     ) -> None:
         if max_attempts < 1 or max_concurrency < 1:
             raise ValueError("max_attempts and max_concurrency must be at least 1")
@@ -95,7 +129,7 @@ class AnthropicScorer:
         self._model = model
         self._prices = price_for(model, PRICES if price_table is None else price_table)
         self._limiter = limiter or AdaptiveLimiter(
-            endpoint_id(str(client.base_url), client.api_key), cap=max_concurrency, classify=classify_judge_failure
+            endpoint_id(str(client.base_url)), cap=max_concurrency, classify=classify_judge_failure
         )
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base_s
@@ -104,6 +138,13 @@ class AnthropicScorer:
         self._question_max_tokens = question_max_tokens
         self._prompts = prompts or load_prompts(METHODOLOGY_VERSION)
         self._system = self._prompts.render("system")
+        # The system prompt is the same for every request: marked for Anthropic's prompt cache, it is billed
+        # at the cache-read price after the first request (when it is long enough for the model to cache).
+        block: TextBlockParam = {"type": "text", "text": self._system}
+        if prompt_caching:
+            block["cache_control"] = {"type": "ephemeral"}
+        self._system_blocks: list[TextBlockParam] = [block]
+        self._methodology_sha256 = _methodology_hash(self._prompts)
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -119,7 +160,7 @@ class AnthropicScorer:
         return f"AnthropicScorer(model={self._model!r})"
 
     async def follow_up_question(
-        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+        self, record: GroundTruthRecord, *, calls: list[JudgeCall] | None = None
     ) -> tuple[str, JudgeUsage]:
         prompt = self._prompts.render("follow_up_question", **_change_fields(record))
         return await self._ask_json(prompt, parse_question, self._question_max_tokens, "question", calls)
@@ -131,7 +172,7 @@ class AnthropicScorer:
         reply: OracleReply,
         *,
         question: str | None = None,
-        calls: CallLog | None = None,
+        calls: list[JudgeCall] | None = None,
     ) -> ReplayScore:
         started = time.perf_counter()
         judged = reply.key_claims[:MAX_CLAIMS]
@@ -168,92 +209,151 @@ class AnthropicScorer:
         parse: Callable[[str], T],
         max_tokens: int,
         purpose: Literal["question", "score"],
-        calls: CallLog | None,
+        calls: list[JudgeCall] | None,
     ) -> tuple[T, JudgeUsage]:
         """Ask once; if the answer cannot be parsed, show the judge its answer and ask once more.
-        Each round trip that got an answer is reported to ``calls``."""
-
-        def record(round_trip: int, sent: list[MessageParam], text: str, used: JudgeUsage, ms: float, ok: bool) -> None:
-            if calls is not None:
-                calls.append(
-                    judge_call(
-                        judge=self.name,
-                        model=self._model,
-                        purpose=purpose,
-                        round_trip=round_trip,
-                        prompt_sha256=prompt_digest(self._system, json.dumps(sent, sort_keys=True)),
-                        methodology_version=self._prompts.version,
-                        usage=used,
-                        latency_ms=ms,
-                        raw_text=text,
-                        usable=ok,
-                    )
-                )
-
+        Every HTTP attempt is reported to ``calls`` (before it is sent, and when it ends)."""
         messages: list[MessageParam] = [{"role": "user", "content": prompt}]
-        started = time.perf_counter()
-        text, usage = await self._call(messages, max_tokens)
-        elapsed = (time.perf_counter() - started) * 1000
+        text, usage = await self._round_trip(1, messages, max_tokens, purpose, calls, parse)
         try:
-            parsed = parse(text)
+            return parse(text), usage
         except ScoringError as first:
             problem = str(first)
-            record(1, messages, text, usage, elapsed, False)
-        else:
-            record(1, messages, text, usage, elapsed, True)
-            return parsed, usage
         repair = self._prompts.render("repair", problem=problem)
         if text.strip():
             messages += [{"role": "assistant", "content": text}, {"role": "user", "content": repair}]
         else:  # an empty assistant turn is not allowed: restate the request instead
             messages = [{"role": "user", "content": f"{prompt}\n\n{repair}"}]
         log.info("judge.repair", model=self._model, problem=problem[:200])
-        started = time.perf_counter()
-        text, more = await self._call(messages, max_tokens)
-        elapsed = (time.perf_counter() - started) * 1000
+        text, more = await self._round_trip(2, messages, max_tokens, purpose, calls, parse)
         usage = add_usage(usage, more)
         try:
-            parsed = parse(text)
+            return parse(text), usage
         except ScoringError as second:
-            record(2, messages, text, more, elapsed, False)
             raise ScoringError(f"judge output unusable after one repair attempt: {second}") from None
-        record(2, messages, text, more, elapsed, True)
-        return parsed, usage
 
-    async def _call(self, messages: Iterable[MessageParam], max_tokens: int) -> tuple[str, JudgeUsage]:
+    async def _round_trip(
+        self,
+        round_trip: int,
+        messages: list[MessageParam],
+        max_tokens: int,
+        purpose: Literal["question", "score"],
+        calls: list[JudgeCall] | None,
+        parse: Callable[[str], object],
+    ) -> tuple[str, JudgeUsage]:
+        """One request/answer exchange: from the log when it already holds this exact answer, else asked
+        (with retries). The call is reported to ``calls`` with whether ``parse`` accepts its text."""
+        sent = json.dumps(messages, sort_keys=True)
+        digest = prompt_digest(self._system, sent)
+        key = cache_key(self._methodology_sha256, self._model, digest)
+
+        def call(text: str, usage: JudgeUsage, ms: float, **attempt: object) -> JudgeCall:
+            try:
+                parse(text)
+            except ScoringError:
+                usable = False
+            else:
+                usable = True
+            return judge_call(
+                judge=self.name,
+                model=self._model,
+                purpose=purpose,
+                round_trip=round_trip,
+                prompt_sha256=digest,
+                methodology_version=self._prompts.version,
+                usage=usage,
+                latency_ms=ms,
+                raw_text=text,
+                usable=usable,
+                cache_key=key,
+                **attempt,
+            )
+
+        reused = await reusable_answer(calls, key)
+        if reused is not None:
+            log.info("judge.reused", model=self._model, purpose=purpose, call_key=reused.call_key)
+            await report_finished(calls, call(reused.raw_text, JudgeUsage(), 0.0, reused_from=reused.call_key))
+            return reused.raw_text, JudgeUsage()
+        bound = self._cost_bound(sent, max_tokens)
         problem = ""
-        attempt = waits = 0
+        attempt = waits = requests = 0
         while attempt < self._max_attempts:
             attempt += 1
-            retry_after: float | None = None
-            try:
-                async with self._limiter.slot() as slot:
-                    raw = await self._client.messages.with_raw_response.create(
-                        model=self._model, max_tokens=max_tokens, system=self._system, messages=messages
-                    )
-                    slot.headers(raw.headers)
-                    response = await raw.parse()
-            except anthropic.AuthenticationError as exc:
-                raise ScoringError(
-                    "Anthropic rejected the API key (401): set a valid ECHELON_ANTHROPIC_API_KEY"
-                ) from exc
-            except anthropic.APIStatusError as exc:
-                problem = self._describe(exc)
-                if exc.status_code not in _RETRYABLE_STATUS and exc.status_code < 500:
-                    raise ScoringError(f"Anthropic API error: {problem}") from exc
-                retry_after = _seconds(exc.response.headers.get("retry-after"))
-                if exc.status_code == 429 and retry_after is not None and waits < MAX_RATE_LIMITED_WAITS:
-                    # Refused unserved, with a time to come back: waiting as asked is not a failed attempt.
-                    waits += 1
-                    attempt -= 1
-            except anthropic.APIConnectionError as exc:  # includes timeouts
-                problem = type(exc).__name__
-            else:
-                text = "".join(b.text for b in response.content if isinstance(b, TextBlock))
-                return text, usage_cost(response.usage, self._prices)
+            requests += 1
+            attempt_id = str(ULID())
+            await report_started(
+                calls,
+                JudgeAttempt(
+                    attempt_id=attempt_id,
+                    judge=self.name,
+                    model=self._model,
+                    purpose=purpose,
+                    round_trip=round_trip,
+                    attempt=requests,
+                    prompt_sha256=digest,
+                    methodology_version=self._prompts.version,
+                    max_cost_usd=bound,
+                ),
+            )
+            started = time.perf_counter()
+            outcome = await self._call(messages, max_tokens)
+            elapsed = (time.perf_counter() - started) * 1000
+            if isinstance(outcome, _Answer):
+                await report_finished(
+                    calls,
+                    call(outcome.text, outcome.usage, elapsed, attempt_id=attempt_id, attempt=requests, status=200),
+                )
+                return outcome.text, outcome.usage
+            # A failed attempt is logged too (nothing billed for it, but it was sent and counts as a request).
+            await report_finished(
+                calls,
+                call(
+                    "",
+                    JudgeUsage(),
+                    elapsed,
+                    attempt_id=attempt_id,
+                    attempt=requests,
+                    status=outcome.status,
+                    error=outcome.problem[:500],
+                ),
+            )
+            problem = outcome.problem
+            if outcome.final:
+                raise ScoringError(f"Anthropic API error: {problem}")
+            if outcome.status == 429 and outcome.retry_after is not None and waits < MAX_RATE_LIMITED_WAITS:
+                # Refused unserved, with a time to come back: waiting as asked is not a failed attempt (the
+                # request is logged all the same: every request sent is).
+                waits += 1
+                attempt -= 1
             if attempt < self._max_attempts:
-                await self._backoff(attempt, problem, retry_after)
+                await self._backoff(attempt, problem, outcome.retry_after)
         raise ScoringError(f"Anthropic API still failing after {self._max_attempts} attempts: {problem}")
+
+    def _cost_bound(self, sent: str, max_tokens: int) -> float:
+        """What one request can cost at most, for the run's budget: input at one token per 3 characters (a
+        safe side of the usual ~4) plus every output token it may produce, at the uncached price."""
+        tokens_in = (len(self._system) + len(sent)) // 3 + 1
+        return (tokens_in * self._prices[0] + max_tokens * self._prices[1]) / 1_000_000
+
+    async def _call(self, messages: Iterable[MessageParam], max_tokens: int) -> _Answer | _Failure:
+        """One HTTP request (the only place one is sent)."""
+        try:
+            async with self._limiter.slot() as slot:
+                raw = await self._client.messages.with_raw_response.create(
+                    model=self._model, max_tokens=max_tokens, system=self._system_blocks, messages=messages
+                )
+                slot.headers(raw.headers)
+                response = await raw.parse()
+        except anthropic.AuthenticationError as exc:
+            raise ScoringError("Anthropic rejected the API key (401): set a valid ECHELON_ANTHROPIC_API_KEY") from exc
+        except anthropic.APIStatusError as exc:
+            final = exc.status_code not in _RETRYABLE_STATUS and exc.status_code < 500
+            retry_after = _seconds(exc.response.headers.get("retry-after"))
+            return _Failure(self._describe(exc), exc.status_code, final, retry_after)
+        except anthropic.APIConnectionError as exc:  # includes timeouts
+            return _Failure(type(exc).__name__, None, False, None)
+        text = "".join(b.text for b in response.content if isinstance(b, TextBlock))
+        return _Answer(text, usage_cost(response.usage, self._prices))
 
     async def _backoff(self, attempt: int, problem: str, retry_after: float | None) -> None:
         if retry_after is not None:
@@ -274,6 +374,20 @@ class AnthropicScorer:
         return detail
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    text: str
+    usage: JudgeUsage
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    problem: str
+    status: int | None  # None: no HTTP answer (timeout, connection)
+    final: bool  # not worth retrying (a 4xx other than 408/409/429)
+    retry_after: float | None
+
+
 def _change_fields(record: GroundTruthRecord) -> dict[str, str]:
     return {
         "title": record.title,
@@ -281,6 +395,16 @@ def _change_fields(record: GroundTruthRecord) -> dict[str, str]:
         "files": "\n".join(record.files_changed) or "(none listed)",
         "diff": record.diff_content,
     }
+
+
+def _methodology_hash(prompts: PromptSet) -> str:
+    """The released methodology's hash when these are its packaged prompts, else a hash of the templates."""
+    try:
+        if load_prompts(prompts.version) == prompts:
+            return load_methodology(prompts.version).sha256
+    except ConfigError:
+        pass
+    return prompt_digest(prompts.version, *(f"{name}\n{text}" for name, text in sorted(prompts.templates.items())))
 
 
 def _seconds(value: str | None) -> float | None:

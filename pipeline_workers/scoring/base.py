@@ -7,11 +7,12 @@ import math
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from echelon_platform.domain.values import (
     MAX_JUDGE_TEXT_CHARS,
     GroundTruthRecord,
+    JudgeAttempt,
     JudgeCall,
     JudgeUsage,
     OracleReply,
@@ -19,8 +20,49 @@ from echelon_platform.domain.values import (
 )
 from pipeline_workers.scoring.parsing import JudgeVerdict
 
-# Where a scorer reports each judge round trip it made (the handlers log them as events).
-CallLog = list[JudgeCall]
+
+class CallLog(list[JudgeCall]):
+    """Where a scorer reports its judge calls: the list holds each finished call, in order.
+
+    The stages' log (`pipeline_workers/handlers/judge_ledger.py`) also publishes each request before it is
+    sent and each call as it ends, looks answers up in the log (the answer cache) and keeps the run's
+    budget; this base does none of that (tests, `rederive`). A plain list works too: it only collects."""
+
+    async def started(self, attempt: JudgeAttempt) -> None:
+        """A request is about to be sent: may raise BudgetExceeded (nothing is sent then)."""
+
+    async def finished(self, call: JudgeCall) -> None:
+        self.append(call)
+
+    async def reusable(self, cache_key: str) -> Reusable | None:
+        """A usable answer the log already holds for exactly this request, or None."""
+        return None
+
+
+class Reusable(NamedTuple):
+    call_key: str  # the logged call the answer was first given in
+    raw_text: str
+
+
+async def report_started(calls: list[JudgeCall] | None, attempt: JudgeAttempt) -> None:
+    if isinstance(calls, CallLog):
+        await calls.started(attempt)
+
+
+async def report_finished(calls: list[JudgeCall] | None, call: JudgeCall) -> None:
+    if isinstance(calls, CallLog):
+        await calls.finished(call)
+    elif calls is not None:
+        calls.append(call)
+
+
+async def reusable_answer(calls: list[JudgeCall] | None, cache_key: str) -> Reusable | None:
+    return await calls.reusable(cache_key) if isinstance(calls, CallLog) else None
+
+
+def cache_key(methodology_sha256: str, model: str, prompt_sha256: str) -> str:
+    """What identifies one judge answer: the methodology (its hash), the model and the exact prompt sent."""
+    return prompt_digest("judge-answer/1", methodology_sha256, model, prompt_sha256)
 
 
 class Scorer(Protocol):
@@ -30,7 +72,7 @@ class Scorer(Protocol):
         ...
 
     async def follow_up_question(
-        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+        self, record: GroundTruthRecord, *, calls: list[JudgeCall] | None = None
     ) -> tuple[str, JudgeUsage]: ...
 
     async def score(
@@ -40,7 +82,7 @@ class Scorer(Protocol):
         reply: OracleReply,
         *,
         question: str | None = None,
-        calls: CallLog | None = None,
+        calls: list[JudgeCall] | None = None,
     ) -> ReplayScore:
         """Grade ``reply``. Pass the follow-up ``question`` the oracle was asked: the reply accuracy is
         judged against it (without it the judge only sees the answer). Every round trip with the judge is
@@ -69,6 +111,7 @@ def judge_call(
     latency_ms: float,
     raw_text: str,
     usable: bool,
+    **attempt: object,
 ) -> JudgeCall:
     return JudgeCall(
         judge=judge,
@@ -80,10 +123,13 @@ def judge_call(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_usd=usage.cost_usd,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
         latency_ms=round(max(0.0, latency_ms), 3),
         raw_text=raw_text[:MAX_JUDGE_TEXT_CHARS],
         raw_truncated=len(raw_text) > MAX_JUDGE_TEXT_CHARS,
         usable=usable,
+        **attempt,
     )
 
 
@@ -102,6 +148,8 @@ def add_usage(a: JudgeUsage, b: JudgeUsage) -> JudgeUsage:
         input_tokens=a.input_tokens + b.input_tokens,
         output_tokens=a.output_tokens + b.output_tokens,
         cost_usd=a.cost_usd + b.cost_usd,
+        cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
+        cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
     )
 
 

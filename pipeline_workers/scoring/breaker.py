@@ -54,6 +54,10 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial_running = False
 
+    def release(self) -> None:
+        """The call was not made after all (no success, no failure): a held trial slot is given back."""
+        self._trial_running = False
+
     def record_failure(self) -> None:
         self._failures += 1
         if self._trial_running or self._failures >= self.failure_threshold:

@@ -13,9 +13,9 @@ from typing import TypeVar
 
 import structlog
 
-from echelon_platform.domain.values import GroundTruthRecord, JudgeUsage, OracleReply, ReplayScore
-from echelon_platform.errors import ScoringError
-from pipeline_workers.scoring.base import CallLog, Scorer
+from echelon_platform.domain.values import GroundTruthRecord, JudgeCall, JudgeUsage, OracleReply, ReplayScore
+from echelon_platform.errors import BudgetExceeded, ScoringError
+from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.breaker import CircuitBreaker
 
 T = TypeVar("T")
@@ -34,7 +34,7 @@ class JudgeChain:
         return self.judges[0][0].name
 
     async def follow_up_question(
-        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+        self, record: GroundTruthRecord, *, calls: list[JudgeCall] | None = None
     ) -> tuple[str, JudgeUsage]:
         return await self._first(lambda judge: judge.follow_up_question(record, calls=calls))
 
@@ -45,7 +45,7 @@ class JudgeChain:
         reply: OracleReply,
         *,
         question: str | None = None,
-        calls: CallLog | None = None,
+        calls: list[JudgeCall] | None = None,
     ) -> ReplayScore:
         return await self._first(lambda judge: judge.score(replay_id, record, reply, question=question, calls=calls))
 
@@ -57,6 +57,9 @@ class JudgeChain:
                 continue
             try:
                 result = await ask(judge)
+            except BudgetExceeded:
+                breaker.release()  # the judge did not fail: nothing was sent
+                raise
             except ScoringError as exc:
                 breaker.record_failure()
                 problems.append(f"{judge.name}: {exc}")

@@ -11,10 +11,14 @@ OVERLOAD_STATUS = frozenset({429, 503, 529})
 
 
 def classify_judge_failure(exc: BaseException, slot: Slot) -> None:
+    if isinstance(exc, anthropic.APITimeoutError):  # slower than it can serve: as overloaded as a 529
+        slot.overloaded(None)
+        return
     if isinstance(exc, anthropic.APIStatusError):
         headers = exc.response.headers
         slot.headers(headers)
-        if exc.status_code in OVERLOAD_STATUS or exc.type == "overloaded_error":
+        # Any 5xx counts too: a provider failing under load needs fewer calls, not the same again.
+        if exc.status_code in OVERLOAD_STATUS or exc.status_code >= 500 or exc.type == "overloaded_error":
             slot.overloaded(retry_after_seconds(headers.get("retry-after")))
             return
     slot.failed()

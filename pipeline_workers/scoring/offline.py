@@ -14,7 +14,7 @@ from typing import Literal
 
 from echelon_platform.domain.values import GroundTruthRecord, JudgeCall, JudgeUsage, OracleReply, ReplayScore
 from pipeline_workers.ingest.diffs import FileDiff, changed_lines, parse_diff
-from pipeline_workers.scoring.base import CallLog, judge_call, make_score, prompt_digest
+from pipeline_workers.scoring.base import judge_call, make_score, prompt_digest
 from pipeline_workers.scoring.lexical import overlap, tokens
 from pipeline_workers.scoring.parsing import (
     MAX_CHANGES,
@@ -55,7 +55,7 @@ class OfflineLexicalScorer:
         return OFFLINE_SCORER_NAME
 
     async def follow_up_question(
-        self, record: GroundTruthRecord, *, calls: CallLog | None = None
+        self, record: GroundTruthRecord, *, calls: list[JudgeCall] | None = None
     ) -> tuple[str, JudgeUsage]:
         started = time.perf_counter()
         question = question_for(record)
@@ -71,7 +71,7 @@ class OfflineLexicalScorer:
         reply: OracleReply,
         *,
         question: str | None = None,
-        calls: CallLog | None = None,
+        calls: list[JudgeCall] | None = None,
     ) -> ReplayScore:
         started = time.perf_counter()
         # The verdict goes through the same text and parser as an LLM judge's, so a certificate is

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
@@ -61,3 +63,25 @@ async def test_the_slots_of_a_process_that_died_come_back_when_its_leases_expire
     alive = limiter(redis, settings)
     async with asyncio.timeout(20), alive.slot():
         assert (await alive.shared_state())[1] == 1  # the dead process's three leases expired
+
+
+class CancelledOnTheWayBack:
+    """Redis whose answer to the acquire script is lost to a cancel: the script ran, the caller never knew."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def eval(self, *args: Any) -> Any:
+        await self.redis.eval(*args)
+        raise asyncio.CancelledError
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.redis, name)
+
+
+async def test_a_call_cancelled_while_taking_its_lease_hands_it_back(redis: aioredis.Redis, settings: Settings) -> None:
+    cancelled = AdaptiveLimiter("judge", cap=3, redis=CancelledOnTheWayBack(redis), prefix=settings.redis_prefix)  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        async with cancelled.slot():
+            pass
+    assert (await limiter(redis, settings).shared_state())[1] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from coordinator.assembly import coordinator_for
@@ -58,3 +59,54 @@ async def test_failing_handler_is_retried_then_dead_lettered(settings: Settings)
         state = await services.read_models.get_run("DEAD")
         assert state is not None and state.status.name == "FAILED"
         assert state.error == "gave up after 3 attempts: upstream exploded"
+
+
+class OneRunHangs:
+    """Run HOLD's message waits for the test; every other run's is handled at once."""
+
+    stage = "held"
+    topic = "verify.run.requested"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+        self.handled: list[str] = []
+
+    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
+        if envelope.run_id == "HOLD":
+            self.holding.set()
+            await self.release.wait()
+        self.handled.append(envelope.run_id)
+        return []
+
+    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
+        return []
+
+
+async def test_a_message_over_its_share_waits_here_without_being_redelivered(settings: Settings) -> None:
+    # Each redelivery counts against a message's attempts wherever it is next delivered (another process,
+    # or this one after a restart): a deferred message must not be handed back to JetStream to wait.
+    async with Services(settings, name="test") as services:
+        handler = OneRunHangs()
+        worker = StageWorker(
+            handler,
+            bus=services.bus,
+            metrics=services.metrics,
+            durable_prefix=settings.consumer_prefix,
+            concurrency=2,
+            per_user=1,  # alice's one slot is HOLD's
+            ack_wait_s=5,
+            fetch_timeout_s=0.2,
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            await services.bus.publish(requested("HOLD"))
+            await services.bus.publish(requested("LATER"))
+            await wait_for(lambda: worker.stats.deferred >= 1, what="LATER to wait for alice's slot")
+            handler.release.set()
+            await wait_for(lambda: handler.handled == ["HOLD", "LATER"], what="both handled, in turn")
+            info = await services.bus.js.consumer_info(settings.stream_name, worker.durable)
+            assert info.delivered.consumer_seq == 2  # two messages, each delivered once
+        finally:
+            worker.stop()
+            await task

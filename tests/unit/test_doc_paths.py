@@ -120,3 +120,11 @@ def test_every_setting_the_docs_name_exists() -> None:
         if var.rstrip("_") not in settings and var not in code
     )
     assert not unknown, "settings named in the docs that nothing reads:\n" + "\n".join(unknown)
+
+
+def test_the_readme_stays_short_and_narrow() -> None:
+    """The README is the front page (what it is, two commands, a tour, links); details live in docs/."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: move details to a docs/ page"
+    wide = [f"README.md:{n}: {len(line)} chars" for n, line in enumerate(lines, 1) if len(line) > 110]
+    assert not wide, "\n".join(wide)

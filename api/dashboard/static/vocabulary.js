@@ -16,6 +16,7 @@ export const TOPIC = Object.freeze({
   RunFailed: "verify.run.failed",
   RatingSubmitted: "verify.rating.submitted",
   JudgeCalled: "verify.judge.called",
+  JudgeStarted: "verify.judge.started",
   MethodologyRegistered: "verify.methodology.registered",
 });
 

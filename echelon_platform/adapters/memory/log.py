@@ -203,11 +203,20 @@ class MemoryLog:
         for run_id in run_ids:
             calls = [orjson.loads(s.payload) for s in self._of_run(run_id) if s.envelope.topic == JudgeCalled.TOPIC]
             if calls:
+                by_judge: dict[str, tuple[int, int, float]] = {}
+                for c in calls:
+                    i, o, cost = by_judge.get(str(c.get("judge") or ""), (0, 0, 0.0))
+                    by_judge[str(c.get("judge") or "")] = (
+                        i + int(c.get("input_tokens") or 0),
+                        o + int(c.get("output_tokens") or 0),
+                        cost + float(c.get("cost_usd") or 0),
+                    )
                 usage[run_id] = JudgeTotals(
                     len(calls),
                     sum(int(c.get("input_tokens") or 0) for c in calls),
                     sum(int(c.get("output_tokens") or 0) for c in calls),
                     sum(float(c.get("cost_usd") or 0) for c in calls),
+                    by_judge,
                 )
         return usage
 

@@ -71,7 +71,8 @@ async def test_scores_a_reply(router: respx.MockRouter, sleeps: SleepRecorder, r
     sent = body(route.calls.last)
     assert sent["model"] == "claude-sonnet-4-6"
     assert "temperature" not in sent  # rejected by the 2026-10-21 API version
-    assert "impartial judge" in sent["system"]
+    assert "impartial judge" in sent["system"][0]["text"]
+    assert sent["system"][0]["cache_control"] == {"type": "ephemeral"}  # the static part, for the prompt cache
     prompt = sent["messages"][0]["content"]
     assert "1. Adds function truncate\n2. Adds a cache\n3. Exports word_count" in prompt
     assert "What does truncate return?" in prompt and record.diff_content in prompt

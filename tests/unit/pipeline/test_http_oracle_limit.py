@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import pytest_asyncio
 import respx
 
-from echelon_platform.adapters.adaptive_limit import LimiterRegistry
+from echelon_platform.adapters.adaptive_limit import LimiterRegistry, endpoint_id
 from echelon_platform.domain.values import GroundTruthRecord
 from echelon_platform.errors import OracleError
 from pipeline_workers.oracles.http import HttpOracle
@@ -35,12 +36,14 @@ def mock() -> Any:
         yield router
 
 
-def oracle(client: httpx.AsyncClient, limits: LimiterRegistry) -> HttpOracle:
+def oracle(
+    client: httpx.AsyncClient, limits: LimiterRegistry, *, timeout_s: float = 5.0, secret: str = "7f3a9c2e51b84d06"
+) -> HttpOracle:
     dns = FakeDns({"oracle.example.com": [PUBLIC_IP]})
     return HttpOracle(
         "https://oracle.example.com/v1/summarise",
-        headers={"Authorization": "Bearer sk-oracle-7f3a9c2e51b84d06"},
-        timeout_s=5.0,
+        headers={"Authorization": f"Bearer sk-oracle-{secret}"},
+        timeout_s=timeout_s,
         client=client,
         allow_private=False,
         resolver=dns,
@@ -65,3 +68,34 @@ async def test_refusals_are_bounded(mock: Any, client: httpx.AsyncClient, record
     with pytest.raises(OracleError, match="HTTP 429"):
         await oracle(client, LimiterRegistry(cap=16)).invoke(record, "q?")
     assert route.call_count == 3
+
+
+async def test_the_timeout_counts_from_the_slot_not_the_queue(
+    mock: Any, client: httpx.AsyncClient, record: GroundTruthRecord
+) -> None:
+    async def takes_a_while(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.4)
+        return httpx.Response(200, json=REPLY)
+
+    mock.post(PINNED).mock(side_effect=takes_a_while)
+    limits = LimiterRegistry(cap=2)
+    # Six calls, two at a time, each well within its 1 s: the last ones queue longer than that, and succeed.
+    replies = await asyncio.gather(*(oracle(client, limits, timeout_s=1.0).invoke(record, "q?") for _ in range(6)))
+    assert [r.summary for r in replies] == ["Adds truncate()."] * 6
+
+
+async def test_a_timeout_lowers_the_limit(mock: Any, client: httpx.AsyncClient, record: GroundTruthRecord) -> None:
+    mock.post(PINNED).mock(side_effect=httpx.ReadTimeout("slow"))
+    limits = LimiterRegistry(cap=64, initial=4)
+    with pytest.raises(OracleError, match="timed out"):
+        await oracle(client, limits).invoke(record, "q?")
+    (limiter,) = limits.limiters
+    assert limiter.limit < 4
+
+
+def test_one_limit_per_oracle_origin_whatever_its_credentials(client: httpx.AsyncClient) -> None:
+    limits = LimiterRegistry(cap=8)
+    oracle(client, limits, secret="aaaaaaaaaaaaaaaa")
+    oracle(client, limits, secret="bbbbbbbbbbbbbbbb")
+    (limiter,) = limits.limiters
+    assert limiter.endpoint == endpoint_id("https://oracle.example.com")  # no credential in Redis keys or logs

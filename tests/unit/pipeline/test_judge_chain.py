@@ -151,13 +151,17 @@ async def test_the_offline_judge_answers_when_every_model_fails(fake: FakeAnthro
         "r-0001", record, REPLY, question="Q?", calls=calls
     )
     assert score.scoring_model == "offline-lexical-v1"
-    # Haiku answered twice (request and repair), both unusable, both logged; then the offline judge.
-    assert [(c.judge, c.round_trip, c.usable) for c in calls] == [
-        ("anthropic:claude-haiku-4-5", 1, False),
-        ("anthropic:claude-haiku-4-5", 2, False),
-        ("offline-lexical-v1", 1, True),
+    # Sonnet's overloaded attempts are logged with their status (sent, so they count as requests); Haiku
+    # answered twice (request and repair), both unusable, both logged; then the offline judge.
+    assert [(c.judge, c.round_trip, c.usable, c.status) for c in calls] == [
+        ("anthropic:claude-sonnet-4-6", 1, False, 529),
+        ("anthropic:claude-sonnet-4-6", 1, False, 529),
+        ("anthropic:claude-haiku-4-5", 1, False, 200),
+        ("anthropic:claude-haiku-4-5", 2, False, 200),
+        ("offline-lexical-v1", 1, True, None),
     ]
-    assert calls[0].raw_text == "no json here"
+    assert [c.attempt for c in calls[:2]] == [1, 2] and "overloaded" in str(calls[0].error)
+    assert calls[2].raw_text == "no json here"
 
 
 async def test_no_judge_left_is_a_scoring_error(fake: FakeAnthropic, record: GroundTruthRecord) -> None:

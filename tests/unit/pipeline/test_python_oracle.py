@@ -14,6 +14,8 @@ from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError, RequestRejected
 from pipeline_workers.oracles.python import OracleProcessPool, PythonOracle
 from pipeline_workers.oracles.sample import summarise
+from pipeline_workers.owner import current_owner
+from tests.helpers import wait_for
 
 MODULE = "echelon_test_oracles"
 SYNC = "tests.unit.pipeline.oracle_targets"
@@ -147,3 +149,21 @@ def test_sample_oracle_is_deterministic_and_reads_the_diff(record: GroundTruthRe
     )
     off_topic = summarise({**request, "follow_up_question": "Is the database schema migrated?"})
     assert off_topic["follow_up_response"].startswith("The diff does not address that directly")
+
+
+async def test_a_user_whose_sync_oracles_hang_leaves_processes_for_others(record: GroundTruthRecord) -> None:
+    async with OracleProcessPool(max_processes=4) as pool:  # at most 3 for one user
+        hang = PythonOracle(SYNC, "hang", ALLOW, timeout_s=30, pool=pool)
+        token = current_owner.set("alice")
+        hung = [asyncio.create_task(hang.invoke(record, "q?")) for _ in range(3)]
+        await wait_for(lambda: pool.spawned == 3, what="alice's three processes")
+        with pytest.raises(OracleError, match="waiting for a process"):
+            await PythonOracle(SYNC, "sync_oracle", ALLOW, timeout_s=0.5, pool=pool).invoke(record, "q?")
+        current_owner.reset(token)
+        token = current_owner.set("bob")
+        reply = await PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool).invoke(record, "q?")
+        assert reply.summary == f"About {record.title}"
+        current_owner.reset(token)
+        for task in hung:
+            task.cancel()
+        await asyncio.gather(*hung, return_exceptions=True)

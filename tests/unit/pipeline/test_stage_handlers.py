@@ -138,7 +138,7 @@ async def invoked_event(ports: Ports, http: httpx.AsyncClient) -> Envelope:
 async def test_score_grades_the_reply_and_logs_each_judge_call(http: httpx.AsyncClient) -> None:
     ports = Ports()
     event = await invoked_event(ports, http)
-    handler = ScoreHandler(ports.guard, OfflineLexicalScorer(), Metrics())
+    handler = ScoreHandler(ports.context(http), OfflineLexicalScorer(), Metrics())
     caused = list(await handler.handle(event, parse_payload(event)))
     (scored,) = [payload_as(e, ReplayScored) for e in caused if e.topic == "verify.replay.scored"]
     calls = [e for e in caused if e.topic == "verify.judge.called"]
@@ -150,7 +150,7 @@ async def test_score_grades_the_reply_and_logs_each_judge_call(http: httpx.Async
 async def test_score_is_not_paid_for_twice(http: httpx.AsyncClient) -> None:
     ports = Ports()
     event = await invoked_event(ports, http)
-    handler = ScoreHandler(ports.guard, OfflineLexicalScorer(), Metrics())
+    handler = ScoreHandler(ports.context(http), OfflineLexicalScorer(), Metrics())
     first = list(await handler.handle(event, parse_payload(event)))
     await ports.logged(*first)  # the writer logged the outcome; the message is redelivered
     assert list(await handler.handle(event, parse_payload(event))) == []
