@@ -160,14 +160,15 @@ class _Columns:
       is what ``math.fsum`` returns; otherwise it is fsum'd as a column;
     - each bin's confidence is summed left to right like ``conf[b] += c`` (that rounding is part of the
       figure), two bins per complex number (its parts add as two independent doubles), a replay without
-      the bin adding 0.0 (x + 0.0 is x for x ≥ 0).
+      the bin adding 0.0 (x + 0.0 is x for x ≥ 0); bins no replay uses stay 0.0 and are not summed.
     """
 
     packed: list[int]
     count_width: int  # field 0: claims, field 1 + b: hits in bin b
     exact: dict[str, _Field]
     loose: dict[str, list[float]]  # shares that are fsum'd
-    confidence: list[list[complex]]  # per pair of bins (2k, 2k + 1): each replay's Σ confidence there
+    confidence: list[list[complex]]  # per pair of used bins: each replay's Σ confidence in each
+    lane_bins: list[tuple[int, int | None]]  # the bins of each pair (None: no second bin)
 
 
 def _as_integers(values: list[float]) -> tuple[list[int], int] | None:
@@ -182,12 +183,14 @@ def _columns(replays: Sequence[Replay]) -> _Columns:
     n = len(replays)
     count_width = (max((r.claims for r in replays), default=0) * n).bit_length() + 1
     packed = []
-    lanes = [[0.0] * n for _ in range(BINS + BINS % 2)]
+    lanes = [[0.0] * n for _ in range(BINS)]
+    used: set[int] = set()
     for i, r in enumerate(replays):
         counts = r.claims
         for b, c, h in r.bins:
             counts |= h << (count_width * (1 + b))
             lanes[b][i] = c
+            used.add(b)
         packed.append(counts)
     offset = count_width * (1 + BINS)
     exact: dict[str, _Field] = {}
@@ -202,12 +205,16 @@ def _columns(replays: Sequence[Replay]) -> _Columns:
         exact[name] = _Field(offset, width, integers[1])
         packed = [p | (m << offset) for p, m in zip(packed, integers[0], strict=True)]
         offset += width
+    zeros = [0.0] * n
+    bins = sorted(used)
+    pairs = [(bins[k], bins[k + 1] if k + 1 < len(bins) else None) for k in range(0, len(bins), 2)]
     return _Columns(
         packed=packed,
         count_width=count_width,
         exact=exact,
         loose=loose,
-        confidence=[list(map(complex, lanes[k], lanes[k + 1])) for k in range(0, len(lanes), 2)],
+        confidence=[list(map(complex, lanes[a], lanes[b] if b is not None else zeros)) for a, b in pairs],
+        lane_bins=pairs,
     )
 
 
@@ -228,10 +235,12 @@ def bootstrap_samples(replays: Sequence[Replay], composite: Composite, seed: str
         out = {**means, "composite_score": composite(means)}
         claims = total & mask
         if claims:
-            conf: list[float] = []
-            for lane in cols.confidence:
+            conf = [0.0] * BINS
+            for lane, (a, b) in zip(cols.confidence, cols.lane_bins, strict=True):
                 pair = reduce(operator.add, map(lane.__getitem__, draw), 0j)
-                conf += (pair.real, pair.imag)
+                conf[a] = pair.real
+                if b is not None:
+                    conf[b] = pair.imag
             hits = [(total >> (width * (1 + b))) & mask for b in range(BINS)]
             out["brier_score"] = sums["squared_error"] / claims
             out["expected_calibration_error"] = math.fsum(abs(conf[b] - hits[b]) for b in range(BINS)) / claims
