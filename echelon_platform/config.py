@@ -238,7 +238,7 @@ class Settings(BaseSettings):
     judge_model: str = "claude-sonnet-4-6"
     """The Anthropic model that judges when `ECHELON_JUDGES` is unset."""
     judge_concurrency: int = Field(default=128, ge=1)
-    """The ceiling of concurrent judge calls per endpoint and key, shared by every process using it; the
+    """The ceiling of concurrent judge calls per endpoint, shared by every process using it; the
     operating point adapts below it (AIMD on 429/529/overload, `retry-after` and rate-limit headers)."""
     judge_initial_concurrency: int | None = Field(default=None, ge=1)
     """Where the adaptive judge limit starts before it has learned anything (unset: the ceiling)."""

@@ -8,7 +8,7 @@ and a coarse 5-step rubric for reply accuracy.
 Retries are ours, not the SDK's (the client is cloned with ``max_retries=0``) so they are bounded,
 honour ``retry-after`` and use an injectable sleep. One repair round-trip is made when the judge's
 output is not usable JSON. Concurrent calls adapt to the provider (``adaptive_limit``): ``max_concurrency``
-is their ceiling, shared with every process on the same endpoint and key when a limiter with Redis is given.
+is their ceiling, shared with every process on the same endpoint when a limiter with Redis is given.
 """
 
 from __future__ import annotations
