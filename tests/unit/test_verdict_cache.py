@@ -7,10 +7,11 @@ import threading
 
 import pytest
 
-from api.verdict_cache import VerdictCache, verdict_key
+from api.verdict_cache import Verdict, VerdictCache, verdict_key
 from echelon_platform.domain.cert_validity import Validity
 
 VALID = Validity(None, True, True, True)
+VERDICT = Verdict(hash_ok=True, aggregates_ok=True, signature_ok=True, key_id=None, valid=True)
 
 
 async def test_one_check_per_document_shared_by_concurrent_requests() -> None:
@@ -27,9 +28,9 @@ async def test_one_check_per_document_shared_by_concurrent_requests() -> None:
     waiting = [asyncio.create_task(cache.verdict(key, check)) for _ in range(5)]
     await asyncio.sleep(0)  # let every request reach the cache before the check ends
     release.set()
-    assert await asyncio.gather(*waiting) == [VALID] * 5
+    assert await asyncio.gather(*waiting) == [VERDICT] * 5
     assert len(calls) == 1 and calls[0] != threading.main_thread().name  # in a worker thread
-    assert await cache.verdict(key, check) is VALID and len(calls) == 1 and cache.checks == 1
+    assert await cache.verdict(key, check) == VERDICT and len(calls) == 1 and cache.checks == 1
 
 
 async def test_the_key_covers_the_document_and_the_keys_and_the_cache_is_bounded() -> None:
