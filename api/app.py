@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api import certificates, methodology_registry, readiness, run_events, runs, signin, stats, stream
+from api import certificates, methodology_registry, readiness, rescore, run_events, runs, signin, stats, stream
 from api.auth import TokenCache
 from api.cors import OriginPolicy
 from api.dashboard import install_dashboard
@@ -156,6 +156,7 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.state.options = options or ApiOptions.from_settings(settings)
     app.state.tokens = TokenCache(settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
     app.include_router(runs.router)
+    app.include_router(rescore.router)
     app.include_router(certificates.router)
     app.include_router(certificates.well_known)
     app.include_router(stats.router)

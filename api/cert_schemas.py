@@ -28,6 +28,7 @@ class ReplayScoreView(BaseModel):
     scored_at: datetime
     claim_supported: list[bool] | None = None
     claim_confidences: list[float] | None = None
+    repeat: int | None = Field(default=None, description="Which repeat of its change (runs with repeats > 1)")
 
 
 class FailedReplayView(BaseModel):

@@ -75,7 +75,9 @@ def fingerprint(body: RunCreate) -> str:
     """What makes two requests 'the same'; secret values are left out (only header names count)."""
     # Fields added later count only when set, so a request's fingerprint is what it was before they existed.
     unset = {
-        name for name in ("max_cost_usd", "judge_cache") if getattr(body, name) == RunCreate.model_fields[name].default
+        name
+        for name in ("max_cost_usd", "judge_cache", "repeats")
+        if getattr(body, name) == RunCreate.model_fields[name].default
     }
     data = body.model_dump(mode="json", exclude={"github_token", "oracle_headers", *unset})
     data["oracle_header_names"] = sorted(body.oracle_headers or {})
@@ -278,6 +280,7 @@ async def _publish_request(
         secret_ref=secret_ref,
         created_at=created_at,
         request_fingerprint=fp,
+        repeats=body.repeats,
     )
     return await publish(services.bus, services.metrics, payload)
 

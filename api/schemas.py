@@ -20,10 +20,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from echelon_platform.domain.certificate import MAX_WEIGHT, WEIGHT_KEYS
+from echelon_platform.domain.events import MAX_REPEATS
 from echelon_platform.domain.lifecycle import Status
 from echelon_platform.domain.values import ConstructId
 
 MAX_ORACLE_HEADERS = 20
+MAX_REPLAYS = 1000  # oracle calls per run (changes × repeats), as many as `limit` alone allows
 MAX_HEADER_VALUE_CHARS = 4096
 # An HTTP field name (RFC 9110 token), so a bad name is refused here and not when the invoke stage calls out.
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
@@ -78,6 +80,13 @@ class RunCreate(BaseModel):
     since: datetime | None = None
     labels: list[Label] = Field(default_factory=list, max_length=20, description="at most 20, each ≤ 100 characters")
     include_unmerged: bool = False
+    repeats: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPEATS,
+        description=f"oracle calls per change (1 to {MAX_REPEATS}): the certificate reports each figure's spread "
+        f"over the repeats and uses the mean; `limit` × `repeats` is at most {MAX_REPLAYS}",
+    )
     max_cost_usd: float | None = Field(
         default=None,
         gt=0,
@@ -109,6 +118,10 @@ class RunCreate(BaseModel):
             raise ValueError("oracle_type 'http' needs oracle_url")
         if self.oracle_type == "python" and not (self.oracle_module and self.oracle_callable):
             raise ValueError("oracle_type 'python' needs oracle_module and oracle_callable")
+        if self.limit * self.repeats > MAX_REPLAYS:
+            raise ValueError(
+                f"limit × repeats is {self.limit * self.repeats}: at most {MAX_REPLAYS} oracle calls per run"
+            )
         return self
 
 

@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--construct-id", default="cli-construct")
     verify.add_argument("--limit", type=int, default=10)
     verify.add_argument("--min-replays", type=int, default=1)
+    verify.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="oracle calls per change (1-10): the certificate shows each figure's spread over them",
+    )
     verify.add_argument("--github-token")
     verify.add_argument("--watch", action="store_true", help="show progress until the certificate")
     verify.add_argument("--resume", metavar="RUN_ID", help="submit nothing: watch this existing run (as --watch)")
@@ -156,6 +162,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     again.add_argument("certificate_id", help="the certificate id (cert-<run id>) or its run id")
     again.add_argument("--json", action="store_true", help="print the rebuilt certificate and the comparison as JSON")
+
+    again = certs_sub.add_parser(
+        "rescore",
+        help="score a completed run's logged oracle replies with another methodology or judge (admin; no oracle call)",
+    )
+    again.add_argument("run", help="the run id (or its certificate id, cert-<run id>)")
+    again.add_argument("--methodology", required=True, metavar="VERSION", help="a registered methodology, e.g. v1")
+    again.add_argument("--judge", help="`offline` or `anthropic:<model>` (default: the score stage's judges)")
+    again.add_argument("--watch", action="store_true", help="follow the rescore until its certificate")
+    again.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    again.add_argument("--api", help="API base URL (as for `verify`)")
+    again.add_argument("--token", help="an admin's Bearer token (default: ECHELON_API_TOKEN, else a local admin token)")
 
     runs = sub.add_parser("runs", help="inspect runs through the API")
     runs_sub = runs.add_subparsers(dest="action", required=True)

@@ -105,6 +105,17 @@ def certificate_table(cert: dict[str, Any]) -> str:
             rows.append(
                 ("to narrow", f"about {uncertainty['replays_to_narrow']} more replays for a composite within ±0.1")
             )
+    spread = cert.get("repeat_spread")
+    if spread:
+        for name, s in spread["metrics"].items():
+            rows.append(
+                (
+                    f"{name} ×{spread['repeats']}",
+                    f"mean {s['mean']:.6f}  sd {s['stdev']:.6f}  min {s['min']:.6f}  max {s['max']:.6f}",
+                )
+            )
+    if cert.get("rescored_from"):
+        rows.append(("rescored from", cert["rescored_from"]))
     if cert.get("warning"):
         rows.append(("warning", cert["warning"]))
     width = max(len(k) for k, _ in rows)
@@ -149,6 +160,8 @@ def run_body(args: argparse.Namespace) -> dict[str, Any]:
         "limit": args.limit,
         "min_replays": args.min_replays,
     }
+    if getattr(args, "repeats", 1) != 1:
+        body["repeats"] = args.repeats
     if args.oracle_url:
         body.update(oracle_type="http", oracle_url=args.oracle_url)
     else:

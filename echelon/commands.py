@@ -277,6 +277,10 @@ async def cmd_certificates(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.action == "rederive":
         return await _rederive(args, settings)
+    if args.action == "rescore":
+        from echelon.rescore_cli import rescore
+
+        return await rescore(args, settings)
     if args.action == "compare":
         from echelon.cert_compare import compare_command
 

@@ -39,6 +39,7 @@ class StreamUnavailable(EchelonError):
 class Progress:
     stage: str = "queued"
     total: int | None = None
+    repeats: int = 1
     invoked: set[str] = field(default_factory=set)
     done: set[str] = field(default_factory=set)
     failed: int = 0
@@ -53,7 +54,9 @@ class Progress:
         elif topic == RunIngested.TOPIC:
             self.total = int(payload.get("total", 0))
             self.stage = "ingested"
-            return f"ingested {self.total} change(s) from {payload.get('commit_range', '?')}"
+            self.repeats = int(payload.get("repeats") or 1)  # `total` counts replays: changes × repeats
+            times = f" × {self.repeats} repeats" if self.repeats > 1 else ""
+            return f"ingested {self.total // self.repeats} change(s){times} from {payload.get('commit_range', '?')}"
         elif topic == ReplayInvoked.TOPIC:
             self.invoked.add(replay)
             self.stage = "replaying" if self.stage in ("queued", "ingesting", "ingested") else self.stage
@@ -71,7 +74,9 @@ class Progress:
         if self.stage == before:
             return None
         if self.stage == "replaying":
-            return f"replaying {self.total if self.total is not None else '?'} change(s): oracle, then judge"
+            count = "?" if self.total is None else f"{self.total // self.repeats}"
+            times = f" × {self.repeats} repeats" if self.repeats > 1 else ""
+            return f"replaying {count} change(s){times}: oracle, then judge"
         return self.stage if self.ended is None else self.ended
 
     def bar(self, width: int = 30) -> str:

@@ -27,6 +27,7 @@ from pipeline_workers.methodology_registration import register_if_missing
 from pipeline_workers.oracles.python import OracleProcessPool
 from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.judge_choice import scorer_for
+from pipeline_workers.scoring.rescore_judges import ScorerChoice
 from pipeline_workers.stage import Handler, StageStats, StageWorker
 from pipeline_workers.watchdog import WRITER_BEHIND_S, Watchdog
 
@@ -110,8 +111,8 @@ class Pipeline:
     async def __aenter__(self) -> Self:
         http = await self._resources.enter_async_context(outbound_client())
         scorer = self._scorer
+        judge_limits = self._limits(self.settings.judge_concurrency, self.settings.judge_initial_concurrency)
         if scorer is None:
-            judge_limits = self._limits(self.settings.judge_concurrency, self.settings.judge_initial_concurrency)
             scorer = await self._resources.enter_async_context(scorer_for(self.settings, judge_limits))
         pool = await self._resources.enter_async_context(
             OracleProcessPool(
@@ -130,10 +131,13 @@ class Pipeline:
         async def owner(run_id: str) -> str:
             return (await ctx.run_request(run_id)).user_id
 
+        # A rescore run may name another methodology or judge: built on first use, closed with the pipeline.
+        choice = ScorerChoice(scorer, self.settings, run_request=ctx.run_request, limits=judge_limits)
+        self._resources.push_async_callback(choice.aclose)
         handlers: dict[str, Handler] = {
             "ingest": IngestHandler(ctx),
             "invoke": InvokeHandler(ctx, scorer),
-            "score": ScoreHandler(ctx, scorer, self.services.metrics),
+            "score": ScoreHandler(ctx, scorer, self.services.metrics, choice=choice),
         }
         if "certify" in self.stages:  # only the certify stage holds (or generates) the private key
             keyring = load_keyring(self.settings)

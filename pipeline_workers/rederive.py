@@ -25,6 +25,7 @@ from echelon_platform.domain.events import (
     ReplayScored,
     payload_as,
 )
+from echelon_platform.domain.repeats import with_provenance
 from echelon_platform.domain.run_inputs import run_inputs
 from echelon_platform.domain.values import CalibrationCertificate, JudgeUsage, ReplayScore
 from echelon_platform.errors import EchelonError
@@ -45,6 +46,8 @@ CERTIFICATE_FIELDS = (
     "methodology_hash",
     "mixed_judges",
     "calibration",
+    "repeat_spread",
+    "rescored_from",
     "uncertainty",
     "warning",
     "content_hash",
@@ -121,7 +124,7 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
         oracle=stored.oracle,
         selection_policy=ingest.selection_policy,
         requested=ingest.requested,
-        found=ingest.total,
+        found=ingest.total // (ingest.repeats or 1),
         shortfall=ingest.shortfall,
         reused=reused_replays(events),
         budget_usd=request.max_cost_usd,
@@ -129,6 +132,11 @@ def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederi
         # A refused mix never became a certificate: any certificate in the log was issued under "flag".
         judge_mixing="flag",
         intervals=stored.uncertainty is not None,  # a certificate issued before intervals is rebuilt without
+    )
+    rebuilt = with_provenance(
+        rebuilt,
+        repeats=ingest.repeats,
+        rescored_from=request.rescore.source_certificate_id if request.rescore else None,
     )
     differences = [
         f"{name}: stored {getattr(stored, name)!r}, rederived {getattr(rebuilt, name)!r}"
@@ -168,9 +176,8 @@ def _rescore(logged: ReplayScored, invoked: ReplayInvoked | None, calls: dict[st
         scored_at=logged.score.scored_at,
     )
     scoring = usage_of(calls[k] for k in logged.judge_calls)
-    return score.model_copy(
-        update=replay_usage(scoring, _Question(question.input_tokens, question.output_tokens, question.cost_usd))
-    )
+    usage = replay_usage(scoring, _Question(question.input_tokens, question.output_tokens, question.cost_usd))
+    return score.model_copy(update={**usage, "repeat": invoked.repeat})
 
 
 def _registered_hash(registry: Sequence[Envelope], version: str) -> str:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from echelon_platform.domain.canonical import CanonicalJSONError
 from echelon_platform.domain.certificate import content_hash, document_hash, signature_ok, verify_certificate
+from echelon_platform.domain.repeats import spread_ok
 from echelon_platform.domain.values import CalibrationCertificate
 
 
@@ -67,6 +68,7 @@ def verify(document: Mapping[str, object], public_keys: Mapping[str, bytes]) -> 
     except CanonicalJSONError:
         hash_ok = False
     _, aggregates_ok = verify_certificate(cert)
+    aggregates_ok = aggregates_ok and spread_ok(cert)  # a repeat spread follows from the scores too
     return Validity(
         cert,
         hash_ok,

@@ -51,6 +51,21 @@ class OracleSpec(BaseModel):
     header_names: list[str] = Field(default_factory=list)  # names only; values live in the secret store
 
 
+MAX_REPEATS = 10  # oracle calls per change in one run (oracle stability); the fan-out stays bounded
+
+
+class RescoreSpec(BaseModel):
+    """A run that scores the oracle replies another run logged, without calling the oracle again."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source_run_id: str = Field(description="The run whose logged replies are scored again")
+    source_certificate_id: str = Field(description="That run's certificate, which the new one links to")
+    methodology_version: str = Field(pattern=r"^v[0-9]+(\.[0-9]+)*$")
+    judge: str | None = Field(default=None, description="`offline` or `anthropic:<model>`; None: the stage's judges")
+    requested_by: str
+
+
 class RunRequested(Payload):
     TOPIC = "verify.run.requested"
     DOC = "A client asked for a verification run."
@@ -72,6 +87,8 @@ class RunRequested(Payload):
     created_at: AwareDatetime
     # What made the request (secrets excluded), so a repeated Idempotency-Key with another body is refused.
     request_fingerprint: str | None = None
+    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS, description="Oracle calls per change")
+    rescore: RescoreSpec | None = None
 
 
 class RunIngesting(Payload):
@@ -92,6 +109,8 @@ class RunIngested(Payload):
     # The `limit` asked for, and why fewer were found (`total` < `requested`); None in older events.
     requested: int | None = None
     shortfall: str | None = None
+    # `total` counts replays: `changes` × `repeats` (None in older events: one replay per change).
+    repeats: int | None = Field(default=None, ge=1)
 
 
 class JudgeTerms(BaseModel):
@@ -111,6 +130,9 @@ class ReplayRequested(Payload):
     replay_id: str
     index: int
     record: GroundTruthRecord
+    repeat: int | None = Field(default=None, ge=0, description="Which repeat of the change (runs with repeats > 1)")
+    # A rescore's replay: the replay of the source run whose logged oracle reply it scores (no oracle call).
+    rescore_of: str | None = None
     # What invoke needs of the run's request, so it reads nothing back (header names only; values stay in
     # the secret store under `secret_ref`). None on events logged before they were carried.
     oracle: OracleSpec | None = None
@@ -133,6 +155,8 @@ class ReplayInvoked(Payload):
     question_cost_usd: float = 0.0
     # Dedup keys of the `verify.judge.called` events that produced the question, in call order.
     question_calls: list[str] = Field(default_factory=list)
+    repeat: int | None = Field(default=None, ge=0)
+    rescore_of: str | None = None  # the source run's replay whose logged reply this is (a rescore)
     judge_terms: JudgeTerms | None = None  # the run's, from the replay request
 
 

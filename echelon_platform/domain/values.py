@@ -169,6 +169,9 @@ class ReplayScore(_Frozen):
     # the oracle's order, and the oracle's stated confidence per claim when it gave one (see README).
     claim_supported: list[bool] | None = None
     claim_confidences: list[float] | None = None
+    # Which repeat of its change this replay was (runs with repeats > 1); left out otherwise, so scores
+    # issued before repeats existed hash as they were signed.
+    repeat: int | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
 
 
 class FailedReplay(_Frozen):
@@ -218,6 +221,22 @@ class CertificateSignature(_Frozen):
 
 def _is_none(value: object) -> bool:
     return value is None
+
+
+class MetricSpread(_Frozen):
+    mean: float
+    stdev: float = Field(description="Sample standard deviation over the repeats (n − 1)")
+    min: float
+    max: float
+
+
+class RepeatSpread(_Frozen):
+    """How stable the oracle is: each figure computed per repeat (over that repeat's scored replays), then
+    summarised over the repeats."""
+
+    repeats: int = Field(description="Oracle calls per change")
+    scored: list[int] = Field(description="Scored replays in each repeat, in repeat order")
+    metrics: dict[str, MetricSpread] = Field(description="figure → its spread over the repeat-wise figures")
 
 
 class FigureInterval(_Frozen):
@@ -289,6 +308,16 @@ class CertificateFigures(_Frozen):
         default=None,
         exclude_if=_is_none,
         description="True when replays of this certificate were scored by different judges",
+    )
+    repeat_spread: RepeatSpread | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Runs with repeats > 1: each figure's spread over the repeat-wise figures (oracle stability)",
+    )
+    rescored_from: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="A rescore: the certificate whose logged oracle replies were scored again (no oracle call)",
     )
     reused_judge_answers: list[str] | None = Field(
         default=None,

@@ -22,6 +22,7 @@ from echelon_platform.domain.events import (
     make_event,
     payload_as,
 )
+from echelon_platform.domain.repeats import with_provenance
 from echelon_platform.domain.run_inputs import INPUT_TOPICS, run_inputs
 from echelon_platform.errors import ConfigError, NotYetInLog, StageError
 from echelon_platform.ports.log import LogReader
@@ -96,10 +97,15 @@ class CertifyHandler:
                 oracle=oracle_identity(request.oracle),
                 selection_policy=ingested.selection_policy,
                 requested=ingested.requested,
-                found=ingested.total,
+                found=ingested.total // (ingested.repeats or 1),
                 shortfall=ingested.shortfall,
                 reused=reused_replays(events),
                 budget_usd=request.max_cost_usd,
+            )
+            certificate = with_provenance(
+                certificate,
+                repeats=ingested.repeats,
+                rescored_from=request.rescore.source_certificate_id if request.rescore else None,
             )
         except StageError as exc:
             return self.give_up(envelope, payload, str(exc))

@@ -17,20 +17,17 @@ from echelon_platform.domain.events import (
     RunRequested,
     make_event,
 )
+from echelon_platform.domain.repeats import replay_id_for
 from echelon_platform.domain.repo_refs import SAMPLE_REPO, check_local_repo_allowed
 from echelon_platform.errors import IngestError, RequestRejected
 from pipeline_workers.fixtures import materialise_sample_repo
 from pipeline_workers.handlers.context import StageContext
+from pipeline_workers.handlers.rescore import ingest_from_log
 from pipeline_workers.ingest.base import SourceSpec
 from pipeline_workers.ingest.diffs import truncate_diff
 from pipeline_workers.ingest.ingester_choice import ingester_for
 
 log = structlog.get_logger(__name__)
-
-
-def replay_id_for(run_id: str, index: int) -> str:
-    # Deterministic, so re-ingesting after a redelivery produces the same replays (deduplicated).
-    return f"{run_id}-{index:04d}"
 
 
 class IngestHandler:
@@ -43,9 +40,12 @@ class IngestHandler:
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, RunRequested)
         run_id = payload.run_id
+        source = payload.repo_url if payload.rescore is None else f"run {payload.rescore.source_run_id}"
         await self.ctx.publisher.publish(
-            make_event(RunIngesting(run_id=run_id, source=payload.repo_url), causation_id=envelope.event_id)
+            make_event(RunIngesting(run_id=run_id, source=source), causation_id=envelope.event_id)
         )
+        if payload.rescore is not None:  # the source run's changes, from the log
+            return await ingest_from_log(self.ctx.log, run_id, payload.rescore, causation_id=envelope.event_id)
         secrets = await self.ctx.secrets.get(payload.secret_ref)
         spec = SourceSpec(
             repo_url=payload.repo_url,
@@ -86,32 +86,33 @@ class IngestHandler:
             if payload.max_cost_usd is not None or not payload.judge_cache
             else None
         )
+        repeats = payload.repeats
         for index, record in enumerate(result.records):
             record = record.model_copy(update={"diff_content": truncate_diff(record.diff_content)})
-            events.append(
-                make_event(
-                    ReplayRequested(
-                        run_id=run_id,
-                        replay_id=replay_id_for(run_id, index),
-                        index=index,
-                        record=record,
-                        oracle=payload.oracle,
-                        secret_ref=payload.secret_ref,
-                        judge_terms=terms,
-                    ),
-                    causation_id=envelope.event_id,
+            # One replay per (change, repeat); a run without repeats keeps the replays it always had.
+            for repeat in range(repeats) if repeats > 1 else [None]:
+                replay = ReplayRequested(
+                    run_id=run_id,
+                    replay_id=replay_id_for(run_id, index, repeat),
+                    index=index,
+                    record=record,
+                    repeat=repeat,
+                    oracle=payload.oracle,
+                    secret_ref=payload.secret_ref,
+                    judge_terms=terms,
                 )
-            )
+                events.append(make_event(replay, causation_id=envelope.event_id))
         events.append(
             make_event(
                 RunIngested(
                     run_id=run_id,
-                    total=len(result.records),
+                    total=len(result.records) * repeats,
                     ground_truth_source=result.ground_truth_source,
                     commit_range=result.commit_range,
                     selection_policy=result.selection_policy,
                     requested=payload.limit,
                     shortfall=result.shortfall,
+                    repeats=repeats if repeats > 1 else None,
                 ),
                 causation_id=envelope.event_id,
             )

@@ -17,6 +17,7 @@ from echelon_platform.errors import OracleError, OracleRefused, RequestRejected,
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import log_skip
 from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
+from pipeline_workers.handlers.rescore import invoke_from_log
 from pipeline_workers.oracles.base import Oracle
 from pipeline_workers.oracles.http import HttpOracle
 from pipeline_workers.oracles.python import PythonOracle
@@ -62,6 +63,11 @@ class InvokeHandler(GivesUpOnTheReplay):
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []
+        if payload.rescore_of is not None:  # a rescore: the source run's logged reply, no oracle, no question
+            source = (await self.ctx.run_request(payload.run_id)).rescore
+            if source is None:  # only the ingest of a rescore run names a source replay
+                return self.give_up(envelope, payload, "the replay names a source replay but its run is no rescore")
+            return await invoke_from_log(self.ctx.log, source.source_run_id, payload, causation_id=envelope.event_id)
         spec, secret_ref = payload.oracle, payload.secret_ref
         if spec is None:  # logged before replay requests carried the oracle
             request = await self.ctx.run_request(payload.run_id)
@@ -93,6 +99,7 @@ class InvokeHandler(GivesUpOnTheReplay):
                     question_output_tokens=usage.output_tokens,
                     question_cost_usd=usage.cost_usd,
                     question_calls=keys,
+                    repeat=payload.repeat,
                     judge_terms=payload.judge_terms,
                 ),
                 causation_id=envelope.event_id,

@@ -8,26 +8,35 @@ from cachetools import LRUCache
 
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, ReplayInvoked, ReplayScored, RunFailed, make_event, payload_as
-from echelon_platform.errors import ScoringError
+from echelon_platform.errors import ConfigError, ScoringError
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import log_skip
 from pipeline_workers.handlers.replay_failure import GivesUpOnTheReplay
 from pipeline_workers.scoring.base import Scorer, replay_usage, usage_of
+from pipeline_workers.scoring.rescore_judges import ScorerChoice
 
 
 class ScoreHandler(GivesUpOnTheReplay):
     stage = "score"
     topic = ReplayInvoked.TOPIC
 
-    def __init__(self, ctx: StageContext, scorer: Scorer, metrics: Metrics) -> None:
+    def __init__(
+        self, ctx: StageContext, scorer: Scorer, metrics: Metrics, *, choice: ScorerChoice | None = None
+    ) -> None:
         self.ctx = ctx
         self.guard = ctx.guard
         self.scorer = scorer
         self.metrics = metrics
+        self.choice = choice or ScorerChoice(scorer)
         # Runs this process ended for mixing judges (run → the replay that stopped it, which is handled again
         # after a failed publish): their other replays are not judged, even before the read model knows.
         self._refused: LRUCache[str, str] = LRUCache(4096)
+
+    async def _scorer(self, payload: ReplayInvoked) -> Scorer:
+        if payload.rescore_of is None:  # only a rescore run may name another methodology or judge
+            return self.scorer
+        return await self.choice.for_run(payload.run_id)
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
         assert isinstance(payload, ReplayInvoked)
@@ -40,7 +49,11 @@ class ScoreHandler(GivesUpOnTheReplay):
             return []
         calls = self.ctx.judge_ledger_for(payload, causation_id=envelope.event_id)
         try:
-            score = await self.scorer.score(
+            scorer = await self._scorer(payload)
+        except ConfigError as exc:
+            return self.give_up(envelope, payload, f"scoring failed: {exc}")
+        try:
+            score = await scorer.score(
                 payload.replay_id, payload.record, payload.reply, question=payload.question, calls=calls
             )
         except ScoringError as exc:
@@ -49,7 +62,7 @@ class ScoreHandler(GivesUpOnTheReplay):
         logged, keys = calls.remaining()
         # Every judge call for this replay counts (a fallback judge's failed attempts too), summed in call
         # order: `certificates rederive` recomputes the same figures from the logged calls.
-        score = score.model_copy(update=replay_usage(usage_of(calls), payload))
+        score = score.model_copy(update={**replay_usage(usage_of(calls), payload), "repeat": payload.repeat})
         self.metrics.judge_tokens.labels(score.scoring_model, "input").inc(score.input_tokens)
         self.metrics.judge_tokens.labels(score.scoring_model, "output").inc(score.output_tokens)
         self.metrics.judge_cost.labels(score.scoring_model).inc(score.cost_usd)

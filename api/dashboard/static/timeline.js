@@ -30,7 +30,7 @@ function gist(event) {
     case TOPIC.RunRequested:
       return `${p.construct_id ?? ""} · ${p.oracle?.type ?? ""} ${p.oracle?.url ?? [p.oracle?.module, p.oracle?.callable].filter(Boolean).join(":")}`;
     case TOPIC.RunIngested:
-      return `${p.total} change(s) · ${p.ground_truth_source ?? ""} ${p.commit_range ?? ""}`;
+      return `${p.repeats > 1 ? `${p.total / p.repeats} change(s) × ${p.repeats} repeats` : `${p.total} change(s)`} · ${p.ground_truth_source ?? ""} ${p.commit_range ?? ""}`;
     case TOPIC.ReplayRequested:
       return p.record ? `${p.record.id} · ${p.record.title}` : "";
     case TOPIC.ReplayInvoked:

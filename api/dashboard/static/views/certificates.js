@@ -109,6 +109,18 @@ function uncertaintyNote(cert) {
     u.replays_to_narrow ? h("span#replays-to-narrow", {}, ` The composite is known to within more than ±0.1: about ${u.replays_to_narrow} more replays would narrow it to ±0.1.`) : null);
 }
 
+/** Runs with repeats: each figure's spread over the repeat-wise figures (how stable the oracle is). */
+function repeatSpread(cert) {
+  const r = cert.repeat_spread;
+  if (!r) return null;
+  return [h("h2", {}, `Oracle stability over ${r.repeats} repeats`),
+    h("p.muted", {}, `Each figure computed per repeat (scored replays per repeat: ${r.scored.join(", ")}); the headline figures are the mean over every scored replay.`),
+    scroller(h("table#repeat-spread", {},
+      h("thead", {}, h("tr", {}, ["Figure", "Mean", "Std dev", "Min", "Max"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, Object.entries(r.metrics).map(([name, m]) => h("tr", { "data-figure": name },
+        h("td", {}, name), h("td", {}, fmtNum(m.mean, 4)), h("td", {}, fmtNum(m.stdev, 4)), h("td", {}, fmtNum(m.min, 4)), h("td", {}, fmtNum(m.max, 4)))))))];
+}
+
 export async function certificatePage(main, certId) {
   const enc = encodeURIComponent(certId);
   const cert = await api(`certificates/${enc}`, { auth: false });
@@ -166,10 +178,15 @@ export async function certificatePage(main, certId) {
     h("p", {}, cert.construct_id, " · run ", h("a.mono", { href: `#/runs/${cert.run_id}` }, cert.run_id), " · issued ", fmtTime(cert.created_at),
       cert.partial ? [" · ", badge("partial")] : null),
     cert.warning ? h("p.error", {}, cert.warning) : null,
+    cert.rescored_from
+      ? h("p#rescored-from", {}, "A rescore of ", h("a.mono", { href: `#/certificates/${encodeURIComponent(cert.rescored_from)}` }, cert.rescored_from),
+          ": the same logged oracle replies, scored again (no oracle call).")
+      : null,
     h("div.cards#metrics", {}, METRICS.map(([key, label]) =>
       h("div.card", { "data-metric": key }, h("span.muted", {}, label), h("b", {}, key.endsWith("_count") || key === "sample_size" ? String(cert[key]) : fmtNum(cert[key], 4)),
         intervalOf(cert, key)))),
     uncertaintyNote(cert),
+    repeatSpread(cert),
     compareForm(cert.id),
     h("p", {}, "Judge ", h("b", {}, cert.scoring_model), " · ground truth ", cert.ground_truth_source, " ",
       h("span.mono", {}, cert.commit_range), " · methodology ", cert.methodology_version,
