@@ -39,6 +39,14 @@ METHOD = (
     "percentiles (linear interpolation), random.Random(int(seed, 16)), index int(random() * n); "
     "seed = sha256('echelon-bootstrap:' + run_id)[:16]"
 )
+# With repeats (several replays of one change) the replays of a change are not independent: the unit
+# resampled is the change, each drawn change bringing all its scored replays.
+CHANGE_METHOD = (
+    "percentile bootstrap over changes (a change's repeats move together): 1000 resamples of the scored "
+    "changes with replacement, each bringing all its scored replays; 2.5th and 97.5th percentiles (linear "
+    "interpolation), random.Random(int(seed, 16)), index int(random() * changes), changes in order of their "
+    "first replay id; seed = sha256('echelon-bootstrap:' + run_id)[:16]"
+)
 Composite = Callable[[Mapping[str, float]], float]
 _MEANS = ("precision", "recall", "reply_accuracy")
 
@@ -249,6 +257,15 @@ def bootstrap_samples(replays: Sequence[Replay], composite: Composite, seed: str
     return samples
 
 
+def change_samples(changes: Sequence[Sequence[Replay]], composite: Composite, seed: str) -> dict[str, list[float]]:
+    """Every resample's figures when the unit drawn is a change (with all its replays, in draw order)."""
+    samples: dict[str, list[float]] = {}
+    for draw in draws(seed, len(changes)):
+        for key, value in figures_of([r for c in draw for r in changes[c]], composite).items():
+            samples.setdefault(key, []).append(value)
+    return samples
+
+
 def replays_to_narrow(composite: FigureInterval) -> int | None:
     """More replays needed for a composite interval of ±TARGET_HALF_WIDTH; None when it is that narrow."""
     half = (composite.high - composite.low) / 2
@@ -260,10 +277,17 @@ def replays_to_narrow(composite: FigureInterval) -> int | None:
 def uncertainty_of(scores: Sequence[ReplayScore], composite: Composite, run_id: str) -> Uncertainty:
     """n and a 95% bootstrap interval for each figure of a certificate over ``scores`` (in certificate
     order: sorted by replay id)."""
-    ordered = [prepare(s) for s in sorted(scores, key=lambda s: s.replay_id)]
+    ordered_scores = sorted(scores, key=lambda s: s.replay_id)
+    ordered = [prepare(s) for s in ordered_scores]
     n = len(ordered)
     seed = bootstrap_seed(run_id)
-    samples = bootstrap_samples(ordered, composite, seed)
+    changes: dict[str, list[Replay]] = {}
+    for score, replay in zip(ordered_scores, ordered, strict=True):
+        changes.setdefault(score.ground_truth_id, []).append(replay)
+    if len(changes) == n:  # one replay per change: the replay is the change (every certificate before repeats)
+        method, samples = METHOD, bootstrap_samples(ordered, composite, seed)
+    else:
+        method, samples = CHANGE_METHOD, change_samples(list(changes.values()), composite, seed)
     claims = sum(r.claims for r in ordered)
     calibrated = {
         key: interval(samples[key], claims) if claims and key in samples else None
@@ -271,7 +295,7 @@ def uncertainty_of(scores: Sequence[ReplayScore], composite: Composite, run_id: 
     }
     composite_interval = interval(samples["composite_score"], n)
     return Uncertainty(
-        method=METHOD,
+        method=method,
         confidence=CONFIDENCE,
         resamples=RESAMPLES,
         seed=seed,

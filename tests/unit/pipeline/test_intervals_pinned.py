@@ -99,3 +99,24 @@ def test_the_fast_bootstrap_draws_the_same_figures_bit_for_bit(n: int, seed: int
     assert fast.keys() == slow.keys()
     for key in slow:
         assert [v.hex() for v in fast[key]] == [v.hex() for v in slow[key]], key
+
+
+def test_with_repeats_the_unit_resampled_is_the_change() -> None:
+    # 3 changes × 3 repeats; a change's repeats agree (precision 0, ½, 1). Resampling changes, about 1 in 27
+    # resamples draws change A three times: the 2.5th percentile of precision is then exactly 0. Resampling
+    # the 9 replays independently, all 9 from A is (1/3)^9: the interval would start well above 0.
+    from tests.unit.pipeline.test_certify import build, score
+
+    scores = [
+        score(f"r{change}-{repeat}", supported=change, claims=2).model_copy(
+            update={"ground_truth_id": f"pr-{change}", "repeat": repeat}
+        )
+        for change in range(3)
+        for repeat in range(3)
+    ]
+    cert = build(scores, run_id="01JREPEATSUNIT00000000000")
+    u = cert.uncertainty
+    assert u is not None and "over changes" in u.method
+    assert (u.precision.low, u.precision.high) == (0.0, 1.0)
+    single = build([s.model_copy(update={"ground_truth_id": s.replay_id}) for s in scores], run_id=cert.run_id)
+    assert single.uncertainty is not None and single.uncertainty.precision.low > 0.1  # replays as units
