@@ -32,6 +32,9 @@ class ScoreHandler(GivesUpOnTheReplay):
         # Runs this process ended for mixing judges (run → the replay that stopped it, which is handled again
         # after a failed publish): their other replays are not judged, even before the read model knows.
         self._refused: LRUCache[str, str] = LRUCache(4096)
+        # The judges this process saw score each run: the log may not hold their scores yet (the writer logs
+        # them a moment later), and a mix must not go unseen for that.
+        self._judges: LRUCache[str, frozenset[str]] = LRUCache(4096)
 
     async def _scorer(self, payload: ReplayInvoked) -> Scorer:
         if payload.rescore_of is None:  # only a rescore run may name another methodology or judge
@@ -87,6 +90,8 @@ class ScoreHandler(GivesUpOnTheReplay):
         run_id = scored.run_id
         logged = await self.ctx.log.run_events(run_id, [ReplayScored.TOPIC])
         judges = {payload_as(e, ReplayScored).score.scoring_model for e in logged} | {judge}
+        judges |= self._judges.get(run_id, frozenset())
+        self._judges[run_id] = frozenset(judges)
         if len(judges) < 2:
             return []
         reason = (
