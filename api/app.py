@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import nats.errors
-import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +25,7 @@ from api.schemas import Readiness
 from api.sources import CertificateSource, RunSource
 from api.validation_errors import validation_error_answer
 from echelon_platform.adapters.api_keys import ApiKeys
+from echelon_platform.adapters.outages import UNTRANSLATED_OUTAGES
 from echelon_platform.adapters.readmodel_store import CertificateReader, Freshness, OwnerReader, RunReader
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.adapters.run_admission import RunAdmission
@@ -192,9 +191,8 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
         )
 
     app.add_exception_handler(RequestValidationError, validation_error_answer)  # never echoes secrets
-    app.add_exception_handler(redis.exceptions.ConnectionError, _infrastructure)
-    app.add_exception_handler(redis.exceptions.TimeoutError, _infrastructure)
-    app.add_exception_handler(nats.errors.Error, _infrastructure)
+    for outage in UNTRANSLATED_OUTAGES:
+        app.add_exception_handler(outage, _infrastructure)
 
     default_openapi = app.openapi
 

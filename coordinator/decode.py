@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nats.aio.msg import Msg
-
 from coordinator.admission import Refusal
-from echelon_platform.adapters.bus import message_sequence
+from echelon_platform.adapters.bus import Delivery, message_sequence
 from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import Subjects, parse_payload
@@ -26,7 +24,7 @@ class Decoded:
     deferred: list[int] = field(default_factory=list)  # handed back to the stream (see park_refused)
 
 
-def decode_batch(msgs: Sequence[Msg], subjects: Subjects | None = None) -> Decoded:
+def decode_batch(msgs: Sequence[Delivery], subjects: Subjects | None = None) -> Decoded:
     """Split a batch into valid events and poison (with the reason it was refused). With `subjects` of a
     partitioned log, an event published on another partition than its run's is poison too: logging it here
     would put one run's events under two writers, out of order. With `subjects`, an event must also travel
@@ -64,7 +62,7 @@ def _check_partition(subjects: Subjects, subject: str, envelope: Envelope) -> No
         )
 
 
-def park_refused(decoded: Decoded, msgs: Sequence[Msg], refused: Sequence[Refusal], grace_s: float) -> None:
+def park_refused(decoded: Decoded, msgs: Sequence[Delivery], refused: Sequence[Refusal], grace_s: float) -> None:
     """Move the events the admission checks refused from the batch's events to its parked rows; one whose
     refusal may pass by itself (its run's request not logged yet: a redelivery can overtake the request
     after a fault) is handed back to the stream instead while it is younger than `grace_s`."""
@@ -83,7 +81,7 @@ def park_refused(decoded: Decoded, msgs: Sequence[Msg], refused: Sequence[Refusa
     decoded.events[:] = [(env, seq) for env, seq in decoded.events if seq not in reasons]
 
 
-def poison_msgs(msgs: list[Msg], decoded: Decoded) -> list[tuple[Msg, ParkedEvent]]:
+def poison_msgs(msgs: list[Delivery], decoded: Decoded) -> list[tuple[Delivery, ParkedEvent]]:
     if not decoded.parked:
         return []  # the usual case: no reply subject to parse
     by_seq = {p.stream_seq: p for p in decoded.parked}

@@ -7,12 +7,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
-import redis.exceptions
 import structlog
 
-from echelon_platform.adapters.event_store import TRANSIENT_ERRORS
-from echelon_platform.errors import InfrastructureError, ReadModelsStale, StoreError
+from echelon_platform.adapters.outages import is_transient, refused_value
+from echelon_platform.errors import InfrastructureError, ReadModelsStale
 from echelon_platform.metrics import Metrics
 from echelon_platform.retry import retry_forever
 
@@ -46,11 +44,8 @@ class Retrying:
 
 def transient(exc: BaseException) -> bool:
     """An infrastructure failure worth retrying; a value Postgres refuses, or lost read models, are not."""
-    if isinstance(exc, StoreError) and isinstance(exc.__cause__, asyncpg.DataError):
+    if refused_value(exc):
         return False
     if isinstance(exc, ReadModelsStale):
         return False
-    return isinstance(
-        exc,
-        (InfrastructureError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *TRANSIENT_ERRORS),
-    )
+    return isinstance(exc, InfrastructureError) or is_transient(exc)

@@ -13,17 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import nats.errors
-import nats.js.errors
 import structlog
-from nats.aio.msg import Msg
 
 from coordinator.admission import Admission
 from coordinator.certify_trigger import CertifyTrigger, trigger_causes
 from coordinator.decode import Decoded, decode_batch, park_refused, poison_msgs
 from coordinator.healing import Healing
 from coordinator.retrying import Retrying
-from echelon_platform.adapters.bus import Bus, message_pending, message_sequence
+from echelon_platform.adapters.bus import BUS_ERRORS, Bus, Delivery, message_pending, message_sequence
 from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.adapters.readmodel_writer import Projector
 from echelon_platform.adapters.writer_lease import WriterLease
@@ -39,6 +36,8 @@ log = structlog.get_logger(__name__)
 
 IDLE_CHECK_S = 1.0
 DEFERRED_RETRY_S = 1.0  # an event handed back (its run's request not logged yet) comes again after this
+# A fetch that failed on the bus or the consumer: re-create the pull subscription after a pause.
+_FETCH_FAILURES: tuple[type[BaseException], ...] = (*BUS_ERRORS, BusError)
 
 
 @dataclass
@@ -158,7 +157,7 @@ class StateCoordinator:
         awaited before N+1's starts); the two only overlap, each on its own server."""
         sub: BatchPuller | None = None
         backoff = Backoff()
-        prefetched: asyncio.Task[list[Msg]] | None = None
+        prefetched: asyncio.Task[list[Delivery]] | None = None
         finishing: asyncio.Task[None] | None = None
         await self.heal()  # as the leader: the read models are level with the log before anything new
         checked = time.monotonic()
@@ -182,7 +181,7 @@ class StateCoordinator:
             prefetched = None
             try:
                 msgs = await fetch
-            except (nats.errors.Error, nats.js.errors.Error, OSError, BusError) as exc:
+            except _FETCH_FAILURES as exc:
                 # Server restarted / consumer lost: re-create the pull subscription after a pause.
                 log.warning("coordinator.fetch_failed", error=str(exc) or type(exc).__name__)
                 await _quiet_unsubscribe(sub)
@@ -241,7 +240,7 @@ class StateCoordinator:
         await _quiet_unsubscribe(sub)
         return leading
 
-    async def commit(self, msgs: list[Msg]) -> Committed:
+    async def commit(self, msgs: list[Delivery]) -> Committed:
         """Decode a batch, check it against the log and the signing keys, and append it (one transaction)."""
         started = time.perf_counter()
         decoded = decode_batch(msgs, self.bus.subjects)
@@ -340,7 +339,7 @@ class StateCoordinator:
 class Committed(NamedTuple):
     """A batch appended (its events, parked poison and re-driven rows in one transaction), not yet acked."""
 
-    msgs: list[Msg]
+    msgs: list[Delivery]
     decoded: Decoded
     result: AppendResult
     started: float
@@ -358,19 +357,19 @@ async def _settle(finishing: asyncio.Task[None] | None) -> bool:
     return True
 
 
-async def _nak_all(msgs: list[Msg]) -> None:
+async def _nak_all(msgs: list[Delivery]) -> None:
     for msg in msgs:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
+        with contextlib.suppress(*BUS_ERRORS):
             await msg.nak()
 
 
-async def _release_prefetched(task: asyncio.Task[list[Msg]] | None) -> None:
+async def _release_prefetched(task: asyncio.Task[list[Delivery]] | None) -> None:
     """Hand a fetched-but-unapplied batch back for immediate redelivery (a nak, never an ack)."""
     if task is None:
         return
     try:
         msgs = await task
-    except (nats.errors.Error, nats.js.errors.Error, OSError):
+    except BUS_ERRORS:
         return
     for msg in msgs:
         await msg.nak()

@@ -22,13 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import nats.errors
-import nats.js.errors
 import structlog
 from cachetools import LRUCache
-from nats.aio.msg import Msg
 
-from echelon_platform.adapters.bus import Bus
+from echelon_platform.adapters.bus import BUS_ERRORS, FETCH_TIMEOUTS, Bus, Delivery
 from echelon_platform.domain.bus_access import stage_durable
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, parse_payload
@@ -73,7 +70,7 @@ class StageStats:
 
 @dataclass(frozen=True)
 class _Held:
-    msg: Msg
+    msg: Delivery
     envelope: Envelope
     payload: Payload
     user: str
@@ -169,7 +166,7 @@ class StageWorker:
                     continue
                 try:
                     msgs = await sub.fetch(free, timeout=self.fetch_timeout_s)
-                except (nats.errors.TimeoutError, TimeoutError):
+                except FETCH_TIMEOUTS:
                     if until_idle and not self._in_flight:
                         break
                     # A fetch from a deleted consumer only times out: look now and then (re-binding
@@ -180,7 +177,7 @@ class StageWorker:
                             log.warning("stage.consumer_gone", stage=self.handler.stage, durable=self.durable)
                             sub = None
                     continue
-                except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                except BUS_ERRORS as exc:
                     log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
                     sub = None
                     await backoff.wait(self._stopping)
@@ -190,7 +187,7 @@ class StageWorker:
                     await self._dispatch(msg)
         finally:
             if sub is not None:
-                with contextlib.suppress(nats.errors.Error, OSError):
+                with contextlib.suppress(*BUS_ERRORS):
                     await sub.unsubscribe()
 
     async def _consumer_exists(self) -> bool:
@@ -215,7 +212,7 @@ class StageWorker:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _dispatch(self, msg: Msg) -> None:
+    async def _dispatch(self, msg: Delivery) -> None:
         if not (msg.reply or "").startswith("$JS.ACK."):
             # An API answer sent to our inbox by someone else's request (see bus_puller.py): not an event.
             log.warning("stage.not_a_delivery", stage=self.handler.stage, subject=msg.subject)
@@ -302,7 +299,7 @@ class StageWorker:
             for runs in list(self._held.values()):
                 for queue in list(runs.values()):
                     for held in list(queue):
-                        with contextlib.suppress(nats.errors.Error, OSError):
+                        with contextlib.suppress(*BUS_ERRORS):
                             await held.msg.in_progress()
 
     async def _release_held(self) -> None:
@@ -345,18 +342,18 @@ class StageWorker:
         self._user_seen = {u: t for u, t in self._user_seen.items() if now - t < ACTIVE_S or u in self._per_user}
         self._run_seen = {r: v for r, v in self._run_seen.items() if now - v[1] < ACTIVE_S or r in self._per_run}
 
-    async def _put_back_later(self, msg: Msg, delay: float) -> None:
+    async def _put_back_later(self, msg: Delivery, delay: float) -> None:
         seq = int(msg.metadata.sequence.stream)
         self._put_back[seq] = self._put_back.get(seq, 0) + 1
-        with contextlib.suppress(nats.errors.Error, OSError):
+        with contextlib.suppress(*BUS_ERRORS):
             await msg.nak(delay=delay)
 
-    def _attempts(self, msg: Msg) -> int:
+    def _attempts(self, msg: Delivery) -> int:
         """Deliveries that ended in a failure (or a crash), not counting the ones that were put back."""
         seq = int(msg.metadata.sequence.stream)
         return max(1, int(msg.metadata.num_delivered) - self._put_back.get(seq, 0))
 
-    async def _one(self, msg: Msg, envelope: Envelope, payload: Payload) -> None:
+    async def _one(self, msg: Delivery, envelope: Envelope, payload: Payload) -> None:
         stage = self.handler.stage
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(
@@ -381,7 +378,7 @@ class StageWorker:
             self.metrics.stage_processed.labels(stage, "ok").inc()
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
 
-    async def _wait(self, msg: Msg, exc: NotYetInLog) -> None:
+    async def _wait(self, msg: Delivery, exc: NotYetInLog) -> None:
         """Not a failure: what the handler needs is still on its way to the log. Never dead-lettered."""
         waits = self._put_back.get(int(msg.metadata.sequence.stream), 0)
         delay = backoff_delay(waits + 1, base=0.25, cap=self.max_wait_delay_s)
@@ -390,7 +387,7 @@ class StageWorker:
         self.metrics.stage_processed.labels(self.handler.stage, "wait").inc()
         await self._put_back_later(msg, delay)
 
-    async def _failed(self, msg: Msg, envelope: Envelope, payload: Payload, exc: Exception) -> None:
+    async def _failed(self, msg: Delivery, envelope: Envelope, payload: Payload, exc: Exception) -> None:
         stage = self.handler.stage
         reason = str(exc) or type(exc).__name__
         delivered = self._attempts(msg)
@@ -416,13 +413,13 @@ class StageWorker:
         self._put_back.pop(int(msg.metadata.sequence.stream), None)
 
     @contextlib.asynccontextmanager
-    async def _keep_alive(self, msg: Msg) -> AsyncIterator[None]:
+    async def _keep_alive(self, msg: Delivery) -> AsyncIterator[None]:
         """Tell JetStream we are still working so a slow handler (a big ingest) is not redelivered."""
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self.ack_wait_s / 3)
-                with contextlib.suppress(nats.errors.Error, OSError):
+                with contextlib.suppress(*BUS_ERRORS):
                     await msg.in_progress()
 
         task = asyncio.create_task(beat())

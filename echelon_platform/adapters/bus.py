@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeAlias
 
 import nats
 import nats.errors
@@ -35,6 +35,14 @@ from echelon_platform.errors import BusError, EnvelopeError, SetupMissing
 log = structlog.get_logger(__name__)
 
 NATS_MSG_ID = "Nats-Msg-Id"
+
+# One JetStream message as handed to a role (ack, nak, in_progress, headers, data), named here so the roles
+# never import nats themselves.
+Delivery: TypeAlias = Msg
+# What a fetch, an ack, a nak or an unsubscribe may raise when the server or the connection fails.
+BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, nats.js.errors.Error, OSError)
+# What a pull fetch raises when no message came in time: nothing to do yet, not a failure.
+FETCH_TIMEOUTS: tuple[type[BaseException], ...] = (nats.errors.TimeoutError, TimeoutError)
 
 
 class PublishAck(NamedTuple):
