@@ -85,7 +85,7 @@ async def compare_certificates(
 async def _repository(log_reader: LogReader, run_id: str) -> str | None:
     """The repository a run's changes came from (its request), normalised; None when the log lacks it."""
     try:
-        events = await log_reader.run_events(run_id, ["verify.run.requested"])
+        events = await log_reader.run_events(run_id, [RunRequested.TOPIC])
     except StoreError as exc:
         raise not_level(exc) from exc
     if not events:
