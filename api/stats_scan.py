@@ -109,7 +109,8 @@ def leaderboard(
     Tokens and cost come from the logged judge calls (`judge_usage`, per run, each call once), failed runs
     included; a certificate issued before judge calls were logged counts its replay scores' figures."""
     usage = judge_usage or {}
-    certs = list(certificates)
+    # A rescore's certificate re-judges its source's replies: listed, but counted in no aggregate.
+    certs = [c for c in certificates if not c.get("rescored_from")]
     cert_of_run = {c["run_id"]: c for c in certs}
     by_model = group_by == "scoring_model"
     groups: dict[str | None, _Group] = defaultdict(_Group)

@@ -1,7 +1,8 @@
 """Is certificate B better than A? Paired differences over the changes both runs scored, with intervals and a test.
 
 Paired (the runs share ground-truth changes of one repository): each figure is computed for A and for B over
-the shared changes only, and the difference is B − A.
+the shared changes only, and the difference is B − A. A change replayed several times (a run with repeats)
+is one unit: the mean of its repeats' ratios, its repeats' judged claims pooled.
 - interval: a paired percentile bootstrap: resample the shared changes with replacement (both sides move
   together), recompute both figures and their difference; 2.5th and 97.5th percentiles (type 7), 1000
   resamples, as for certificate intervals (intervals.py);
@@ -9,8 +10,9 @@ the shared changes only, and the difference is B − A.
   so each permutation swaps them per change with probability ½ (for a mean, this is the sign-flip test on the
   per-change differences); two-sided p = (1 + #{|d*| ≥ |d|}) / (1 + permutations). With at most 12 shared
   changes every one of the 2^m swaps is enumerated and p is exact (no +1).
-Unpaired (no shared change): each side's figure over all its replays; the interval resamples A and B
-independently, and the test permutes the pooled replays between the two sides (two-sample permutation).
+Unpaired (no shared change): each side's figure over all its changes (a change's repeats as one unit, as
+above); the interval resamples A's and B's changes independently, and the test permutes the pooled changes
+between the two sides (two-sample permutation).
 Each side's composite uses its own certificate's weights. Random draws: ``random.Random`` seeded from
 SHA-256 of both certificate ids, so a comparison is reproducible.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -37,7 +40,8 @@ PAIRED_METHOD = (
 )
 UNPAIRED_METHOD = (
     "UNPAIRED (the runs share no ground-truth change): percentile bootstrap of B − A resampling each run's "
-    "replays independently (1000 resamples); two-sample permutation test on the pooled replays, two-sided"
+    "changes independently (1000 resamples; a change's repeats as one); two-sample permutation test on the "
+    "pooled changes, two-sided"
 )
 
 
@@ -105,8 +109,8 @@ def compare(
     samples: dict[str, list[float]] = {}
     extreme: dict[str, int] = {}
     if shared:
-        xs = [prepare(by_change_a[k]) for k in shared]
-        ys = [prepare(by_change_b[k]) for k in shared]
+        xs = [by_change_a[k] for k in shared]
+        ys = [by_change_b[k] for k in shared]
         observed = _difference(xs, ys, composite_a, composite_b)
         m = len(shared)
         for _ in range(RESAMPLES):
@@ -128,8 +132,10 @@ def compare(
         count = len(swaps)
         fa, fb = figures_of(xs, composite_a), figures_of(ys, composite_b)
     else:
-        xs = [prepare(s) for s in sorted(a.individual_scores, key=lambda s: s.replay_id)]
-        ys = [prepare(s) for s in sorted(b.individual_scores, key=lambda s: s.replay_id)]
+        # Changes, not replays, are the units (a change's repeats are not independent draws), in the order of
+        # their first replay: without repeats that is each replay, as before.
+        xs = list(by_change_a.values())
+        ys = list(by_change_b.values())
         observed = _difference(xs, ys, composite_a, composite_b)
         na, nb = len(xs), len(ys)
         for _ in range(RESAMPLES):
@@ -189,11 +195,34 @@ def _unpaired_reason(same_repository: bool) -> str:
     return "the runs scored no ground-truth change in common: the comparison is unpaired"
 
 
-def _by_change(scores: Sequence[ReplayScore]) -> dict[str, ReplayScore]:
-    out: dict[str, ReplayScore] = {}
+def _by_change(scores: Sequence[ReplayScore]) -> dict[str, Replay]:
+    """Each change's replays (its repeats) as one unit: the mean of their ratios and their judged claims pooled,
+    so a paired comparison uses every repeat and a change weighs the same however often it was replayed."""
+    grouped: dict[str, list[Replay]] = {}
     for s in sorted(scores, key=lambda s: s.replay_id):
-        out.setdefault(s.ground_truth_id, s)  # a change scored twice in one run: its first replay
-    return out
+        grouped.setdefault(s.ground_truth_id, []).append(prepare(s))
+    return {change: _mean(replays) for change, replays in grouped.items()}
+
+
+def _mean(replays: Sequence[Replay]) -> Replay:
+    if len(replays) == 1:
+        return replays[0]
+    n = len(replays)
+    bins: dict[int, tuple[float, int]] = {}
+    for r in replays:
+        for b, conf, hits in r.bins:
+            c, h = bins.get(b, (0.0, 0))
+            bins[b] = (c + conf, h + hits)
+    # Claims pool (calibration is over claims, as on the certificate): with k repeats a change's claims are k
+    # times as many, which leaves the Brier score and ECE of equally repeated changes as the certificate's.
+    return Replay(
+        precision=math.fsum(r.precision for r in replays) / n,
+        recall=math.fsum(r.recall for r in replays) / n,
+        reply_accuracy=math.fsum(r.reply_accuracy for r in replays) / n,
+        claims=sum(r.claims for r in replays),
+        squared_error=math.fsum(r.squared_error for r in replays),
+        bins=tuple((b, c, h) for b, (c, h) in sorted(bins.items())),
+    )
 
 
 def _count_extreme(extreme: dict[str, int], observed: Mapping[str, float], permuted: Mapping[str, float]) -> None:

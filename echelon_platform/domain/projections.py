@@ -40,7 +40,8 @@ __all__ = ["Event", "RunState", "Status", "apply", "fold", "from_record", "publi
 # they never make a run appear, not even as an "active" one the watchdog would judge.
 NOT_RUN_EVENTS = frozenset({MethodologyRegistered.TOPIC})
 # Bumped whenever the stored shape or a rule changes: read models of another generation are rebuilt.
-READ_MODEL_GENERATION = 5  # 3: unsigned certificates left out; 4: leaderboard aggregates; 5: per-judge rows
+READ_MODEL_GENERATION = 6  # 3: unsigned certificates left out; 4: leaderboard aggregates; 5: per-judge rows;
+# 6: rescores' certificates left out of the aggregates
 MAX_ERROR_CHARS = 2000
 
 

@@ -9,7 +9,8 @@ and a rebuild from the log reaches the same integers.
 
 Counts are integers (fixed point for composites, latencies and cost), so sums are exact and associative in
 any order (floats are not). Rules are those of the scan this replaces (`api/stats_scan.py`, held equal by
-tests): runs count when visible, a certificate only when it decided its run.
+tests): runs count when visible, a certificate only when it decided its run and is not a rescore (a
+certificate with `rescored_from` re-judges replies its source already counts).
 
 Scopes: `all` (admins: every run), `public` (runs with a public certificate: what anyone sees) and
 `u:<user>` (a user's visible runs without one: what that user sees on top of `public`).
@@ -94,7 +95,11 @@ def contribution(
     `certificate`: the run's certificate when it is the public one (else ignored); `ratings`: the latest
     rating per (replay, person) of that certificate; `judge`: `judge_totals` of the run's logged calls;
     `by_judge`: `judge_split` of them (the `scoring_model` grouping counts per judge, see `judge_rows`)."""
-    cert = certificate if certificate is not None and state.certificate_id == certificate["certificate_id"] else None
+    public = certificate if certificate is not None and state.certificate_id == certificate["certificate_id"] else None
+    # A rescore's certificate re-judges replies another certificate already counts: it is listed and readable
+    # but adds nothing to the aggregates (no certificate, composite, replays, Brier or ratings), else the
+    # same replies would count twice. Its run still counts as a run, with the judge calls it made.
+    cert = public if public is not None and not public.get("rescored_from") else None
     if not state.visible and cert is None:
         return None
     counts = dict.fromkeys(FIELDS, 0)
@@ -135,11 +140,11 @@ def contribution(
                     )
                 )
         pairs.sort()
-    scopes = [ALL, PUBLIC] if cert is not None else [ALL, user_scope(str(state.user_id))]
+    scopes = [ALL, PUBLIC] if public is not None else [ALL, user_scope(str(state.user_id))]
     single = cert is not None and not cert.get("mixed_judges")
     return {
         "scopes": scopes,
-        "construct_id": construct_group(cert["construct_id"] if cert is not None else state.construct_id),
+        "construct_id": construct_group(public["construct_id"] if public is not None else state.construct_id),
         # The Brier and rating sets of a certificate judged by one judge; a mixed one is in no judge's.
         "scoring_model": cert["scoring_model"] if single and cert is not None else None,
         "counts": [counts[f] for f in FIELDS],

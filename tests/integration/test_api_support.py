@@ -35,6 +35,7 @@ from echelon_platform.domain.events import (
     RunIngested,
     make_event,
 )
+from echelon_platform.domain.repeats import with_provenance
 from echelon_platform.domain.values import CalibrationCertificate, ReplayScore
 from tests.factories import T0, record, requested
 from tests.helpers import wait_for
@@ -202,8 +203,10 @@ def certified_run(
     scores: Sequence[dict[str, object]] = ({},),
     issued: datetime = T0,
     keyring: Keyring | None = None,
+    rescored_from: str | None = None,
 ) -> tuple[list[Envelope], CalibrationCertificate]:
-    """A whole run's events, ending in its certificate (built by the real certifier) and completion."""
+    """A whole run's events, ending in its certificate (built by the real certifier) and completion;
+    `rescored_from`: the run is a rescore of that certificate."""
     events = [requested(run_id, user, construct)]
     replay_scores = []
     for i, overrides in enumerate(scores):
@@ -229,6 +232,7 @@ def certified_run(
         methodology_version="v1",
         timestamp=issued,
     )
+    cert = with_provenance(cert, repeats=None, rescored_from=rescored_from)
     if keyring is not None:
         cert = keyring.sign(cert)
     events.append(make_event(CertificateIssued(run_id=run_id, certificate=cert)))

@@ -25,7 +25,7 @@ from echelon_platform.adapters.signing_keys import Keyring, load_keyring, publis
 from echelon_platform.adapters.stats_store import StatsReader
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
-from echelon_platform.domain.events import JudgeCalled, RatingSubmitted, RunFailed, make_event
+from echelon_platform.domain.events import CertificateIssued, JudgeCalled, RatingSubmitted, RunFailed, make_event
 from echelon_platform.domain.projections import READ_MODEL_GENERATION
 from echelon_platform.domain.stats import ALL, PUBLIC, user_scope
 from tests.factories import T0
@@ -108,6 +108,23 @@ def generated_log(rng: random.Random, keyring: Keyring, runs: int = 36) -> list[
         if rng.random() < 0.6:  # judge calls logged (else: a run from before they were)
             calls = [judge_call(run_id, f"{run_id}-0000", n, rng) for n in range(rng.randint(1, 3))]
             log += calls
+    # Rescores of the first certified runs (by another judge, rated too): listed, never counted again.
+    for n, source in enumerate([e for e in log if e.topic == CertificateIssued.TOPIC][:2]):
+        cert = source.payload["certificate"]
+        scores = [{"model": "judge-z", "latency_ms": 9.0, "tokens": (7, 7), "cost": 0.001}] * len(
+            cert["individual_scores"]
+        )
+        run_id = f"RESCORE{n}"
+        events, again = certified_run(
+            run_id,
+            user="bob",
+            construct=cert["construct_id"],
+            scores=scores,
+            keyring=keyring,
+            rescored_from=cert["certificate_id"],
+        )
+        log += [*events, rating(run_id, again.certificate_id, again.individual_scores[0].replay_id, "carol", 5, 0)]
+        log.append(judge_call(run_id, f"{run_id}-0000", 0, rng))
     for n, construct in enumerate(("oracle-solo", "oracle-alone")):  # constructs without any certificate
         events, _ = certified_run(f"SOLO{n}", user="alice", construct=construct, keyring=keyring)
         log += events[:2]
@@ -196,6 +213,11 @@ async def test_aggregates_equal_the_scan_live_shuffled_rebuilt_and_repaired(
         and sum(r.failed for r in admin) > 0
         and sum(r.certificates for r in admin) > 5
     )
+    # A rescore's certificate is listed but not counted: the certificates counted are the others.
+    listed = await BulkReader(services.read_models).all_certificates()
+    rescores = [c for c in listed if c.get("rescored_from")]
+    assert len(rescores) == 2 and sum(r.certificates for r in admin) == len(listed) - 2
+    assert all(r.key != "judge-z" or r.certificates == 0 for r in await scanned(services, None, "scoring_model"))
     assert any(r.human_spearman is not None for r in anonymous) and len(anonymous) >= 2
     assert sum(r.runs for r in await scanned(services, Principal("alice"), "construct_id")) > sum(
         r.runs for r in await scanned(services, None, "construct_id")

@@ -10,6 +10,7 @@ import statistics
 
 from echelon_platform.domain.certificate import composite_with
 from echelon_platform.domain.compare import compare
+from echelon_platform.domain.repeats import replay_id_for
 from echelon_platform.domain.values import CalibrationCertificate, ReplayScore
 from tests.unit.pipeline.test_certify import build, score
 
@@ -96,3 +97,50 @@ def test_a_certificate_against_an_equal_one_shows_no_difference() -> None:
     result = compare(a, b, EQUAL, EQUAL, same_repository=True)
     assert all(f.difference == 0.0 and f.low == f.high == 0.0 and f.p_value == 1.0 for f in result.figures)
     assert result == compare(a, b, EQUAL, EQUAL, same_repository=True)  # reproducible
+
+
+def test_repeats_pair_on_each_changes_mean_over_all_its_repeats() -> None:
+    # Five changes, three repeats each. On repeat 0 B answers as A does; on repeats 1 and 2 B is right
+    # (4 of 4 claims, accuracy 1). Pairing on repeat 0 alone would see no difference.
+    def repeated(run_id: str, rows: list[tuple[int, float]]) -> list[ReplayScore]:
+        out = []
+        for change in range(5):
+            for repeat, (supported, accuracy) in enumerate(rows):
+                s = score(replay_id_for(run_id, change, repeat), supported=supported, claims=4, accuracy=accuracy)
+                out.append(s.model_copy(update={"ground_truth_id": f"pr-{change}", "repeat": repeat}))
+        return out
+
+    a = cert("RA", repeated("RA", [(2, 0.5), (2, 0.5), (2, 0.5)]))
+    b = cert("RB", repeated("RB", [(2, 0.5), (4, 1.0), (4, 1.0)]))
+    result = compare(a, b, EQUAL, EQUAL, same_repository=True)
+    assert result.paired and result.shared_changes == 5 and result.a_only == result.b_only == 0
+    figures = {f.figure: f for f in result.figures}
+    for name in ("precision", "reply_accuracy"):
+        assert math.isclose(figures[name].a, 0.5, abs_tol=1e-9)
+        # B's figure over its changes is the mean over every one of its replays.
+        assert math.isclose(figures[name].b, round((0.5 + 1.0 + 1.0) / 3, 6), abs_tol=1e-9)
+        assert math.isclose(figures[name].difference, round(1 / 3, 6), abs_tol=1e-9)
+        # Every change moves by the same amount: the bootstrap cannot vary it.
+        assert figures[name].low == figures[name].high == figures[name].difference
+    # Exact sign-flip test over the five changes: only "no flip" and "all flipped" reach |d|.
+    assert math.isclose(figures["precision"].p_value, 2 / 2**5, abs_tol=1e-9)
+
+
+def test_unpaired_resamples_changes_with_their_repeats_as_one() -> None:
+    # A's repeats of each change disagree (0, 2, 4 of 4 claims) but every change averages 2 of 4, as B's
+    # replays all are: resampling changes (not replays) leaves no spread at all.
+    def repeated(run_id: str, supported: list[int]) -> list[ReplayScore]:
+        out = []
+        for change in range(5):
+            for repeat, n in enumerate(supported):
+                s = score(replay_id_for(run_id, change, repeat), supported=n, claims=4)
+                out.append(s.model_copy(update={"ground_truth_id": f"{run_id}-pr-{change}", "repeat": repeat}))
+        return out
+
+    a = cert("RA", repeated("RA", [0, 2, 4]))
+    b = cert("RB", repeated("RB", [2, 2, 2]))
+    result = compare(a, b, EQUAL, EQUAL, same_repository=False)
+    assert not result.paired and result.a_only == result.b_only == 5
+    precision = next(f for f in result.figures if f.figure == "precision")
+    assert precision.a == precision.b == 0.5
+    assert precision.low == precision.high == precision.difference == 0.0
