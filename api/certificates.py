@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
@@ -23,6 +24,7 @@ from api.cert_schemas import (
 )
 from api.deps import ApiKeysDep, CertificateSourceDep, LogReaderDep, OptionsDep, PublisherDep, ReadModelsDep, UserDep
 from api.log_reads import NOT_LEVEL, not_level
+from api.verdict_cache import VerdictCache, verdict_key
 from echelon_platform.adapters.signing_keys import PublishedKeys
 from echelon_platform.domain.cert_validity import verify as verify_document
 from echelon_platform.domain.certificate import composite_with
@@ -33,6 +35,7 @@ from echelon_platform.errors import Forbidden, NotFound, RequestRejected, StoreE
 from echelon_platform.ports.log import LogReader
 
 router = APIRouter(prefix="/api/v1/verification", tags=["certificates"])
+VERDICTS = VerdictCache()  # per API process
 well_known = APIRouter(tags=["certificates"])
 
 CertId = Annotated[str, Path(min_length=1, max_length=128, description="e.g. `cert-<run id>`")]
@@ -82,7 +85,7 @@ async def compare_certificates(
 async def _repository(log_reader: LogReader, run_id: str) -> str | None:
     """The repository a run's changes came from (its request), normalised; None when the log lacks it."""
     try:
-        events = await log_reader.run_events(run_id, ["verify.run.requested"])
+        events = await log_reader.run_events(run_id, [RunRequested.TOPIC])
     except StoreError as exc:
         raise not_level(exc) from exc
     if not events:
@@ -114,8 +117,11 @@ async def verify(cert_id: CertId, certificates: CertificateSourceDep, request: R
     certify stage holds the private key)."""
     cert = await certificates.load(cert_id)
     keys: PublishedKeys = request.app.state.signing_keys
-    # Recomputing the intervals is a thousand resamples of the replays: CPU kept off the event loop.
-    validity = await asyncio.to_thread(verify_document, cert.model_dump(mode="json"), await keys.public_keys())
+    document, public_keys = cert.model_dump(mode="json"), await keys.public_keys()
+    # Recomputing the intervals is a thousand resamples of the replays: once per certificate, off the loop.
+    validity = await VERDICTS.verdict(
+        verdict_key(document, public_keys), functools.partial(verify_document, document, public_keys)
+    )
     return VerifyResult(
         certificate_id=cert.certificate_id,
         content_hash=cert.content_hash,

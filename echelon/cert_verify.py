@@ -104,6 +104,8 @@ def check(document: dict[str, Any], keys: Mapping[str, bytes | TrustedKey]) -> t
         (f"signature ok ({key})" if signed else f"signature INVALID ({key})") if key else "UNSIGNED",
         "aggregates ok" if aggregates_ok else "aggregates MISMATCH",
     ]
+    if validity.unknown_fields:  # a newer issuer's fields: covered by hash and signature, which decide
+        parts.append(f"fields this version does not know: {', '.join(validity.unknown_fields[:5])}")
     valid = validity.valid
     return valid, f"{'VALID' if valid else 'INVALID'} {cert.certificate_id} ({cert.construct_id}): {', '.join(parts)}"
 

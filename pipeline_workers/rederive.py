@@ -89,6 +89,10 @@ def _payloads(events: Sequence[Envelope], topic: str, model: type[P]) -> list[P]
 def rederive(events: Sequence[Envelope], registry: Sequence[Envelope]) -> Rederived:
     """Rebuild the certificate of one run from its events (in log order) and the methodology registry."""
     issued = _by_topic(events, CertificateIssued.TOPIC)
+    # Certify folded the log as it was when it issued the first certificate: a replay invoked or scored
+    # later (a slow one, given up on) was never part of it.
+    first = next((i for i, e in enumerate(events) if e.topic == CertificateIssued.TOPIC), len(events))
+    events = events[:first]
     inputs = run_inputs(events)  # the same fold certify made
     request, ingest = inputs.request, inputs.ingested
     if not issued or request is None or ingest is None:

@@ -9,19 +9,22 @@ from __future__ import annotations
 import asyncpg
 
 from echelon_platform.adapters.event_store import TRANSIENT_ERRORS, EventStore, store_error
+from echelon_platform.domain.events import JudgeCalled, JudgeStarted
 from echelon_platform.ports.judge_ledger import LoggedAnswer, RunSpending
 
-_SPENDING = """
+# The topics are spelled into the SQL (from the payload classes): the answer lookup's partial index
+# (migration 0008) is chosen only when the query names its topic literally.
+_SPENDING = f"""
     SELECT topic, payload->>'attempt_id' AS attempt_id,
            coalesce((payload->>'cost_usd')::float8, 0) AS cost,
            coalesce((payload->>'max_cost_usd')::float8, 0) AS bound
     FROM events
-    WHERE correlation_id = $1 AND topic IN ('verify.judge.started', 'verify.judge.called')
+    WHERE correlation_id = $1 AND topic IN ('{JudgeStarted.TOPIC}', '{JudgeCalled.TOPIC}')
 """
-_ANSWER = """
+_ANSWER = f"""
     SELECT payload->>'call_key' AS call_key, payload->>'raw_text' AS raw_text
     FROM events
-    WHERE topic = 'verify.judge.called' AND payload->>'cache_key' = $1
+    WHERE topic = '{JudgeCalled.TOPIC}' AND payload->>'cache_key' = $1
       AND (payload->>'usable')::boolean AND NOT coalesce((payload->>'raw_truncated')::boolean, false)
       AND payload->>'reused_from' IS NULL
     ORDER BY seq LIMIT 1
@@ -43,7 +46,7 @@ class PgJudgeLedger:
         other = 0.0
         started: dict[str, float] = {}
         for row in rows:
-            if row["topic"] == "verify.judge.called":
+            if row["topic"] == JudgeCalled.TOPIC:
                 if row["attempt_id"] is None:
                     other += float(row["cost"])
                 else:

@@ -6,6 +6,7 @@ Idempotent in every partial-publish case: a certificate already in the log is re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from echelon_platform.adapters.signing_keys import Keyring
@@ -78,7 +79,9 @@ class CertifyHandler:
             methodology = _one_methodology(
                 inputs.methodology_versions(self.methodology_version) or {self.methodology_version}
             )
-            certificate = build_certificate(
+            # A thousand bootstrap resamples over the replays: CPU kept off the event loop.
+            certificate = await asyncio.to_thread(
+                build_certificate,
                 run_id=payload.run_id,
                 construct_id=request.construct_id,
                 scores=[s.score for s in inputs.scored.values()],

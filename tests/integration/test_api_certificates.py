@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from api.certificates import VERDICTS
 from echelon.cert_verify import check, parse_keys
 from echelon.cli import main as cli_main
 from echelon_platform.adapters.services import Services
@@ -78,8 +79,9 @@ async def test_certificate_is_public_and_complete(client: httpx.AsyncClient, see
     assert set(first) == {
         "id", "ground_truth_id", "precision", "recall", "reply_accuracy", "claims_total", "claims_supported",
         "changes_total", "changes_surfaced", "scoring_model", "scoring_latency_ms", "scored_at",
-        "claim_supported", "claim_confidences",
+        "claim_supported", "claim_confidences", "repeat",
     }  # fmt: skip
+    assert first["repeat"] is None  # a run without repeats
     assert [s["id"] for s in body["replay_scores"]] == ["C2-0000", "C2-0001"]
     assert first["claims_supported"] == 1 and first["precision"] == 0.25
     # n and a 95% interval per figure, as stored (and signed) in the certificate.
@@ -140,7 +142,13 @@ async def test_verify_detects_tampering(
         "key_id": load_keyring(settings).key_id,
         "valid": True,
     }
-    # Someone with write access to Redis improves the score (the hash no longer matches) ...
+    # The verdict is remembered per certificate content: asking again checks nothing anew.
+    checks = VERDICTS.checks
+    assert (await client.get(f"{API}/certificates/cert-C1/verify")).json() == intact
+    assert VERDICTS.checks == checks
+    assert (await client.get(f"{API}/certificates/cert-C3/verify")).json()["valid"] is True
+    # Someone with write access to Redis improves the score (the hash no longer matches): the altered copy is
+    # checked afresh although it claims the content hash whose verdict is remembered ...
     keys = await services.read_models.keys()
     forged = {**seeded["cert-C3"], "composite_score": 0.99}
     await services.read_models.redis.set(keys.cert("cert-C3"), orjson.dumps(forged))

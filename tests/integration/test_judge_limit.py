@@ -101,6 +101,7 @@ def run_request(run_id: str, repo: Path, limit: int) -> Any:
             min_replays=1,
             weights={"precision": 1.0, "recall": 1.0, "reply_accuracy": 1.0},
             created_at=T0,
+            judge_cache=False,  # identical prompts across runs must reach the provider: its load is measured
         )
     )
 

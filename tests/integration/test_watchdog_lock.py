@@ -51,7 +51,17 @@ async def test_a_table_lock_longer_than_the_run_timeout_fails_no_healthy_run(
 ) -> None:
     async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
         writer = asyncio.create_task(coordinator.run())
-        watchdog = kind(services, timeout_s=TIMEOUT_S, interval_s=1, writer_behind_s=WRITER_BEHIND_S)
+        watchdog = kind(
+            log_queries=services.store,
+            runs=services.read_models,
+            publisher=services.bus,
+            backlog=services.bus,
+            subjects=services.subjects,
+            writer_durables=[settings.writer_durable(k) for k in settings.partitioning.indices],
+            timeout_s=TIMEOUT_S,
+            interval_s=1,
+            writer_behind_s=WRITER_BEHIND_S,
+        )
         locker = await asyncpg.connect(settings.database_url)
         try:
             await services.bus.publish_many([requested(r) for r in RUNS])

@@ -1,6 +1,6 @@
 // Hash routing: each view renders into <main> and returns a clean-up (closing its live streams).
 
-import { claims, h } from "./lib.js";
+import { h, showWho } from "./lib.js";
 import { certificatePage, certificatesPage, comparePage } from "./views/certificates.js";
 import { leaderboardPage } from "./views/leaderboard.js";
 import { runPage } from "./views/run.js";
@@ -20,13 +20,6 @@ const ROUTES = [
 ];
 
 let cleanup = () => {};
-
-export function showWho() {
-  const who = document.getElementById("who");
-  const c = claims();
-  who.textContent = c ? `${c.sub}${c.role === "admin" ? " (admin)" : ""} · sign out` : "Sign in";
-  who.href = "#/signin";
-}
 
 async function route() {
   const path = (location.hash.replace(/^#/, "") || "/runs").split("?")[0];

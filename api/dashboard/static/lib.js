@@ -37,6 +37,14 @@ export function claims() {
   }
 }
 
+// The header's "who is signed in" link (here, not in app.js, so the sign-in view need not import the app).
+export function showWho() {
+  const who = document.getElementById("who");
+  const c = claims();
+  who.textContent = c ? `${c.sub}${c.role === "admin" ? " (admin)" : ""} · sign out` : "Sign in";
+  who.href = "#/signin";
+}
+
 export class ApiError extends Error {
   constructor(status, detail) {
     super(`${status}: ${detail}`);

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from echelon_platform.adapters.signing_keys import Keyring
+from echelon_platform.adapters.signing_keys import Keyring, b64url
 from echelon_platform.domain.cert_validity import verify
-from echelon_platform.domain.certificate import content_hash
+from echelon_platform.domain.certificate import build_certificate, content_hash, document_hash, signed_content
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
     METHODOLOGY_RUN_ID,
@@ -28,7 +31,8 @@ from echelon_platform.domain.events import (
     payload_as,
 )
 from echelon_platform.domain.run_inputs import run_inputs
-from echelon_platform.domain.values import JudgeUsage, OracleReply
+from echelon_platform.domain.values import CalibrationCertificate, JudgeUsage, OracleReply
+from pipeline_workers.handlers import certify as certify_module
 from pipeline_workers.handlers.certify import CertifyHandler
 from pipeline_workers.rederive import rederive
 from pipeline_workers.scoring.base import make_score
@@ -210,3 +214,59 @@ async def test_a_certificate_issued_before_intervals_is_rederived_without_them()
     assert (
         again.rebuilt.uncertainty is None and again.rebuilt.content_hash == older.content_hash != current.content_hash
     )
+
+
+async def test_rederive_ignores_replays_logged_after_the_certificate() -> None:
+    # A slow replay, given up on (failed), is invoked and scored after certify issued the certificate; an
+    # already-scored replay is scored again too. Certify never saw either: rederive must not either.
+    log = _log()
+    keyring = Keyring(Ed25519PrivateKey.generate(), T0, [])
+    issued, _ = await CertifyHandler(LogStore(log), keyring).handle(
+        make_event(RunCertifying(run_id=RUN, total=5)), RunCertifying(run_id=RUN, total=5)
+    )
+    late = [*_scored_replay(4, [True], [True], 1.0), *_scored_replay(2, [True, True], [True], 1.0)]
+    again = rederive([*log, issued, *late], _registry())
+    assert again.same, again.differences
+    assert again.rebuilt.content_hash == payload_as(issued, CertificateIssued).certificate.content_hash
+
+
+async def test_a_newer_certificate_with_a_field_this_build_does_not_know_is_judged_by_hash_and_signature() -> None:
+    private = Ed25519PrivateKey.generate()
+    keyring = Keyring(private, T0, [])
+    handler = CertifyHandler(LogStore(_log()), keyring)
+    issued, _ = await handler.handle(make_event(RunCertifying(run_id=RUN, total=5)), RunCertifying(run_id=RUN, total=5))
+    document = payload_as(issued, CertificateIssued).certificate.model_dump(mode="json")
+    keys = {k.key_id: k.public_key for k in keyring.published}
+    # A newer issuer adds a top-level field and one inside each replay score, and hashes and signs it all.
+    scores = [{**s, "judge_region": "eu"} for s in document["individual_scores"]]
+    newer = {k: v for k, v in document.items() if k not in ("content_hash", "signature")}
+    newer |= {"audit_trail": {"reviewed": True}, "individual_scores": scores}
+    newer["content_hash"] = document_hash(newer)
+    value = b64url(private.sign(signed_content(newer)))  # as a newer issuer signs what this build cannot model
+    newer["signature"] = {**document["signature"], "value": value}
+    validity = verify(newer, keys)
+    assert validity.certificate is not None and validity.problem is None
+    assert validity.hash_ok and validity.signature_ok and validity.valid, validity
+    assert "audit_trail" in validity.unknown_fields and "individual_scores.0.judge_region" in validity.unknown_fields
+    # The unknown field is covered: changing it after signing breaks hash and signature.
+    tampered = verify({**newer, "audit_trail": {"reviewed": False}}, keys)
+    assert tampered.certificate is not None and not tampered.hash_ok and not tampered.signature_ok
+    assert not tampered.valid
+    # Not a certificate is still not a certificate: a known field of the wrong type.
+    assert verify({**newer, "replay_count": "many"}, keys).problem
+
+
+async def test_certify_builds_the_certificate_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = []
+
+    def build(**kwargs: Any) -> CalibrationCertificate:
+        threads.append(threading.current_thread())
+        return build_certificate(**kwargs)
+
+    monkeypatch.setattr(certify_module, "build_certificate", build)
+    keyring = Keyring(Ed25519PrivateKey.generate(), T0, [])
+    issued, _ = await CertifyHandler(LogStore(_log()), keyring).handle(
+        make_event(RunCertifying(run_id=RUN, total=5)), RunCertifying(run_id=RUN, total=5)
+    )
+    assert payload_as(issued, CertificateIssued).certificate.uncertainty is not None
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()

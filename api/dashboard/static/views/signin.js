@@ -1,5 +1,4 @@
-import { showWho } from "../app.js";
-import { claims, h, setToken } from "../lib.js";
+import { claims, h, setToken, showWho } from "../lib.js";
 import { signInWithWallet } from "../wallet.js";
 
 const signedIn = () => {
