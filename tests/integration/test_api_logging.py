@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from collections.abc import Iterator
 
 import orjson
@@ -25,6 +26,13 @@ def log_lines() -> Iterator[io.StringIO]:
     handlers, level = root.handlers[:], root.level
     buffer = io.StringIO()
     configure_logging("INFO", stream=buffer, cache=False)
+    # A module logger first used after an earlier test configured logging with caching on (the CLI does) stays
+    # bound to that configuration's stream: every module's logger binds afresh.
+    lazy = type(structlog.get_logger())
+    for module in list(sys.modules.values()):
+        proxy = getattr(module, "log", None)
+        if isinstance(proxy, lazy):
+            vars(proxy).pop("bind", None)
     try:
         yield buffer
     finally:
