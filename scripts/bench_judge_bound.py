@@ -165,6 +165,7 @@ class Bench:
             min_replays=1,
             weights={"precision": 1.0, "recall": 1.0, "reply_accuracy": 1.0},
             created_at=utcnow(),
+            judge_cache=False,  # every case asks the provider: the floor phase's logged answers must not be reused
         )
         await self.services.bus.publish(make_event(request))
         return run_id
