@@ -34,6 +34,7 @@ from pipeline_workers.watchdog import WRITER_BEHIND_S, Watchdog
 STAGES = STAGE_NAMES  # the stage table (echelon_platform/domain/stages.py), in pipeline order
 # Warm child processes kept for sync Python oracles between calls (one runs per call in flight).
 MAX_IDLE_ORACLE_PROCESSES = 16
+WARM_ORACLE_PROCESSES = 2
 
 
 def outbound_client() -> httpx.AsyncClient:
@@ -118,6 +119,8 @@ class Pipeline:
             OracleProcessPool(
                 max_idle=min(self.settings.stage_concurrency, MAX_IDLE_ORACLE_PROCESSES),
                 max_processes=self.settings.oracle_processes,
+                # Started with the worker, so the first replays do not wait for a Python start-up.
+                warm=WARM_ORACLE_PROCESSES if "invoke" in self.stages else 0,
             )
         )
         ctx = stage_context(

@@ -4,8 +4,9 @@ A handler turns one event into the events it causes. Effects are publishes with 
 so a redelivered message that is handled twice still yields each event once in the log.
 
 Messages are handled one task each: up to `concurrency` in flight, more fetched as slots free up. Slots
-are shared fairly, not first come: every user active lately gets an equal share (and never more than
-`per_user`), and within it every run of that user an equal share (at most `per_run`). A message over its
+are shared fairly, not first come: every user with work here gets an equal share (and never more than
+`per_user`), and within it every run of that user with work an equal share (at most `per_run`); a user or
+run seen lately keeps one slot free for its next message. A message over its
 share waits in this process (kept alive, not redelivered: that would count against its attempts) and starts
 when its turn comes, round-robin over users then runs; beyond `max_held` waiting, it is put back for later.
 A user alone gets (nearly) every slot; a user whose oracles hang holds only its share, so others go on.
@@ -20,12 +21,13 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 from cachetools import LRUCache
 
-from echelon_platform.adapters.bus import BUS_ERRORS, FETCH_TIMEOUTS, Bus, Delivery
+from echelon_platform.adapters.bus import BUS_ERRORS, Bus, Delivery
+from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.domain.bus_access import stage_durable
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, parse_payload
@@ -43,6 +45,7 @@ CONSUMER_CHECK_S = 10.0
 ACTIVE_S = 5.0
 Owner = Callable[[str], Awaitable[str]]
 RETRY_CAP_S = 30.0  # the longest a failed message waits before its next attempt
+_FETCH_FAILURES: tuple[type[BaseException], ...] = (*BUS_ERRORS, InfrastructureError)
 
 
 class Handler(Protocol):
@@ -139,7 +142,7 @@ class StageWorker:
         return self.stats
 
     async def _loop(self, *, until_idle: bool) -> None:
-        sub: Any = None
+        sub: BatchPuller | None = None
         backoff = Backoff()
         checked = time.monotonic()
         try:
@@ -166,29 +169,29 @@ class StageWorker:
                     continue
                 try:
                     msgs = await sub.fetch(free, timeout=self.fetch_timeout_s)
-                except FETCH_TIMEOUTS:
+                except _FETCH_FAILURES as exc:
+                    log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
+                    await _quiet_close(sub)
+                    sub = None
+                    await backoff.wait(self._stopping)
+                    continue
+                if not msgs:  # nothing within the timeout
                     if until_idle and not self._in_flight:
                         break
-                    # A fetch from a deleted consumer only times out: look now and then (re-binding
+                    # A fetch from a deleted consumer may only time out: look now and then (re-binding
                     # re-creates it on a provisioning bus, and raises SetupMissing on any other).
                     if time.monotonic() - checked > CONSUMER_CHECK_S:
                         checked = time.monotonic()
                         if not await self._consumer_exists():
                             log.warning("stage.consumer_gone", stage=self.handler.stage, durable=self.durable)
+                            await _quiet_close(sub)
                             sub = None
-                    continue
-                except BUS_ERRORS as exc:
-                    log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
-                    sub = None
-                    await backoff.wait(self._stopping)
                     continue
                 backoff.reset()
                 for msg in msgs:
                     await self._dispatch(msg)
         finally:
-            if sub is not None:
-                with contextlib.suppress(*BUS_ERRORS):
-                    await sub.unsubscribe()
+            await _quiet_close(sub)
 
     async def _consumer_exists(self) -> bool:
         try:
@@ -322,20 +325,25 @@ class StageWorker:
             return run_id
 
     def _within_share(self, user: str, run_id: str) -> bool:
-        """Round-robin by shares: users active lately split the slots equally, then a user's runs split its
-        share. Counting users with work in flight too, so a user whose calls hang keeps being counted."""
+        """Round-robin by shares: users with work here (in flight or held) split the slots equally, then a
+        user's runs with work split its share. A user or run seen lately but with nothing here now keeps one
+        slot free for its next message (it is likely on its way) instead of a whole share: a run just
+        finished does not halve the next one's share. Counting work in flight, a user whose calls hang keeps
+        being counted."""
         now = time.monotonic()
         self._user_seen[user] = now
         self._run_seen[run_id] = (user, now)
         if len(self._user_seen) > 64 or len(self._run_seen) > 256:
             self._forget(now)
-        users = {u for u, seen in self._user_seen.items() if now - seen < ACTIVE_S} | set(self._per_user)
-        user_share = min(self.per_user, max(1, self.concurrency // len(users)))
+        busy_users = set(self._per_user) | set(self._held) | {user}
+        idle_users = {u for u, seen in self._user_seen.items() if now - seen < ACTIVE_S} - busy_users
+        user_share = _share(self.concurrency, len(busy_users), len(idle_users), self.per_user)
         if self._per_user[user] >= user_share:
             return False
-        runs = {r for r, (u, seen) in self._run_seen.items() if u == user and now - seen < ACTIVE_S}
-        runs |= {r for r in self._per_run if self._run_seen.get(r, ("", 0.0))[0] == user}
-        run_share = min(self.per_run, max(1, user_share // len(runs)))
+        busy_runs = {r for r in self._per_run if self._run_seen.get(r, ("", 0.0))[0] == user}
+        busy_runs |= set(self._held.get(user, ())) | {run_id}
+        recent = {r for r, (u, seen) in self._run_seen.items() if u == user and now - seen < ACTIVE_S}
+        run_share = _share(user_share, len(busy_runs), len(recent - busy_runs), self.per_run)
         return self._per_run[run_id] < run_share
 
     def _forget(self, now: float) -> None:
@@ -436,3 +444,13 @@ class StageWorker:
         await self.bus.publish_many(events)
         for event in events:
             self.metrics.events_published.labels(event.topic).inc()
+
+
+def _share(slots: int, busy: int, idle: int, cap: int) -> int:
+    """Each of `busy` sharers' part of `slots`, after one slot is kept for each of `idle` (at least 1)."""
+    return min(cap, max(1, (slots - idle) // busy))
+
+
+async def _quiet_close(sub: BatchPuller | None) -> None:
+    if sub is not None:
+        await sub.close()  # its undelivered requests lapse; un-acked deliveries are redelivered

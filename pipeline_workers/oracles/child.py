@@ -1,4 +1,4 @@
-"""The process a synchronous Python oracle runs in: one request per line on stdin, one reply per line out.
+"""The process a synchronous Python oracle runs in: a first line once started, then one reply per request line.
 
 A hung or runaway callable cannot be stopped inside the worker (a thread cannot be killed), so sync
 callables run here and the worker kills this process on timeout. Run as
@@ -7,7 +7,6 @@ callables run here and the worker kills this process on timeout. Run as
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import os
@@ -29,6 +28,8 @@ def _call(target: str, request: dict[str, Any]) -> dict[str, Any]:
     try:
         result = fn(request)
         if inspect.isawaitable(result):
+            import asyncio  # only here: it is most of this process's start-up time otherwise
+
             result = asyncio.run(_await(result))
     except Exception as exc:
         return {"raised": type(exc).__name__, "message": str(exc)[:300]}
@@ -58,6 +59,9 @@ def main() -> None:
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    # Ready: the worker counts a process as started only now, so start-ups do not pile up on the CPU.
+    proto_out.write(b'{"ready":true}\n')
+    proto_out.flush()
     _serve(sys.stdin.buffer, proto_out)
 
 

@@ -50,7 +50,17 @@ class _Child:
             env=env,
             limit=_LINE_LIMIT,
         )
-        return cls(proc)
+        child = cls(proc)
+        try:
+            assert proc.stdout is not None
+            ready = await proc.stdout.readline()  # the child's first line: it has started
+        except BaseException:
+            await child.kill()
+            raise
+        if not ready:
+            code = await proc.wait()
+            raise OSError(f"the oracle process exited with code {code} as it started")
+        return child
 
     @property
     def alive(self) -> bool:
@@ -85,22 +95,35 @@ class _Child:
 
 
 class OracleProcessPool:
-    """Warm child processes for sync oracles: one per call in flight, up to `max_idle` kept between calls.
+    """Warm child processes for sync oracles: one call per process at a time, up to `max_idle` kept
+    between calls, `warm` started ahead of the first call.
 
-    At most `max_processes` at once, and at most 3/4 of them for one user (the stage's task says whose
-    call it is), so a user whose sync oracles hang keeps processes for everyone else."""
+    At most `max_processes` calls at once, and at most 3/4 of them for one user (the stage's task says
+    whose call it is), so a user whose sync oracles hang keeps processes for everyone else. A call with no
+    idle process starts one (at most `max_starting` start at once: each costs a Python start-up) and takes
+    whichever is free first, the new one or one another call gives back: a fast oracle is served by a few
+    warm processes, and a slow or hanging one gets new processes as fast as they start."""
 
-    def __init__(self, *, max_idle: int = 8, max_processes: int = 32) -> None:
+    def __init__(self, *, max_idle: int = 8, max_processes: int = 32, warm: int = 0, max_starting: int = 2) -> None:
         self.max_idle = max_idle
         self.max_processes = max(1, max_processes)
         self.per_owner = max(1, self.max_processes * 3 // 4)
+        self.max_starting = max(1, max_starting)
+        self._warm = min(warm, self.max_processes)
         self._idle: list[_Child] = []
         self._busy: set[_Child] = set()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._waiting = 0  # calls waiting for a process
+        self._start_error: OSError | None = None
         self._owners: Counter[str] = Counter()
-        self._freed = asyncio.Condition()
+        self._changed = asyncio.Condition()
+        self._closed = False
         self.spawned = 0
 
     async def __aenter__(self) -> Self:
+        async with self._changed:
+            for _ in range(self._warm):
+                self._start_one()
         return self
 
     async def __aexit__(
@@ -109,6 +132,9 @@ class OracleProcessPool:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
+        # A process being started is waited for (cancelling its start could leave it running), then closed.
+        await asyncio.gather(*self._starting, return_exceptions=True)
         idle, self._idle = self._idle, []
         busy, self._busy = list(self._busy), set()
         await asyncio.gather(*(c.close() for c in idle), *(c.kill() for c in busy), return_exceptions=True)
@@ -120,13 +146,13 @@ class OracleProcessPool:
         try:
             async with asyncio.timeout(timeout_s):
                 await self._turn(owner)
+                try:
+                    child = await self._take()
+                except BaseException:
+                    await asyncio.shield(self._release(owner, None, keep=False))
+                    raise
         except TimeoutError as exc:
             raise OracleError(f"oracle {target} timed out after {timeout_s:g}s waiting for a process") from exc
-        try:
-            child = await self._take()
-        except BaseException:
-            await self._done(owner)
-            raise
         ok = False
         try:
             async with asyncio.timeout(timeout_s) as deadline:
@@ -138,38 +164,75 @@ class OracleProcessPool:
                 raise OracleError(f"oracle {target} timed out after {timeout_s:g}s") from exc
             raise
         finally:
-            self._busy.discard(child)
-            if ok and child.alive and len(self._idle) < self.max_idle:
-                self._idle.append(child)
-            else:
-                # Timed out, cancelled (the worker is stopping) or broken: its state is unknown.
-                await asyncio.shield(child.kill())
-            await asyncio.shield(self._done(owner))
+            # Timed out, cancelled (the worker is stopping) or broken: its state is unknown, it is killed.
+            await asyncio.shield(self._release(owner, child, keep=ok and child.alive))
 
     async def _turn(self, owner: str) -> None:
-        async with self._freed:
-            await self._freed.wait_for(
+        async with self._changed:
+            await self._changed.wait_for(
                 lambda: sum(self._owners.values()) < self.max_processes and self._owners[owner] < self.per_owner
             )
             self._owners[owner] += 1
 
-    async def _done(self, owner: str) -> None:
-        async with self._freed:
+    async def _take(self) -> _Child:
+        async with self._changed:
+            self._waiting += 1
+            try:
+                while True:
+                    while self._idle:
+                        child = self._idle.pop()
+                        if child.alive:
+                            self._busy.add(child)
+                            return child
+                    if self._waiting > len(self._starting):
+                        self._start_one()
+                    if self._start_error is not None and not self._starting and not self._busy:
+                        raise OracleError(f"cannot start an oracle process: {self._start_error}")
+                    await self._changed.wait()
+            finally:
+                self._waiting -= 1
+
+    def _start_one(self) -> None:
+        """Start a process in the background (the caller holds the lock), within the limits."""
+        total = len(self._busy) + len(self._idle) + len(self._starting)
+        if self._closed or len(self._starting) >= self.max_starting or total >= self.max_processes:
+            return
+        task = asyncio.get_running_loop().create_task(self._start())
+        self._starting.add(task)
+
+    async def _start(self) -> None:
+        child: _Child | None = None
+        error: OSError | None = None
+        try:
+            child = await _Child.start()
+        except OSError as exc:  # no more processes or file descriptors: the waiting calls are told
+            error = exc
+        surplus = False
+        async with self._changed:
+            self._starting.discard(asyncio.current_task())
+            self._start_error = error
+            if child is not None:
+                self.spawned += 1
+                surplus = self._closed or (self._waiting == 0 and len(self._idle) >= max(self.max_idle, self._warm))
+                if not surplus:
+                    self._idle.append(child)
+            self._changed.notify_all()
+        if child is not None and surplus:
+            await child.close()
+
+    async def _release(self, owner: str, child: _Child | None, *, keep: bool) -> None:
+        async with self._changed:
+            if child is not None:
+                self._busy.discard(child)
+                keep = keep and not self._closed and (self._waiting > 0 or len(self._idle) < self.max_idle)
+                if keep:
+                    self._idle.append(child)
             self._owners[owner] -= 1
             if self._owners[owner] <= 0:
                 del self._owners[owner]
-            self._freed.notify_all()
-
-    async def _take(self) -> _Child:
-        while self._idle:
-            child = self._idle.pop()
-            if child.alive:
-                self._busy.add(child)
-                return child
-        child = await _Child.start()
-        self.spawned += 1
-        self._busy.add(child)
-        return child
+            self._changed.notify_all()
+        if child is not None and not keep:
+            await child.kill()
 
 
 class PythonOracle:

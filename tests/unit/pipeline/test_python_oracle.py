@@ -167,3 +167,23 @@ async def test_a_user_whose_sync_oracles_hang_leaves_processes_for_others(record
         for task in hung:
             task.cancel()
         await asyncio.gather(*hung, return_exceptions=True)
+
+
+async def test_warm_processes_start_with_the_pool(record: GroundTruthRecord) -> None:
+    async with OracleProcessPool(warm=2) as pool:
+        await wait_for(lambda: pool.spawned == 2, what="two warm processes")
+        reply = await PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool).invoke(record, "q?")
+        assert reply.summary == f"About {record.title}"
+        assert pool.spawned == 2  # the call took a warm one
+
+
+async def test_a_burst_of_fast_calls_is_served_by_a_few_processes(record: GroundTruthRecord) -> None:
+    # Each start-up costs a Python interpreter's start; a burst waits for a process given back rather
+    # than starting one per call (it used to start 24 for these 40 calls, every one competing for the CPU).
+    async with OracleProcessPool(warm=2, max_processes=32) as pool:
+        await wait_for(lambda: pool.spawned == 2, what="two warm processes")
+        oracle = PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool)
+        replies = await asyncio.gather(*(oracle.invoke(record, f"q{i}?") for i in range(40)))
+        assert [r.summary for r in replies] == [f"About {record.title}"] * 40
+        assert pool.spawned <= 8
+        assert len({r.metadata["pid"] for r in replies if r.metadata}) <= pool.spawned
