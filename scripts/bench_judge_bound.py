@@ -6,8 +6,9 @@ The judge is Anthropic-compatible over HTTP (tests/fake_judge.py, its own proces
 case's latency; a case with `/R` allows R requests per minute (a token bucket of 10 s worth, refilled
 continuously; 429 + retry-after and `anthropic-ratelimit-requests-*` headers, as the API does). Runs use the
 bundled sample oracle on a generated repository with enough squash-merged PRs, and the whole pipeline
-(coordinator and every stage, default settings) in this process; they are published at once and timed to
-the last COMPLETED run.
+(coordinator and every stage, default settings) as `echelon stack up` runs it: the coordinator and the
+stage worker each in its own process (`--roles in-process`: both in this one); they are published at once
+and timed to the last COMPLETED run.
 
 The judge's bound: each replay needs two sequential judge calls (the question, then the score), so at
 best 2 x latency; with a rate limit, the calls past the bucket arrive at the refill rate, the last one
@@ -45,13 +46,14 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fake judge lives with the tests
 
 from coordinator.assembly import coordinator_for
+from echelon.stack import prepare
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import utcnow
 from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
 from echelon_platform.log_config import configure_logging
 from pipeline_workers.pipeline import Pipeline
-from scripts.benchlib import ROOT, isolated, servers
+from scripts.benchlib import ROOT, isolated, server_env, servers
 
 SAMPLE = OracleSpec(type="python", module="pipeline_workers.oracles.sample", callable="summarise")
 API_KEY = "sk-ant-api03-bench-0123456789abcdef"
@@ -309,25 +311,49 @@ async def main(args: argparse.Namespace) -> None:
                 }
             )
             repo = generated_repo(data / "bench-repo", most)
-            async with (
-                Services(settings, name="bench") as services,
-                coordinator_for(services, settings) as coordinator,
-                Pipeline(services, settings) as pipeline,
-            ):
-                tasks = [asyncio.create_task(coordinator.run()), asyncio.create_task(pipeline.run(watchdog=False))]
+            async with Services(settings, name="bench") as services, roles(services, settings, args.processes):
                 bench = Bench(services, settings, judge, repo, tracing=args.trace)
                 try:
                     for case in cases:
-                        print(json.dumps(await bench.case(case)), flush=True)
+                        print(json.dumps({**await bench.case(case), "roles": args.processes}), flush=True)
                     if args.lowered:
                         print(json.dumps(await bench.lowered()), flush=True)
                     if args.fair:
                         print(json.dumps(await bench.fairness(args.fair)), flush=True)
                 finally:
                     await bench.http.aclose()
-                    coordinator.stop()
-                    pipeline.stop()
-                    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def roles(services: Services, settings: Settings, how: str) -> AsyncIterator[None]:
+    """The coordinator and every stage: in this process, or each in its own as `echelon stack up` runs them."""
+    if how == "processes":
+        await prepare(settings)
+        env = {
+            **server_env(settings),
+            "ECHELON_ANTHROPIC_API_KEY": API_KEY,
+            "ECHELON_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+        procs = [
+            await asyncio.create_subprocess_exec(sys.executable, "-m", "echelon.cli", role, cwd=ROOT, env=env)
+            for role in ("coordinator", "worker")
+        ]
+        try:
+            yield
+        finally:
+            for proc in procs:
+                proc.terminate()
+            await asyncio.gather(*(proc.wait() for proc in procs))
+        return
+    async with coordinator_for(services, settings) as coordinator, Pipeline(services, settings) as pipeline:
+        tasks = [asyncio.create_task(coordinator.run()), asyncio.create_task(pipeline.run(watchdog=False))]
+        try:
+            yield
+        finally:
+            coordinator.stop()
+            pipeline.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 if __name__ == "__main__":
@@ -337,4 +363,11 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8931)
     parser.add_argument("--lowered", action="store_true", help="a provider that lowers its limit mid-run")
     parser.add_argument("--trace", action="store_true", help="per topic: first and last event of the runs")
+    parser.add_argument(
+        "--roles",
+        dest="processes",
+        choices=("processes", "in-process"),
+        default="processes",
+        help="coordinator and stage worker each in its own process (as `echelon stack up` runs them), or all here",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -207,14 +207,15 @@ class LocalGitIngester:
         # A merge's diff is what it brought into the mainline: against its first parent. A root
         # commit is compared with the empty tree so its files show up as added.
         base = parents.split()[0] if parents.strip() else empty_tree
-        diff = await self._run_or_fail(repo, "diff", *_DIFF_OPTIONS, base, sha, "--")
-        names = await self._run_or_fail(repo, "diff", "--name-status", "-z", "-M", base, sha, "--")
+        # One git process for both: the changed paths (`--raw -z`, exact whatever the names hold) then the patch.
+        out = await self._run_or_fail(repo, "diff", *_DIFF_OPTIONS, "--raw", "-p", "-z", base, sha, "--")
+        paths, diff = _split_raw_and_patch(out)
         return GroundTruthRecord(
             id=short,
             title=subject,
             description=body.strip(),
             diff_content=truncate_diff(diff, self._max_diff_bytes),
-            files_changed=_paths_from_name_status(names),
+            files_changed=paths,
             timestamp=_parse_date(date),
             labels=[],
             author=author,
@@ -271,16 +272,21 @@ def _parse_date(value: str) -> datetime:
     return datetime.fromisoformat(value).astimezone(UTC)
 
 
-def _paths_from_name_status(output: str) -> list[str]:
-    """Paths from ``--name-status -z``: renames and copies list both the old and the new path."""
-    tokens = output.split("\0")
+def _split_raw_and_patch(output: str) -> tuple[list[str], str]:
+    """The paths and the patch from ``diff --raw -p -z``: raw entries (`:modes shas STATUS`, then one path,
+    or two for a rename or copy, each NUL-terminated), an empty field, then the patch as `diff` prints it."""
     paths: list[str] = []
-    i = 0
-    while i < len(tokens) and tokens[i]:
-        status = tokens[i]
-        width = 2 if status[:1] in ("R", "C") else 1
-        for path in tokens[i + 1 : i + 1 + width]:
-            if path and path not in paths:
+    at = 0
+    while output.startswith(":", at):
+        end = output.index("\0", at)
+        status = output[at:end].rsplit(" ", 1)[-1]
+        at = end + 1
+        for _ in range(2 if status[:1] in ("R", "C") else 1):
+            end = output.index("\0", at)
+            path = output[at:end]
+            if path not in paths:
                 paths.append(path)
-        i += 1 + width
-    return paths
+            at = end + 1
+    if output.startswith("\0", at):  # the end of the raw entries
+        at += 1
+    return paths, output[at:]

@@ -189,3 +189,42 @@ async def test_ingester_for_picks_the_adapter() -> None:
         assert isinstance(ingester_for("file:///srv/repos/textkit", client), LocalGitIngester)
         with pytest.raises(RequestRejected):
             ingester_for("ftp://example.com/repo", client)
+
+
+async def test_paths_and_patch_are_what_two_separate_diffs_print(sample_repo: Path, tmp_path: Path) -> None:
+    """One `diff --raw -p -z` per change stands for `diff` plus `diff --name-status -z` (one git process
+    instead of two): the same patch, the same paths, for renames, deletions, binaries and awkward names."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    git(odd, "init", "-q", "-b", "main")
+    (odd / "plain.txt").write_text("a\nb\n")
+    (odd / "tab\there.txt").write_text("x\n")
+    git(odd, "add", ".")
+    git(odd, "-c", "user.name=A", "-c", "user.email=a@example.com", "commit", "-qm", "one")
+    git(odd, "mv", "plain.txt", "spaced name ü.txt")
+    (odd / "tab\there.txt").write_text("x\ny\n")
+    (odd / "line\nbreak.bin").write_bytes(b"\x00\x01")
+    (odd / "run.sh").write_text("echo\n")
+    git(odd, "add", ".")
+    git(odd, "-c", "user.name=A", "-c", "user.email=a@example.com", "commit", "-qm", "two (#1)")
+
+    ingester = LocalGitIngester()
+    checked = 0
+    for repo in (sample_repo, odd):
+        for record in (await ingester.fetch(SourceSpec(repo_url=str(repo), limit=50))).records:
+            base = record.sha + "^" if len(git(repo, "rev-list", "--parents", "-n1", record.sha).split()) > 1 else None
+            if base is None:
+                continue
+            options = ["--no-color", "--no-ext-diff", "--no-textconv", "-M", "--src-prefix=a/", "--dst-prefix=b/"]
+            patch = git(repo, "-c", "core.quotepath=off", "diff", *options, base, record.sha, "--")
+            names = git(repo, "diff", "--name-status", "-z", "-M", base, record.sha, "--").split("\0")
+            paths: list[str] = []
+            i = 0
+            while i < len(names) and names[i]:
+                width = 2 if names[i][:1] in ("R", "C") else 1
+                paths += [p for p in names[i + 1 : i + 1 + width] if p not in paths]
+                i += 1 + width
+            assert record.diff_content == patch
+            assert record.files_changed == paths
+            checked += 1
+    assert checked >= len(MERGE_TITLES) + 1
