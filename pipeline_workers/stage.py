@@ -21,13 +21,12 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from cachetools import LRUCache
 
-from echelon_platform.adapters.bus import BUS_ERRORS, Bus, Delivery
-from echelon_platform.adapters.bus_puller import BatchPuller
+from echelon_platform.adapters.bus import BUS_ERRORS, FETCH_TIMEOUTS, Bus, Delivery
 from echelon_platform.domain.bus_access import stage_durable
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, parse_payload
@@ -45,7 +44,6 @@ CONSUMER_CHECK_S = 10.0
 ACTIVE_S = 5.0
 Owner = Callable[[str], Awaitable[str]]
 RETRY_CAP_S = 30.0  # the longest a failed message waits before its next attempt
-_FETCH_FAILURES: tuple[type[BaseException], ...] = (*BUS_ERRORS, InfrastructureError)
 
 
 class Handler(Protocol):
@@ -142,7 +140,7 @@ class StageWorker:
         return self.stats
 
     async def _loop(self, *, until_idle: bool) -> None:
-        sub: BatchPuller | None = None
+        sub: Any = None
         backoff = Backoff()
         checked = time.monotonic()
         try:
@@ -169,29 +167,29 @@ class StageWorker:
                     continue
                 try:
                     msgs = await sub.fetch(free, timeout=self.fetch_timeout_s)
-                except _FETCH_FAILURES as exc:
-                    log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
-                    await _quiet_close(sub)
-                    sub = None
-                    await backoff.wait(self._stopping)
-                    continue
-                if not msgs:  # nothing within the timeout
+                except FETCH_TIMEOUTS:
                     if until_idle and not self._in_flight:
                         break
-                    # A fetch from a deleted consumer may only time out: look now and then (re-binding
+                    # A fetch from a deleted consumer only times out: look now and then (re-binding
                     # re-creates it on a provisioning bus, and raises SetupMissing on any other).
                     if time.monotonic() - checked > CONSUMER_CHECK_S:
                         checked = time.monotonic()
                         if not await self._consumer_exists():
                             log.warning("stage.consumer_gone", stage=self.handler.stage, durable=self.durable)
-                            await _quiet_close(sub)
                             sub = None
+                    continue
+                except BUS_ERRORS as exc:
+                    log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
+                    sub = None
+                    await backoff.wait(self._stopping)
                     continue
                 backoff.reset()
                 for msg in msgs:
                     await self._dispatch(msg)
         finally:
-            await _quiet_close(sub)
+            if sub is not None:
+                with contextlib.suppress(*BUS_ERRORS):
+                    await sub.unsubscribe()
 
     async def _consumer_exists(self) -> bool:
         try:
@@ -449,8 +447,3 @@ class StageWorker:
 def _share(slots: int, busy: int, idle: int, cap: int) -> int:
     """Each of `busy` sharers' part of `slots`, after one slot is kept for each of `idle` (at least 1)."""
     return min(cap, max(1, (slots - idle) // busy))
-
-
-async def _quiet_close(sub: BatchPuller | None) -> None:
-    if sub is not None:
-        await sub.close()  # its undelivered requests lapse; un-acked deliveries are redelivered

@@ -228,10 +228,6 @@ class AdaptiveLimiter:
             await asyncio.shield(self._release(lease, kind, latency_ms, slot.pause_s))
 
     async def _acquire(self) -> str | None:
-        if not self._turn.locked():
-            first = await self._try_acquire()
-            if isinstance(first, str) or first is None:
-                return first
         async with self._turn:
             delay = 0.01
             while True:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import NamedTuple, Self, TypeAlias
+from typing import Any, NamedTuple, Self, TypeAlias
 
 import nats
 import nats.errors
@@ -41,6 +41,8 @@ NATS_MSG_ID = "Nats-Msg-Id"
 Delivery: TypeAlias = Msg
 # What a fetch, an ack, a nak or an unsubscribe may raise when the server or the connection fails.
 BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, nats.js.errors.Error, OSError)
+# What a pull fetch raises when no message came in time: nothing to do yet, not a failure.
+FETCH_TIMEOUTS: tuple[type[BaseException], ...] = (nats.errors.TimeoutError, TimeoutError)
 
 
 class PublishAck(NamedTuple):
@@ -378,10 +380,9 @@ class Bus:
         ack_wait_s: float = 60.0,
         max_deliver: int = -1,
         max_ack_pending: int = 20_000,
-    ) -> BatchPuller:
-        """A durable pull consumer (started; `close()` it). A provisioning bus creates it or applies the
-        settings to it (binding alone would keep its old ones); any other binds to the one setup created, or
-        raises SetupMissing. Its long polls do not linger: a fetch asks for no more than it returns."""
+    ) -> Any:
+        """A durable pull consumer. A provisioning bus creates it or applies the settings to it (binding
+        alone would keep its old ones); any other binds to the one setup created, or raises SetupMissing."""
         if self.provisions:
             await self.apply_consumer(
                 durable, filter_subject, ack_wait_s=ack_wait_s, max_deliver=max_deliver, max_ack_pending=max_ack_pending
@@ -389,9 +390,9 @@ class Bus:
         elif not await self.consumer_exists(durable):
             raise self._missing(f"consumer {durable} of stream {self.stream}")
         try:
-            return await BatchPuller(self.nc, stream=self.stream, durable=durable, linger=False).start()
-        except (nats.errors.Error, OSError) as exc:
-            raise BusError(f"cannot subscribe to consumer {durable}: {exc or type(exc).__name__}") from exc
+            return await self.js.pull_subscribe_bind(durable=durable, stream=self.stream)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot create consumer {durable}: {exc}") from exc
 
     async def apply_consumer(
         self,

@@ -1,12 +1,9 @@
-"""A lean JetStream pull client for the coordinator's and the stage workers' consumers.
+"""A lean JetStream pull client for the coordinator's hot path.
 
 nats-py's `fetch()` awaits every message through a queue and a `wait_for` (two tasks per message); that,
 not the server, caps a batch loop at about 20k msg/s on our machines. Here one subscription callback
 appends deliveries to a list and a batch is handed over whole (measured: 70-88k msg/s against about 20k).
 It speaks the plain pull API (`$JS.API.CONSUMER.MSG.NEXT`), available on NATS 2.9.
-
-A fetch also returns as soon as the first messages arrive: nats-py's, once a long poll delivered one, waits
-out the whole timeout for the rest of the batch, so an idle stage took its next message up to 0.5 s late.
 """
 
 from __future__ import annotations
@@ -32,15 +29,10 @@ _CONSUMER_GONE = {"409", "503"}
 
 
 class BatchPuller:
-    """Pull batches from one durable consumer: `async with BatchPuller(...) as p: msgs = await p.fetch(256, 0.5)`.
+    """Pull batches from one durable consumer: `async with BatchPuller(...) as p: msgs = await p.fetch(256, 0.5)`."""
 
-    An empty list means nothing arrived within the timeout; BusError, that the consumer is unavailable."""
-
-    def __init__(
-        self, nc: NATS, *, stream: str, durable: str, api_prefix: str = "$JS.API", linger: bool = True
-    ) -> None:
+    def __init__(self, nc: NATS, *, stream: str, durable: str, api_prefix: str = "$JS.API") -> None:
         self._nc = nc
-        self._linger = linger
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._ack_prefix = f"$JS.ACK.{stream}.{durable}."
         self._inbox = nc.new_inbox()
@@ -98,11 +90,8 @@ class BatchPuller:
             await self._request({"batch": batch - len(self._buffer), "no_wait": True})
             await self._until(lambda: len(self._buffer) >= batch or self._request_over, 5.0)
             if not self._buffer and self._error is None:
-                # Nothing waiting: long-poll, and hand over whatever arrives first. Without `linger` the poll
-                # asks for one message: nothing more is delivered before the next fetch asks (a stage worker
-                # takes only what its free slots can start).
-                want = batch if self._linger else 1
-                await self._request({"batch": want, "expires": int(timeout * 1e9)})
+                # Nothing waiting: long-poll, and hand over whatever arrives first.
+                await self._request({"batch": batch, "expires": int(timeout * 1e9)})
                 await self._until(lambda: bool(self._buffer) or self._request_over, timeout + 1.0)
         if self._error is not None and not self._buffer:
             raise BusError(f"pull consumer unavailable: {self._error}")

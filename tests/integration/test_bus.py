@@ -31,9 +31,9 @@ async def test_consumer_settings_reach_an_existing_consumer(settings: Settings) 
         bus = services.bus
         subject = bus.subjects.topic_filter("verify.replay.requested")
         sub = await bus.pull_subscription("upd", subject, max_deliver=3, max_ack_pending=32)
-        await sub.close()
+        await sub.unsubscribe()
         sub = await bus.pull_subscription("upd", subject, max_deliver=-1, max_ack_pending=20_000)
-        await sub.close()
+        await sub.unsubscribe()
         info = await bus.js.consumer_info(bus.stream, "upd")
         assert (info.config.max_deliver, info.config.max_ack_pending) == (-1, 20_000)
 

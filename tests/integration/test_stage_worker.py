@@ -110,3 +110,98 @@ async def test_a_message_over_its_share_waits_here_without_being_redelivered(set
         finally:
             worker.stop()
             await task
+
+
+class HoldsAfterFirst:
+    """The first run's message is handled at once; every later one waits in the handler for the test."""
+
+    stage = "share"
+    topic = "verify.run.requested"
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.release = asyncio.Event()
+        self.inside: set[str] = set()
+        self.handled: list[str] = []
+
+    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
+        if envelope.run_id != self.first:
+            self.inside.add(envelope.run_id)
+            await self.release.wait()
+        self.handled.append(envelope.run_id)
+        return []
+
+    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
+        return []
+
+
+async def test_a_user_seen_lately_but_idle_does_not_halve_the_share_of_one_at_work(settings: Settings) -> None:
+    # Alice's run has just finished; Bob's six runs arrive. Alice keeps one slot free for her next message,
+    # not half the slots: Bob gets his whole share (6 of 8). Counting Alice as active, he got 4.
+    async with Services(settings, name="test") as services:
+        handler = HoldsAfterFirst("ALICE1")
+        worker = StageWorker(
+            handler,
+            bus=services.bus,
+            metrics=services.metrics,
+            durable_prefix=settings.consumer_prefix,
+            concurrency=8,  # at most 6 for one user
+            ack_wait_s=10,
+            fetch_timeout_s=0.2,
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            await services.bus.publish(requested("ALICE1", user="alice"))
+            await wait_for(lambda: handler.handled == ["ALICE1"], what="alice's run handled")
+            for i in range(7):
+                await services.bus.publish(requested(f"BOB{i}", user="bob"))
+            await wait_for(lambda: len(handler.inside) == 6, what="six of bob's runs at work at once")
+            # The seventh waits: bob's share is 6, not 8.
+            await wait_for(lambda: worker.stats.deferred >= 1, what="bob's seventh run to wait")
+            assert len(handler.inside) == 6
+            handler.release.set()
+            await wait_for(lambda: len(handler.handled) == 8, what="every run handled")
+        finally:
+            handler.release.set()
+            worker.stop()
+            await task
+
+
+async def test_an_idle_stage_takes_a_message_as_it_arrives(settings: Settings) -> None:
+    # An idle stage long-polls; a message arriving then is handed over at once, not when the poll expires or
+    # its batch is full, even while more keep trickling in (replies coming back one by one).
+    async with Services(settings, name="test") as services:
+        handler = HoldsAfterFirst("FIRST")
+        worker = StageWorker(
+            handler,
+            bus=services.bus,
+            metrics=services.metrics,
+            durable_prefix=settings.consumer_prefix,
+            concurrency=128,
+            ack_wait_s=30,
+            fetch_timeout_s=3.0,
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def polling() -> bool:
+                if not await services.bus.consumer_exists(worker.durable):
+                    return False  # the worker has not subscribed yet
+                info = await services.bus.js.consumer_info(settings.stream_name, worker.durable)
+                return bool(info.num_waiting)
+
+            await wait_for(polling, what="the idle stage's long poll")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await services.bus.publish(requested("FIRST"))
+            trickle = 0
+            while handler.handled != ["FIRST"] and loop.time() - started < 4:
+                trickle += 1  # more arrive while the first waits to be handled
+                await services.bus.publish(requested(f"NEXT{trickle}"))
+                await asyncio.sleep(0.1)
+            assert handler.handled == ["FIRST"]
+            assert loop.time() - started < 1.5  # not the 3 s fetch timeout
+        finally:
+            handler.release.set()
+            worker.stop()
+            await task
