@@ -215,8 +215,10 @@ class Bench:
         floor = await self.timed(case.runs, case.replays)
         floor_trace = await self.trace() if self.tracing else None
         await self.forget_limits()
-        await self.provider(latency=case.latency_s, rpm=case.rpm, burst=case.burst, reset=True)
+        before = await self.provider(latency=case.latency_s, rpm=case.rpm, burst=case.burst, reset=True)
+        cpu = time.process_time()
         measured = await self.timed(case.runs, case.replays)
+        cpu = time.process_time() - cpu
         judge: dict[str, Any] = (await self.http.get(f"{self.judge}/stats")).json()
         bound = case.bound()
         traces = {"floor_trace": floor_trace, "trace": await self.trace()} if self.tracing else {}
@@ -235,6 +237,9 @@ class Bench:
             "judge_calls": judge["served"],
             "judge_429": judge["refused"],
             "judge_peak_in_flight": judge["peak_in_flight"],
+            # The scripted provider runs on the same cores as the service (a real one spends this elsewhere).
+            "judge_cpu_s": round(judge["cpu_s"] - before["cpu_s"], 2),
+            "this_process_cpu_s": round(cpu, 2),  # with --roles in-process: the coordinator and every stage
         }
 
     async def lowered(self, replays: int = 60, high: int = 16, low: int = 4, after: int = 20) -> dict[str, Any]:

@@ -95,6 +95,7 @@ class Provider:
             "by_model": self.by_model,
             "first_at": self.first_at,
             "last_at": self.last_at,
+            "cpu_s": time.process_time(),  # this process's CPU so far: a benchmark reports the fake's own share
         }
 
     async def messages(self, request: Request) -> Response:
