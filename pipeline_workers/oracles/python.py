@@ -31,6 +31,9 @@ from pipeline_workers.oracles.base import build_request, parse_reply
 from pipeline_workers.owner import current_owner
 
 _LINE_LIMIT = 64 * 1024 * 1024  # a reply line; diffs in requests are truncated well below this
+START_TIMEOUT_S = 20.0  # a Python start-up, even on a loaded machine; a child silent longer is killed
+CLOSE_GRACE_S = 2.0  # how long closing the pool waits for processes being started
+RESTART_AFTER_S = 1.0  # after a failed start, the next one waits this long (no busy loop of failing starts)
 
 
 class _Child:
@@ -53,9 +56,12 @@ class _Child:
         child = cls(proc)
         try:
             assert proc.stdout is not None
-            ready = await proc.stdout.readline()  # the child's first line: it has started
-        except BaseException:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                ready = await proc.stdout.readline()  # the child's first line: it has started
+        except BaseException as exc:
             await child.kill()
+            if isinstance(exc, TimeoutError):
+                raise OSError(f"the oracle process did not start within {START_TIMEOUT_S:g}s") from exc
             raise
         if not ready:
             code = await proc.wait()
@@ -96,13 +102,15 @@ class _Child:
 
 class OracleProcessPool:
     """Warm child processes for sync oracles: one call per process at a time, up to `max_idle` kept
-    between calls, `warm` started ahead of the first call.
+    between calls, `warm` started ahead of the first call (and kept started).
 
     At most `max_processes` calls at once, and at most 3/4 of them for one user (the stage's task says
     whose call it is), so a user whose sync oracles hang keeps processes for everyone else. A call with no
     idle process starts one (at most `max_starting` start at once: each costs a Python start-up) and takes
     whichever is free first, the new one or one another call gives back: a fast oracle is served by a few
-    warm processes, and a slow or hanging one gets new processes as fast as they start."""
+    warm processes, and a slow or hanging one gets new processes as fast as they start. A process that
+    cannot start (no more processes or descriptors, a start-up that fails or hangs) fails the calls waiting
+    with OSError, which the stage retries later; the next start waits `RESTART_AFTER_S`."""
 
     def __init__(self, *, max_idle: int = 8, max_processes: int = 32, warm: int = 0, max_starting: int = 2) -> None:
         self.max_idle = max_idle
@@ -115,6 +123,7 @@ class OracleProcessPool:
         self._starting: set[asyncio.Task[None]] = set()
         self._waiting = 0  # calls waiting for a process
         self._start_error: OSError | None = None
+        self._failed_at = 0.0
         self._owners: Counter[str] = Counter()
         self._changed = asyncio.Condition()
         self._closed = False
@@ -122,8 +131,7 @@ class OracleProcessPool:
 
     async def __aenter__(self) -> Self:
         async with self._changed:
-            for _ in range(self._warm):
-                self._start_one()
+            self._keep_warm()
         return self
 
     async def __aexit__(
@@ -132,9 +140,16 @@ class OracleProcessPool:
         await self.aclose()
 
     async def aclose(self) -> None:
-        self._closed = True
-        # A process being started is waited for (cancelling its start could leave it running), then closed.
-        await asyncio.gather(*self._starting, return_exceptions=True)
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()  # calls waiting for a turn or a process give up at once
+        # A process being started gets a moment to finish (then it is closed like the idle ones); a start-up
+        # still silent after that is cancelled, which kills its process.
+        if self._starting:
+            _, late = await asyncio.wait(set(self._starting), timeout=CLOSE_GRACE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         idle, self._idle = self._idle, []
         busy, self._busy = list(self._busy), set()
         await asyncio.gather(*(c.close() for c in idle), *(c.kill() for c in busy), return_exceptions=True)
@@ -170,25 +185,41 @@ class OracleProcessPool:
     async def _turn(self, owner: str) -> None:
         async with self._changed:
             await self._changed.wait_for(
-                lambda: sum(self._owners.values()) < self.max_processes and self._owners[owner] < self.per_owner
+                lambda: (
+                    self._closed
+                    or (sum(self._owners.values()) < self.max_processes and self._owners[owner] < self.per_owner)
+                )
             )
+            if self._closed:
+                raise OSError("the oracle process pool is closed")
             self._owners[owner] += 1
 
     async def _take(self) -> _Child:
+        loop = asyncio.get_running_loop()
         async with self._changed:
             self._waiting += 1
             try:
                 while True:
+                    if self._closed:
+                        raise OSError("the oracle process pool is closed")
                     while self._idle:
                         child = self._idle.pop()
                         if child.alive:
                             self._busy.add(child)
                             return child
-                    if self._waiting > len(self._starting):
+                    error = self._start_error
+                    if error is not None and not self._starting and not self._busy:
+                        # Nothing to wait for: tell the caller now (retried later by the stage).
+                        raise OSError(f"cannot start an oracle process: {error}")
+                    may_start = error is None or loop.time() - self._failed_at >= RESTART_AFTER_S
+                    if may_start and self._waiting > len(self._starting):
                         self._start_one()
-                    if self._start_error is not None and not self._starting and not self._busy:
-                        raise OracleError(f"cannot start an oracle process: {self._start_error}")
-                    await self._changed.wait()
+                    try:
+                        # A failed start is retried after a pause, not at once: wake up for it.
+                        async with asyncio.timeout(RESTART_AFTER_S if error is not None else None):
+                            await self._changed.wait()
+                    except TimeoutError:
+                        pass
             finally:
                 self._waiting -= 1
 
@@ -200,23 +231,36 @@ class OracleProcessPool:
         task = asyncio.get_running_loop().create_task(self._start())
         self._starting.add(task)
 
+    def _keep_warm(self) -> None:
+        while len(self._busy) + len(self._idle) + len(self._starting) < self._warm:
+            before = len(self._starting)
+            self._start_one()
+            if len(self._starting) == before:
+                return  # at a limit: topped up as starts finish
+
     async def _start(self) -> None:
         child: _Child | None = None
         error: OSError | None = None
+        surplus = False
         try:
             child = await _Child.start()
-        except OSError as exc:  # no more processes or file descriptors: the waiting calls are told
+        except OSError as exc:  # no more processes or descriptors, or a start-up that failed or hung
             error = exc
-        surplus = False
-        async with self._changed:
-            self._starting.discard(asyncio.current_task())
-            self._start_error = error
-            if child is not None:
-                self.spawned += 1
-                surplus = self._closed or (self._waiting == 0 and len(self._idle) >= max(self.max_idle, self._warm))
-                if not surplus:
-                    self._idle.append(child)
-            self._changed.notify_all()
+        except Exception as exc:  # anything else a start may raise is a failed start too
+            error = OSError(f"{type(exc).__name__}: {exc}")
+        finally:
+            async with self._changed:
+                self._starting.discard(asyncio.current_task())
+                self._start_error = error
+                if error is not None:
+                    self._failed_at = asyncio.get_running_loop().time()
+                if child is not None:
+                    self.spawned += 1
+                    surplus = self._closed or (self._waiting == 0 and len(self._idle) >= max(self.max_idle, self._warm))
+                    if not surplus:
+                        self._idle.append(child)
+                    self._keep_warm()
+                self._changed.notify_all()
         if child is not None and surplus:
             await child.close()
 

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from echelon_platform.config import DEFAULT_ORACLE_ALLOWLIST
 from echelon_platform.domain.oracle_targets import check_callable_allowed, parse_target
 from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import OracleError, RequestRejected
+from pipeline_workers.oracles import python as python_oracles
 from pipeline_workers.oracles.python import OracleProcessPool, PythonOracle
 from pipeline_workers.oracles.sample import summarise
 from pipeline_workers.owner import current_owner
@@ -187,3 +190,53 @@ async def test_a_burst_of_fast_calls_is_served_by_a_few_processes(record: Ground
         assert [r.summary for r in replies] == [f"About {record.title}"] * 40
         assert pool.spawned <= 8
         assert len({r.metadata["pid"] for r in replies if r.metadata}) <= pool.spawned
+
+
+async def test_a_process_that_cannot_start_fails_the_call_at_once(
+    record: GroundTruthRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A start-up that fails (here the interpreter exits at once) used to be retried in a busy loop until
+    # the call's timeout; the call now fails with OSError, which the stage retries later.
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    async with OracleProcessPool() as pool:
+        oracle = PythonOracle(SYNC, "sync_oracle", ALLOW, timeout_s=10, pool=pool)
+        started = time.perf_counter()
+        with pytest.raises(OSError, match=r"cannot start an oracle process: .*exited with code 1 as it started"):
+            await oracle.invoke(record, "q?")
+        assert time.perf_counter() - started < 5
+        assert pool.spawned == 0
+
+
+async def test_a_start_up_that_hangs_is_killed_at_its_deadline(
+    record: GroundTruthRecord, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    silent = tmp_path / "silent-python"
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(silent))
+    monkeypatch.setattr(python_oracles, "START_TIMEOUT_S", 0.3)
+    pool = OracleProcessPool()
+    async with pool:
+        with pytest.raises(OSError, match=r"did not start within 0\.3s"):
+            await PythonOracle(SYNC, "sync_oracle", ALLOW, timeout_s=10, pool=pool).invoke(record, "q?")
+    assert not pool._starting
+
+
+async def test_closing_the_pool_answers_the_calls_waiting_for_a_process(record: GroundTruthRecord) -> None:
+    pool = OracleProcessPool(max_processes=1)
+    await pool.__aenter__()
+    hang = asyncio.create_task(PythonOracle(SYNC, "hang", ALLOW, timeout_s=30, pool=pool).invoke(record, "q?"))
+    await wait_for(lambda: pool.spawned == 1, what="the hanging call's process")
+    waiting = asyncio.create_task(PythonOracle(SYNC, "sync_oracle", ALLOW, timeout_s=30, pool=pool).invoke(record, "q"))
+    started = time.perf_counter()
+    await pool.aclose()
+    with pytest.raises(OSError, match="pool is closed"):
+        await waiting
+    with pytest.raises(OracleError, match="exited"):
+        await hang
+    assert time.perf_counter() - started < 5
+
+
+async def test_warm_processes_beyond_the_starting_limit_are_all_started(record: GroundTruthRecord) -> None:
+    async with OracleProcessPool(warm=4, max_starting=2, max_idle=8) as pool:
+        await wait_for(lambda: pool.spawned == 4, what="four warm processes, two at a time")
