@@ -444,9 +444,7 @@ class Bus:
             return 0.0
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot read the backlog of {durable}: {exc or type(exc).__name__}") from exc
-        if oldest.time is None:
-            return 0.0
-        return max(0.0, (datetime.now(UTC) - oldest.time).total_seconds())
+        return _age_s(oldest.time)
 
     async def rewind_consumer(
         self, durable: str, filter_subject: str, *, ack_wait_s: float = 60.0, max_deliver: int = -1
@@ -511,9 +509,7 @@ class Bus:
             return 0.0
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"cannot read {subject} from the stream: {exc or type(exc).__name__}") from exc
-        if msg.time is None:
-            return 0.0
-        return max(0.0, (datetime.now(UTC) - msg.time).total_seconds())
+        return _age_s(msg.time)
 
     async def ping(self) -> None:
         # While reconnecting, flush() returns at once without a round trip: ask the connection instead.
@@ -523,6 +519,11 @@ class Bus:
             await self.nc.flush(timeout=2)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"NATS unreachable: {exc or type(exc).__name__}") from exc
+
+
+def _age_s(stored: datetime | None) -> float:
+    """Seconds since a stored message's timestamp (0 without one, or for a clock a little behind)."""
+    return 0.0 if stored is None else max(0.0, (datetime.now(UTC) - stored).total_seconds())
 
 
 def _consumer_config(
