@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -34,15 +35,19 @@ def _own_user_state(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
-async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StackUrls]:
+async def infra() -> AsyncIterator[StackUrls]:
     nats_url = os.environ.get("ECHELON_TEST_NATS_URL")
     db_url = os.environ.get("ECHELON_TEST_DATABASE_URL")
     redis_url = os.environ.get("ECHELON_TEST_REDIS_URL")
     if nats_url and db_url and redis_url:
         yield StackUrls(nats_url=nats_url, database_url=db_url, redis_url=redis_url)
         return
-    async with EmbeddedStack(tmp_path_factory.mktemp("stack")) as stack:
-        yield stack.urls
+    # Not under pytest's base directory: a pytest session started meanwhile on this machine makes
+    # /tmp/pytest-of-<user> private again (0700), and the embedded PostgreSQL, which runs as another user,
+    # would lose its data directory in the middle of this session.
+    with tempfile.TemporaryDirectory(prefix="echelon-test-stack-", ignore_cleanup_errors=True) as directory:
+        async with EmbeddedStack(Path(directory)) as stack:
+            yield stack.urls
 
 
 def _with_database(url: str, name: str) -> str:
