@@ -1,4 +1,4 @@
-import { api, badge, claims, errorBox, fmtNum, fmtTime, h, query, scroller, token } from "../lib.js";
+import { ApiError, api, badge, claims, errorBox, fmtNum, fmtTime, h, query, scroller, token } from "../lib.js";
 
 export async function certificatesPage(main) {
   const sort = h("select#cert-sort", {},
@@ -121,9 +121,34 @@ function repeatSpread(cert) {
         h("td", {}, name), h("td", {}, fmtNum(m.mean, 4)), h("td", {}, fmtNum(m.stdev, 4)), h("td", {}, fmtNum(m.min, 4)), h("td", {}, fmtNum(m.max, 4)))))))];
 }
 
+// A certificate the live stream has announced reaches the read models a moment later (the writer appends and
+// projects it after the certify stage published it): a 404 is asked again for a few seconds before it shows.
+const FRESH_TRIES = 40;
+const FRESH_MS = 250;
+
+async function loadCertificate(main, certId) {
+  const here = location.hash;
+  const waiting = h("p.muted#certificate-waiting", {}, "Waiting for the certificate…");
+  try {
+    for (let tries = 1; ; tries++) {
+      try {
+        return await api(`certificates/${encodeURIComponent(certId)}`, { auth: false });
+      } catch (e) {
+        if (!(e instanceof ApiError) || e.status !== 404 || tries >= FRESH_TRIES) throw e;
+      }
+      if (!waiting.isConnected) main.append(waiting);
+      await new Promise((resolve) => setTimeout(resolve, FRESH_MS));
+      if (location.hash !== here) return null; // the reader went elsewhere meanwhile
+    }
+  } finally {
+    waiting.remove();
+  }
+}
+
 export async function certificatePage(main, certId) {
   const enc = encodeURIComponent(certId);
-  const cert = await api(`certificates/${enc}`, { auth: false });
+  const cert = await loadCertificate(main, certId);
+  if (cert === null) return;
   const mine = new Map(); // replay id → my rating
   if (token()) {
     try {
