@@ -70,12 +70,17 @@ def stage_context(
 
 
 def watchdog_for(
-    services: Services, *, timeout_s: float, interval_s: float, writer_behind_s: float = WRITER_BEHIND_S
+    services: Services,
+    *,
+    timeout_s: float,
+    interval_s: float,
+    writer_behind_s: float = WRITER_BEHIND_S,
+    kind: type[Watchdog] = Watchdog,
 ) -> Watchdog:
     """The watchdog on the process's connections: it queries the log, reads run states (to say where a run
-    stopped), watches the writers' backlogs and publishes its decisions."""
+    stopped), watches the writers' backlogs and publishes its decisions. (`kind`: a variant, for tests.)"""
     settings = services.settings
-    return Watchdog(
+    return kind(
         log_queries=services.store,
         runs=services.read_models,
         publisher=services.bus,

@@ -6,9 +6,9 @@ so a redelivered message that is handled twice still yields each event once in t
 Messages are handled one task each: up to `concurrency` in flight, more fetched as slots free up. Slots
 are shared fairly, not first come: every user with work here gets an equal share (and never more than
 `per_user`), and within it every run of that user with work an equal share (at most `per_run`); a user or
-run seen lately keeps one slot free for its next message. A message over its
-share waits in this process (kept alive, not redelivered: that would count against its attempts) and starts
-when its turn comes, round-robin over users then runs; beyond `max_held` waiting, it is put back for later.
+run seen lately keeps one slot free for its next message. A message over its share waits in this process
+(kept alive, not redelivered: that would count against its attempts) and starts when its turn comes,
+round-robin over users then runs; beyond `max_held` waiting, it is put back for later.
 A user alone gets (nearly) every slot; a user whose oracles hang holds only its share, so others go on.
 """
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
@@ -61,20 +62,21 @@ async def test_failing_handler_is_retried_then_dead_lettered(settings: Settings)
         assert state.error == "gave up after 3 attempts: upstream exploded"
 
 
-class OneRunHangs:
-    """Run HOLD's message waits for the test; every other run's is handled at once."""
+class Holds:
+    """Runs for which `hold` says so wait in the handler until the test releases them; others are handled."""
 
     stage = "held"
     topic = "verify.run.requested"
 
-    def __init__(self) -> None:
+    def __init__(self, hold: Callable[[str], bool]) -> None:
+        self.hold = hold
         self.release = asyncio.Event()
-        self.holding = asyncio.Event()
+        self.inside: set[str] = set()
         self.handled: list[str] = []
 
     async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
-        if envelope.run_id == "HOLD":
-            self.holding.set()
+        if self.hold(envelope.run_id):
+            self.inside.add(envelope.run_id)
             await self.release.wait()
         self.handled.append(envelope.run_id)
         return []
@@ -83,21 +85,22 @@ class OneRunHangs:
         return []
 
 
+def worker_for(services: Services, settings: Settings, handler: Holds, **options: Any) -> StageWorker:
+    return StageWorker(
+        handler,
+        bus=services.bus,
+        metrics=services.metrics,
+        durable_prefix=settings.consumer_prefix,
+        **{"ack_wait_s": 10, "fetch_timeout_s": 0.2, **options},
+    )
+
+
 async def test_a_message_over_its_share_waits_here_without_being_redelivered(settings: Settings) -> None:
     # Each redelivery counts against a message's attempts wherever it is next delivered (another process,
     # or this one after a restart): a deferred message must not be handed back to JetStream to wait.
     async with Services(settings, name="test") as services:
-        handler = OneRunHangs()
-        worker = StageWorker(
-            handler,
-            bus=services.bus,
-            metrics=services.metrics,
-            durable_prefix=settings.consumer_prefix,
-            concurrency=2,
-            per_user=1,  # alice's one slot is HOLD's
-            ack_wait_s=5,
-            fetch_timeout_s=0.2,
-        )
+        handler = Holds(lambda run_id: run_id == "HOLD")
+        worker = worker_for(services, settings, handler, concurrency=2, per_user=1)  # alice's one slot is HOLD's
         task = asyncio.create_task(worker.run())
         try:
             await services.bus.publish(requested("HOLD"))
@@ -112,43 +115,12 @@ async def test_a_message_over_its_share_waits_here_without_being_redelivered(set
             await task
 
 
-class HoldsAfterFirst:
-    """The first run's message is handled at once; every later one waits in the handler for the test."""
-
-    stage = "share"
-    topic = "verify.run.requested"
-
-    def __init__(self, first: str) -> None:
-        self.first = first
-        self.release = asyncio.Event()
-        self.inside: set[str] = set()
-        self.handled: list[str] = []
-
-    async def handle(self, envelope: Envelope, payload: Payload) -> Sequence[Envelope]:
-        if envelope.run_id != self.first:
-            self.inside.add(envelope.run_id)
-            await self.release.wait()
-        self.handled.append(envelope.run_id)
-        return []
-
-    def give_up(self, envelope: Envelope, payload: Payload, reason: str) -> Sequence[Envelope]:
-        return []
-
-
 async def test_a_user_seen_lately_but_idle_does_not_halve_the_share_of_one_at_work(settings: Settings) -> None:
     # Alice's run has just finished; Bob's six runs arrive. Alice keeps one slot free for her next message,
     # not half the slots: Bob gets his whole share (6 of 8). Counting Alice as active, he got 4.
     async with Services(settings, name="test") as services:
-        handler = HoldsAfterFirst("ALICE1")
-        worker = StageWorker(
-            handler,
-            bus=services.bus,
-            metrics=services.metrics,
-            durable_prefix=settings.consumer_prefix,
-            concurrency=8,  # at most 6 for one user
-            ack_wait_s=10,
-            fetch_timeout_s=0.2,
-        )
+        handler = Holds(lambda run_id: run_id != "ALICE1")
+        worker = worker_for(services, settings, handler, concurrency=8)  # at most 6 for one user
         task = asyncio.create_task(worker.run())
         try:
             await services.bus.publish(requested("ALICE1", user="alice"))
@@ -171,16 +143,8 @@ async def test_an_idle_stage_takes_a_message_as_it_arrives(settings: Settings) -
     # An idle stage long-polls; a message arriving then is handed over at once, not when the poll expires or
     # its batch is full, even while more keep trickling in (replies coming back one by one).
     async with Services(settings, name="test") as services:
-        handler = HoldsAfterFirst("FIRST")
-        worker = StageWorker(
-            handler,
-            bus=services.bus,
-            metrics=services.metrics,
-            durable_prefix=settings.consumer_prefix,
-            concurrency=128,
-            ack_wait_s=30,
-            fetch_timeout_s=3.0,
-        )
+        handler = Holds(lambda run_id: run_id != "FIRST")
+        worker = worker_for(services, settings, handler, concurrency=128, ack_wait_s=30, fetch_timeout_s=3.0)
         task = asyncio.create_task(worker.run())
         try:
 

@@ -19,6 +19,7 @@ from coordinator.assembly import coordinator_for
 from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.events import ReplayRequested, make_event
+from pipeline_workers.pipeline import watchdog_for
 from pipeline_workers.watchdog import Watchdog
 from tests.factories import record, requested
 from tests.helpers import wait_for
@@ -51,17 +52,7 @@ async def test_a_table_lock_longer_than_the_run_timeout_fails_no_healthy_run(
 ) -> None:
     async with Services(settings, name="test") as services, coordinator_for(services, settings) as coordinator:
         writer = asyncio.create_task(coordinator.run())
-        watchdog = kind(
-            log_queries=services.store,
-            runs=services.read_models,
-            publisher=services.bus,
-            backlog=services.bus,
-            subjects=services.subjects,
-            writer_durables=[settings.writer_durable(k) for k in settings.partitioning.indices],
-            timeout_s=TIMEOUT_S,
-            interval_s=1,
-            writer_behind_s=WRITER_BEHIND_S,
-        )
+        watchdog = watchdog_for(services, timeout_s=TIMEOUT_S, interval_s=1, writer_behind_s=WRITER_BEHIND_S, kind=kind)
         locker = await asyncpg.connect(settings.database_url)
         try:
             await services.bus.publish_many([requested(r) for r in RUNS])
