@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 
 from echelon_platform.adapters.bus import Bus, PublishAck
+from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, make_event
 from echelon_platform.metrics import Metrics
 
@@ -13,7 +14,11 @@ log = structlog.get_logger(__name__)
 
 async def publish(bus: Bus, metrics: Metrics, payload: Payload) -> PublishAck:
     """Publish one event the API makes; a duplicate (the same dedup key, already stored) is not counted."""
-    event = make_event(payload)
+    return await publish_event(bus, metrics, make_event(payload))
+
+
+async def publish_event(bus: Bus, metrics: Metrics, event: Envelope) -> PublishAck:
+    """`publish` of an event already made."""
     ack = await bus.publish_acked(event)
     if not ack.duplicate:
         metrics.events_published.labels(event.topic).inc()

@@ -34,18 +34,18 @@ from api.deps import (
 )
 from api.edge import PARSED_JSON
 from api.log_reads import NOT_LEVEL, not_level
-from api.publishing import publish
+from api.publishing import publish_event
 from api.schemas import ErrorBody, RunCreate, RunCreated, RunList, RunView
 from api.sources import RunSource
-from api.validation import validate_run_request
-from echelon_platform.adapters.bus import PublishAck
+from api.validation import check_oracle_host, check_run_request
 from echelon_platform.adapters.rate_limits import RecentRuns
 from echelon_platform.adapters.readmodel_store import Freshness, ReadModels, RunReader
 from echelon_platform.adapters.run_admission import RunAdmission
 from echelon_platform.adapters.run_requests import request_of
 from echelon_platform.adapters.services import Services
-from echelon_platform.domain.envelope import utcnow
-from echelon_platform.domain.events import OracleSpec, RunRequested
+from echelon_platform.config import Settings
+from echelon_platform.domain.envelope import Envelope, utcnow
+from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
 from echelon_platform.domain.projections import RunState, Status, public_view
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
@@ -196,14 +196,27 @@ async def create_run(
         run_id = str(ULID())  # nothing to look up: a fresh id names no stored run
     created_at = utcnow()
     # One Redis round trip: the rate limit, the list's read-your-writes note of the run if admitted, and the
-    # construct's owner. Counted before validation, which may wait seconds on DNS: a refused request (422)
-    # uses the budget too.
-    owner = await admission.admit(user.user_id, run_id, created_at, body.construct_id)
+    # construct's owner. Sent first and awaited once the request is checked and its event built, so that work
+    # overlaps the round trip; the checks' verdict counts only after the admission's (a 429 comes first), and
+    # a refused request (422) uses the budget too.
+    admitting = admission.begin(user.user_id, run_id, created_at, body.construct_id)
+    secrets = RunSecrets(github_token=body.github_token, oracle_headers=body.oracle_headers or {})
+    secret_ref = None if secrets.is_empty() else run_id
     try:
-        weights = await validate_run_request(body, state.settings)
+        prepared: Envelope | Exception = _request_event(body, user, state.settings, run_id, created_at, fp, secret_ref)
+    except Exception as exc:  # answered below, after the admission's own answer
+        prepared = exc
+    owner = await admitting
+    try:
+        if isinstance(prepared, Exception):
+            raise prepared
+        # Only an admitted caller makes the API resolve a host (which may take seconds).
+        await check_oracle_host(body, state.settings)
         # The first user to certify a construct_id owns it (README "Certificates"); others are refused here.
         check_construct_owner(owner, body.construct_id, user.user_id, admin=user.is_admin)
-        ack = await _publish_request(body, user, services, run_id, created_at, weights, fp)
+        if secret_ref is not None:
+            await services.secrets.put(secret_ref, secrets)
+        ack = await publish_event(services.bus, services.metrics, prepared)
     except Exception:  # not accepted (a 4xx or 5xx): the run must not stay listed
         await _forget(admission.recent, user, run_id)
         raise
@@ -242,20 +255,17 @@ async def _forget(recent: RecentRuns, user: Principal, run_id: str) -> None:
         log.warning("api.recent_runs_unavailable", error=str(exc), runId=run_id)
 
 
-async def _publish_request(
+def _request_event(
     body: RunCreate,
     user: Principal,
-    services: Services,
+    settings: Settings,
     run_id: str,
     created_at: datetime,
-    weights: dict[str, float],
     fp: str | None,
-) -> PublishAck:
-    secrets = RunSecrets(github_token=body.github_token, oracle_headers=body.oracle_headers or {})
-    secret_ref = None
-    if not secrets.is_empty():
-        secret_ref = run_id
-        await services.secrets.put(secret_ref, secrets)
+    secret_ref: str | None,
+) -> Envelope:
+    """The run's `verify.run.requested` event, after the checks that ask nobody (422)."""
+    weights = check_run_request(body, settings)
     payload = RunRequested(
         run_id=run_id,
         user_id=user.user_id,
@@ -282,7 +292,7 @@ async def _publish_request(
         request_fingerprint=fp,
         repeats=body.repeats,
     )
-    return await publish(services.bus, services.metrics, payload)
+    return make_event(payload)
 
 
 async def load_run(services: Services, run_id: str, reader: RunReader | None = None) -> RunState | None:

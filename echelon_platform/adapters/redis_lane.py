@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import time
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import hiredis
@@ -57,10 +58,16 @@ class _Connection(asyncio.Protocol):
         if self.lost is not None:
             raise self.lost
         future = self._loop.create_future()
+        idle = not self._waiting
         self._waiting.append((future, time.monotonic()))
-        if not self._out:
-            self._loop.call_soon(self._flush)  # everything sent in this loop turn leaves in one write
-        self._out.append(command)
+        if idle and self._transport is not None:
+            # Nothing in flight: a lone command leaves now (no wait for the end of the loop turn), so its
+            # caller can work while Redis answers. Under load, the commands of one turn share one write.
+            self._transport.write(command)
+        else:
+            if not self._out:
+                self._loop.call_soon(self._flush)
+            self._out.append(command)
         if self._watchdog is None and self._timeout is not None:
             self._watchdog = self._loop.call_later(self._timeout, self._check_stalled)
         return future
@@ -121,11 +128,23 @@ class RedisLane:
         self._connecting: asyncio.Lock | None = None
 
     async def call(self, *args: Any) -> Any:
+        return await self.begin(*args)
+
+    def begin(self, *args: Any) -> Coroutine[Any, Any, Any]:
+        """`call`, with the command sent (or queued for this loop turn) before the caller awaits the reply,
+        so the caller can work while Redis answers. The result must be awaited."""
         if not self._native:
-            return await self._client.execute_command(*args)  # type: ignore[no-untyped-call]
+            return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         command = hiredis.pack_command(args)
+        connection = self._connection
+        sent = connection.send(command) if connection is not None and connection.lost is None else None
+        return self._reply(command, sent)
+
+    async def _reply(self, command: bytes, sent: asyncio.Future[Any] | None) -> Any:
         try:
-            return await self._send(command)
+            if sent is None:
+                return await self._send(command)
+            return _checked_reply(await sent)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             # As redis-py (retry_on_timeout, one retry): once more on a fresh connection.
             return await self._send(command)
@@ -142,10 +161,7 @@ class RedisLane:
         connection = self._connection
         if connection is None or connection.lost is not None:
             connection = await self._connect()
-        reply = await connection.send(command)
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise _response_error(reply)
-        return reply
+        return _checked_reply(await connection.send(command))
 
     async def _connect(self) -> _Connection:
         if self._connecting is None:
@@ -184,6 +200,12 @@ class RedisLane:
             raise _response_error(reply)
 
 
+def _checked_reply(reply: Any) -> Any:
+    if isinstance(reply, redis.exceptions.ResponseError):
+        raise _response_error(reply)
+    return reply
+
+
 def _response_error(reply: redis.exceptions.ResponseError) -> redis.exceptions.RedisError:
     message = str(reply)
     if message.startswith("NOSCRIPT"):
@@ -202,7 +224,14 @@ class LaneScript:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        return await self.begin(keys, args)
+
+    def begin(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Coroutine[Any, Any, Any]:
+        """Run the script, sent before the caller awaits its reply (`RedisLane.begin`)."""
+        return self._reply(self._lane.begin("EVALSHA", self.sha, len(keys), *keys, *args), keys, args)
+
+    async def _reply(self, sent: Coroutine[Any, Any, Any], keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         try:
-            return await self._lane.call("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await sent
         except redis.exceptions.NoScriptError:
             return await self._lane.call("EVAL", self.text, len(keys), *keys, *args)

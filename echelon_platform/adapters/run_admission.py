@@ -4,7 +4,9 @@ the owner of its construct_id, in one Lua script (each part is the Lua function 
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any
 
 import redis.exceptions
 from ulid import ULID
@@ -43,6 +45,12 @@ class RunAdmission:
 
         Noted before the run is published, so the caller forgets it again if the run is not accepted; a note
         left behind anyway (the process died in between) only costs the list one stream lookup until it expires."""
+        return await self.begin(user_id, run_id, created_at, construct_id)
+
+    def begin(
+        self, user_id: str, run_id: str, created_at: datetime, construct_id: str
+    ) -> Coroutine[Any, Any, str | None]:
+        """`admit`, with the script sent before the caller awaits the answer (which it must)."""
         recent = self.recent
         keys = (self.limiter.key("runs", user_id), recent.key(user_id), self._owners.pointer)
         args = (
@@ -56,8 +64,11 @@ class RunAdmission:
             recent.ttl_s,
             *self._owners.arguments(construct_id),
         )
+        return self._answer(self._script.begin(keys, args))
+
+    async def _answer(self, sent: Coroutine[Any, Any, Any]) -> str | None:
         try:
-            reply = await self._script(keys, args)
+            reply = await sent
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ReadModelError(f"rate limiter unavailable: {exc}") from exc
         self.limiter.raise_if_full("runs", int(reply[0]))

@@ -4,8 +4,10 @@ replies reach the right callers, scripts load themselves, errors are redis-py's,
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -70,4 +72,27 @@ async def test_an_unreachable_redis_is_a_connection_error(settings: Settings) ->
         with pytest.raises(redis.exceptions.ConnectionError):
             await lane.call("PING")
     finally:
+        await client.aclose()
+
+
+async def test_a_lone_command_leaves_before_its_caller_waits(settings: Settings) -> None:
+    """`begin` on an idle lane writes at once, so the caller's own work overlaps Redis's answer (POST /runs
+    checks the request while its admission is in flight). Seen from another connection while this event
+    loop is still busy: a command queued for the end of the loop turn would never arrive."""
+    client, lane = await _lane(settings)
+    key = f"{settings.redis_prefix}lane:early"
+    watcher = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        assert await lane.call("PING") == b"PONG"  # connected, and idle again
+        pending = lane.begin("INCR", key)
+        deadline = time.monotonic() + 5
+        while watcher.get(key) != b"1":  # blocks this loop on purpose: nothing else here may run
+            assert time.monotonic() < deadline, "the command did not leave before the caller yielded"
+        assert await pending == 1
+        # Under load the commands of one turn still share a write, and every reply reaches its caller.
+        assert await asyncio.gather(*(lane.call("INCR", key) for _ in range(10))) == list(range(2, 12))
+    finally:
+        watcher.delete(key)
+        watcher.close()
+        await lane.close()
         await client.aclose()
