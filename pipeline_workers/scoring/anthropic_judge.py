@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import anthropic
+import orjson
 import structlog
-from anthropic.types import MessageParam, TextBlock, TextBlockParam
+from anthropic.types import MessageParam, TextBlockParam
 from ulid import ULID
 
 from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, endpoint_id
@@ -89,18 +90,39 @@ CACHE_WRITE_PRICE = 1.25
 CACHE_READ_PRICE = 0.1
 
 
-def usage_cost(usage: anthropic.types.Usage, prices: tuple[float, float]) -> JudgeUsage:
-    written = usage.cache_creation_input_tokens or 0
-    read = usage.cache_read_input_tokens or 0
-    billed_input = usage.input_tokens + written * CACHE_WRITE_PRICE + read * CACHE_READ_PRICE
-    cost = (billed_input * prices[0] + usage.output_tokens * prices[1]) / 1_000_000
+def usage_cost(usage: Mapping[str, object], prices: tuple[float, float]) -> JudgeUsage:
+    """The cost of one answer from its `usage` object (as the API sends it; a field it leaves out counts 0)."""
+    tokens, output = _count(usage, "input_tokens"), _count(usage, "output_tokens")
+    written, read = _count(usage, "cache_creation_input_tokens"), _count(usage, "cache_read_input_tokens")
+    billed_input = tokens + written * CACHE_WRITE_PRICE + read * CACHE_READ_PRICE
+    cost = (billed_input * prices[0] + output * prices[1]) / 1_000_000
     return JudgeUsage(
-        input_tokens=usage.input_tokens + written + read,
-        output_tokens=usage.output_tokens,
+        input_tokens=tokens + written + read,
+        output_tokens=output,
         cost_usd=cost,
         cache_read_tokens=read,
         cache_write_tokens=written,
     )
+
+
+def _count(usage: Mapping[str, object], field: str) -> int:
+    value = usage.get(field)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def answer_of(message: object) -> tuple[str, Mapping[str, object]]:
+    """The text blocks and the usage of a Messages API answer, read from its JSON (the SDK's models of it
+    cost more CPU than the rest of the call); anything malformed reads as no text or no usage."""
+    if not isinstance(message, dict):
+        return "", {}
+    blocks = message.get("content")
+    text = "".join(
+        b["text"]
+        for b in (blocks if isinstance(blocks, list) else ())
+        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+    )
+    usage = message.get("usage")
+    return text, usage if isinstance(usage, dict) else {}
 
 
 class AnthropicScorer:
@@ -343,7 +365,7 @@ class AnthropicScorer:
                     model=self._model, max_tokens=max_tokens, system=self._system_blocks, messages=messages
                 )
                 slot.headers(raw.headers)
-                response = await raw.parse()
+                body = await raw.read()
         except anthropic.AuthenticationError as exc:
             raise ScoringError("Anthropic rejected the API key (401): set a valid ECHELON_ANTHROPIC_API_KEY") from exc
         except anthropic.APIStatusError as exc:
@@ -352,8 +374,12 @@ class AnthropicScorer:
             return _Failure(self._describe(exc), exc.status_code, final, retry_after)
         except anthropic.APIConnectionError as exc:  # includes timeouts
             return _Failure(type(exc).__name__, None, False, None)
-        text = "".join(b.text for b in response.content if isinstance(b, TextBlock))
-        return _Answer(text, usage_cost(response.usage, self._prices))
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _Failure("the answer is not JSON", None, False, None)
+        text, usage = answer_of(message)
+        return _Answer(text, usage_cost(usage, self._prices))
 
     async def _backoff(self, attempt: int, problem: str, retry_after: float | None) -> None:
         if retry_after is not None:

@@ -10,7 +10,7 @@ import respx
 
 from echelon_platform.domain.values import GroundTruthRecord, OracleReply
 from echelon_platform.errors import ConfigError, ScoringError
-from pipeline_workers.scoring.anthropic_judge import AnthropicScorer, price_for
+from pipeline_workers.scoring.anthropic_judge import AnthropicScorer, answer_of, price_for, usage_cost
 
 from .helpers import SleepRecorder, anthropic_error, anthropic_message, anthropic_via_respx
 
@@ -215,3 +215,55 @@ def test_prices() -> None:
     assert price_for("claude-haiku-9", {"haiku": (0.5, 2.0)}) == (0.5, 2.0)
     with pytest.raises(ConfigError, match="no price known"):
         price_for("gpt-4o")
+
+
+def test_an_answer_is_read_from_the_messages_json_as_the_api_sends_it() -> None:
+    message = {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "thinking", "thinking": "Look at the diff first.", "signature": "c2ln"},
+            {"type": "text", "text": "What does "},
+            {"type": "text", "text": "truncate() return for short text?"},
+        ],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 1200,
+            "output_tokens": 40,
+            "cache_creation_input_tokens": 1000,
+            "cache_read_input_tokens": None,
+            "service_tier": "standard",
+        },
+    }
+    text, usage = answer_of(message)
+    assert text == "What does truncate() return for short text?"
+    cost = usage_cost(usage, (3.0, 15.0))
+    assert (cost.input_tokens, cost.output_tokens, cost.cache_write_tokens, cost.cache_read_tokens) == (
+        2200,
+        40,
+        1000,
+        0,
+    )
+    assert cost.cost_usd == pytest.approx((1200 + 1000 * 1.25) * 3.0 / 1e6 + 40 * 15.0 / 1e6)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        None,
+        [],
+        "text",
+        {},
+        {"content": "not a list"},
+        {"content": [{"type": "text"}], "usage": "none"},
+        {"content": [{"type": "text", "text": 7}], "usage": {"input_tokens": -3, "output_tokens": True}},
+    ],
+)
+def test_a_malformed_answer_reads_as_no_text_and_no_cost(message: object) -> None:
+    text, usage = answer_of(message)
+    assert text == ""
+    cost = usage_cost(usage, (3.0, 15.0))
+    assert (cost.input_tokens, cost.output_tokens, cost.cost_usd) == (0, 0, 0.0)
