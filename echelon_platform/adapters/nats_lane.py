@@ -65,7 +65,9 @@ class _Connection(asyncio.Protocol):
         self._body: tuple[bytes, int, int] | None = None  # (subject, header bytes, total bytes) of a message
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
-        self.waiting: dict[bytes, tuple[asyncio.Future[LaneAck], bytes]] = {}  # token -> (future, subject)
+        # token -> (future, subject, deadline), oldest first
+        self.waiting: dict[bytes, tuple[asyncio.Future[LaneAck], bytes, float]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self.info: dict[str, Any] = {}
         self.greeted: asyncio.Future[None] = loop.create_future()  # INFO seen
         self.ready: asyncio.Future[None] = loop.create_future()  # CONNECT and SUB accepted (PONG)
@@ -81,12 +83,14 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.write(data)
 
-    def send(self, token: bytes, subject: bytes, command: bytes) -> asyncio.Future[LaneAck]:
+    def send(self, token: bytes, subject: bytes, command: bytes, timeout: float) -> asyncio.Future[LaneAck]:
         if self.lost is not None:
             raise self.lost
         future: asyncio.Future[LaneAck] = self._loop.create_future()
         idle = not self.waiting
-        self.waiting[token] = (future, subject)
+        self.waiting[token] = (future, subject, self._loop.time() + timeout)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(timeout, self._expire)
         if idle:
             self.write(command)  # nothing in flight: no reason to wait for the end of this loop turn
         else:
@@ -95,8 +99,18 @@ class _Connection(asyncio.Protocol):
             self._out.append(command)
         return future
 
-    def forget(self, token: bytes) -> None:
-        self.waiting.pop(token, None)
+    def _expire(self) -> None:
+        # One timer per connection instead of one per publish: it fails what is overdue, then waits for the
+        # oldest publish left.
+        self._watchdog = None
+        now = self._loop.time()
+        for token, (future, _, deadline) in list(self.waiting.items()):
+            if deadline > now:
+                self._watchdog = self._loop.call_at(deadline, self._expire)
+                return
+            del self.waiting[token]
+            if not future.done():
+                future.set_exception(BusError("JetStream did not acknowledge the publish in time"))
 
     def close(self) -> None:
         if self._transport is not None:
@@ -157,7 +171,7 @@ class _Connection(asyncio.Protocol):
         if message.lower().startswith("permissions violation for publish to"):
             # The server goes on; only the publishes to that subject are refused.
             subject = message.rpartition(" ")[2].strip('"').encode()
-            for token, (future, to) in list(self.waiting.items()):
+            for token, (future, to, _) in list(self.waiting.items()):
                 if to == subject:
                     del self.waiting[token]
                     if not future.done():
@@ -187,10 +201,13 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: BusError) -> None:
         if self.lost is None:
             self.lost = error
-        for future, _ in self.waiting.values():
+        for future, _, _ in self.waiting.values():
             if not future.done():
                 future.set_exception(error)
         self.waiting.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for waiter in (self.greeted, self.ready):
             if not waiter.done():
                 waiter.set_exception(error)
@@ -243,14 +260,11 @@ class NatsPublishLane:
             headers,
             payload,
         )
-        future = connection.send(token, to, command)
+        future = connection.send(token, to, command, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError as exc:
-            raise BusError(f"JetStream did not acknowledge within {timeout:g} s") from exc
+            return await future
         finally:
-            connection.forget(token)
+            connection.waiting.pop(token, None)  # answered, timed out, or the caller was cancelled
 
     async def start(self) -> bool:
         """Connect now (not at the first publish); False when the server needs what a lane does not speak."""

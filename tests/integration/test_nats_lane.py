@@ -148,3 +148,24 @@ async def test_the_api_role_may_publish_its_topics_only(tmp_path: Path) -> None:
                 await lane.publish(f"{LAYOUT.subject_root}.x", b"{}", "id", timeout=5)
         finally:
             await lane.close()
+
+
+async def test_a_publish_nobody_acknowledges_times_out_and_the_lane_goes_on(settings: Settings) -> None:
+    """A core subscriber on the subject answers nothing (and so no 503 either): the publish fails at its
+    time-out, and a later publish is acknowledged as usual."""
+    subjects = Subjects(settings.subject_root)
+    quiet = f"quiet{settings.subject_root}"
+    async with Bus(str(settings.nats_url), stream=settings.stream_name, subjects=subjects) as bus:
+        subscription = await bus.nc.subscribe(f"{quiet}.>")
+        await bus.nc.flush()
+        lane = _lane(str(settings.nats_url), settings.stream_name)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BusError, match="in time"):
+                await lane.publish(f"{quiet}.x", b"{}", "quiet-1", timeout=0.3)
+            assert 0.3 <= time.monotonic() - started < 3
+            ack = await lane.publish(f"{settings.subject_root}.lane.after", b"{}", "quiet-2", timeout=5)
+            assert ack.seq > 0
+        finally:
+            await subscription.unsubscribe()
+            await lane.close()
