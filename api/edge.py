@@ -25,10 +25,10 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from ulid import ULID
 
 from api.cors import ALLOWED_HEADERS, EXPOSED_HEADERS, PREFLIGHT_MAX_AGE_S, OriginPolicy, same_origin
 from api.json_body import MAX_JSON_DEPTH, BodyRejected, check_json_body, declares_json
+from echelon_platform.domain.ids import new_ulid
 
 log = structlog.get_logger("api.access")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -38,7 +38,7 @@ PARSED_JSON = "echelon.parsed_json"  # scope key: the request's JSON body, decod
 
 def sane_request_id(value: bytes) -> str:
     """An incoming `X-Request-ID`, echoed into logs and headers: anything odd is replaced, not trusted."""
-    return value.decode("latin-1") if _REQUEST_ID.fullmatch(value) else str(ULID())
+    return value.decode("latin-1") if _REQUEST_ID.fullmatch(value) else new_ulid()
 
 
 def route_label(scope: Scope) -> str:
@@ -100,7 +100,7 @@ class Edge:
             elif name == b"origin":
                 origin = value
         if request_id is None:
-            request_id = str(ULID())
+            request_id = new_ulid()
         header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()
         status = 500

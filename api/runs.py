@@ -19,7 +19,6 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
-from ulid import ULID
 
 from api import responses as r
 from api.auth import Principal
@@ -46,6 +45,7 @@ from echelon_platform.adapters.services import Services
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope, utcnow
 from echelon_platform.domain.events import OracleSpec, RunRequested, make_event
+from echelon_platform.domain.ids import new_ulid
 from echelon_platform.domain.projections import RunState, Status, public_view
 from echelon_platform.domain.values import matches_construct
 from echelon_platform.errors import BusError, NotFound, ReadModelError, RequestRejected, StoreError
@@ -193,7 +193,7 @@ async def create_run(
         if known is not None:  # a replay: no validation, no rate limit, no publish
             return await _repeat(services, known, fp)
     else:
-        run_id = str(ULID())  # nothing to look up: a fresh id names no stored run
+        run_id = new_ulid()  # nothing to look up: a fresh id names no stored run
     created_at = utcnow()
     # One Redis round trip: the rate limit, the list's read-your-writes note of the run if admitted, and the
     # construct's owner. Sent first and awaited once the request is checked and its event built, so that work

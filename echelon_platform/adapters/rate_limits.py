@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from ulid import ULID
 
+from echelon_platform.domain.ids import new_ulid
 from echelon_platform.errors import RateLimited, ReadModelError
 
 # Sliding window log: timestamps (server clock, so several API processes agree) of the calls in the window.
@@ -68,7 +68,7 @@ class RateLimiter:
         """Count one call; RateLimited (→ 429 with Retry-After) when the window is already full."""
         key = self.key(scope, user_id)
         try:
-            args = (self.limit, self.window_ms, str(ULID()))
+            args = (self.limit, self.window_ms, new_ulid())
             wait_ms = int(await run_script(self._redis, _SLIDING_WINDOW, _SLIDING_WINDOW_SHA, (key,), args))
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ReadModelError(f"rate limiter unavailable: {exc}") from exc

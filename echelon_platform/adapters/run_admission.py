@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import Any
 
 import redis.exceptions
-from ulid import ULID
 
 from echelon_platform.adapters.rate_limits import RECENT_NOTE_LUA, WINDOW_LUA, RateLimiter, RecentRuns
 from echelon_platform.adapters.readmodel_store import CONSTRUCT_OWNER_LUA, OwnerReader
 from echelon_platform.adapters.redis_lane import RedisLane
+from echelon_platform.domain.ids import new_ulid
 from echelon_platform.errors import ReadModelError
 
 # Refused: {ms until a slot frees}. Admitted: {-1, the construct's owner or nil}; the run is noted as recent.
@@ -56,7 +56,7 @@ class RunAdmission:
         args = (
             self.limiter.limit,
             self.limiter.window_ms,
-            str(ULID()),
+            new_ulid(),
             run_id,
             created_at.timestamp() * 1000,
             time.time() * 1000 - recent.ttl_s * 1000,

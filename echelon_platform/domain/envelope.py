@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
-from ulid import ULID
 
+from echelon_platform.domain.ids import new_ulid
 from echelon_platform.errors import EnvelopeError
 
 SCHEMA_VERSION = 1
@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 
 def new_event_id() -> str:
     """A ULID: unique and lexicographically sortable by creation time."""
-    return str(ULID())
+    return new_ulid()
 
 
 def correlation_for(run_id: str) -> str:
