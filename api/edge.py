@@ -8,7 +8,8 @@ In order, in one pass over the headers:
   is refused at the first byte over it;
 - strict, shallow JSON (api/json_body.py): a JSON body is read whole, checked once with orjson and handed to
   the route both as bytes and, decoded, in the scope (`parsed_json`), so a route need not decode it again;
-- one access-log line and the latency histogram per route template.
+- one access-log line (with the fields a route notes on it: api/access_log.py) and the latency histogram
+  per route template.
 
 One layer instead of four stacked middlewares: each layer wrapped `send` (and `receive`) again and scanned
 the headers again, a cost every request paid (the POST /runs profile in docs/benchmarks.md).
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.access_log import ACCESS_FIELDS
 from api.cors import ALLOWED_HEADERS, EXPOSED_HEADERS, PREFLIGHT_MAX_AGE_S, OriginPolicy, same_origin
 from api.json_body import MAX_JSON_DEPTH, BodyRejected, check_json_body, declares_json
 from echelon_platform.domain.ids import new_ulid
@@ -112,6 +114,8 @@ class Edge:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        noted: dict[str, Any] = {}
+        fields_token = ACCESS_FIELDS.set(noted)
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 if origin is not None and self._cors is not None:
@@ -131,7 +135,9 @@ class Edge:
                     route=route,
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
+                    **noted,
                 )
+                ACCESS_FIELDS.reset(fields_token)
 
     async def _checked_body(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The size limit and the JSON check, then the app (inside CORS, so refusals carry its headers)."""
