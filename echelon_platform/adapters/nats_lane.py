@@ -100,17 +100,22 @@ class _Connection(asyncio.Protocol):
         return future
 
     def _expire(self) -> None:
-        # One timer per connection instead of one per publish: it fails what is overdue, then waits for the
-        # oldest publish left.
+        # One timer per connection instead of one per publish, for the oldest publish in flight. An overdue
+        # one fails, and so does the connection (as the Redis lane's): a server that stopped answering, or a
+        # connection that died without a word, is replaced at the next publish instead of timing out each.
         self._watchdog = None
-        now = self._loop.time()
-        for token, (future, _, deadline) in list(self.waiting.items()):
-            if deadline > now:
-                self._watchdog = self._loop.call_at(deadline, self._expire)
-                return
-            del self.waiting[token]
-            if not future.done():
-                future.set_exception(BusError("JetStream did not acknowledge the publish in time"))
+        if not self.waiting:
+            return
+        token, (future, _, deadline) = min(self.waiting.items(), key=lambda item: item[1][2])
+        if deadline > self._loop.time():
+            self._watchdog = self._loop.call_at(deadline, self._expire)
+            return
+        del self.waiting[token]
+        if not future.done():
+            future.set_exception(BusError("JetStream did not acknowledge the publish in time"))
+        self._fail(BusError("NATS connection dropped: a publish was not acknowledged in time"))
+        if self._transport is not None:
+            self._transport.abort()
 
     def close(self) -> None:
         if self._transport is not None:
@@ -238,9 +243,22 @@ class NatsPublishLane:
         self._connecting: asyncio.Lock | None = None
 
     async def publish(self, subject: str, payload: bytes, msg_id: str, *, timeout: float) -> LaneAck:
+        connection = await self._connected()
+        token, future = self._send(connection, subject, payload, msg_id, timeout)
+        try:
+            return await future
+        finally:
+            connection.waiting.pop(token, None)  # answered, timed out, or the caller was cancelled
+
+    async def _connected(self) -> _Connection:
         connection = self._connection
         if connection is None or connection.lost is not None:
             connection = await self._connect()
+        return connection
+
+    def _send(
+        self, connection: _Connection, subject: str, payload: bytes, msg_id: str, timeout: float
+    ) -> tuple[bytes, asyncio.Future[LaneAck]]:
         headers = b"NATS/1.0\r\nNats-Msg-Id: %s\r\nNats-Expected-Stream: %s\r\n\r\n" % (
             _header_value(msg_id),
             self._stream,
@@ -251,20 +269,9 @@ class NatsPublishLane:
         self._counter += 1
         token = b"%x" % self._counter
         to = subject.encode()
-        command = b"HPUB %s %s.%s %d %d\r\n%s%s\r\n" % (
-            to,
-            self._inbox,
-            token,
-            len(headers),
-            len(headers) + len(payload),
-            headers,
-            payload,
-        )
-        future = connection.send(token, to, command, timeout)
-        try:
-            return await future
-        finally:
-            connection.waiting.pop(token, None)  # answered, timed out, or the caller was cancelled
+        size = len(headers) + len(payload)
+        command = b"HPUB %s %s.%s %d %d\r\n%s%s\r\n" % (to, self._inbox, token, len(headers), size, headers, payload)
+        return token, connection.send(token, to, command, timeout)
 
     async def start(self) -> bool:
         """Connect now (not at the first publish); False when the server needs what a lane does not speak."""
