@@ -195,13 +195,13 @@ async def create_run(
     else:
         run_id = new_ulid()  # nothing to look up: a fresh id names no stored run
     created_at = utcnow()
+    secrets = RunSecrets(github_token=body.github_token, oracle_headers=body.oracle_headers or {})
+    secret_ref = None if secrets.is_empty() else run_id
     # One Redis round trip: the rate limit, the list's read-your-writes note of the run if admitted, and the
     # construct's owner. Sent first and awaited once the request is checked and its event built, so that work
     # overlaps the round trip; the checks' verdict counts only after the admission's (a 429 comes first), and
     # a refused request (422) uses the budget too.
     admitting = admission.begin(user.user_id, run_id, created_at, body.construct_id)
-    secrets = RunSecrets(github_token=body.github_token, oracle_headers=body.oracle_headers or {})
-    secret_ref = None if secrets.is_empty() else run_id
     try:
         prepared: Envelope | Exception = _request_event(body, user, state.settings, run_id, created_at, fp, secret_ref)
     except Exception as exc:  # answered below, after the admission's own answer

@@ -26,7 +26,7 @@ from nats.js.client import JetStreamContext
 from ulid import ULID
 
 from echelon_platform.adapters.bus_puller import BatchPuller
-from echelon_platform.adapters.nats_lane import NatsPublishLane, lane_servers
+from echelon_platform.adapters.nats_lane import LaneRefused, NatsPublishLane, lane_servers
 from echelon_platform.domain.admission import check_event
 from echelon_platform.domain.bus_access import may_provision
 from echelon_platform.domain.envelope import Envelope
@@ -142,7 +142,7 @@ class Bus:
                 log.warning("bus.publish_lane_unavailable", error=str(exc))
             else:
                 if not usable:
-                    log.info("bus.publish_lane_off", reason="the server requires TLS")
+                    log.info("bus.publish_lane_off", reason="the server refused the lane (TLS or credentials)")
                     self._lane = None
         return self
 
@@ -279,11 +279,16 @@ class Bus:
         """Publish and wait for JetStream's ack; says whether the dedup key was already stored."""
         self._check_can_publish()
         subject = self.subjects.for_event(envelope)
+        acked = None
         if self._lane is not None:
             try:
                 acked = await self._lane.publish(subject, envelope.to_wire(), envelope.dedup_key, timeout=timeout)
+            except LaneRefused as exc:  # nothing was sent: this and later publishes take nats-py's path
+                log.warning("bus.publish_lane_off", reason=str(exc))
+                self._lane = None
             except BusError as exc:
                 raise BusError(f"publish of {envelope.topic} failed: {exc}") from exc
+        if acked is not None:
             seq, duplicate = acked.seq, acked.duplicate
         else:
             try:

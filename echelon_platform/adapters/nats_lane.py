@@ -30,8 +30,9 @@ from echelon_platform.errors import BusError
 CONNECT_TIMEOUT_S = 5.0
 
 
-class TlsRequired(BusError):
-    """The server asks for TLS, which the lane does not speak (the bus keeps nats-py's path)."""
+class LaneRefused(BusError):
+    """The server will not take the lane (it asks for TLS, or refuses its credentials before any publish):
+    the bus keeps nats-py's path, which may speak what the lane does not (TLS, tokens, credential files)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ def lane_servers(url: str) -> list[tuple[str, int, str | None, str | None]] | No
             return None
         user = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
+        if user is not None and password is None:
+            return None  # a token (nats://TOKEN@host): nats-py's path speaks it
         servers.append((parts.hostname, parts.port or 4222, user, password))
     return servers or None
 
@@ -88,9 +91,12 @@ class _Connection(asyncio.Protocol):
             raise self.lost
         future: asyncio.Future[LaneAck] = self._loop.create_future()
         idle = not self.waiting
-        self.waiting[token] = (future, subject, self._loop.time() + timeout)
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_later(timeout, self._expire)
+        deadline = self._loop.time() + timeout
+        self.waiting[token] = (future, subject, deadline)
+        if self._watchdog is None or deadline < self._watchdog.when():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = self._loop.call_at(deadline, self._expire)
         if idle:
             self.write(command)  # nothing in flight: no reason to wait for the end of this loop turn
         else:
@@ -104,6 +110,8 @@ class _Connection(asyncio.Protocol):
         # one fails, and so does the connection (as the Redis lane's): a server that stopped answering, or a
         # connection that died without a word, is replaced at the next publish instead of timing out each.
         self._watchdog = None
+        for token in [t for t, (f, _, _) in self.waiting.items() if f.done()]:
+            del self.waiting[token]  # a cancelled caller that has not cleaned up yet
         if not self.waiting:
             return
         token, (future, _, deadline) = min(self.waiting.items(), key=lambda item: item[1][2])
@@ -171,7 +179,7 @@ class _Connection(asyncio.Protocol):
     def _error(self, message: str) -> None:
         error = BusError(f"NATS refused: {message}")
         if not self.ready.done():
-            self.ready.set_exception(error)
+            self.ready.set_exception(LaneRefused(f"NATS refused: {message}"))
             return
         if message.lower().startswith("permissions violation for publish to"):
             # The server goes on; only the publishes to that subject are refused.
@@ -197,10 +205,11 @@ class _Connection(asyncio.Protocol):
             ack = orjson.loads(payload)
             if "error" in ack:
                 error = ack["error"]
-                future.set_exception(BusError(f"JetStream refused the publish: {error.get('description', error)}"))
+                detail = error.get("description", error) if isinstance(error, dict) else error
+                future.set_exception(BusError(f"JetStream refused the publish: {detail}"))
                 return
             future.set_result(LaneAck(int(ack["seq"]), bool(ack.get("duplicate", False))))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # whatever the answer holds, its caller gets an answer
             future.set_exception(BusError(f"JetStream answered the publish with {payload[:200]!r}: {exc}"))
 
     def _fail(self, error: BusError) -> None:
@@ -241,19 +250,26 @@ class NatsPublishLane:
         self._counter = 0
         self._connection: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
+        self._attempts = 0  # connects tried
+        self._failed: BusError | None = None  # why the last one failed
+        self._closed = False
 
     async def publish(self, subject: str, payload: bytes, msg_id: str, *, timeout: float) -> LaneAck:
-        connection = await self._connected()
+        connection = await self._connected(timeout)
         token, future = self._send(connection, subject, payload, msg_id, timeout)
         try:
             return await future
         finally:
             connection.waiting.pop(token, None)  # answered, timed out, or the caller was cancelled
 
-    async def _connected(self) -> _Connection:
+    async def _connected(self, timeout: float) -> _Connection:
         connection = self._connection
         if connection is None or connection.lost is not None:
-            connection = await self._connect()
+            try:
+                async with asyncio.timeout(timeout):  # the publish's deadline covers connecting too
+                    connection = await self._connect()
+            except TimeoutError as exc:
+                raise BusError(f"no NATS connection for publishing within {timeout:g} s") from exc
         return connection
 
     def _send(
@@ -277,11 +293,12 @@ class NatsPublishLane:
         """Connect now (not at the first publish); False when the server needs what a lane does not speak."""
         try:
             await self._connect()
-        except TlsRequired:
+        except LaneRefused:
             return False
         return True
 
     async def close(self) -> None:
+        self._closed = True
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -289,23 +306,30 @@ class NatsPublishLane:
     async def _connect(self) -> _Connection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
+        attempts = self._attempts
         async with self._connecting:
+            if self._closed:
+                raise BusError("NATS publish lane closed")
             connection = self._connection
             if connection is not None and connection.lost is None:
                 return connection  # another publish connected while this one waited
+            if self._attempts > attempts and self._failed is not None:
+                raise self._failed  # an attempt made while this publish waited failed: do not wait for another
+            self._attempts += 1
             problems = []
             for host, port, url_user, url_password in self._servers:
                 try:
                     async with asyncio.timeout(CONNECT_TIMEOUT_S):
                         connection = await self._open(host, port, url_user, url_password)
-                except TlsRequired:
+                except LaneRefused:
                     raise
                 except (OSError, TimeoutError, BusError) as exc:
                     problems.append(f"{host}:{port}: {exc or type(exc).__name__}")
                     continue
-                self._connection = connection
+                self._connection, self._failed = connection, None
                 return connection
-            raise BusError(f"cannot connect to NATS for publishing ({'; '.join(problems)})")
+            self._failed = BusError(f"cannot connect to NATS for publishing ({'; '.join(problems)})")
+            raise self._failed
 
     async def _open(self, host: str, port: int, url_user: str | None, url_password: str | None) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -314,7 +338,7 @@ class NatsPublishLane:
         try:
             await connection.greeted
             if connection.info.get("tls_required"):
-                raise TlsRequired("the server requires TLS")
+                raise LaneRefused("the server requires TLS")
             options: dict[str, Any] = {
                 "verbose": False,
                 "pedantic": False,
