@@ -39,18 +39,16 @@ class RunAdmission:
         self.recent = recent
         self._owners = owners
 
-    async def admit(self, user_id: str, run_id: str, created_at: datetime, construct_id: str) -> str | None:
-        """`limiter.hit("runs", user_id)` and, when admitted, `recent.add(...)` of the run; answers the owner
-        of `construct_id` (None: nobody certified it yet). RateLimited when the window is full.
-
-        Noted before the run is published, so the caller forgets it again if the run is not accepted; a note
-        left behind anyway (the process died in between) only costs the list one stream lookup until it expires."""
-        return await self.begin(user_id, run_id, created_at, construct_id)
-
     def begin(
         self, user_id: str, run_id: str, created_at: datetime, construct_id: str
     ) -> Coroutine[Any, Any, str | None]:
-        """`admit`, with the script sent before the caller awaits the answer (which it must)."""
+        """The rate limit's `limiter.hit("runs", user_id)` and, when admitted, `recent.add(...)` of the run; the
+        answer (awaited by the caller, which it must be) is the owner of `construct_id` (None: nobody certified
+        it yet), or RateLimited when the window is full. The script is sent before the caller awaits it, so the
+        caller can check the request meanwhile.
+
+        Noted before the run is published, so the caller forgets it again if the run is not accepted; a note
+        left behind anyway (the process died in between) only costs the list one stream lookup until it expires."""
         recent = self.recent
         keys = (self.limiter.key("runs", user_id), recent.key(user_id), self._owners.pointer)
         args = (

@@ -116,23 +116,15 @@ async def test_the_api_role_may_publish_its_topics_only(tmp_path: Path) -> None:
     subjects = Subjects(LAYOUT.subject_root)
     async with EmbeddedNats(tmp_path / "nats", auth=LAYOUT) as server:
         credentials = server.credentials()
-        async with Bus(
-            server.url,
-            stream=LAYOUT.stream,
-            subjects=subjects,
-            user="setup",
-            password=credentials["setup"],
-            provisions=True,
-        ):
+
+        def as_role(role: str, **options: bool) -> Bus:
+            return Bus(
+                server.url, stream=LAYOUT.stream, subjects=subjects, user=role, password=credentials[role], **options
+            )
+
+        async with as_role("setup", provisions=True):
             pass
-        async with Bus(
-            server.url,
-            stream=LAYOUT.stream,
-            subjects=subjects,
-            user="api",
-            password=credentials["api"],
-            buffer_while_reconnecting=False,
-        ) as api:
+        async with as_role("api", buffer_while_reconnecting=False) as api:
             assert api._lane is not None
             assert not (await api.publish_acked(requested("PERM1"))).duplicate
             # A certificate is the certifier's to publish.
