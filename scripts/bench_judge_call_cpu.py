@@ -1,9 +1,11 @@
-"""CPU per judge call in the stage process: the scorer's call (`AnthropicScorer._call`, which reads the answer's
-JSON itself) next to the same request answered through the SDK's response models (`raw.parse()`), in one run.
+"""CPU per judge call in the stage process: the scorer's call (`AnthropicScorer._call` on its own Messages API
+client, `messages_api.py`) next to the same request sent through the Anthropic SDK, on its default transport
+(httpx2) and on its aiohttp transport, read as the scorer reads it (the answer's JSON) and through the SDK's
+response models (`raw.parse()`), in one run.
 
 The judge is tests/fake_judge.py in its own process (its CPU is not counted); 200 concurrent calls per round,
-5 rounds each, the median printed. Why the scorer does not use the SDK's models: they cost more CPU per call
-than the rest of the call's handling.
+5 rounds each, the median printed. Why the scorer has its own client: the SDK's request path costs several
+times the CPU of the whole rest of a call.
 
     python scripts/bench_judge_call_cpu.py [--calls 200] [--rounds 5]
 """
@@ -23,14 +25,15 @@ from pathlib import Path
 
 import anthropic
 import httpx
-from anthropic.types import MessageParam
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline_workers.scoring.anthropic_judge import AnthropicScorer  # noqa: E402
+from pipeline_workers.scoring.anthropic_judge import AnthropicScorer, Message, answer_of  # noqa: E402
+from pipeline_workers.scoring.messages_api import MessagesClient  # noqa: E402
 
-PROMPT: list[MessageParam] = [
+PROMPT: list[Message] = [
     {"role": "user", "content": "Ask one follow-up question about this change: diff --git a/x.py b/x.py"}
 ]
 
@@ -64,22 +67,42 @@ async def main(url: str, calls: int, rounds: int) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("the fake judge did not start")
             await asyncio.sleep(0.05)
-    client = anthropic.AsyncAnthropic(api_key="sk-ant-bench-0123456789", base_url=url, max_retries=0)
+    key = "sk-ant-bench-0123456789"
+    sdk = anthropic.AsyncAnthropic(api_key=key, base_url=url, max_retries=0)
+    sdk_aiohttp = anthropic.AsyncAnthropic(
+        api_key=key, base_url=url, max_retries=0, http_client=anthropic.DefaultAioHttpClient()
+    )
+    client = MessagesClient(key, url)
     scorer = AnthropicScorer(client)
 
-    async def through_models() -> object:
-        raw = await client.messages.with_raw_response.create(
-            model=scorer._model, max_tokens=256, system=scorer._system_blocks, messages=PROMPT
-        )
-        return await raw.parse()
+    def through_sdk(http: anthropic.AsyncAnthropic, *, models: bool) -> Callable[[], Awaitable[object]]:
+        async def call() -> object:
+            async with scorer._limiter.slot():  # as the scorer's call takes its slot
+                raw = await http.messages.with_raw_response.create(
+                    model=scorer._model,
+                    max_tokens=256,
+                    system=scorer._system_blocks,  # type: ignore[arg-type]
+                    messages=PROMPT,  # type: ignore[arg-type]
+                )
+                return await raw.parse() if models else answer_of(orjson.loads(await raw.read()))
+
+        return call
 
     async def scorer_call() -> object:
         return await scorer._call(PROMPT, 256)
 
-    sdk = await _cpu_per_call(through_models, calls, rounds)
-    ours = await _cpu_per_call(scorer_call, calls, rounds)
-    result = {"sdk_models_ms_cpu": round(sdk, 3), "scorer_call_ms_cpu": round(ours, 3), "ratio": round(ours / sdk, 2)}
+    result = {
+        "sdk_models_ms_cpu": await _cpu_per_call(through_sdk(sdk, models=True), calls, rounds),
+        "sdk_httpx2_ms_cpu": await _cpu_per_call(through_sdk(sdk, models=False), calls, rounds),
+        "sdk_aiohttp_ms_cpu": await _cpu_per_call(through_sdk(sdk_aiohttp, models=False), calls, rounds),
+        "scorer_call_ms_cpu": await _cpu_per_call(scorer_call, calls, rounds),
+    }
+    result = {k: round(v, 3) for k, v in result.items()}
+    result["ratio_to_sdk_httpx2"] = round(result["scorer_call_ms_cpu"] / result["sdk_httpx2_ms_cpu"], 2)
     print(json.dumps(result))
+    await client.close()
+    await sdk.close()
+    await sdk_aiohttp.close()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Input tokens billed per replay, with and without Anthropic prompt caching, and judge calls of a repeated run.
 
-The judge (AnthropicScorer, the real SDK) talks over HTTP to tests/fake_anthropic.py, which does Anthropic's
+The judge (AnthropicScorer and its HTTP client) talks over HTTP to tests/fake_anthropic.py, which does Anthropic's
 prompt-cache accounting (a prefix marked `cache_control` is cached from `--min-cacheable` tokens: 1024 for
 Sonnet; writes cost 1.25x input, reads 0.1x). The replays are the last `--changes` non-merge commits of this
 repository (their real diffs, cut at 40,000 characters) with a fixed oracle reply; each replay is one
@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import structlog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from echelon_platform.domain.values import GroundTruthRecord, JudgeCall, OracleReply  # noqa: E402
 from pipeline_workers.scoring.anthropic_judge import CACHE_READ_PRICE, CACHE_WRITE_PRICE, AnthropicScorer  # noqa: E402
 from pipeline_workers.scoring.base import CallLog, Reusable  # noqa: E402
+from pipeline_workers.scoring.messages_api import MessagesClient  # noqa: E402
 from tests.fake_anthropic import FakeAnthropic, serving  # noqa: E402
 
 REPLY = OracleReply(
@@ -131,7 +131,7 @@ async def main() -> None:
     caching: dict[str, Any] = {}
     for label, on in (("before", False), ("after", True)):
         async with serving(FakeAnthropic(min_cacheable_tokens=args.min_cacheable)) as fake:
-            client = anthropic.AsyncAnthropic(api_key="sk-ant-bench-0123456789", base_url=fake.url)
+            client = MessagesClient("sk-ant-bench-0123456789", fake.url)
             scorer = AnthropicScorer(client, prompt_caching=on)
             calls: list[JudgeCall] = []
             await replay_all(scorer, changes, calls)
@@ -139,7 +139,7 @@ async def main() -> None:
             await client.close()
     result["prompt_caching"] = caching
     async with serving(FakeAnthropic(min_cacheable_tokens=args.min_cacheable)) as fake:
-        client = anthropic.AsyncAnthropic(api_key="sk-ant-bench-0123456789", base_url=fake.url)
+        client = MessagesClient("sk-ant-bench-0123456789", fake.url)
         scorer = AnthropicScorer(client)
         known: dict[str, Reusable] = {}
         first, again = MemoryAnswers(known), MemoryAnswers(known)

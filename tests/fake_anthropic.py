@@ -138,7 +138,7 @@ def _free_port() -> int:
 
 @asynccontextmanager
 async def serving(fake: FakeAnthropic) -> AsyncIterator[FakeAnthropic]:
-    """Serve `fake` on a free loopback port (its `url` is the base URL to give the SDK)."""
+    """Serve `fake` on a free loopback port (its `url` is the base URL to give the judge's client)."""
     app = Starlette(routes=[Route("/v1/messages", fake.messages, methods=["POST"])])
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))

@@ -1,14 +1,14 @@
 """An LLM judge on the Anthropic Messages API.
 
-Determinism: the Anthropic SDK 2.x (API version 2026-10-21) no longer accepts ``temperature`` (any
-sampling parameter is a 400), so it cannot be pinned to 0. Stability comes instead from a fixed,
-hash-verified prompt, itemised yes/no verdicts (ratios are recomputed, never taken from the model)
-and a coarse 5-step rubric for reply accuracy.
+Determinism: the API version the requests are written for (2026-10-21, see ``messages_api``) no longer
+accepts ``temperature`` (any sampling parameter is a 400), so it cannot be pinned to 0. Stability comes
+instead from a fixed, hash-verified prompt, itemised yes/no verdicts (ratios are recomputed, never taken
+from the model) and a coarse 5-step rubric for reply accuracy.
 
-Retries are ours, not the SDK's (the client is cloned with ``max_retries=0``) so they are bounded,
-honour ``retry-after`` and use an injectable sleep. One repair round-trip is made when the judge's
-output is not usable JSON. Concurrent calls adapt to the provider (``adaptive_limit``): ``max_concurrency``
-is their ceiling, shared with every process on the same endpoint when a limiter with Redis is given.
+Retries are ours (the HTTP client makes none) so they are bounded, honour ``retry-after`` and use an
+injectable sleep. One repair round-trip is made when the judge's output is not usable JSON. Concurrent
+calls adapt to the provider (``adaptive_limit``): ``max_concurrency`` is their ceiling, shared with every
+process on the same endpoint when a limiter with Redis is given.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-import anthropic
 import orjson
 import structlog
-from anthropic.types import MessageParam, TextBlockParam
 from ulid import ULID
 
 from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, endpoint_id
@@ -49,6 +47,7 @@ from pipeline_workers.scoring.base import (
     reusable_answer,
 )
 from pipeline_workers.scoring.judge_limit import classify_judge_failure
+from pipeline_workers.scoring.messages_api import JudgeStatusError, JudgeUnreachable, MessagesClient
 from pipeline_workers.scoring.parsing import MAX_CHANGES, MAX_CLAIMS, parse_judge_output, parse_question
 from pipeline_workers.scoring.prompts import METHODOLOGY_VERSION, PromptSet, load_methodology, load_prompts
 
@@ -67,11 +66,9 @@ _RETRYABLE_STATUS = frozenset({408, 409, 429})
 # 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
 # limit can refuse a call several times while the adaptive limit comes down to the provider's.
 MAX_RATE_LIMITED_WAITS = 20
-# 429s with a retry-after a call may wait through before they count as failed attempts: a shared rate
-# limit can refuse a call several times while the adaptive limit comes down to the provider's.
-MAX_RATE_LIMITED_WAITS = 20
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
+Message = dict[str, str]  # one turn of a Messages request: role and text
 log = structlog.stdlib.get_logger(__name__)
 
 
@@ -128,7 +125,7 @@ def answer_of(message: object) -> tuple[str, Mapping[str, object]]:
 class AnthropicScorer:
     def __init__(
         self,
-        client: anthropic.AsyncAnthropic,
+        client: MessagesClient,
         model: str = DEFAULT_MODEL,
         max_concurrency: int = 4,
         price_table: Mapping[str, tuple[float, float]] | None = None,
@@ -146,12 +143,12 @@ class AnthropicScorer:
     ) -> None:
         if max_attempts < 1 or max_concurrency < 1:
             raise ValueError("max_attempts and max_concurrency must be at least 1")
-        self._client = client.with_options(max_retries=0)
-        self._secrets = [s for s in (client.api_key, client.auth_token) if s]
+        self._client = client
+        self._secrets = [client.api_key] if client.api_key else []
         self._model = model
         self._prices = price_for(model, PRICES if price_table is None else price_table)
         self._limiter = limiter or AdaptiveLimiter(
-            endpoint_id(str(client.base_url)), cap=max_concurrency, classify=classify_judge_failure
+            endpoint_id(client.base_url), cap=max_concurrency, classify=classify_judge_failure
         )
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base_s
@@ -162,10 +159,10 @@ class AnthropicScorer:
         self._system = self._prompts.render("system")
         # The system prompt is the same for every request: marked for Anthropic's prompt cache, it is billed
         # at the cache-read price after the first request (when it is long enough for the model to cache).
-        block: TextBlockParam = {"type": "text", "text": self._system}
+        block: dict[str, object] = {"type": "text", "text": self._system}
         if prompt_caching:
             block["cache_control"] = {"type": "ephemeral"}
-        self._system_blocks: list[TextBlockParam] = [block]
+        self._system_blocks = [block]
         self._methodology_sha256 = _methodology_hash(self._prompts)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -235,7 +232,7 @@ class AnthropicScorer:
     ) -> tuple[T, JudgeUsage]:
         """Ask once; if the answer cannot be parsed, show the judge its answer and ask once more.
         Every HTTP attempt is reported to ``calls`` (before it is sent, and when it ends)."""
-        messages: list[MessageParam] = [{"role": "user", "content": prompt}]
+        messages: list[Message] = [{"role": "user", "content": prompt}]
         text, usage = await self._round_trip(1, messages, max_tokens, purpose, calls, parse)
         try:
             return parse(text), usage
@@ -257,7 +254,7 @@ class AnthropicScorer:
     async def _round_trip(
         self,
         round_trip: int,
-        messages: list[MessageParam],
+        messages: list[Message],
         max_tokens: int,
         purpose: Literal["question", "score"],
         calls: list[JudgeCall] | None,
@@ -357,25 +354,24 @@ class AnthropicScorer:
         tokens_in = (len(self._system) + len(sent)) // 3 + 1
         return (tokens_in * self._prices[0] + max_tokens * self._prices[1]) / 1_000_000
 
-    async def _call(self, messages: Iterable[MessageParam], max_tokens: int) -> _Answer | _Failure:
+    async def _call(self, messages: list[Message], max_tokens: int) -> _Answer | _Failure:
         """One HTTP request (the only place one is sent)."""
+        request = {"model": self._model, "max_tokens": max_tokens, "system": self._system_blocks, "messages": messages}
         try:
             async with self._limiter.slot() as slot:
-                raw = await self._client.messages.with_raw_response.create(
-                    model=self._model, max_tokens=max_tokens, system=self._system_blocks, messages=messages
-                )
-                slot.headers(raw.headers)
-                body = await raw.read()
-        except anthropic.AuthenticationError as exc:
-            raise ScoringError("Anthropic rejected the API key (401): set a valid ECHELON_ANTHROPIC_API_KEY") from exc
-        except anthropic.APIStatusError as exc:
-            final = exc.status_code not in _RETRYABLE_STATUS and exc.status_code < 500
-            retry_after = _seconds(exc.response.headers.get("retry-after"))
-            return _Failure(self._describe(exc), exc.status_code, final, retry_after)
-        except anthropic.APIConnectionError as exc:  # includes timeouts
-            return _Failure(type(exc).__name__, None, False, None)
+                answer = await self._client.create(request)
+                slot.headers(answer.headers)
+        except JudgeStatusError as exc:
+            if exc.status == 401:
+                raise ScoringError(
+                    "Anthropic rejected the API key (401): set a valid ECHELON_ANTHROPIC_API_KEY"
+                ) from None
+            final = exc.status not in _RETRYABLE_STATUS and exc.status < 500
+            return _Failure(self._describe(exc), exc.status, final, _seconds(exc.headers.get("retry-after")))
+        except JudgeUnreachable as exc:  # includes time-outs
+            return _Failure(str(exc), None, False, None)
         try:
-            message = orjson.loads(body)
+            message = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             return _Failure("the answer is not JSON", None, False, None)
         text, usage = answer_of(message)
@@ -389,10 +385,10 @@ class AnthropicScorer:
         log.info("judge.retry", model=self._model, attempt=attempt, problem=problem, wait_s=round(delay, 3))
         await self._sleep(delay)
 
-    def _describe(self, exc: anthropic.APIStatusError) -> str:
-        detail = f"HTTP {exc.status_code}"
-        if exc.type:
-            detail += f" {exc.type}"
+    def _describe(self, exc: JudgeStatusError) -> str:
+        detail = f"HTTP {exc.status}"
+        if exc.kind:
+            detail += f" {exc.kind}"
         if exc.api_message:
             detail += f": {exc.api_message[:200]}"
         for secret in self._secrets:

@@ -7,8 +7,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import anthropic
-
 from echelon_platform.adapters.adaptive_limit import LimiterRegistry
 from echelon_platform.config import JudgeEndpoint, Settings, judge_name
 from echelon_platform.errors import ConfigError
@@ -17,13 +15,14 @@ from pipeline_workers.scoring.base import Scorer
 from pipeline_workers.scoring.breaker import CircuitBreaker
 from pipeline_workers.scoring.chain import JudgeChain
 from pipeline_workers.scoring.judge_limit import classify_judge_failure
+from pipeline_workers.scoring.messages_api import MessagesClient
 from pipeline_workers.scoring.offline import OfflineLexicalScorer
 from pipeline_workers.scoring.prompts import load_prompts
 
 
 @asynccontextmanager
 async def scorer_for(settings: Settings, limits: LimiterRegistry | None = None) -> AsyncIterator[Scorer]:
-    """Yield the configured scorer; Anthropic clients are closed on exit. With `limits` (Redis-backed), every
+    """Yield the configured scorer; its HTTP clients are closed on exit. With `limits` (Redis-backed), every
     process on one endpoint and key shares one adaptive limit."""
     specs = settings.judges or (
         [f"anthropic:{settings.judge_model}"] if settings.anthropic_api_key is not None else ["offline"]
@@ -57,11 +56,11 @@ async def _judge(
     if kind != "anthropic" or not model:
         raise ConfigError(f"unknown judge {spec!r}: use 'anthropic:<model>' or 'offline'")
     key, base_url = _endpoint(entry, settings)
-    client = anthropic.AsyncAnthropic(api_key=key, base_url=base_url)
+    client = MessagesClient(key, base_url)
     stack.push_async_callback(client.close)
     limiter = None
     if limits is not None:
-        limiter = limits.for_endpoint(str(client.base_url), classify=classify_judge_failure)
+        limiter = limits.for_endpoint(client.base_url, classify=classify_judge_failure)
     return AnthropicScorer(
         client, model=model, max_concurrency=settings.judge_concurrency, prompts=prompts, limiter=limiter
     )

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-import anthropic
-import httpx
 import pytest
 
 from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, Slot, pause_from_headers
 from pipeline_workers.scoring.judge_limit import classify_judge_failure
+from pipeline_workers.scoring.messages_api import ApiAnswer, JudgeStatusError, JudgeUnreachable
 from tests.helpers import wait_for
 
 
@@ -82,13 +81,18 @@ def test_an_exhausted_rate_limit_pauses_until_its_reset() -> None:
 
 @pytest.mark.parametrize(("status", "kind"), [(429, "overload"), (529, "overload"), (400, "error")])
 def test_judge_failures_that_mean_too_many(status: int, kind: str) -> None:
-    response = httpx.Response(
-        status,
-        headers={"retry-after": "4"},
-        request=httpx.Request("POST", "https://api.anthropic.com/v1/messages"),
-    )
-    error = anthropic.APIStatusError("refused", response=response, body=None)  # type: ignore[arg-type]
+    body = b'{"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}'
+    error = JudgeStatusError(ApiAnswer(status, {"retry-after": "4"}, body))
     slot = Slot()
     classify_judge_failure(error, slot)
     assert slot.kind == kind
     assert slot.pause_s == (4.0 if kind == "overload" else 0.0)
+
+
+def test_a_judge_that_times_out_reads_as_overloaded_and_one_unreachable_as_failed() -> None:
+    slot = Slot()
+    classify_judge_failure(JudgeUnreachable("APITimeoutError", timed_out=True), slot)
+    assert slot.kind == "overload"
+    slot = Slot()
+    classify_judge_failure(JudgeUnreachable("APIConnectionError: ClientConnectorError", timed_out=False), slot)
+    assert slot.kind == "error"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import anthropic
 import httpx
-import httpx2
 import respx
 
 from echelon_platform.domain.values import GroundTruthRecord
+from pipeline_workers.scoring.messages_api import ApiAnswer, MessagesClient
 
 SAMPLE_DIFF = """\
 diff --git a/textkit/text.py b/textkit/text.py
@@ -68,23 +68,16 @@ class SleepRecorder:
         self.calls.append(seconds)
 
 
-def anthropic_via_respx(router: respx.MockRouter, api_key: str = "sk-ant-test-key-0123456789") -> Any:
-    """An AsyncAnthropic whose HTTP goes to ``router``.
+def anthropic_via_respx(router: respx.MockRouter, api_key: str = "sk-ant-test-key-0123456789") -> MessagesClient:
+    """A Messages API client whose HTTP exchanges go to ``router``: respx does not patch aiohttp, so each request
+    is handed over as an httpx request and the route's httpx response comes back as the API's answer.
+    Everything above the exchange (headers, JSON, status and error handling) is the client's own code."""
 
-    The 2.x SDK uses httpx2, which respx does not patch, so requests are bridged: httpx2 request ->
-    httpx request -> respx routes -> httpx response -> httpx2 response. Everything above the socket
-    (SDK serialisation, status handling, error classes, retries) is the real SDK code.
-    """
+    async def send(url: str, headers: Mapping[str, str], body: bytes) -> ApiAnswer:
+        resp = await router.async_handler(httpx.Request("POST", url, headers=dict(headers), content=body))
+        return ApiAnswer(resp.status_code, resp.headers, await resp.aread())
 
-    async def bridge(request: httpx2.Request) -> httpx2.Response:
-        req = httpx.Request(
-            request.method, str(request.url), headers=list(request.headers.raw), content=request.content
-        )
-        resp = await router.async_handler(req)
-        return httpx2.Response(resp.status_code, headers=list(resp.headers.raw), content=resp.content)
-
-    http = httpx2.AsyncClient(transport=httpx2.MockTransport(bridge))
-    return anthropic.AsyncAnthropic(api_key=api_key, http_client=http, max_retries=0)
+    return MessagesClient(api_key, send=send)
 
 
 def anthropic_message(text: str, *, input_tokens: int = 1200, output_tokens: int = 180) -> dict[str, Any]:
