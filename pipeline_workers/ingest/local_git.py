@@ -55,6 +55,7 @@ POLICIES = {
 # it walks, so a repository with few PR merges in a long history cannot make ingest unbounded.
 _SCAN_PER_RECORD = 50
 _MIN_SCAN = 2000
+_MIN_BATCH = 8  # changes per diff-tree process at least; up to `concurrency` processes run at once
 
 
 def is_pr_change(subject: str, *, merge: bool) -> bool:
@@ -99,7 +100,6 @@ class LocalGitIngester:
             raise IngestError(f"{source.repo_url!r} is not a local repository path")
         repo = ref.path
         await self._check_repo(repo)
-        empty_tree = (await self._run(repo, "hash-object", "-t", "tree", "--stdin", stdin=b"")).strip()
         scan_spent = False
         if self._policy == "pr-merges":
             commits, scan_spent = await self._pr_changes(repo, source)
@@ -111,13 +111,7 @@ class LocalGitIngester:
                 )
         else:
             commits = await self._log(repo, source, merges=True) or await self._log(repo, source, merges=False)
-        gate = asyncio.Semaphore(self._concurrency)
-
-        async def one(fields: list[str]) -> GroundTruthRecord:
-            async with gate:
-                return await self._record(repo, fields, empty_tree)
-
-        records = list(await asyncio.gather(*(one(c) for c in commits)))
+        records = await self._records(repo, commits)
         filters = f"{describe_filters(source)} policy={self._policy}"
         result = build_result(records, "local_git", repo, filters)
         shortfall = None
@@ -202,14 +196,38 @@ class LocalGitIngester:
             commits.append(fields)
         return commits
 
-    async def _record(self, repo: str, fields: list[str], empty_tree: str) -> GroundTruthRecord:
-        sha, short, parents, author, date, subject, body = fields
-        # A merge's diff is what it brought into the mainline: against its first parent. A root
-        # commit is compared with the empty tree so its files show up as added.
-        base = parents.split()[0] if parents.strip() else empty_tree
-        # One git process for both: the changed paths (`--raw -z`, exact whatever the names hold) then the patch.
-        out = await self._run_or_fail(repo, "diff", *_DIFF_OPTIONS, "--raw", "-p", "-z", base, sha, "--")
-        paths, diff = _split_raw_and_patch(out)
+    async def _records(self, repo: str, commits: list[list[str]]) -> list[GroundTruthRecord]:
+        """Each change's record, its diff against its first parent (a root commit: against the empty tree, so
+        its files show up as added). The diffs come from a few `diff-tree --stdin` processes, each for a
+        batch of changes, instead of one process per change: spawning git costs this process more CPU
+        than reading its output."""
+        pairs = [(fields[0], fields[2].split()[0] if fields[2].strip() else None) for fields in commits]
+        size = max(_MIN_BATCH, -(-len(pairs) // self._concurrency))
+        batches = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        diffs = [d for batch in await asyncio.gather(*(self._diffs(repo, b) for b in batches)) for d in batch]
+        return [self._record(repo, fields, paths, diff) for fields, (paths, diff) in zip(commits, diffs, strict=True)]
+
+    async def _diffs(self, repo: str, pairs: list[tuple[str, str | None]]) -> list[tuple[list[str], str]]:
+        """The changed paths and the patch of each (commit, first parent) pair: one git process for the batch
+        (`--raw -p -z`: the paths exact whatever the names hold, then the patch). A line `<commit> <parent>`
+        diffs the commit against that parent; a root commit alone, with `--root`, against the empty tree."""
+        stdin = "".join(f"{sha} {parent}\n" if parent else f"{sha}\n" for sha, parent in pairs).encode()
+        out = await self._run_or_fail(
+            repo, "diff-tree", "--stdin", "--root", "--always", "-r", *_DIFF_OPTIONS, "--raw", "-p", "-z", stdin=stdin
+        )
+        diffs = _split_batch(out, [sha for sha, _ in pairs])
+        if diffs is None:  # a patch holding NUL bytes could hide where the next one starts: one process each
+            return [await self._diff(repo, sha, parent) for sha, parent in pairs]
+        return diffs
+
+    async def _diff(self, repo: str, sha: str, parent: str | None) -> tuple[list[str], str]:
+        base = parent or (await self._run(repo, "hash-object", "-t", "tree", "--stdin", stdin=b"")).strip()
+        return _split_raw_and_patch(
+            await self._run_or_fail(repo, "diff", *_DIFF_OPTIONS, "--raw", "-p", "-z", base, sha, "--")
+        )
+
+    def _record(self, repo: str, fields: list[str], paths: list[str], diff: str) -> GroundTruthRecord:
+        sha, short, _parents, author, date, subject, body = fields
         return GroundTruthRecord(
             id=short,
             title=subject,
@@ -224,9 +242,9 @@ class LocalGitIngester:
             sha=sha,
         )
 
-    async def _run_or_fail(self, repo: str, *args: str) -> str:
+    async def _run_or_fail(self, repo: str, *args: str, stdin: bytes | None = None) -> str:
         try:
-            return await self._run(repo, *args)
+            return await self._run(repo, *args, stdin=stdin)
         except _GitFailed as exc:
             detail = " ".join(exc.stderr.split())[:300]
             raise IngestError(f"git {args[0]} failed in {repo}: {detail}") from exc
@@ -272,11 +290,44 @@ def _parse_date(value: str) -> datetime:
     return datetime.fromisoformat(value).astimezone(UTC)
 
 
+def _split_batch(output: str, shas: list[str]) -> list[tuple[list[str], str]] | None:
+    """Each commit's paths and patch from ``diff-tree --stdin --always --raw -p -z``: per input line, in order,
+    the commit and a NUL, then what ``diff --raw -p -z`` prints for it. A patch ends where the next commit's
+    header begins (after a line break); None when a patch holds a NUL, which would make that ambiguous."""
+    diffs: list[tuple[list[str], str]] = []
+    at = 0
+    for i, sha in enumerate(shas):
+        header = sha + "\0"
+        if not output.startswith(header, at):
+            raise IngestError("git diff-tree printed something unexpected: the batch could not be read")
+        at += len(header)
+        paths, at = _raw_paths(output, at)
+        if i + 1 == len(shas):
+            end = len(output)
+        elif output.startswith(shas[i + 1] + "\0", at):  # no changes at all
+            end = at
+        else:
+            end = output.find("\n" + shas[i + 1] + "\0", at) + 1
+            if end == 0:
+                raise IngestError("git diff-tree printed something unexpected: the batch could not be read")
+        patch = output[at:end]
+        if "\0" in patch:
+            return None
+        diffs.append((paths, patch))
+        at = end
+    return diffs
+
+
 def _split_raw_and_patch(output: str) -> tuple[list[str], str]:
     """The paths and the patch from ``diff --raw -p -z``: raw entries (`:modes shas STATUS`, then one path,
     or two for a rename or copy, each NUL-terminated), an empty field, then the patch as `diff` prints it."""
+    paths, at = _raw_paths(output, 0)
+    return paths, output[at:]
+
+
+def _raw_paths(output: str, at: int) -> tuple[list[str], int]:
+    """The paths of the raw entries from `at`, and where the patch begins (after the entries' empty field)."""
     paths: list[str] = []
-    at = 0
     while output.startswith(":", at):
         end = output.index("\0", at)
         status = output[at:end].rsplit(" ", 1)[-1]
@@ -289,4 +340,4 @@ def _split_raw_and_patch(output: str) -> tuple[list[str], str]:
             at = end + 1
     if output.startswith("\0", at):  # the end of the raw entries
         at += 1
-    return paths, output[at:]
+    return paths, at

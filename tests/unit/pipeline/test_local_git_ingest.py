@@ -228,3 +228,49 @@ async def test_paths_and_patch_are_what_two_separate_diffs_print(sample_repo: Pa
             assert record.files_changed == paths
             checked += 1
     assert checked >= len(MERGE_TITLES) + 1
+
+
+async def test_batched_diffs_are_each_changes_own_for_roots_empty_changes_and_patches_holding_nul(
+    tmp_path: Path,
+) -> None:
+    """Diffs are read a batch of changes per git process: each record still gets exactly what its own
+    `git diff` prints, across batch boundaries, for a root commit (against the empty tree), a change with no
+    diff, and a text patch that holds a NUL byte (git calls a file binary only for a NUL in its first 8000
+    bytes), where the batch cannot be split safely and each change is read on its own."""
+    repo = tmp_path / "many"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit = ["-c", "user.name=A", "-c", "user.email=a@example.com", "commit", "-q"]
+    (repo / "root.txt").write_text("first\n")
+    git(repo, "add", ".")
+    git(repo, *commit, "-m", "Start (#1)")
+    for n in range(2, 21):
+        (repo / f"m{n % 3}.txt").write_text(f"{n}\n" * n)
+        git(repo, "add", ".")
+        git(repo, *commit, "-m", f"Change {n} (#{n})")
+    git(repo, *commit, "--allow-empty", "-m", "Nothing changed (#21)")
+    (repo / "late-nul.txt").write_bytes(b"x" * 9000 + b"\x00tail\n")
+    git(repo, "add", ".")
+    git(repo, *commit, "-m", "Text with a late NUL (#22)")
+
+    empty_tree = git(repo, "hash-object", "-t", "tree", "/dev/null").strip()
+    options = ["--no-color", "--no-ext-diff", "--no-textconv", "-M", "--src-prefix=a/", "--dst-prefix=b/"]
+    for limit in (5, 22):  # one batch, then several
+        records = (await LocalGitIngester().fetch(SourceSpec(repo_url=str(repo), limit=limit))).records
+        assert len(records) == limit
+        for record in records:
+            parents = git(repo, "rev-list", "--parents", "-n1", record.sha).split()[1:]
+            base = parents[0] if parents else empty_tree
+            patch = subprocess.run(
+                ["git", "-C", str(repo), "-c", "core.quotepath=off", "diff", *options, base, record.sha, "--"],
+                check=True,
+                capture_output=True,
+            ).stdout.decode("utf-8", errors="replace")
+            names = git(repo, "diff", "--name-only", "-z", "-M", base, record.sha, "--").split("\0")
+            assert record.diff_content == patch, record.title
+            assert record.files_changed == [n for n in names if n], record.title
+    by_title = {r.title: r for r in records}
+    assert "\0" in by_title["Text with a late NUL (#22)"].diff_content
+    assert (
+        by_title["Nothing changed (#21)"].diff_content == "" and by_title["Nothing changed (#21)"].files_changed == []
+    )
