@@ -21,12 +21,13 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 from cachetools import LRUCache
 
-from echelon_platform.adapters.bus import BUS_ERRORS, FETCH_TIMEOUTS, Bus, Delivery
+from echelon_platform.adapters.bus import BUS_ERRORS, Bus, Delivery
+from echelon_platform.adapters.bus_puller import BatchPuller
 from echelon_platform.domain.bus_access import stage_durable
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Payload, parse_payload
@@ -44,6 +45,8 @@ CONSUMER_CHECK_S = 10.0
 ACTIVE_S = 5.0
 Owner = Callable[[str], Awaitable[str]]
 RETRY_CAP_S = 30.0  # the longest a failed message waits before its next attempt
+# A fetch that failed (the consumer gone, NATS away): subscribe again after a pause.
+FETCH_ERRORS: tuple[type[BaseException], ...] = (InfrastructureError, *BUS_ERRORS)
 
 
 class Handler(Protocol):
@@ -140,7 +143,7 @@ class StageWorker:
         return self.stats
 
     async def _loop(self, *, until_idle: bool) -> None:
-        sub: Any = None
+        sub: BatchPuller | None = None
         backoff = Backoff()
         checked = time.monotonic()
         try:
@@ -167,7 +170,13 @@ class StageWorker:
                     continue
                 try:
                     msgs = await sub.fetch(free, timeout=self.fetch_timeout_s)
-                except FETCH_TIMEOUTS:
+                except FETCH_ERRORS as exc:
+                    log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
+                    await sub.close()
+                    sub = None
+                    await backoff.wait(self._stopping)
+                    continue
+                if not msgs:
                     if until_idle and not self._in_flight:
                         break
                     # A fetch from a deleted consumer only times out: look now and then (re-binding
@@ -176,20 +185,15 @@ class StageWorker:
                         checked = time.monotonic()
                         if not await self._consumer_exists():
                             log.warning("stage.consumer_gone", stage=self.handler.stage, durable=self.durable)
+                            await sub.close()
                             sub = None
-                    continue
-                except BUS_ERRORS as exc:
-                    log.warning("stage.fetch_failed", stage=self.handler.stage, error=str(exc) or type(exc).__name__)
-                    sub = None
-                    await backoff.wait(self._stopping)
                     continue
                 backoff.reset()
                 for msg in msgs:
                     await self._dispatch(msg)
         finally:
             if sub is not None:
-                with contextlib.suppress(*BUS_ERRORS):
-                    await sub.unsubscribe()
+                await sub.close()
 
     async def _consumer_exists(self) -> bool:
         try:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeAlias
+from typing import NamedTuple, Self, TypeAlias
 
 import nats
 import nats.errors
@@ -42,8 +42,6 @@ NATS_MSG_ID = "Nats-Msg-Id"
 Delivery: TypeAlias = Msg
 # What a fetch, an ack, a nak or an unsubscribe may raise when the server or the connection fails.
 BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, nats.js.errors.Error, OSError)
-# What a pull fetch raises when no message came in time: nothing to do yet, not a failure.
-FETCH_TIMEOUTS: tuple[type[BaseException], ...] = (nats.errors.TimeoutError, TimeoutError)
 
 
 class PublishAck(NamedTuple):
@@ -414,9 +412,10 @@ class Bus:
         ack_wait_s: float = 60.0,
         max_deliver: int = -1,
         max_ack_pending: int = 20_000,
-    ) -> Any:
-        """A durable pull consumer. A provisioning bus creates it or applies the settings to it (binding
-        alone would keep its old ones); any other binds to the one setup created, or raises SetupMissing."""
+    ) -> BatchPuller:
+        """A started puller on a durable pull consumer (close it when done), for a stage: each fetch hands over
+        what is waiting, else the first message to arrive. A provisioning bus creates the consumer or applies
+        the settings to it; any other uses the one setup created, or raises SetupMissing."""
         if self.provisions:
             await self.apply_consumer(
                 durable, filter_subject, ack_wait_s=ack_wait_s, max_deliver=max_deliver, max_ack_pending=max_ack_pending
@@ -424,9 +423,9 @@ class Bus:
         elif not await self.consumer_exists(durable):
             raise self._missing(f"consumer {durable} of stream {self.stream}")
         try:
-            return await self.js.pull_subscribe_bind(durable=durable, stream=self.stream)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"cannot create consumer {durable}: {exc}") from exc
+            return await BatchPuller(self.nc, stream=self.stream, durable=durable, linger_batch=1).start()
+        except (nats.errors.Error, OSError) as exc:
+            raise BusError(f"cannot subscribe to consumer {durable}: {exc or type(exc).__name__}") from exc
 
     async def apply_consumer(
         self,

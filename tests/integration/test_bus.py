@@ -31,9 +31,9 @@ async def test_consumer_settings_reach_an_existing_consumer(settings: Settings) 
         bus = services.bus
         subject = bus.subjects.topic_filter("verify.replay.requested")
         sub = await bus.pull_subscription("upd", subject, max_deliver=3, max_ack_pending=32)
-        await sub.unsubscribe()
+        await sub.close()
         sub = await bus.pull_subscription("upd", subject, max_deliver=-1, max_ack_pending=20_000)
-        await sub.unsubscribe()
+        await sub.close()
         info = await bus.js.consumer_info(bus.stream, "upd")
         assert (info.config.max_deliver, info.config.max_ack_pending) == (-1, 20_000)
 
@@ -66,3 +66,35 @@ async def test_an_event_whose_message_id_was_taken_by_another_message_is_still_s
         await bus.publish_raw(bus.subjects.for_event(decoy), decoy.to_wire(), msg_id=taken.dedup_key)
         [stored_seq] = await bus.publish_many([taken])
         assert (await bus.js.get_msg(bus.stream, seq=stored_seq)).subject == bus.subjects.for_event(taken)
+
+
+async def test_a_stage_fetch_hands_over_the_first_arrival_and_leaves_no_request_behind(settings: Settings) -> None:
+    """A stage that waits for work gets a message as soon as it arrives, and its waiting request ends there:
+    messages published after the fetch returned stay on the server (for whichever worker has room) instead
+    of arriving, unseen and unacknowledged, in this worker's buffer while it is busy."""
+    import asyncio
+    import time
+
+    from tests.factories import requested
+
+    async with Services(settings, name="test") as services:
+        bus = services.bus
+        sub = await bus.pull_subscription("quick", bus.subjects.topic_filter("verify.run.requested"))
+        try:
+            waiting = asyncio.create_task(sub.fetch(64, timeout=3.0))
+            deadline = time.monotonic() + 5
+            while not (await bus.js.consumer_info(bus.stream, "quick")).num_waiting:
+                assert time.monotonic() < deadline, "the fetch never started waiting"
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            await bus.publish(requested("FIRST"))
+            [first] = await waiting
+            assert time.monotonic() - started < 1.0  # not the 3 s the fetch may wait
+            for n in range(5):
+                await bus.publish(requested(f"LATER{n}"))
+            info = await bus.js.consumer_info(bus.stream, "quick")
+            assert (info.num_waiting, info.num_ack_pending, info.num_pending) == (0, 1, 5)
+            assert len(await sub.fetch(64, timeout=1.0)) == 5  # taken when asked for
+            await first.ack()
+        finally:
+            await sub.close()

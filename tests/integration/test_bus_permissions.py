@@ -177,6 +177,7 @@ async def test_each_role_does_its_own_work(server: EmbeddedNats) -> None:
         sub = await ingest_bus.pull_subscription(INGEST, SUBJECTS.topic_filter("verify.run.requested"))
         [msg] = await sub.fetch(1, timeout=5)
         await msg.ack_sync()
+        await sub.close()
         assert (await ingest_bus.js.consumer_info(LAYOUT.stream, INGEST)).num_ack_pending == 0
         # The coordinator: fetches through the lean puller, and rewinds (deletes and re-creates) its own.
         async with _bus(server, "coordinator") as coordinator_bus:
@@ -205,7 +206,7 @@ async def test_a_role_whose_stream_or_consumer_is_missing_stops(server: Embedded
             pass
     await _set_up(server)
     async with _bus(server, "ingest") as ingest_bus:
-        await ingest_bus.pull_subscription(INGEST, SUBJECTS.topic_filter("verify.run.requested"))
+        await (await ingest_bus.pull_subscription(INGEST, SUBJECTS.topic_filter("verify.run.requested"))).close()
         async with Client(server, "setup") as setup:  # setup re-creates consumers (a migration): gone a moment
             assert setup.nc is not None
             await setup.nc.request(f"$JS.API.CONSUMER.DELETE.{LAYOUT.stream}.{INGEST}", b"", timeout=5)

@@ -34,6 +34,12 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
 
 
+def git_bytes(repo: Path, *args: str) -> bytes:
+    """`git` for output that need not be text (a patch holding a NUL byte)."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env).stdout
+
+
 async def test_merge_commits_newest_first(sample_repo: Path) -> None:
     result = await LocalGitIngester().fetch(SourceSpec(repo_url=str(sample_repo), limit=50))
     records = result.records
@@ -261,11 +267,8 @@ async def test_batched_diffs_are_each_changes_own_for_roots_empty_changes_and_pa
         for record in records:
             parents = git(repo, "rev-list", "--parents", "-n1", record.sha).split()[1:]
             base = parents[0] if parents else empty_tree
-            patch = subprocess.run(
-                ["git", "-C", str(repo), "-c", "core.quotepath=off", "diff", *options, base, record.sha, "--"],
-                check=True,
-                capture_output=True,
-            ).stdout.decode("utf-8", errors="replace")
+            patch = git_bytes(repo, "-c", "core.quotepath=off", "diff", *options, base, record.sha, "--")
+            patch = patch.decode("utf-8", errors="replace")
             names = git(repo, "diff", "--name-only", "-z", "-M", base, record.sha, "--").split("\0")
             assert record.diff_content == patch, record.title
             assert record.files_changed == [n for n in names if n], record.title
