@@ -36,8 +36,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 from cachetools import LRUCache
-from ulid import ULID
 
+from echelon_platform.domain.ids import new_ulid
 from echelon_platform.errors import EndpointBusy
 
 log = structlog.get_logger(__name__)
@@ -47,24 +47,26 @@ STATE_TTL_S = 3600
 MAX_PAUSE_S = 60.0
 MAX_ENDPOINTS = 1024
 Kind = Literal["ok", "overload", "error"]
+_LOCALLY = ""  # a waiting call's answer when Redis is unavailable: take a slot in this process instead
 
-# KEYS: state hash, lease zset. ARGV: lease id, lease ms, cap, initial.
-# Returns {1, 0} when a lease was taken, {0, ms to wait} while paused, {0, -1} when full.
+# KEYS: state hash, lease zset. ARGV: lease ms, cap, initial, lease ids (one per waiting call, in order).
+# Takes as many of the leases as there is room for, first ones first. Returns {leases taken, 0},
+# {0, ms to wait} while paused, {0, -1} when full.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local st = redis.call('HMGET', KEYS[1], 'limit', 'pause_until')
-local cap = tonumber(ARGV[3])
-local limit = math.min(cap, tonumber(st[1]) or tonumber(ARGV[4]))
+local cap = tonumber(ARGV[2])
+local limit = math.min(cap, tonumber(st[1]) or tonumber(ARGV[3]))
 local pause = tonumber(st[2]) or 0
 if pause > now then return {0, pause - now} end
-if redis.call('ZCARD', KEYS[2]) < math.max(1, math.floor(limit)) then
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
-  return {1, 0}
-end
-return {0, -1}
+local room = math.max(1, math.floor(limit)) - redis.call('ZCARD', KEYS[2])
+local taken = math.min(room, #ARGV - 3)
+if taken < 1 then return {0, -1} end
+for i = 1, taken do redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[3 + i]) end
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]) * 2)
+return {taken, 0}
 """
 
 # KEYS: state hash, lease zset. ARGV: lease id, kind, latency ms, pause ms, cap, initial, tolerance, ttl s.
@@ -189,7 +191,9 @@ class AdaptiveLimiter:
         self._lease_key = f"{prefix}limit:{endpoint}:leases"
         self._lease_ms = int(lease_s * 1000)
         self._classify = classify
-        self._turn = asyncio.Lock()  # one waiter per process asks Redis at a time; the others queue here
+        self._turn = asyncio.Lock()  # without Redis: one waiter at a time looks for room; the others queue here
+        self._waiting: list[asyncio.Future[str | None]] = []  # calls waiting for a shared lease, in order
+        self._asker: asyncio.Task[None] | None = None  # asks Redis for the waiting calls' leases
         self._released = asyncio.Event()
         self._held: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
@@ -228,48 +232,94 @@ class AdaptiveLimiter:
             await asyncio.shield(self._release(lease, kind, latency_ms, slot.pause_s))
 
     async def _acquire(self) -> str | None:
-        async with self._turn:
-            delay = 0.01
-            while True:
-                wait = await self._try_acquire()
-                if isinstance(wait, str) or wait is None:
-                    return wait
-                self._released.clear()
-                if wait > 0:  # paused by the provider: nothing can start before then
-                    await asyncio.sleep(wait)
-                    continue
-                # Full: a local release wakes us at once; other processes' releases are polled.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._released.wait(), delay)
-                delay = min(0.1, delay * 1.5)
+        """A lease id (shared), or None (granted locally: no Redis, or Redis unavailable)."""
+        if self._redis is None:
+            await self._acquire_locally()
+            return None
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        if self._asker is None or self._asker.done():
+            self._asker = asyncio.create_task(self._ask())
+        try:
+            lease = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and isinstance(waiter.result(), str):
+                # Granted as the caller was cancelled: hand the lease back.
+                self._held.discard(waiter.result())
+                await asyncio.shield(self._drop([str(waiter.result())]))
+            raise
+        if lease == _LOCALLY:
+            await self._acquire_locally()
+            return None
+        return lease
 
-    async def _try_acquire(self) -> str | float | None:
-        """A lease id (shared), None (granted locally), or seconds to wait (0: full)."""
-        if self._redis is not None:
-            lease = str(ULID())
+    async def _ask(self) -> None:
+        """Ask Redis for a lease for every call waiting in this process, in one round trip: a hundred calls
+        launched together wait for one script, not for a hundred in turn."""
+        assert self._redis is not None
+        delay = 0.01
+        while self._waiting:
+            waiters = [w for w in self._waiting if not w.done()]  # a cancelled caller no longer waits
+            self._waiting.clear()
+            if not waiters:
+                break
+            leases = [new_ulid() for _ in waiters]
             try:
-                granted, wait_ms = await self._redis.eval(
-                    _ACQUIRE, 2, self._state_key, self._lease_key, lease, self._lease_ms, self.cap, self.initial
+                taken, wait_ms = await self._redis.eval(
+                    _ACQUIRE, 2, self._state_key, self._lease_key, self._lease_ms, self.cap, self.initial, *leases
                 )
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("limit.redis_unavailable", endpoint=self.endpoint, error=str(exc))
+                for waiter in waiters:  # the same policy, in this process, until Redis is back
+                    if not waiter.done():
+                        waiter.set_result(_LOCALLY)
+                continue
             except BaseException:
-                # Cancelled (or worse) while the answer was on its way: the lease may be taken; hand it back.
-                await asyncio.shield(self._drop(lease))
+                # Cancelled (or worse) while the answer was on its way: the leases may be taken; hand them back.
+                await asyncio.shield(self._drop(leases))
+                for waiter in waiters:
+                    waiter.cancel()
                 raise
-            else:
-                if granted:
+            taken = int(taken)
+            unused = []
+            for waiter, lease in zip(waiters[:taken], leases[:taken], strict=True):
+                if waiter.done():
+                    unused.append(lease)
+                else:
                     self._held.add(lease)
-                    self._ensure_renewer()
-                    return lease
-                return max(0.0, int(wait_ms) / 1000)
-        now = time.monotonic()
-        if self._pause_until > now:
-            return self._pause_until - now
-        if self._in_flight < max(1, math.floor(self.limit)):
-            self._in_flight += 1
-            return None
-        return 0.0
+                    waiter.set_result(lease)
+            if unused:
+                await self._drop(unused)
+            if taken:
+                self._ensure_renewer()
+            self._waiting[:0] = waiters[taken:]  # still first in line, before the calls that came meanwhile
+            if taken == len(waiters):
+                delay = 0.01
+                continue
+            self._released.clear()
+            if int(wait_ms) > 0:  # paused by the provider: nothing can start before then
+                await asyncio.sleep(int(wait_ms) / 1000)
+                continue
+            # Full: a local release wakes us at once; other processes' releases are polled.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), delay)
+            delay = min(0.1, delay * 1.5)
+
+    async def _acquire_locally(self) -> None:
+        async with self._turn:
+            delay = 0.01
+            while True:
+                now = time.monotonic()
+                if self._pause_until > now:  # paused by the provider: nothing can start before then
+                    await asyncio.sleep(self._pause_until - now)
+                    continue
+                if self._in_flight < max(1, math.floor(self.limit)):
+                    self._in_flight += 1
+                    return
+                self._released.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._released.wait(), delay)
+                delay = min(0.1, delay * 1.5)
 
     async def _release(self, lease: str | None, kind: Kind, latency_ms: float, pause_s: float) -> None:
         self._released.set()
@@ -317,10 +367,10 @@ class AdaptiveLimiter:
         if pause_s > 0:
             self._pause_until = max(self._pause_until, now + pause_s)
 
-    async def _drop(self, lease: str) -> None:
+    async def _drop(self, leases: list[str]) -> None:
         assert self._redis is not None
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
-            await self._redis.zrem(self._lease_key, lease)
+            await self._redis.zrem(self._lease_key, *leases)
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -85,3 +85,60 @@ async def test_a_call_cancelled_while_taking_its_lease_hands_it_back(redis: aior
         async with cancelled.slot():
             pass
     assert (await limiter(redis, settings).shared_state())[1] == 0
+
+
+class CountsScripts:
+    """Redis that counts the scripts it is asked to run (the acquire script is the one with lease ids)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.acquires = 0
+
+    async def eval(self, script: str, *args: Any) -> Any:
+        if "ZREMRANGEBYSCORE" in script:
+            self.acquires += 1
+        return await self.redis.eval(script, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.redis, name)
+
+
+async def test_calls_launched_together_take_their_leases_in_a_few_round_trips(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Sixty calls launched at once on a limit of 40: forty get a lease at once, in a round trip or two (one
+    script per call, in turn, kept the last call waiting for sixty); the other twenty as slots come back,
+    and never more than forty in flight."""
+    counting = CountsScripts(redis)
+    limit = AdaptiveLimiter("judge", cap=40, redis=counting, prefix=settings.redis_prefix)  # type: ignore[arg-type]
+    release = asyncio.Event()
+    in_flight = peak = 0
+
+    async def call() -> None:
+        nonlocal in_flight, peak
+        async with limit.slot():
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await release.wait()
+            in_flight -= 1
+
+    tasks = [asyncio.create_task(call()) for _ in range(60)]
+    await wait_for(lambda: in_flight == 40, what="forty calls in flight")
+    assert counting.acquires <= 3
+    release.set()
+    await asyncio.gather(*tasks)
+    assert peak == 40
+    assert (await limit.shared_state())[1] == 0  # every lease handed back
+
+
+async def test_a_caller_cancelled_while_its_lease_is_asked_for_does_not_keep_it(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    limit = limiter(redis, settings)  # cap 3
+    waiting = [asyncio.create_task(limit._acquire()) for _ in range(3)]
+    await asyncio.sleep(0)  # all three wait for the same round trip
+    waiting[1].cancel()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert all(isinstance(r, str) for r in (results[0], results[2]))
+    assert (await limit.shared_state())[1] == 2  # the cancelled caller's lease was not taken or was given back
