@@ -109,6 +109,7 @@ class MessagesClient:
                 timeout=self._timeout,
                 raise_for_status=False,
                 skip_auto_headers=("User-Agent",),
+                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as the SDK's client honoured them
             )
         try:
             async with self._session.post(url, data=body, headers=headers) as response:
