@@ -118,6 +118,13 @@ def _row_to_envelope(row: asyncpg.Record) -> Envelope:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool connection goes back as it is: its sessions hold nothing to reset (no LISTEN, session settings,
+    advisory locks or cursors outside a transaction: the writer's lease and the migrations lock use connections
+    of their own), and asyncpg still ends an open transaction first. asyncpg's own reset is one more query on
+    every release: measured, half the CPU and half the time of a small pooled query (about 250 → 130 µs)."""
+
+
 class EventStore:
     """An asyncpg pool implementing EventRecorder, LogReader and LogQueries (`ports.log.EventLog`)."""
 
@@ -138,6 +145,7 @@ class EventStore:
                 max_size=self._max_size,
                 # A stuck lock or query fails (and is retried, logged) instead of stalling a role silently.
                 server_settings={"statement_timeout": self._statement_timeout_ms},
+                reset=_keep_session,
             )
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise store_error("cannot connect to Postgres", exc) from exc

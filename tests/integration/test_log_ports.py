@@ -182,3 +182,21 @@ async def test_last_positions_and_judge_usage_per_run(log: EventLog) -> None:
     assert (usage["r1"].calls, usage["r1"].input_tokens, usage["r1"].output_tokens) == (2, 400, 200)
     assert usage["r1"].cost_usd == pytest.approx(0.5)
     await log.ping()
+
+
+async def test_a_pool_connection_goes_back_without_a_reset_query(postgres_log: EventStore) -> None:
+    """asyncpg resets a connection on every release with one more query (`RESET ALL`, `UNLISTEN *`, ...);
+    the store's sessions hold nothing to reset, so the last query each pool connection ran is the store's own."""
+    await postgres_log.append_batch(numbered([requested("R1")]))
+    assert await postgres_log.has_dedup_keys(["nothing-here"]) == set()
+    assert await postgres_log.run_events("R1")
+    pool = postgres_log.pool
+    backends = [c._con.get_server_pid() for c in pool._holders if c._con is not None]
+    assert backends
+    async with pool.acquire() as conn:
+        me = conn.get_server_pid()
+    async with EventStore(postgres_log.database_url, max_size=1) as other, other.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT pid, query FROM pg_stat_activity WHERE pid = ANY($1::int[])", backends)
+    last = {r["pid"]: r["query"] for r in rows}
+    assert last and all("RESET ALL" not in q and "UNLISTEN" not in q for q in last.values()), last
+    assert me in last
