@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Self
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.commands.core import AsyncScript
 
 from echelon_platform.adapters.redis_lane import RedisLane
 from echelon_platform.domain.partitions import Partitioning
@@ -217,8 +218,20 @@ class RedisClient:
             raise ReadModelError(f"Redis unreachable: {exc}") from exc
 
 
+# Resolve the namespace pointer and read one key in that namespace, in one round trip (`ReadModels.get_run`:
+# a stage's guard asks before every paid call). KEYS: the pointer. ARGV: default namespace, key before and after it.
+_GET_IN_CURRENT_NAMESPACE = """
+local ns = redis.call('GET', KEYS[1]) or ARGV[1]
+return redis.call('GET', ARGV[2] .. ns .. ARGV[3])
+"""
+
+
 class ReadModels(RedisClient):
     """Read-only access for the API, CLI and workers."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix)
+        self._get_in_namespace: AsyncScript | None = None
 
     async def freshness_state(self, freshness: Freshness) -> tuple[bytes | None, bytes | None, list[bytes | None]]:
         """In one round trip: the namespace readers use (None: the default), the rebuild marker (None: not
@@ -235,8 +248,10 @@ class ReadModels(RedisClient):
         return namespace, marker, checkpoints
 
     async def get_run(self, run_id: str) -> RunState | None:
-        keys = await self.keys()
-        raw = await self.redis.get(keys.run(run_id))
+        if self._get_in_namespace is None:
+            self._get_in_namespace = self.redis.register_script(_GET_IN_CURRENT_NAMESPACE)
+        before, _, after = Keys(self.prefix, _NS_MARK).run(run_id).partition(_NS_MARK)
+        raw = await self._get_in_namespace(keys=[pointer_key(self.prefix)], args=[DEFAULT_NAMESPACE, before, after])
         return from_record(orjson.loads(raw)) if raw else None
 
     async def list_runs(
