@@ -69,37 +69,39 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]) * 2)
 return {taken, 0}
 """
 
-# KEYS: state hash, lease zset. ARGV: lease id, kind, latency ms, pause ms, cap, initial, tolerance, ttl s.
-# Returns the limit after the feedback (as a string: Lua numbers become integers on the way out).
+# KEYS: state hash, lease zset. ARGV: cap, initial, tolerance, ttl s, then per call that ended (in order):
+# lease id, kind, latency ms, pause ms. The calls' feedback is applied one after the other, as if each had its
+# own script. Returns the limit after it (as a string: Lua numbers become integers on the way out).
 _RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local in_flight = redis.call('ZCARD', KEYS[2])
-redis.call('ZREM', KEYS[2], ARGV[1])
 local st = redis.call('HMGET', KEYS[1], 'limit', 'base_ms', 'last_cut', 'pause_until')
-local cap = tonumber(ARGV[5])
-local limit = math.min(cap, tonumber(st[1]) or tonumber(ARGV[6]))
+local cap = tonumber(ARGV[1])
+local limit = math.min(cap, tonumber(st[1]) or tonumber(ARGV[2]))
 local base = tonumber(st[2])
 local last_cut = tonumber(st[3]) or 0
 local pause = tonumber(st[4]) or 0
-local latency = tonumber(ARGV[3])
-if ARGV[2] == 'ok' then
-  if base == nil or latency < base then base = latency else base = base * 1.01 end
-  local exhausted = tonumber(ARGV[4]) > 0  -- the answer said the provider's budget is spent: no room to grow
-  if not exhausted and latency <= base * tonumber(ARGV[7]) and in_flight * 2 >= limit then
-    limit = math.min(cap, limit + 1 / limit)
+for i = 5, #ARGV, 4 do
+  local in_flight = redis.call('ZCARD', KEYS[2])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  local kind, latency, wait = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  if kind == 'ok' then
+    if base == nil or latency < base then base = latency else base = base * 1.01 end
+    local exhausted = wait > 0  -- the answer said the provider's budget is spent: no room to grow
+    if not exhausted and latency <= base * tonumber(ARGV[3]) and in_flight * 2 >= limit then
+      limit = math.min(cap, limit + 1 / limit)
+    end
+  elseif kind == 'overload' then
+    if now - last_cut > math.max(1000, base or 0) then
+      limit = math.max(1, math.min(limit, in_flight) / 2)
+      last_cut = now
+    end
   end
-elseif ARGV[2] == 'overload' then
-  if now - last_cut > math.max(1000, base or 0) then
-    limit = math.max(1, math.min(limit, in_flight) / 2)
-    last_cut = now
-  end
+  if wait > 0 and now + wait > pause then pause = now + wait end
 end
-local wait = tonumber(ARGV[4])
-if wait > 0 and now + wait > pause then pause = now + wait end
 redis.call('HSET', KEYS[1], 'limit', limit, 'last_cut', last_cut, 'pause_until', pause)
 if base ~= nil then redis.call('HSET', KEYS[1], 'base_ms', base) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return tostring(limit)
 """
 
@@ -194,6 +196,9 @@ class AdaptiveLimiter:
         self._turn = asyncio.Lock()  # without Redis: one waiter at a time looks for room; the others queue here
         self._waiting: list[asyncio.Future[str | None]] = []  # calls waiting for a shared lease, in order
         self._asker: asyncio.Task[None] | None = None  # asks Redis for the waiting calls' leases
+        # Calls that ended (lease, kind, latency ms, pause s, done), and the task handing their leases back.
+        self._ending: list[tuple[str, Kind, float, float, asyncio.Future[None]]] = []
+        self._releaser: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         self._held: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
@@ -322,34 +327,41 @@ class AdaptiveLimiter:
                 delay = min(0.1, delay * 1.5)
 
     async def _release(self, lease: str | None, kind: Kind, latency_ms: float, pause_s: float) -> None:
-        self._released.set()
         if lease is None:
             self._feedback_locally(kind, latency_ms, pause_s)
             self._in_flight -= 1
+            self._released.set()
             return
         self._held.discard(lease)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ending.append((lease, kind, latency_ms, pause_s, done))
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.create_task(self._release_ended())
+        await done
+
+    async def _release_ended(self) -> None:
+        """Hand back the leases of the calls that ended, with their feedback, in one script per round trip
+        (answers that come back together: one round trip, not one each)."""
         assert self._redis is not None
-        try:
-            limit = await self._redis.eval(
-                _RELEASE,
-                2,
-                self._state_key,
-                self._lease_key,
-                lease,
-                kind,
-                round(latency_ms, 3),
-                int(pause_s * 1000),
-                self.cap,
-                self.initial,
-                LATENCY_TOLERANCE,
-                STATE_TTL_S,
-            )
-        except (redis.exceptions.RedisError, OSError) as exc:  # the lease expires on its own
-            log.warning("limit.redis_unavailable", endpoint=self.endpoint, error=str(exc))
-            return
-        before, self.limit = self.limit, float(limit)
-        if kind == "overload" and self.limit < before:
-            log.info("limit.decreased", endpoint=self.endpoint, limit=round(self.limit, 2), pause_s=pause_s)
+        while self._ending:
+            ending, self._ending = self._ending, []
+            args: list[str | float | int] = [self.cap, self.initial, LATENCY_TOLERANCE, STATE_TTL_S]
+            for lease, kind, latency_ms, pause_s, _ in ending:
+                args += [lease, kind, round(latency_ms, 3), int(pause_s * 1000)]
+            try:
+                limit = await self._redis.eval(_RELEASE, 2, self._state_key, self._lease_key, *args)
+            except (redis.exceptions.RedisError, OSError) as exc:  # the leases expire on their own
+                log.warning("limit.redis_unavailable", endpoint=self.endpoint, error=str(exc))
+            else:
+                before, self.limit = self.limit, float(limit)
+                if any(e[1] == "overload" for e in ending) and self.limit < before:
+                    pause_s = max(e[3] for e in ending)
+                    log.info("limit.decreased", endpoint=self.endpoint, limit=round(self.limit, 2), pause_s=pause_s)
+            finally:
+                for *_, done in ending:
+                    if not done.done():
+                        done.set_result(None)
+                self._released.set()
 
     def _feedback_locally(self, kind: Kind, latency_ms: float, pause_s: float) -> None:
         now = time.monotonic()

@@ -93,10 +93,13 @@ class CountsScripts:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self.acquires = 0
+        self.releases = 0
 
     async def eval(self, script: str, *args: Any) -> Any:
         if "ZREMRANGEBYSCORE" in script:
             self.acquires += 1
+        if "'ZREM'" in script:
+            self.releases += 1
         return await self.redis.eval(script, *args)
 
     def __getattr__(self, name: str) -> Any:
@@ -108,7 +111,7 @@ async def test_calls_launched_together_take_their_leases_in_a_few_round_trips(
 ) -> None:
     """Sixty calls launched at once on a limit of 40: forty get a lease at once, in a round trip or two (one
     script per call, in turn, kept the last call waiting for sixty); the other twenty as slots come back,
-    and never more than forty in flight."""
+    and never more than forty in flight. Calls that end together hand their leases back together too."""
     counting = CountsScripts(redis)
     limit = AdaptiveLimiter("judge", cap=40, redis=counting, prefix=settings.redis_prefix)  # type: ignore[arg-type]
     release = asyncio.Event()
@@ -129,6 +132,7 @@ async def test_calls_launched_together_take_their_leases_in_a_few_round_trips(
     await asyncio.gather(*tasks)
     assert peak == 40
     assert (await limit.shared_state())[1] == 0  # every lease handed back
+    assert counting.releases <= 10  # sixty calls ended
 
 
 async def test_a_caller_cancelled_while_its_lease_is_asked_for_does_not_keep_it(
