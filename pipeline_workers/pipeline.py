@@ -56,7 +56,7 @@ def stage_context(
     """The ports the ingest and invoke handlers use, taken from the process's connections."""
     return StageContext(
         log=services.store,
-        guard=PaidWorkGuard(services.read_models, services.store),
+        guard=PaidWorkGuard(services.store),
         publisher=services.bus,
         stream=services.bus,
         secrets=services.secrets,

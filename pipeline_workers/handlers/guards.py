@@ -1,7 +1,8 @@
 """Checks a stage makes before paid work (oracle, judge): is the run over, is the outcome already stored?
 
-Both are reads, never writes: the run read model (it may lag; then we only do a little extra work) and the
-log (the writer's; a stored dedup key means the outcome was already recorded).
+One read of the log (the writer's), never a write: a stored dedup key means the event was already recorded.
+The run is over once any of its terminal events is logged (the first in log order decides how it ended);
+the log, not the read model, is asked: it is never behind it, and one query answers both questions.
 """
 
 from __future__ import annotations
@@ -10,26 +11,22 @@ from collections.abc import Sequence
 
 import structlog
 
+from echelon_platform.domain.events import RunCompleted, RunFailed
 from echelon_platform.ports.log import LogQueries
-from echelon_platform.ports.runs import RunStates
 
 log = structlog.get_logger(__name__)
 
 
 class PaidWorkGuard:
-    def __init__(self, runs: RunStates, log_queries: LogQueries) -> None:
-        self.runs = runs
+    def __init__(self, log_queries: LogQueries) -> None:
         self.log_queries = log_queries
-
-    async def run_is_over(self, run_id: str) -> bool:
-        state = await self.runs.get_run(run_id)
-        return state is not None and state.status.terminal
 
     async def skip_reason(self, run_id: str, dedup_keys: Sequence[str]) -> str | None:
         """Why this work need not be done again, or None when it must be done."""
-        if await self.run_is_over(run_id):
+        ended = [f"{RunCompleted.TOPIC}:{run_id}", f"{RunFailed.TOPIC}:{run_id}"]
+        stored = await self.log_queries.has_dedup_keys([*ended, *dedup_keys])
+        if stored.intersection(ended):
             return "run already ended"
-        stored = await self.log_queries.has_dedup_keys(dedup_keys)
         if stored:
             return f"already in the log: {', '.join(sorted(stored))}"
         return None

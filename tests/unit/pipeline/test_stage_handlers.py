@@ -6,12 +6,12 @@ contract as the servers in tests/integration/test_log_ports.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import pytest
 
-from echelon_platform.adapters.memory import MemoryLog, MemoryPublisher, MemoryRunStates, MemorySecrets
+from echelon_platform.adapters.memory import MemoryLog, MemoryPublisher, MemorySecrets
 from echelon_platform.config import Settings
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import (
@@ -19,13 +19,13 @@ from echelon_platform.domain.events import (
     ReplayInvoked,
     ReplayRequested,
     ReplayScored,
+    RunCompleted,
     RunFailed,
     Subjects,
     make_event,
     parse_payload,
     payload_as,
 )
-from echelon_platform.domain.projections import RunState, apply
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import PaidWorkGuard
@@ -42,11 +42,10 @@ class Ports:
     def __init__(self, *, max_payload: int = 1024 * 1024) -> None:
         self.settings = Settings(oracle_allowlist=["pipeline_workers.oracles.sample:summarise"])
         self.log = MemoryLog()
-        self.runs = MemoryRunStates()
         self.bus = MemoryPublisher(
             Subjects(self.settings.subject_root, self.settings.partitioning), max_payload=max_payload
         )
-        self.guard = PaidWorkGuard(self.runs, self.log)
+        self.guard = PaidWorkGuard(self.log)
 
     def context(self, http: httpx.AsyncClient) -> StageContext:
         return StageContext(
@@ -62,12 +61,6 @@ class Ports:
 
     async def logged(self, *events: Envelope) -> None:
         await self.log.append_batch([(e, i) for i, e in enumerate(events, start=await self.log.max_seq() + 1)])
-
-    def ended(self, *events: Envelope) -> None:
-        state = RunState(RUN)
-        for seq, event in enumerate(events, start=1):
-            state = apply(state, event, seq)
-        self.runs.runs[RUN] = state
 
 
 @pytest.fixture
@@ -125,7 +118,7 @@ async def test_invoke_skips_a_run_that_is_over(http: httpx.AsyncClient) -> None:
     ports = Ports()
     request = requested(RUN)
     await ports.logged(request)
-    ports.ended(request, make_event(RunFailed(run_id=RUN, reason="gave up", stage="watchdog")))
+    await ports.logged(make_event(RunFailed(run_id=RUN, reason="gave up", stage="watchdog")))
     assert await invoke(ports, http, replay_requested()) == []
 
 
@@ -154,3 +147,23 @@ async def test_score_is_not_paid_for_twice(http: httpx.AsyncClient) -> None:
     first = list(await handler.handle(event, parse_payload(event)))
     await ports.logged(*first)  # the writer logged the outcome; the message is redelivered
     assert list(await handler.handle(event, parse_payload(event))) == []
+
+
+async def test_the_guard_reads_the_log_for_the_runs_end_and_the_outcome_in_one_query() -> None:
+    """The read model may lag the log (or be rebuilding): the log alone says whether paid work is still due."""
+    log = MemoryLog()
+    asked: list[list[str]] = []
+    has = log.has_dedup_keys
+
+    async def counted(keys: Sequence[str]) -> set[str]:
+        asked.append(list(keys))
+        return await has(keys)
+
+    log.has_dedup_keys = counted  # type: ignore[method-assign]
+    guard = PaidWorkGuard(log)
+    outcome = [f"verify.replay.scored:{REPLAY}"]
+    assert await guard.skip_reason(RUN, outcome) is None
+    await log.append_batch([(requested(RUN), 1), (make_event(RunCompleted(run_id=RUN, certificate_id="c1")), 2)])
+    assert await guard.skip_reason(RUN, outcome) == "run already ended"
+    assert await guard.skip_reason("OTHER", outcome) is None
+    assert len(asked) == 3 and all(len(keys) == 3 for keys in asked)  # one query each, the run's end included
