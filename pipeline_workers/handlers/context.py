@@ -37,7 +37,9 @@ class StageContext:
     oracle_limits: LimiterRegistry | None = None  # adaptive concurrency per HTTP oracle endpoint
     _requests: LRUCache[str, RunRequested] = field(default_factory=lambda: LRUCache(1024))
 
-    def judge_ledger_for(self, replay: ReplayRequested | ReplayInvoked, *, causation_id: str) -> JudgeLedger:
+    def judge_ledger_for(
+        self, replay: ReplayRequested | ReplayInvoked, *, causation_id: str, defer_outcomes: bool = False
+    ) -> JudgeLedger:
         """Where this replay's judge calls go: logged before and after each request, under the run's budget,
         reusing logged answers unless the run opted out (its terms travel with the replay)."""
         terms = replay.judge_terms or JudgeTerms()
@@ -50,6 +52,7 @@ class StageContext:
             causation_id=causation_id,
             max_cost_usd=terms.max_cost_usd,
             reuse=terms.cache,
+            defer_outcomes=defer_outcomes,
         )
 
     async def run_request(self, run_id: str) -> RunRequested:

@@ -5,6 +5,10 @@ killed mid-call leaves a started attempt with no outcome: the log never shows fe
 provider could bill. The run's budget is checked there too (`max_cost_usd`: the request is not sent when its
 cost bound would pass it), and answers the log already holds for exactly the same request are reused
 instead of paid for again (unless the run opted out with `judge_cache: false`).
+
+An outcome is published as the call ends. With `defer_outcomes` (a handler that publishes its own events
+right after its last call: score) it goes out with what is published next, the next request's start or the
+handler's events: one acknowledged publish instead of two, and never later than before the next request.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class JudgeLedger(CallLog):
         causation_id: str,
         max_cost_usd: float | None = None,
         reuse: bool = True,
+        defer_outcomes: bool = False,
     ) -> None:
         super().__init__()
         self.publisher = publisher
@@ -60,8 +65,10 @@ class JudgeLedger(CallLog):
         self.causation_id = causation_id
         self.max_cost_usd = max_cost_usd
         self.reuse = reuse
+        self.defer_outcomes = defer_outcomes
         self.keys: list[str] = []  # dedup keys of every call, in call order
         self._published: set[int] = set()
+        self._deferred: list[tuple[JudgeCall, list[Envelope]]] = []  # outcomes to publish with the next event
 
     async def started(self, attempt: JudgeAttempt) -> None:
         async with _lock(self.run_id):
@@ -82,11 +89,14 @@ class JudgeLedger(CallLog):
             JudgeStarted(run_id=self.run_id, replay_id=self.replay_id, **attempt.model_dump()),
             causation_id=self.causation_id,
         )
+        deferred, self._deferred = self._deferred, []
         try:
-            await self.publisher.publish_many([event])
+            await self.publisher.publish_many([*(e for _, events in deferred for e in events), event])
         except BaseException:
             _LOCAL[self.run_id].pop(attempt.attempt_id, None)  # not sent
+            self._deferred = deferred + self._deferred
             raise
+        self._published.update(id(call) for call, _ in deferred)
 
     async def finished(self, call: JudgeCall) -> None:
         self.append(call)
@@ -94,6 +104,9 @@ class JudgeLedger(CallLog):
         self.keys += keys
         if call.attempt_id is not None and call.attempt_id in _LOCAL.get(self.run_id, {}):
             _LOCAL[self.run_id][call.attempt_id] = call.cost_usd  # billed: counted until the log has it
+        if self.defer_outcomes:
+            self._deferred.append((call, events))
+            return
         await self.publisher.publish_many(events)
         self._published.add(id(call))
 

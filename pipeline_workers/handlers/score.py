@@ -50,7 +50,8 @@ class ScoreHandler(GivesUpOnTheReplay):
         if skip is not None:
             log_skip(self.stage, payload.run_id, skip)
             return []
-        calls = self.ctx.judge_ledger_for(payload, causation_id=envelope.event_id)
+        # The last call's outcome goes out with the score (one publish); an earlier one with the next request.
+        calls = self.ctx.judge_ledger_for(payload, causation_id=envelope.event_id, defer_outcomes=True)
         try:
             scorer = await self._scorer(payload)
         except ConfigError as exc:
