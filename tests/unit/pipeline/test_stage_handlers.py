@@ -6,6 +6,7 @@ contract as the servers in tests/integration/test_log_ports.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
@@ -26,6 +27,7 @@ from echelon_platform.domain.events import (
     parse_payload,
     payload_as,
 )
+from echelon_platform.errors import StoreError
 from echelon_platform.metrics import Metrics
 from pipeline_workers.handlers.context import StageContext
 from pipeline_workers.handlers.guards import PaidWorkGuard
@@ -167,3 +169,36 @@ async def test_the_guard_reads_the_log_for_the_runs_end_and_the_outcome_in_one_q
     assert await guard.skip_reason(RUN, outcome) == "run already ended"
     assert await guard.skip_reason("OTHER", outcome) is None
     assert len(asked) == 3 and all(len(keys) == 3 for keys in asked)  # one query each, the run's end included
+
+
+async def test_lookups_made_together_go_to_the_log_in_one_query_each_with_its_own_answer() -> None:
+    log = MemoryLog()
+    asked: list[int] = []
+    has = log.has_dedup_keys
+
+    async def counted(keys: Sequence[str]) -> set[str]:
+        asked.append(len(keys))
+        await asyncio.sleep(0)  # an answer on its way: lookups made meanwhile wait for the next query
+        return await has(keys)
+
+    log.has_dedup_keys = counted  # type: ignore[method-assign]
+    runs = [f"01JD5Q0000RUNGUARDS{i:07d}" for i in range(60)]
+    await log.append_batch([(requested(runs[0]), 1), (make_event(RunFailed(run_id=runs[0], reason="x", stage="t")), 2)])
+    failed = ReplayFailed(run_id=runs[1], replay_id=f"{runs[1]}-0000", ground_truth_id="g", stage="invoke", reason="x")
+    await log.append_batch([(requested(runs[1]), 3), (make_event(failed), 4)])
+    guard = PaidWorkGuard(log)
+    reasons = await asyncio.gather(*(guard.skip_reason(r, [f"verify.replay.failed:{r}-0000"]) for r in runs))
+    assert reasons[0] == "run already ended"
+    assert reasons[1] == f"already in the log: verify.replay.failed:{runs[1]}-0000"
+    assert all(reason is None for reason in reasons[2:])
+    assert len(asked) <= 2 and sum(asked) == 3 * len(runs)  # one query for all sixty (a second if one came late)
+
+
+async def test_a_log_that_cannot_answer_fails_every_lookup_waiting_on_it() -> None:
+    class Down:
+        async def has_dedup_keys(self, keys: Sequence[str]) -> set[str]:
+            raise StoreError("Postgres unavailable")
+
+    guard = PaidWorkGuard(Down())  # type: ignore[arg-type]
+    results = await asyncio.gather(*(guard.skip_reason(RUN, ["k"]) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, StoreError) for r in results)
