@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -75,6 +76,7 @@ class InvokeHandler(GivesUpOnTheReplay):
         record = payload.record
         calls = self.ctx.judge_ledger_for(payload, causation_id=envelope.event_id)
         try:
+            # The question's outcome is acknowledged while the oracle works (`settle` waits for it).
             question, _ = await self.scorer.follow_up_question(record, calls=calls)
             oracle = await self._oracle(spec, secret_ref)
             started = time.perf_counter()
@@ -82,8 +84,13 @@ class InvokeHandler(GivesUpOnTheReplay):
             latency_ms = (time.perf_counter() - started) * 1000
         except (OracleError, OracleRefused, RequestRejected, ScoringError) as exc:
             # The judge calls were made (and paid for) even though the replay failed: all of them are logged.
+            await calls.settle()
             logged, _ = calls.remaining()
             return [*logged, *self.give_up(envelope, payload, str(exc))]
+        except BaseException:
+            await asyncio.shield(calls.settle())  # what was sent is still acknowledged (or its error seen)
+            raise
+        await calls.settle()
         logged, keys = calls.remaining()
         usage = usage_of(calls)
         invoked = [

@@ -6,7 +6,9 @@ provider could bill. The run's budget is checked there too (`max_cost_usd`: the 
 cost bound would pass it), and answers the log already holds for exactly the same request are reused
 instead of paid for again (unless the run opted out with `judge_cache: false`).
 
-An outcome is published as the call ends. With `defer_outcomes` (a handler that publishes its own events
+An outcome is published as the call ends, without waiting for its acknowledgement: the handler's next step
+(the oracle call, after the question) overlaps it, and `settle()` waits for it before the handler's own
+events go out. With `defer_outcomes` (a handler that publishes its own events
 right after its last call: score) it goes out with what is published next, the next request's start or the
 handler's events: one acknowledged publish instead of two, and never later than before the next request.
 """
@@ -69,6 +71,7 @@ class JudgeLedger(CallLog):
         self.keys: list[str] = []  # dedup keys of every call, in call order
         self._published: set[int] = set()
         self._deferred: list[tuple[JudgeCall, list[Envelope]]] = []  # outcomes to publish with the next event
+        self._publishing: list[asyncio.Task[list[int]]] = []  # outcomes sent, acknowledgement not awaited yet
 
     async def started(self, attempt: JudgeAttempt) -> None:
         async with _lock(self.run_id):
@@ -107,8 +110,18 @@ class JudgeLedger(CallLog):
         if self.defer_outcomes:
             self._deferred.append((call, events))
             return
-        await self.publisher.publish_many(events)
+        self._publishing.append(asyncio.create_task(self.publisher.publish_many(events)))
         self._published.add(id(call))
+
+    async def settle(self) -> None:
+        """Wait until every outcome sent is acknowledged; the first failure is raised (the message is then
+        handled again, as when the publish itself failed)."""
+        publishing, self._publishing = self._publishing, []
+        failures = [
+            r for r in await asyncio.gather(*publishing, return_exceptions=True) if isinstance(r, BaseException)
+        ]
+        if failures:
+            raise failures[0]
 
     async def reusable(self, cache_key: str) -> Reusable | None:
         if not self.reuse or self.reads is None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from echelon_platform.adapters.memory import MemoryLog, MemoryPublisher
 from echelon_platform.domain.envelope import Envelope
 from echelon_platform.domain.events import Subjects
 from echelon_platform.domain.values import JudgeAttempt, JudgeUsage
+from echelon_platform.errors import BusError
 from pipeline_workers.handlers.judge_ledger import JudgeLedger
 from pipeline_workers.scoring.base import judge_call
 
@@ -73,10 +76,25 @@ async def test_a_deferred_outcome_goes_out_with_the_next_request_or_with_the_han
     assert len(bus.batches) == 2
 
 
-async def test_without_deferring_each_outcome_is_published_as_the_call_ends() -> None:
+async def test_without_deferring_each_outcome_is_sent_as_the_call_ends_and_settled_before_the_handler_returns() -> None:
     bus = Batches()
     ledger = JudgeLedger(bus, MemoryLog(), None, RUN, REPLAY, causation_id="cause")
     await ledger.started(attempt(1))
     await ledger.finished(answered(1, '{"question": "Why?"}'))  # type: ignore[arg-type]
+    assert ledger.remaining()[0] == []  # sent: the handler's events do not carry it again
+    await ledger.settle()
     assert bus.batches == [["verify.judge.started"], ["verify.judge.called"]]
-    assert ledger.remaining()[0] == []
+
+
+async def test_an_outcome_whose_publish_fails_fails_the_handler_at_settle() -> None:
+    class Refusing(Batches):
+        async def publish_many(self, envelopes: Sequence[Envelope], *, timeout: float = 10.0) -> list[int]:
+            if envelopes[0].topic == "verify.judge.called":
+                raise BusError("NATS unavailable")
+            return await super().publish_many(envelopes, timeout=timeout)
+
+    ledger = JudgeLedger(Refusing(), MemoryLog(), None, RUN, REPLAY, causation_id="cause")
+    await ledger.started(attempt(1))
+    await ledger.finished(answered(1, '{"question": "Why?"}'))  # type: ignore[arg-type]
+    with pytest.raises(BusError, match="NATS unavailable"):
+        await ledger.settle()
