@@ -50,8 +50,10 @@ Kind = Literal["ok", "overload", "error"]
 _LOCALLY = ""  # a waiting call's answer when Redis is unavailable: take a slot in this process instead
 
 # KEYS: state hash, lease zset. ARGV: lease ms, cap, initial, lease ids (one per waiting call, in order).
-# Takes as many of the leases as there is room for, first ones first. Returns {leases taken, 0},
-# {0, ms to wait} while paused, {0, -1} when full.
+# Takes as many of the leases as there is room for, first ones first, but at most as many as are in flight
+# (at least 2): the calls in flight at most double per round trip, so a provider's first refusals come back
+# before the whole backlog has been sent. Returns {leases taken, 0}, {0, ms to wait} while paused, {0, -1}
+# when full.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -61,8 +63,9 @@ local cap = tonumber(ARGV[2])
 local limit = math.min(cap, tonumber(st[1]) or tonumber(ARGV[3]))
 local pause = tonumber(st[2]) or 0
 if pause > now then return {0, pause - now} end
-local room = math.max(1, math.floor(limit)) - redis.call('ZCARD', KEYS[2])
-local taken = math.min(room, #ARGV - 3)
+local in_flight = redis.call('ZCARD', KEYS[2])
+local room = math.max(1, math.floor(limit)) - in_flight
+local taken = math.min(room, #ARGV - 3, math.max(2, in_flight))
 if taken < 1 then return {0, -1} end
 for i = 1, taken do redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[3 + i]) end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]) * 2)
