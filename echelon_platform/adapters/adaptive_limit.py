@@ -251,7 +251,7 @@ class AdaptiveLimiter:
         try:
             lease = await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and isinstance(waiter.result(), str):
+            if waiter.done() and not waiter.cancelled() and waiter.result() not in (None, _LOCALLY):
                 # Granted as the caller was cancelled: hand the lease back.
                 self._held.discard(waiter.result())
                 await asyncio.shield(self._drop([str(waiter.result())]))
@@ -264,6 +264,15 @@ class AdaptiveLimiter:
     async def _ask(self) -> None:
         """Ask Redis for a lease for every call waiting in this process, in one round trip: a hundred calls
         launched together wait for one script, not for a hundred in turn."""
+        try:
+            await self._ask_for_waiting()
+        except BaseException:
+            for waiter in self._waiting:  # stopped (the process is stopping): nobody is left waiting forever
+                waiter.cancel()
+            self._waiting.clear()
+            raise
+
+    async def _ask_for_waiting(self) -> None:
         assert self._redis is not None
         delay = 0.01
         while self._waiting:
@@ -272,6 +281,7 @@ class AdaptiveLimiter:
             if not waiters:
                 break
             leases = [new_ulid() for _ in waiters]
+            self._released.clear()  # a release from now on wakes the wait below
             try:
                 taken, wait_ms = await self._redis.eval(
                     _ACQUIRE, 2, self._state_key, self._lease_key, self._lease_ms, self.cap, self.initial, *leases
@@ -289,6 +299,7 @@ class AdaptiveLimiter:
                     waiter.cancel()
                 raise
             taken = int(taken)
+            self._waiting[:0] = waiters[taken:]  # still first in line, before the calls that came meanwhile
             unused = []
             for waiter, lease in zip(waiters[:taken], leases[:taken], strict=True):
                 if waiter.done():
@@ -296,15 +307,13 @@ class AdaptiveLimiter:
                 else:
                     self._held.add(lease)
                     waiter.set_result(lease)
-            if unused:
-                await self._drop(unused)
             if taken:
                 self._ensure_renewer()
-            self._waiting[:0] = waiters[taken:]  # still first in line, before the calls that came meanwhile
+            if unused:
+                await asyncio.shield(self._drop(unused))
             if taken == len(waiters):
                 delay = 0.01
                 continue
-            self._released.clear()
             if int(wait_ms) > 0:  # paused by the provider: nothing can start before then
                 await asyncio.sleep(int(wait_ms) / 1000)
                 continue

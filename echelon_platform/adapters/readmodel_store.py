@@ -248,7 +248,7 @@ class ReadModels(RedisClient):
         return namespace, marker, checkpoints
 
     async def get_run(self, run_id: str) -> RunState | None:
-        if self._get_in_namespace is None:
+        if self._get_in_namespace is None or self._get_in_namespace.registered_client is not self.redis:
             self._get_in_namespace = self.redis.register_script(_GET_IN_CURRENT_NAMESPACE)
         before, _, after = Keys(self.prefix, _NS_MARK).run(run_id).partition(_NS_MARK)
         raw = await self._get_in_namespace(keys=[pointer_key(self.prefix)], args=[DEFAULT_NAMESPACE, before, after])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -88,7 +89,8 @@ class InvokeHandler(GivesUpOnTheReplay):
             logged, _ = calls.remaining()
             return [*logged, *self.give_up(envelope, payload, str(exc))]
         except BaseException:
-            await asyncio.shield(calls.settle())  # what was sent is still acknowledged (or its error seen)
+            with contextlib.suppress(Exception):  # the handler's own failure is the one to report
+                await asyncio.shield(calls.settle())  # what was sent is still acknowledged
             raise
         await calls.settle()
         logged, keys = calls.remaining()

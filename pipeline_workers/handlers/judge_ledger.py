@@ -16,6 +16,7 @@ handler's events: one acknowledged publish instead of two, and never later than 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections import defaultdict
 
@@ -112,6 +113,14 @@ class JudgeLedger(CallLog):
             return
         self._publishing.append(asyncio.create_task(self.publisher.publish_many(events)))
         self._published.add(id(call))
+
+    async def publish_remaining(self) -> None:
+        """Publish the outcomes not published yet, as far as the bus allows (the handler is failing anyway)."""
+        deferred, self._deferred = self._deferred, []
+        if deferred:
+            with contextlib.suppress(Exception):
+                await self.publisher.publish_many([e for _, events in deferred for e in events])
+                self._published.update(id(call) for call, _ in deferred)
 
     async def settle(self) -> None:
         """Wait until every outcome sent is acknowledged; the first failure is raised (the message is then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from cachetools import LRUCache
@@ -63,6 +64,11 @@ class ScoreHandler(GivesUpOnTheReplay):
         except ScoringError as exc:
             logged, _ = calls.remaining()
             return [*logged, *self.give_up(envelope, payload, f"scoring failed: {exc}")]
+        except BaseException:
+            # Failing for another reason (the bus, the log, a stop): the answers already paid for are still
+            # logged, so the retry reuses them instead of paying again.
+            await asyncio.shield(calls.publish_remaining())
+            raise
         logged, keys = calls.remaining()
         # Every judge call for this replay counts (a fallback judge's failed attempts too), summed in call
         # order: `certificates rederive` recomputes the same figures from the logged calls.

@@ -55,7 +55,7 @@ POLICIES = {
 # it walks, so a repository with few PR merges in a long history cannot make ingest unbounded.
 _SCAN_PER_RECORD = 50
 _MIN_SCAN = 2000
-_MIN_BATCH = 8  # changes per diff-tree process at least; up to `concurrency` processes run at once
+_BATCH = 8  # changes per diff-tree process (`concurrency` of them at once): bounds its time and memory
 
 
 def is_pr_change(subject: str, *, merge: bool) -> bool:
@@ -202,9 +202,14 @@ class LocalGitIngester:
         batch of changes, instead of one process per change: spawning git costs this process more CPU
         than reading its output."""
         pairs = [(fields[0], fields[2].split()[0] if fields[2].strip() else None) for fields in commits]
-        size = max(_MIN_BATCH, -(-len(pairs) // self._concurrency))
-        batches = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-        diffs = [d for batch in await asyncio.gather(*(self._diffs(repo, b) for b in batches)) for d in batch]
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def batch(pairs: list[tuple[str, str | None]]) -> list[tuple[list[str], str]]:
+            async with gate:
+                return await self._diffs(repo, pairs)
+
+        batches = [pairs[i : i + _BATCH] for i in range(0, len(pairs), _BATCH)]
+        diffs = [d for done in await asyncio.gather(*(batch(b) for b in batches)) for d in done]
         return [self._record(repo, fields, paths, diff) for fields, (paths, diff) in zip(commits, diffs, strict=True)]
 
     async def _diffs(self, repo: str, pairs: list[tuple[str, str | None]]) -> list[tuple[list[str], str]]:
@@ -217,14 +222,20 @@ class LocalGitIngester:
         )
         diffs = _split_batch(out, [sha for sha, _ in pairs])
         if diffs is None:  # a patch holding NUL bytes could hide where the next one starts: one process each
-            return [await self._diff(repo, sha, parent) for sha, parent in pairs]
-        return diffs
+            diffs = [await self._diff(repo, sha, parent) for sha, parent in pairs]
+        # Cut each patch now: a batch's untruncated patches are not all kept until the records are built.
+        return [(paths, truncate_diff(patch, self._max_diff_bytes)) for paths, patch in diffs]
 
     async def _diff(self, repo: str, sha: str, parent: str | None) -> tuple[list[str], str]:
-        base = parent or (await self._run(repo, "hash-object", "-t", "tree", "--stdin", stdin=b"")).strip()
-        return _split_raw_and_patch(
-            await self._run_or_fail(repo, "diff", *_DIFF_OPTIONS, "--raw", "-p", "-z", base, sha, "--")
+        """One change alone, by the same plumbing command (so no repository diff setting shapes one change's
+        patch and not another's)."""
+        stdin = (f"{sha} {parent}\n" if parent else f"{sha}\n").encode()
+        out = await self._run_or_fail(
+            repo, "diff-tree", "--stdin", "--root", "--always", "-r", *_DIFF_OPTIONS, "--raw", "-p", "-z", stdin=stdin
         )
+        if not out.startswith(sha + "\0"):
+            raise IngestError("git diff-tree printed something unexpected: the change could not be read")
+        return _split_raw_and_patch(out[len(sha) + 1 :])
 
     def _record(self, repo: str, fields: list[str], paths: list[str], diff: str) -> GroundTruthRecord:
         sha, short, _parents, author, date, subject, body = fields
@@ -232,7 +243,7 @@ class LocalGitIngester:
             id=short,
             title=subject,
             description=body.strip(),
-            diff_content=truncate_diff(diff, self._max_diff_bytes),
+            diff_content=diff,
             files_changed=paths,
             timestamp=_parse_date(date),
             labels=[],

@@ -148,7 +148,7 @@ class AnthropicScorer:
         self._model = model
         self._prices = price_for(model, PRICES if price_table is None else price_table)
         self._limiter = limiter or AdaptiveLimiter(
-            endpoint_id(client.base_url), cap=max_concurrency, classify=classify_judge_failure
+            endpoint_id(client.endpoint), cap=max_concurrency, classify=classify_judge_failure
         )
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base_s

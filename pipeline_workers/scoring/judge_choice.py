@@ -60,7 +60,7 @@ async def _judge(
     stack.push_async_callback(client.close)
     limiter = None
     if limits is not None:
-        limiter = limits.for_endpoint(client.base_url, classify=classify_judge_failure)
+        limiter = limits.for_endpoint(client.endpoint, classify=classify_judge_failure)
     return AnthropicScorer(
         client, model=model, max_concurrency=settings.judge_concurrency, prompts=prompts, limiter=limiter
     )

@@ -91,6 +91,7 @@ class MessagesClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._send = send or self._post
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def __repr__(self) -> str:  # holds the key: never let it near a log line
         return f"MessagesClient(base_url={self.base_url!r})"
@@ -103,6 +104,8 @@ class MessagesClient:
         return answer
 
     async def _post(self, url: str, headers: Mapping[str, str], body: bytes) -> ApiAnswer:
+        if self._closed:
+            raise JudgeUnreachable("APIConnectionError: the judge's client is closed", timed_out=False)
         if self._session is None or self._session.closed:  # opened in the loop that uses it
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60),
@@ -119,7 +122,14 @@ class MessagesClient:
         except aiohttp.ClientError as exc:
             raise JudgeUnreachable(f"APIConnectionError: {type(exc).__name__}", timed_out=False) from exc
 
+    @property
+    def endpoint(self) -> str:
+        """The endpoint's name for its shared limit: the base URL as the SDK spelled it (a trailing slash), so
+        the limit learned by earlier workers stays the same one."""
+        return f"{self.base_url}/"
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._closed = True  # a call starting meanwhile does not open a session nobody would close
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

@@ -176,3 +176,17 @@ async def test_calls_in_flight_at_most_double_per_round_trip(redis: aioredis.Red
     leases = await asyncio.gather(*(limit._acquire() for _ in range(50)))
     assert len(set(leases)) == 50
     assert counts[0] == 2 and all(b <= 2 * a for a, b in itertools.pairwise(counts))
+
+
+async def test_calls_waiting_for_a_slot_are_not_left_hanging_when_the_asking_stops(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    limit = AdaptiveLimiter("judge", cap=1, redis=redis, prefix=settings.redis_prefix)
+    first = await limit._acquire()  # the one slot
+    waiting = [asyncio.create_task(limit._acquire()) for _ in range(2)]
+    await wait_for(lambda: limit._asker is not None and len(limit._waiting) == 2, what="two calls waiting")
+    assert limit._asker is not None
+    limit._asker.cancel()  # the process is stopping
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert isinstance(first, str)

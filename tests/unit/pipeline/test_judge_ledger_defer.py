@@ -98,3 +98,13 @@ async def test_an_outcome_whose_publish_fails_fails_the_handler_at_settle() -> N
     await ledger.finished(answered(1, '{"question": "Why?"}'))  # type: ignore[arg-type]
     with pytest.raises(BusError, match="NATS unavailable"):
         await ledger.settle()
+
+
+async def test_a_handler_failing_for_another_reason_still_logs_the_answers_it_paid_for() -> None:
+    bus = Batches()
+    ledger = JudgeLedger(bus, MemoryLog(), None, RUN, REPLAY, causation_id="cause", defer_outcomes=True)
+    await ledger.started(attempt(1))
+    await ledger.finished(answered(1, '{"claims": []}'))  # type: ignore[arg-type]
+    await ledger.publish_remaining()  # the score handler does this before re-raising
+    assert bus.batches == [["verify.judge.started"], ["verify.judge.called"]]
+    assert ledger.remaining()[0] == []

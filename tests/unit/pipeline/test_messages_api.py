@@ -71,3 +71,13 @@ async def test_no_server_is_unreachable_and_a_silent_one_times_out() -> None:
             await client.close()
     assert silent.value.timed_out and str(silent.value) == "APITimeoutError"
     assert fake.held == 1
+
+
+async def test_a_closed_client_sends_nothing() -> None:
+    async with serving(FakeAnthropic()) as fake:
+        client = MessagesClient(KEY, fake.url)
+        await client.create(REQUEST)
+        await client.close()
+        with pytest.raises(JudgeUnreachable, match="closed"):
+            await client.create(REQUEST)
+    assert len(fake.requests) == 1
