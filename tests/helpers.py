@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from echelon_platform.adapters.signing_keys import Keyring, load_keyring, publish_keys
 
 if TYPE_CHECKING:
+    from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter
     from echelon_platform.adapters.event_store import EventStore
     from echelon_platform.config import Settings
 
@@ -49,6 +50,23 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 15) ->
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+class HeldCalls:
+    """Calls that take a slot of a limiter and hold it until `release` is set, counting how many are inside
+    their slots at once (`in_flight`) and the most there ever were (`peak`)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+
+    async def call(self, limiter: AdaptiveLimiter) -> None:
+        async with limiter.slot():
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            await self.release.wait()
+            self.in_flight -= 1
 
 
 async def certifier_keyring(store: EventStore, settings: Settings) -> Keyring:

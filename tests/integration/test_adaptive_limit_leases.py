@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter
 from echelon_platform.config import Settings
-from tests.helpers import wait_for
+from tests.helpers import HeldCalls, wait_for
 
 
 @pytest_asyncio.fixture
@@ -29,27 +29,17 @@ def limiter(redis: aioredis.Redis, settings: Settings, *, lease_s: float = 30.0)
 
 async def test_two_processes_hold_one_in_flight_count(redis: aioredis.Redis, settings: Settings) -> None:
     first, second = limiter(redis, settings), limiter(redis, settings)  # as two processes would
-    in_flight = peak = 0
-    release = asyncio.Event()
-
-    async def call(limit: AdaptiveLimiter) -> None:
-        nonlocal in_flight, peak
-        async with limit.slot():
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await release.wait()
-            in_flight -= 1
-
-    tasks = [asyncio.create_task(call(first if i % 2 else second)) for i in range(8)]
+    calls = HeldCalls()
+    tasks = [asyncio.create_task(calls.call(first if i % 2 else second)) for i in range(8)]
 
     async def three_in_flight() -> bool:
-        return in_flight == 3 and (await first.shared_state())[1] == 3  # inside their slots, and leased
+        return calls.in_flight == 3 and (await first.shared_state())[1] == 3  # inside their slots, and leased
 
     await wait_for(three_in_flight, what="three calls in flight across both")
     assert not any(t.done() for t in tasks)
-    release.set()
+    calls.release.set()
     await asyncio.gather(*tasks)
-    assert peak == 3
+    assert calls.peak == 3
     assert await first.shared_state() == (3.0, 0)  # every lease handed back; the ceiling held
 
 
@@ -116,23 +106,13 @@ async def test_calls_launched_together_take_their_leases_in_a_few_round_trips(
     back together too."""
     counting = CountsScripts(redis)
     limit = AdaptiveLimiter("judge", cap=40, redis=counting, prefix=settings.redis_prefix)  # type: ignore[arg-type]
-    release = asyncio.Event()
-    in_flight = peak = 0
-
-    async def call() -> None:
-        nonlocal in_flight, peak
-        async with limit.slot():
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await release.wait()
-            in_flight -= 1
-
-    tasks = [asyncio.create_task(call()) for _ in range(60)]
-    await wait_for(lambda: in_flight == 40, what="forty calls in flight")
+    calls = HeldCalls()
+    tasks = [asyncio.create_task(calls.call(limit)) for _ in range(60)]
+    await wait_for(lambda: calls.in_flight == 40, what="forty calls in flight")
     assert counting.acquires <= 8  # 2, 2, 4, 8, 16, 8: doubling up to the limit
-    release.set()
+    calls.release.set()
     await asyncio.gather(*tasks)
-    assert peak == 40
+    assert calls.peak == 40
     assert (await limit.shared_state())[1] == 0  # every lease handed back
     assert counting.releases <= 20  # sixty calls ended: one script each before
 

@@ -10,30 +10,20 @@ import pytest
 from echelon_platform.adapters.adaptive_limit import AdaptiveLimiter, Slot, pause_from_headers
 from pipeline_workers.scoring.judge_limit import classify_judge_failure
 from pipeline_workers.scoring.messages_api import ApiAnswer, JudgeStatusError, JudgeUnreachable
-from tests.helpers import wait_for
+from tests.helpers import HeldCalls, wait_for
 
 
 async def test_never_more_in_flight_than_the_ceiling() -> None:
     limiter = AdaptiveLimiter("judge", cap=3)
-    in_flight = peak = 0
-    release = asyncio.Event()
-
-    async def call() -> None:
-        nonlocal in_flight, peak
-        async with limiter.slot():
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await release.wait()
-            in_flight -= 1
-
-    tasks = [asyncio.create_task(call()) for _ in range(10)]
-    await wait_for(lambda: in_flight == 3, what="three calls in flight")
+    calls = HeldCalls()
+    tasks = [asyncio.create_task(calls.call(limiter)) for _ in range(10)]
+    await wait_for(lambda: calls.in_flight == 3, what="three calls in flight")
     for _ in range(20):  # give the others every chance to start too
         await asyncio.sleep(0)
-    assert in_flight == 3  # the other seven wait
-    release.set()
+    assert calls.in_flight == 3  # the other seven wait
+    calls.release.set()
     await asyncio.gather(*tasks)
-    assert peak == 3
+    assert calls.peak == 3
 
 
 async def test_an_overload_halves_what_was_in_flight_and_successes_in_use_grow_it() -> None:
