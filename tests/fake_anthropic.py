@@ -47,6 +47,7 @@ class FakeAnthropic:
     plan: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # answered first, in order
     requests: list[dict[str, Any]] = field(default_factory=list)  # every request received (billed or not)
     keys: list[str] = field(default_factory=list)  # the API key each request carried
+    proxy_auth: list[str | None] = field(default_factory=list)  # a request's Proxy-Authorization (when it is one)
     answered: int = 0
     held: int = 0  # requests waiting on `release`
     release: asyncio.Event | None = None  # when set to an unset Event, requests `hold` picks wait for it
@@ -62,6 +63,7 @@ class FakeAnthropic:
         self.requests.append(body)
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
         self.keys.append(request.headers.get("x-api-key", bearer))
+        self.proxy_auth.append(request.headers.get("proxy-authorization"))
         if self.release is not None and not self.release.is_set() and self.hold(body):
             self.held += 1
             await self.release.wait()

@@ -34,6 +34,10 @@ _LINE_LIMIT = 64 * 1024 * 1024  # a reply line; diffs in requests are truncated 
 START_TIMEOUT_S = 20.0  # a Python start-up, even on a loaded machine; a child silent longer is killed
 CLOSE_GRACE_S = 2.0  # how long closing the pool waits for processes being started
 RESTART_AFTER_S = 1.0  # after a failed start, the next one waits this long (no busy loop of failing starts)
+# A call that finds every process busy waits this long for one to be given back before it starts another: a
+# start-up costs ~0.1 s of CPU, far more than a fast oracle's call, so a burst of fast calls is served by the
+# processes it has; a slow or hanging oracle's calls start new processes after this short wait.
+START_AFTER_S = 0.05
 
 
 class _Child:
@@ -106,14 +110,24 @@ class OracleProcessPool:
 
     At most `max_processes` calls at once, and at most 3/4 of them for one user (the stage's task says
     whose call it is), so a user whose sync oracles hang keeps processes for everyone else. A call with no
-    idle process starts one (at most `max_starting` start at once: each costs a Python start-up) and takes
-    whichever is free first, the new one or one another call gives back: a fast oracle is served by a few
-    warm processes, and a slow or hanging one gets new processes as fast as they start. A process that
+    idle process waits `start_after_s` for one given back, then starts one (at most `max_starting` start at
+    once: each costs a Python start-up) and takes whichever is free first, the new one or one another call
+    gives back: a fast oracle is served by a few warm processes, and a slow or hanging one gets new
+    processes as fast as they start. A process that
     cannot start (no more processes or descriptors, a start-up that fails or hangs) fails the calls waiting
     with OSError, which the stage retries later; the next start waits `RESTART_AFTER_S`."""
 
-    def __init__(self, *, max_idle: int = 8, max_processes: int = 32, warm: int = 0, max_starting: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        max_idle: int = 8,
+        max_processes: int = 32,
+        warm: int = 0,
+        max_starting: int = 2,
+        start_after_s: float = START_AFTER_S,
+    ) -> None:
         self.max_idle = max_idle
+        self.start_after_s = start_after_s
         self.max_processes = max(1, max_processes)
         self.per_owner = max(1, self.max_processes * 3 // 4)
         self.max_starting = max(1, max_starting)
@@ -128,6 +142,16 @@ class OracleProcessPool:
         self._changed = asyncio.Condition()
         self._closed = False
         self.spawned = 0
+
+    @property
+    def starting(self) -> int:
+        """Processes being started now."""
+        return len(self._starting)
+
+    @property
+    def busy(self) -> int:
+        """Processes in a call now."""
+        return len(self._busy)
 
     async def __aenter__(self) -> Self:
         async with self._changed:
@@ -196,6 +220,7 @@ class OracleProcessPool:
 
     async def _take(self) -> _Child:
         loop = asyncio.get_running_loop()
+        since = loop.time()
         async with self._changed:
             self._waiting += 1
             try:
@@ -211,12 +236,18 @@ class OracleProcessPool:
                     if error is not None and not self._starting and not self._busy:
                         # Nothing to wait for: tell the caller now (retried later by the stage).
                         raise OSError(f"cannot start an oracle process: {error}")
-                    may_start = error is None or loop.time() - self._failed_at >= RESTART_AFTER_S
-                    if may_start and self._waiting > len(self._starting):
+                    now = loop.time()
+                    may_start = error is None or now - self._failed_at >= RESTART_AFTER_S
+                    # Nothing busy means nothing will be given back: start at once.
+                    patient = bool(self._busy) and now - since < self.start_after_s
+                    if may_start and not patient and self._waiting > len(self._starting):
                         self._start_one()
+                    # Wake up for a failed start's retry after its pause, or when the wait for a process is over.
+                    wake = since + self.start_after_s - now if patient else None
+                    if error is not None:
+                        wake = RESTART_AFTER_S
                     try:
-                        # A failed start is retried after a pause, not at once: wake up for it.
-                        async with asyncio.timeout(RESTART_AFTER_S if error is not None else None):
+                        async with asyncio.timeout(wake):
                             await self._changed.wait()
                     except TimeoutError:
                         pass

@@ -17,6 +17,11 @@ def sync_oracle(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def brief_sync(request: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(0.02)
+    return sync_oracle(request)
+
+
 def slow_sync(request: dict[str, Any]) -> dict[str, Any]:
     time.sleep(0.3)
     return {}

@@ -73,6 +73,29 @@ async def test_no_server_is_unreachable_and_a_silent_one_times_out() -> None:
     assert fake.held == 1
 
 
+async def test_the_environments_proxy_is_used_as_read_when_the_client_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fake serves as the proxy: a name that cannot resolve is reached only through it.
+    async with serving(FakeAnthropic()) as fake:
+        monkeypatch.setenv("HTTP_PROXY", fake.url.replace("http://", "http://ops:s3cret@"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        through = MessagesClient(KEY, "http://judge.invalid")
+        monkeypatch.setenv("NO_PROXY", "judge.invalid")
+        direct = MessagesClient(KEY, "http://judge.invalid")
+        monkeypatch.delenv("HTTP_PROXY")  # read when each client was made, not per request
+        try:
+            answer = await through.create(REQUEST)
+            with pytest.raises(JudgeUnreachable):
+                await direct.create(REQUEST)
+        finally:
+            await through.close()
+            await direct.close()
+    assert answer.status == 200 and fake.requests == [REQUEST]
+    assert fake.proxy_auth == ["Basic b3BzOnMzY3JldA=="]  # ops:s3cret
+
+
 async def test_a_closed_client_sends_nothing() -> None:
     async with serving(FakeAnthropic()) as fake:
         client = MessagesClient(KEY, fake.url)

@@ -192,6 +192,32 @@ async def test_a_burst_of_fast_calls_is_served_by_a_few_processes(record: Ground
         assert len({r.metadata["pid"] for r in replies if r.metadata}) <= pool.spawned
 
 
+async def test_calls_that_find_every_process_busy_wait_for_one_given_back(record: GroundTruthRecord) -> None:
+    # A start-up costs ~0.1 s of CPU: a call waits `start_after_s` for a busy process before starting one (it
+    # used to start one as soon as it found none idle, here two more, each a Python start-up).
+    async with OracleProcessPool(warm=2, max_processes=32, start_after_s=2.0) as pool:
+        await wait_for(lambda: pool.spawned == 2, what="two warm processes")
+        brief = PythonOracle(SYNC, "brief_sync", ALLOW, pool=pool)
+        fast = PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool)
+        replies = await asyncio.gather(
+            *(brief.invoke(record, "q?") for _ in range(2)), *(fast.invoke(record, f"q{i}?") for i in range(10))
+        )
+        assert [r.summary for r in replies] == [f"About {record.title}"] * 12
+        assert (pool.spawned, pool.starting) == (2, 0)
+
+
+async def test_a_call_still_waiting_after_start_after_s_starts_a_process(record: GroundTruthRecord) -> None:
+    async with OracleProcessPool(warm=1, max_processes=4, start_after_s=0.05) as pool:
+        await wait_for(lambda: pool.spawned == 1, what="a warm process")
+        hung = asyncio.create_task(PythonOracle(SYNC, "hang", ALLOW, timeout_s=30, pool=pool).invoke(record, "q?"))
+        await wait_for(lambda: pool.busy == 1, what="the hanging call in its process")
+        reply = await PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool).invoke(record, "q?")
+        assert reply.summary == f"About {record.title}"
+        assert pool.spawned == 2
+        hung.cancel()
+        await asyncio.gather(hung, return_exceptions=True)
+
+
 async def test_a_process_that_cannot_start_fails_the_call_at_once(
     record: GroundTruthRecord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
