@@ -24,7 +24,7 @@ from echelon_platform.domain.events import (
     RunFailed,
     RunRequested,
 )
-from echelon_platform.errors import StoreError, StoreRefused, StoreUnavailable
+from echelon_platform.errors import StoreError, StoreRefused, StoreUnavailable, WriterFenced
 from echelon_platform.ports.log import AppendResult, Fence, JudgeTotals, LogEvent, LogRow, ParkedEvent, StalledRun
 
 # The one definition of a transient database failure: the server restarting or refusing connections for a
@@ -43,6 +43,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TransactionRollbackError,  # class 40: deadlock, serialization failure
     asyncpg.LockNotAvailableError,
 )
+
+
+def _appended(rows: Sequence[asyncpg.Record]) -> AppendResult:
+    return AppendResult(
+        winners={r["event_id"]: r["seq"] for r in rows},
+        inserted=sum(1 for r in rows if r["inserted"]),
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -77,6 +84,34 @@ WITH input AS (
 SELECT event_id, seq, true AS inserted FROM ins
 UNION ALL
 SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[])
+"""
+
+# The same append checked against the writer's epoch in the statement itself: one round trip, committed on its
+# own, instead of BEGIN, the fence's check, the insert and COMMIT. The lease row is locked first (as the
+# fence's check does): a new leader's epoch bump waits for this statement, or this statement waits for the bump
+# and then reads the new epoch and inserts nothing. Its last row carries the epoch read (event_id NULL).
+_APPEND_FENCED = """
+WITH lease AS (
+    SELECT epoch FROM writer_lease WHERE partition = $11 FOR UPDATE
+), input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::int[], $9::bigint[]) WITH ORDINALITY
+        AS t(event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version, stream_seq, ord)
+    WHERE (SELECT epoch FROM lease) = $12
+), ins AS (
+    INSERT INTO events (event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version,
+                        stream_seq, partition)
+    SELECT event_id, dedup_key, time, topic, correlation_id, causation_id, payload::jsonb, version, stream_seq,
+           $10::smallint
+    FROM input ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING event_id, seq
+)
+SELECT event_id, seq, true AS inserted FROM ins
+UNION ALL
+SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[])
+UNION ALL
+SELECT NULL, (SELECT epoch FROM lease), NULL
 """
 
 _COLUMNS = "seq, event_id, dedup_key, time, topic, correlation_id, causation_id, payload::text AS payload, version"
@@ -176,25 +211,28 @@ class EventStore:
     ) -> AppendResult:
         """Append events (with their stream sequences) to `partition`, park poison and mark re-driven rows,
         in one tx."""
+        columns = (
+            [e.event_id for e, _ in events],
+            [e.dedup_key for e, _ in events],
+            [e.timestamp for e, _ in events],
+            [e.topic for e, _ in events],
+            [e.correlation_id for e, _ in events],
+            [e.causation_id for e, _ in events],
+            [orjson.dumps(e.payload).decode() for e, _ in events],
+            [e.version for e, _ in events],
+            [seq for _, seq in events],
+            partition,
+        )
+        lease = None if fence is None else fence.lease
+        if events and not parked and not retried and (fence is None or lease is not None):
+            return await self._append_alone(columns, lease)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 if fence is not None:
                     await fence.check(conn)
                 rows: list[asyncpg.Record] = []
                 if events:
-                    rows = await conn.fetch(
-                        _APPEND,
-                        [e.event_id for e, _ in events],
-                        [e.dedup_key for e, _ in events],
-                        [e.timestamp for e, _ in events],
-                        [e.topic for e, _ in events],
-                        [e.correlation_id for e, _ in events],
-                        [e.causation_id for e, _ in events],
-                        [orjson.dumps(e.payload).decode() for e, _ in events],
-                        [e.version for e, _ in events],
-                        [seq for _, seq in events],
-                        partition,
-                    )
+                    rows = await conn.fetch(_APPEND, *columns)
                 if parked:
                     await conn.executemany(
                         "INSERT INTO parked_events (stream_seq, subject, raw, reason) VALUES ($1, $2, $3, $4) "
@@ -208,10 +246,24 @@ class EventStore:
                     )
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
             raise store_error("append failed", exc) from exc
-        return AppendResult(
-            winners={r["event_id"]: r["seq"] for r in rows},
-            inserted=sum(1 for r in rows if r["inserted"]),
-        )
+        return _appended(rows)
+
+    async def _append_alone(self, columns: tuple[Any, ...], lease: tuple[str, int] | None) -> AppendResult:
+        """Events only (the usual batch): one statement, its own transaction, the lease's epoch checked in it."""
+        try:
+            if lease is None:
+                rows = await self.pool.fetch(_APPEND, *columns)
+            else:
+                rows = await self.pool.fetch(_APPEND_FENCED, *columns, *lease)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            raise store_error("append failed", exc) from exc
+        if lease is not None:
+            partition, epoch = lease
+            current = rows[-1]["seq"]
+            if current != epoch:  # nothing was inserted
+                raise WriterFenced(f"writer epoch {epoch} of {partition!r} is stale (lease epoch {current})")
+            rows = rows[:-1]
+        return _appended(rows)
 
     # ---- reads ----
 

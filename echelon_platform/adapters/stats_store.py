@@ -10,7 +10,6 @@ and a partition's repair all reach the same keys and values whatever order the e
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,16 +119,12 @@ end
 """
 
 
-@dataclass(eq=False)
-class _Script:
-    """A script a pipeline runs by its hash: redis-py loads the pipeline's `scripts` before executing it (also
-    after a Redis restart emptied the script cache), so no call sends the whole text."""
-
-    script: str
-    sha: str
+# Scripts go whole (EVAL): Redis compiles one once and finds it by its hash after, and a restart that emptied
+# its script cache changes nothing. By hash (EVALSHA), redis-py would first ask Redis whether it has them
+# (SCRIPT EXISTS) before every pipeline: one more round trip on every writer batch.
 
 
-def _batched(op: str, keys_per_op: int, args_per_op: int) -> _Script:
+def _batched(op: str, keys_per_op: int, args_per_op: int) -> str:
     """A script applying `op(K, A)` to each operation of a call: one command for many, as redis-py's cost is
     per command."""
     text = (
@@ -145,11 +140,7 @@ end
 return 0
 """
     )
-    return _named(text)
-
-
-def _named(text: str) -> _Script:
-    return _Script(text, hashlib.sha1(text.encode()).hexdigest())
+    return text
 
 
 _GROUP_SCRIPT = _batched(_MOVE_GROUP, 3, 1 + len(FIELDS))
@@ -161,19 +152,18 @@ class _Calls:
     """Operations collected per script, queued as few calls."""
 
     def __init__(self) -> None:
-        self.ops: dict[int, tuple[_Script, list[tuple[Sequence[str], Sequence[Any]]]]] = {}
+        self.ops: dict[str, list[tuple[Sequence[str], Sequence[Any]]]] = {}
 
-    def add(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> None:
-        self.ops.setdefault(id(script), (script, []))[1].append((keys, args))
+    def add(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        self.ops.setdefault(script, []).append((keys, args))
 
     def queue(self, pipe: aioredis.client.Pipeline) -> None:
-        for script, ops in self.ops.values():
-            pipe.scripts.add(script)  # type: ignore[arg-type]
+        for script, ops in self.ops.items():
             for i in range(0, len(ops), OPS_PER_CALL):
                 chunk = ops[i : i + OPS_PER_CALL]
                 keys = [k for op_keys, _ in chunk for k in op_keys]
                 args = [a for _, op_args in chunk for a in op_args]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.eval(script, len(keys), *keys, *args)
 
 
 Record = dict[str, Any]
@@ -273,8 +263,7 @@ class RunInputs:
 
 # Per run (ARGV: run id, 1 when it has a public certificate; KEYS: records hash, then per run its judge calls,
 # certificate and ratings keys): record, judge calls, certificate, ratings. One command for a whole batch.
-_READ_INPUTS = _named(
-    """
+_READ_INPUTS = """
 local out = {}
 for i = 1, #ARGV / 2 do
   local run, certified, k = ARGV[2 * i - 1], ARGV[2 * i] == '1', 1 + 3 * (i - 1)
@@ -287,7 +276,6 @@ for i = 1, #ARGV / 2 do
 end
 return out
 """
-)
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
@@ -300,14 +288,13 @@ async def read_inputs(redis: aioredis.Redis, keys: Keys, states: Mapping[str, Ru
     if not runs:
         return {}
     pipe = redis.pipeline(transaction=False)
-    pipe.scripts.add(_READ_INPUTS)  # type: ignore[arg-type]
     for i in range(0, len(runs), OPS_PER_CALL):
         call_keys, args = [keys.stats_records], []
         for run_id in runs[i : i + OPS_PER_CALL]:
             cert_id = states[run_id].certificate_id or ""
             call_keys += [keys.judge_calls(run_id), keys.cert(cert_id), keys.ratings(cert_id)]
             args += [run_id, "1" if cert_id else "0"]
-        pipe.evalsha(_READ_INPUTS.sha, len(call_keys), *call_keys, *args)
+        pipe.eval(_READ_INPUTS, len(call_keys), *call_keys, *args)
     rows = [row for reply in await pipe.execute() for row in reply]
     out: dict[str, RunInputs] = {}
     for run_id, (record, judge, cert, ratings) in zip(runs, rows, strict=True):

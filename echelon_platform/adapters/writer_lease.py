@@ -81,6 +81,10 @@ class EpochFence:
     epoch: int
     idle_timeout_ms: int = 3000
 
+    @property
+    def lease(self) -> tuple[str, int]:
+        return self.partition, self.epoch
+
     async def check(self, conn: asyncpg.Connection) -> None:
         row = await conn.fetchrow(_CHECK, self.partition, str(self.idle_timeout_ms))
         current = None if row is None else row["epoch"]

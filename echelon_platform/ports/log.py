@@ -73,6 +73,12 @@ class Fence(Protocol):
 
     async def check(self, conn: Any) -> None: ...
 
+    @property
+    def lease(self) -> tuple[str, int] | None:
+        """The lease row's partition and the epoch it must hold, when the check is exactly that: the
+        recorder may then check it inside its append statement instead of calling `check` first."""
+        ...
+
 
 class EventRecorder(Protocol):
     """The writer's port: the only way events enter the log."""

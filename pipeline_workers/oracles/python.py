@@ -34,9 +34,10 @@ _LINE_LIMIT = 64 * 1024 * 1024  # a reply line; diffs in requests are truncated 
 START_TIMEOUT_S = 20.0  # a Python start-up, even on a loaded machine; a child silent longer is killed
 CLOSE_GRACE_S = 2.0  # how long closing the pool waits for processes being started
 RESTART_AFTER_S = 1.0  # after a failed start, the next one waits this long (no busy loop of failing starts)
-# A call that finds every process busy waits this long for one to be given back before it starts another: a
-# start-up costs ~0.1 s of CPU, far more than a fast oracle's call, so a burst of fast calls is served by the
-# processes it has; a slow or hanging oracle's calls start new processes after this short wait.
+# A call that finds every process busy waits for one to be given back, before it starts another, for this long
+# and as long as calls give processes back within this long of each other: a start-up costs ~0.1 s of CPU, far
+# more than a fast oracle's call, so a burst of fast calls is served by the processes it has; a slow or hanging
+# oracle's calls start new processes after this short wait.
 START_AFTER_S = 0.05
 
 
@@ -110,12 +111,13 @@ class OracleProcessPool:
 
     At most `max_processes` calls at once, and at most 3/4 of them for one user (the stage's task says
     whose call it is), so a user whose sync oracles hang keeps processes for everyone else. A call with no
-    idle process waits `start_after_s` for one given back, then starts one (at most `max_starting` start at
-    once: each costs a Python start-up) and takes whichever is free first, the new one or one another call
-    gives back: a fast oracle is served by a few warm processes, and a slow or hanging one gets new
-    processes as fast as they start. A process that
-    cannot start (no more processes or descriptors, a start-up that fails or hangs) fails the calls waiting
-    with OSError, which the stage retries later; the next start waits `RESTART_AFTER_S`."""
+    idle process waits for one given back (for `start_after_s`, and longer while calls keep giving theirs
+    back within `start_after_s` of each other), then starts one (at most `max_starting` start at once: each
+    costs a Python start-up) and takes whichever is free first, the new one or one another call gives back:
+    a fast oracle is served by a few warm processes, and a slow or hanging one gets new processes as fast as
+    they start. A process that cannot start (no more processes or descriptors, a start-up that fails or
+    hangs) fails the calls waiting with OSError, which the stage retries later; the next start waits
+    `RESTART_AFTER_S`."""
 
     def __init__(
         self,
@@ -138,6 +140,7 @@ class OracleProcessPool:
         self._waiting = 0  # calls waiting for a process
         self._start_error: OSError | None = None
         self._failed_at = 0.0
+        self._given_back_at = float("-inf")  # when a call last gave its process back
         self._owners: Counter[str] = Counter()
         self._changed = asyncio.Condition()
         self._closed = False
@@ -238,12 +241,14 @@ class OracleProcessPool:
                         raise OSError(f"cannot start an oracle process: {error}")
                     now = loop.time()
                     may_start = error is None or now - self._failed_at >= RESTART_AFTER_S
-                    # Nothing busy means nothing will be given back: start at once.
-                    patient = bool(self._busy) and now - since < self.start_after_s
+                    # Wait while a process may come back: this call is new, or calls are giving processes back
+                    # (fast calls turning over, if late when the loop is busy). Nothing busy: start at once.
+                    last = max(since, self._given_back_at)
+                    patient = bool(self._busy) and now - last < self.start_after_s
                     if may_start and not patient and self._waiting > len(self._starting):
                         self._start_one()
                     # Wake up for a failed start's retry after its pause, or when the wait for a process is over.
-                    wake = since + self.start_after_s - now if patient else None
+                    wake = last + self.start_after_s - now if patient else None
                     if error is not None:
                         wake = RESTART_AFTER_S
                     try:
@@ -299,6 +304,7 @@ class OracleProcessPool:
         async with self._changed:
             if child is not None:
                 self._busy.discard(child)
+                self._given_back_at = asyncio.get_running_loop().time()
                 keep = keep and not self._closed and (self._waiting > 0 or len(self._idle) < self.max_idle)
                 if keep:
                     self._idle.append(child)

@@ -59,6 +59,8 @@ def judge_call(run_id: str, n: int, tokens: int) -> Envelope:
 
 
 class Refusing:
+    lease = None
+
     async def check(self, conn: Any) -> None:
         raise WriterFenced("a newer writer holds the lease")
 

@@ -87,6 +87,32 @@ async def test_a_superseded_leader_is_fenced(services: Services, settings: Setti
         assert result.inserted == 1
 
 
+async def test_an_append_waiting_behind_an_epoch_bump_inserts_nothing(services: Services, settings: Settings) -> None:
+    """The append checks the epoch in its own statement: one that meets a new leader's bump in progress waits
+    for it, then reads the new epoch and inserts nothing (and a bump waits for an append in progress)."""
+    url = str(settings.database_url)
+    async with WriterLease(url, "p", ttl_s=5.0) as a:
+        fence_a = await a.acquire()
+        assert fence_a is not None
+        bump = await asyncpg.connect(url)
+        try:
+            tx = bump.transaction()
+            await tx.start()
+            await bump.execute("UPDATE writer_lease SET epoch = epoch + 1 WHERE partition = 'p'")
+            late = asyncio.create_task(services.store.append_batch([(requested("LATE"), 1)], fence=fence_a))
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%lease%'"
+            deadline = time.monotonic() + 10
+            while not await bump.fetchval(waiting):
+                assert time.monotonic() < deadline, "the append never waited for the bump's row lock"
+                await asyncio.sleep(0.01)
+            await tx.commit()
+            with pytest.raises(WriterFenced, match="stale"):
+                await late
+        finally:
+            await bump.close()
+    assert await services.store.count() == 0
+
+
 async def test_a_hung_leader_that_stops_renewing_is_evicted(settings: Settings) -> None:
     url = str(settings.database_url)
     # a never renews (a frozen process keeps its session, hence its advisory lock).

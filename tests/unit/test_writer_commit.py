@@ -126,6 +126,8 @@ async def test_a_re_driven_parked_event_is_marked_retried_in_the_same_append() -
 
 
 class Fenced:
+    lease = None
+
     async def check(self, conn: Any) -> None:
         raise WriterFenced("a newer writer holds the lease")
 

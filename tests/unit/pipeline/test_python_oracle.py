@@ -206,6 +206,19 @@ async def test_calls_that_find_every_process_busy_wait_for_one_given_back(record
         assert (pool.spawned, pool.starting) == (2, 0)
 
 
+async def test_calls_waiting_longer_than_start_after_s_start_nothing_while_processes_come_back(
+    record: GroundTruthRecord,
+) -> None:
+    # 100 calls of 20 ms on two processes: up to 48 at once (a user's share) wait in turn, ~0.5 s, but a
+    # process comes back every ~10 ms.
+    async with OracleProcessPool(warm=2, max_processes=64, start_after_s=0.2) as pool:
+        await wait_for(lambda: pool.spawned == 2, what="two warm processes")
+        brief = PythonOracle(SYNC, "brief_sync", ALLOW, pool=pool)
+        replies = await asyncio.gather(*(brief.invoke(record, f"q{i}?") for i in range(100)))
+        assert len(replies) == 100
+        assert (pool.spawned, pool.starting) == (2, 0)
+
+
 async def test_a_call_still_waiting_after_start_after_s_starts_a_process(record: GroundTruthRecord) -> None:
     async with OracleProcessPool(warm=1, max_processes=4, start_after_s=0.05) as pool:
         await wait_for(lambda: pool.spawned == 1, what="a warm process")
