@@ -54,14 +54,16 @@ def extract_json_object(text: str) -> dict[str, Any]:
     decoder = json.JSONDecoder()
     for candidate in candidates:
         candidate = candidate.strip()
-        starts = [i for i, ch in enumerate(candidate) if ch == "{"][:_MAX_OBJECT_STARTS]
-        for start in starts:
+        start, tried = candidate.find("{"), 0
+        while start != -1 and tried < _MAX_OBJECT_STARTS:  # str.find, not a Python loop over every character
+            tried += 1
             try:
                 value, _ = decoder.raw_decode(candidate, start)
             except ValueError:
-                continue
+                value = None
             if isinstance(value, dict):
                 return value
+            start = candidate.find("{", start + 1)
     excerpt = " ".join(text.split())[:160]
     raise ScoringError(f"judge output contains no JSON object: {excerpt!r}")
 
