@@ -45,6 +45,22 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def append_arguments(events: Sequence[tuple[Envelope, int]], partition: int) -> tuple[Any, ...]:
+    """`_APPEND`'s arguments: a column per field ($1-$9), then the partition ($10)."""
+    return (
+        [e.event_id for e, _ in events],
+        [e.dedup_key for e, _ in events],
+        [e.timestamp for e, _ in events],
+        [e.topic for e, _ in events],
+        [e.correlation_id for e, _ in events],
+        [e.causation_id for e, _ in events],
+        [orjson.dumps(e.payload).decode() for e, _ in events],
+        [e.version for e, _ in events],
+        [seq for _, seq in events],
+        partition,
+    )
+
+
 def _appended(rows: Sequence[asyncpg.Record]) -> AppendResult:
     return AppendResult(
         winners={r["event_id"]: r["seq"] for r in rows},
@@ -113,6 +129,8 @@ SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[]
 UNION ALL
 SELECT NULL, (SELECT epoch FROM lease), NULL
 """
+
+_WINNERS = "SELECT event_id, seq, false AS inserted FROM events WHERE dedup_key = ANY($1::text[])"
 
 _COLUMNS = "seq, event_id, dedup_key, time, topic, correlation_id, causation_id, payload::text AS payload, version"
 
@@ -211,18 +229,7 @@ class EventStore:
     ) -> AppendResult:
         """Append events (with their stream sequences) to `partition`, park poison and mark re-driven rows,
         in one tx."""
-        columns = (
-            [e.event_id for e, _ in events],
-            [e.dedup_key for e, _ in events],
-            [e.timestamp for e, _ in events],
-            [e.topic for e, _ in events],
-            [e.correlation_id for e, _ in events],
-            [e.causation_id for e, _ in events],
-            [orjson.dumps(e.payload).decode() for e, _ in events],
-            [e.version for e, _ in events],
-            [seq for _, seq in events],
-            partition,
-        )
+        columns = append_arguments(events, partition)
         lease = None if fence is None else fence.lease
         if events and not parked and not retried and (fence is None or lease is not None):
             return await self._append_alone(columns, lease)
@@ -259,10 +266,21 @@ class EventStore:
             raise store_error("append failed", exc) from exc
         if lease is not None:
             partition, epoch = lease
-            current = rows[-1]["seq"]
+            current = next((r["seq"] for r in rows if r["inserted"] is None), None)  # the epoch's row
             if current != epoch:  # nothing was inserted
                 raise WriterFenced(f"writer epoch {epoch} of {partition!r} is stale (lease epoch {current})")
-            rows = rows[:-1]
+            rows = [r for r in rows if r["inserted"] is not None]
+        if len(rows) < len(set(columns[1])):
+            # A row another statement committed while this one waited (for the lease row, or on a dedup key)
+            # is not in this statement's snapshot: its key conflicted, but the read of the winners missed it.
+            # Read them again, in a statement of their own.
+            mine = [r for r in rows if r["inserted"]]
+            known = {r["event_id"] for r in mine}
+            try:
+                again = await self.pool.fetch(_WINNERS, columns[1])
+            except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                raise store_error("append failed", exc) from exc
+            rows = [*mine, *(r for r in again if r["event_id"] not in known)]
         return _appended(rows)
 
     # ---- reads ----

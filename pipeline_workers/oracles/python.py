@@ -37,8 +37,10 @@ RESTART_AFTER_S = 1.0  # after a failed start, the next one waits this long (no 
 # A call that finds every process busy waits for one to be given back, before it starts another, for this long
 # and as long as calls give processes back within this long of each other: a start-up costs ~0.1 s of CPU, far
 # more than a fast oracle's call, so a burst of fast calls is served by the processes it has; a slow or hanging
-# oracle's calls start new processes after this short wait.
+# oracle's calls start new processes after this short wait. A call waits PATIENCE times as long at most, so
+# calls arriving faster than the processes serve them still grow the pool.
 START_AFTER_S = 0.05
+PATIENCE = 10
 
 
 class _Child:
@@ -111,13 +113,13 @@ class OracleProcessPool:
 
     At most `max_processes` calls at once, and at most 3/4 of them for one user (the stage's task says
     whose call it is), so a user whose sync oracles hang keeps processes for everyone else. A call with no
-    idle process waits for one given back (for `start_after_s`, and longer while calls keep giving theirs
-    back within `start_after_s` of each other), then starts one (at most `max_starting` start at once: each
-    costs a Python start-up) and takes whichever is free first, the new one or one another call gives back:
-    a fast oracle is served by a few warm processes, and a slow or hanging one gets new processes as fast as
-    they start. A process that cannot start (no more processes or descriptors, a start-up that fails or
-    hangs) fails the calls waiting with OSError, which the stage retries later; the next start waits
-    `RESTART_AFTER_S`."""
+    idle process waits for one given back (for `start_after_s`, longer while calls keep giving theirs back
+    within `start_after_s` of each other, `PATIENCE` times that at most), then starts one (at most
+    `max_starting` start at once: each costs a Python start-up) and takes whichever is free first, the new
+    one or one another call gives back: a fast oracle is served by a few warm processes, and a slow or
+    hanging one gets new processes as fast as they start. A process that cannot start (no more processes or
+    descriptors, a start-up that fails or hangs) fails the calls waiting with OSError, which the stage
+    retries later; the next start waits `RESTART_AFTER_S`."""
 
     def __init__(
         self,
@@ -243,12 +245,20 @@ class OracleProcessPool:
                     may_start = error is None or now - self._failed_at >= RESTART_AFTER_S
                     # Wait while a process may come back: this call is new, or calls are giving processes back
                     # (fast calls turning over, if late when the loop is busy). Nothing busy: start at once.
+                    # Never more than PATIENCE times that in all: calls arriving faster than the processes
+                    # serve them still grow the pool.
                     last = max(since, self._given_back_at)
-                    patient = bool(self._busy) and now - last < self.start_after_s
+                    patient = (
+                        bool(self._busy)
+                        and now - last < self.start_after_s
+                        and now - since < PATIENCE * self.start_after_s
+                    )
                     if may_start and not patient and self._waiting > len(self._starting):
                         self._start_one()
                     # Wake up for a failed start's retry after its pause, or when the wait for a process is over.
-                    wake = last + self.start_after_s - now if patient else None
+                    wake = None
+                    if patient:
+                        wake = min(last + self.start_after_s, since + PATIENCE * self.start_after_s) - now
                     if error is not None:
                         wake = RESTART_AFTER_S
                     try:
@@ -304,10 +314,10 @@ class OracleProcessPool:
         async with self._changed:
             if child is not None:
                 self._busy.discard(child)
-                self._given_back_at = asyncio.get_running_loop().time()
                 keep = keep and not self._closed and (self._waiting > 0 or len(self._idle) < self.max_idle)
                 if keep:
                     self._idle.append(child)
+                    self._given_back_at = asyncio.get_running_loop().time()  # a killed one is not given back
             self._owners[owner] -= 1
             if self._owners[owner] <= 0:
                 del self._owners[owner]

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from coordinator.assembly import coordinator_for
+from echelon_platform.adapters.event_store import _APPEND, append_arguments
 from echelon_platform.adapters.services import Services
 from echelon_platform.adapters.writer_lease import WriterLease
 from echelon_platform.config import Settings
@@ -31,6 +32,12 @@ async def fetch(settings: Settings, query: str, *args: object) -> list[asyncpg.R
         return await conn.fetch(query, *args)
     finally:
         await conn.close()
+
+
+async def waiting_on_the_lease_row(conn: asyncpg.Connection) -> bool:
+    """Whether a statement touching the lease table waits for a lock."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%lease%'"
+    return bool(await conn.fetchval(query))
 
 
 async def lease_row(settings: Settings) -> asyncpg.Record | None:
@@ -100,17 +107,40 @@ async def test_an_append_waiting_behind_an_epoch_bump_inserts_nothing(services: 
             await tx.start()
             await bump.execute("UPDATE writer_lease SET epoch = epoch + 1 WHERE partition = 'p'")
             late = asyncio.create_task(services.store.append_batch([(requested("LATE"), 1)], fence=fence_a))
-            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%lease%'"
-            deadline = time.monotonic() + 10
-            while not await bump.fetchval(waiting):
-                assert time.monotonic() < deadline, "the append never waited for the bump's row lock"
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: waiting_on_the_lease_row(bump), what="the append waiting for the bump's row lock")
             await tx.commit()
             with pytest.raises(WriterFenced, match="stale"):
                 await late
         finally:
             await bump.close()
     assert await services.store.count() == 0
+
+
+async def test_an_append_that_waited_for_another_with_the_same_events_names_their_winners(
+    services: Services, settings: Settings
+) -> None:
+    """An append whose events another statement committed while it waited for the lease row (a retry racing
+    the statement it retries) inserts nothing and still names the logged rows: its own snapshot is older than
+    them (it used to return no winner at all, so the writer projected nothing and acked)."""
+    url = str(settings.database_url)
+    async with WriterLease(url, "p", ttl_s=5.0) as a:
+        fence = await a.acquire()
+        assert fence is not None
+        events = [(requested("RACE"), 1)]
+        first = await asyncpg.connect(url)
+        try:
+            tx = first.transaction()
+            await tx.start()
+            await fence.check(first)  # holds the lease row, as an append in progress does
+            [inserted] = await first.fetch(_APPEND, *append_arguments(events, 0))
+            retry = asyncio.create_task(services.store.append_batch(events, fence=fence))
+            await wait_for(lambda: waiting_on_the_lease_row(first), what="the second append waiting for the lease row")
+            await tx.commit()
+            result = await retry
+        finally:
+            await first.close()
+    assert result.inserted == 0
+    assert result.winners == {inserted["event_id"]: inserted["seq"]}
 
 
 async def test_a_hung_leader_that_stops_renewing_is_evicted(settings: Settings) -> None:

@@ -219,6 +219,37 @@ async def test_calls_waiting_longer_than_start_after_s_start_nothing_while_proce
         assert (pool.spawned, pool.starting) == (2, 0)
 
 
+async def test_calls_arriving_faster_than_the_processes_serve_them_grow_the_pool(record: GroundTruthRecord) -> None:
+    # Processes come back every ~10 ms, but up to 192 calls (a user's share) queue for two: a call waits
+    # PATIENCE * start_after_s (1 s) at most, then starts one (without that limit, the pool stayed at two).
+    async with OracleProcessPool(warm=2, max_processes=256, start_after_s=0.1) as pool:
+        await wait_for(lambda: pool.spawned == 2, what="two warm processes")
+        brief = PythonOracle(SYNC, "brief_sync", ALLOW, pool=pool)
+        replies = await asyncio.gather(*(brief.invoke(record, f"q{i}?") for i in range(300)))
+        assert len(replies) == 300
+        assert pool.spawned + pool.starting > 2
+
+
+async def test_a_process_killed_at_its_deadline_does_not_count_as_given_back(record: GroundTruthRecord) -> None:
+    # Waiting calls wait on while processes come back; one killed (its call timed out) is not one of them.
+    async with OracleProcessPool(warm=2, max_processes=8, start_after_s=1.0) as pool:
+        await wait_for(lambda: pool.spawned == 2, what="two warm processes")
+        hangs = [
+            asyncio.create_task(PythonOracle(SYNC, "hang", ALLOW, timeout_s=t, pool=pool).invoke(record, "q?"))
+            for t in (30, 0.3)
+        ]
+        await wait_for(lambda: pool.busy == 2, what="both processes in a hanging call")
+        started = time.monotonic()
+        waiting = asyncio.create_task(PythonOracle(SYNC, "sync_oracle", ALLOW, pool=pool).invoke(record, "q?"))
+        await wait_for(lambda: pool.starting > 0 or pool.spawned > 2, what="a process started for the waiting call")
+        # start_after_s after it came (1.0 s), not after the kill at 0.3 s (1.3 s)
+        assert time.monotonic() - started < 1.25
+        assert (await waiting).summary == f"About {record.title}"
+        for task in hangs:
+            task.cancel()
+        await asyncio.gather(*hangs, return_exceptions=True)
+
+
 async def test_a_call_still_waiting_after_start_after_s_starts_a_process(record: GroundTruthRecord) -> None:
     async with OracleProcessPool(warm=1, max_processes=4, start_after_s=0.05) as pool:
         await wait_for(lambda: pool.spawned == 1, what="a warm process")
