@@ -83,38 +83,22 @@ def store_error(what: str, exc: BaseException) -> StoreError:
     return kind(f"{what}: {exc or type(exc).__name__}")
 
 
-_APPEND = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::int[], $9::bigint[]) WITH ORDINALITY
-        AS t(event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version, stream_seq, ord)
-), ins AS (
-    INSERT INTO events (event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version,
-                        stream_seq, partition)
-    SELECT event_id, dedup_key, time, topic, correlation_id, causation_id, payload::jsonb, version, stream_seq,
-           $10::smallint
-    FROM input ORDER BY ord
-    ON CONFLICT DO NOTHING
-    RETURNING event_id, seq
-)
-SELECT event_id, seq, true AS inserted FROM ins
-UNION ALL
-SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[])
-"""
+def _append_sql(*, fenced: bool) -> str:
+    """The append: the batch's rows inserted (ON CONFLICT DO NOTHING), then every dedup key's logged row.
 
-# The same append checked against the writer's epoch in the statement itself: one round trip, committed on its
-# own, instead of BEGIN, the fence's check, the insert and COMMIT. The lease row is locked first (as the
-# fence's check does): a new leader's epoch bump waits for this statement, or this statement waits for the bump
-# and then reads the new epoch and inserts nothing. Its last row carries the epoch read (event_id NULL).
-_APPEND_FENCED = """
-WITH lease AS (
-    SELECT epoch FROM writer_lease WHERE partition = $11 FOR UPDATE
-), input AS (
+    Fenced, the writer's epoch is checked in the statement itself: one round trip, committed on its own,
+    instead of BEGIN, the fence's check, the insert and COMMIT. The lease row is locked first (as the fence's
+    check does): a new leader's epoch bump waits for this statement, or this statement waits for the bump and
+    then reads the new epoch and inserts nothing. One more row (inserted NULL) carries the epoch read."""
+    lease = "lease AS (\n    SELECT epoch FROM writer_lease WHERE partition = $11 FOR UPDATE\n), " if fenced else ""
+    check = "    WHERE (SELECT epoch FROM lease) = $12\n" if fenced else ""
+    epoch = "UNION ALL\nSELECT NULL, (SELECT epoch FROM lease), NULL\n" if fenced else ""
+    return f"""
+WITH {lease}input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::int[], $9::bigint[]) WITH ORDINALITY
         AS t(event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version, stream_seq, ord)
-    WHERE (SELECT epoch FROM lease) = $12
-), ins AS (
+{check}), ins AS (
     INSERT INTO events (event_id, dedup_key, time, topic, correlation_id, causation_id, payload, version,
                         stream_seq, partition)
     SELECT event_id, dedup_key, time, topic, correlation_id, causation_id, payload::jsonb, version, stream_seq,
@@ -126,9 +110,11 @@ WITH lease AS (
 SELECT event_id, seq, true AS inserted FROM ins
 UNION ALL
 SELECT e.event_id, e.seq, false FROM events e WHERE e.dedup_key = ANY($2::text[])
-UNION ALL
-SELECT NULL, (SELECT epoch FROM lease), NULL
-"""
+{epoch}"""
+
+
+_APPEND = _append_sql(fenced=False)
+_APPEND_FENCED = _append_sql(fenced=True)
 
 _WINNERS = "SELECT event_id, seq, false AS inserted FROM events WHERE dedup_key = ANY($1::text[])"
 

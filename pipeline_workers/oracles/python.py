@@ -243,10 +243,7 @@ class OracleProcessPool:
                         raise OSError(f"cannot start an oracle process: {error}")
                     now = loop.time()
                     may_start = error is None or now - self._failed_at >= RESTART_AFTER_S
-                    # Wait while a process may come back: this call is new, or calls are giving processes back
-                    # (fast calls turning over, if late when the loop is busy). Nothing busy: start at once.
-                    # Never more than PATIENCE times that in all: calls arriving faster than the processes
-                    # serve them still grow the pool.
+                    # See START_AFTER_S. Nothing busy: nothing will come back, start at once.
                     last = max(since, self._given_back_at)
                     patient = (
                         bool(self._busy)
