@@ -16,6 +16,7 @@ from api.auth import TokenCache
 from api.cors import OriginPolicy
 from api.dashboard import install_dashboard
 from api.deps import SECURITY_REQUIREMENT, SECURITY_SCHEMES
+from api.direct import DirectRoutes
 from api.docs_assets import install_docs
 from api.edge import Edge
 from api.fanout import PendingSockets
@@ -164,8 +165,14 @@ def create_app(settings: Settings, services: Services | None = None, *, options:
     app.include_router(signin.router)
     app.include_router(run_events.router)
     install_dashboard(app)
-    # One layer: request id and access log, origin checks and CORS, the body limit, strict shallow JSON.
-    app.add_middleware(Edge, policy=OriginPolicy.from_settings(settings), max_bytes=settings.max_body_bytes)
+    # One layer: request id and access log, origin checks and CORS, the body limit, strict shallow JSON, and
+    # POST /runs answered from there (api/direct.py).
+    app.add_middleware(
+        Edge,
+        policy=OriginPolicy.from_settings(settings),
+        max_bytes=settings.max_body_bytes,
+        direct=DirectRoutes.of_kind(app, runs.router, runs.SubmitRunRoute),
+    )
 
     @app.exception_handler(EchelonError)
     async def _domain_error(request: Request, exc: EchelonError) -> JSONResponse:

@@ -8,6 +8,7 @@ In order, in one pass over the headers:
   is refused at the first byte over it;
 - strict, shallow JSON (api/json_body.py): a JSON body is read whole, checked once with orjson and handed to
   the route both as bytes and, decoded, in the scope (`parsed_json`), so a route need not decode it again;
+  a direct route (api/direct.py: POST /runs) gets it here, past the framework's own layers;
 - one access-log line (with the fields a route notes on it: api/access_log.py) and the latency histogram
   per route template.
 
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.access_log import ACCESS_FIELDS
 from api.cors import ALLOWED_HEADERS, EXPOSED_HEADERS, PREFLIGHT_MAX_AGE_S, OriginPolicy, same_origin
+from api.direct import DirectRoutes
 from api.json_body import MAX_JSON_DEPTH, BodyRejected, check_json_body, declares_json
 from echelon_platform.domain.ids import new_ulid
 
@@ -66,8 +68,17 @@ class BodyTooLarge(HTTPException):
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, *, policy: OriginPolicy, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: OriginPolicy,
+        max_bytes: int,
+        max_depth: int = MAX_JSON_DEPTH,
+        direct: DirectRoutes | None = None,
+    ) -> None:
         self.app = app
+        self.direct = direct
         self.policy = policy
         self.max_bytes = max_bytes
         self.max_depth = max_depth
@@ -163,7 +174,8 @@ class Edge:
                 except BodyRejected as exc:
                     await send_detail(send, 422, str(exc))
                     return
-            await self.app(scope, _replay(body, receive), send)
+            direct = self.direct.app_for(scope) if self.direct is not None else None
+            await (direct or self.app)(scope, _replay(body, receive), send)
             return
         await self._counted(scope, receive, send)
 
