@@ -79,6 +79,8 @@ class Edge:
     ) -> None:
         self.app = app
         self.direct = direct
+        if direct is not None:  # built here, when the app builds its own stack: the same exception handlers
+            direct.build()
         self.policy = policy
         self.max_bytes = max_bytes
         self.max_depth = max_depth
@@ -175,7 +177,7 @@ class Edge:
                     await send_detail(send, 422, str(exc))
                     return
             direct = self.direct.app_for(scope) if self.direct is not None else None
-            await (direct or self.app)(scope, _replay(body, receive), send)
+            await (self.app if direct is None else direct)(scope, _replay(body, receive), send)
             return
         await self._counted(scope, receive, send)
 
