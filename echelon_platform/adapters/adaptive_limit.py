@@ -5,7 +5,11 @@ AIMD, the way TCP finds a path's capacity: each call that succeeds while latency
 the provider's rate budget is not spent adds 1/limit, so the limit grows by about one per round trip; an
 overload (429, 529, 503, an ``overloaded_error``) halves it (or the calls in flight, when fewer), at most
 once per round trip, and a ``retry-after`` or an exhausted ``anthropic-ratelimit-*-remaining`` pauses
-every new call until then.
+every new call until then. A refusal from a provider that states its request rate
+(``anthropic-ratelimit-requests-limit``, per minute) does not cut below the calls that rate keeps busy
+(Little's law: requests per second x the baseline latency): fewer could not use the rate, and the pause
+already spaces the calls out (a 5 s judge at 1,000 requests/min needs 83 in flight; halved to 60 at the
+first refusal, a run of 200 replays waited one more round trip of 5 s for its last calls).
 The configured concurrency is the ceiling, and the first calls start at it (``initial``): a provider's
 limit is found from above in a few round trips, where growing from below would cost several on every run.
 
@@ -73,8 +77,9 @@ return {taken, 0}
 """
 
 # KEYS: state hash, lease zset. ARGV: cap, initial, tolerance, ttl s, then per call that ended (in order):
-# lease id, kind, latency ms, pause ms. The calls' feedback is applied one after the other, as if each had its
-# own script. Returns the limit after it (as a string: Lua numbers become integers on the way out).
+# lease id, kind, latency ms, pause ms, the provider's stated requests per second (0: not stated). The calls'
+# feedback is applied one after the other, as if each had its own script. Returns the limit after it (as a
+# string: Lua numbers become integers on the way out).
 _RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -84,10 +89,11 @@ local limit = math.min(cap, tonumber(st[1]) or tonumber(ARGV[2]))
 local base = tonumber(st[2])
 local last_cut = tonumber(st[3]) or 0
 local pause = tonumber(st[4]) or 0
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   local in_flight = redis.call('ZCARD', KEYS[2])
   redis.call('ZREM', KEYS[2], ARGV[i])
   local kind, latency, wait = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local busy = tonumber(ARGV[i + 4]) * (base or 0) / 1000  -- in flight that the stated rate keeps busy
   if kind == 'ok' then
     if base == nil or latency < base then base = latency else base = base * 1.01 end
     local exhausted = wait > 0  -- the answer said the provider's budget is spent: no room to grow
@@ -96,7 +102,7 @@ for i = 5, #ARGV, 4 do
     end
   elseif kind == 'overload' then
     if now - last_cut > math.max(1000, base or 0) then
-      limit = math.max(1, math.min(limit, in_flight) / 2)
+      limit = math.max(1, math.min(limit, busy), math.min(limit, in_flight) / 2)
       last_cut = now
     end
   end
@@ -131,6 +137,7 @@ class Slot:
     started: float = field(default_factory=time.monotonic)
     kind: Kind | None = None
     pause_s: float = 0.0
+    rate_per_s: float = 0.0  # the provider's stated request rate (0: not stated)
 
     def overloaded(self, retry_after_s: float | None = None) -> None:
         self.kind = "overload"
@@ -140,8 +147,22 @@ class Slot:
         self.kind = "error"
 
     def headers(self, headers: Mapping[str, str]) -> None:
-        """An answer's rate-limit headers: an exhausted budget pauses new calls until it resets."""
+        """An answer's rate-limit headers: an exhausted budget pauses new calls until it resets, and the
+        stated request rate bounds how far an overload may cut the limit."""
         self.pause_s = max(self.pause_s, pause_from_headers(headers))
+        self.rate_per_s = max(self.rate_per_s, requests_per_s(headers))
+
+
+def requests_per_s(headers: Mapping[str, str]) -> float:
+    """The provider's stated request rate (``anthropic-ratelimit-requests-limit``, per minute), per second."""
+    for name, value in headers.items():
+        if name.lower() == "anthropic-ratelimit-requests-limit":
+            try:
+                per_minute = float(value)
+            except ValueError:
+                return 0.0
+            return per_minute / 60 if math.isfinite(per_minute) and per_minute > 0 else 0.0
+    return 0.0
 
 
 def pause_from_headers(headers: Mapping[str, str], now: datetime | None = None) -> float:
@@ -200,7 +221,7 @@ class AdaptiveLimiter:
         self._waiting: list[asyncio.Future[str | None]] = []  # calls waiting for a shared lease, in order
         self._asker: asyncio.Task[None] | None = None  # asks Redis for the waiting calls' leases
         # Calls that ended (lease, kind, latency ms, pause s, done), and the task handing their leases back.
-        self._ending: list[tuple[str, Kind, float, float, asyncio.Future[None]]] = []
+        self._ending: list[tuple[str, Kind, float, float, float, asyncio.Future[None]]] = []
         self._releaser: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         self._held: set[str] = set()
@@ -237,7 +258,7 @@ class AdaptiveLimiter:
             kind: Kind = slot.kind or "ok"
             latency_ms = (time.monotonic() - slot.started) * 1000
             # Shielded: a cancelled call must still hand its lease back.
-            await asyncio.shield(self._release(lease, kind, latency_ms, slot.pause_s))
+            await asyncio.shield(self._release(lease, kind, latency_ms, slot.pause_s, slot.rate_per_s))
 
     async def _acquire(self) -> str | None:
         """A lease id (shared), or None (granted locally: no Redis, or Redis unavailable)."""
@@ -338,15 +359,17 @@ class AdaptiveLimiter:
                     await asyncio.wait_for(self._released.wait(), delay)
                 delay = min(0.1, delay * 1.5)
 
-    async def _release(self, lease: str | None, kind: Kind, latency_ms: float, pause_s: float) -> None:
+    async def _release(
+        self, lease: str | None, kind: Kind, latency_ms: float, pause_s: float, rate_per_s: float
+    ) -> None:
         if lease is None:
-            self._feedback_locally(kind, latency_ms, pause_s)
+            self._feedback_locally(kind, latency_ms, pause_s, rate_per_s)
             self._in_flight -= 1
             self._released.set()
             return
         self._held.discard(lease)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ending.append((lease, kind, latency_ms, pause_s, done))
+        self._ending.append((lease, kind, latency_ms, pause_s, rate_per_s, done))
         if self._releaser is None or self._releaser.done():
             self._releaser = asyncio.create_task(self._release_ended())
         await done
@@ -358,8 +381,8 @@ class AdaptiveLimiter:
         while self._ending:
             ending, self._ending = self._ending, []
             args: list[str | float | int] = [self.cap, self.initial, LATENCY_TOLERANCE, STATE_TTL_S]
-            for lease, kind, latency_ms, pause_s, _ in ending:
-                args += [lease, kind, round(latency_ms, 3), int(pause_s * 1000)]
+            for lease, kind, latency_ms, pause_s, rate_per_s, _ in ending:
+                args += [lease, kind, round(latency_ms, 3), int(pause_s * 1000), round(rate_per_s, 6)]
             try:
                 limit = await self._redis.eval(_RELEASE, 2, self._state_key, self._lease_key, *args)
             except (redis.exceptions.RedisError, OSError) as exc:  # the leases expire on their own
@@ -375,7 +398,7 @@ class AdaptiveLimiter:
                         done.set_result(None)
                 self._released.set()
 
-    def _feedback_locally(self, kind: Kind, latency_ms: float, pause_s: float) -> None:
+    def _feedback_locally(self, kind: Kind, latency_ms: float, pause_s: float, rate_per_s: float) -> None:
         now = time.monotonic()
         if kind == "ok":
             base = self._base_ms
@@ -384,8 +407,10 @@ class AdaptiveLimiter:
             if pause_s == 0 and latency_ms <= self._base_ms * LATENCY_TOLERANCE and in_use:
                 self.limit = min(self.cap, self.limit + 1 / self.limit)
         elif kind == "overload" and (now - self._last_cut) * 1000 > max(1000.0, self._base_ms or 0.0):
-            # Halve what was in use when the provider refused (the limit may be far above it).
-            self.limit = max(1.0, min(self.limit, self._in_flight) / 2)
+            # Halve what was in use when the provider refused (the limit may be far above it), but not below
+            # what the provider's stated rate keeps busy.
+            busy = rate_per_s * (self._base_ms or 0.0) / 1000
+            self.limit = max(1.0, min(self.limit, busy), min(self.limit, self._in_flight) / 2)
             self._last_cut = now
             log.info("limit.decreased", endpoint=self.endpoint, limit=round(self.limit, 2), pause_s=pause_s)
         if pause_s > 0:

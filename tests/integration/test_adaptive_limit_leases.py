@@ -170,3 +170,28 @@ async def test_calls_waiting_for_a_slot_are_not_left_hanging_when_the_asking_sto
     results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
     assert isinstance(first, str)
+
+
+@pytest.mark.parametrize(("requests_per_minute", "limit"), [(12_000, 9.0), (None, 4.5)])
+async def test_a_shared_refusal_does_not_cut_below_what_the_stated_rate_keeps_busy(
+    redis: aioredis.Redis, settings: Settings, requests_per_minute: int | None, limit: float
+) -> None:
+    """The shared script's policy, as the one in a process: a provider stating 200 requests/s with a baseline
+    of >= 0.2 s keeps >= 40 calls busy, so a refusal leaves a limit of 9 as it is; without it, the 9 in flight
+    are halved."""
+    shared = AdaptiveLimiter("judge", cap=9, redis=redis, prefix=settings.redis_prefix)
+    async with shared.slot():
+        await asyncio.sleep(0.2)  # the baseline
+    calls = HeldCalls()
+    holders = [asyncio.create_task(calls.call(shared)) for _ in range(8)]
+    await wait_for(lambda: calls.in_flight == 8, what="eight calls in flight")
+    headers = {} if requests_per_minute is None else {"anthropic-ratelimit-requests-limit": str(requests_per_minute)}
+    with pytest.raises(RuntimeError):
+        async with shared.slot() as slot:
+            slot.headers(headers)
+            slot.overloaded(0.01)
+            raise RuntimeError("429")
+    after = (await shared.shared_state())[0]  # before the others end: their successes would grow it again
+    calls.release.set()
+    await asyncio.gather(*holders)
+    assert after == pytest.approx(limit)

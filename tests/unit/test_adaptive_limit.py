@@ -86,3 +86,38 @@ def test_a_judge_that_times_out_reads_as_overloaded_and_one_unreachable_as_faile
     slot = Slot()
     classify_judge_failure(JudgeUnreachable("APIConnectionError: ClientConnectorError", timed_out=False), slot)
     assert slot.kind == "error"
+
+
+async def _refused_with(limiter: AdaptiveLimiter, held: int, headers: dict[str, str]) -> float:
+    """The limit right after a 429 carrying `headers`, with `held` other calls in flight and a baseline
+    latency of >= 0.2 s (read before those calls end: their successes would grow it again)."""
+    async with limiter.slot():
+        await asyncio.sleep(0.2)  # an answered call: the endpoint's baseline latency
+    calls = HeldCalls()
+    holders = [asyncio.create_task(calls.call(limiter)) for _ in range(held)]
+    await wait_for(lambda: calls.in_flight == held, what=f"{held} calls in flight")
+    with pytest.raises(RuntimeError):
+        async with limiter.slot() as slot:
+            slot.headers(headers)
+            slot.overloaded(0.01)
+            raise RuntimeError("429")
+    after = limiter.limit
+    calls.release.set()
+    await asyncio.gather(*holders)
+    return after
+
+
+@pytest.mark.parametrize(
+    ("requests_per_minute", "limit"),
+    [
+        (12_000, 40.0),  # 200/s x >= 0.2 s keeps >= 40 busy: not cut below that (nor raised above the limit)
+        (60, 20.0),  # 1/s x 0.2 s: under one call busy, so the 40 in flight are halved as on any overload
+        (None, 20.0),  # no stated rate: halved
+    ],
+)
+async def test_a_refusal_does_not_cut_below_what_the_stated_rate_keeps_busy(
+    requests_per_minute: int | None, limit: float
+) -> None:
+    limiter = AdaptiveLimiter("judge", cap=64, initial=40)
+    headers = {} if requests_per_minute is None else {"anthropic-ratelimit-requests-limit": str(requests_per_minute)}
+    assert await _refused_with(limiter, 39, headers) == pytest.approx(limit)
