@@ -5,7 +5,7 @@ AIMD, the way TCP finds a path's capacity: each call that succeeds while latency
 the provider's rate budget is not spent adds 1/limit, so the limit grows by about one per round trip; an
 overload (429, 529, 503, an ``overloaded_error``) halves it (or the calls in flight, when fewer), at most
 once per round trip, and a ``retry-after`` or an exhausted ``anthropic-ratelimit-*-remaining`` pauses
-every new call until then. A refusal from a provider that states its request rate
+every new call until then. A refusal for the request rate (429) from a provider that states it
 (``anthropic-ratelimit-requests-limit``, per minute) does not cut below the calls that rate keeps busy
 (Little's law: requests per second x the baseline latency): fewer could not use the rate, and the pause
 already spaces the calls out (a 5 s judge at 1,000 requests/min needs 83 in flight; halved to 60 at the
@@ -138,9 +138,11 @@ class Slot:
     kind: Kind | None = None
     pause_s: float = 0.0
     rate_per_s: float = 0.0  # the provider's stated request rate (0: not stated)
+    rate_limited: bool = False  # refused for its request rate (429), not overloaded (529, 503, a time-out)
 
-    def overloaded(self, retry_after_s: float | None = None) -> None:
+    def overloaded(self, retry_after_s: float | None = None, *, rate_limited: bool = False) -> None:
         self.kind = "overload"
+        self.rate_limited = self.rate_limited or rate_limited
         self.pause_s = max(self.pause_s, min(MAX_PAUSE_S, retry_after_s or 0.0))
 
     def failed(self) -> None:
@@ -148,7 +150,7 @@ class Slot:
 
     def headers(self, headers: Mapping[str, str]) -> None:
         """An answer's rate-limit headers: an exhausted budget pauses new calls until it resets, and the
-        stated request rate bounds how far an overload may cut the limit."""
+        stated request rate bounds how far a refusal for that rate may cut the limit."""
         self.pause_s = max(self.pause_s, pause_from_headers(headers))
         self.rate_per_s = max(self.rate_per_s, requests_per_s(headers))
 
@@ -220,7 +222,8 @@ class AdaptiveLimiter:
         self._turn = asyncio.Lock()  # without Redis: one waiter at a time looks for room; the others queue here
         self._waiting: list[asyncio.Future[str | None]] = []  # calls waiting for a shared lease, in order
         self._asker: asyncio.Task[None] | None = None  # asks Redis for the waiting calls' leases
-        # Calls that ended (lease, kind, latency ms, pause s, done), and the task handing their leases back.
+        # Calls that ended (lease, kind, latency ms, pause s, stated rate, done), and the task handing their
+        # leases back.
         self._ending: list[tuple[str, Kind, float, float, float, asyncio.Future[None]]] = []
         self._releaser: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
@@ -258,7 +261,8 @@ class AdaptiveLimiter:
             kind: Kind = slot.kind or "ok"
             latency_ms = (time.monotonic() - slot.started) * 1000
             # Shielded: a cancelled call must still hand its lease back.
-            await asyncio.shield(self._release(lease, kind, latency_ms, slot.pause_s, slot.rate_per_s))
+            rate_per_s = slot.rate_per_s if slot.rate_limited else 0.0  # an overload is cut as far as it goes
+            await asyncio.shield(self._release(lease, kind, latency_ms, slot.pause_s, rate_per_s))
 
     async def _acquire(self) -> str | None:
         """A lease id (shared), or None (granted locally: no Redis, or Redis unavailable)."""

@@ -112,7 +112,7 @@ class HttpOracle:
                 data, status, headers = await self._timed_post(targets, body)
                 slot.headers(headers)
                 if status in OVERLOAD_STATUS or status >= 500:  # too many, or failing under load
-                    slot.overloaded(retry_after_seconds(headers.get("retry-after")))
+                    slot.overloaded(retry_after_seconds(headers.get("retry-after")), rate_limited=status == 429)
             if status not in OVERLOAD_STATUS or attempt == MAX_OVERLOAD_ATTEMPTS:
                 break
             # Not served: wait as asked (the timeout around the call bounds it) and ask again.

@@ -17,6 +17,6 @@ def classify_judge_failure(exc: BaseException, slot: Slot) -> None:
         slot.headers(exc.headers)
         # Any 5xx counts too: a provider failing under load needs fewer calls, not the same again.
         if exc.status in OVERLOAD_STATUS or exc.status >= 500 or exc.kind == "overloaded_error":
-            slot.overloaded(retry_after_seconds(exc.headers.get("retry-after")))
+            slot.overloaded(retry_after_seconds(exc.headers.get("retry-after")), rate_limited=exc.status == 429)
             return
     slot.failed()

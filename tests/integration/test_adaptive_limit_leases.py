@@ -189,7 +189,7 @@ async def test_a_shared_refusal_does_not_cut_below_what_the_stated_rate_keeps_bu
     with pytest.raises(RuntimeError):
         async with shared.slot() as slot:
             slot.headers(headers)
-            slot.overloaded(0.01)
+            slot.overloaded(0.01, rate_limited=True)
             raise RuntimeError("429")
     after = (await shared.shared_state())[0]  # before the others end: their successes would grow it again
     calls.release.set()

@@ -72,11 +72,14 @@ def test_an_exhausted_rate_limit_pauses_until_its_reset() -> None:
 @pytest.mark.parametrize(("status", "kind"), [(429, "overload"), (529, "overload"), (400, "error")])
 def test_judge_failures_that_mean_too_many(status: int, kind: str) -> None:
     body = b'{"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}'
-    error = JudgeStatusError(ApiAnswer(status, {"retry-after": "4"}, body))
+    headers = {"retry-after": "4", "anthropic-ratelimit-requests-limit": "1000"}
+    error = JudgeStatusError(ApiAnswer(status, headers, body))
     slot = Slot()
     classify_judge_failure(error, slot)
     assert slot.kind == kind
     assert slot.pause_s == (4.0 if kind == "overload" else 0.0)
+    assert slot.rate_per_s == pytest.approx(1000 / 60)
+    assert slot.rate_limited is (status == 429)  # only a 429 is a refusal for the rate
 
 
 def test_a_judge_that_times_out_reads_as_overloaded_and_one_unreachable_as_failed() -> None:
@@ -88,7 +91,7 @@ def test_a_judge_that_times_out_reads_as_overloaded_and_one_unreachable_as_faile
     assert slot.kind == "error"
 
 
-async def _refused_with(limiter: AdaptiveLimiter, held: int, headers: dict[str, str]) -> float:
+async def _refused_with(limiter: AdaptiveLimiter, held: int, headers: dict[str, str], *, for_rate: bool) -> float:
     """The limit right after a 429 carrying `headers`, with `held` other calls in flight and a baseline
     latency of >= 0.2 s (read before those calls end: their successes would grow it again)."""
     async with limiter.slot():
@@ -99,8 +102,8 @@ async def _refused_with(limiter: AdaptiveLimiter, held: int, headers: dict[str, 
     with pytest.raises(RuntimeError):
         async with limiter.slot() as slot:
             slot.headers(headers)
-            slot.overloaded(0.01)
-            raise RuntimeError("429")
+            slot.overloaded(0.01, rate_limited=for_rate)
+            raise RuntimeError("429" if for_rate else "529")
     after = limiter.limit
     calls.release.set()
     await asyncio.gather(*holders)
@@ -108,16 +111,17 @@ async def _refused_with(limiter: AdaptiveLimiter, held: int, headers: dict[str, 
 
 
 @pytest.mark.parametrize(
-    ("requests_per_minute", "limit"),
+    ("requests_per_minute", "for_rate", "limit"),
     [
-        (12_000, 40.0),  # 200/s x >= 0.2 s keeps >= 40 busy: not cut below that (nor raised above the limit)
-        (60, 20.0),  # 1/s x 0.2 s: under one call busy, so the 40 in flight are halved as on any overload
-        (None, 20.0),  # no stated rate: halved
+        (12_000, True, 40.0),  # 200/s x >= 0.2 s keeps >= 40 busy: not cut below that (nor raised above it)
+        (60, True, 20.0),  # 1/s x 0.2 s: under one call busy, so the 40 in flight are halved as on any overload
+        (None, True, 20.0),  # no stated rate: halved
+        (12_000, False, 20.0),  # overloaded (529), not refused for the rate: halved whatever the rate
     ],
 )
-async def test_a_refusal_does_not_cut_below_what_the_stated_rate_keeps_busy(
-    requests_per_minute: int | None, limit: float
+async def test_a_refusal_for_the_rate_does_not_cut_below_what_the_stated_rate_keeps_busy(
+    requests_per_minute: int | None, for_rate: bool, limit: float
 ) -> None:
     limiter = AdaptiveLimiter("judge", cap=64, initial=40)
     headers = {} if requests_per_minute is None else {"anthropic-ratelimit-requests-limit": str(requests_per_minute)}
-    assert await _refused_with(limiter, 39, headers) == pytest.approx(limit)
+    assert await _refused_with(limiter, 39, headers, for_rate=for_rate) == pytest.approx(limit)
